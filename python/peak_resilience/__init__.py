@@ -1,0 +1,25 @@
+"""peak-resilience: circuit breakers, token-bucket rate limiting, metrics and health checks
+for Python trading systems, with the per-call hot path in lock-free Rust."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded, ResilienceError
+from peak_resilience.rate_limiter import RateLimiter
+from peak_resilience.resilience import CircuitBreaker, CircuitState
+
+try:
+    __version__ = version("peak-resilience")
+except PackageNotFoundError:  # pragma: no cover - running from a source tree
+    __version__ = "0.0.0"
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitState",
+    "RateLimitExceeded",
+    "RateLimiter",
+    "ResilienceError",
+    "__version__",
+]

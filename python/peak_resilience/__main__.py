@@ -1,0 +1,45 @@
+"""The ``peak-resilience`` command (also ``python -m peak_resilience``)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from peak_resilience import __version__
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from peak_resilience._demo import run
+
+    return run(duration=args.duration)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="peak-resilience",
+        description="Circuit breakers and rate limiting for Python trading systems.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.required = True
+    demo = commands.add_parser(
+        "demo", help="a simulated exchange behind a breaker and a rate limiter"
+    )
+    demo.add_argument(
+        "--duration", type=float, default=3.0, help="seconds to run (default: 3)"
+    )
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

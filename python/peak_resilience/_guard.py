@@ -1,0 +1,126 @@
+"""Wrapping a function in a breaker and/or a limiter, for sync and async functions alike.
+
+A sync function becomes a native ``Guard``: one call into Rust per invocation runs the
+breaker check, takes the token, times the call and records its outcome. An async function
+gets a thin coroutine wrapper around the same native steps (``_admit`` / ``_exit``), since
+Rust cannot await. Which wrapper is chosen at decoration time, as stamina does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+
+from peak_resilience._native import Guard, OperationStats
+from peak_resilience.errors import RateLimitExceeded
+
+if TYPE_CHECKING:
+    from peak_resilience.rate_limiter import RateLimiter
+    from peak_resilience.resilience import CircuitBreaker
+
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Marks "no fallback given"; None is a legitimate fallback value.
+MISSING: Any = object()
+
+
+def guard(
+    func: Callable[..., Any],
+    *,
+    breaker: CircuitBreaker | None = None,
+    limiter: RateLimiter | None = None,
+    endpoint: str | None = None,
+    cost: int = 1,
+    operation: OperationStats | None = None,
+    fallback: Any = MISSING,
+    fallback_on_failure: bool = False,
+    max_wait: float = 0.0,
+    sleep: Callable[[float], Any] | None = None,
+    async_sleep: Callable[[float], Awaitable[Any]] | None = None,
+) -> Any:
+    """Returns ``func`` guarded; keeps its name, docstring and signature.
+
+    ``fallback`` (a value, or a callable taking the function's arguments) is returned
+    instead of raising when the call is refused, and also when it fails if
+    ``fallback_on_failure``. ``max_wait`` seconds may be spent waiting for a token.
+    """
+    has_fallback = fallback is not MISSING
+    native = Guard(
+        func,
+        breaker=breaker,
+        limiter=limiter,
+        endpoint=endpoint,
+        cost=cost,
+        operation=operation,
+        fallback=fallback if has_fallback else None,
+        has_fallback=has_fallback,
+        fallback_on_failure=fallback_on_failure,
+        max_wait=max_wait,
+        sleep=sleep,
+    )
+    if not inspect.iscoroutinefunction(func):
+        functools.update_wrapper(native, func)
+        return native
+    return _async_wrapper(
+        native, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep
+    )
+
+
+def _async_wrapper(
+    native: Guard,
+    func: Callable[..., Awaitable[Any]],
+    fallback: Any,
+    has_fallback: bool,
+    max_wait: float,
+    async_sleep: Callable[[float], Awaitable[Any]],
+) -> Callable[..., Awaitable[Any]]:
+    fallback_is_callable = has_fallback and callable(fallback)
+
+    async def use_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not fallback_is_callable:
+            return fallback
+        result = fallback(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    async def admit() -> int:
+        waited = 0.0
+        while True:
+            try:
+                return native._admit()
+            except RateLimitExceeded as exc:
+                if waited + exc.retry_after > max_wait:
+                    raise
+                await async_sleep(exc.retry_after)
+                waited += exc.retry_after
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            admission = await admit() if max_wait > 0 else native._admit()
+        except Exception:
+            if has_fallback:
+                return await use_fallback(args, kwargs)
+            raise
+        started = native._started()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            # CancelledError and other non-Exception exits give a trial permit back.
+            if native._exit(admission, started, exc):
+                return await use_fallback(args, kwargs)
+            raise
+        native._exit(admission, started, None)
+        return result
+
+    wrapper.guard = native  # type: ignore[attr-defined]
+    return wrapper
+
+
+def typed(decorated: Any, func: Callable[P, R]) -> Callable[P, R]:
+    """The guarded object, typed as the function it wraps."""
+    return cast("Callable[P, R]", decorated)

@@ -1,0 +1,150 @@
+//! Time for the state machines: monotonic nanoseconds, never the wall clock.
+//!
+//! The system clock is `CLOCK_MONOTONIC`, which every process on a host reads alike, so a
+//! bucket kept in shared memory means the same instant to each of them. The manual clock is
+//! a shared atomic counter: every copy of it agrees, and tests advance it by hand instead of
+//! sleeping.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+/// Nanoseconds per second, for the conversions at the boundary.
+pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
+
+/// Where a bucket or breaker reads the time.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// The host's monotonic clock.
+    #[default]
+    Monotonic,
+    /// A clock that only moves when a test advances it.
+    Manual(ManualClock),
+}
+
+impl Clock {
+    /// The current instant in nanoseconds on this clock.
+    #[inline]
+    pub fn now(&self) -> u64 {
+        match self {
+            Clock::Monotonic => monotonic_now(),
+            Clock::Manual(manual) => manual.now(),
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in nanoseconds: unaffected by wall-clock jumps, and the same for every
+/// process on the host (which the shared-memory backend relies on).
+#[inline]
+pub fn monotonic_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; CLOCK_MONOTONIC is always supported on the
+    // platforms we build for, and clock_gettime only writes through the pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    debug_assert_eq!(rc, 0);
+    (ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64
+}
+
+/// A clock that tests move by hand. Clones share the same instant.
+#[derive(Clone, Debug, Default)]
+pub struct ManualClock {
+    nanos: Arc<AtomicU64>,
+}
+
+impl ManualClock {
+    /// A manual clock standing at `start` nanoseconds.
+    pub fn new(start: u64) -> Self {
+        ManualClock {
+            nanos: Arc::new(AtomicU64::new(start)),
+        }
+    }
+
+    #[inline]
+    pub fn now(&self) -> u64 {
+        self.nanos.load(Ordering::Acquire)
+    }
+
+    /// Moves the clock forward by `nanos` (saturating: a clock never wraps into the past).
+    pub fn advance(&self, nanos: u64) {
+        let _ = self
+            .nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                Some(now.saturating_add(nanos))
+            });
+    }
+
+    /// Sets the clock to `nanos`; refuses to go backwards, as a monotonic clock would.
+    pub fn set(&self, nanos: u64) -> Result<(), u64> {
+        self.nanos
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |now| {
+                (nanos >= now).then_some(nanos)
+            })
+            .map(|_| ())
+    }
+}
+
+/// Seconds (as the user gives them) to nanoseconds, or `None` when the value is not a
+/// finite, non-negative number that fits.
+pub fn seconds_to_nanos(seconds: f64) -> Option<u64> {
+    if !seconds.is_finite() || seconds < 0.0 {
+        return None;
+    }
+    let nanos = (seconds * NANOS_PER_SECOND as f64).round();
+    (nanos < u64::MAX as f64).then_some(nanos as u64)
+}
+
+/// Nanoseconds to seconds, for reporting.
+#[inline]
+pub fn nanos_to_seconds(nanos: u64) -> f64 {
+    nanos as f64 / NANOS_PER_SECOND as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn monotonic_clock_never_goes_backwards() {
+        let mut last = monotonic_now();
+        for _ in 0..10_000 {
+            let now = monotonic_now();
+            assert!(now >= last);
+            last = now;
+        }
+    }
+
+    #[test]
+    fn manual_clock_copies_share_one_instant() {
+        let clock = ManualClock::new(5);
+        let copy = Clock::Manual(clock.clone());
+        clock.advance(10);
+        assert_eq!(copy.now(), 15);
+    }
+
+    #[test]
+    fn manual_clock_refuses_to_go_backwards() {
+        let clock = ManualClock::new(100);
+        assert_eq!(clock.set(50), Err(100));
+        assert_eq!(clock.set(150), Ok(()));
+        assert_eq!(clock.now(), 150);
+    }
+
+    #[test]
+    fn manual_clock_saturates_instead_of_wrapping() {
+        let clock = ManualClock::new(u64::MAX - 1);
+        clock.advance(10);
+        assert_eq!(clock.now(), u64::MAX);
+    }
+
+    #[test]
+    fn seconds_convert_to_nanoseconds_and_reject_nonsense() {
+        assert_eq!(seconds_to_nanos(1.5), Some(1_500_000_000));
+        assert_eq!(seconds_to_nanos(0.0), Some(0));
+        assert_eq!(seconds_to_nanos(-1.0), None);
+        assert_eq!(seconds_to_nanos(f64::NAN), None);
+        assert_eq!(seconds_to_nanos(f64::INFINITY), None);
+        assert_eq!(seconds_to_nanos(1e300), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! peak-resilience's native core: lock-free state machines for the per-call hot path.
+//!
+//! Each concept has its own file with its tests beside it. The core is plain Rust; the
+//! PyO3 binding (`python.rs`) sits on top behind the `python` feature, so `cargo test`
+//! needs no libpython.
+
+pub mod breaker;
+pub mod bucket;
+pub mod clock;
+pub mod place;
+pub mod stats;
+
+#[cfg(feature = "python")]
+mod python;

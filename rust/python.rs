@@ -1,0 +1,1172 @@
+//! The PyO3 binding: converts arguments, raises the Python exceptions, and nothing else.
+//!
+//! Hot methods (`acquire`, `allow`, calling a guarded function) take positional arguments,
+//! return plain values and never release the GIL: the work is nanoseconds. The exception
+//! classes live in `peak_resilience.errors` and are looked up once.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
+
+use crate::breaker::{Admission, Breaker, BreakerSettings, Transition, MAX_HALF_OPEN_CALLS};
+use crate::bucket::{Decision, Quota, QuotaError, TokenBucket};
+use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
+use crate::stats::{OperationStats, LATENCY_BOUNDS};
+
+static CIRCUIT_BREAKER_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static RATE_LIMIT_EXCEEDED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+const ERRORS_MODULE: &str = "peak_resilience.errors";
+
+// ---------------------------------------------------------------------------------------
+// Argument checks: every bad value is a ValueError that names the parameter and the value.
+
+fn reject_bool(value: &Bound<'_, PyAny>, name: &str) -> PyResult<()> {
+    if value.is_instance_of::<PyBool>() {
+        return Err(PyValueError::new_err(format!(
+            "{name} must be a number, got {}",
+            value.repr()?
+        )));
+    }
+    Ok(())
+}
+
+fn positive_int(value: &Bound<'_, PyAny>, name: &str) -> PyResult<u64> {
+    reject_bool(value, name)?;
+    if !value.is_instance_of::<PyInt>() {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be an int, got {}",
+            value.repr()?
+        )));
+    }
+    match value.extract::<i128>() {
+        Ok(n) if n >= 1 && n <= u64::MAX as i128 => Ok(n as u64),
+        _ => Err(PyValueError::new_err(format!(
+            "{name} must be a positive integer, got {}",
+            value.repr()?
+        ))),
+    }
+}
+
+fn seconds(value: &Bound<'_, PyAny>, name: &str, allow_zero: bool) -> PyResult<u64> {
+    reject_bool(value, name)?;
+    if !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>()) {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a number of seconds, got {}",
+            value.repr()?
+        )));
+    }
+    let secs: f64 = value.extract()?;
+    match seconds_to_nanos(secs) {
+        Some(nanos) if nanos > 0 || (allow_zero && secs == 0.0) => Ok(nanos),
+        _ => Err(PyValueError::new_err(format!(
+            "{name} must be a {} finite number of seconds, got {}",
+            if allow_zero { "non-negative" } else { "positive" },
+            value.repr()?
+        ))),
+    }
+}
+
+fn cost_of(cost: i64) -> PyResult<u64> {
+    u64::try_from(cost)
+        .map_err(|_| PyValueError::new_err(format!("cost must be >= 0, got {cost}")))
+}
+
+fn clock_from(clock: Option<&Bound<'_, PyAny>>) -> PyResult<Clock> {
+    match clock {
+        None => Ok(Clock::Monotonic),
+        Some(obj) if obj.is_none() => Ok(Clock::Monotonic),
+        Some(obj) => match obj.cast::<PyManualClock>() {
+            Ok(manual) => Ok(Clock::Manual(manual.get().clock.clone())),
+            Err(_) => Err(PyTypeError::new_err(format!(
+                "clock must be a peak_resilience.testing.ManualClock or None, got {}",
+                obj.repr()?
+            ))),
+        },
+    }
+}
+
+fn quota_from(
+    max_requests: &Bound<'_, PyAny>,
+    window_seconds: &Bound<'_, PyAny>,
+    burst: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Quota> {
+    let max = positive_int(max_requests, "max_requests")?;
+    let window = seconds(window_seconds, "window_seconds", false)?;
+    let burst = match burst {
+        Some(b) if !b.is_none() => positive_int(b, "burst")?,
+        _ => max,
+    };
+    Quota::per_window(max, window, burst).map_err(|err| match err {
+        QuotaError::OutOfRange => PyValueError::new_err(format!(
+            "max_requests={max} per window_seconds={} with burst={burst} is out of range: \
+             at most one request per nanosecond, and burst * interval must fit in 584 years",
+            window_seconds.repr().map(|r| r.to_string()).unwrap_or_default()
+        )),
+        // Zero values were refused above with the parameter's own name.
+        _ => PyValueError::new_err(format!("invalid quota: {err:?}")),
+    })
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A clock that only moves when a test advances it; pass it as `clock=` so that no test
+/// has to sleep to see a bucket refill or a breaker recover. Copies share one instant.
+#[pyclass(frozen, module = "peak_resilience._native", name = "ManualClock")]
+pub struct PyManualClock {
+    clock: ManualClock,
+}
+
+#[pymethods]
+impl PyManualClock {
+    #[new]
+    #[pyo3(signature = (start=None))]
+    fn new(start: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let start = match start {
+            Some(s) => seconds(s, "start", true)?,
+            None => 0,
+        };
+        Ok(PyManualClock {
+            clock: ManualClock::new(start),
+        })
+    }
+
+    /// The clock's current reading in seconds.
+    fn now(&self) -> f64 {
+        nanos_to_seconds(self.clock.now())
+    }
+
+    /// Moves the clock forward by `seconds`.
+    fn advance(&self, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.clock.advance(seconds(seconds_, "seconds", true)?);
+        Ok(())
+    }
+
+    /// A stand-in for `time.sleep` that advances this clock instead of waiting.
+    fn sleep(&self, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.advance(seconds_)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("ManualClock(now={})", nanos_to_seconds(self.clock.now()))
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// One token bucket (GCRA): `max_requests` per `window_seconds`, holding `burst` tokens.
+#[pyclass(frozen, weakref, module = "peak_resilience._native", name = "TokenBucket")]
+pub struct PyTokenBucket {
+    core: TokenBucket,
+    max_requests: AtomicU64,
+    window: AtomicU64,
+    enabled: AtomicBool,
+}
+
+impl PyTokenBucket {
+    fn build(quota: Quota, max_requests: u64, window: u64, clock: Clock) -> Self {
+        PyTokenBucket {
+            core: TokenBucket::new(quota, clock),
+            max_requests: AtomicU64::new(max_requests),
+            window: AtomicU64::new(window),
+            enabled: AtomicBool::new(true),
+        }
+    }
+
+    #[inline]
+    fn decide(&self, cost: u64) -> Decision {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Decision::Admitted;
+        }
+        self.core.try_acquire(cost)
+    }
+
+    fn impossible(&self, cost: u64) -> PyErr {
+        PyValueError::new_err(format!(
+            "cost {cost} is larger than the bucket can ever hold (burst {})",
+            self.core.quota().burst
+        ))
+    }
+}
+
+#[pymethods]
+impl PyTokenBucket {
+    #[new]
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, clock=None))]
+    fn new(
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let max = positive_int(max_requests, "max_requests")?;
+        let window = seconds(window_seconds, "window_seconds", false)?;
+        Ok(PyTokenBucket::build(quota, max, window, clock_from(clock)?))
+    }
+
+    /// Takes `cost` tokens if the bucket holds them now; never waits.
+    #[pyo3(signature = (cost=1, /))]
+    fn acquire(&self, cost: i64) -> PyResult<bool> {
+        let cost = cost_of(cost)?;
+        match self.decide(cost) {
+            Decision::Admitted => Ok(true),
+            Decision::Rejected { .. } => Ok(false),
+            Decision::Impossible => Err(self.impossible(cost)),
+        }
+    }
+
+    /// Seconds until `cost` tokens are available (0.0 when they are now).
+    #[pyo3(signature = (cost=1, /))]
+    fn wait_time(&self, cost: i64) -> PyResult<f64> {
+        let cost = cost_of(cost)?;
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(0.0);
+        }
+        match self.core.wait_time(cost) {
+            Some(nanos) => Ok(nanos_to_seconds(nanos)),
+            None => Err(self.impossible(cost)),
+        }
+    }
+
+    /// Tokens in the bucket now (fractional while one refills).
+    #[getter]
+    fn tokens_available(&self) -> f64 {
+        self.core.tokens_available()
+    }
+
+    /// Tokens the bucket holds when full.
+    #[getter]
+    fn capacity(&self) -> u64 {
+        self.core.quota().burst
+    }
+
+    #[getter]
+    fn max_requests(&self) -> u64 {
+        self.max_requests.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn window_seconds(&self) -> f64 {
+        nanos_to_seconds(self.window.load(Ordering::Relaxed))
+    }
+
+    /// Acquires admitted so far.
+    #[getter]
+    fn allowed(&self) -> u64 {
+        self.core.allowed()
+    }
+
+    /// Acquires rejected so far.
+    #[getter]
+    fn rejected(&self) -> u64 {
+        self.core.rejected()
+    }
+
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A disabled bucket admits everything (config `rate_limit_enabled = false`).
+    fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Changes the rate in place; tokens already spent stay spent.
+    #[pyo3(signature = (max_requests, window_seconds, burst=None))]
+    fn set_rate(
+        &self,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let quota = quota_from(max_requests, window_seconds, burst)?;
+        self.core.set_quota(quota);
+        self.max_requests
+            .store(positive_int(max_requests, "max_requests")?, Ordering::Relaxed);
+        self.window.store(
+            seconds(window_seconds, "window_seconds", false)?,
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Fills the bucket at once.
+    fn refill(&self) {
+        self.core.refill();
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+static LIMITER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+static BREAKER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+fn name_or(py: Python<'_>, name: Option<&Bound<'_, PyAny>>, prefix: &str, seq: &AtomicU64) -> PyResult<Py<PyString>> {
+    match name {
+        Some(n) if !n.is_none() => match n.cast::<PyString>() {
+            Ok(s) if !s.to_str()?.is_empty() => Ok(s.clone().unbind()),
+            _ => Err(PyValueError::new_err(format!(
+                "name must be a non-empty str, got {}",
+                n.repr()?
+            ))),
+        },
+        _ => {
+            let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
+            Ok(PyString::new(py, &format!("{prefix}-{n}")).unbind())
+        }
+    }
+}
+
+/// The native half of `peak_resilience.rate_limiter.RateLimiter`: a default bucket and
+/// one bucket per added endpoint.
+#[pyclass(frozen, subclass, weakref, module = "peak_resilience._native", name = "RateLimiter")]
+pub struct PyRateLimiter {
+    name: Py<PyString>,
+    default: Py<PyTokenBucket>,
+    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash.
+    endpoints: Py<PyDict>,
+    clock: Clock,
+}
+
+impl PyRateLimiter {
+    #[inline]
+    fn bucket<'py>(
+        &'py self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        if let Some(endpoint) = endpoint {
+            if let Some(found) = self.endpoints.bind(py).get_item(endpoint)? {
+                return Ok(found.cast_into::<PyTokenBucket>()?);
+            }
+        }
+        Ok(self.default.bind(py).clone())
+    }
+}
+
+#[pymethods]
+impl PyRateLimiter {
+    #[new]
+    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None))]
+    fn new(
+        py: Python<'_>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let clock = clock_from(clock)?;
+        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let bucket = PyTokenBucket::build(
+            quota,
+            positive_int(max_requests, "max_requests")?,
+            seconds(window_seconds, "window_seconds", false)?,
+            clock.clone(),
+        );
+        Ok(PyRateLimiter {
+            name: name_or(py, name, "limiter", &LIMITER_SEQUENCE)?,
+            default: Py::new(py, bucket)?,
+            endpoints: PyDict::new(py).unbind(),
+            clock,
+        })
+    }
+
+    /// Takes `cost` tokens from the endpoint's bucket (the default bucket for `None` or an
+    /// endpoint never added). Returns whether the request may go ahead; never waits.
+    #[pyo3(signature = (endpoint=None, cost=1))]
+    fn acquire(&self, py: Python<'_>, endpoint: Option<&Bound<'_, PyAny>>, cost: i64) -> PyResult<bool> {
+        let cost = cost_of(cost)?;
+        let bucket = self.bucket(py, endpoint)?;
+        let bucket = bucket.get();
+        match bucket.decide(cost) {
+            Decision::Admitted => Ok(true),
+            Decision::Rejected { .. } => Ok(false),
+            Decision::Impossible => Err(bucket.impossible(cost)),
+        }
+    }
+
+    /// Seconds until `cost` tokens are available on the endpoint's bucket.
+    #[pyo3(signature = (endpoint=None, cost=1))]
+    fn get_wait_time(&self, py: Python<'_>, endpoint: Option<&Bound<'_, PyAny>>, cost: i64) -> PyResult<f64> {
+        self.bucket(py, endpoint)?.get().wait_time(cost)
+    }
+
+    /// Gives `name` its own bucket of `max_requests` per `window_seconds`, standing on its
+    /// own beside the default one. Adding it again changes its rate in place.
+    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None))]
+    fn add_endpoint(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let name = match name.cast::<PyString>() {
+            Ok(s) if !s.to_str()?.is_empty() => s,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "endpoint name must be a non-empty str, got {}",
+                    name.repr()?
+                )))
+            }
+        };
+        let endpoints = self.endpoints.bind(py);
+        if let Some(existing) = endpoints.get_item(name)? {
+            return existing
+                .cast::<PyTokenBucket>()?
+                .get()
+                .set_rate(max_requests, window_seconds, burst);
+        }
+        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let bucket = PyTokenBucket::build(
+            quota,
+            positive_int(max_requests, "max_requests")?,
+            seconds(window_seconds, "window_seconds", false)?,
+            self.clock.clone(),
+        );
+        // setdefault: two threads adding the same endpoint at once keep one bucket.
+        endpoints.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
+        Ok(())
+    }
+
+    /// The bucket that `endpoint` draws on.
+    #[pyo3(signature = (endpoint=None))]
+    fn bucket_for<'py>(&'py self, py: Python<'py>, endpoint: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyTokenBucket>> {
+        self.bucket(py, endpoint)
+    }
+
+    /// The default bucket.
+    #[getter]
+    fn default_bucket(&self, py: Python<'_>) -> Py<PyTokenBucket> {
+        self.default.clone_ref(py)
+    }
+
+    /// The added endpoints and their buckets, as a new dict.
+    fn endpoint_buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.endpoints.bind(py).copy()
+    }
+
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// The native half of `peak_resilience.resilience.CircuitBreaker`.
+#[pyclass(frozen, subclass, weakref, module = "peak_resilience._native", name = "CircuitBreaker")]
+pub struct PyCircuitBreaker {
+    core: Breaker,
+    name: Py<PyString>,
+    /// Called as listener(name, from_state, to_state) after each transition. Locked only
+    /// on a transition, never on the per-call path.
+    listener: Mutex<Option<Py<PyAny>>>,
+}
+
+fn breaker_settings(
+    failure_threshold: &Bound<'_, PyAny>,
+    recovery_timeout: &Bound<'_, PyAny>,
+    half_open_max_calls: &Bound<'_, PyAny>,
+) -> PyResult<BreakerSettings> {
+    let half_open = positive_int(half_open_max_calls, "half_open_max_calls")?;
+    if half_open > MAX_HALF_OPEN_CALLS {
+        return Err(PyValueError::new_err(format!(
+            "half_open_max_calls must be at most {MAX_HALF_OPEN_CALLS}, got {half_open}"
+        )));
+    }
+    Ok(BreakerSettings {
+        failure_threshold: positive_int(failure_threshold, "failure_threshold")?,
+        recovery_timeout: seconds(recovery_timeout, "recovery_timeout", false)?,
+        half_open_max_calls: half_open,
+    })
+}
+
+impl PyCircuitBreaker {
+    /// Tells the listener about a transition; a listener that raises is reported as
+    /// unraisable and never breaks the guarded call.
+    #[inline]
+    fn notify(&self, py: Python<'_>, transition: Option<Transition>) {
+        if let Some(t) = transition {
+            self.notify_slow(py, t);
+        }
+    }
+
+    #[cold]
+    fn notify_slow(&self, py: Python<'_>, t: Transition) {
+        let listener = match self.listener.lock() {
+            Ok(guard) => guard.as_ref().map(|l| l.clone_ref(py)),
+            Err(poisoned) => poisoned.into_inner().as_ref().map(|l| l.clone_ref(py)),
+        };
+        if let Some(listener) = listener {
+            if let Err(err) = listener.call1(py, (self.name.clone_ref(py), t.from, t.to)) {
+                err.write_unraisable(py, Some(listener.bind(py)));
+            }
+        }
+    }
+
+    #[inline]
+    fn enter(&self, py: Python<'_>) -> Admission {
+        let (admission, transition) = self.core.enter();
+        self.notify(py, transition);
+        admission
+    }
+
+    #[inline]
+    fn succeed(&self, py: Python<'_>, admission: Admission) {
+        let transition = self.core.on_success(admission);
+        self.notify(py, transition);
+    }
+
+    #[inline]
+    fn fail(&self, py: Python<'_>, admission: Admission) {
+        let transition = self.core.on_failure(admission);
+        self.notify(py, transition);
+    }
+
+    /// How a call recorded by hand (`record_success` / `record_failure`) was admitted.
+    fn inferred_admission(&self, py: Python<'_>) -> Admission {
+        if self.state_code(py) == crate::breaker::HALF_OPEN {
+            Admission::Trial
+        } else {
+            Admission::Normal
+        }
+    }
+
+    #[cold]
+    fn rejection(&self, py: Python<'_>, remaining: u64) -> PyErr {
+        let name = self.name.bind(py);
+        let secs = nanos_to_seconds(remaining);
+        let message = if remaining > 0 {
+            format!("CircuitBreaker '{name}' is OPEN: call not attempted, next trial in {secs:.3}s")
+        } else {
+            format!("CircuitBreaker '{name}' is HALF_OPEN and its trial calls are taken: call not attempted")
+        };
+        match CIRCUIT_BREAKER_ERROR.import(py, ERRORS_MODULE, "CircuitBreakerError") {
+            Ok(ty) => PyErr::from_type(ty.clone(), (message, name.clone().unbind(), secs)),
+            Err(err) => err,
+        }
+    }
+}
+
+/// The argument if given and not None, else the default.
+fn given_or<'a, 'py>(
+    value: Option<&'a Bound<'py, PyAny>>,
+    default: &'a Bound<'py, PyAny>,
+) -> &'a Bound<'py, PyAny> {
+    value.filter(|v| !v.is_none()).unwrap_or(default)
+}
+
+fn admission_from(code: u8) -> PyResult<Admission> {
+    Admission::from_code(code)
+        .ok_or_else(|| PyValueError::new_err(format!("admission must be 0, 1 or 2, got {code}")))
+}
+
+#[pymethods]
+impl PyCircuitBreaker {
+    #[new]
+    #[pyo3(signature = (failure_threshold=None, recovery_timeout=None, name=None, half_open_max_calls=None, *, clock=None))]
+    fn new(
+        py: Python<'_>,
+        failure_threshold: Option<&Bound<'_, PyAny>>,
+        recovery_timeout: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        half_open_max_calls: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let five = 5i64.into_pyobject(py)?.into_any();
+        let sixty = PyFloat::new(py, 60.0).into_any();
+        let one = 1i64.into_pyobject(py)?.into_any();
+        let settings = breaker_settings(
+            given_or(failure_threshold, &five),
+            given_or(recovery_timeout, &sixty),
+            given_or(half_open_max_calls, &one),
+        )?;
+        Ok(PyCircuitBreaker {
+            core: Breaker::new(settings, clock_from(clock)?),
+            name: name_or(py, name, "breaker", &BREAKER_SEQUENCE)?,
+            listener: Mutex::new(None),
+        })
+    }
+
+    /// Whether a call may run now; counts a rejection when not. In HALF_OPEN this takes a
+    /// trial permit, so follow it with `record_success()` or `record_failure()`.
+    fn allow(&self, py: Python<'_>) -> bool {
+        !matches!(self.enter(py), Admission::Rejected { .. })
+    }
+
+    /// Records a successful call made after `allow()`.
+    fn record_success(&self, py: Python<'_>) {
+        let admission = self.inferred_admission(py);
+        self.succeed(py, admission);
+    }
+
+    /// Records a failed call made after `allow()`.
+    fn record_failure(&self, py: Python<'_>) {
+        let admission = self.inferred_admission(py);
+        self.fail(py, admission);
+    }
+
+    /// The state as an int (0 closed, 1 half-open, 2 open); an open circuit whose
+    /// recovery timeout has passed reads (and becomes) half-open.
+    #[getter]
+    fn state_code(&self, py: Python<'_>) -> u8 {
+        let (state, transition) = self.core.current_state();
+        self.notify(py, transition);
+        state
+    }
+
+    /// Closes the circuit and clears the failure streak.
+    fn reset(&self, py: Python<'_>) {
+        let transition = self.core.reset();
+        self.notify(py, transition);
+    }
+
+    /// Opens the circuit now, for `recovery_timeout` seconds.
+    fn force_open(&self, py: Python<'_>) {
+        let transition = self.core.force_open();
+        self.notify(py, transition);
+    }
+
+    /// Changes the thresholds in place; the state and its counts stay.
+    #[pyo3(signature = (failure_threshold, recovery_timeout, half_open_max_calls))]
+    fn set_settings(
+        &self,
+        failure_threshold: &Bound<'_, PyAny>,
+        recovery_timeout: &Bound<'_, PyAny>,
+        half_open_max_calls: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        self.core.set_settings(breaker_settings(
+            failure_threshold,
+            recovery_timeout,
+            half_open_max_calls,
+        )?);
+        Ok(())
+    }
+
+    #[getter]
+    fn failure_threshold(&self) -> u64 {
+        self.core.settings().failure_threshold
+    }
+
+    #[getter]
+    fn recovery_timeout(&self) -> f64 {
+        nanos_to_seconds(self.core.settings().recovery_timeout)
+    }
+
+    #[getter]
+    fn half_open_max_calls(&self) -> u64 {
+        self.core.settings().half_open_max_calls
+    }
+
+    /// Consecutive failures: the running streak while closed, else the one that opened it.
+    #[getter]
+    fn failure_count(&self) -> u64 {
+        self.core.failure_count()
+    }
+
+    /// Seconds until an open circuit lets a trial call through (0.0 when not open).
+    #[getter]
+    fn retry_after(&self) -> f64 {
+        nanos_to_seconds(self.core.remaining())
+    }
+
+    #[getter]
+    fn success_total(&self) -> u64 {
+        self.core.successes()
+    }
+
+    #[getter]
+    fn failure_total(&self) -> u64 {
+        self.core.failures()
+    }
+
+    #[getter]
+    fn rejection_total(&self) -> u64 {
+        self.core.rejections()
+    }
+
+    /// How many times the circuit went from state `from_state` to `to_state` (0..=2).
+    fn transition_count(&self, from_state: u8, to_state: u8) -> PyResult<u64> {
+        if from_state > 2 || to_state > 2 {
+            return Err(PyValueError::new_err(format!(
+                "states are 0, 1 or 2, got from_state={from_state} to_state={to_state}"
+            )));
+        }
+        Ok(self.core.transitions(from_state, to_state))
+    }
+
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+
+    /// Sets the callable told of each transition as listener(name, from, to), or None.
+    fn set_listener(&self, listener: Option<Py<PyAny>>) {
+        match self.listener.lock() {
+            Ok(mut guard) => *guard = listener,
+            Err(poisoned) => *poisoned.into_inner() = listener,
+        }
+    }
+
+    /// Asks to run one call: 1 admitted while closed, 2 admitted as a half-open trial;
+    /// raises CircuitBreakerError when refused. For wrappers that run the call themselves.
+    fn _enter(&self, py: Python<'_>) -> PyResult<u8> {
+        match self.enter(py) {
+            Admission::Rejected { remaining } => Err(self.rejection(py, remaining)),
+            admission => Ok(admission.code()),
+        }
+    }
+
+    /// Reports how a call admitted by `_enter` ended: True success, False failure,
+    /// None neither (cancelled or interrupted: a trial gives its permit back).
+    fn _exit(&self, py: Python<'_>, admission: u8, outcome: Option<bool>) -> PyResult<()> {
+        let admission = admission_from(admission)?;
+        match outcome {
+            Some(true) => self.succeed(py, admission),
+            Some(false) => self.fail(py, admission),
+            None => self.core.release(admission),
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// Counters and the latency histogram of one operation, read by the Prometheus collector.
+#[pyclass(frozen, weakref, module = "peak_resilience._native", name = "OperationStats")]
+pub struct PyOperationStats {
+    stats: OperationStats,
+    name: Py<PyString>,
+}
+
+impl PyOperationStats {
+    fn record_exception(&self, py: Python<'_>, err: &PyErr) {
+        let ty = err.get_type(py);
+        self.stats.record_failure(ty.as_ptr() as usize, || {
+            ty.name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".to_owned())
+        });
+    }
+}
+
+/// A key for a failure recorded by name: odd, so it never equals a type's address.
+fn name_key(name: &str) -> usize {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    (hasher.finish() as usize) | 1
+}
+
+#[pymethods]
+impl PyOperationStats {
+    #[new]
+    fn new(name: Bound<'_, PyString>) -> Self {
+        PyOperationStats {
+            stats: OperationStats::default(),
+            name: name.unbind(),
+        }
+    }
+
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+
+    /// Records one call's duration in seconds.
+    fn record_latency(&self, seconds_: f64) -> PyResult<()> {
+        let nanos = seconds_to_nanos(seconds_).ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "latency must be a non-negative finite number of seconds, got {seconds_}"
+            ))
+        })?;
+        self.stats.record_latency(nanos);
+        Ok(())
+    }
+
+    fn record_success(&self) {
+        self.stats.record_success();
+    }
+
+    /// Counts one failure of the exception type named `error_type`.
+    fn record_failure(&self, error_type: &str) {
+        self.stats
+            .record_failure(name_key(error_type), || error_type.to_owned());
+    }
+
+    /// {"buckets": cumulative counts per bound (last +Inf), "sum": seconds,
+    ///  "successes": n, "failures": {error_type: n}}
+    fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snap = self.stats.snapshot();
+        let out = PyDict::new(py);
+        out.set_item("buckets", PyList::new(py, snap.cumulative)?)?;
+        out.set_item("sum", nanos_to_seconds(snap.sum_nanos))?;
+        out.set_item("successes", snap.successes)?;
+        let failures = PyDict::new(py);
+        for (name, count) in snap.failures {
+            // A type recorded both by class and by name appears once, summed.
+            let previous: u64 = failures
+                .get_item(&name)?
+                .map(|v| v.extract())
+                .transpose()?
+                .unwrap_or(0);
+            failures.set_item(name, previous + count)?;
+        }
+        out.set_item("failures", failures)?;
+        Ok(out)
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+extern "C" {
+    // CPython's bound-method constructor (stable since 2.x, not wrapped by pyo3-ffi): the
+    // cheapest way to bind a guard to an instance.
+    fn PyMethod_New(
+        func: *mut pyo3::ffi::PyObject,
+        instance: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
+/// Calling it runs the whole guard natively: one Python-to-Rust call per invocation.
+#[pyclass(frozen, dict, module = "peak_resilience._native", name = "Guard")]
+pub struct Guard {
+    func: Py<PyAny>,
+    breaker: Option<Py<PyCircuitBreaker>>,
+    limiter: Option<Py<PyRateLimiter>>,
+    endpoint: Option<Py<PyAny>>,
+    cost: u64,
+    operation: Option<Py<PyOperationStats>>,
+    fallback: Option<Py<PyAny>>,
+    fallback_is_callable: bool,
+    fallback_on_failure: AtomicBool,
+    max_wait: u64,
+    sleep: Option<Py<PyAny>>,
+    clock: Clock,
+}
+
+impl Guard {
+    /// Takes a breaker admission and a token; on refusal, the error to raise.
+    #[inline]
+    fn admit(&self, py: Python<'_>) -> PyResult<Admission> {
+        let admission = match &self.breaker {
+            Some(breaker) => {
+                let breaker = breaker.get();
+                match breaker.enter(py) {
+                    Admission::Rejected { remaining } => {
+                        return Err(breaker.rejection(py, remaining))
+                    }
+                    admission => admission,
+                }
+            }
+            None => Admission::Normal,
+        };
+        if let Some(limiter) = &self.limiter {
+            if let Err(err) = self.take_token(py, limiter.get()) {
+                if let Some(breaker) = &self.breaker {
+                    breaker.get().core.release(admission);
+                }
+                return Err(err);
+            }
+        }
+        Ok(admission)
+    }
+
+    #[inline]
+    fn take_token(&self, py: Python<'_>, limiter: &PyRateLimiter) -> PyResult<()> {
+        let endpoint = self.endpoint.as_ref().map(|e| e.bind(py));
+        let bucket = limiter.bucket(py, endpoint)?;
+        let bucket = bucket.get();
+        let mut waited = 0u64;
+        loop {
+            match bucket.decide(self.cost) {
+                Decision::Admitted => return Ok(()),
+                Decision::Impossible => return Err(bucket.impossible(self.cost)),
+                Decision::Rejected { wait } => {
+                    if waited.saturating_add(wait) > self.max_wait {
+                        return Err(self.rate_limited(py, limiter, wait));
+                    }
+                    self.sleep_for(py, wait)?;
+                    waited += wait;
+                }
+            }
+        }
+    }
+
+    fn sleep_for(&self, py: Python<'_>, nanos: u64) -> PyResult<()> {
+        match &self.sleep {
+            Some(sleep) => sleep.call1(py, (nanos_to_seconds(nanos),)).map(|_| ()),
+            None => {
+                py.detach(|| std::thread::sleep(Duration::from_nanos(nanos)));
+                Ok(())
+            }
+        }
+    }
+
+    #[cold]
+    fn rate_limited(&self, py: Python<'_>, limiter: &PyRateLimiter, wait: u64) -> PyErr {
+        let secs = nanos_to_seconds(wait);
+        let name = limiter.name.bind(py);
+        let endpoint = self.endpoint.as_ref().map(|e| e.clone_ref(py));
+        let message = match &endpoint {
+            Some(e) => format!("rate limit of '{name}' ({}) exceeded: retry in {secs:.3}s", e.bind(py)),
+            None => format!("rate limit of '{name}' exceeded: retry in {secs:.3}s"),
+        };
+        match RATE_LIMIT_EXCEEDED.import(py, ERRORS_MODULE, "RateLimitExceeded") {
+            Ok(ty) => PyErr::from_type(ty.clone(), (message, name.clone().unbind(), endpoint, secs)),
+            Err(err) => err,
+        }
+    }
+
+    #[inline]
+    fn started(&self) -> u64 {
+        if self.operation.is_some() {
+            self.clock.now()
+        } else {
+            0
+        }
+    }
+
+    #[inline]
+    fn record(&self, py: Python<'_>, admission: Admission, started: u64, error: Option<&PyErr>) {
+        let failed = error.is_some();
+        if let Some(operation) = &self.operation {
+            let operation = operation.get();
+            operation
+                .stats
+                .record_latency(self.clock.now().saturating_sub(started));
+            match error {
+                None => operation.stats.record_success(),
+                Some(err) => operation.record_exception(py, err),
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            let breaker = breaker.get();
+            if failed {
+                breaker.fail(py, admission);
+            } else {
+                breaker.succeed(py, admission);
+            }
+        }
+    }
+
+    fn release(&self, admission: Admission) {
+        if let Some(breaker) = &self.breaker {
+            breaker.get().core.release(admission);
+        }
+    }
+
+    fn call_fallback(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> Option<PyResult<Py<PyAny>>> {
+        let fallback = self.fallback.as_ref()?;
+        Some(if self.fallback_is_callable {
+            fallback.bind(py).call(args, kwargs).map(Bound::unbind)
+        } else {
+            Ok(fallback.clone_ref(py))
+        })
+    }
+}
+
+#[pymethods]
+impl Guard {
+    #[new]
+    #[pyo3(signature = (func, *, breaker=None, limiter=None, endpoint=None, cost=1, operation=None,
+                        fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        func: Bound<'_, PyAny>,
+        breaker: Option<Py<PyCircuitBreaker>>,
+        limiter: Option<Py<PyRateLimiter>>,
+        endpoint: Option<Py<PyAny>>,
+        cost: i64,
+        operation: Option<Py<PyOperationStats>>,
+        fallback: Option<Bound<'_, PyAny>>,
+        has_fallback: bool,
+        fallback_on_failure: bool,
+        max_wait: Option<&Bound<'_, PyAny>>,
+        sleep: Option<Py<PyAny>>,
+    ) -> PyResult<Self> {
+        if !func.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "the guarded function must be callable, got {}",
+                func.repr()?
+            )));
+        }
+        let py = func.py();
+        let clock = match (&breaker, &limiter) {
+            (Some(b), _) => b.get().core.clock().clone(),
+            (None, Some(l)) => l.get().clock.clone(),
+            (None, None) => Clock::Monotonic,
+        };
+        let fallback = if has_fallback {
+            Some(fallback.map_or_else(|| py.None(), Bound::unbind))
+        } else {
+            None
+        };
+        let fallback_is_callable = fallback.as_ref().is_some_and(|f| f.bind(py).is_callable());
+        Ok(Guard {
+            func: func.unbind(),
+            breaker,
+            limiter,
+            endpoint: endpoint.filter(|e| !e.is_none(py)),
+            cost: cost_of(cost)?,
+            operation,
+            fallback,
+            fallback_is_callable,
+            fallback_on_failure: AtomicBool::new(fallback_on_failure && has_fallback),
+            max_wait: match max_wait {
+                Some(w) if !w.is_none() => seconds(w, "max_wait", true)?,
+                _ => 0,
+            },
+            sleep: sleep.filter(|s| !s.is_none(py)),
+            clock,
+        })
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let admission = match self.admit(py) {
+            Ok(admission) => admission,
+            Err(rejection) => {
+                return match self.call_fallback(py, args, kwargs) {
+                    Some(result) => result,
+                    None => Err(rejection),
+                }
+            }
+        };
+        let started = self.started();
+        match self.func.bind(py).call(args, kwargs) {
+            Ok(value) => {
+                self.record(py, admission, started, None);
+                Ok(value.unbind())
+            }
+            Err(err) if err.is_instance_of::<PyException>(py) => {
+                self.record(py, admission, started, Some(&err));
+                if self.fallback_on_failure.load(Ordering::Relaxed) {
+                    if let Some(result) = self.call_fallback(py, args, kwargs) {
+                        return result;
+                    }
+                }
+                Err(err)
+            }
+            // KeyboardInterrupt, SystemExit, GeneratorExit, CancelledError: no verdict.
+            Err(err) => {
+                self.release(admission);
+                Err(err)
+            }
+        }
+    }
+
+    /// Binds the guard to an instance, so that it decorates methods too.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: Option<&Bound<'py, PyAny>>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match instance {
+            Some(instance) if !instance.is_none() => {
+                // SAFETY: both pointers are live objects; PyMethod_New returns a new
+                // reference or NULL with an exception set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        slf.py(),
+                        PyMethod_New(slf.as_ptr(), instance.as_ptr()),
+                    )
+                }
+            }
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    /// For async wrappers: takes the breaker admission and a token (no waiting), returns
+    /// the admission code, or raises CircuitBreakerError / RateLimitExceeded.
+    fn _admit(&self, py: Python<'_>) -> PyResult<u8> {
+        self.admit(py).map(Admission::code)
+    }
+
+    /// For async wrappers: the clock reading to pass back to `_exit`.
+    fn _started(&self) -> u64 {
+        self.started()
+    }
+
+    /// For async wrappers: records how the call ended. `error` is the exception raised,
+    /// or None for success. Returns True when the fallback should replace the error.
+    #[pyo3(signature = (admission, started, error=None))]
+    fn _exit(&self, py: Python<'_>, admission: u8, started: u64, error: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+        let admission = admission_from(admission)?;
+        match error {
+            None => {
+                self.record(py, admission, started, None);
+                Ok(false)
+            }
+            Some(exc) if exc.is_instance_of::<PyException>() => {
+                let err = PyErr::from_value(exc);
+                self.record(py, admission, started, Some(&err));
+                Ok(self.fallback_on_failure.load(Ordering::Relaxed))
+            }
+            Some(_) => {
+                self.release(admission);
+                Ok(false)
+            }
+        }
+    }
+
+    /// The function this guard runs.
+    #[getter]
+    fn func(&self, py: Python<'_>) -> Py<PyAny> {
+        self.func.clone_ref(py)
+    }
+
+    #[getter]
+    fn breaker(&self, py: Python<'_>) -> Option<Py<PyCircuitBreaker>> {
+        self.breaker.as_ref().map(|b| b.clone_ref(py))
+    }
+
+    #[getter]
+    fn limiter(&self, py: Python<'_>) -> Option<Py<PyRateLimiter>> {
+        self.limiter.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    #[getter]
+    fn operation(&self, py: Python<'_>) -> Option<Py<PyOperationStats>> {
+        self.operation.as_ref().map(|o| o.clone_ref(py))
+    }
+
+    /// Whether a failed call returns the fallback instead of raising (fail-safe modules).
+    fn set_fallback_on_failure(&self, enabled: bool) {
+        self.fallback_on_failure
+            .store(enabled && self.fallback.is_some(), Ordering::Relaxed);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+
+#[pymodule(gil_used = false)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyManualClock>()?;
+    m.add_class::<PyTokenBucket>()?;
+    m.add_class::<PyRateLimiter>()?;
+    m.add_class::<PyCircuitBreaker>()?;
+    m.add_class::<PyOperationStats>()?;
+    m.add_class::<Guard>()?;
+    let bounds: Vec<f64> = LATENCY_BOUNDS.iter().map(|n| nanos_to_seconds(*n)).collect();
+    m.add("LATENCY_BOUNDS", PyTuple::new(m.py(), bounds)?)?;
+    Ok(())
+}
