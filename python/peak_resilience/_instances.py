@@ -6,8 +6,11 @@ forgotten once dropped. The module registries hold theirs strongly.
 
 from __future__ import annotations
 
+import threading
 import weakref
 from typing import TYPE_CHECKING
+
+from peak_resilience._native import OperationStats
 
 if TYPE_CHECKING:
     from peak_resilience.rate_limiter import RateLimiter
@@ -15,3 +18,17 @@ if TYPE_CHECKING:
 
 breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 limiters: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+
+#: Per-operation counters and latency histograms, by operation name. Held for the life of
+#: the process: an operation is a name in the code, not an object the user drops.
+operations: dict[str, OperationStats] = {}
+_operations_lock = threading.Lock()
+
+
+def operation(name: str) -> OperationStats:
+    """The stats of operation ``name``, created on first use (the same object after)."""
+    stats = operations.get(name)
+    if stats is None:
+        with _operations_lock:
+            stats = operations.setdefault(name, OperationStats(name))
+    return stats
