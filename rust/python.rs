@@ -541,17 +541,13 @@ impl PyCircuitBreaker {
         }
     }
 
+    /// The CircuitBreakerError for a refused call. Its message is formatted by the Python
+    /// class only when asked for: a refusal costs little more than a plain raise.
     #[cold]
     fn rejection(&self, py: Python<'_>, remaining: u64) -> PyErr {
-        let name = self.name.bind(py);
-        let secs = nanos_to_seconds(remaining);
-        let message = if remaining > 0 {
-            format!("CircuitBreaker '{name}' is OPEN: call not attempted, next trial in {secs:.3}s")
-        } else {
-            format!("CircuitBreaker '{name}' is HALF_OPEN and its trial calls are taken: call not attempted")
-        };
+        let details = (self.name.clone_ref(py), nanos_to_seconds(remaining));
         match CIRCUIT_BREAKER_ERROR.import(py, ERRORS_MODULE, "CircuitBreakerError") {
-            Ok(ty) => PyErr::from_type(ty.clone(), (message, name.clone().unbind(), secs)),
+            Ok(ty) => PyErr::from_type(ty.clone(), details),
             Err(err) => err,
         }
     }
@@ -911,17 +907,13 @@ impl Guard {
         }
     }
 
+    /// The RateLimitExceeded for a refused call (message formatted lazily, as above).
     #[cold]
     fn rate_limited(&self, py: Python<'_>, limiter: &PyRateLimiter, wait: u64) -> PyErr {
-        let secs = nanos_to_seconds(wait);
-        let name = limiter.name.bind(py);
         let endpoint = self.endpoint.as_ref().map(|e| e.clone_ref(py));
-        let message = match &endpoint {
-            Some(e) => format!("rate limit of '{name}' ({}) exceeded: retry in {secs:.3}s", e.bind(py)),
-            None => format!("rate limit of '{name}' exceeded: retry in {secs:.3}s"),
-        };
+        let details = (limiter.name.clone_ref(py), endpoint, nanos_to_seconds(wait));
         match RATE_LIMIT_EXCEEDED.import(py, ERRORS_MODULE, "RateLimitExceeded") {
-            Ok(ty) => PyErr::from_type(ty.clone(), (message, name.clone().unbind(), endpoint, secs)),
+            Ok(ty) => PyErr::from_type(ty.clone(), details),
             Err(err) => err,
         }
     }

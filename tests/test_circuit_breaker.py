@@ -280,3 +280,8 @@ def test_a_clock_of_the_wrong_type_is_refused() -> None:
 def test_decorating_something_not_callable_is_a_type_error() -> None:
     with pytest.raises(TypeError, match="must be callable"):
         CircuitBreaker().call(42)  # type: ignore[arg-type]
+
+
+def test_a_refusal_by_hand_reads_like_any_exception() -> None:
+    assert str(CircuitBreakerError("custom")) == "custom"
+    assert CircuitBreakerError("custom").name == ""

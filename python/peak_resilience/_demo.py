@@ -42,7 +42,7 @@ def run(duration: float = 3.0) -> int:
         symbol = rng.choice(["BTC/EUR", "ETH/EUR", "SOL/EUR"])
         try:
             if not limiter.acquire():
-                raise RateLimitExceeded("no token", limiter.name, None, limiter.get_wait_time())
+                raise RateLimitExceeded(limiter.name, None, limiter.get_wait_time())
             submit(symbol)
             counts["filled"] += 1
         except RateLimitExceeded:

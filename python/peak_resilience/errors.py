@@ -1,8 +1,9 @@
 """The exceptions a guarded call raises instead of running.
 
-Both are raised from the native core with their arguments already formatted, so building
-one costs no Python-level ``__init__``: ``args`` is ``(message, ...details)`` and the
-properties below read the details back.
+The native core raises them with their details as ``args`` and no message: the message is
+formatted only when someone asks for it (``str(e)``, logging), so that refusing a call
+costs little more than a plain ``raise``. Constructed by hand with a single message
+argument, they behave like any exception.
 """
 
 from __future__ import annotations
@@ -13,42 +14,82 @@ __all__ = ["CircuitBreakerError", "RateLimitExceeded", "ResilienceError"]
 class ResilienceError(Exception):
     """Base class of the errors peak-resilience raises instead of running a call."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else super().__str__()
-
 
 class CircuitBreakerError(ResilienceError):
     """The circuit is open (or its half-open trials are taken): the call was not attempted.
 
-    The message contains ``"CircuitBreaker"``, the breaker's name and the seconds until the
-    next trial call, so the guide's ``if "CircuitBreaker" in str(e)`` check works.
+    Raised with ``args == (name, retry_after)``. The message contains ``"CircuitBreaker"``,
+    the breaker's name and the seconds until the next trial call, so the guide's
+    ``if "CircuitBreaker" in str(e)`` check works.
     """
+
+    def _details(self) -> tuple[str, float] | None:
+        if len(self.args) == 2 and isinstance(self.args[1], float):
+            return str(self.args[0]), self.args[1]
+        return None
 
     @property
     def name(self) -> str:
         """The name of the breaker that refused the call."""
-        return str(self.args[1]) if len(self.args) > 1 else ""
+        details = self._details()
+        return details[0] if details else ""
 
     @property
     def retry_after(self) -> float:
         """Seconds until the breaker lets a trial call through (0.0 when half-open)."""
-        return float(self.args[2]) if len(self.args) > 2 else 0.0
+        details = self._details()
+        return details[1] if details else 0.0
+
+    def __str__(self) -> str:
+        details = self._details()
+        if details is None:
+            return super().__str__()
+        name, retry_after = details
+        if retry_after > 0:
+            return (
+                f"CircuitBreaker '{name}' is OPEN: call not attempted, "
+                f"next trial in {retry_after:.3f}s"
+            )
+        return (
+            f"CircuitBreaker '{name}' is HALF_OPEN and its trial calls are taken: "
+            "call not attempted"
+        )
 
 
 class RateLimitExceeded(ResilienceError):
-    """The rate limiter had no token for the call: it was not attempted."""
+    """The rate limiter had no token for the call: it was not attempted.
+
+    Raised with ``args == (limiter, endpoint, retry_after)``.
+    """
+
+    def _details(self) -> tuple[str, str | None, float] | None:
+        if len(self.args) == 3 and isinstance(self.args[2], float):
+            limiter, endpoint, retry_after = self.args
+            return str(limiter), None if endpoint is None else str(endpoint), retry_after
+        return None
 
     @property
     def limiter(self) -> str:
         """The name of the limiter that refused the call."""
-        return str(self.args[1]) if len(self.args) > 1 else ""
+        details = self._details()
+        return details[0] if details else ""
 
     @property
     def endpoint(self) -> str | None:
         """The endpoint whose bucket was empty, or None for the default bucket."""
-        return self.args[2] if len(self.args) > 2 else None
+        details = self._details()
+        return details[1] if details else None
 
     @property
     def retry_after(self) -> float:
         """Seconds until the bucket holds the tokens the call needs."""
-        return float(self.args[3]) if len(self.args) > 3 else 0.0
+        details = self._details()
+        return details[2] if details else 0.0
+
+    def __str__(self) -> str:
+        details = self._details()
+        if details is None:
+            return super().__str__()
+        limiter, endpoint, retry_after = details
+        where = f"'{limiter}'" if endpoint is None else f"'{limiter}' ({endpoint})"
+        return f"rate limit of {where} exceeded: retry in {retry_after:.3f}s"
