@@ -6,13 +6,13 @@ itself is in every number alike. `benches/ratios.py` turns the groups into the i
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from peak_resilience.errors import CircuitBreakerError
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker
@@ -132,10 +132,8 @@ def test_ratelimit_decorator_call(benchmark: Any) -> None:
 
 def catching(call: Callable[[], Any], error: type[BaseException]) -> Callable[[], None]:
     def run() -> None:
-        try:
+        with contextlib.suppress(error):
             call()
-        except error:
-            pass
 
     return run
 
@@ -176,10 +174,8 @@ def test_circuitbreaker_open_rejects(benchmark: Any) -> None:
 
     breaker = PeerBreaker(failure_threshold=1, recovery_timeout=10**6)
     guarded = breaker(raise_plain)
-    try:
+    with contextlib.suppress(PlainError):
         guarded()
-    except PlainError:
-        pass
     benchmark(catching(guarded, PeerError))
 
 

@@ -195,7 +195,12 @@ impl Breaker {
                     let now = self.clock.now();
                     if now < due {
                         s.rejections.fetch_add(1, Ordering::Relaxed);
-                        return (Admission::Rejected { remaining: due - now }, None);
+                        return (
+                            Admission::Rejected {
+                                remaining: due - now,
+                            },
+                            None,
+                        );
                     }
                     // The first caller past the deadline takes the first trial permit in the
                     // same swap that half-opens the circuit.
@@ -297,9 +302,8 @@ impl Breaker {
         let _ = s
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                (state_of(word) == HALF_OPEN
-                    && trials_admitted(word) > trials_succeeded(word))
-                .then(|| word - 1)
+                (state_of(word) == HALF_OPEN && trials_admitted(word) > trials_succeeded(word))
+                    .then(|| word - 1)
             });
     }
 
@@ -310,8 +314,7 @@ impl Breaker {
         let word = s.word.load(Ordering::Acquire);
         if state_of(word) == OPEN && self.clock.now() >= payload_of(word) {
             let next = pack(HALF_OPEN, 0);
-            if s
-                .word
+            if s.word
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
             {

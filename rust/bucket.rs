@@ -65,7 +65,9 @@ impl Quota {
 pub enum Decision {
     Admitted,
     /// Not enough tokens now; this many nanoseconds until there are.
-    Rejected { wait: u64 },
+    Rejected {
+        wait: u64,
+    },
     /// More tokens than the bucket can ever hold: no wait will help.
     Impossible,
 }
@@ -282,9 +284,7 @@ mod tests {
         // 100 per 60 s refills one token every 0.6 s.
         assert_eq!(
             bucket.try_acquire(1),
-            Decision::Rejected {
-                wait: 600_000_000
-            }
+            Decision::Rejected { wait: 600_000_000 }
         );
         assert_eq!(bucket.wait_time(1), Some(600_000_000));
         assert_eq!(bucket.wait_time(3), Some(1_800_000_000));
@@ -359,7 +359,10 @@ mod tests {
 
     #[test]
     fn quota_rejects_zero_and_overflowing_parameters() {
-        assert_eq!(Quota::per_window(0, SECOND, 1), Err(QuotaError::ZeroRequests));
+        assert_eq!(
+            Quota::per_window(0, SECOND, 1),
+            Err(QuotaError::ZeroRequests)
+        );
         assert_eq!(Quota::per_window(1, 0, 1), Err(QuotaError::ZeroWindow));
         assert_eq!(Quota::per_window(1, SECOND, 0), Err(QuotaError::ZeroBurst));
         assert_eq!(Quota::per_window(10, 1, 1), Err(QuotaError::OutOfRange));
@@ -400,8 +403,7 @@ mod tests {
 
     impl ReferenceBucket {
         fn acquire(&mut self, now: u64, cost: u64) -> bool {
-            self.level_ns =
-                (self.level_ns + (now - self.last) as u128).min(self.capacity_ns);
+            self.level_ns = (self.level_ns + (now - self.last) as u128).min(self.capacity_ns);
             self.last = now;
             let need = cost as u128 * self.interval;
             if need <= self.level_ns {

@@ -65,15 +65,18 @@ fn seconds(value: &Bound<'_, PyAny>, name: &str, allow_zero: bool) -> PyResult<u
         Some(nanos) if nanos > 0 || (allow_zero && secs == 0.0) => Ok(nanos),
         _ => Err(PyValueError::new_err(format!(
             "{name} must be a {} finite number of seconds, got {}",
-            if allow_zero { "non-negative" } else { "positive" },
+            if allow_zero {
+                "non-negative"
+            } else {
+                "positive"
+            },
             value.repr()?
         ))),
     }
 }
 
 fn cost_of(cost: i64) -> PyResult<u64> {
-    u64::try_from(cost)
-        .map_err(|_| PyValueError::new_err(format!("cost must be >= 0, got {cost}")))
+    u64::try_from(cost).map_err(|_| PyValueError::new_err(format!("cost must be >= 0, got {cost}")))
 }
 
 fn clock_from(clock: Option<&Bound<'_, PyAny>>) -> PyResult<Clock> {
@@ -105,7 +108,10 @@ fn quota_from(
         QuotaError::OutOfRange => PyValueError::new_err(format!(
             "max_requests={max} per window_seconds={} with burst={burst} is out of range: \
              at most one request per nanosecond, and burst * interval must fit in 584 years",
-            window_seconds.repr().map(|r| r.to_string()).unwrap_or_default()
+            window_seconds
+                .repr()
+                .map(|r| r.to_string())
+                .unwrap_or_default()
         )),
         // Zero values were refused above with the parameter's own name.
         _ => PyValueError::new_err(format!("invalid quota: {err:?}")),
@@ -159,7 +165,12 @@ impl PyManualClock {
 // ---------------------------------------------------------------------------------------
 
 /// One token bucket (GCRA): `max_requests` per `window_seconds`, holding `burst` tokens.
-#[pyclass(frozen, weakref, module = "peak_resilience._native", name = "TokenBucket")]
+#[pyclass(
+    frozen,
+    weakref,
+    module = "peak_resilience._native",
+    name = "TokenBucket"
+)]
 pub struct PyTokenBucket {
     core: TokenBucket,
     max_requests: AtomicU64,
@@ -287,8 +298,10 @@ impl PyTokenBucket {
     ) -> PyResult<()> {
         let quota = quota_from(max_requests, window_seconds, burst)?;
         self.core.set_quota(quota);
-        self.max_requests
-            .store(positive_int(max_requests, "max_requests")?, Ordering::Relaxed);
+        self.max_requests.store(
+            positive_int(max_requests, "max_requests")?,
+            Ordering::Relaxed,
+        );
         self.window.store(
             seconds(window_seconds, "window_seconds", false)?,
             Ordering::Relaxed,
@@ -307,7 +320,12 @@ impl PyTokenBucket {
 static LIMITER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 static BREAKER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
-fn name_or(py: Python<'_>, name: Option<&Bound<'_, PyAny>>, prefix: &str, seq: &AtomicU64) -> PyResult<Py<PyString>> {
+fn name_or(
+    py: Python<'_>,
+    name: Option<&Bound<'_, PyAny>>,
+    prefix: &str,
+    seq: &AtomicU64,
+) -> PyResult<Py<PyString>> {
     match name {
         Some(n) if !n.is_none() => match n.cast::<PyString>() {
             Ok(s) if !s.to_str()?.is_empty() => Ok(s.clone().unbind()),
@@ -325,7 +343,13 @@ fn name_or(py: Python<'_>, name: Option<&Bound<'_, PyAny>>, prefix: &str, seq: &
 
 /// The native half of `peak_resilience.rate_limiter.RateLimiter`: a default bucket and
 /// one bucket per added endpoint.
-#[pyclass(frozen, subclass, weakref, module = "peak_resilience._native", name = "RateLimiter")]
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "peak_resilience._native",
+    name = "RateLimiter"
+)]
 pub struct PyRateLimiter {
     name: Py<PyString>,
     default: Py<PyTokenBucket>,
@@ -381,7 +405,12 @@ impl PyRateLimiter {
     /// Takes `cost` tokens from the endpoint's bucket (the default bucket for `None` or an
     /// endpoint never added). Returns whether the request may go ahead; never waits.
     #[pyo3(signature = (endpoint=None, cost=1))]
-    fn acquire(&self, py: Python<'_>, endpoint: Option<&Bound<'_, PyAny>>, cost: i64) -> PyResult<bool> {
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        cost: i64,
+    ) -> PyResult<bool> {
         let cost = cost_of(cost)?;
         let bucket = self.bucket(py, endpoint)?;
         let bucket = bucket.get();
@@ -394,7 +423,12 @@ impl PyRateLimiter {
 
     /// Seconds until `cost` tokens are available on the endpoint's bucket.
     #[pyo3(signature = (endpoint=None, cost=1))]
-    fn get_wait_time(&self, py: Python<'_>, endpoint: Option<&Bound<'_, PyAny>>, cost: i64) -> PyResult<f64> {
+    fn get_wait_time(
+        &self,
+        py: Python<'_>,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        cost: i64,
+    ) -> PyResult<f64> {
         self.bucket(py, endpoint)?.get().wait_time(cost)
     }
 
@@ -420,10 +454,11 @@ impl PyRateLimiter {
         };
         let endpoints = self.endpoints.bind(py);
         if let Some(existing) = endpoints.get_item(name)? {
-            return existing
-                .cast::<PyTokenBucket>()?
-                .get()
-                .set_rate(max_requests, window_seconds, burst);
+            return existing.cast::<PyTokenBucket>()?.get().set_rate(
+                max_requests,
+                window_seconds,
+                burst,
+            );
         }
         let quota = quota_from(max_requests, window_seconds, burst)?;
         let bucket = PyTokenBucket::build(
@@ -439,7 +474,11 @@ impl PyRateLimiter {
 
     /// The bucket that `endpoint` draws on.
     #[pyo3(signature = (endpoint=None))]
-    fn bucket_for<'py>(&'py self, py: Python<'py>, endpoint: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyTokenBucket>> {
+    fn bucket_for<'py>(
+        &'py self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
         self.bucket(py, endpoint)
     }
 
@@ -463,7 +502,13 @@ impl PyRateLimiter {
 // ---------------------------------------------------------------------------------------
 
 /// The native half of `peak_resilience.resilience.CircuitBreaker`.
-#[pyclass(frozen, subclass, weakref, module = "peak_resilience._native", name = "CircuitBreaker")]
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "peak_resilience._native",
+    name = "CircuitBreaker"
+)]
 pub struct PyCircuitBreaker {
     core: Breaker,
     name: Py<PyString>,
@@ -738,7 +783,12 @@ impl PyCircuitBreaker {
 // ---------------------------------------------------------------------------------------
 
 /// Counters and the latency histogram of one operation, read by the Prometheus collector.
-#[pyclass(frozen, weakref, module = "peak_resilience._native", name = "OperationStats")]
+#[pyclass(
+    frozen,
+    weakref,
+    module = "peak_resilience._native",
+    name = "OperationStats"
+)]
 pub struct PyOperationStats {
     stats: OperationStats,
     name: Py<PyString>,
@@ -748,7 +798,9 @@ impl PyOperationStats {
     fn record_exception(&self, py: Python<'_>, err: &PyErr) {
         let ty = err.get_type(py);
         self.stats.record_failure(ty.as_ptr() as usize, || {
-            ty.name().map(|n| n.to_string()).unwrap_or_else(|_| "Exception".to_owned())
+            ty.name()
+                .map(|n| n.to_string())
+                .unwrap_or_else(|_| "Exception".to_owned())
         });
     }
 }
@@ -1101,7 +1153,13 @@ impl Guard {
     /// For async wrappers: records how the call ended. `error` is the exception raised,
     /// or None for success. Returns True when the fallback should replace the error.
     #[pyo3(signature = (admission, started, error=None))]
-    fn _exit(&self, py: Python<'_>, admission: u8, started: u64, error: Option<Bound<'_, PyAny>>) -> PyResult<bool> {
+    fn _exit(
+        &self,
+        py: Python<'_>,
+        admission: u8,
+        started: u64,
+        error: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
         let admission = admission_from(admission)?;
         match error {
             None => {
@@ -1158,7 +1216,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCircuitBreaker>()?;
     m.add_class::<PyOperationStats>()?;
     m.add_class::<Guard>()?;
-    let bounds: Vec<f64> = LATENCY_BOUNDS.iter().map(|n| nanos_to_seconds(*n)).collect();
+    let bounds: Vec<f64> = LATENCY_BOUNDS
+        .iter()
+        .map(|n| nanos_to_seconds(*n))
+        .collect();
     m.add("LATENCY_BOUNDS", PyTuple::new(m.py(), bounds)?)?;
     Ok(())
 }

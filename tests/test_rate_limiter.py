@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.testing import ManualClock
 
@@ -106,8 +105,14 @@ def test_async_acquire_waits_without_blocking_the_loop(clock: ManualClock) -> No
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"max_requests": 0, "window_seconds": 60}, "max_requests must be a positive integer, got 0"),
-        ({"max_requests": -5, "window_seconds": 60}, "max_requests must be a positive integer, got -5"),
+        (
+            {"max_requests": 0, "window_seconds": 60},
+            "max_requests must be a positive integer, got 0",
+        ),
+        (
+            {"max_requests": -5, "window_seconds": 60},
+            "max_requests must be a positive integer, got -5",
+        ),
         ({"max_requests": 10, "window_seconds": 0}, "window_seconds must be a positive"),
         ({"max_requests": 10, "window_seconds": -1.5}, "got -1.5"),
         ({"max_requests": 10, "window_seconds": float("nan")}, "window_seconds"),
@@ -129,7 +134,9 @@ def test_a_wrong_type_is_a_type_error_naming_the_parameter() -> None:
 
 def test_a_cost_larger_than_the_bucket_can_ever_hold_is_a_value_error(clock: ManualClock) -> None:
     limiter = RateLimiter(max_requests=10, window_seconds=1, clock=clock)
-    with pytest.raises(ValueError, match=r"cost 11 is larger than the bucket can ever hold \(burst 10\)"):
+    with pytest.raises(
+        ValueError, match=r"cost 11 is larger than the bucket can ever hold \(burst 10\)"
+    ):
         limiter.acquire(cost=11)
     with pytest.raises(ValueError, match="cost 11"):
         limiter.get_wait_time(cost=11)

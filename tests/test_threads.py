@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from collections.abc import Callable, Iterator
 
 import pytest
-
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 from peak_resilience.testing import ManualClock
@@ -69,10 +69,8 @@ def test_breaker_counters_lose_no_update_across_eight_threads(switch_interval: N
 
     def work() -> None:
         for i in range(per_thread):
-            try:
+            with contextlib.suppress(ValueError):
                 sometimes(i)
-            except ValueError:
-                pass
 
     hammer(work)
     assert breaker.success_total == THREADS * per_thread // 2
@@ -80,7 +78,9 @@ def test_breaker_counters_lose_no_update_across_eight_threads(switch_interval: N
     assert breaker.state is CircuitState.CLOSED
 
 
-def test_an_open_breaker_lets_exactly_one_trial_through_under_contention(switch_interval: None) -> None:
+def test_an_open_breaker_lets_exactly_one_trial_through_under_contention(
+    switch_interval: None,
+) -> None:
     clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, clock=clock)
     breaker.force_open()

@@ -26,9 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser(
         "demo", help="a simulated exchange behind a breaker and a rate limiter"
     )
-    demo.add_argument(
-        "--duration", type=float, default=3.0, help="seconds to run (default: 3)"
-    )
+    demo.add_argument("--duration", type=float, default=3.0, help="seconds to run (default: 3)")
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -2,6 +2,18 @@
 from collections.abc import Callable
 from typing import Any, final
 
+from typing_extensions import disjoint_base
+
+__all__ = [
+    "LATENCY_BOUNDS",
+    "CircuitBreaker",
+    "Guard",
+    "ManualClock",
+    "OperationStats",
+    "RateLimiter",
+    "TokenBucket",
+]
+
 LATENCY_BOUNDS: tuple[float, ...]
 
 @final
@@ -42,6 +54,7 @@ class TokenBucket:
     ) -> None: ...
     def refill(self) -> None: ...
 
+@disjoint_base
 class RateLimiter:
     def __new__(
         cls,
@@ -64,6 +77,7 @@ class RateLimiter:
     @property
     def name(self) -> str: ...
 
+@disjoint_base
 class CircuitBreaker:
     def __new__(
         cls,
@@ -135,7 +149,7 @@ class Guard:
         sleep: Callable[[float], object] | None = None,
     ) -> Guard: ...
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
-    def __get__(self, instance: object | None, owner: type | None = None) -> Any: ...
+    def __get__(self, instance: object | None, owner: type | None = None, /) -> Any: ...
     def _admit(self) -> int: ...
     def _started(self) -> int: ...
     def _exit(self, admission: int, started: int, error: BaseException | None = None) -> bool: ...

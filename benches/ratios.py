@@ -1,0 +1,194 @@
+"""Runs the benchmarks (ours beside the peers and the floors, in one run) and prints the
+ratios that the issues set as targets, met or not. A ratio never fails the run.
+
+    python benches/ratios.py            # full run (about a minute per bench file)
+    python benches/ratios.py --quick    # the short form CI runs
+    python benches/ratios.py --from-json results.json   # reprint from a saved run
+
+Times are the median of each benchmark's rounds, in one process on one machine: the
+ratios are comparable, the absolute numbers only roughly so (these machines are shared).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+
+@dataclass(frozen=True)
+class Ratio:
+    issue: int
+    what: str
+    ours: str  # benchmark test name
+    reference: str  # benchmark test name
+    # "at_most": ours / reference <= target; "faster_by": reference / ours >= target.
+    kind: str
+    target: float
+
+
+RATIOS = [
+    Ratio(
+        2,
+        "acquire() admitted vs a C builtin call (next(count))",
+        "test_ours_acquire",
+        "test_floor_builtin_next",
+        "at_most",
+        3.0,
+    ),
+    Ratio(
+        2,
+        "acquire() vs limits' in-memory fixed window hit",
+        "test_ours_acquire",
+        "test_limits_fixed_window_hit",
+        "faster_by",
+        40.0,
+    ),
+    Ratio(
+        2,
+        "acquire() vs token-bucket's consume",
+        "test_ours_acquire",
+        "test_token_bucket_consume",
+        "faster_by",
+        1.0,
+    ),
+    Ratio(
+        2,
+        "acquire() vs pyrate-limiter's try_acquire",
+        "test_ours_acquire",
+        "test_pyrate_limiter_try_acquire",
+        "faster_by",
+        1.0,
+    ),
+    Ratio(
+        2,
+        "breaker-guarded no-op vs a trivial *args/**kwargs decorator",
+        "test_ours_breaker_call",
+        "test_floor_python_decorator",
+        "at_most",
+        1.0,
+    ),
+    Ratio(
+        2,
+        "breaker-guarded no-op vs pybreaker's decorator",
+        "test_ours_breaker_call",
+        "test_pybreaker_call",
+        "faster_by",
+        14.0,
+    ),
+    Ratio(
+        2,
+        "breaker-guarded no-op vs circuitbreaker's decorator",
+        "test_ours_breaker_call",
+        "test_circuitbreaker_call",
+        "faster_by",
+        5.0,
+    ),
+    Ratio(
+        2,
+        "call refused by an open circuit vs raise + catch",
+        "test_ours_open_circuit_rejects",
+        "test_floor_raise_and_catch",
+        "at_most",
+        1.5,
+    ),
+    Ratio(
+        2,
+        "allow() on a closed circuit vs acquire()",
+        "test_ours_allow_when_closed",
+        "test_ours_acquire",
+        "at_most",
+        1.2,
+    ),
+]
+
+
+def run_benchmarks(quick: bool, json_path: Path) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        str(HERE),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "--benchmark-only",
+        "--benchmark-disable-gc",
+        f"--benchmark-json={json_path}",
+        "--benchmark-columns=median,iqr,rounds",
+        "--benchmark-sort=name",
+        "-o",
+        "python_files=bench_*.py",
+    ]
+    if quick:
+        command += [
+            "--benchmark-max-time=0.05",
+            "--benchmark-min-rounds=5",
+            "--benchmark-warmup=on",
+        ]
+    return subprocess.call(command)
+
+
+def medians(json_path: Path) -> dict[str, float]:
+    data = json.loads(json_path.read_text())
+    return {b["name"]: b["stats"]["median"] for b in data.get("benchmarks", [])}
+
+
+def human(seconds: float) -> str:
+    for unit, scale in (("s", 1.0), ("ms", 1e-3), ("us", 1e-6)):
+        if seconds >= scale:
+            return f"{seconds / scale:.3g} {unit}"
+    return f"{seconds / 1e-9:.3g} ns"
+
+
+def table(times: dict[str, float]) -> str:
+    rows = [
+        "| issue | comparison | ours | reference | ratio | target | met |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in RATIOS:
+        ours, ref = times.get(r.ours), times.get(r.reference)
+        if ours is None or ref is None:
+            rows.append(f"| {r.issue} | {r.what} | | | not measured | | |")
+            continue
+        if r.kind == "at_most":
+            ratio, target, met = ours / ref, f"<= {r.target:g}x", ours / ref <= r.target
+            shown = f"{ratio:.2f}x"
+        else:
+            ratio, target, met = ref / ours, f">= {r.target:g}x faster", ref / ours >= r.target
+            shown = f"{ratio:.1f}x faster"
+        rows.append(
+            f"| {r.issue} | {r.what} | {human(ours)} | {human(ref)} | {shown} "
+            f"| {target} | {'yes' if met else 'NO'} |"
+        )
+    return "\n".join(rows)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short rounds (CI)")
+    parser.add_argument("--from-json", type=Path, help="reprint the table of a saved run")
+    parser.add_argument("--save-json", type=Path, help="keep the raw pytest-benchmark JSON")
+    args = parser.parse_args()
+    if args.from_json:
+        print(table(medians(args.from_json)))
+        return 0
+    with tempfile.TemporaryDirectory() as tmp:
+        json_path = args.save_json or Path(tmp) / "bench.json"
+        status = run_benchmarks(args.quick, json_path)
+        if not json_path.exists():
+            print("no benchmark results", file=sys.stderr)
+            return status or 1
+        print()
+        print(table(medians(json_path)))
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
