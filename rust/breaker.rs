@@ -6,15 +6,19 @@
 //!
 //! ```text
 //!   bits 61..63  state: CLOSED, HALF_OPEN or OPEN
-//!   CLOSED       bits 0..61  consecutive failures
+//!   CLOSED       bits 0..32  consecutive failures, bits 32..61 epoch
 //!   OPEN         bits 0..61  the instant (ns) at which a trial becomes due
-//!   HALF_OPEN    bits 0..20  trial calls admitted, bits 20..40 trial calls that succeeded
+//!   HALF_OPEN    bits 0..20  trial calls admitted, bits 20..40 trial calls that succeeded,
+//!                bits 40..61 epoch
 //! ```
 //!
-//! A caller is told how it was admitted (`Admission`): a call admitted while CLOSED that
-//! finishes after the circuit opened cannot be mistaken for a half-open trial.
+//! A caller is told how it was admitted (`Admission`), with the epoch of the closed or
+//! half-open period that admitted it. Every entry into CLOSED or HALF_OPEN starts a new
+//! epoch, so a slow call's verdict only counts in the period that let it through: a call
+//! admitted before the circuit opened cannot reopen it after a trial closed it, nor be
+//! mistaken for a half-open trial. (loom found the first of these.)
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use crate::clock::Clock;
 use crate::place::Place;
@@ -30,6 +34,13 @@ const TRIAL_BITS: u32 = 20;
 const TRIAL_FIELD: u64 = (1 << TRIAL_BITS) - 1;
 /// The most trial calls a half-open circuit can admit at once.
 pub const MAX_HALF_OPEN_CALLS: u64 = TRIAL_FIELD;
+const STREAK_BITS: u32 = 32;
+const STREAK_FIELD: u64 = (1 << STREAK_BITS) - 1;
+/// The largest failure threshold (the streak field's size).
+pub const MAX_FAILURE_THRESHOLD: u64 = STREAK_FIELD;
+const CLOSED_EPOCH_FIELD: u64 = (1 << (STATE_SHIFT - STREAK_BITS)) - 1;
+const HALF_OPEN_EPOCH_SHIFT: u32 = 2 * TRIAL_BITS;
+const HALF_OPEN_EPOCH_FIELD: u64 = (1 << (STATE_SHIFT - HALF_OPEN_EPOCH_SHIFT)) - 1;
 
 #[inline]
 const fn pack(state: u8, payload: u64) -> u64 {
@@ -44,6 +55,37 @@ const fn state_of(word: u64) -> u8 {
 #[inline]
 const fn payload_of(word: u64) -> u64 {
     word & PAYLOAD
+}
+
+#[inline]
+const fn streak_of(word: u64) -> u64 {
+    word & STREAK_FIELD
+}
+
+#[inline]
+const fn closed(epoch: u64, streak: u64) -> u64 {
+    pack(
+        CLOSED,
+        ((epoch & CLOSED_EPOCH_FIELD) << STREAK_BITS) | streak,
+    )
+}
+
+#[inline]
+const fn half_open(epoch: u64, admitted: u64) -> u64 {
+    pack(
+        HALF_OPEN,
+        ((epoch & HALF_OPEN_EPOCH_FIELD) << HALF_OPEN_EPOCH_SHIFT) | admitted,
+    )
+}
+
+/// The epoch of the closed or half-open period `word` is in (0 when open).
+#[inline]
+const fn epoch_of(word: u64) -> u64 {
+    match state_of(word) {
+        CLOSED => (payload_of(word) >> STREAK_BITS) & CLOSED_EPOCH_FIELD,
+        HALF_OPEN => (payload_of(word) >> HALF_OPEN_EPOCH_SHIFT) & HALF_OPEN_EPOCH_FIELD,
+        _ => 0,
+    }
 }
 
 #[inline]
@@ -62,29 +104,35 @@ pub enum Admission {
     /// Refused: the circuit is open (`remaining` ns until a trial), or every half-open
     /// trial permit is taken (`remaining` 0).
     Rejected { remaining: u64 },
-    /// Admitted while CLOSED.
-    Normal,
-    /// Admitted as one of the half-open trial calls.
-    Trial,
+    /// Admitted while CLOSED, in the closed period `epoch`.
+    Normal { epoch: u64 },
+    /// Admitted as one of the trial calls of the half-open period `epoch`.
+    Trial { epoch: u64 },
 }
 
 impl Admission {
-    /// The code the binding passes back and forth: 0 rejected, 1 normal, 2 trial.
-    pub fn code(self) -> u8 {
+    /// The int the binding passes back and forth: the kind in the low 2 bits (0 rejected,
+    /// 1 normal, 2 trial), the epoch above.
+    pub fn code(self) -> u64 {
         match self {
             Admission::Rejected { .. } => 0,
-            Admission::Normal => 1,
-            Admission::Trial => 2,
+            Admission::Normal { epoch } => 1 | (epoch << 2),
+            Admission::Trial { epoch } => 2 | (epoch << 2),
         }
     }
 
-    pub fn from_code(code: u8) -> Option<Admission> {
-        match code {
-            0 => Some(Admission::Rejected { remaining: 0 }),
-            1 => Some(Admission::Normal),
-            2 => Some(Admission::Trial),
+    pub fn from_code(code: u64) -> Option<Admission> {
+        let epoch = code >> 2;
+        match code & 3 {
+            0 if epoch == 0 => Some(Admission::Rejected { remaining: 0 }),
+            1 => Some(Admission::Normal { epoch }),
+            2 => Some(Admission::Trial { epoch }),
             _ => None,
         }
+    }
+
+    pub fn is_rejected(self) -> bool {
+        matches!(self, Admission::Rejected { .. })
     }
 }
 
@@ -98,7 +146,7 @@ pub struct Transition {
 /// When the circuit opens and how it recovers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BreakerSettings {
-    /// Consecutive failures that open a closed circuit (at least 1).
+    /// Consecutive failures that open a closed circuit (1..=2^32-1).
     pub failure_threshold: u64,
     /// Nanoseconds an opened circuit stays open before a trial call is let through.
     pub recovery_timeout: u64,
@@ -116,6 +164,8 @@ pub struct BreakerState {
     half_open_max_calls: AtomicU64,
     /// Consecutive failures counted when the circuit last opened (for `failure_count`).
     opened_streak: AtomicU64,
+    /// The last epoch handed out (see the module comment).
+    epoch: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     rejections: AtomicU64,
@@ -133,8 +183,10 @@ impl BreakerState {
 
     /// Changes thresholds in place; the current state and its counts stay.
     pub fn set_settings(&self, settings: BreakerSettings) {
-        self.failure_threshold
-            .store(settings.failure_threshold.max(1), Ordering::Relaxed);
+        self.failure_threshold.store(
+            settings.failure_threshold.clamp(1, MAX_FAILURE_THRESHOLD),
+            Ordering::Relaxed,
+        );
         self.recovery_timeout
             .store(settings.recovery_timeout, Ordering::Relaxed);
         self.half_open_max_calls.store(
@@ -189,7 +241,14 @@ impl Breaker {
         let mut word = s.word.load(Ordering::Acquire);
         loop {
             let next = match state_of(word) {
-                CLOSED => return (Admission::Normal, None),
+                CLOSED => {
+                    return (
+                        Admission::Normal {
+                            epoch: epoch_of(word),
+                        },
+                        None,
+                    )
+                }
                 OPEN => {
                     let due = payload_of(word);
                     let now = self.clock.now();
@@ -204,7 +263,7 @@ impl Breaker {
                     }
                     // The first caller past the deadline takes the first trial permit in the
                     // same swap that half-opens the circuit.
-                    pack(HALF_OPEN, 1)
+                    half_open(self.next_epoch(), 1)
                 }
                 _ => {
                     let max = s.half_open_max_calls.load(Ordering::Relaxed);
@@ -221,7 +280,8 @@ impl Breaker {
             {
                 Ok(previous) => {
                     let transition = self.count_transition(state_of(previous), HALF_OPEN);
-                    return (Admission::Trial, transition);
+                    let epoch = epoch_of(next);
+                    return (Admission::Trial { epoch }, transition);
                 }
                 Err(current) => word = current,
             }
@@ -235,13 +295,16 @@ impl Breaker {
         s.successes.fetch_add(1, Ordering::Relaxed);
         let mut word = s.word.load(Ordering::Acquire);
         loop {
-            let next = match (admission, state_of(word)) {
+            if !self.same_period(admission, word) {
+                return None;
+            }
+            let next = match admission {
                 // A success ends a failure streak; skip the write when there is none.
-                (Admission::Normal, CLOSED) if payload_of(word) != 0 => pack(CLOSED, 0),
-                (Admission::Trial, HALF_OPEN) => {
+                Admission::Normal { epoch } if streak_of(word) != 0 => closed(epoch, 0),
+                Admission::Trial { .. } => {
                     let succeeded = trials_succeeded(word) + 1;
                     if succeeded >= s.half_open_max_calls.load(Ordering::Relaxed) {
-                        pack(CLOSED, 0)
+                        closed(self.next_epoch(), 0)
                     } else {
                         word + (1 << TRIAL_BITS)
                     }
@@ -265,17 +328,20 @@ impl Breaker {
         s.failures.fetch_add(1, Ordering::Relaxed);
         let mut word = s.word.load(Ordering::Acquire);
         loop {
-            let (next, streak) = match (admission, state_of(word)) {
-                (Admission::Normal, CLOSED) => {
-                    let streak = payload_of(word) + 1;
+            if !self.same_period(admission, word) {
+                return None;
+            }
+            let (next, streak) = match admission {
+                Admission::Normal { epoch } => {
+                    let streak = streak_of(word) + 1;
                     if streak >= s.failure_threshold.load(Ordering::Relaxed) {
                         (self.open_word(), streak)
                     } else {
-                        (pack(CLOSED, streak), streak)
+                        (closed(epoch, streak), streak)
                     }
                 }
-                (Admission::Trial, HALF_OPEN) => (self.open_word(), 1),
-                _ => return None,
+                Admission::Trial { .. } => (self.open_word(), 1),
+                Admission::Rejected { .. } => return None,
             };
             match s
                 .word
@@ -295,16 +361,28 @@ impl Breaker {
     /// A call ended with no verdict on the dependency (cancelled, interrupted): a trial
     /// gives its permit back so that another call can try.
     pub fn release(&self, admission: Admission) {
-        if admission != Admission::Trial {
+        if !matches!(admission, Admission::Trial { .. }) {
             return;
         }
-        let s = &*self.state;
-        let _ = s
+        let _ = self
+            .state
             .word
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-                (state_of(word) == HALF_OPEN && trials_admitted(word) > trials_succeeded(word))
-                    .then(|| word - 1)
+                (self.same_period(admission, word)
+                    && trials_admitted(word) > trials_succeeded(word))
+                .then(|| word - 1)
             });
+    }
+
+    /// How a call reported by hand (no admission kept) counts: in the current period.
+    pub fn admission_now(&self) -> Admission {
+        let word = self.state.word.load(Ordering::Acquire);
+        let epoch = epoch_of(word);
+        match state_of(word) {
+            CLOSED => Admission::Normal { epoch },
+            HALF_OPEN => Admission::Trial { epoch },
+            _ => Admission::Rejected { remaining: 0 },
+        }
     }
 
     /// The state now. An open circuit whose recovery timeout has passed is moved to
@@ -313,7 +391,7 @@ impl Breaker {
         let s = &*self.state;
         let word = s.word.load(Ordering::Acquire);
         if state_of(word) == OPEN && self.clock.now() >= payload_of(word) {
-            let next = pack(HALF_OPEN, 0);
+            let next = half_open(self.next_epoch(), 0);
             if s.word
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -327,7 +405,10 @@ impl Breaker {
 
     /// Closes the circuit and forgets the failure streak.
     pub fn reset(&self) -> Option<Transition> {
-        let previous = self.state.word.swap(pack(CLOSED, 0), Ordering::AcqRel);
+        let previous = self
+            .state
+            .word
+            .swap(closed(self.next_epoch(), 0), Ordering::AcqRel);
         self.count_transition(state_of(previous), CLOSED)
     }
 
@@ -353,7 +434,7 @@ impl Breaker {
     pub fn failure_count(&self) -> u64 {
         let word = self.state.word.load(Ordering::Acquire);
         if state_of(word) == CLOSED {
-            payload_of(word)
+            streak_of(word)
         } else {
             self.state.opened_streak.load(Ordering::Relaxed)
         }
@@ -376,6 +457,24 @@ impl Breaker {
         self.state.transitions[from as usize * STATES + to as usize].load(Ordering::Relaxed)
     }
 
+    /// Whether `word` is still in the closed or half-open period that made `admission`.
+    #[inline]
+    fn same_period(&self, admission: Admission, word: u64) -> bool {
+        match admission {
+            Admission::Normal { epoch } => {
+                state_of(word) == CLOSED && epoch_of(word) == epoch & CLOSED_EPOCH_FIELD
+            }
+            Admission::Trial { epoch } => {
+                state_of(word) == HALF_OPEN && epoch_of(word) == epoch & HALF_OPEN_EPOCH_FIELD
+            }
+            Admission::Rejected { .. } => false,
+        }
+    }
+
+    fn next_epoch(&self) -> u64 {
+        self.state.epoch.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     fn open_word(&self) -> u64 {
         let timeout = self.state.recovery_timeout.load(Ordering::Relaxed);
         pack(OPEN, self.clock.now().saturating_add(timeout).min(PAYLOAD))
@@ -391,7 +490,7 @@ impl Breaker {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, NANOS_PER_SECOND};
@@ -454,7 +553,7 @@ mod tests {
         clock.advance(10 * SECOND - 1);
         assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 1 });
         clock.advance(1);
-        assert_eq!(breaker.enter().0, Admission::Trial);
+        assert!(matches!(breaker.enter().0, Admission::Trial { .. }));
         assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 0 });
     }
 
@@ -498,7 +597,7 @@ mod tests {
         assert_eq!(state, HALF_OPEN);
         assert!(transition.is_some());
         // Reading the state took no permit: the next call is still the trial.
-        assert_eq!(breaker.enter().0, Admission::Trial);
+        assert!(matches!(breaker.enter().0, Admission::Trial { .. }));
     }
 
     #[test]
@@ -515,6 +614,31 @@ mod tests {
     }
 
     #[test]
+    fn a_late_failure_of_a_call_admitted_before_the_circuit_opened_does_not_reopen_it() {
+        let (breaker, clock) = breaker(1, SECOND, 1);
+        let (slow_call, _) = breaker.enter();
+        fail(&breaker);
+        clock.advance(SECOND);
+        let (trial, _) = breaker.enter();
+        assert!(breaker.on_success(trial).is_some());
+        assert_eq!(breaker.on_failure(slow_call), None);
+        assert_eq!(breaker.current_state().0, CLOSED);
+        assert_eq!(breaker.failures(), 2, "the stale failure is still counted");
+    }
+
+    #[test]
+    fn admission_codes_round_trip_with_their_epoch() {
+        for admission in [
+            Admission::Normal { epoch: 0 },
+            Admission::Normal { epoch: 12345 },
+            Admission::Trial { epoch: 7 },
+        ] {
+            assert_eq!(Admission::from_code(admission.code()), Some(admission));
+        }
+        assert_eq!(Admission::from_code(3), None);
+    }
+
+    #[test]
     fn a_released_trial_gives_its_permit_back() {
         let (breaker, clock) = breaker(1, SECOND, 1);
         fail(&breaker);
@@ -522,7 +646,7 @@ mod tests {
         let (trial, _) = breaker.enter();
         assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 0 });
         breaker.release(trial);
-        assert_eq!(breaker.enter().0, Admission::Trial);
+        assert!(matches!(breaker.enter().0, Admission::Trial { .. }));
     }
 
     #[test]
@@ -531,7 +655,7 @@ mod tests {
         fail(&breaker);
         clock.advance(SECOND);
         let trials: Vec<_> = (0..3).map(|_| breaker.enter().0).collect();
-        assert!(trials.iter().all(|a| *a == Admission::Trial));
+        assert!(trials.iter().all(|a| matches!(a, Admission::Trial { .. })));
         assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 0 });
         assert_eq!(breaker.on_success(trials[0]), None);
         assert_eq!(breaker.on_success(trials[1]), None);
@@ -747,5 +871,96 @@ mod tests {
                 }
             }
         }
+    }
+}
+
+/// Every interleaving of the transitions (loom): `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn breaker(threshold: u64, half_open: u64) -> (Breaker, ManualClock) {
+        let clock = ManualClock::new(1_000);
+        let settings = BreakerSettings {
+            failure_threshold: threshold,
+            recovery_timeout: 10,
+            half_open_max_calls: half_open,
+        };
+        (Breaker::new(settings, Clock::Manual(clock.clone())), clock)
+    }
+
+    #[test]
+    fn loom_exactly_one_of_three_callers_gets_the_trial() {
+        loom::model(|| {
+            let (breaker, clock) = breaker(1, 1);
+            breaker.force_open();
+            clock.advance(10);
+            let handles: Vec<_> = (0..3)
+                .map(|_| {
+                    let breaker = breaker.clone();
+                    loom::thread::spawn(move || {
+                        matches!(breaker.enter().0, Admission::Trial { .. })
+                    })
+                })
+                .collect();
+            let trials = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|t| *t)
+                .count();
+            assert_eq!(trials, 1);
+            assert_eq!(breaker.transitions(OPEN, HALF_OPEN), 1);
+            assert_eq!(breaker.rejections(), 2);
+        });
+    }
+
+    #[test]
+    fn loom_concurrent_failures_open_the_circuit_once() {
+        loom::model(|| {
+            let (breaker, _clock) = breaker(2, 1);
+            let handles: Vec<_> = (0..3)
+                .map(|_| {
+                    let breaker = breaker.clone();
+                    loom::thread::spawn(move || {
+                        let (admission, _) = breaker.enter();
+                        if matches!(admission, Admission::Normal { .. }) {
+                            breaker.on_failure(admission);
+                        }
+                    })
+                })
+                .collect();
+            for h in handles {
+                h.join().unwrap();
+            }
+            assert_eq!(breaker.current_state().0, OPEN);
+            assert_eq!(breaker.transitions(CLOSED, OPEN), 1);
+        });
+    }
+
+    #[test]
+    fn loom_a_trial_verdict_and_a_stale_failure_race_without_losing_the_verdict() {
+        loom::model(|| {
+            let (breaker, clock) = breaker(1, 1);
+            let (stale, _) = breaker.enter();
+            breaker.force_open();
+            clock.advance(10);
+            let (trial, _) = breaker.enter();
+            assert!(matches!(trial, Admission::Trial { .. }));
+            let a = {
+                let breaker = breaker.clone();
+                loom::thread::spawn(move || breaker.on_success(trial))
+            };
+            let b = {
+                let breaker = breaker.clone();
+                loom::thread::spawn(move || breaker.on_failure(stale))
+            };
+            a.join().unwrap();
+            b.join().unwrap();
+            // The stale failure was admitted while closed: it never reopens the circuit
+            // that the trial closed, whichever ran first.
+            assert_eq!(breaker.current_state().0, CLOSED);
+            assert_eq!(breaker.transitions(HALF_OPEN, CLOSED), 1);
+        });
     }
 }

@@ -7,7 +7,7 @@
 //! `burst` tokens refilled continuously at one token per `interval`, and its whole state is
 //! one `AtomicU64`, so an acquire is a load, a little arithmetic and a compare-and-swap.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use crate::sync::{AtomicU64, Ordering};
 
 use crate::clock::Clock;
 use crate::place::Place;
@@ -250,7 +250,7 @@ impl TokenBucket {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::clock::{ManualClock, NANOS_PER_SECOND};
@@ -447,5 +447,53 @@ mod tests {
                 prop_assert_eq!(actual, expected);
             }
         }
+    }
+}
+
+/// Every interleaving of the CAS loop (loom): `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    #[test]
+    fn loom_three_threads_share_a_budget_of_two_exactly() {
+        loom::model(|| {
+            let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
+            let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
+            let handles: Vec<_> = (0..3)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                })
+                .collect();
+            let admitted = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|ok| *ok)
+                .count();
+            assert_eq!(admitted, 2);
+            assert_eq!(bucket.allowed(), 2);
+            assert_eq!(bucket.rejected(), 1);
+        });
+    }
+
+    #[test]
+    fn loom_weighted_acquires_never_overdraw() {
+        loom::model(|| {
+            let quota = Quota::per_window(5, 1_000_000_000, 5).unwrap();
+            let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
+            let a = {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.try_acquire(3) == Decision::Admitted)
+            };
+            let b = {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.try_acquire(3) == Decision::Admitted)
+            };
+            let both = [a.join().unwrap(), b.join().unwrap()];
+            assert_eq!(both.iter().filter(|ok| **ok).count(), 1);
+            assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        });
     }
 }

@@ -579,11 +579,9 @@ impl PyCircuitBreaker {
 
     /// How a call recorded by hand (`record_success` / `record_failure`) was admitted.
     fn inferred_admission(&self, py: Python<'_>) -> Admission {
-        if self.state_code(py) == crate::breaker::HALF_OPEN {
-            Admission::Trial
-        } else {
-            Admission::Normal
-        }
+        // Advance an expired OPEN to HALF_OPEN first, as `allow()` would have.
+        self.state_code(py);
+        self.core.admission_now()
     }
 
     /// The CircuitBreakerError for a refused call. Its message is formatted by the Python
@@ -606,9 +604,12 @@ fn given_or<'a, 'py>(
     value.filter(|v| !v.is_none()).unwrap_or(default)
 }
 
-fn admission_from(code: u8) -> PyResult<Admission> {
-    Admission::from_code(code)
-        .ok_or_else(|| PyValueError::new_err(format!("admission must be 0, 1 or 2, got {code}")))
+fn admission_from(code: u64) -> PyResult<Admission> {
+    Admission::from_code(code).ok_or_else(|| {
+        PyValueError::new_err(format!(
+            "admission must be a code returned by _enter/_admit, got {code}"
+        ))
+    })
 }
 
 #[pymethods]
@@ -760,7 +761,7 @@ impl PyCircuitBreaker {
 
     /// Asks to run one call: 1 admitted while closed, 2 admitted as a half-open trial;
     /// raises CircuitBreakerError when refused. For wrappers that run the call themselves.
-    fn _enter(&self, py: Python<'_>) -> PyResult<u8> {
+    fn _enter(&self, py: Python<'_>) -> PyResult<u64> {
         match self.enter(py) {
             Admission::Rejected { remaining } => Err(self.rejection(py, remaining)),
             admission => Ok(admission.code()),
@@ -769,7 +770,7 @@ impl PyCircuitBreaker {
 
     /// Reports how a call admitted by `_enter` ended: True success, False failure,
     /// None neither (cancelled or interrupted: a trial gives its permit back).
-    fn _exit(&self, py: Python<'_>, admission: u8, outcome: Option<bool>) -> PyResult<()> {
+    fn _exit(&self, py: Python<'_>, admission: u64, outcome: Option<bool>) -> PyResult<()> {
         let admission = admission_from(admission)?;
         match outcome {
             Some(true) => self.succeed(py, admission),
@@ -915,7 +916,8 @@ impl Guard {
                     admission => admission,
                 }
             }
-            None => Admission::Normal,
+            // No breaker: nothing reads the admission.
+            None => Admission::Normal { epoch: 0 },
         };
         if let Some(limiter) = &self.limiter {
             if let Err(err) = self.take_token(py, limiter.get()) {
@@ -1141,7 +1143,7 @@ impl Guard {
 
     /// For async wrappers: takes the breaker admission and a token (no waiting), returns
     /// the admission code, or raises CircuitBreakerError / RateLimitExceeded.
-    fn _admit(&self, py: Python<'_>) -> PyResult<u8> {
+    fn _admit(&self, py: Python<'_>) -> PyResult<u64> {
         self.admit(py).map(Admission::code)
     }
 
@@ -1156,7 +1158,7 @@ impl Guard {
     fn _exit(
         &self,
         py: Python<'_>,
-        admission: u8,
+        admission: u64,
         started: u64,
         error: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 
 import pytest
+
 from peak_resilience.errors import CircuitBreakerError
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 from peak_resilience.testing import ManualClock

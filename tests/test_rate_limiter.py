@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.testing import ManualClock
 
