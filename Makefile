@@ -1,5 +1,5 @@
 # The developer vocabulary; each target is a script in scripts/ that works on its own.
-.PHONY: dev test lint bench demo
+.PHONY: dev test lint bench demo package-check
 
 dev:
 	PEAK_EXTRAS=dev bash scripts/setup
@@ -15,3 +15,6 @@ bench:
 
 demo:
 	bash scripts/demo
+
+package-check:
+	bash scripts/package-check
