@@ -1,0 +1,100 @@
+"""The public API as a user's type checker sees it; checked by `mypy --strict` in
+scripts/lint (this file is not run by pytest).
+
+`assert_type` pins each type a user relies on. Each `# type: ignore[...]` marks a misuse
+that mypy must reject: under --strict an ignore that is no longer needed is itself an
+error, so if a decorator stopped keeping the signature of the function it wraps, the
+misuse would be accepted and the check would fail.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Coroutine
+from typing import Any, assert_type
+
+from peak_resilience import (
+    CircuitBreaker,
+    CircuitBreakerError,
+    CircuitState,
+    RateLimiter,
+    RateLimitExceeded,
+    ResilienceError,
+)
+from peak_resilience.rate_limiter import RateLimiter as GuideRateLimiter
+from peak_resilience.resilience import CircuitBreaker as GuideCircuitBreaker
+from peak_resilience.testing import ManualClock
+
+# The guide's import paths name the same classes.
+assert_type(GuideRateLimiter(100, 60), RateLimiter)
+assert_type(GuideCircuitBreaker(), CircuitBreaker)
+
+clock = ManualClock(start=0.0)
+
+# --- rate limiter ---------------------------------------------------------------------
+
+limiter = RateLimiter(100, 60.0, burst=20, clock=clock, name="binance")
+limiter.add_endpoint("fetch_ticker", 200, 60.0)
+assert_type(limiter.acquire(), bool)
+assert_type(limiter.acquire("fetch_ticker", cost=5), bool)
+assert_type(limiter.get_wait_time(), float)
+assert_type(limiter.get_stats(), dict[str, Any])
+assert_type(limiter.acquire_blocking("fetch_ticker", cost=2, timeout=1.0), bool)
+assert_type(limiter.name, str)
+limiter.acquire(cost="5")  # type: ignore[arg-type]
+RateLimiter("100", 60.0)  # type: ignore[arg-type]
+
+# --- circuit breaker --------------------------------------------------------------------
+
+breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=30.0, name="exchange", clock=clock)
+assert_type(breaker.state, CircuitState)
+assert_type(breaker.failure_count, int)
+assert_type(breaker.get_stats(), dict[str, Any])
+gauge_value: int = CircuitState.OPEN  # an IntEnum: the state gauge's number
+breaker.reset()
+
+
+@breaker.call
+def submit_order(symbol: str, quantity: float, *, limit: float | None = None) -> str:
+    return f"{symbol}:{quantity}:{limit}"
+
+
+@breaker.call
+async def fetch_price(symbol: str) -> float:
+    return 1.0
+
+
+class Exchange:
+    @breaker.call
+    def balance(self, currency: str) -> float:
+        return 0.0
+
+
+# A decorated function keeps its parameters and return type, sync and async alike.
+assert_type(submit_order("BTC/USDT", 0.5, limit=42000.0), str)
+assert_type(Exchange().balance("USDT"), float)
+submit_order(0.5, "BTC/USDT")  # type: ignore[arg-type]
+submit_order("BTC/USDT", 0.5, limt=1.0)  # type: ignore[call-arg]
+Exchange().balance()  # type: ignore[call-arg]
+
+
+async def use_async() -> None:
+    pending = assert_type(fetch_price("ETH/USDT"), Coroutine[Any, Any, float])
+    assert_type(await pending, float)
+    assert_type(await limiter.acquire_async("fetch_ticker", timeout=1.0), bool)
+    await fetch_price(1)  # type: ignore[arg-type]
+
+
+# --- errors -----------------------------------------------------------------------------
+
+try:
+    submit_order("BTC/USDT", 1.0)
+except CircuitBreakerError as refused:
+    assert_type(refused.name, str)
+    assert_type(refused.retry_after, float)
+except RateLimitExceeded as limited:
+    assert_type(limited.limiter, str)
+    assert_type(limited.endpoint, str | None)
+    assert_type(limited.retry_after, float)
+
+error: ResilienceError = CircuitBreakerError("open")
+also: ResilienceError = RateLimitExceeded("limited")
