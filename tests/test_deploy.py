@@ -399,13 +399,14 @@ def scrape_after_some_activity() -> dict[str, list[tuple[dict[str, str], float]]
     """Opens a breaker, exhausts a limiter, runs an operation that succeeds and one that
     fails, registers a failing health check; then scrapes /health/prometheus over HTTP.
     Returns the samples by series name."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     from peak_resilience import _instances
     from peak_resilience._guard import guard
     from peak_resilience.http import start_health_server
     from peak_resilience.rate_limiter import RateLimiter
     from peak_resilience.resilience import CircuitBreaker, health_check
     from peak_resilience.testing import ManualClock
-    from prometheus_client.parser import text_string_to_metric_families
 
     clock = ManualClock(start=1000.0)
     breaker = CircuitBreaker(failure_threshold=1, name="deploy-check", clock=clock)
