@@ -284,6 +284,23 @@ def test_every_metric_and_label_the_dashboard_queries_is_exported() -> None:
     assert problems == []
 
 
+def test_every_legend_names_labels_its_query_keeps() -> None:
+    problems = []
+    for panel in all_panels(dashboard()):
+        for target in panel.get("targets", []):
+            expr = target["expr"]
+            kept = grouping_labels(expr) or {
+                label
+                for selector in selectors(expr)
+                if (found := family_of(selector.metric)) is not None
+                for label in found[1].labels | SCRAPE_LABELS
+            }
+            for label in re.findall(r"\{\{\s*(\w+)\s*\}\}", target.get("legendFormat", "")):
+                if label not in kept:
+                    problems.append(f"{panel['title']} [{target['refId']}]: legend uses {label}")
+    assert problems == []
+
+
 def test_the_dashboard_shows_every_exported_family() -> None:
     queried = {
         found[0]
