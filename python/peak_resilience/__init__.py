@@ -5,9 +5,11 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from peak_resilience.config import ConfigError, configure, load_config
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded, ResilienceError
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
+from peak_resilience.resilience_helpers import with_resilience
 
 try:
     __version__ = version("peak-resilience")
@@ -18,8 +20,12 @@ __all__ = [
     "CircuitBreaker",
     "CircuitBreakerError",
     "CircuitState",
+    "ConfigError",
     "RateLimitExceeded",
     "RateLimiter",
     "ResilienceError",
     "__version__",
+    "configure",
+    "load_config",
+    "with_resilience",
 ]

@@ -3,8 +3,32 @@
 ``ManualClock`` is accepted as ``clock=`` by ``RateLimiter`` and ``CircuitBreaker``;
 ``clock.advance(seconds)`` moves every object built on it at once, and ``clock.sleep`` can
 stand in for ``time.sleep`` where a wait would otherwise block.
+
+``fresh_resilience(clock)`` gives one test its own module registry (the breakers and
+limiters of ``with_resilience`` and ``create_module_*``, built on ``clock``) and an
+unconfigured process, and puts the previous ones back afterwards.
 """
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from peak_resilience._native import ManualClock
 
-__all__ = ["ManualClock"]
+__all__ = ["ManualClock", "fresh_resilience"]
+
+
+@contextmanager
+def fresh_resilience(clock: ManualClock | None = None) -> Iterator[None]:
+    """Within the block: no configuration loaded yet, and no module breakers or limiters;
+    the ones made inside run on ``clock``. Everything is restored on exit."""
+    from peak_resilience import config, resilience_helpers
+
+    previous_registry = resilience_helpers._use_registry(resilience_helpers.ModuleRegistry(clock))
+    previous_config = config._swap(None)
+    try:
+        yield
+    finally:
+        config._swap(previous_config)
+        resilience_helpers._use_registry(previous_registry)

@@ -1,0 +1,104 @@
+"""Breakers and limiters built from settings: the one place where a backend is chosen.
+
+``build_breaker`` / ``build_limiter`` make a new object for a module's settings;
+``update_breaker`` / ``update_limiter`` bring an existing one in line with new settings in
+place (its state, tokens and counts stay), so that a decorator applied at import time
+follows a configuration loaded later. Only the in-process ("memory") backend exists here;
+the shared-memory and Redis backends plug in at ``build_*``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from peak_resilience.config import ConfigError, Settings
+from peak_resilience.rate_limiter import RateLimiter
+from peak_resilience.resilience import CircuitBreaker, CircuitState
+
+if TYPE_CHECKING:
+    from peak_resilience.testing import ManualClock
+
+logger = logging.getLogger("peak_resilience.resilience")
+
+#: The threshold of a disabled breaker: no failure streak ever reaches it, so the breaker
+#: stays closed and every call passes. (The native Guard holding the breaker is immutable,
+#: so disabling works through the breaker's own settings.)
+DISABLED_THRESHOLD = (1 << 61) - 1
+
+
+def _available(backend: str, key: str, module: str) -> None:
+    if backend != "memory":
+        raise ConfigError(
+            f"backend {backend!r} is not available in this build (only 'memory')",
+            table=f"resilience.{module}",
+            key=key,
+        )
+
+
+def build_breaker(
+    name: str, module: str, settings: Settings, clock: ManualClock | None = None
+) -> CircuitBreaker:
+    """A new breaker named ``name`` with ``module``'s settings."""
+    _available(settings.circuit_breaker_backend, "circuit_breaker_backend", module)
+    breaker = CircuitBreaker(
+        settings.circuit_breaker_threshold,
+        settings.circuit_breaker_timeout,
+        name=name,
+        half_open_max_calls=settings.half_open_max_calls,
+        clock=clock,
+    )
+    update_breaker(breaker, settings)
+    return breaker
+
+
+def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
+    """Applies ``settings`` to ``breaker`` in place."""
+    if settings.circuit_breaker_enabled:
+        breaker.set_settings(
+            settings.circuit_breaker_threshold,
+            settings.circuit_breaker_timeout,
+            settings.half_open_max_calls,
+        )
+        return
+    breaker.set_settings(
+        DISABLED_THRESHOLD, settings.circuit_breaker_timeout, settings.half_open_max_calls
+    )
+    if breaker.state is not CircuitState.CLOSED:
+        # A disabled breaker lets calls through, so it must not stay open.
+        breaker.reset()
+
+
+def breaker_enabled(breaker: CircuitBreaker) -> bool:
+    """Whether ``breaker`` is enabled (see ``DISABLED_THRESHOLD``)."""
+    return breaker.failure_threshold != DISABLED_THRESHOLD
+
+
+def build_limiter(
+    name: str, module: str, settings: Settings, clock: ManualClock | None = None
+) -> RateLimiter:
+    """A new limiter named ``name`` with ``module``'s settings."""
+    _available(settings.rate_limit_backend, "rate_limit_backend", module)
+    limiter = RateLimiter(
+        settings.rate_limit_requests,
+        settings.rate_limit_window,
+        burst=settings.burst,
+        clock=clock,
+        name=name,
+    )
+    update_limiter(limiter, settings)
+    return limiter
+
+
+def update_limiter(limiter: RateLimiter, settings: Settings) -> None:
+    """Applies ``settings`` to ``limiter``'s default bucket in place (tokens already spent
+    stay spent); ``rate_limit_enabled`` switches every bucket of the limiter."""
+    bucket = limiter.default_bucket
+    if (bucket.max_requests, bucket.window_seconds, bucket.capacity) != (
+        settings.rate_limit_requests,
+        settings.rate_limit_window,
+        settings.burst,
+    ):
+        bucket.set_rate(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
+    for each in (bucket, *limiter.endpoint_buckets().values()):
+        each.set_enabled(settings.rate_limit_enabled)
