@@ -899,6 +899,8 @@ pub struct Guard {
     fallback_on_failure: AtomicBool,
     max_wait: u64,
     sleep: Option<Py<PyAny>>,
+    /// Told of each refused call as on_reject(exception), for the rejection log.
+    on_reject: Option<Py<PyAny>>,
     clock: Clock,
 }
 
@@ -1004,6 +1006,17 @@ impl Guard {
         }
     }
 
+    /// Hands a refusal to `on_reject`; a hook that raises is reported as unraisable and
+    /// never changes what the caller gets.
+    #[cold]
+    fn rejected(&self, py: Python<'_>, rejection: &PyErr) {
+        if let Some(hook) = &self.on_reject {
+            if let Err(err) = hook.call1(py, (rejection.value(py),)) {
+                err.write_unraisable(py, Some(hook.bind(py)));
+            }
+        }
+    }
+
     fn release(&self, admission: Admission) {
         if let Some(breaker) = &self.breaker {
             breaker.get().core.release(admission);
@@ -1029,7 +1042,8 @@ impl Guard {
 impl Guard {
     #[new]
     #[pyo3(signature = (func, *, breaker=None, limiter=None, endpoint=None, cost=1, operation=None,
-                        fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None))]
+                        fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None,
+                        on_reject=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Bound<'_, PyAny>,
@@ -1043,6 +1057,7 @@ impl Guard {
         fallback_on_failure: bool,
         max_wait: Option<&Bound<'_, PyAny>>,
         sleep: Option<Py<PyAny>>,
+        on_reject: Option<Py<PyAny>>,
     ) -> PyResult<Self> {
         if !func.is_callable() {
             return Err(PyTypeError::new_err(format!(
@@ -1077,6 +1092,7 @@ impl Guard {
                 _ => 0,
             },
             sleep: sleep.filter(|s| !s.is_none(py)),
+            on_reject: on_reject.filter(|h| !h.is_none(py)),
             clock,
         })
     }
@@ -1091,6 +1107,7 @@ impl Guard {
         let admission = match self.admit(py) {
             Ok(admission) => admission,
             Err(rejection) => {
+                self.rejected(py, &rejection);
                 return match self.call_fallback(py, args, kwargs) {
                     Some(result) => result,
                     None => Err(rejection),
@@ -1144,6 +1161,8 @@ impl Guard {
     /// For async wrappers: takes the breaker admission and a token (no waiting), returns
     /// the admission code, or raises CircuitBreakerError / RateLimitExceeded.
     fn _admit(&self, py: Python<'_>) -> PyResult<u64> {
+        // No on_reject here: the async wrapper may retry after a wait, and reports only
+        // the refusal it finally gives its caller.
         self.admit(py).map(Admission::code)
     }
 

@@ -43,6 +43,10 @@ def _on_transition(name: str, from_code: int, to_code: int) -> None:
         hook(name, from_state, to_state)
 
 
+def _log_rejection(refusal: BaseException) -> None:
+    logger.debug("call refused: %s", refusal)
+
+
 class CircuitBreaker(_NativeBreaker):
     """Fails fast while a dependency keeps failing.
 
@@ -74,7 +78,7 @@ class CircuitBreaker(_NativeBreaker):
 
     def call(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorates a sync or async function (or method) with this breaker."""
-        return typed(guard(func, breaker=self), func)
+        return typed(guard(func, breaker=self, on_reject=_log_rejection), func)
 
     def get_stats(self) -> dict[str, Any]:
         """Counters since creation: calls that succeeded, failed and were rejected."""

@@ -42,12 +42,14 @@ def guard(
     max_wait: float = 0.0,
     sleep: Callable[[float], Any] | None = None,
     async_sleep: Callable[[float], Awaitable[Any]] | None = None,
+    on_reject: Callable[[BaseException], Any] | None = None,
 ) -> Any:
     """Returns ``func`` guarded; keeps its name, docstring and signature.
 
     ``fallback`` (a value, or a callable taking the function's arguments) is returned
     instead of raising when the call is refused, and also when it fails if
     ``fallback_on_failure``. ``max_wait`` seconds may be spent waiting for a token.
+    ``on_reject(exception)`` is told of each call refused (for the rejection log).
     """
     has_fallback = fallback is not MISSING
     native = Guard(
@@ -62,12 +64,13 @@ def guard(
         fallback_on_failure=fallback_on_failure,
         max_wait=max_wait,
         sleep=sleep,
+        on_reject=on_reject,
     )
     if not inspect.iscoroutinefunction(func):
         functools.update_wrapper(native, func)
         return native
     return _async_wrapper(
-        native, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep
+        native, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep, on_reject
     )
 
 
@@ -78,6 +81,7 @@ def _async_wrapper(
     has_fallback: bool,
     max_wait: float,
     async_sleep: Callable[[float], Awaitable[Any]],
+    on_reject: Callable[[BaseException], Any] | None,
 ) -> Callable[..., Awaitable[Any]]:
     fallback_is_callable = has_fallback and callable(fallback)
 
@@ -102,7 +106,9 @@ def _async_wrapper(
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             admission = await admit() if max_wait > 0 else native._admit()
-        except Exception:
+        except Exception as refusal:
+            if on_reject is not None:
+                on_reject(refusal)
             if has_fallback:
                 return await use_fallback(args, kwargs)
             raise
