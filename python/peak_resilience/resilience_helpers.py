@@ -48,7 +48,25 @@ __all__ = [
 P = ParamSpec("P")
 R = TypeVar("R")
 
-logger = logging.getLogger("peak_resilience.resilience_helpers")
+# The guide's Debugging section turns these up: breaker events under "resilience", rate
+# limiting under "rate_limiter".
+_breaker_log = logging.getLogger("peak_resilience.resilience")
+_limiter_log = logging.getLogger("peak_resilience.rate_limiter")
+
+
+def _rejection_log(name: str) -> Callable[[BaseException], None]:
+    """Logs each refused call of operation ``name`` at DEBUG (called on refusals only)."""
+
+    def on_reject(refusal: BaseException) -> None:
+        if isinstance(refusal, RateLimitExceeded):
+            _limiter_log.debug(
+                "%s refused by rate limiter %r: retry in %.3fs",
+                name, refusal.limiter, refusal.retry_after,
+            )
+        elif isinstance(refusal, CircuitBreakerError):
+            _breaker_log.debug("%s refused: %s", name, refusal)
+
+    return on_reject
 
 
 def _name(value: object, what: str) -> str:
@@ -281,6 +299,7 @@ def with_resilience(
             max_wait=max_wait,
             sleep=clock.sleep if clock is not None else None,
             async_sleep=_manual_async_sleep(clock) if clock is not None else None,
+            on_reject=_rejection_log(name),
         )
         native = getattr(decorated, "guard", decorated)
         registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))

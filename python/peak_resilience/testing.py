@@ -5,8 +5,8 @@
 stand in for ``time.sleep`` where a wait would otherwise block.
 
 ``fresh_resilience(clock)`` gives one test its own module registry (the breakers and
-limiters of ``with_resilience`` and ``create_module_*``, built on ``clock``) and an
-unconfigured process, and puts the previous ones back afterwards.
+limiters of ``with_resilience`` and ``create_module_*``, built on ``clock``), fresh
+operation stats and an unconfigured process, and puts the previous ones back afterwards.
 """
 
 from __future__ import annotations
@@ -21,14 +21,16 @@ __all__ = ["ManualClock", "fresh_resilience"]
 
 @contextmanager
 def fresh_resilience(clock: ManualClock | None = None) -> Iterator[None]:
-    """Within the block: no configuration loaded yet, and no module breakers or limiters;
-    the ones made inside run on ``clock``. Everything is restored on exit."""
-    from peak_resilience import config, resilience_helpers
+    """Within the block: no configuration loaded yet, no module breakers or limiters (the
+    ones made inside run on ``clock``) and no operation stats. Restored on exit."""
+    from peak_resilience import _instances, config, resilience_helpers
 
     previous_registry = resilience_helpers._use_registry(resilience_helpers.ModuleRegistry(clock))
     previous_config = config._swap(None)
+    previous_operations, _instances.operations = _instances.operations, {}
     try:
         yield
     finally:
+        _instances.operations = previous_operations
         config._swap(previous_config)
         resilience_helpers._use_registry(previous_registry)
