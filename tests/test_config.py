@@ -79,12 +79,12 @@ def test_without_a_path_peak_trade_config_comes_before_the_working_directory(
 def test_peak_trade_config_naming_a_missing_file_is_an_error_naming_the_variable(
     fresh: object,
 ) -> None:
-    with pytest.raises(ConfigError, match="PEAK_TRADE_CONFIG.*nowhere.toml"):
+    with pytest.raises(ConfigError, match=r"PEAK_TRADE_CONFIG.*nowhere\.toml"):
         load_config(environ={"PEAK_TRADE_CONFIG": "nowhere.toml"})
 
 
 def test_an_explicit_path_that_does_not_exist_is_an_error_naming_it(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="missing.toml: cannot read the file"):
+    with pytest.raises(ConfigError, match=r"missing\.toml: cannot read the file"):
         load_config(tmp_path / "missing.toml", environ={})
 
 
