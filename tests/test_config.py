@@ -158,8 +158,14 @@ def test_a_module_override_from_the_environment_needs_no_table_in_the_file() -> 
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("true", True), ("FALSE", False), ("1", True), ("0", False),
-        ("yes", True), ("no", False), ("on", True), ("off", False),
+        ("true", True),
+        ("FALSE", False),
+        ("1", True),
+        ("0", False),
+        ("yes", True),
+        ("no", False),
+        ("on", True),
+        ("off", False),
     ],
 )
 def test_booleans_from_the_environment_read_the_usual_spellings(text: str, expected: bool) -> None:
@@ -230,7 +236,9 @@ def test_a_typo_in_the_file_names_the_file_table_and_key_and_suggests_the_right_
         "did you mean 'circuit_breaker_threshold'?"
     )
     assert (error.source, error.table, error.key) == (
-        str(path), "resilience.live", "circuit_breaker_treshold",
+        str(path),
+        "resilience.live",
+        "circuit_breaker_treshold",
     )
 
 
@@ -291,8 +299,9 @@ def test_the_redis_backend_without_a_redis_url_is_an_error(write_config: WriteCo
 def test_a_rate_the_bucket_cannot_represent_is_an_error_at_load(
     write_config: WriteConfig,
 ) -> None:
-    path = write_config("[resilience.hft]\nrate_limit_requests = 10000000000\n"
-                        "rate_limit_window = 1\n")
+    path = write_config(
+        "[resilience.hft]\nrate_limit_requests = 10000000000\nrate_limit_window = 1\n"
+    )
 
     with pytest.raises(ConfigError, match=r"\[resilience.hft\] rate_limit_requests: .*range"):
         load_config(path, environ={})
@@ -323,9 +332,7 @@ def test_the_rest_of_the_applications_config_toml_is_ignored(write_config: Write
     assert load_config(path, environ={}).globals.circuit_breaker_threshold == 4
 
 
-def test_load_config_does_not_apply_what_it_loads(
-    fresh: object, write_config: WriteConfig
-) -> None:
+def test_load_config_does_not_apply_what_it_loads(fresh: object, write_config: WriteConfig) -> None:
     configure(write_config("[resilience]\ncircuit_breaker_threshold = 4\n", name="a.toml"))
 
     load_config(write_config("[resilience]\ncircuit_breaker_threshold = 8\n"), environ={})

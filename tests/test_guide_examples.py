@@ -96,8 +96,8 @@ def test_circuit_breaker_method_3_a_manual_breaker(clock: ManualClock) -> None:
     from peak_resilience.resilience import CircuitBreaker
 
     breaker = CircuitBreaker(
-        failure_threshold=5,      # Open after 5 failures
-        recovery_timeout=60.0,    # Try recovery after 60 seconds
+        failure_threshold=5,  # Open after 5 failures
+        recovery_timeout=60.0,  # Try recovery after 60 seconds
         name="my_operation",
     )
 
@@ -115,7 +115,8 @@ def test_circuit_breaker_method_3_a_manual_breaker(clock: ManualClock) -> None:
 def test_circuit_breaker_configuration_sets_the_module_breakers(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("""
+    configure(
+        write_config("""
         [resilience]
         circuit_breaker_enabled = true
         circuit_breaker_threshold = 5
@@ -124,7 +125,8 @@ def test_circuit_breaker_configuration_sets_the_module_breakers(
         [resilience.portfolio]
         circuit_breaker_threshold = 3
         circuit_breaker_timeout = 30
-    """))
+    """)
+    )
     from peak_resilience.resilience_helpers import create_module_circuit_breaker
 
     portfolio = create_module_circuit_breaker("portfolio", "calculation")
@@ -201,10 +203,12 @@ def test_rate_limiting_endpoint_specific_limits() -> None:
 def test_rate_limiting_with_resilience_helpers(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("""
+    configure(
+        write_config("""
         [resilience.data]
         rate_limit_requests = 2
-    """))
+    """)
+    )
     from peak_resilience.resilience_helpers import with_resilience
 
     @with_resilience(
@@ -227,7 +231,8 @@ def test_rate_limiting_with_resilience_helpers(
 def test_rate_limiter_configuration_sets_the_module_limiters(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("""
+    configure(
+        write_config("""
         [resilience]
         rate_limit_enabled = true
         rate_limit_requests = 100
@@ -236,7 +241,8 @@ def test_rate_limiter_configuration_sets_the_module_limiters(
         [resilience.data]
         rate_limit_requests = 200
         rate_limit_window = 60
-    """))
+    """)
+    )
     from peak_resilience.resilience_helpers import create_module_rate_limiter
 
     data = create_module_rate_limiter("data", "api_fetch")
@@ -290,12 +296,15 @@ def test_integration_step_1_and_2_a_module_configured_from_its_table(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
     # 2. Configure Module Settings: add to config.toml
-    write_config("""
+    write_config(
+        """
         [resilience.your_module]
         circuit_breaker_enabled = true
         circuit_breaker_threshold = 5
         rate_limit_requests = 100
-    """, name="config.toml")
+    """,
+        name="config.toml",
+    )
 
     # 1. Add Resilience to Your Module (no configure() call: ./config.toml is found)
     # your_module.py
@@ -328,12 +337,14 @@ def test_integration_step_1_and_2_a_module_configured_from_its_table(
 def test_integration_step_1_the_breaker_opens_at_the_configured_threshold(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("""
+    configure(
+        write_config("""
         [resilience.your_module]
         circuit_breaker_enabled = true
         circuit_breaker_threshold = 5
         rate_limit_requests = 100
-    """))
+    """)
+    )
     from peak_resilience.resilience_helpers import with_resilience
 
     @with_resilience("your_module", "operation_name")

@@ -37,8 +37,11 @@ def failing() -> None:
 def test_a_module_breaker_is_registered_as_module_dot_operation_and_is_always_the_same(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("[resilience.portfolio]\ncircuit_breaker_threshold = 3\n"
-                           "circuit_breaker_timeout = 30\n"))
+    configure(
+        write_config(
+            "[resilience.portfolio]\ncircuit_breaker_threshold = 3\ncircuit_breaker_timeout = 30\n"
+        )
+    )
 
     breaker = create_module_circuit_breaker("portfolio", "calculation")
 
@@ -121,8 +124,11 @@ def test_a_reload_changes_the_recovery_timeout_of_an_open_circuit(
     with pytest.raises(ExchangeDown):
         with_resilience("live", "orders")(failing)()
 
-    configure(write_config("[resilience.live]\ncircuit_breaker_threshold = 1\n"
-                           "circuit_breaker_timeout = 5\n"))
+    configure(
+        write_config(
+            "[resilience.live]\ncircuit_breaker_threshold = 1\ncircuit_breaker_timeout = 5\n"
+        )
+    )
 
     assert breaker.recovery_timeout == 5.0
     assert breaker.state is CircuitState.OPEN  # the state survived the reload
@@ -138,8 +144,12 @@ def test_disabling_and_re_enabling_the_breaker_by_reload_is_followed(
     with pytest.raises(CircuitBreakerError):
         orders()
 
-    configure(write_config("[resilience.live]\ncircuit_breaker_threshold = 1\n"
-                           "circuit_breaker_enabled = false\n", name="off.toml"))
+    configure(
+        write_config(
+            "[resilience.live]\ncircuit_breaker_threshold = 1\ncircuit_breaker_enabled = false\n",
+            name="off.toml",
+        )
+    )
     for _ in range(3):
         with pytest.raises(ExchangeDown):  # straight through, and the circuit stays closed
             orders()
@@ -160,8 +170,12 @@ def test_disabling_and_re_enabling_rate_limiting_by_reload_is_followed(
     with pytest.raises(RateLimitExceeded):
         quote()
 
-    configure(write_config("[resilience.live]\nrate_limit_requests = 1\n"
-                           "rate_limit_enabled = false\n", name="off.toml"))
+    configure(
+        write_config(
+            "[resilience.live]\nrate_limit_requests = 1\nrate_limit_enabled = false\n",
+            name="off.toml",
+        )
+    )
     assert [quote() for _ in range(5)] == [1] * 5
 
     configure(write_config("[resilience.live]\nrate_limit_requests = 1\n", name="on.toml"))
@@ -201,8 +215,11 @@ def test_a_bad_reload_leaves_breakers_and_limiters_as_they_were(
     breaker = create_module_circuit_breaker("live", "orders")
 
     with pytest.raises(ConfigError):
-        configure(write_config("[resilience.live]\ncircuit_breaker_threshold = 1\n"
-                               "rate_limit_window = 0\n"))
+        configure(
+            write_config(
+                "[resilience.live]\ncircuit_breaker_threshold = 1\nrate_limit_window = 0\n"
+            )
+        )
 
     assert breaker.failure_threshold == 2
 
@@ -226,8 +243,11 @@ def test_without_configure_the_environment_applies_too(
 def test_state_transitions_are_logged_as_warning_when_opening_and_info_otherwise(
     fresh: ManualClock, write_config: WriteConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    configure(write_config("[resilience.live]\ncircuit_breaker_threshold = 1\n"
-                           "circuit_breaker_timeout = 10\n"))
+    configure(
+        write_config(
+            "[resilience.live]\ncircuit_breaker_threshold = 1\ncircuit_breaker_timeout = 10\n"
+        )
+    )
     outcomes = iter([ExchangeDown(), None])
 
     @with_resilience("live", "orders")
@@ -243,25 +263,25 @@ def test_state_transitions_are_logged_as_warning_when_opening_and_info_otherwise
     orders()
 
     transitions = [
-        (r.name, r.levelname, r.getMessage())
-        for r in caplog.records
-        if "->" in r.getMessage()
+        (r.name, r.levelname, r.getMessage()) for r in caplog.records if "->" in r.getMessage()
     ]
     assert transitions == [
-        ("peak_resilience.resilience", "WARNING",
-         "circuit breaker 'live.orders': CLOSED -> OPEN"),
-        ("peak_resilience.resilience", "INFO",
-         "circuit breaker 'live.orders': OPEN -> HALF_OPEN"),
-        ("peak_resilience.resilience", "INFO",
-         "circuit breaker 'live.orders': HALF_OPEN -> CLOSED"),
+        ("peak_resilience.resilience", "WARNING", "circuit breaker 'live.orders': CLOSED -> OPEN"),
+        ("peak_resilience.resilience", "INFO", "circuit breaker 'live.orders': OPEN -> HALF_OPEN"),
+        (
+            "peak_resilience.resilience",
+            "INFO",
+            "circuit breaker 'live.orders': HALF_OPEN -> CLOSED",
+        ),
     ]
 
 
 def test_each_refused_call_is_logged_at_debug_under_the_guides_loggers(
     fresh: ManualClock, write_config: WriteConfig, caplog: pytest.LogCaptureFixture
 ) -> None:
-    configure(write_config("[resilience.live]\ncircuit_breaker_threshold = 1\n"
-                           "rate_limit_requests = 1\n"))
+    configure(
+        write_config("[resilience.live]\ncircuit_breaker_threshold = 1\nrate_limit_requests = 1\n")
+    )
     orders = with_resilience("live", "orders")(failing)
     quote = with_resilience("live", "quote", use_rate_limiter=True, fallback=None)(lambda: 1)
     with pytest.raises(ExchangeDown):

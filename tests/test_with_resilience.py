@@ -226,8 +226,11 @@ def test_decorating_without_a_fallback_in_a_fail_safe_module_is_a_config_error(
 def test_with_the_breaker_disabled_failures_never_open_the_circuit(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("[resilience.live]\ncircuit_breaker_enabled = false\n"
-                           "circuit_breaker_threshold = 1\n"))
+    configure(
+        write_config(
+            "[resilience.live]\ncircuit_breaker_enabled = false\ncircuit_breaker_threshold = 1\n"
+        )
+    )
     calls: list[int] = []
 
     @with_resilience("live", "orders")
@@ -245,8 +248,9 @@ def test_with_the_breaker_disabled_failures_never_open_the_circuit(
 def test_with_rate_limiting_disabled_calls_beyond_the_budget_pass(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    configure(write_config("[resilience.live]\nrate_limit_enabled = false\n"
-                           "rate_limit_requests = 1\n"))
+    configure(
+        write_config("[resilience.live]\nrate_limit_enabled = false\nrate_limit_requests = 1\n")
+    )
     quote = with_resilience("live", "quote", use_rate_limiter=True)(lambda: 42)
 
     assert [quote() for _ in range(50)] == [42] * 50

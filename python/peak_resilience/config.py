@@ -90,9 +90,7 @@ Check = Callable[[Any], "str | None"]
 
 def key(default: Any, check: Check | None = None, *, per_module: bool = True) -> Any:
     """Declares one configuration key (a dataclass field carrying its schema)."""
-    return dataclasses.field(
-        default=default, metadata={"check": check, "per_module": per_module}
-    )
+    return dataclasses.field(default=default, metadata={"check": check, "per_module": per_module})
 
 
 def at_least(low: float) -> Check:
@@ -340,7 +338,9 @@ class Config:
             problem = _quota_problem(settings)
             if problem is not None:
                 raise ConfigError(
-                    problem, source=self._where(module, "rate_limit_requests"), table=table,
+                    problem,
+                    source=self._where(module, "rate_limit_requests"),
+                    table=table,
                     key="rate_limit_requests",
                 )
         return settings
@@ -406,7 +406,9 @@ def _parse_env(
         name = upper_key.lower()
         table = f"{TABLE}.{module.lower()}" if module else TABLE
         where: dict[str, str | None] = {
-            "source": f"environment {variable}", "table": table, "key": name,
+            "source": f"environment {variable}",
+            "table": table,
+            "key": name,
         }
         spec = SCHEMA.get(name)
         if spec is None:
@@ -417,7 +419,9 @@ def _parse_env(
             if close:
                 logger.warning(
                     "environment %s is not a setting; did you mean %s%s?",
-                    variable, ENV_PREFIX, close[0].upper(),
+                    variable,
+                    ENV_PREFIX,
+                    close[0].upper(),
                 )
             continue  # PEAK_TRADE_* variables of the application itself
         if module and not spec.per_module:
@@ -472,9 +476,7 @@ def load_config(
             raise ConfigError(f"not valid TOML: {err}", source=source) from err
     section = document.get(TABLE, {})
     if not isinstance(section, dict):
-        raise ConfigError(
-            f"{TABLE} must be a table ([{TABLE}]), got {section!r}", source=source
-        )
+        raise ConfigError(f"{TABLE} must be a table ([{TABLE}]), got {section!r}", source=source)
     scalars = {k: v for k, v in section.items() if not isinstance(v, dict)}
     global_file = _parse_table(scalars, source=source or "", table=TABLE, module=False)
     module_file: dict[str, dict[str, Any]] = {}
@@ -487,9 +489,10 @@ def load_config(
         nested = [k for k, v in table.items() if isinstance(v, dict)]
         if nested:
             raise ConfigError(
-                f"[{name}.{nested[0]}]: module tables are one level deep; "
-                f"put the keys in [{name}]",
-                source=source, table=name, key=nested[0],
+                f"[{name}.{nested[0]}]: module tables are one level deep; put the keys in [{name}]",
+                source=source,
+                table=name,
+                key=nested[0],
             )
         module_file[module] = _parse_table(table, source=source or "", table=name, module=True)
     global_env, module_env, env_sources = _parse_env(environ)

@@ -61,7 +61,9 @@ def _rejection_log(name: str) -> Callable[[BaseException], None]:
         if isinstance(refusal, RateLimitExceeded):
             _limiter_log.debug(
                 "%s refused by rate limiter %r: retry in %.3fs",
-                name, refusal.limiter, refusal.retry_after,
+                name,
+                refusal.limiter,
+                refusal.retry_after,
             )
         elif isinstance(refusal, CircuitBreakerError):
             _breaker_log.debug("%s refused: %s", name, refusal)
