@@ -91,11 +91,15 @@ def _async_wrapper(
         result = fallback(*args, **kwargs)
         return await result if inspect.isawaitable(result) else result
 
+    # Bound once: each attribute lookup on the per-call path costs as much as a call.
+    admit_now, started_now, exit_now = native._admit, native._started, native._exit
+    waits = max_wait > 0
+
     async def admit() -> int:
         waited = 0.0
         while True:
             try:
-                return native._admit()
+                return admit_now()
             except RateLimitExceeded as exc:
                 if waited + exc.retry_after > max_wait:
                     raise
@@ -105,22 +109,22 @@ def _async_wrapper(
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            admission = await admit() if max_wait > 0 else native._admit()
+            admission = await admit() if waits else admit_now()
         except Exception as refusal:
             if on_reject is not None:
                 on_reject(refusal)
             if has_fallback:
                 return await use_fallback(args, kwargs)
             raise
-        started = native._started()
+        started = started_now()
         try:
             result = await func(*args, **kwargs)
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
-            if native._exit(admission, started, exc):
+            if exit_now(admission, started, exc):
                 return await use_fallback(args, kwargs)
             raise
-        native._exit(admission, started, None)
+        exit_now(admission, started)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]
