@@ -519,6 +519,13 @@ _listeners: list[_Listener] = []
 _configure_lock = threading.RLock()
 
 
+def lock() -> threading.RLock:
+    """Held while a configuration is checked and applied. Whoever builds objects from the
+    configuration in force holds it too, so that no object is built from settings that a
+    concurrent ``configure()`` has just replaced (and so missed by its update)."""
+    return _configure_lock
+
+
 def add_listener(listener: _Listener) -> None:
     """Registers an object told of every new configuration (the module registry)."""
     _listeners.append(listener)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -98,17 +97,16 @@ class ModuleRegistry:
         self.limiters: dict[str, RateLimiter] = {}
         self._breaker_modules: dict[str, str] = {}
         self._decorated: list[_Decorated] = []
-        self._lock = threading.RLock()
 
     def breaker(self, module: str, operation: str) -> CircuitBreaker:
         name = f"{_name(module, 'module')}.{_name(operation, 'operation')}"
         found = self.breakers.get(name)
         if found is not None:
             return found
-        settings = config.active().module(module)
-        with self._lock:
+        with config.lock():
             found = self.breakers.get(name)
             if found is None:
+                settings = config.active().module(module)
                 found = build_breaker(name, module, settings, self.clock)
                 self.breakers[name] = found
                 self._breaker_modules[name] = module
@@ -118,22 +116,22 @@ class ModuleRegistry:
         found = self.limiters.get(_name(module, "module"))
         if found is not None:
             return found
-        settings = config.active().module(module)
-        with self._lock:
+        with config.lock():
             found = self.limiters.get(module)
             if found is None:
+                settings = config.active().module(module)
                 found = build_limiter(module, module, settings, self.clock)
                 self.limiters[module] = found
         return found
 
     def remember(self, decorated: _Decorated) -> None:
-        with self._lock:
+        with config.lock():
             self._decorated.append(decorated)
 
     def check(self, new: config.Config) -> None:
         """Refuses a configuration that would make a decorated function without a fallback
         fail-safe (it would have nothing to return)."""
-        with self._lock:
+        with config.lock():
             decorated = list(self._decorated)
         for each in decorated:
             if not each.has_fallback and new.module(each.module).fail_safe_defaults:
@@ -141,7 +139,7 @@ class ModuleRegistry:
 
     def apply(self, new: config.Config) -> None:
         """Brings every breaker, limiter and decorated function in line with ``new``."""
-        with self._lock:
+        with config.lock():
             breakers = [(b, self._breaker_modules[n]) for n, b in self.breakers.items()]
             limiters = list(self.limiters.items())
             decorated = list(self._decorated)
@@ -281,6 +279,12 @@ def with_resilience(
     def decorate(func: Callable[P, R]) -> Callable[P, Any]:
         if not callable(func):
             raise TypeError(f"with_resilience decorates a callable, got {func!r}")
+        # Held from reading the settings to registering the function: a configure()
+        # running meanwhile either comes first (and is read) or checks and updates it.
+        with config.lock():
+            return _decorate(func)
+
+    def _decorate(func: Callable[P, R]) -> Callable[P, Any]:
         active = config.active()
         settings = active.module(module)
         qualname = getattr(func, "__qualname__", repr(func))
