@@ -213,8 +213,21 @@ def test_an_unknown_key_in_a_module_variable_suggests_the_nearest_known_key() ->
     assert "did you mean 'circuit_breaker_threshold'?" in message
 
 
+def test_a_near_miss_of_a_global_key_in_the_environment_is_an_error_not_ignored() -> None:
+    with pytest.raises(ConfigError) as raised:
+        load_config(environ={"PEAK_TRADE_CIRCUIT_BREAKER_TRESHOLD": "10"})
+
+    assert str(raised.value) == (
+        "environment PEAK_TRADE_CIRCUIT_BREAKER_TRESHOLD [resilience] "
+        "circuit_breaker_treshold: unknown key; did you mean "
+        "PEAK_TRADE_CIRCUIT_BREAKER_THRESHOLD?"
+    )
+
+
 def test_other_peak_trade_variables_of_the_application_are_left_alone() -> None:
-    loaded = load_config(environ={"PEAK_TRADE_ENV": "production", "PEAK_TRADE_HOME": "/srv"})
+    loaded = load_config(
+        environ={"PEAK_TRADE_ENV": "production", "PEAK_TRADE_METRICS_PORT": "9108"}
+    )
 
     assert loaded.globals == load_config(environ={}).globals
 

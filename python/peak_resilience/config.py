@@ -415,13 +415,12 @@ def _parse_env(
             if module:
                 # The double underscore is our syntax: this variable was meant for us.
                 raise ConfigError("unknown key" + _suggest(name), **where)
+            # Other PEAK_TRADE_* variables belong to the application; one that is a
+            # near miss of a key is a typo that would otherwise be silently ignored.
             close = difflib.get_close_matches(name, SCHEMA, n=1, cutoff=0.85)
             if close:
-                logger.warning(
-                    "environment %s is not a setting; did you mean %s%s?",
-                    variable,
-                    ENV_PREFIX,
-                    close[0].upper(),
+                raise ConfigError(
+                    f"unknown key; did you mean {ENV_PREFIX}{close[0].upper()}?", **where
                 )
             continue  # PEAK_TRADE_* variables of the application itself
         if module and not spec.per_module:
