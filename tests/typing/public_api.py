@@ -16,12 +16,23 @@ from peak_resilience import (
     CircuitBreaker,
     CircuitBreakerError,
     CircuitState,
+    ConfigError,
     RateLimiter,
     RateLimitExceeded,
     ResilienceError,
+    configure,
+    load_config,
+    with_resilience,
 )
+from peak_resilience.config import Config, Settings
 from peak_resilience.rate_limiter import RateLimiter as GuideRateLimiter
 from peak_resilience.resilience import CircuitBreaker as GuideCircuitBreaker
+from peak_resilience.resilience_helpers import (
+    create_module_circuit_breaker,
+    create_module_rate_limiter,
+    get_all_circuit_breakers,
+    get_all_rate_limiters,
+)
 from peak_resilience.testing import ManualClock
 
 # The guide's import paths name the same classes.
@@ -98,3 +109,44 @@ except RateLimitExceeded as limited:
 
 error: ResilienceError = CircuitBreakerError("open")
 also: ResilienceError = RateLimitExceeded("limited")
+
+
+# --- configuration and the module helpers ---------------------------------------------
+
+assert_type(load_config("config.toml"), Config)
+assert_type(configure(), Config)
+assert_type(load_config().module("live"), Settings)
+assert_type(load_config().module("live").circuit_breaker_threshold, int)
+config_error: ValueError = ConfigError("bad", source="config.toml", table="resilience", key="k")
+assert_type(create_module_circuit_breaker("portfolio", "calculation"), CircuitBreaker)
+assert_type(create_module_rate_limiter("live", "orders"), RateLimiter)
+assert_type(get_all_circuit_breakers(), dict[str, CircuitBreaker])
+assert_type(get_all_rate_limiters(), dict[str, RateLimiter])
+
+
+@with_resilience("live", "submit_order", use_rate_limiter=True)
+def submit_live_order(symbol: str, quantity: float) -> str:
+    return symbol
+
+
+@with_resilience("data", "fetch")
+async def fetch_candles(symbol: str, limit: int = 100) -> list[float]:
+    return []
+
+
+class Portfolio:
+    @with_resilience("portfolio", "value")
+    def value(self, currency: str) -> float:
+        return 0.0
+
+
+assert_type(submit_live_order("BTC/EUR", 0.5), str)
+assert_type(Portfolio().value("EUR"), float)
+submit_live_order(0.5, "BTC/EUR")  # type: ignore[arg-type]
+Portfolio().value()  # type: ignore[call-arg]
+with_resilience("live", "orders", use_rate_limiter="yes")  # type: ignore[call-overload]
+
+
+async def use_module_async() -> None:
+    assert_type(await fetch_candles("ETH/EUR", limit=5), list[float])
+    await fetch_candles(5)  # type: ignore[arg-type]
