@@ -1111,7 +1111,7 @@ impl Guard {
                 return match self.call_fallback(py, args, kwargs) {
                     Some(result) => result,
                     None => Err(rejection),
-                }
+                };
             }
         };
         let started = self.started();
