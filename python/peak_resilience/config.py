@@ -5,6 +5,8 @@ module. Environment variables override both: ``PEAK_TRADE_<KEY>`` a global key,
 ``PEAK_TRADE_<MODULE>__<KEY>`` one module's key (the module upper-cased, every character
 outside A-Z0-9 replaced by ``_``). Most specific first: module from the environment, module
 from the file, global from the environment, global from the file, built-in default.
+Other ``PEAK_TRADE_*`` variables belong to the application and are left alone, unless one
+is a near miss of a key (a typo that would otherwise be silently ignored).
 
 ``configure(path=None)`` loads and applies a file process-wide; without a path it takes
 ``$PEAK_TRADE_CONFIG``, then ``./config.toml``, then the built-in defaults. Calling it again

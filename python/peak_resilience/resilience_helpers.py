@@ -269,6 +269,11 @@ def with_resilience(
     ``fail_safe_defaults = true`` (such a module requires a fallback). Every call's
     latency, success or failure by exception type is recorded natively under
     ``"module.operation"`` unless ``metrics_enabled = false``.
+
+    The module's settings are read when the function is decorated (loading them as
+    ``configure()`` without a path would, if nothing was configured yet); a later
+    ``configure()`` updates the breaker, the limiter, the enabled switches and the
+    fail-safe behaviour in place. ``metrics_enabled`` is decided at decoration.
     """
     _name(module, "module")
     _name(operation, "operation")
