@@ -1,5 +1,8 @@
 """The guide's Circuit Breaker, Rate Limiting and Integration Guide examples, as written
-(``src.core.`` read as ``peak_resilience.``), each followed by what its reader expects."""
+(``src.core.`` read as ``peak_resilience.``), each followed by what its reader expects.
+
+The one addition: a limiter counted to its exact budget gets ``clock=clock`` (a manual
+clock), so that a slow run cannot refill a token mid-count."""
 
 from __future__ import annotations
 
@@ -92,7 +95,7 @@ def test_circuit_breaker_method_2_a_module_breaker(fresh: ManualClock) -> None:
     assert breaker.success_total == 1
 
 
-def test_circuit_breaker_method_3_a_manual_breaker(clock: ManualClock) -> None:
+def test_circuit_breaker_method_3_a_manual_breaker() -> None:
     from peak_resilience.resilience import CircuitBreaker
 
     breaker = CircuitBreaker(
@@ -151,7 +154,7 @@ def test_circuit_breaker_configuration_sets_the_module_breakers(
 # Rate Limiting
 
 
-def test_rate_limiting_basic_usage(caplog: pytest.LogCaptureFixture) -> None:
+def test_rate_limiting_basic_usage(clock: ManualClock, caplog: pytest.LogCaptureFixture) -> None:
     calls: list[int] = []
     logger = logging.getLogger("your_module")
 
@@ -161,7 +164,7 @@ def test_rate_limiting_basic_usage(caplog: pytest.LogCaptureFixture) -> None:
     from peak_resilience.rate_limiter import RateLimiter
 
     # Create rate limiter: 100 requests per 60 seconds
-    limiter = RateLimiter(max_requests=100, window_seconds=60)
+    limiter = RateLimiter(max_requests=100, window_seconds=60, clock=clock)
 
     for _ in range(101):
         # Try to acquire permission for a request
@@ -176,7 +179,7 @@ def test_rate_limiting_basic_usage(caplog: pytest.LogCaptureFixture) -> None:
     assert [r.getMessage() for r in caplog.records] == ["Rate limit exceeded"]
 
 
-def test_rate_limiting_endpoint_specific_limits() -> None:
+def test_rate_limiting_endpoint_specific_limits(clock: ManualClock) -> None:
     fetched: list[str] = []
 
     def fetch_ohlcv_data() -> None:
@@ -184,7 +187,7 @@ def test_rate_limiting_endpoint_specific_limits() -> None:
 
     from peak_resilience.rate_limiter import RateLimiter
 
-    limiter = RateLimiter(max_requests=100, window_seconds=60)
+    limiter = RateLimiter(max_requests=100, window_seconds=60, clock=clock)
 
     # Add endpoint-specific limits
     limiter.add_endpoint("fetch_ohlcv", max_requests=50, window_seconds=60)
