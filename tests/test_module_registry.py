@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -328,3 +329,37 @@ def test_async_refusals_are_logged_once_per_refused_call(
 
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 1
+
+
+def test_breakers_made_while_configure_runs_in_another_thread_end_with_its_settings(
+    fresh: ManualClock, write_config: WriteConfig
+) -> None:
+    paths = [
+        write_config(f"[resilience.live]\ncircuit_breaker_threshold = {n}\n", name=f"{n}.toml")
+        for n in (2, 3)
+    ]
+    start = threading.Barrier(3)
+
+    def reconfigure() -> None:
+        start.wait()
+        for round_ in range(40):
+            configure(paths[round_ % 2])
+
+    def make_breakers(prefix: str) -> None:
+        start.wait()
+        for i in range(200):
+            with_resilience("live", f"{prefix}{i}")(failing)
+
+    threads = [
+        threading.Thread(target=reconfigure),
+        threading.Thread(target=make_breakers, args=("a",)),
+        threading.Thread(target=make_breakers, args=("b",)),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    thresholds = {b.failure_threshold for b in get_all_circuit_breakers().values()}
+    assert len(get_all_circuit_breakers()) == 400
+    assert thresholds == {3}  # the last configure() reached every breaker
