@@ -297,6 +297,7 @@ class Config:
     ) -> None:
         #: The file the settings came from; None for built-in defaults only.
         self.source = source
+        self._global_file = global_file
         self._global = {**DEFAULTS, **global_file, **global_env}
         self._module_file = module_file
         self._module_env = module_env
@@ -359,6 +360,22 @@ class Config:
         if env is not None:
             return f"environment {env}"
         return self.source
+
+    def origin(self, module: str | None, name: str) -> str:
+        """Where the value in force for key ``name`` comes from: ``environment VAR``,
+        ``FILE [resilience.module]``, ``FILE [resilience]`` or ``default``."""
+        if module is not None:
+            env = self._env_sources.get((env_name(module), name))
+            if env is not None:
+                return f"environment {env}"
+            if name in self._module_file.get(module, {}):
+                return f"{self.source} [{TABLE}.{module}]"
+        env = self._env_sources.get((None, name))
+        if env is not None:
+            return f"environment {env}"
+        if name in self._global_file:
+            return f"{self.source} [{TABLE}]"
+        return "default"
 
     def __repr__(self) -> str:
         return f"Config(source={self.source!r}, modules={list(self.modules)!r})"

@@ -1,0 +1,85 @@
+"""``peak-resilience config validate PATH`` and ``config show PATH``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from peak_resilience.config import SCHEMA, Config, ConfigError, load_config
+
+#: Keys whose values are secrets: shown as set or not, never printed.
+SECRET_KEYS = {"health_token"}
+
+
+def redact(name: str, value: Any) -> Any:
+    """The value as it may be shown: tokens hidden, a password in a URL masked."""
+    if value is None:
+        return None
+    if name in SECRET_KEYS:
+        return "***"
+    if name == "redis_url" and isinstance(value, str):
+        parts = urlsplit(value)
+        if parts.password:
+            user = parts.username or ""
+            netloc = f"{user}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+            return urlunsplit(parts._replace(netloc=netloc))
+    return value
+
+
+def effective(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
+    """Every module's settings (global first) with the source of each value."""
+    tables: dict[str, dict[str, dict[str, Any]]] = {}
+    for module in (None, *config.modules):
+        settings = config.globals if module is None else config.module(module)
+        values = dataclasses.asdict(settings)
+        table = "resilience" if module is None else f"resilience.{module}"
+        tables[table] = {
+            name: {"value": redact(name, values[name]), "source": config.origin(module, name)}
+            for name, key in SCHEMA.items()
+            if module is None or key.per_module
+        }
+    return tables
+
+
+def validate(args: argparse.Namespace) -> int:
+    config = load_config(args.path)
+    modules = ", ".join(config.modules) or "none"
+    print(f"ok: {config.source} is valid (modules: {modules})")
+    return 0
+
+
+def show(args: argparse.Namespace) -> int:
+    tables = effective(load_config(args.path))
+    if args.json:
+        json.dump(tables, sys.stdout, indent=2)
+        print()
+        return 0
+    for table, keys in tables.items():
+        print(f"[{table}]")
+        width = max(len(f"{k} = {v['value']!r}") for k, v in keys.items())
+        for name, entry in keys.items():
+            shown = f"{name} = {entry['value']!r}"
+            print(f"  {shown:<{width}}  # {entry['source']}")
+        print()
+    return 0
+
+
+def add_commands(commands: Any) -> None:
+    config = commands.add_parser("config", help="check or show a configuration file")
+    sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    check = sub.add_parser("validate", help="exit 0 if the file is valid, 2 with the error if not")
+    check.add_argument("path", help="the config.toml to check")
+    check.set_defaults(handler=validate)
+    show_ = sub.add_parser(
+        "show", help="the effective settings of every module, with each value's source"
+    )
+    show_.add_argument("path", help="the config.toml to read")
+    show_.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
+    show_.set_defaults(handler=show)
+
+
+__all__ = ["ConfigError", "add_commands", "effective", "redact"]

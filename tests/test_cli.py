@@ -1,0 +1,97 @@
+"""The command line: clear one-line errors, exit codes, never a traceback."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "peak_resilience", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
+
+
+def test_version_prints_the_package_version() -> None:
+    from peak_resilience import __version__
+
+    result = cli("--version")
+    assert result.returncode == 0
+    assert result.stdout.strip() == f"peak-resilience {__version__}"
+
+
+def test_help_lists_the_commands() -> None:
+    result = cli("--help")
+    assert result.returncode == 0
+    for command in ("demo", "config"):
+        assert command in result.stdout
+
+
+def test_config_validate_accepts_the_shipped_config() -> None:
+    result = cli("config", "validate", str(ROOT / "config.toml"))
+    assert result.returncode == 0
+    assert "is valid" in result.stdout
+    assert "portfolio" in result.stdout
+
+
+def test_config_validate_names_a_typod_key_with_a_suggestion(tmp_path: Path) -> None:
+    bad = tmp_path / "config.toml"
+    bad.write_text("[resilience.live]\ncircuit_breaker_treshold = 2\n")
+    result = cli("config", "validate", str(bad))
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert str(bad) in result.stderr
+    assert "[resilience.live]" in result.stderr
+    assert "did you mean 'circuit_breaker_threshold'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_validate_of_a_missing_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    result = cli("config", "validate", str(tmp_path / "missing.toml"))
+    assert result.returncode == 2
+    assert "cannot read the file" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_config_show_gives_each_value_with_its_source(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[resilience]\ncircuit_breaker_threshold = 4\nhealth_token = "s3cret"\n'
+        'redis_url = "redis://user:hunter2@127.0.0.1:6379/0"\n'
+        "[resilience.live]\nrate_limit_requests = 30\n"
+    )
+    env = {"PATH": "/usr/bin:/bin", "PEAK_TRADE_LIVE__CIRCUIT_BREAKER_TIMEOUT": "120"}
+    result = cli("config", "show", str(path), "--json", env=env)
+    assert result.returncode == 0, result.stderr
+    tables = json.loads(result.stdout)
+    live = tables["resilience.live"]
+    assert live["rate_limit_requests"] == {"value": 30, "source": f"{path} [resilience.live]"}
+    assert live["circuit_breaker_threshold"] == {"value": 4, "source": f"{path} [resilience]"}
+    assert live["circuit_breaker_timeout"] == {
+        "value": 120.0,
+        "source": "environment PEAK_TRADE_LIVE__CIRCUIT_BREAKER_TIMEOUT",
+    }
+    assert live["half_open_max_calls"]["source"] == "default"
+    # Secrets never printed.
+    assert "s3cret" not in result.stdout
+    assert "hunter2" not in result.stdout
+    assert tables["resilience"]["health_token"]["value"] == "***"
+
+
+@pytest.mark.parametrize("args", [["frobnicate"], ["config"], ["config", "show"]])
+def test_bad_usage_is_one_clear_line_and_a_non_zero_exit(args: list[str]) -> None:
+    result = cli(*args)
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert result.stderr.startswith("peak-resilience")
+    assert "Traceback" not in result.stderr
