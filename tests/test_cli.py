@@ -95,3 +95,23 @@ def test_bad_usage_is_one_clear_line_and_a_non_zero_exit(args: list[str]) -> Non
     assert result.stderr.count("\n") == 1
     assert result.stderr.startswith("peak-resilience")
     assert "Traceback" not in result.stderr
+
+
+def test_the_demo_shows_the_breaker_opening_and_recovering_and_the_limiter_rejecting() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "peak_resilience", "demo", "--duration", "4", "--plain"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "[resilience.demo] from config.toml" in out
+    assert "CLOSED -> OPEN" in out
+    assert "HALF_OPEN -> CLOSED" in out
+    done = out.splitlines()[-1]
+    assert done.startswith("done: filled ")
+    assert "exchange 429s 0" in done, "our limiter keeps the loop under the exchange's limit"
+    assert "rate-limited 0 " not in done
+    assert result.stderr == ""

@@ -3,6 +3,7 @@ for Python trading systems, with the per-call hot path in lock-free Rust."""
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 
 from peak_resilience.config import ConfigError, configure, load_config
@@ -10,6 +11,9 @@ from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded, Resil
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 from peak_resilience.resilience_helpers import with_resilience
+
+# A library logs, the application decides where to: no output unless logging is set up.
+logging.getLogger("peak_resilience").addHandler(logging.NullHandler())
 
 try:
     __version__ = version("peak-resilience")

@@ -1,61 +1,215 @@
-"""The demo: an order loop against a simulated exchange that fails for a while.
+"""``peak-resilience demo``: an order loop against a simulated exchange, guarded by
+``with_resilience`` with the ``[resilience.demo]`` settings of the shipped config.toml.
 
-It shows the two things the package does: the breaker opening on consecutive failures
-(and failing fast until its recovery timeout), and the limiter rejecting past its budget.
+The exchange answers with latency spikes, goes down for a stretch in the middle of the run
+and enforces a rate limit of its own (50/s). Our limiter (40/s, burst 10) keeps the loop
+under it; the breaker opens during the outage, fails fast, half-opens and closes again. On
+a terminal the view updates in place; otherwise each event is a plain line.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import sys
+import threading
 import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, TextIO
 
+from peak_resilience import _breaker
+from peak_resilience.config import configure, load_config
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
-from peak_resilience.rate_limiter import RateLimiter
-from peak_resilience.resilience import CircuitBreaker
+from peak_resilience.resilience import CircuitState
+from peak_resilience.resilience_helpers import (
+    create_module_circuit_breaker,
+    create_module_rate_limiter,
+    with_resilience,
+)
+
+MODULE = "demo"
+#: Used when the configuration in force has no [resilience.demo] table.
+DEMO_DEFAULTS = {
+    "CIRCUIT_BREAKER_THRESHOLD": "3",
+    "CIRCUIT_BREAKER_TIMEOUT": "2",
+    "RATE_LIMIT_REQUESTS": "40",
+    "RATE_LIMIT_WINDOW": "1",
+    "RATE_LIMIT_BURST": "10",
+}
+
+
+class ExchangeDown(ConnectionError):
+    """The simulated exchange is unreachable."""
+
+
+class ExchangeRateLimited(Exception):
+    """The simulated exchange answered 429: we sent faster than it allows."""
 
 
 class SimulatedExchange:
-    """Answers orders, except during an outage window, when it raises."""
+    """Fills orders with occasional latency spikes; down between ``outage`` fractions of the
+    run; answers 429 past ``limit_per_second``."""
 
-    def __init__(self, outage_start: float, outage_end: float) -> None:
-        self.outage = (outage_start, outage_end)
+    def __init__(self, duration: float, seed: int = 7, limit_per_second: int = 50) -> None:
         self.started = time.monotonic()
+        self.outage = (duration * 0.3, duration * 0.5)
+        self.rng = random.Random(seed)
+        self.limit = limit_per_second
+        self.recent: deque[float] = deque()
+        self.lock = threading.Lock()
 
-    def submit_order(self, symbol: str) -> str:
-        elapsed = time.monotonic() - self.started
+    def submit_order(self, symbol: str, side: str) -> str:
+        now = time.monotonic()
+        with self.lock:
+            while self.recent and now - self.recent[0] >= 1.0:
+                self.recent.popleft()
+            self.recent.append(now)
+            if len(self.recent) > self.limit:
+                raise ExchangeRateLimited("429 Too Many Requests")
+        elapsed = now - self.started
         if self.outage[0] <= elapsed < self.outage[1]:
-            raise ConnectionError("exchange unreachable")
-        return f"filled {symbol}"
+            raise ExchangeDown("exchange unreachable")
+        if self.rng.random() < 0.05:
+            time.sleep(0.02)  # a latency spike
+        return f"{side} {symbol} filled"
 
 
-def run(duration: float = 3.0) -> int:
-    exchange = SimulatedExchange(outage_start=duration * 0.2, outage_end=duration * 0.45)
-    breaker = CircuitBreaker(failure_threshold=3, recovery_timeout=duration * 0.2, name="orders")
-    limiter = RateLimiter(max_requests=40, window_seconds=1.0, burst=10, name="exchange")
-    submit = breaker.call(exchange.submit_order)
-    counts = {"filled": 0, "failed": 0, "fast-failed": 0, "rate-limited": 0}
-    last_state = breaker.state
-    print(f"demo: {duration:.1f}s of orders at ~100/s against a 40/s limit; outage mid-run")
-    deadline = time.monotonic() + duration
-    rng = random.Random(7)
-    while time.monotonic() < deadline:
-        symbol = rng.choice(["BTC/EUR", "ETH/EUR", "SOL/EUR"])
-        try:
-            if not limiter.acquire():
-                raise RateLimitExceeded(limiter.name, None, limiter.get_wait_time())
-            submit(symbol)
-            counts["filled"] += 1
-        except RateLimitExceeded:
-            counts["rate-limited"] += 1
-        except CircuitBreakerError:
-            counts["fast-failed"] += 1
-        except ConnectionError:
-            counts["failed"] += 1
-        if breaker.state is not last_state:
-            print(f"  breaker 'orders': {last_state} -> {breaker.state}")
-            last_state = breaker.state
-        time.sleep(0.01)
-    print("  " + ", ".join(f"{k}: {v}" for k, v in counts.items()))
+@dataclass
+class Tally:
+    filled: int = 0
+    failed: int = 0
+    fast_failed: int = 0
+    rate_limited: int = 0
+    exchange_429: int = 0
+    last_wait: float = 0.0
+    events: deque[str] = field(default_factory=lambda: deque(maxlen=6))
+
+
+def _settings_for_demo(config_path: str | None) -> Any:
+    config = load_config(config_path)
+    if MODULE not in config.modules:
+        for key, value in DEMO_DEFAULTS.items():
+            os.environ.setdefault(f"PEAK_TRADE_{MODULE.upper()}__{key}", value)
+    return configure(config_path)
+
+
+def _start_server(port: int | None) -> Any:
+    if port is None:
+        return None
+    try:
+        from peak_resilience.http import start_health_server
+    except ImportError:  # pragma: no cover - before the HTTP layer exists
+        return None
+    return start_health_server(host="127.0.0.1", port=port)
+
+
+def run(
+    duration: float = 10.0,
+    port: int | None = 0,
+    config_path: str | None = None,
+    live: bool | None = None,
+    out: TextIO | None = None,
+) -> int:
+    out = out or sys.stdout
+    live = out.isatty() if live is None else live
+    config = _settings_for_demo(config_path)
+    exchange = SimulatedExchange(duration)
+    breaker = create_module_circuit_breaker(MODULE, "submit_order")
+    limiter = create_module_rate_limiter(MODULE)
+    tally = Tally()
+    started = time.monotonic()
+
+    def on_transition(name: str, from_state: CircuitState, to_state: CircuitState) -> None:
+        if name == breaker.name:
+            line = f"{time.monotonic() - started:5.2f}s  breaker {name}: {from_state} -> {to_state}"
+            tally.events.append(line)
+            if not live:
+                print(line, file=out, flush=True)
+
+    _breaker.transition_hooks.append(on_transition)
+
+    @with_resilience(MODULE, "submit_order", use_rate_limiter=True)
+    def submit_order(symbol: str, side: str) -> str:
+        return exchange.submit_order(symbol, side)
+
+    server = _start_server(port)
+    settings = config.module(MODULE)
+    print(
+        f"demo: {duration:.0f}s of orders at ~100/s; [resilience.{MODULE}] from "
+        f"{config.source or 'built-in defaults'}: breaker opens after "
+        f"{settings.circuit_breaker_threshold} failures for {settings.circuit_breaker_timeout:g}s, "
+        f"limit {settings.rate_limit_requests}/{settings.rate_limit_window:g}s "
+        f"(burst {settings.burst})",
+        file=out,
+    )
+    if server is not None:
+        print(f"health endpoints: {server.url}/health  {server.url}/health/prometheus", file=out)
+    rng = random.Random(11)
+    next_frame = next_line = 0.0
+    try:
+        while (now := time.monotonic()) - started < duration:
+            symbol = rng.choice(["BTC/EUR", "ETH/EUR", "SOL/EUR"])
+            try:
+                submit_order(symbol, rng.choice(["buy", "sell"]))
+                tally.filled += 1
+            except RateLimitExceeded as refused:
+                tally.rate_limited += 1
+                tally.last_wait = refused.retry_after
+            except CircuitBreakerError:
+                tally.fast_failed += 1
+            except ExchangeRateLimited:
+                tally.exchange_429 += 1
+            except ExchangeDown:
+                tally.failed += 1
+            if live and now >= next_frame:
+                _draw(out, tally, breaker.state, limiter.get_stats(), now - started, duration)
+                next_frame = now + 0.2
+            elif not live and now >= next_line:
+                if next_line:
+                    print(f"{now - started:5.2f}s  {_counts(tally)}", file=out, flush=True)
+                next_line = now + 1.0
+            time.sleep(0.01)
+    finally:
+        _breaker.transition_hooks.remove(on_transition)
+        if server is not None:
+            server.stop()
+    if live:
+        _draw(out, tally, breaker.state, limiter.get_stats(), duration, duration)
     stats = limiter.get_stats()
-    print(f"  limiter rejection rate: {stats['rejection_rate']:.0%}")
+    print(
+        f"done: {_counts(tally)}; limiter rejection rate {stats['rejection_rate']:.0%}, "
+        f"exchange 429s {tally.exchange_429}",
+        file=out,
+    )
     return 0
+
+
+def _counts(tally: Tally) -> str:
+    return (
+        f"filled {tally.filled}, failed {tally.failed}, fast-failed {tally.fast_failed}, "
+        f"rate-limited {tally.rate_limited} (next token in {tally.last_wait * 1000:.0f} ms)"
+    )
+
+
+def _draw(
+    out: TextIO,
+    tally: Tally,
+    state: CircuitState,
+    stats: dict[str, Any],
+    elapsed: float,
+    duration: float,
+) -> None:
+    lines = [
+        f"t={elapsed:5.1f}s / {duration:.0f}s   breaker demo.submit_order: {state.name:<9}",
+        f"orders: filled {tally.filled:5d}  failed {tally.failed:4d}  "
+        f"fast-failed {tally.fast_failed:4d}  rate-limited {tally.rate_limited:5d}",
+        f"limiter: {stats['tokens_available']:5.1f} tokens, rejection rate "
+        f"{stats['rejection_rate']:4.0%}, last wait {tally.last_wait * 1000:4.0f} ms, "
+        f"exchange 429s {tally.exchange_429}",
+        "events:",
+        *(f"  {event}" for event in tally.events),
+    ]
+    # Redraw in place: home the cursor, clear to the end of the screen, draw.
+    out.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
+    out.flush()
