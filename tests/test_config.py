@@ -18,7 +18,8 @@ WriteConfig = Callable[..., Path]
 def test_the_repository_config_toml_is_the_guides_and_loads_cleanly(fresh: object) -> None:
     loaded = load_config(REPO_CONFIG, environ={})
 
-    assert loaded.modules == ("backtest", "portfolio", "risk", "live")
+    # The guide's four modules, and the demo's own table.
+    assert loaded.modules == ("backtest", "portfolio", "risk", "live", "demo")
     assert loaded.globals.circuit_breaker_threshold == 5
     assert loaded.globals.rate_limit_requests == 100
     live = loaded.module("live")
