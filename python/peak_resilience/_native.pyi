@@ -16,6 +16,9 @@ __all__ = [
 
 LATENCY_BOUNDS: tuple[float, ...]
 
+def set_recording_enabled(enabled: bool) -> None: ...
+def recording_enabled() -> bool: ...
+
 @final
 class ManualClock:
     def __new__(cls, start: float | None = None) -> ManualClock: ...
