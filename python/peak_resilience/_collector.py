@@ -9,14 +9,12 @@ shows the worst state and the tokens gauge the emptiest bucket.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 from peak_resilience import _instances
 from peak_resilience._native import LATENCY_BOUNDS
@@ -39,13 +37,16 @@ _TRANSITIONS = (
     (2, 0, False),
     (0, 1, False),
 )
-LE_LABELS = (*(floatToGoString(bound) for bound in LATENCY_BOUNDS), "+Inf")
+LE_LABELS = (*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf")
 
 #: (suffix, type, help). Counter names are given without "_total", as prometheus-client
 #: wants them; the samples carry it.
 FAMILIES = (
-    ("circuit_breaker_state", "gauge",
-     "Current circuit breaker state (0=closed, 1=half_open, 2=open)"),
+    (
+        "circuit_breaker_state",
+        "gauge",
+        "Current circuit breaker state (0=closed, 1=half_open, 2=open)",
+    ),
     ("circuit_breaker_failures", "counter", "Failures recorded by the circuit breaker"),
     ("circuit_breaker_state_changes", "counter", "Circuit breaker state transitions"),
     ("rate_limit_hits", "counter", "Requests to the rate limiter, allowed and rejected"),
@@ -54,8 +55,11 @@ FAMILIES = (
     ("request_duration_seconds", "histogram", "Operation latency in seconds"),
     ("operation_failures", "counter", "Failed operations by exception type"),
     ("operation_successes", "counter", "Successful operations"),
-    ("metrics_label_values_folded", "counter",
-     'Label values counted as "other" because their family had reached its bound'),
+    (
+        "metrics_label_values_folded",
+        "counter",
+        'Label values counted as "other" because their family had reached its bound',
+    ),
 )
 
 T = TypeVar("T")
@@ -183,19 +187,18 @@ def read(
         name = limiter.name
         buckets = [("default", limiter.default_bucket), *limiter.endpoint_buckets().items()]
         for endpoint, bucket in buckets:
-            key = (name, endpoint)
+            bucket_key = (name, endpoint)
             rejected = bucket.rejected
-            requests[key] = requests.get(key, 0) + bucket.allowed + rejected
-            rejections[key] = rejections.get(key, 0) + rejected
+            requests[bucket_key] = requests.get(bucket_key, 0) + bucket.allowed + rejected
+            rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
             available = bucket.tokens_available
-            tokens[key] = min(available, tokens.get(key, available))
-    for key, hits in reported_hits.items():
-        requests[key] = requests.get(key, 0) + hits
-        rejections[key] = rejections.get(key, 0) + reported_rejections.get(key, 0)
+            tokens[bucket_key] = min(available, tokens.get(bucket_key, available))
+    for bucket_key, hits in reported_hits.items():
+        requests[bucket_key] = requests.get(bucket_key, 0) + hits
+        rejected = reported_rejections.get(bucket_key, 0)
+        rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
-    operations = {
-        name: stats.snapshot() for name, stats in dict(_instances.operations).items()
-    }
+    operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
     return Readings(states, failures, changes, requests, rejections, tokens, operations, folded)
 
 
@@ -206,15 +209,10 @@ def _sample(name: str, labels: dict[str, str], value: float) -> Sample:
 
 
 class Collector:
-    """Registered into a prometheus-client ``CollectorRegistry`` by ``metrics``.
-
-    Remembers how its last scrape went (for the metrics health check).
-    """
+    """Registered into a prometheus-client ``CollectorRegistry`` by ``metrics``."""
 
     def __init__(self, metrics: Metrics) -> None:
         self._metrics = metrics
-        self.last_scrape: float | None = None
-        self.last_error: str | None = None
 
     def describe(self) -> list[Metric]:
         """The families, without samples: lets a registry check names without a scrape."""
@@ -223,19 +221,19 @@ class Collector:
 
     def collect(self) -> list[Metric]:
         """Every family with its samples, read now."""
-        try:
-            families = self._collect()
-        except Exception as exc:
-            self.last_error = type(exc).__name__
-            raise
-        self.last_scrape = time.monotonic()
-        self.last_error = None
-        return families
-
-    def _collect(self) -> list[Metric]:
         readings = self._metrics.read()
-        (state, failures, changes, hits, rejections, tokens, duration, op_failures,
-         op_successes, folded) = families = self.describe()
+        (
+            state,
+            failures,
+            changes,
+            hits,
+            rejections,
+            tokens,
+            duration,
+            op_failures,
+            op_successes,
+            folded,
+        ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
         n = failures.name + "_total"
@@ -249,8 +247,7 @@ class Collector:
         ]
         n = hits.name + "_total"
         hits.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v)
-            for k, v in readings.requests.items()
+            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.requests.items()
         ]
         n = rejections.name + "_total"
         rejections.samples = [
@@ -259,11 +256,12 @@ class Collector:
         ]
         n = tokens.name
         tokens.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v)
-            for k, v in readings.tokens.items()
+            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.tokens.items()
         ]
         bucket_name, count_name, sum_name = (
-            duration.name + "_bucket", duration.name + "_count", duration.name + "_sum",
+            duration.name + "_bucket",
+            duration.name + "_count",
+            duration.name + "_sum",
         )
         histogram = duration.samples
         for operation, snap in readings.operations.items():

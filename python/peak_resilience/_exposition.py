@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from peak_resilience._collector import LE_LABELS, FAMILIES, Readings
+from peak_resilience._collector import FAMILIES, LE_LABELS, Readings
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"
@@ -64,9 +64,7 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
         return name
 
     name = family("circuit_breaker_state")
-    out.extend(
-        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_states.items()]
-    )
+    out.extend([f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_states.items()])
     name = family("circuit_breaker_failures") + "_total"
     out.extend(
         [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_failures.items()]

@@ -46,8 +46,10 @@ class CheckResult(TypedDict):
 
 
 def _valid_timeout(timeout: object) -> float:
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not (
-        0 < timeout < float("inf")
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not (0 < timeout < float("inf"))
     ):
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return float(timeout)
@@ -57,15 +59,9 @@ def _interpret(outcome: object) -> tuple[bool, str]:
     """A check's return value as (healthy, message); anything else is unhealthy."""
     if isinstance(outcome, bool):
         return outcome, "ok" if outcome else "check returned False"
-    if (
-        isinstance(outcome, tuple)
-        and len(outcome) == 2
-        and isinstance(outcome[0], bool)
-    ):
+    if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[0], bool):
         return outcome[0], str(outcome[1])
-    return False, (
-        f"check returned a {type(outcome).__name__}, expected a bool or (bool, message)"
-    )
+    return False, (f"check returned a {type(outcome).__name__}, expected a bool or (bool, message)")
 
 
 class _Run:
@@ -155,10 +151,15 @@ class HealthCheckRegistry:
         with self._lock:
             return list(self._checks)
 
-    def run_all(self) -> dict[str, CheckResult]:
-        """Runs every check concurrently; waits at most for the longest timeout."""
+    def run_all(self, *, critical_only: bool = False) -> dict[str, CheckResult]:
+        """Runs every check (or only the critical ones) concurrently and returns each
+        outcome by name; takes at most as long as the longest timeout."""
         with self._lock:
-            checks = list(self._checks.items())
+            checks = [
+                (name, check)
+                for name, check in self._checks.items()
+                if check.critical or not critical_only
+            ]
             runs: list[tuple[str, _Check, _Run]] = []
             for name, check in checks:
                 run = check.running
@@ -187,7 +188,7 @@ class HealthCheckRegistry:
 
     @staticmethod
     def status_of(results: dict[str, CheckResult]) -> SystemStatus:
-        """"unhealthy" if a critical check failed, "degraded" if another one did."""
+        """ "unhealthy" if a critical check failed, "degraded" if another one did."""
         failed = [r for r in results.values() if not r["healthy"]]
         if any(r["critical"] for r in failed):
             return "unhealthy"
@@ -223,9 +224,7 @@ class HealthCheckRegistry:
 
 
 def _open_breakers(breakers: Iterable[_NativeBreaker]) -> list[str]:
-    return sorted(
-        {b.name for b in breakers if b.state_code == CircuitState.OPEN}
-    )
+    return sorted({b.name for b in breakers if b.state_code == CircuitState.OPEN})
 
 
 def _alive_breakers() -> list[_NativeBreaker]:
@@ -287,9 +286,9 @@ def check_metrics() -> tuple[bool, str]:
 
     if not metrics.enabled:
         return True, "metrics recording is disabled (metrics_enabled = false)"
-    error = metrics.collector.last_error
+    error = metrics.last_read_error
     if error is not None:
-        return False, f"last Prometheus collection failed: {error}"
+        return False, f"the last metrics read failed: {error}"
     return True, f"recording; {len(_instances.operations)} operations tracked"
 
 

@@ -12,6 +12,8 @@ __all__ = [
     "OperationStats",
     "RateLimiter",
     "TokenBucket",
+    "recording_enabled",
+    "set_recording_enabled",
 ]
 
 LATENCY_BOUNDS: tuple[float, ...]

@@ -71,8 +71,7 @@ def _circuit_state(value: object, argument: str) -> CircuitState:
         if state is not None:
             return state
     raise ValueError(
-        f"{argument} must be one of 'closed', 'half_open', 'open' or a CircuitState, "
-        f"got {value!r}"
+        f"{argument} must be one of 'closed', 'half_open', 'open' or a CircuitState, got {value!r}"
     )
 
 
@@ -168,6 +167,9 @@ class Metrics:
         self._folded: dict[str, int] = {}
         self._collector = Collector(self)
         self._registries: list[CollectorRegistry] = []
+        #: The exception type of the last failed read (scrape or summary), None after a
+        #: good one: the metrics health check reports it.
+        self.last_read_error: str | None = None
 
     # -- switches ------------------------------------------------------------------------
 
@@ -308,14 +310,17 @@ class Metrics:
         from_label, to_label = before.name.lower(), after.name.lower()
         with self._lock:
             key = self._bounded(
-                self._reported_transitions, (name, from_label, to_label),
-                (OTHER, from_label, to_label), "circuit_breaker_state_changes",
+                self._reported_transitions,
+                (name, from_label, to_label),
+                (OTHER, from_label, to_label),
+                "circuit_breaker_state_changes",
             )
             self._reported_transitions[key] = self._reported_transitions.get(key, 0) + 1
             if name in self._reported_states or len(self._reported_states) < self._max_series:
                 self._reported_states[name] = int(after)
-        self._event("circuit_breaker_state_change", name=name, from_state=from_label,
-                    to_state=to_label)
+        self._event(
+            "circuit_breaker_state_change", name=name, from_state=from_label, to_state=to_label
+        )
 
     def record_rate_limit_hit(
         self, limiter: str, endpoint: str | None = None, *, rejected: bool = False
@@ -330,7 +335,9 @@ class Metrics:
             return
         with self._lock:
             key = self._bounded(
-                self._reported_hits, (limiter, endpoint), (OTHER, OTHER),
+                self._reported_hits,
+                (limiter, endpoint),
+                (OTHER, OTHER),
                 "rate_limit_hits",
             )
             self._reported_hits[key] = self._reported_hits.get(key, 0) + 1
@@ -374,7 +381,9 @@ class Metrics:
         if family not in self._folded:
             logger.warning(
                 "metrics: family %s has %d label values; new ones are counted as %r",
-                family, self._max_series, OTHER,
+                family,
+                self._max_series,
+                OTHER,
             )
         self._folded[family] = self._folded.get(family, 0) + 1
 
@@ -390,8 +399,12 @@ class Metrics:
         self, name: str, from_state: CircuitState, to_state: CircuitState
     ) -> None:
         if self._enabled:
-            self._event("circuit_breaker_state_change", name=name,
-                        from_state=from_state.name.lower(), to_state=to_state.name.lower())
+            self._event(
+                "circuit_breaker_state_change",
+                name=name,
+                from_state=from_state.name.lower(),
+                to_state=to_state.name.lower(),
+            )
 
     def get_snapshots(self, limit: int = 100) -> list[dict[str, Any]]:
         """The most recent events, oldest first, at most ``limit``: breaker state changes
@@ -417,7 +430,13 @@ class Metrics:
                 dict(self._reported_rejections),
                 dict(self._folded),
             )
-        return read(*reported)
+        try:
+            readings = read(*reported)
+        except Exception as exc:
+            self.last_read_error = type(exc).__name__
+            raise
+        self.last_read_error = None
+        return readings
 
     def get_summary(self) -> dict[str, Any]:
         """A JSON-ready summary of everything exported (what ``/health/metrics`` serves)."""
