@@ -237,3 +237,30 @@ def test_a_breaker_past_its_recovery_timeout_no_longer_counts_as_open(
     assert name in check_circuit_breakers()[1]
     clock.advance(10)  # HALF_OPEN: a trial may go through
     assert name not in check_circuit_breakers()[1]
+
+
+def health_workers() -> int:
+    return sum(t.name.startswith("peak-resilience-health-") for t in threading.enumerate())
+
+
+def test_repeated_runs_reuse_the_worker_threads(registry: HealthCheckRegistry) -> None:
+    for name in ("a", "b", "c"):
+        registry.register(name, lambda: True)
+    registry.run_all()
+    workers = health_workers()
+    for _ in range(20):
+        registry.run_all()
+    assert health_workers() == workers
+
+
+def test_a_check_that_calls_sys_exit_is_unhealthy_and_its_worker_survives(
+    registry: HealthCheckRegistry,
+) -> None:
+    def exits() -> bool:
+        raise SystemExit(3)
+
+    registry.register("exits", exits)
+    assert registry.run_all()["exits"]["message"] == "check raised SystemExit"
+    workers = health_workers()
+    registry.run_all()
+    assert health_workers() == workers
