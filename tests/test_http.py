@@ -128,6 +128,15 @@ def test_start_health_server_reports_its_port_and_url_and_stops() -> None:
         request(("127.0.0.1", running.port), "GET", "/livez")
 
 
+def test_the_server_listens_on_ipv6_loopback_too() -> None:
+    running = start_health_server(host="::1", port=0)
+    try:
+        assert running.url == f"http://[::1]:{running.port}"
+        assert request(("::1", running.port), "GET", "/livez").status == 200
+    finally:
+        running.stop()
+
+
 def test_health_is_200_healthy_when_every_check_passes(
     isolated_server: tuple[str, int], isolated_checks: HealthCheckRegistry
 ) -> None:
@@ -302,7 +311,7 @@ def test_an_unauthorized_reply_asks_for_a_bearer_token(guarded_server: tuple[str
 def test_the_token_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEAK_TRADE_HEALTH_TOKEN", "from-env")
     assert health_token() == "from-env"
-    monkeypatch.setenv("PEAK_TRADE_HEALTH_TOKEN", "")
+    monkeypatch.delenv("PEAK_TRADE_HEALTH_TOKEN")
     assert health_token() is None
 
 

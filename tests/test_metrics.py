@@ -263,3 +263,9 @@ def test_reported_label_values_past_the_bound_fold_into_other() -> None:
 def test_an_empty_operation_name_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="operation must be a non-empty str"):
         metrics.track_latency("")
+
+
+def test_configure_applies_nothing_when_one_setting_is_wrong() -> None:
+    with pytest.raises(ValueError, match="max_series_per_family"):
+        metrics.configure(prefix="desk7", max_series_per_family=0)
+    assert metrics.prefix == "peak_trade"

@@ -31,7 +31,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from peak_resilience._health import HealthCheckRegistry, health_check
-from peak_resilience.metrics import Metrics, metrics
+from peak_resilience.metrics import Metrics
+from peak_resilience.metrics import metrics as _process_metrics
 
 __all__ = [
     "HealthEndpoints",
@@ -65,11 +66,10 @@ def health_token() -> str | None:
         config: Any = importlib.import_module("peak_resilience.config")
     except ModuleNotFoundError:
         config = None
-    if config is not None:
-        token = config.active().globals.health_token
-    else:
-        token = os.environ.get(TOKEN_ENV)
-    return token or None
+    token = config.active().globals.health_token if config is not None else None
+    # The config layers the same variable over the file; reading it here as well covers
+    # a configuration loaded before the variable was set.
+    return token or os.environ.get(TOKEN_ENV) or None
 
 
 @dataclass(frozen=True)
@@ -99,11 +99,13 @@ class HealthEndpoints:
         token: str | None = None,
         *,
         checks: HealthCheckRegistry | None = None,
-        metrics_: Metrics | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        """``token``: the bearer token for the detailed endpoints (None: open);
+        ``checks`` and ``metrics`` default to the process-wide ones."""
         self._token = token.encode() if token else None
         self._checks = health_check if checks is None else checks
-        self._metrics = metrics if metrics_ is None else metrics_
+        self._metrics = _process_metrics if metrics is None else metrics
         self._routes: dict[str, Callable[[Mapping[str, str]], Response]] = {
             "/health": self._health,
             "/health/detailed": self._detailed,

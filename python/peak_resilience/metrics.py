@@ -75,6 +75,15 @@ def _circuit_state(value: object, argument: str) -> CircuitState:
     )
 
 
+def _valid_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not _PREFIX_PATTERN.fullmatch(prefix):
+        raise ValueError(
+            f"metrics prefix must be a Prometheus metric name ([a-zA-Z_:][a-zA-Z0-9_:]*), "
+            f"got {prefix!r}"
+        )
+    return prefix
+
+
 def _positive_int(value: object, argument: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{argument} must be a positive int, got {value!r}")
@@ -200,11 +209,7 @@ class Metrics:
 
     def set_prefix(self, prefix: str) -> None:
         """Renames every family to start with ``prefix`` (config ``metrics_prefix``)."""
-        if not isinstance(prefix, str) or not _PREFIX_PATTERN.fullmatch(prefix):
-            raise ValueError(
-                f"metrics prefix must be a Prometheus metric name "
-                f"([a-zA-Z_:][a-zA-Z0-9_:]*), got {prefix!r}"
-            )
+        _valid_prefix(prefix)
         with self._lock:
             registries = list(self._registries)
             for registry in registries:
@@ -227,11 +232,20 @@ class Metrics:
         max_series_per_family: int | None = None,
         snapshot_capacity: int | None = None,
     ) -> None:
-        """Sets any of the switches at once; the config loader calls this."""
+        """Sets any of the switches at once (the config loader calls this); all are
+        checked before any is applied."""
+        if prefix is not None:
+            _valid_prefix(prefix)
+        if enabled is not None and not isinstance(enabled, bool):
+            raise ValueError(f"metrics enabled must be a bool, got {enabled!r}")
         if max_series_per_family is not None:
-            self._max_series = _positive_int(max_series_per_family, "max_series_per_family")
+            _positive_int(max_series_per_family, "max_series_per_family")
         if snapshot_capacity is not None:
-            capacity = _positive_int(snapshot_capacity, "snapshot_capacity")
+            _positive_int(snapshot_capacity, "snapshot_capacity")
+        if max_series_per_family is not None:
+            self._max_series = max_series_per_family
+        if snapshot_capacity is not None:
+            capacity = snapshot_capacity
             with self._lock:
                 self._events = collections.deque(self._events, maxlen=capacity)
         if prefix is not None and prefix != self._prefix:
