@@ -128,6 +128,18 @@ def test_start_health_server_reports_its_port_and_url_and_stops() -> None:
         request(("127.0.0.1", running.port), "GET", "/livez")
 
 
+def test_stop_also_ends_open_keep_alive_connections() -> None:
+    running = start_health_server(port=0)
+    connection = http.client.HTTPConnection("127.0.0.1", running.port, timeout=30)
+    connection.request("GET", "/livez")
+    assert connection.getresponse().read() == b'{"status":"alive"}'
+    running.stop()
+    with pytest.raises((OSError, http.client.HTTPException)):
+        connection.request("GET", "/livez")
+        connection.getresponse()
+    connection.close()
+
+
 def test_the_server_listens_on_ipv6_loopback_too() -> None:
     running = start_health_server(host="::1", port=0)
     try:

@@ -16,6 +16,7 @@ A bearer token (``token=``, else config ``health_token``, else the environment v
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import importlib
 import ipaddress
@@ -197,6 +198,7 @@ def _is_loopback(host: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a scraper reuses its connection
+    timeout = 60  # an idle keep-alive connection gives its thread back after a minute
     endpoints: HealthEndpoints
 
     def _serve(self) -> None:
@@ -226,6 +228,30 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 128  # 50 clients connecting at once must not overflow the backlog
+
+    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Ends the keep-alive connections still open, so that nothing answers after
+        ``stop()``."""
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):  # already closed by the client
+                connection.shutdown(socket.SHUT_RDWR)
 
 
 class _Server6(_Server):
@@ -260,6 +286,7 @@ class HealthServer:
         """Stops serving and closes the socket; returns once the server thread ended."""
         self._server.shutdown()
         self._server.server_close()
+        self._server.close_connections()
         self._thread.join(timeout=5)
 
     def __enter__(self) -> HealthServer:
