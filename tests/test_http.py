@@ -1,5 +1,6 @@
 """The HTTP endpoints under real servers: the built-in threaded server, the ASGI app under
-uvicorn (alone and mounted in Starlette), the WSGI app under wsgiref and gunicorn."""
+uvicorn (alone and mounted in Starlette), the WSGI app under wsgiref (alone and mounted
+beside Flask) and gunicorn."""
 
 from __future__ import annotations
 
@@ -414,6 +415,32 @@ def test_the_wsgi_app_serves_the_endpoints_under_wsgiref(
     assert "operations" in request(wsgiref_server, "GET", "/health/metrics", auth).json()  # type: ignore[operator]
     assert request(wsgiref_server, "DELETE", "/health").status == 405
     assert request(wsgiref_server, "GET", "/missing").status == 404
+
+
+@pytest.fixture
+def flask_server() -> Iterator[tuple[str, int]]:
+    from flask import Flask
+    from werkzeug.middleware.dispatcher import DispatcherMiddleware
+
+    app = Flask("trading")
+    app.add_url_rule("/", "home", lambda: "trading app")
+    app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/ops": wsgi_app()})  # type: ignore[method-assign]
+    running = make_server("127.0.0.1", 0, app, handler_class=_QuietHandler)
+    thread = threading.Thread(target=running.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    yield ("127.0.0.1", running.server_port)
+    running.shutdown()
+    running.server_close()
+    thread.join(timeout=30)
+
+
+def test_the_wsgi_app_mounted_beside_flask_answers_under_its_prefix(
+    flask_server: tuple[str, int],
+) -> None:
+    assert request(flask_server, "GET", "/").body == b"trading app"
+    assert request(flask_server, "GET", "/ops/livez").json() == {"status": "alive"}
+    assert request(flask_server, "GET", "/ops/health").status in (200, 503)
+    assert request(flask_server, "GET", "/ops/nope").status == 404
 
 
 @pytest.fixture

@@ -262,8 +262,13 @@ class HealthCheckRegistry:
             return set(self._critical_breakers)
 
 
-def _open_breakers(breakers: Iterable[_NativeBreaker]) -> list[str]:
-    return sorted({b.name for b in breakers if b.state_code == CircuitState.OPEN})
+def _open_breakers(breakers: Iterable[_NativeBreaker]) -> dict[str, float]:
+    """Open breakers by name, each with the seconds until its next trial call."""
+    opened: dict[str, float] = {}
+    for breaker in breakers:
+        if breaker.state_code == CircuitState.OPEN:
+            opened[breaker.name] = max(breaker.retry_after, opened.get(breaker.name, 0.0))
+    return dict(sorted(opened.items()))
 
 
 def _alive_breakers() -> list[_NativeBreaker]:
@@ -275,10 +280,12 @@ def _alive_breakers() -> list[_NativeBreaker]:
     return list(_instances.breakers)
 
 
-def _describe_open(names: list[str]) -> str:
-    shown = ", ".join(names[:10])
-    more = f" and {len(names) - 10} more" if len(names) > 10 else ""
-    return f"{len(names)} open: {shown}{more}"
+def _describe_open(opened: dict[str, float]) -> str:
+    shown = ", ".join(
+        f"{name} (next trial in {wait:.0f}s)" for name, wait in list(opened.items())[:10]
+    )
+    more = f" and {len(opened) - 10} more" if len(opened) > 10 else ""
+    return f"{len(opened)} open: {shown}{more}"
 
 
 def check_circuit_breakers() -> tuple[bool, str]:
@@ -295,7 +302,7 @@ def check_critical_circuit_breakers() -> tuple[bool, str]:
     critical = health_check.critical_breakers()
     if not critical:
         return True, "no breaker is marked critical"
-    opened = [n for n in _open_breakers(_alive_breakers()) if n in critical]
+    opened = {n: w for n, w in _open_breakers(_alive_breakers()).items() if n in critical}
     if opened:
         return False, "critical " + _describe_open(opened)
     return True, f"{len(critical)} critical breakers, none open"
