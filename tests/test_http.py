@@ -19,7 +19,11 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import uvicorn
-from peak_resilience._health import HealthCheckRegistry
+from peak_resilience._health import (
+    HealthCheckRegistry,
+    check_circuit_breakers,
+    check_critical_circuit_breakers,
+)
 from peak_resilience.http import (
     HealthEndpoints,
     asgi_app,
@@ -177,9 +181,20 @@ def test_health_is_503_unhealthy_when_a_critical_check_fails(
     assert request(isolated_server, "GET", "/livez").status == 200
 
 
+@pytest.fixture
+def breaker_checks(isolated_checks: HealthCheckRegistry) -> HealthCheckRegistry:
+    """The built-in breaker checks, registered as on import, and nothing else."""
+    isolated_checks.register("circuit_breakers", check_circuit_breakers, critical=False)
+    isolated_checks.register(
+        "critical_circuit_breakers", check_critical_circuit_breakers, critical=True
+    )
+    return isolated_checks
+
+
 def test_one_open_breaker_degrades_health_but_keeps_it_200(
-    server: tuple[str, int], clock: ManualClock
+    breaker_checks: HealthCheckRegistry, isolated_server: tuple[str, int], clock: ManualClock
 ) -> None:
+    server = isolated_server
     breaker = CircuitBreaker(failure_threshold=1, name=unique("exchange"), clock=clock)
     breaker.record_failure()
     reply = request(server, "GET", "/health")
@@ -189,8 +204,9 @@ def test_one_open_breaker_degrades_health_but_keeps_it_200(
 
 
 def test_an_open_breaker_marked_critical_makes_health_503(
-    server: tuple[str, int], clock: ManualClock
+    breaker_checks: HealthCheckRegistry, isolated_server: tuple[str, int], clock: ManualClock
 ) -> None:
+    server = isolated_server
     name = unique("orders")
     breaker = CircuitBreaker(failure_threshold=1, name=name, clock=clock)
     health_check.mark_breaker_critical(name)
