@@ -11,6 +11,8 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker
@@ -278,3 +280,20 @@ def test_registering_into_the_same_registry_twice_is_harmless() -> None:
     metrics.register_collector(registry)
     metrics.unregister_collector(registry)
     assert generate_latest(registry) == b""
+
+
+@settings(max_examples=150, deadline=None)
+@given(name=st.text(min_size=1, max_size=40))
+def test_any_breaker_name_round_trips_through_both_formats(name: str) -> None:
+    breaker = CircuitBreaker(name=name)
+    breaker.force_open()
+    assert value(scrape(), "peak_trade_circuit_breaker_state", name=name) == 2
+    om = scrape("application/openmetrics-text; version=1.0.0")
+    states = {
+        s.labels["name"]: s.value
+        for f in parse_openmetrics(om)
+        if f.name == "peak_trade_circuit_breaker_state"
+        for s in f.samples
+    }
+    assert states[name] == 2
+    del breaker
