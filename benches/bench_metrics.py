@@ -10,10 +10,11 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, Counter, Histogram
+
 from peak_resilience import _instances
 from peak_resilience._guard import guard
 from peak_resilience.metrics import metrics
-from prometheus_client import CollectorRegistry, Counter, Histogram
 
 
 def noop() -> None:

@@ -12,11 +12,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
 from peak_resilience import _instances
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker
-from prometheus_client import CollectorRegistry, generate_latest
 
 BREAKERS = 1_000
 LIMITERS = 1_000

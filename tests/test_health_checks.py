@@ -9,6 +9,7 @@ import threading
 from collections.abc import Iterator
 
 import pytest
+
 from peak_resilience._health import (
     HealthCheckRegistry,
     check_circuit_breakers,

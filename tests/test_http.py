@@ -19,6 +19,12 @@ from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 import pytest
 import uvicorn
+from prometheus_client.parser import text_string_to_metric_families
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse
+from starlette.routing import Mount, Route
+
 from peak_resilience._health import (
     HealthCheckRegistry,
     check_circuit_breakers,
@@ -34,11 +40,6 @@ from peak_resilience.http import (
 from peak_resilience.metrics import metrics
 from peak_resilience.resilience import CircuitBreaker, health_check
 from peak_resilience.testing import ManualClock
-from prometheus_client.parser import text_string_to_metric_families
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Mount, Route
 
 TOKEN = "s3cret-token"
 _names = itertools.count()

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterator
 
 import pytest
+
 from peak_resilience import _instances
 from peak_resilience._guard import guard
 from peak_resilience.metrics import metrics

@@ -13,15 +13,16 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from peak_resilience.metrics import metrics
-from peak_resilience.rate_limiter import RateLimiter
-from peak_resilience.resilience import CircuitBreaker
-from peak_resilience.testing import ManualClock
 from prometheus_client import CollectorRegistry, generate_latest, start_http_server
 from prometheus_client.openmetrics.parser import (
     text_string_to_metric_families as parse_openmetrics,
 )
 from prometheus_client.parser import text_string_to_metric_families
+
+from peak_resilience.metrics import metrics
+from peak_resilience.rate_limiter import RateLimiter
+from peak_resilience.resilience import CircuitBreaker, health_check
+from peak_resilience.testing import ManualClock
 
 GUIDE_FAMILIES = {
     # family name as prometheus-client's parser reports it: (type, label names)
@@ -34,6 +35,7 @@ GUIDE_FAMILIES = {
     "peak_trade_request_duration_seconds": ("histogram", {"operation"}),
     "peak_trade_operation_failures": ("counter", {"operation", "error_type"}),
     "peak_trade_operation_successes": ("counter", {"operation"}),
+    "peak_trade_health_check_status": ("gauge", {"check"}),
 }
 
 _names = itertools.count()
@@ -165,6 +167,18 @@ def test_the_latency_histogram_and_outcomes_are_exported_per_operation(
     failures = "peak_trade_operation_failures_total"
     assert value(text, failures, operation=operation, error_type="ValueError") == 1
     assert value(text, "peak_trade_operation_successes_total", operation=operation) == 0
+
+
+def test_each_health_check_is_exported_as_1_healthy_or_0_failing_run_at_scrape() -> None:
+    failing = [True]
+    name = unique("exchange_link")
+    health_check.register(name, lambda: not failing[0])
+    try:
+        assert value(scrape(), "peak_trade_health_check_status", check=name) == 0
+        failing[0] = False
+        assert value(scrape(), "peak_trade_health_check_status", check=name) == 1
+    finally:
+        health_check.unregister(name)
 
 
 def test_a_dropped_breaker_disappears_from_the_export(clock: ManualClock) -> None:

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
 from peak_resilience.http import HealthServer, start_health_server
 from peak_resilience.resilience import CircuitBreaker
 

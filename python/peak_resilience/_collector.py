@@ -55,6 +55,7 @@ FAMILIES = (
     ("request_duration_seconds", "histogram", "Operation latency in seconds"),
     ("operation_failures", "counter", "Failed operations by exception type"),
     ("operation_successes", "counter", "Successful operations"),
+    ("health_check_status", "gauge", "Health check outcome (1 healthy, 0 failing)"),
     (
         "metrics_label_values_folded",
         "counter",
@@ -103,6 +104,8 @@ class Readings:
     tokens: dict[tuple[str, str], float]
     operations: dict[str, dict[str, Any]]
     folded: dict[str, int]
+    #: Each health check's outcome (True healthy); empty when the read skipped them.
+    health: dict[str, bool]
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -161,6 +164,7 @@ def read(
     reported_hits: dict[tuple[str, str], int],
     reported_rejections: dict[tuple[str, str], int],
     folded: dict[str, int],
+    health: dict[str, bool],
 ) -> Readings:
     """Reads every live breaker, limiter and operation, merged with what was reported."""
     states: dict[str, int] = {}
@@ -199,7 +203,9 @@ def read(
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
-    return Readings(states, failures, changes, requests, rejections, tokens, operations, folded)
+    return Readings(
+        states, failures, changes, requests, rejections, tokens, operations, folded, health
+    )
 
 
 def _sample(name: str, labels: dict[str, str], value: float) -> Sample:
@@ -221,7 +227,7 @@ class Collector:
 
     def collect(self) -> list[Metric]:
         """Every family with its samples, read now."""
-        readings = self._metrics.read()
+        readings = self._metrics.read(health=True)
         (
             state,
             failures,
@@ -232,6 +238,7 @@ class Collector:
             duration,
             op_failures,
             op_successes,
+            health,
             folded,
         ) = families = self.describe()
         n = state.name
@@ -283,6 +290,10 @@ class Collector:
         op_successes.samples = [
             _sample(n, {"operation": operation}, snap["successes"])
             for operation, snap in readings.operations.items()
+        ]
+        n = health.name
+        health.samples = [
+            _sample(n, {"check": k}, 1 if ok else 0) for k, ok in readings.health.items()
         ]
         n = folded.name + "_total"
         folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]

@@ -126,6 +126,10 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
             for operation, snap in readings.operations.items()
         ]
     )
+    name = family("health_check_status")
+    out.extend(
+        [f'{name}{{check="{_label(k)}"}} {1 if ok else 0}\n' for k, ok in readings.health.items()]
+    )
     name = family("metrics_label_values_folded") + "_total"
     out.extend([f'{name}{{family="{k}"}} {v}\n' for k, v in readings.folded.items()])
     if openmetrics:

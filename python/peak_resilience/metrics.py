@@ -34,6 +34,7 @@ from peak_resilience._exposition import (
     render,
     wants_openmetrics,
 )
+from peak_resilience._health import health_check
 
 if TYPE_CHECKING:
     from peak_resilience._native import OperationStats
@@ -283,10 +284,12 @@ class Metrics:
         """Our families as (body, content type): OpenMetrics 1.0.0 when the Accept header
         ``accept`` asks for ``application/openmetrics-text``, else the Prometheus text
         format 0.0.4. Written directly (not through prometheus-client, which takes ~7 us
-        a sample), with the same content as the collector's."""
+        a sample), with the same content as the collector's; runs the health checks for
+        ``..._health_check_status``."""
+        readings = self.read(health=True)
         if wants_openmetrics(accept):
-            return render(self.read(), self._prefix, openmetrics=True), OPENMETRICS_CONTENT_TYPE
-        return render(self.read(), self._prefix), TEXT_CONTENT_TYPE
+            return render(readings, self._prefix, openmetrics=True), OPENMETRICS_CONTENT_TYPE
+        return render(readings, self._prefix), TEXT_CONTENT_TYPE
 
     # -- recording -----------------------------------------------------------------------
 
@@ -434,8 +437,13 @@ class Metrics:
 
     # -- reading -------------------------------------------------------------------------
 
-    def read(self) -> Readings:
-        """Every exported value, as the collector reads it at scrape time."""
+    def read(self, *, health: bool = False) -> Readings:
+        """Every exported value, as the collector reads it at scrape time; with
+        ``health``, the health checks are run too (a scrape does, the summary does not:
+        a check may take up to its timeout)."""
+        outcomes = (
+            {name: r["healthy"] for name, r in health_check.run_all().items()} if health else {}
+        )
         with self._lock:
             reported = (
                 dict(self._reported_transitions),
@@ -445,7 +453,7 @@ class Metrics:
                 dict(self._folded),
             )
         try:
-            readings = read(*reported)
+            readings = read(*reported, outcomes)
         except Exception as exc:
             self.last_read_error = type(exc).__name__
             raise
