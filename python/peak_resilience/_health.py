@@ -16,7 +16,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
@@ -28,12 +28,21 @@ from peak_resilience._native import ManualClock, TokenBucket
 if TYPE_CHECKING:
     from peak_resilience.resilience import CircuitBreaker
 
-__all__ = ["CheckResult", "HealthCheckRegistry", "SystemStatus", "health_check"]
+__all__ = [
+    "CheckFunction",
+    "CheckOutcome",
+    "CheckResult",
+    "HealthCheckRegistry",
+    "SystemStatus",
+    "health_check",
+]
 
 logger = logging.getLogger("peak_resilience.health")
 
-#: What a check function may return: ``(ok, message)`` or a bool.
+#: What a check function may return: ``(ok, message)`` or a bool (or, from an async
+#: function, an awaitable of either).
 CheckOutcome = tuple[bool, str] | bool
+CheckFunction = Callable[[], CheckOutcome | Awaitable[CheckOutcome]]
 SystemStatus = Literal["healthy", "degraded", "unhealthy"]
 
 
@@ -62,7 +71,8 @@ def _interpret(outcome: object) -> tuple[bool, str]:
         return outcome, "ok" if outcome else "check returned False"
     if isinstance(outcome, tuple) and len(outcome) == 2 and isinstance(outcome[0], bool):
         return outcome[0], str(outcome[1])
-    return False, (f"check returned a {type(outcome).__name__}, expected a bool or (bool, message)")
+    kind = type(outcome).__name__
+    return False, f"check returned a {kind}, expected a bool or (bool, message)"
 
 
 class _Workers:
@@ -160,7 +170,7 @@ class HealthCheckRegistry:
     def register(
         self,
         name: str,
-        fn: Callable[[], Any],
+        fn: CheckFunction,
         *,
         critical: bool = True,
         timeout: float = 5.0,
