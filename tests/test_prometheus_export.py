@@ -296,7 +296,7 @@ def test_registering_into_the_same_registry_twice_is_harmless() -> None:
     assert generate_latest(registry) == b""
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=75, deadline=None)
 @given(name=st.text(min_size=1, max_size=40))
 def test_any_breaker_name_round_trips_through_both_formats(name: str) -> None:
     breaker = CircuitBreaker(name=name)
