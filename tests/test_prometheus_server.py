@@ -1,6 +1,8 @@
 """A real Prometheus server scrapes /health/prometheus and answers a query with the
 breaker's state. Prometheus (Debian package ``prometheus``) is started here on a free
-loopback port with its own config and data directory, and stopped by pid."""
+loopback port with its own config and data directory, and stopped by pid. Prometheus
+2.42 asks for OpenMetrics first, so this also holds that writer against Prometheus' own
+parser."""
 
 from __future__ import annotations
 
