@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import importlib
 import ipaddress
 import json
 import logging
@@ -31,6 +30,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+from peak_resilience import config
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience.metrics import Metrics
 from peak_resilience.metrics import metrics as _process_metrics
@@ -61,13 +61,9 @@ WSGIApp = Callable[[dict[str, Any], WSGIStartResponse], Iterable[bytes]]
 
 
 def health_token() -> str | None:
-    """The configured bearer token: ``health_token`` from ``peak_resilience.config`` when
-    that module is present, else ``$PEAK_TRADE_HEALTH_TOKEN``; None (or empty) for none."""
-    try:
-        config: Any = importlib.import_module("peak_resilience.config")
-    except ModuleNotFoundError:
-        config = None
-    token = config.active().globals.health_token if config is not None else None
+    """The configured bearer token: ``health_token`` from the configuration in force
+    (``config.toml`` or ``PEAK_TRADE_HEALTH_TOKEN``), None (or empty) for none."""
+    token = config.active().globals.health_token
     # The config layers the same variable over the file; reading it here as well covers
     # a configuration loaded before the variable was set.
     return token or os.environ.get(TOKEN_ENV) or None
