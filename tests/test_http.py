@@ -259,6 +259,20 @@ def test_health_prometheus_serves_the_exposition(
     assert values[name] == 2
 
 
+def test_health_prometheus_exports_the_servers_own_checks(
+    isolated_server: tuple[str, int], isolated_checks: HealthCheckRegistry
+) -> None:
+    isolated_checks.register("exchange_link", lambda: False)
+    text = request(isolated_server, "GET", "/health/prometheus").body.decode()
+    statuses = {
+        s.labels["check"]: s.value
+        for f in text_string_to_metric_families(text)
+        if f.name == "peak_trade_health_check_status"
+        for s in f.samples
+    }
+    assert statuses == {"exchange_link": 0}
+
+
 def test_health_prometheus_negotiates_openmetrics(server: tuple[str, int]) -> None:
     accept = "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"
     reply = request(server, "GET", "/health/prometheus", {"Accept": accept})

@@ -17,6 +17,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
 from peak_resilience import _instances
+from peak_resilience._health import health_check
 from peak_resilience._native import LATENCY_BOUNDS
 
 if TYPE_CHECKING:
@@ -227,7 +228,7 @@ class Collector:
 
     def collect(self) -> list[Metric]:
         """Every family with its samples, read now."""
-        readings = self._metrics.read(health=True)
+        readings = self._metrics.read(health=health_check)
         (
             state,
             failures,

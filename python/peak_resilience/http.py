@@ -165,7 +165,7 @@ class HealthEndpoints:
         return _json(200, summary)
 
     def _prometheus(self, headers: Mapping[str, str]) -> Response:
-        body, content_type = self._metrics.exposition(headers.get("accept"))
+        body, content_type = self._metrics.exposition(headers.get("accept"), checks=self._checks)
         return Response(200, [("Content-Type", content_type)], body)
 
     def _livez(self, headers: Mapping[str, str]) -> Response:

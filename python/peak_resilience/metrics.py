@@ -34,7 +34,7 @@ from peak_resilience._exposition import (
     render,
     wants_openmetrics,
 )
-from peak_resilience._health import health_check
+from peak_resilience._health import HealthCheckRegistry, health_check
 
 if TYPE_CHECKING:
     from peak_resilience._native import OperationStats
@@ -280,13 +280,15 @@ class Metrics:
                 registry.unregister(self._collector)
                 self._registries = [r for r in self._registries if r is not registry]
 
-    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+    def exposition(
+        self, accept: str | None = None, *, checks: HealthCheckRegistry | None = None
+    ) -> tuple[bytes, str]:
         """Our families as (body, content type): OpenMetrics 1.0.0 when the Accept header
         ``accept`` asks for ``application/openmetrics-text``, else the Prometheus text
         format 0.0.4. Written directly (not through prometheus-client, which takes ~7 us
-        a sample), with the same content as the collector's; runs the health checks for
-        ``..._health_check_status``."""
-        readings = self.read(health=True)
+        a sample), with the same content as the collector's. Runs the health checks of
+        ``checks`` (default: the process-wide ones) for ``..._health_check_status``."""
+        readings = self.read(health=health_check if checks is None else checks)
         if wants_openmetrics(accept):
             return render(readings, self._prefix, openmetrics=True), OPENMETRICS_CONTENT_TYPE
         return render(readings, self._prefix), TEXT_CONTENT_TYPE
@@ -437,13 +439,11 @@ class Metrics:
 
     # -- reading -------------------------------------------------------------------------
 
-    def read(self, *, health: bool = False) -> Readings:
+    def read(self, *, health: HealthCheckRegistry | None = None) -> Readings:
         """Every exported value, as the collector reads it at scrape time; with
-        ``health``, the health checks are run too (a scrape does, the summary does not:
-        a check may take up to its timeout)."""
-        outcomes = (
-            {name: r["healthy"] for name, r in health_check.run_all().items()} if health else {}
-        )
+        ``health``, that registry's checks are run too (a scrape does, the summary does
+        not: a check may take up to its timeout)."""
+        outcomes = {} if health is None else {n: r["healthy"] for n, r in health.run_all().items()}
         with self._lock:
             reported = (
                 dict(self._reported_transitions),
