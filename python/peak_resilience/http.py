@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
@@ -239,6 +240,13 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             self._open.discard(request)
         super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # socketserver prints a traceback to stderr; a client hanging up is routine.
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            logger.debug("health server: client %s went away", client_address)
+        else:
+            logger.exception("health server: error serving %s", client_address)
 
     def close_connections(self) -> None:
         """Ends the keep-alive connections still open, so that nothing answers after
