@@ -16,7 +16,7 @@ use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyT
 use crate::breaker::{Admission, Breaker, BreakerSettings, Transition, MAX_HALF_OPEN_CALLS};
 use crate::bucket::{Decision, Quota, QuotaError, TokenBucket};
 use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
-use crate::stats::{OperationStats, LATENCY_BOUNDS};
+use crate::stats::{self, OperationStats, LATENCY_BOUNDS};
 
 static CIRCUIT_BREAKER_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static RATE_LIMIT_EXCEEDED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
@@ -884,6 +884,21 @@ extern "C" {
     ) -> *mut pyo3::ffi::PyObject;
 }
 
+/// `Guard::started` for a call whose latency and outcome are not recorded.
+const NOT_TIMED: u64 = u64::MAX;
+
+/// Turns the recording of latency and outcomes by every guard on or off (`metrics_enabled`).
+#[pyfunction]
+fn set_recording_enabled(enabled: bool) {
+    stats::set_recording(enabled);
+}
+
+/// Whether guards record latency and outcomes.
+#[pyfunction]
+fn recording_enabled() -> bool {
+    stats::recording()
+}
+
 /// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
 /// Calling it runs the whole guard natively: one Python-to-Rust call per invocation.
 #[pyclass(frozen, dict, module = "peak_resilience._native", name = "Guard")]
@@ -974,19 +989,22 @@ impl Guard {
         }
     }
 
+    /// When the call started, or NOT_TIMED when nothing will be recorded for it (no
+    /// operation, or recording switched off): the switch is read once per call, so a call
+    /// in flight when it flips is recorded whole or not at all.
     #[inline]
     fn started(&self) -> u64 {
-        if self.operation.is_some() {
+        if self.operation.is_some() && stats::recording() {
             self.clock.now()
         } else {
-            0
+            NOT_TIMED
         }
     }
 
     #[inline]
     fn record(&self, py: Python<'_>, admission: Admission, started: u64, error: Option<&PyErr>) {
         let failed = error.is_some();
-        if let Some(operation) = &self.operation {
+        if let (Some(operation), true) = (&self.operation, started != NOT_TIMED) {
             let operation = operation.get();
             operation
                 .stats
@@ -1237,6 +1255,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCircuitBreaker>()?;
     m.add_class::<PyOperationStats>()?;
     m.add_class::<Guard>()?;
+    m.add_function(wrap_pyfunction!(set_recording_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(recording_enabled, m)?)?;
     let bounds: Vec<f64> = LATENCY_BOUNDS
         .iter()
         .map(|n| nanos_to_seconds(*n))

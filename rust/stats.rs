@@ -4,7 +4,7 @@
 //! exception type in a small open-addressed table keyed by the type's identity; the type's
 //! name is stored once, by the thread that claims the slot.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
 /// Upper bounds of the latency histogram, in nanoseconds: from 10 us (a local cache hit) to
@@ -31,6 +31,21 @@ pub const LATENCY_BOUNDS: [u64; 19] = [
     5_000_000_000,
     10_000_000_000,
 ];
+
+/// The `metrics_enabled` switch: when off, guards neither time calls nor count their
+/// outcomes. One relaxed load per guarded call, so either setting costs nothing measurable.
+static RECORDING: AtomicBool = AtomicBool::new(true);
+
+/// Whether guards record latency and outcomes into their operation's stats.
+#[inline]
+pub fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
+/// Turns recording by guards on or off, process-wide.
+pub fn set_recording(enabled: bool) {
+    RECORDING.store(enabled, Ordering::Relaxed);
+}
 
 /// Distinct exception types counted per operation before the rest fold into "other".
 pub const FAILURE_KINDS: usize = 32;

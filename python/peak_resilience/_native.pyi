@@ -12,9 +12,14 @@ __all__ = [
     "OperationStats",
     "RateLimiter",
     "TokenBucket",
+    "recording_enabled",
+    "set_recording_enabled",
 ]
 
 LATENCY_BOUNDS: tuple[float, ...]
+
+def set_recording_enabled(enabled: bool) -> None: ...
+def recording_enabled() -> bool: ...
 
 @final
 class ManualClock:

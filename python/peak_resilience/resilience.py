@@ -1,12 +1,19 @@
-"""Circuit breakers (and, from the observability layer, health checks).
+"""Circuit breakers and health checks.
 
-``from peak_resilience.resilience import CircuitBreaker`` is the guide's
-``from src.core.resilience import CircuitBreaker``.
+``from peak_resilience.resilience import CircuitBreaker, health_check`` is the guide's
+``from src.core.resilience import CircuitBreaker, health_check``.
 """
 
 from __future__ import annotations
 
 from peak_resilience._breaker import CircuitBreaker, CircuitState
+from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience.errors import CircuitBreakerError
 
-__all__ = ["CircuitBreaker", "CircuitBreakerError", "CircuitState"]
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakerError",
+    "CircuitState",
+    "HealthCheckRegistry",
+    "health_check",
+]

@@ -25,8 +25,11 @@ from peak_resilience import (
     with_resilience,
 )
 from peak_resilience.config import Config, Settings
+from peak_resilience.http import HealthServer, start_health_server
+from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter as GuideRateLimiter
 from peak_resilience.resilience import CircuitBreaker as GuideCircuitBreaker
+from peak_resilience.resilience import health_check
 from peak_resilience.resilience_helpers import (
     create_module_circuit_breaker,
     create_module_rate_limiter,
@@ -150,3 +153,50 @@ with_resilience("live", "orders", use_rate_limiter="yes")  # type: ignore[call-o
 async def use_module_async() -> None:
     assert_type(await fetch_candles("ETH/EUR", limit=5), list[float])
     await fetch_candles(5)  # type: ignore[arg-type]
+
+
+# --- metrics, health checks, HTTP ---------------------------------------------------------
+
+with metrics.track_latency("data_fetch"):
+    pass
+
+
+@metrics.track_latency("calculation")
+def calculate(window: int) -> float:
+    return float(window)
+
+
+@metrics.track_latency("fetch")
+async def fetch_ticker(symbol: str) -> float:
+    return 1.0
+
+
+assert_type(calculate(20), float)
+calculate("20")  # type: ignore[arg-type]
+metrics.record_circuit_breaker_state_change(name="portfolio", from_state="closed", to_state="open")
+metrics.record_rate_limit_hit("api", "fetch_ohlcv")
+metrics.record_operation_failure("backtest", "ValueError")
+assert_type(metrics.get_snapshots(limit=100), list[dict[str, Any]])
+assert_type(metrics.get_summary(), dict[str, Any])
+metrics.track_latency(42)  # type: ignore[arg-type]
+
+
+def check_database_connection() -> tuple[bool, str]:
+    return True, "Database is healthy"
+
+
+async def check_exchange() -> bool:
+    return True
+
+
+health_check.register("database", check_database_connection)
+health_check.register("exchange", check_exchange, critical=False, timeout=2.0)
+health_check.register("broken", lambda: "yes")  # type: ignore[arg-type,return-value]
+assert_type(health_check.is_system_healthy(), bool)
+assert_type(health_check.run_all()["database"]["healthy"], bool)
+assert_type(health_check.run_all()["database"]["duration_ms"], float)
+
+server = assert_type(start_health_server(port=0), HealthServer)
+assert_type(server.port, int)
+assert_type(server.url, str)
+server.stop()

@@ -1,0 +1,301 @@
+"""The prometheus-client collector: reads the native counters at scrape time.
+
+Nothing per call goes through prometheus-client. A scrape walks the live breakers and
+limiters (weakly held, so a dropped one disappears) and the operation registry, reads
+their atomics, merges what explicit ``metrics.record_*`` calls reported, and builds the
+families. Several objects may share a name: counters are then summed, the state gauge
+shows the worst state and the tokens gauge the emptiest bucket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
+
+from peak_resilience import _instances
+from peak_resilience._health import health_check
+from peak_resilience._native import LATENCY_BOUNDS
+
+if TYPE_CHECKING:
+    from peak_resilience.metrics import Metrics
+
+#: The label value that label values past the per-family bound are counted under.
+OTHER = "other"
+
+_STATE_LABELS = ("closed", "half_open", "open")
+#: (from, to, exported even at zero). The normal cycle is always exported, so that the
+#: first transition is seen by ``increase()``; forced ones (reset, force_open) appear
+#: once they happened.
+_TRANSITIONS = (
+    (0, 2, True),
+    (2, 1, True),
+    (1, 0, True),
+    (1, 2, True),
+    (2, 0, False),
+    (0, 1, False),
+)
+LE_LABELS = (*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf")
+
+#: (suffix, type, help). Counter names are given without "_total", as prometheus-client
+#: wants them; the samples carry it.
+FAMILIES = (
+    (
+        "circuit_breaker_state",
+        "gauge",
+        "Current circuit breaker state (0=closed, 1=half_open, 2=open)",
+    ),
+    ("circuit_breaker_failures", "counter", "Failures recorded by the circuit breaker"),
+    ("circuit_breaker_state_changes", "counter", "Circuit breaker state transitions"),
+    ("rate_limit_hits", "counter", "Requests to the rate limiter, allowed and rejected"),
+    ("rate_limit_rejections", "counter", "Requests rejected by the rate limiter"),
+    ("rate_limit_tokens_available", "gauge", "Tokens available in the rate limiter's bucket"),
+    ("request_duration_seconds", "histogram", "Operation latency in seconds"),
+    ("operation_failures", "counter", "Failed operations by exception type"),
+    ("operation_successes", "counter", "Successful operations"),
+    ("health_check_status", "gauge", "Health check outcome (1 healthy, 0 failing)"),
+    (
+        "metrics_label_values_folded",
+        "counter",
+        'Label values counted as "other" because their family had reached its bound',
+    ),
+)
+
+T = TypeVar("T")
+
+
+def _alive(objects: Iterable[T]) -> list[T]:
+    # A breaker created on another thread mid-iteration makes a WeakSet raise; try again.
+    for _ in range(16):
+        try:
+            return list(objects)
+        except RuntimeError:
+            continue
+    return list(objects)
+
+
+def _quantile(q: float, cumulative: list[int]) -> float | None:
+    """The q-quantile estimated from the histogram as Prometheus' histogram_quantile does:
+    linear within the bucket; a rank in the +Inf bucket reads as the highest bound."""
+    count = cumulative[-1]
+    if count == 0:
+        return None
+    rank = q * count
+    lower, below = 0.0, 0
+    for bound, seen in zip(LATENCY_BOUNDS, cumulative, strict=False):
+        if seen >= rank:
+            in_bucket = seen - below
+            return lower + (bound - lower) * ((rank - below) / in_bucket if in_bucket else 1.0)
+        lower, below = bound, seen
+    return LATENCY_BOUNDS[-1]
+
+
+@dataclass(frozen=True)
+class Readings:
+    """Every exported value at one instant, keyed by label values."""
+
+    breaker_states: dict[str, int]
+    breaker_failures: dict[str, int]
+    state_changes: dict[tuple[str, str, str], int]
+    requests: dict[tuple[str, str], int]
+    rejections: dict[tuple[str, str], int]
+    tokens: dict[tuple[str, str], float]
+    operations: dict[str, dict[str, Any]]
+    folded: dict[str, int]
+    #: Each health check's outcome (True healthy); empty when the read skipped them.
+    health: dict[str, bool]
+
+    def summary(self) -> dict[str, Any]:
+        """The JSON form: breakers, limiters by endpoint, operations with latency."""
+        breakers: dict[str, dict[str, Any]] = {}
+        for name, code in self.breaker_states.items():
+            breakers[name] = {
+                "state": _STATE_LABELS[code],
+                "state_code": code,
+                "failures": self.breaker_failures.get(name, 0),
+                "state_changes": {},
+            }
+        for (name, before, after), count in self.state_changes.items():
+            entry = breakers.setdefault(
+                name, {"state": None, "state_code": None, "failures": 0, "state_changes": {}}
+            )
+            if count:
+                entry["state_changes"][f"{before}->{after}"] = count
+        limiters: dict[str, dict[str, dict[str, Any]]] = {}
+        for (name, endpoint), requests in self.requests.items():
+            rejected = self.rejections.get((name, endpoint), 0)
+            limiters.setdefault(name, {})[endpoint] = {
+                "requests": requests,
+                "rejections": rejected,
+                "rejection_rate": rejected / requests if requests else 0.0,
+                "tokens_available": self.tokens.get((name, endpoint)),
+            }
+        operations: dict[str, dict[str, Any]] = {}
+        for name, snap in self.operations.items():
+            cumulative: list[int] = snap["buckets"]
+            count = cumulative[-1]
+            failures: dict[str, int] = snap["failures"]
+            operations[name] = {
+                "count": count,
+                "successes": snap["successes"],
+                "failures": sum(failures.values()),
+                "failures_by_type": dict(failures),
+                "latency_seconds": {
+                    "sum": snap["sum"],
+                    "mean": snap["sum"] / count if count else None,
+                    "p50": _quantile(0.50, cumulative),
+                    "p95": _quantile(0.95, cumulative),
+                    "p99": _quantile(0.99, cumulative),
+                },
+            }
+        return {
+            "circuit_breakers": breakers,
+            "rate_limiters": limiters,
+            "operations": operations,
+            "folded_label_values": dict(self.folded),
+        }
+
+
+def read(
+    reported_transitions: dict[tuple[str, str, str], int],
+    reported_states: dict[str, int],
+    reported_hits: dict[tuple[str, str], int],
+    reported_rejections: dict[tuple[str, str], int],
+    folded: dict[str, int],
+    health: dict[str, bool],
+) -> Readings:
+    """Reads every live breaker, limiter and operation, merged with what was reported."""
+    states: dict[str, int] = {}
+    failures: dict[str, int] = {}
+    changes = dict(reported_transitions)
+    for breaker in _alive(_instances.breakers):
+        name = breaker.name
+        code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
+        states[name] = max(code, states.get(name, code))
+        failures[name] = failures.get(name, 0) + breaker.failure_total
+        count_transitions = breaker.transition_count
+        for before, after, always in _TRANSITIONS:
+            count = count_transitions(before, after)
+            if count or always:
+                key = (name, _STATE_LABELS[before], _STATE_LABELS[after])
+                changes[key] = changes.get(key, 0) + count
+    for name, code in reported_states.items():
+        states.setdefault(name, code)
+
+    requests: dict[tuple[str, str], int] = {}
+    rejections: dict[tuple[str, str], int] = {}
+    tokens: dict[tuple[str, str], float] = {}
+    for limiter in _alive(_instances.limiters):
+        name = limiter.name
+        buckets = [("default", limiter.default_bucket), *limiter.endpoint_buckets().items()]
+        for endpoint, bucket in buckets:
+            bucket_key = (name, endpoint)
+            rejected = bucket.rejected
+            requests[bucket_key] = requests.get(bucket_key, 0) + bucket.allowed + rejected
+            rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
+            available = bucket.tokens_available
+            tokens[bucket_key] = min(available, tokens.get(bucket_key, available))
+    for bucket_key, hits in reported_hits.items():
+        requests[bucket_key] = requests.get(bucket_key, 0) + hits
+        rejected = reported_rejections.get(bucket_key, 0)
+        rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
+
+    operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
+    return Readings(
+        states, failures, changes, requests, rejections, tokens, operations, folded, health
+    )
+
+
+def _sample(name: str, labels: dict[str, str], value: float) -> Sample:
+    # Sample's NamedTuple constructor with its defaults costs several times this; a scrape
+    # of thousands of series spends most of its time here.
+    return tuple.__new__(Sample, (name, labels, value, None, None, None))
+
+
+class Collector:
+    """Registered into a prometheus-client ``CollectorRegistry`` by ``metrics``."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self._metrics = metrics
+
+    def describe(self) -> list[Metric]:
+        """The families, without samples: lets a registry check names without a scrape."""
+        prefix = self._metrics.prefix
+        return [Metric(f"{prefix}_{suffix}", doc, kind) for suffix, kind, doc in FAMILIES]
+
+    def collect(self) -> list[Metric]:
+        """Every family with its samples, read now."""
+        readings = self._metrics.read(health=health_check)
+        (
+            state,
+            failures,
+            changes,
+            hits,
+            rejections,
+            tokens,
+            duration,
+            op_failures,
+            op_successes,
+            health,
+            folded,
+        ) = families = self.describe()
+        n = state.name
+        state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
+        n = failures.name + "_total"
+        failures.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_failures.items()
+        ]
+        n = changes.name + "_total"
+        changes.samples = [
+            _sample(n, {"name": k[0], "from_state": k[1], "to_state": k[2]}, v)
+            for k, v in readings.state_changes.items()
+        ]
+        n = hits.name + "_total"
+        hits.samples = [
+            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.requests.items()
+        ]
+        n = rejections.name + "_total"
+        rejections.samples = [
+            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v)
+            for k, v in readings.rejections.items()
+        ]
+        n = tokens.name
+        tokens.samples = [
+            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.tokens.items()
+        ]
+        bucket_name, count_name, sum_name = (
+            duration.name + "_bucket",
+            duration.name + "_count",
+            duration.name + "_sum",
+        )
+        histogram = duration.samples
+        for operation, snap in readings.operations.items():
+            cumulative: list[int] = snap["buckets"]
+            histogram.extend(
+                _sample(bucket_name, {"operation": operation, "le": le}, count)
+                for le, count in zip(LE_LABELS, cumulative, strict=True)
+            )
+            histogram.append(_sample(count_name, {"operation": operation}, cumulative[-1]))
+            seconds: float = snap["sum"]
+            histogram.append(_sample(sum_name, {"operation": operation}, seconds))
+        n = op_failures.name + "_total"
+        op_failures.samples = [
+            _sample(n, {"operation": operation, "error_type": error_type}, count)
+            for operation, snap in readings.operations.items()
+            for error_type, count in snap["failures"].items()
+        ]
+        n = op_successes.name + "_total"
+        op_successes.samples = [
+            _sample(n, {"operation": operation}, snap["successes"])
+            for operation, snap in readings.operations.items()
+        ]
+        n = health.name
+        health.samples = [
+            _sample(n, {"check": k}, 1 if ok else 0) for k, ok in readings.health.items()
+        ]
+        n = folded.name + "_total"
+        folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]
+        return families
