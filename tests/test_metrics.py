@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -270,3 +271,19 @@ def test_configure_applies_nothing_when_one_setting_is_wrong() -> None:
     with pytest.raises(ValueError, match="max_series_per_family"):
         metrics.configure(prefix="desk7", max_series_per_family=0)
     assert metrics.prefix == "peak_trade"
+
+
+def test_configure_turns_metrics_off_and_renames_the_families(tmp_path: Path) -> None:
+    from peak_resilience import config
+    from peak_resilience.metrics import metrics
+
+    path = tmp_path / "config.toml"
+    path.write_text('[resilience]\nmetrics_enabled = false\nmetrics_prefix = "desk_a"\n')
+    previous = config.current()
+    try:
+        config.configure(path, environ={})
+        assert metrics.enabled is False
+        assert metrics.prefix == "desk_a"
+    finally:
+        config._swap(previous)
+        metrics.configure(enabled=True, prefix="peak_trade")

@@ -580,6 +580,11 @@ def active() -> Config:
     return config
 
 
+def current() -> Config | None:
+    """The configuration in force, or None if none was loaded yet (never loads one)."""
+    return _active
+
+
 def _swap(config: Config | None) -> Config | None:
     """Replaces the configuration in force without telling anyone; returns the old one.
     For test isolation (``peak_resilience.testing.fresh_resilience``)."""

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from prometheus_client import REGISTRY, CollectorRegistry
 
-from peak_resilience import _breaker, _instances, _native
+from peak_resilience import _breaker, _instances, _native, config
 from peak_resilience._breaker import CircuitState
 from peak_resilience._collector import OTHER, Collector, Readings, read
 from peak_resilience._exposition import (
@@ -486,3 +486,18 @@ class Metrics:
 metrics = Metrics()
 _breaker.transition_hooks.append(metrics._on_breaker_transition)
 metrics.register_collector()
+
+
+class _FollowConfig:
+    """Keeps the process-wide switch and the prefix in line with ``configure()``."""
+
+    def check(self, new: config.Config) -> None:
+        """Both keys are validated by the config loader: nothing more to refuse."""
+
+    def apply(self, new: config.Config) -> None:
+        metrics.configure(enabled=new.globals.metrics_enabled, prefix=new.globals.metrics_prefix)
+
+
+config.add_listener(_FollowConfig())
+if (_loaded := config.current()) is not None:
+    _FollowConfig().apply(_loaded)
