@@ -899,6 +899,22 @@ fn recording_enabled() -> bool {
     stats::recording()
 }
 
+/// Whether refused calls are handed to the guards' `on_reject` hooks. Kept in line with
+/// the rejection loggers' DEBUG level by `peak_resilience._logging`.
+static REJECTION_LOG: AtomicBool = AtomicBool::new(false);
+
+/// Turns the per-refusal hook (the DEBUG rejection log) on or off.
+#[pyfunction]
+fn set_rejection_log_enabled(enabled: bool) {
+    REJECTION_LOG.store(enabled, Ordering::Relaxed);
+}
+
+/// Whether the per-refusal hook is on.
+#[pyfunction]
+fn rejection_log_enabled() -> bool {
+    REJECTION_LOG.load(Ordering::Relaxed)
+}
+
 /// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
 /// Calling it runs the whole guard natively: one Python-to-Rust call per invocation.
 #[pyclass(frozen, dict, module = "peak_resilience._native", name = "Guard")]
@@ -1025,9 +1041,13 @@ impl Guard {
     }
 
     /// Hands a refusal to `on_reject`; a hook that raises is reported as unraisable and
-    /// never changes what the caller gets.
+    /// never changes what the caller gets. Skipped unless the rejection log is on (DEBUG),
+    /// so a refusal costs no Python call when nobody reads the log.
     #[cold]
     fn rejected(&self, py: Python<'_>, rejection: &PyErr) {
+        if !REJECTION_LOG.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(hook) = &self.on_reject {
             if let Err(err) = hook.call1(py, (rejection.value(py),)) {
                 err.write_unraisable(py, Some(hook.bind(py)));
@@ -1257,6 +1277,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Guard>()?;
     m.add_function(wrap_pyfunction!(set_recording_enabled, m)?)?;
     m.add_function(wrap_pyfunction!(recording_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(set_rejection_log_enabled, m)?)?;
+    m.add_function(wrap_pyfunction!(rejection_log_enabled, m)?)?;
     let bounds: Vec<f64> = LATENCY_BOUNDS
         .iter()
         .map(|n| nanos_to_seconds(*n))

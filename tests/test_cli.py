@@ -115,3 +115,74 @@ def test_the_demo_shows_the_breaker_opening_and_recovering_and_the_limiter_rejec
     assert "exchange 429s 0" in done, "our limiter keeps the loop under the exchange's limit"
     assert "rate-limited 0 " not in done
     assert result.stderr == ""
+
+
+def test_check_runs_the_health_checks_once_and_exits_0_when_healthy() -> None:
+    result = cli("check", "--config", str(ROOT / "config.toml"))
+    assert result.returncode == 0, result.stderr
+    assert "resilience" in result.stdout
+    assert result.stdout.strip().endswith("status: healthy")
+
+
+def test_check_of_an_unreachable_server_is_unhealthy_exit_2() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound but not listening: refused
+        result = cli("check", "--url", f"http://127.0.0.1:{port}", "--timeout", "2")
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1
+    assert "cannot reach" in result.stderr
+
+
+def test_serve_answers_health_and_stops_on_sigterm() -> None:
+    import signal
+    import time
+    import urllib.request
+
+    server = subprocess.Popen(
+        [sys.executable, "-m", "peak_resilience", "serve", "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()  # "serving http://127.0.0.1:PORT/health, ..."
+        url = line.split()[1].rsplit("/health", 1)[0]
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+                    assert response.status == 200
+                    break
+            except OSError:
+                assert time.monotonic() < deadline, "the server never answered"
+                time.sleep(0.05)
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=10) == 0
+    finally:
+        server.kill()
+        server.wait()
+
+
+def test_serve_on_a_port_in_use_is_one_line_and_a_non_zero_exit() -> None:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        result = cli("serve", "--port", str(sock.getsockname()[1]))
+    assert result.returncode != 0
+    assert result.stderr.count("\n") == 1
+    assert "in use" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bench_prints_the_quick_ratio_table() -> None:
+    result = cli("bench", "--number", "2000")
+    assert result.returncode == 0, result.stderr
+    for row in ("acquire()", "breaker-guarded no-op", "call refused by an open circuit"):
+        assert row in result.stdout

@@ -7,7 +7,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from peak_resilience import __version__, _cli_config
+from peak_resilience import __version__, _cli_bench, _cli_config, _cli_health
 from peak_resilience.config import ConfigError
 
 
@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
     _add_demo(commands)
+    _cli_health.add_commands(commands)
     _cli_config.add_commands(commands)
+    _cli_bench.add_commands(commands)
     return parser
 
 

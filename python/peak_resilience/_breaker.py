@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
 from peak_resilience import _instances
 from peak_resilience._guard import guard, typed
+from peak_resilience._logging import breaker_log as logger
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 
 if TYPE_CHECKING:
@@ -16,8 +17,6 @@ if TYPE_CHECKING:
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-logger = logging.getLogger("peak_resilience.resilience")
 
 #: Called as hook(name, from_state, to_state) after every transition of every breaker.
 transition_hooks: list[Callable[[str, CircuitState, CircuitState], None]] = []

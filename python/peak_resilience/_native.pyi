@@ -13,13 +13,17 @@ __all__ = [
     "RateLimiter",
     "TokenBucket",
     "recording_enabled",
+    "rejection_log_enabled",
     "set_recording_enabled",
+    "set_rejection_log_enabled",
 ]
 
 LATENCY_BOUNDS: tuple[float, ...]
 
 def set_recording_enabled(enabled: bool) -> None: ...
 def recording_enabled() -> bool: ...
+def set_rejection_log_enabled(enabled: bool) -> None: ...
+def rejection_log_enabled() -> bool: ...
 
 @final
 class ManualClock:

@@ -12,7 +12,6 @@ the whole module, shared by its operations) and one breaker per operation, regis
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
@@ -25,6 +24,11 @@ from peak_resilience._factory import (
     update_limiter,
 )
 from peak_resilience._guard import MISSING, guard, typed
+
+# The guide's Debugging section turns these up: breaker events under "resilience", rate
+# limiting under "rate_limiter".
+from peak_resilience._logging import breaker_log as _breaker_log
+from peak_resilience._logging import limiter_log as _limiter_log
 from peak_resilience.config import ConfigError
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.rate_limiter import RateLimiter
@@ -46,11 +50,6 @@ __all__ = [
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-# The guide's Debugging section turns these up: breaker events under "resilience", rate
-# limiting under "rate_limiter".
-_breaker_log = logging.getLogger("peak_resilience.resilience")
-_limiter_log = logging.getLogger("peak_resilience.rate_limiter")
 
 
 def _rejection_log(name: str) -> Callable[[BaseException], None]:
