@@ -28,7 +28,8 @@ class Ratio:
     what: str
     ours: str  # benchmark test name
     reference: str  # benchmark test name
-    # "at_most": ours / reference <= target; "faster_by": reference / ours >= target.
+    # "at_most": ours / reference <= target; "faster_by": reference / ours >= target;
+    # "bound": ours <= target seconds (no reference).
     kind: str
     target: float
 
@@ -154,6 +155,12 @@ def table(times: dict[str, float]) -> str:
     ]
     for r in RATIOS:
         ours, ref = times.get(r.ours), times.get(r.reference)
+        if r.kind == "bound" and ours is not None:
+            rows.append(
+                f"| {r.issue} | {r.what} | {human(ours)} | | | <= {human(r.target)} "
+                f"| {'yes' if ours <= r.target else 'NO'} |"
+            )
+            continue
         if ours is None or ref is None:
             rows.append(f"| {r.issue} | {r.what} | | | not measured | | |")
             continue
