@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
 import pytest
+
+from peak_resilience.testing import fresh_resilience
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 BLOCKS = re.findall(r"```python\n(.*?)```", README.read_text(encoding="utf-8"), re.DOTALL)
@@ -16,5 +19,11 @@ def test_the_readme_has_python_examples() -> None:
 
 
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
-def test_readme_example_runs(index: int) -> None:
-    exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
+def test_readme_example_runs(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a user would run them: from the repository (where config.toml is), in a process
+    # whose module registry and configuration start empty.
+    monkeypatch.chdir(README.parent)
+    for name in [n for n in os.environ if n.startswith("PEAK_TRADE_")]:
+        monkeypatch.delenv(name)
+    with fresh_resilience():
+        exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
