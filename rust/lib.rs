@@ -8,6 +8,7 @@ pub mod breaker;
 pub mod bucket;
 pub mod clock;
 pub mod place;
+pub mod shared;
 pub mod stats;
 pub mod sync;
 

@@ -8,13 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use pyo3::exceptions::{PyException, PyTypeError, PyValueError};
+use std::path::{Path, PathBuf};
+
+use pyo3::exceptions::{PyException, PyOSError, PyPermissionError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
-use crate::breaker::{Admission, Breaker, BreakerSettings, Transition, MAX_HALF_OPEN_CALLS};
-use crate::bucket::{Decision, Quota, QuotaError, TokenBucket};
+use crate::breaker::{
+    Admission, Breaker, BreakerSettings, BreakerState, Transition, MAX_HALF_OPEN_CALLS,
+};
+use crate::bucket::{BucketState, Decision, Quota, QuotaError, TokenBucket};
+use crate::shared::{self, Region, SharedError};
 use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
 use crate::stats::{self, OperationStats, LATENCY_BOUNDS};
 
@@ -118,6 +123,61 @@ fn quota_from(
     })
 }
 
+/// A shared file that cannot be used: PermissionError for another user's or a
+/// world-writable file, OSError for the file system, ValueError for a corrupt file or one
+/// created with other settings.
+fn shared_error(err: SharedError) -> PyErr {
+    let message = err.to_string();
+    match err {
+        SharedError::NotOwner { .. } | SharedError::Permissions { .. } => {
+            PyPermissionError::new_err(message)
+        }
+        SharedError::Io { source, .. } => match source.raw_os_error() {
+            Some(errno) => PyOSError::new_err((errno, message)),
+            None => PyOSError::new_err(message),
+        },
+        _ => PyValueError::new_err(message),
+    }
+}
+
+fn shared_path(shared: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<PathBuf>> {
+    match shared {
+        Some(p) if !p.is_none() => match p.extract::<PathBuf>() {
+            Ok(path) if !path.as_os_str().is_empty() => Ok(Some(path)),
+            _ => Err(PyTypeError::new_err(format!(
+                "shared must be the path of the {what}'s shared file (str or os.PathLike) or None, got {}",
+                p.repr()?
+            ))),
+        },
+        _ => Ok(None),
+    }
+}
+
+/// A name as it can stand in a file name: every byte outside `A-Za-z0-9_-` as `%XX`, so that
+/// two different names never map to one file (`_shared.file_component` in Python alike).
+fn file_component(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for byte in name.bytes() {
+        if byte.is_ascii_alphanumeric() || byte == b'_' || byte == b'-' {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// The shared file of a limiter's bucket: `<prefix>.default.bucket` or
+/// `<prefix>.endpoint.<name>.bucket`.
+fn bucket_file(prefix: &Path, endpoint: Option<&str>) -> PathBuf {
+    let mut name = prefix.as_os_str().to_owned();
+    match endpoint {
+        None => name.push(".default.bucket"),
+        Some(e) => name.push(format!(".endpoint.{}.bucket", file_component(e))),
+    }
+    PathBuf::from(name)
+}
+
 // ---------------------------------------------------------------------------------------
 
 /// A clock that only moves when a test advances it; pass it as `clock=` so that no test
@@ -176,16 +236,35 @@ pub struct PyTokenBucket {
     max_requests: AtomicU64,
     window: AtomicU64,
     enabled: AtomicBool,
+    /// The shared file the state lives in (None: in this process). Never read per call:
+    /// `core` already points into the mapping.
+    shared: Option<Region<BucketState>>,
 }
 
 impl PyTokenBucket {
-    fn build(quota: Quota, max_requests: u64, window: u64, clock: Clock) -> Self {
-        PyTokenBucket {
-            core: TokenBucket::new(quota, clock),
+    /// A bucket in this process, or in the shared file at `shared`.
+    fn build(
+        quota: Quota,
+        max_requests: u64,
+        window: u64,
+        clock: Clock,
+        shared: Option<&Path>,
+    ) -> PyResult<Self> {
+        let (core, shared) = match shared {
+            None => (TokenBucket::new(quota, clock), None),
+            Some(path) => {
+                let (core, region) =
+                    shared::shared_bucket(path, quota, clock).map_err(shared_error)?;
+                (core, Some(region))
+            }
+        };
+        Ok(PyTokenBucket {
+            core,
             max_requests: AtomicU64::new(max_requests),
             window: AtomicU64::new(window),
             enabled: AtomicBool::new(true),
-        }
+            shared,
+        })
     }
 
     #[inline]
@@ -207,17 +286,25 @@ impl PyTokenBucket {
 #[pymethods]
 impl PyTokenBucket {
     #[new]
-    #[pyo3(signature = (max_requests, window_seconds, burst=None, clock=None))]
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, clock=None, *, shared=None))]
     fn new(
         max_requests: &Bound<'_, PyAny>,
         window_seconds: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let quota = quota_from(max_requests, window_seconds, burst)?;
         let max = positive_int(max_requests, "max_requests")?;
         let window = seconds(window_seconds, "window_seconds", false)?;
-        Ok(PyTokenBucket::build(quota, max, window, clock_from(clock)?))
+        let shared = shared_path(shared, "bucket")?;
+        PyTokenBucket::build(quota, max, window, clock_from(clock)?, shared.as_deref())
+    }
+
+    /// The shared file this bucket lives in, or None for a bucket of this process.
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        self.shared.as_ref().map(|r| r.path().to_owned())
     }
 
     /// Takes `cost` tokens if the bucket holds them now; never waits.
@@ -297,7 +384,10 @@ impl PyTokenBucket {
         burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let quota = quota_from(max_requests, window_seconds, burst)?;
-        self.core.set_quota(quota);
+        match &self.shared {
+            None => self.core.set_quota(quota),
+            Some(region) => shared::set_shared_quota(&self.core, region, quota),
+        }
         self.max_requests.store(
             positive_int(max_requests, "max_requests")?,
             Ordering::Relaxed,
@@ -356,6 +446,8 @@ pub struct PyRateLimiter {
     /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash.
     endpoints: Py<PyDict>,
     clock: Clock,
+    /// Where the buckets' shared files go (`<prefix>.default.bucket`, ...), or None.
+    shared: Option<PathBuf>,
 }
 
 impl PyRateLimiter {
@@ -377,7 +469,8 @@ impl PyRateLimiter {
 #[pymethods]
 impl PyRateLimiter {
     #[new]
-    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None))]
+    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None, shared=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         max_requests: &Bound<'_, PyAny>,
@@ -385,20 +478,24 @@ impl PyRateLimiter {
         burst: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
         name: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let clock = clock_from(clock)?;
         let quota = quota_from(max_requests, window_seconds, burst)?;
+        let shared = shared_path(shared, "limiter")?;
         let bucket = PyTokenBucket::build(
             quota,
             positive_int(max_requests, "max_requests")?,
             seconds(window_seconds, "window_seconds", false)?,
             clock.clone(),
-        );
+            shared.as_deref().map(|p| bucket_file(p, None)).as_deref(),
+        )?;
         Ok(PyRateLimiter {
             name: name_or(py, name, "limiter", &LIMITER_SEQUENCE)?,
             default: Py::new(py, bucket)?,
             endpoints: PyDict::new(py).unbind(),
             clock,
+            shared,
         })
     }
 
@@ -461,12 +558,17 @@ impl PyRateLimiter {
             );
         }
         let quota = quota_from(max_requests, window_seconds, burst)?;
+        let file = match &self.shared {
+            Some(prefix) => Some(bucket_file(prefix, Some(name.to_str()?))),
+            None => None,
+        };
         let bucket = PyTokenBucket::build(
             quota,
             positive_int(max_requests, "max_requests")?,
             seconds(window_seconds, "window_seconds", false)?,
             self.clock.clone(),
-        );
+            file.as_deref(),
+        )?;
         // setdefault: two threads adding the same endpoint at once keep one bucket.
         endpoints.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
         Ok(())
@@ -511,6 +613,8 @@ impl PyRateLimiter {
 )]
 pub struct PyCircuitBreaker {
     core: Breaker,
+    /// The shared file the state lives in (None: in this process); not read per call.
+    shared: Option<Region<BreakerState>>,
     name: Py<PyString>,
     /// Called as listener(name, from_state, to_state) after each transition. Locked only
     /// on a transition, never on the per-call path.
@@ -615,7 +719,8 @@ fn admission_from(code: u64) -> PyResult<Admission> {
 #[pymethods]
 impl PyCircuitBreaker {
     #[new]
-    #[pyo3(signature = (failure_threshold=None, recovery_timeout=None, name=None, half_open_max_calls=None, *, clock=None))]
+    #[pyo3(signature = (failure_threshold=None, recovery_timeout=None, name=None, half_open_max_calls=None, *, clock=None, shared=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         failure_threshold: Option<&Bound<'_, PyAny>>,
@@ -623,6 +728,7 @@ impl PyCircuitBreaker {
         name: Option<&Bound<'_, PyAny>>,
         half_open_max_calls: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let five = 5i64.into_pyobject(py)?.into_any();
         let sixty = PyFloat::new(py, 60.0).into_any();
@@ -632,8 +738,18 @@ impl PyCircuitBreaker {
             given_or(recovery_timeout, &sixty),
             given_or(half_open_max_calls, &one),
         )?;
+        let clock = clock_from(clock)?;
+        let (core, shared) = match shared_path(shared, "breaker")? {
+            None => (Breaker::new(settings, clock), None),
+            Some(path) => {
+                let (core, region) =
+                    shared::shared_breaker(&path, settings, clock).map_err(shared_error)?;
+                (core, Some(region))
+            }
+        };
         Ok(PyCircuitBreaker {
-            core: Breaker::new(settings, clock_from(clock)?),
+            core,
+            shared,
             name: name_or(py, name, "breaker", &BREAKER_SEQUENCE)?,
             listener: Mutex::new(None),
         })
@@ -686,12 +802,18 @@ impl PyCircuitBreaker {
         recovery_timeout: &Bound<'_, PyAny>,
         half_open_max_calls: &Bound<'_, PyAny>,
     ) -> PyResult<()> {
-        self.core.set_settings(breaker_settings(
-            failure_threshold,
-            recovery_timeout,
-            half_open_max_calls,
-        )?);
+        let settings = breaker_settings(failure_threshold, recovery_timeout, half_open_max_calls)?;
+        match &self.shared {
+            None => self.core.set_settings(settings),
+            Some(region) => shared::set_shared_settings(&self.core, region, settings),
+        }
         Ok(())
+    }
+
+    /// The shared file this breaker lives in, or None for a breaker of this process.
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        self.shared.as_ref().map(|r| r.path().to_owned())
     }
 
     #[getter]

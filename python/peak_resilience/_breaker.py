@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import enum
 import logging
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 
-from peak_resilience import _instances
+from peak_resilience import _backends, _instances, _shared
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
@@ -55,7 +56,50 @@ class CircuitBreaker(_NativeBreaker):
     trial calls through: if they all succeed it closes, if one fails it opens again. The
     function's own exception always reaches the caller unchanged; exceptions that are not
     ``Exception`` (KeyboardInterrupt, CancelledError, ...) count neither way.
+
+    ``backend`` says where the state lives: ``"memory"`` (this process, the default),
+    ``"shared"`` (a memory-mapped file in ``shared_dir``: a circuit opened by one process
+    of the host is open in all that use the same ``name``) or ``"redis"`` (shared by every
+    host, at ``redis_url``; ``on_backend_error`` and ``redis_timeout`` say what happens
+    when Redis cannot be reached).
     """
+
+    backend: _backends.Backend = "memory"
+
+    def __new__(
+        cls,
+        failure_threshold: int = 5,
+        recovery_timeout: float = 60.0,
+        name: str | None = None,
+        half_open_max_calls: int = 1,
+        *,
+        clock: ManualClock | None = None,
+        backend: _backends.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: _backends.OnBackendError = "local",
+        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+    ) -> CircuitBreaker:
+        backend = _backends.check_backend(backend)
+        shared = None
+        if backend == "shared":
+            shared = _shared.breaker_file(name, shared_dir)
+        elif backend == "redis":
+            from peak_resilience._redis_breaker import RedisCircuitBreaker
+
+            if not issubclass(cls, RedisCircuitBreaker):
+                # Python then runs RedisCircuitBreaker.__init__ on the object returned.
+                cls = RedisCircuitBreaker
+        instance: CircuitBreaker = super().__new__(
+            cls,
+            failure_threshold,
+            recovery_timeout,
+            name,
+            half_open_max_calls,
+            clock=clock,
+            shared=shared,
+        )
+        return instance
 
     def __init__(
         self,
@@ -65,8 +109,15 @@ class CircuitBreaker(_NativeBreaker):
         half_open_max_calls: int = 1,
         *,
         clock: ManualClock | None = None,
+        backend: _backends.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: _backends.OnBackendError = "local",
+        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
     ) -> None:
-        # The native constructor has validated and stored everything.
+        # The native constructor has validated and stored everything (and mapped the
+        # shared file); the Redis subclass checks its own arguments.
+        self.backend = backend
         self.set_listener(_on_transition)
         _instances.breakers.add(self)
 
@@ -95,5 +146,5 @@ class CircuitBreaker(_NativeBreaker):
         return (
             f"CircuitBreaker(name={self.name!r}, state={self.state.name}, "
             f"failure_threshold={self.failure_threshold}, "
-            f"recovery_timeout={self.recovery_timeout})"
+            f"recovery_timeout={self.recovery_timeout}, backend={self.backend!r})"
         )

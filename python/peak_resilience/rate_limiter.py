@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience import _instances
+from peak_resilience import _backends, _instances, _shared
 from peak_resilience._native import RateLimiter as _NativeLimiter
 from peak_resilience._native import TokenBucket
 from peak_resilience.errors import RateLimitExceeded
@@ -51,7 +52,44 @@ class RateLimiter(_NativeLimiter):
     window_seconds)`` gives an endpoint its own bucket, standing on its own; an endpoint
     never added draws on the default bucket. ``burst`` (default ``max_requests``) sets how
     many tokens a bucket holds when full.
+
+    ``backend`` says where the budget lives: ``"memory"`` (this process, the default),
+    ``"shared"`` (a memory-mapped file in ``shared_dir``, one budget for every process of
+    the host using the same ``name``) or ``"redis"`` (one budget for every host, at
+    ``redis_url``; ``on_backend_error`` and ``redis_timeout`` say what happens when Redis
+    cannot be reached). Shared and Redis budgets need a ``name``.
     """
+
+    backend: _backends.Backend = "memory"
+
+    def __new__(
+        cls,
+        max_requests: int,
+        window_seconds: float,
+        *,
+        burst: int | None = None,
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        backend: _backends.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: _backends.OnBackendError = "local",
+        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+    ) -> RateLimiter:
+        backend = _backends.check_backend(backend)
+        shared = None
+        if backend == "shared":
+            shared = _shared.limiter_prefix(name, shared_dir)
+        elif backend == "redis":
+            from peak_resilience._redis_limiter import RedisRateLimiter
+
+            if not issubclass(cls, RedisRateLimiter):
+                # Python then runs RedisRateLimiter.__init__ on the object returned.
+                cls = RedisRateLimiter
+        instance: RateLimiter = super().__new__(
+            cls, max_requests, window_seconds, burst=burst, clock=clock, name=name, shared=shared
+        )
+        return instance
 
     def __init__(
         self,
@@ -61,9 +99,16 @@ class RateLimiter(_NativeLimiter):
         burst: int | None = None,
         clock: ManualClock | None = None,
         name: str | None = None,
+        backend: _backends.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: _backends.OnBackendError = "local",
+        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
     ) -> None:
-        # The native constructor has validated and stored everything.
+        # The native constructor has validated and stored the rate (and mapped the shared
+        # file); the Redis subclass checks its own arguments.
         self._clock = clock
+        self.backend = backend
         _instances.limiters.add(self)
 
     def get_stats(self, endpoint: str | None = None) -> dict[str, Any]:
@@ -126,5 +171,6 @@ class RateLimiter(_NativeLimiter):
         bucket = self.default_bucket
         return (
             f"RateLimiter(name={self.name!r}, max_requests={bucket.max_requests}, "
-            f"window_seconds={bucket.window_seconds}, burst={bucket.capacity})"
+            f"window_seconds={bucket.window_seconds}, burst={bucket.capacity}, "
+            f"backend={self.backend!r})"
         )

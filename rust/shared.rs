@@ -1,0 +1,808 @@
+//! Shared memory: a bucket's or a breaker's atomics in a memory-mapped file, so that every
+//! process on the host that opens the same file draws on one budget and sees one circuit.
+//!
+//! The file is a 64-byte header followed by the state block (`BucketState` or
+//! `BreakerState`, both `#[repr(C)]` atomics). The state machines are the in-process ones,
+//! run `over` a `Place` inside the mapping, so the hot path is the same compare-and-swap.
+//! Nothing here takes a lock: a process killed at any instant leaves at most one finished
+//! or one unfinished CAS behind, never a held lock.
+//!
+//! Creation is race-safe without a lock as well: the creator writes the header and the
+//! state into a private temporary file and then `link`s it into place. `link` fails if the
+//! name exists, so the file under its final name is always complete, and exactly one of
+//! many processes starting at once wins; the others open the winner's file.
+
+use std::fmt;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::marker::PhantomData;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::bucket::{BucketState, Quota, TokenBucket};
+use crate::clock::Clock;
+use crate::place::Place;
+
+/// "PEAKRSL" and a NUL, read as a little-endian word: the first 8 bytes of every file.
+pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
+/// Bumped whenever the header or a state block changes shape.
+pub const LAYOUT_VERSION: u64 = 1;
+const HEADER_SIZE: usize = 64;
+const PARAMS: usize = 3;
+/// How many times an open retries when the file vanishes between `link` and `open`
+/// (someone removed it): bounded, so a hostile directory cannot spin us forever.
+const OPEN_ATTEMPTS: usize = 8;
+
+/// The first 64 bytes of a shared file.
+#[repr(C)]
+struct Header {
+    magic: AtomicU64,
+    layout_version: AtomicU64,
+    /// What the state block is (`Layout::KIND`).
+    kind: AtomicU64,
+    /// Size of the state block in bytes, a second guard against a layout change.
+    state_size: AtomicU64,
+    /// The parameters every process must agree on (see `Layout::PARAM_NAMES`); updated
+    /// in place when one process changes the rate or the settings.
+    params: [AtomicU64; PARAMS],
+    _reserved: AtomicU64,
+}
+
+const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
+
+/// A state block that can live in a shared file.
+pub trait Layout: Default + Send + Sync + 'static {
+    /// Stored in the header so that a bucket file is never read as a breaker.
+    const KIND: u64;
+    /// What the file holds, in messages.
+    const WHAT: &'static str;
+    /// The header parameters, in messages (unused slots are "").
+    const PARAM_NAMES: [&'static str; PARAMS];
+}
+
+impl Layout for BucketState {
+    const KIND: u64 = 1;
+    const WHAT: &'static str = "rate-limit bucket";
+    const PARAM_NAMES: [&'static str; PARAMS] = ["refill interval (ns per token)", "burst", ""];
+}
+
+impl Layout for BreakerState {
+    const KIND: u64 = 2;
+    const WHAT: &'static str = "circuit breaker";
+    const PARAM_NAMES: [&'static str; PARAMS] = [
+        "failure_threshold",
+        "recovery_timeout (ns)",
+        "half_open_max_calls",
+    ];
+}
+
+/// Why a shared file cannot be used. Every variant names the file.
+#[derive(Debug)]
+pub enum SharedError {
+    Io {
+        path: PathBuf,
+        action: &'static str,
+        source: io::Error,
+    },
+    /// The file belongs to another user: sharing a budget with them is not ours to decide.
+    NotOwner {
+        path: PathBuf,
+        owner: u32,
+        me: u32,
+    },
+    /// Group or others may write the file, so anyone could corrupt the budget.
+    Permissions {
+        path: PathBuf,
+        mode: u32,
+    },
+    Truncated {
+        path: PathBuf,
+        size: u64,
+        expected: u64,
+    },
+    NotOurs {
+        path: PathBuf,
+    },
+    Version {
+        path: PathBuf,
+        found: u64,
+    },
+    WrongKind {
+        path: PathBuf,
+        found: u64,
+        expected: &'static str,
+    },
+    /// Another process created the file with different parameters.
+    Mismatch {
+        path: PathBuf,
+        what: &'static str,
+        parameter: &'static str,
+        theirs: u64,
+        ours: u64,
+    },
+}
+
+impl fmt::Display for SharedError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SharedError::Io {
+                path,
+                action,
+                source,
+            } => write!(f, "cannot {action} shared file {}: {source}", path.display()),
+            SharedError::NotOwner { path, owner, me } => write!(
+                f,
+                "shared file {} belongs to uid {owner}, not to this process (uid {me}): refusing to share it",
+                path.display()
+            ),
+            SharedError::Permissions { path, mode } => write!(
+                f,
+                "shared file {} has mode {mode:o}: group or others may write it; it must be 0600",
+                path.display()
+            ),
+            SharedError::Truncated {
+                path,
+                size,
+                expected,
+            } => write!(
+                f,
+                "shared file {} is truncated or corrupt: {size} bytes, expected {expected}; remove it",
+                path.display()
+            ),
+            SharedError::NotOurs { path } => write!(
+                f,
+                "{} is not a peak-resilience shared file (bad magic number); remove it or choose another shared_dir",
+                path.display()
+            ),
+            SharedError::Version { path, found } => write!(
+                f,
+                "shared file {} has layout version {found}, this build uses {LAYOUT_VERSION}: \
+                 stop the processes of the other version, or remove the file",
+                path.display()
+            ),
+            SharedError::WrongKind {
+                path,
+                found,
+                expected,
+            } => write!(
+                f,
+                "shared file {} holds state of kind {found}, not a {expected}",
+                path.display()
+            ),
+            SharedError::Mismatch {
+                path,
+                what,
+                parameter,
+                theirs,
+                ours,
+            } => write!(
+                f,
+                "shared {what} {} was created with {parameter} = {theirs}, but this process \
+                 asks for {ours}: every process sharing it must use the same settings \
+                 (or remove the file)",
+                path.display()
+            ),
+        }
+    }
+}
+
+impl std::error::Error for SharedError {}
+
+/// A live `mmap`, unmapped when the last `Place` into it is dropped.
+struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: the mapping is only ever accessed through atomics (header and state blocks).
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    fn new(file: &File, len: usize, path: &Path) -> Result<Mapping, SharedError> {
+        // SAFETY: a fresh shared mapping of `len` bytes of an open file; the result is
+        // checked against MAP_FAILED before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io_error(path, "map", io::Error::last_os_error()));
+        }
+        Ok(Mapping {
+            ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"),
+            len,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned, and Header is
+        // plain atomics (any bit pattern is valid).
+        unsafe { &*self.ptr.as_ptr().cast::<Header>() }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: `ptr`/`len` are exactly what mmap returned; nothing refers to the
+        // mapping any more (every Place holds an Arc to it).
+        unsafe {
+            libc::munmap(self.ptr.as_ptr().cast(), self.len);
+        }
+    }
+}
+
+fn io_error(path: &Path, action: &'static str, source: io::Error) -> SharedError {
+    SharedError::Io {
+        path: path.to_owned(),
+        action,
+        source,
+    }
+}
+
+/// One state block of kind `T` in a shared file.
+pub struct Region<T: Layout> {
+    mapping: Arc<Mapping>,
+    path: PathBuf,
+    _state: PhantomData<T>,
+}
+
+impl<T: Layout> Clone for Region<T> {
+    fn clone(&self) -> Self {
+        Region {
+            mapping: Arc::clone(&self.mapping),
+            path: self.path.clone(),
+            _state: PhantomData,
+        }
+    }
+}
+
+impl<T: Layout> Region<T> {
+    /// Opens the file at `path`, creating it with `fresh()` as its state when missing.
+    /// Refuses a file whose header parameters differ from `params`.
+    pub fn open_or_create(
+        path: &Path,
+        params: [u64; PARAMS],
+        fresh: impl Fn() -> T,
+    ) -> Result<Region<T>, SharedError> {
+        let mut last = None;
+        for _ in 0..OPEN_ATTEMPTS {
+            match open_existing::<T>(path) {
+                Ok(region) => {
+                    region.check_params(params)?;
+                    return Ok(region);
+                }
+                Err(SharedError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                    if let Some(region) = create::<T>(path, params, &fresh)? {
+                        return Ok(region);
+                    }
+                    // Another process linked its file first: open theirs.
+                    last = Some(source);
+                }
+                Err(err) => return Err(err),
+            }
+        }
+        Err(io_error(
+            path,
+            "open",
+            last.unwrap_or_else(|| io::Error::from(io::ErrorKind::NotFound)),
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The state block, kept alive by the mapping.
+    pub fn state(&self) -> Place<T> {
+        // SAFETY: the file was checked to hold HEADER_SIZE + size_of::<T>() bytes with a
+        // header of kind T and this layout version, so the block is initialised; it is
+        // 8-aligned (page + 64) and only accessed through atomics; the Arc keeps the
+        // mapping alive for as long as the Place.
+        unsafe {
+            let ptr = self.mapping.ptr.as_ptr().add(HEADER_SIZE).cast::<T>();
+            Place::within(NonNull::new_unchecked(ptr), self.mapping.clone())
+        }
+    }
+
+    /// The parameters recorded in the header.
+    pub fn params(&self) -> [u64; PARAMS] {
+        let header = self.mapping.header();
+        std::array::from_fn(|i| header.params[i].load(Ordering::Acquire))
+    }
+
+    /// Records new parameters after a process changed them in place, so that processes
+    /// started later with the new settings agree with the file.
+    pub fn set_params(&self, params: [u64; PARAMS]) {
+        let header = self.mapping.header();
+        for (slot, value) in header.params.iter().zip(params) {
+            slot.store(value, Ordering::Release);
+        }
+    }
+
+    fn check_params(&self, ours: [u64; PARAMS]) -> Result<(), SharedError> {
+        for (i, (theirs, ours)) in self.params().into_iter().zip(ours).enumerate() {
+            if theirs != ours {
+                return Err(SharedError::Mismatch {
+                    path: self.path.clone(),
+                    what: T::WHAT,
+                    parameter: T::PARAM_NAMES[i],
+                    theirs,
+                    ours,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+fn file_size<T>() -> usize {
+    HEADER_SIZE + std::mem::size_of::<T>()
+}
+
+fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| io_error(path, "open", e))?;
+    let meta = file.metadata().map_err(|e| io_error(path, "stat", e))?;
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let me = unsafe { libc::geteuid() };
+    if meta.uid() != me {
+        return Err(SharedError::NotOwner {
+            path: path.to_owned(),
+            owner: meta.uid(),
+            me,
+        });
+    }
+    if meta.mode() & 0o022 != 0 {
+        return Err(SharedError::Permissions {
+            path: path.to_owned(),
+            mode: meta.mode() & 0o7777,
+        });
+    }
+    let expected = file_size::<T>() as u64;
+    let truncated = || SharedError::Truncated {
+        path: path.to_owned(),
+        size: meta.len(),
+        expected,
+    };
+    if meta.len() < HEADER_SIZE as u64 || meta.len() > 1 << 20 {
+        return Err(truncated());
+    }
+    // Map what is there, so that the header can say what the file is before its size is
+    // judged (a breaker file opened as a bucket is "the wrong kind", not "truncated").
+    let mapping = Mapping::new(&file, meta.len() as usize, path)?;
+    let header = mapping.header();
+    if header.magic.load(Ordering::Acquire) != MAGIC {
+        return Err(SharedError::NotOurs {
+            path: path.to_owned(),
+        });
+    }
+    let version = header.layout_version.load(Ordering::Acquire);
+    if version != LAYOUT_VERSION {
+        return Err(SharedError::Version {
+            path: path.to_owned(),
+            found: version,
+        });
+    }
+    let kind = header.kind.load(Ordering::Acquire);
+    if kind != T::KIND {
+        return Err(SharedError::WrongKind {
+            path: path.to_owned(),
+            found: kind,
+            expected: T::WHAT,
+        });
+    }
+    if meta.len() != expected
+        || header.state_size.load(Ordering::Acquire) != std::mem::size_of::<T>() as u64
+    {
+        return Err(truncated());
+    }
+    Ok(Region {
+        mapping: Arc::new(mapping),
+        path: path.to_owned(),
+        _state: PhantomData,
+    })
+}
+
+/// Creates the file complete under a temporary name and links it into place. `None` when
+/// another process got there first.
+fn create<T: Layout>(
+    path: &Path,
+    params: [u64; PARAMS],
+    fresh: &impl Fn() -> T,
+) -> Result<Option<Region<T>>, SharedError> {
+    let tmp = temporary_name(path);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| io_error(&tmp, "create", e))?;
+    let result =
+        initialise::<T>(&file, &tmp, path, params, fresh).and_then(
+            |region| match std::fs::hard_link(&tmp, path) {
+                Ok(()) => Ok(Some(region)),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
+                Err(e) => Err(io_error(path, "link", e)),
+            },
+        );
+    // The temporary name goes in every case; the linked name keeps the inode alive.
+    let _ = std::fs::remove_file(&tmp);
+    result
+}
+
+fn initialise<T: Layout>(
+    file: &File,
+    tmp: &Path,
+    path: &Path,
+    params: [u64; PARAMS],
+    fresh: &impl Fn() -> T,
+) -> Result<Region<T>, SharedError> {
+    // The umask may have cleared bits of 0600, never added any; make it exactly 0600.
+    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .map_err(|e| io_error(tmp, "chmod", e))?;
+    let size = file_size::<T>();
+    file.set_len(size as u64)
+        .map_err(|e| io_error(tmp, "size", e))?;
+    let mapping = Mapping::new(file, size, tmp)?;
+    // SAFETY: the mapping is `size` bytes of zeroes, private to us until linked; the state
+    // block starts 64 bytes in (8-aligned) and is written once before anyone can see it.
+    unsafe {
+        mapping
+            .ptr
+            .as_ptr()
+            .add(HEADER_SIZE)
+            .cast::<T>()
+            .write(fresh());
+    }
+    let header = mapping.header();
+    header
+        .layout_version
+        .store(LAYOUT_VERSION, Ordering::Relaxed);
+    header.kind.store(T::KIND, Ordering::Relaxed);
+    header
+        .state_size
+        .store(std::mem::size_of::<T>() as u64, Ordering::Relaxed);
+    for (slot, value) in header.params.iter().zip(params) {
+        slot.store(value, Ordering::Relaxed);
+    }
+    // The magic last: a file with the magic is a complete file (link publishes it anyway).
+    header.magic.store(MAGIC, Ordering::Release);
+    Ok(Region {
+        mapping: Arc::new(mapping),
+        path: path.to_owned(),
+        _state: PhantomData,
+    })
+}
+
+fn temporary_name(path: &Path) -> PathBuf {
+    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+// ---------------------------------------------------------------------------------------
+
+fn bucket_params(quota: Quota) -> [u64; PARAMS] {
+    [quota.interval, quota.burst, 0]
+}
+
+fn breaker_params(settings: BreakerSettings) -> [u64; PARAMS] {
+    [
+        settings.failure_threshold,
+        settings.recovery_timeout,
+        settings.half_open_max_calls,
+    ]
+}
+
+/// A token bucket whose state lives in the shared file at `path` (created full).
+pub fn shared_bucket(
+    path: &Path,
+    quota: Quota,
+    clock: Clock,
+) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
+    let region = Region::open_or_create(path, bucket_params(quota), || BucketState::new(quota))?;
+    Ok((TokenBucket::over(region.state(), clock), region))
+}
+
+/// Changes a shared bucket's rate for every process, and records it in the header.
+pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
+    bucket.set_quota(quota);
+    region.set_params(bucket_params(quota));
+}
+
+/// A circuit breaker whose state lives in the shared file at `path` (created closed).
+pub fn shared_breaker(
+    path: &Path,
+    settings: BreakerSettings,
+    clock: Clock,
+) -> Result<(Breaker, Region<BreakerState>), SharedError> {
+    let region = Region::open_or_create(path, breaker_params(settings), || {
+        BreakerState::new(settings)
+    })?;
+    Ok((Breaker::over(region.state(), clock), region))
+}
+
+/// Changes a shared breaker's settings for every process, and records them in the header.
+pub fn set_shared_settings(
+    breaker: &Breaker,
+    region: &Region<BreakerState>,
+    settings: BreakerSettings,
+) {
+    breaker.set_settings(settings);
+    region.set_params(breaker_params(breaker.settings()));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::breaker::{Admission, OPEN};
+    use crate::bucket::Decision;
+    use crate::clock::ManualClock;
+    use std::io::Write;
+    use std::os::unix::fs::PermissionsExt;
+
+    /// A fresh directory under the system temp dir, removed when dropped.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new(tag: &str) -> TempDir {
+            static N: AtomicU64 = AtomicU64::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "peak-shared-test-{tag}-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+
+        fn file(&self, name: &str) -> PathBuf {
+            self.0.join(name)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn quota(burst: u64) -> Quota {
+        // One token per hour: nothing refills during a test.
+        Quota::per_window(1, 3_600_000_000_000, burst).unwrap()
+    }
+
+    fn settings() -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: 2,
+            recovery_timeout: 10_000_000_000,
+            half_open_max_calls: 1,
+        }
+    }
+
+    #[test]
+    fn two_openings_of_one_file_draw_on_one_budget() {
+        let dir = TempDir::new("budget");
+        let path = dir.file("api.bucket");
+        let (first, _r1) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        let (second, _r2) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        assert_eq!(first.try_acquire(2), Decision::Admitted);
+        assert_eq!(second.try_acquire(1), Decision::Admitted);
+        assert!(matches!(first.try_acquire(1), Decision::Rejected { .. }));
+        assert!(matches!(second.try_acquire(1), Decision::Rejected { .. }));
+        // The counters are shared too: either side sees the host's totals.
+        assert_eq!(second.allowed(), 2);
+        assert_eq!(first.rejected(), 2);
+    }
+
+    #[test]
+    fn a_created_file_has_mode_0600_and_no_temporary_is_left() {
+        let dir = TempDir::new("mode");
+        let path = dir.file("api.bucket");
+        let _ = shared_bucket(&path, quota(1), Clock::Monotonic).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let names: Vec<_> = std::fs::read_dir(&dir.0)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, vec!["api.bucket".to_owned()]);
+    }
+
+    #[test]
+    fn a_different_rate_is_refused_with_the_parameter_named() {
+        let dir = TempDir::new("mismatch");
+        let path = dir.file("api.bucket");
+        let _ = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        let err = shared_bucket(&path, quota(4), Clock::Monotonic)
+            .err()
+            .expect("a different burst must be refused");
+        let message = err.to_string();
+        assert!(matches!(
+            err,
+            SharedError::Mismatch {
+                theirs: 3,
+                ours: 4,
+                ..
+            }
+        ));
+        assert!(message.contains("burst"), "{message}");
+        assert!(message.contains("api.bucket"), "{message}");
+    }
+
+    #[test]
+    fn a_rate_changed_in_place_is_what_later_processes_must_agree_with() {
+        let dir = TempDir::new("set-rate");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        set_shared_quota(&bucket, &region, quota(5));
+        assert!(shared_bucket(&path, quota(5), Clock::Monotonic).is_ok());
+        assert!(shared_bucket(&path, quota(3), Clock::Monotonic).is_err());
+    }
+
+    #[test]
+    fn a_truncated_file_is_reported_not_mapped() {
+        let dir = TempDir::new("truncated");
+        let path = dir.file("api.bucket");
+        let _ = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(10)
+            .unwrap();
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SharedError::Truncated { size: 10, .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("truncated"));
+    }
+
+    #[test]
+    fn a_foreign_file_is_refused_for_its_magic() {
+        let dir = TempDir::new("magic");
+        let path = dir.file("api.bucket");
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .unwrap();
+        file.write_all(&vec![7u8; file_size::<BucketState>()])
+            .unwrap();
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(matches!(err, SharedError::NotOurs { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_file_of_another_layout_version_is_refused() {
+        let dir = TempDir::new("version");
+        let path = dir.file("api.bucket");
+        let (_, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        region
+            .mapping
+            .header()
+            .layout_version
+            .store(99, Ordering::Release);
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SharedError::Version { found: 99, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_breaker_file_is_never_read_as_a_bucket() {
+        let dir = TempDir::new("kind");
+        let path = dir.file("thing");
+        let _ = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, SharedError::WrongKind { found: 2, .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_file_others_may_write_is_refused() {
+        let dir = TempDir::new("perm");
+        let path = dir.file("api.bucket");
+        let _ = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(matches!(err, SharedError::Permissions { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_missing_directory_is_an_error_naming_the_path() {
+        let dir = TempDir::new("missing");
+        let path = dir.file("no/such/dir/api.bucket");
+        let err = shared_bucket(&path, quota(3), Clock::Monotonic)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("no/such/dir"), "{err}");
+    }
+
+    #[test]
+    fn many_threads_creating_one_file_at_once_share_one_budget() {
+        let dir = TempDir::new("race");
+        let path = dir.file("api.bucket");
+        let burst = 16;
+        let admitted: u64 = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| {
+                    scope.spawn(|| {
+                        let (bucket, _region) =
+                            shared_bucket(&path, quota(burst), Clock::Monotonic).unwrap();
+                        (0..10)
+                            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                            .count() as u64
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).sum()
+        });
+        assert_eq!(admitted, burst);
+        assert_eq!(std::fs::read_dir(&dir.0).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn a_breaker_opened_through_one_mapping_is_open_through_another() {
+        let dir = TempDir::new("breaker");
+        let path = dir.file("exchange.breaker");
+        let clock = Clock::Manual(ManualClock::new(1_000));
+        let (one, _r1) = shared_breaker(&path, settings(), clock.clone()).unwrap();
+        let (other, _r2) = shared_breaker(&path, settings(), clock).unwrap();
+        for _ in 0..2 {
+            let (admission, _) = one.enter();
+            one.on_failure(admission);
+        }
+        assert_eq!(other.current_state().0, OPEN);
+        assert!(matches!(other.enter().0, Admission::Rejected { .. }));
+    }
+
+    #[test]
+    fn state_outlives_the_opener_that_created_it() {
+        let dir = TempDir::new("outlive");
+        let path = dir.file("api.bucket");
+        {
+            let (bucket, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+            assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        }
+        let (later, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert!(matches!(later.try_acquire(1), Decision::Rejected { .. }));
+    }
+}
