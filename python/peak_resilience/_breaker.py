@@ -6,7 +6,7 @@ import enum
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _backends, _instances, _shared
 from peak_resilience._guard import guard, typed
@@ -90,7 +90,7 @@ class CircuitBreaker(_NativeBreaker):
             if not issubclass(cls, RedisCircuitBreaker):
                 # Python then runs RedisCircuitBreaker.__init__ on the object returned.
                 cls = RedisCircuitBreaker
-        instance: CircuitBreaker = super().__new__(
+        instance = super().__new__(
             cls,
             failure_threshold,
             recovery_timeout,
@@ -99,7 +99,7 @@ class CircuitBreaker(_NativeBreaker):
             clock=clock,
             shared=shared,
         )
-        return instance
+        return cast("CircuitBreaker", instance)
 
     def __init__(
         self,

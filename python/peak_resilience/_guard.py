@@ -51,6 +51,23 @@ def guard(
     ``fallback_on_failure``. ``max_wait`` seconds may be spent waiting for a token.
     ``on_reject(exception)`` is told of each call refused (for the rejection log).
     """
+    if getattr(breaker, "_guard_in_python", False) or getattr(limiter, "_guard_in_python", False):
+        # State in Redis: the native Guard would only see the local fallback.
+        from peak_resilience._remote_guard import remote_guard
+
+        return remote_guard(
+            func,
+            breaker=breaker,
+            limiter=limiter,
+            endpoint=endpoint,
+            cost=cost,
+            operation=operation,
+            fallback=fallback,
+            fallback_on_failure=fallback_on_failure,
+            max_wait=max_wait,
+            sleep=sleep,
+            async_sleep=async_sleep,
+        )
     has_fallback = fallback is not MISSING
     native = Guard(
         func,

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from peak_resilience import _backends, _instances, _shared
 from peak_resilience._native import RateLimiter as _NativeLimiter
@@ -86,10 +86,10 @@ class RateLimiter(_NativeLimiter):
             if not issubclass(cls, RedisRateLimiter):
                 # Python then runs RedisRateLimiter.__init__ on the object returned.
                 cls = RedisRateLimiter
-        instance: RateLimiter = super().__new__(
+        instance = super().__new__(
             cls, max_requests, window_seconds, burst=burst, clock=clock, name=name, shared=shared
         )
-        return instance
+        return cast("RateLimiter", instance)
 
     def __init__(
         self,

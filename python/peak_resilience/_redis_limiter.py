@@ -1,0 +1,208 @@
+"""A rate limiter whose budget lives in Redis: one budget for every host using the key.
+
+Each acquire is one round trip: ``EVALSHA`` of a Lua script that runs GCRA (the same
+algorithm as the native bucket) on Redis' own clock (``TIME``), never on the clients'
+clocks, which may disagree by more than a token's interval. A bucket is one hash
+(``tat``, ``allowed``, ``rejected``) under a key whose ``{...}`` hash tag keeps every
+bucket of a limiter in one Redis Cluster slot.
+
+The native in-process buckets of the same settings stay underneath: they validate the
+arguments, and they are the fallback when ``on_backend_error="local"``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from peak_resilience import _backends
+from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._native import TokenBucket
+from peak_resilience._redis_link import UNAVAILABLE, RedisLink, Script
+from peak_resilience.rate_limiter import RateLimiter, _bucket_stats
+
+if TYPE_CHECKING:
+    from peak_resilience.testing import ManualClock
+
+__all__ = ["RedisRateLimiter"]
+
+GCRA = Script(
+    """
+-- GCRA on Redis' clock. KEYS[1]: the bucket, a hash of tat (theoretical arrival time,
+-- us), allowed, rejected. ARGV: interval (us per token), tolerance (us: interval * burst),
+-- cost, mode: 'take' takes cost tokens if there are enough (returns 1, else 0); 'peek'
+-- changes nothing and returns {wait us, available us, allowed, rejected}.
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local cost = tonumber(ARGV[3])
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+local tat = tonumber(redis.call('HGET', KEYS[1], 'tat')) or 0
+if tat < now then tat = now end
+local new_tat = tat + cost * interval
+local limit = now + tolerance
+if ARGV[4] == 'take' then
+  if new_tat <= limit then
+    -- %d: a plain number would be written with 14 significant digits and lose the us.
+    redis.call('HSET', KEYS[1], 'tat', string.format('%d', new_tat))
+    redis.call('HINCRBY', KEYS[1], 'allowed', 1)
+    return 1
+  end
+  redis.call('HINCRBY', KEYS[1], 'rejected', 1)
+  return 0
+end
+local counts = redis.call('HMGET', KEYS[1], 'allowed', 'rejected')
+local wait = new_tat - limit
+if wait < 0 then wait = 0 end
+return {wait, limit - tat, tonumber(counts[1]) or 0, tonumber(counts[2]) or 0}
+"""
+)
+
+_TAKE = b"take"
+_PEEK = b"peek"
+
+
+@dataclass(frozen=True)
+class _RemoteBucket:
+    """One bucket's key and its quota in microseconds, encoded once for every call."""
+
+    key: str
+    interval: bytes
+    tolerance: bytes
+    interval_us: int
+    burst: int
+
+    @classmethod
+    def of(cls, key: str, native: TokenBucket) -> _RemoteBucket:
+        interval_us = round(native.window_seconds * 1_000_000 / native.max_requests)
+        if interval_us < 1:
+            raise ValueError(
+                f"max_requests={native.max_requests} per window_seconds="
+                f"{native.window_seconds} is more than one request per microsecond, "
+                "finer than backend='redis' counts"
+            )
+        burst = native.capacity
+        return cls(
+            key, str(interval_us).encode(), str(interval_us * burst).encode(), interval_us, burst
+        )
+
+
+def _key(name: str, endpoint: str | None) -> str:
+    where = "default" if endpoint is None else f"endpoint:{endpoint}"
+    return f"peak-resilience:{{limiter:{name}}}:{where}"
+
+
+class RedisRateLimiter(RateLimiter):
+    """``RateLimiter`` with its budget in Redis; built by ``RateLimiter(backend="redis")``."""
+
+    def __init__(
+        self,
+        max_requests: int,
+        window_seconds: float,
+        *,
+        burst: int | None = None,
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        backend: _backends.Backend = "redis",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: _backends.OnBackendError = "local",
+        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+    ) -> None:
+        if not name:
+            raise ValueError(
+                "backend='redis' needs a name for the limiter: hosts find the same budget by name"
+            )
+        if clock is not None:
+            raise ValueError(
+                "backend='redis' runs on Redis' clock; clock= is for in-process limiters"
+            )
+        self._on_error = _backends.check_on_backend_error(on_backend_error)
+        self._link = RedisLink(redis_url, timeout=redis_timeout, what=f"rate limiter {name!r}")
+        self._default = _RemoteBucket.of(_key(name, None), self.default_bucket)
+        self._remote: dict[str | None, _RemoteBucket] = {None: self._default}
+        super().__init__(max_requests, window_seconds, burst=burst, name=name, backend="redis")
+
+    def acquire(self, endpoint: str | None = None, cost: int = 1) -> bool:
+        """Takes ``cost`` tokens from the endpoint's budget in Redis (one round trip)."""
+        bucket = self._remote.get(endpoint, self._default)
+        if cost.__class__ is not int or not 0 <= cost <= bucket.burst:
+            # The native bucket raises the same errors as an in-process limiter would.
+            return _NativeLimiter.acquire(self, endpoint, cost)
+        reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE)
+        if reply is UNAVAILABLE:
+            return self._acquire_without_redis(endpoint, cost)
+        return bool(reply == 1)
+
+    def _acquire_without_redis(self, endpoint: str | None, cost: int) -> bool:
+        if self._on_error == "local":
+            return _NativeLimiter.acquire(self, endpoint, cost)
+        return self._on_error == "fail_open"
+
+    def get_wait_time(self, endpoint: str | None = None, cost: int = 1) -> float:
+        """Seconds until ``cost`` tokens are available in the endpoint's budget."""
+        bucket = self._remote.get(endpoint, self._default)
+        if cost.__class__ is not int or not 0 <= cost <= bucket.burst:
+            return _NativeLimiter.get_wait_time(self, endpoint, cost)
+        reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _PEEK)
+        if reply is UNAVAILABLE:
+            if self._on_error == "local":
+                return _NativeLimiter.get_wait_time(self, endpoint, cost)
+            return 0.0 if self._on_error == "fail_open" else self._link.retry_interval
+        return int(reply[0]) / 1_000_000
+
+    def add_endpoint(
+        self, name: str, max_requests: int, window_seconds: float, *, burst: int | None = None
+    ) -> None:
+        """Gives ``name`` its own budget in Redis (and a local one for the fallback)."""
+        super().add_endpoint(name, max_requests, window_seconds, burst=burst)
+        self._remote[name] = _RemoteBucket.of(_key(self.name, name), self.bucket_for(name))
+
+    def _remote_stats(self, endpoint: str | None) -> dict[str, Any]:
+        native = self.bucket_for(endpoint)
+        bucket = self._remote.get(endpoint, self._default)
+        reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, 0, _PEEK)
+        if reply is UNAVAILABLE:
+            stats = _bucket_stats(native)
+            stats["redis_available"] = False
+            return stats
+        _wait, available_us, allowed, rejected = (int(v) for v in reply)
+        total = allowed + rejected
+        return {
+            "total_requests": total,
+            "allowed": allowed,
+            "rejected": rejected,
+            "rejection_rate": rejected / total if total else 0.0,
+            "tokens_available": available_us / bucket.interval_us,
+            "capacity": bucket.burst,
+            "max_requests": native.max_requests,
+            "window_seconds": native.window_seconds,
+            "redis_available": True,
+        }
+
+    def get_stats(self, endpoint: str | None = None) -> dict[str, Any]:
+        """As ``RateLimiter.get_stats``, counted in Redis: every host's requests."""
+        if endpoint is not None:
+            return self._remote_stats(endpoint if endpoint in self._remote else None)
+        endpoints = {name: self._remote_stats(name) for name in self.endpoint_buckets()}
+        stats = self._remote_stats(None)
+        allowed = stats["allowed"] + sum(e["allowed"] for e in endpoints.values())
+        rejected = stats["rejected"] + sum(e["rejected"] for e in endpoints.values())
+        total = allowed + rejected
+        stats.update(
+            total_requests=total,
+            allowed=allowed,
+            rejected=rejected,
+            rejection_rate=rejected / total if total else 0.0,
+            endpoints=endpoints,
+        )
+        return stats
+
+    @property
+    def redis_available(self) -> bool:
+        """False while Redis is unreachable (``on_backend_error`` applies meanwhile)."""
+        return self._link.available
+
+    #: The native Guard would draw on the local buckets: guard calls in Python instead.
+    _guard_in_python = True

@@ -1,0 +1,139 @@
+"""One connection to Redis for a limiter or breaker, and what happens when it is gone.
+
+Every call is one ``EVALSHA`` of a server-side script (loaded once, reloaded after a
+Redis restart flushed it). Socket and connect timeouts are always set and redis-py's own
+retries are off, so a call never blocks longer than ``timeout``. When Redis cannot be
+reached the call is counted (``peak_trade_backend_errors_total{backend="redis"}``), the
+outage is logged once, and Redis is left alone for ``retry_interval`` seconds (the
+caller applies its ``on_backend_error`` policy meanwhile); the next call after that tries
+again, and the first one that succeeds logs the recovery.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from typing import Any
+
+from peak_resilience import _backends
+
+try:
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.exceptions import NoScriptError
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "backend='redis' needs redis-py: pip install 'peak-resilience[redis]'"
+    ) from exc
+
+__all__ = ["UNAVAILABLE", "RedisLink", "Script"]
+
+logger = logging.getLogger("peak_resilience.redis")
+
+#: What ``RedisLink.run`` returns when Redis could not be reached.
+UNAVAILABLE: Any = object()
+
+#: Seconds Redis is left alone after a failed call before the next call tries it again.
+DEFAULT_RETRY_INTERVAL = 1.0
+
+# Failures of the link, not of the script: anything else (a script error) is a bug and
+# is raised.
+_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class Script:
+    """A Lua script and its SHA1, as EVALSHA needs it."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+
+class RedisLink:
+    """A redis-py client with fixed timeouts and an outage policy."""
+
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        timeout: float,
+        what: str,
+        retry_interval: float = DEFAULT_RETRY_INTERVAL,
+    ) -> None:
+        if not isinstance(url, str) or not url:
+            raise ValueError(
+                f"backend='redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0'), got {url!r}"
+            )
+        timeout = _backends.check_timeout(timeout)
+        try:
+            self.client: redis.Redis = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout,
+                socket_connect_timeout=timeout,
+                retry=Retry(NoBackoff(), 0),
+                retry_on_timeout=False,
+                health_check_interval=0,
+            )
+        except ValueError as exc:
+            raise ValueError(f"redis_url {url!r} is not a Redis URL: {exc}") from exc
+        self.url = url
+        self.timeout = timeout
+        self.what = what
+        self.retry_interval = retry_interval
+        self._down_until = 0.0
+        self._outage = False
+        self._lock = threading.Lock()
+
+    def run(self, script: Script, key: str, *args: Any) -> Any:
+        """Runs ``script`` on ``key`` with ``args``: its reply, or ``UNAVAILABLE``."""
+        if self._down_until and time.monotonic() < self._down_until:
+            return UNAVAILABLE
+        try:
+            try:
+                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, 1, key, *args
+                )
+            except NoScriptError:
+                # A fresh or restarted Redis: load the script once and run it again.
+                self.client.script_load(script.source)
+                reply = self.client.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", script.sha, 1, key, *args
+                )
+        except _UNREACHABLE as exc:
+            self._failed(exc)
+            return UNAVAILABLE
+        if self._outage:
+            self._recovered()
+        return reply
+
+    def _failed(self, exc: BaseException) -> None:
+        _backends.count_backend_error("redis")
+        with self._lock:
+            self._down_until = time.monotonic() + self.retry_interval
+            first = not self._outage
+            self._outage = True
+        if first:
+            logger.warning(
+                "%s: Redis at %s unreachable (%s: %s); applying on_backend_error until it "
+                "is back",
+                self.what,
+                self.url,
+                type(exc).__name__,
+                exc,
+            )
+
+    def _recovered(self) -> None:
+        with self._lock:
+            was_down = self._outage
+            self._outage = False
+            self._down_until = 0.0
+        if was_down:
+            logger.warning("%s: Redis at %s is reachable again", self.what, self.url)
+
+    @property
+    def available(self) -> bool:
+        """False during an outage (until a call succeeds again)."""
+        return not self._outage

@@ -1,0 +1,157 @@
+"""Guarding a call with a breaker or limiter whose state is in Redis.
+
+The native ``Guard`` reads the native state machines directly, which for a Redis-backed
+object would be the local fallback. So when either part lives in Redis, the guard runs in
+Python through the objects' own methods (``_enter`` / ``_exit``, ``acquire``): a Redis
+round trip costs a hundred microseconds, next to which a Python wrapper is free. The
+semantics are the native guard's: fallback, ``fallback_on_failure``, ``max_wait``,
+non-``Exception`` exits that count neither way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import inspect
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from peak_resilience._guard import MISSING
+from peak_resilience.errors import RateLimitExceeded
+
+if TYPE_CHECKING:
+    from peak_resilience._native import OperationStats
+    from peak_resilience.rate_limiter import RateLimiter
+    from peak_resilience.resilience import CircuitBreaker
+
+__all__ = ["remote_guard"]
+
+_NORMAL = 1
+
+
+def remote_guard(
+    func: Callable[..., Any],
+    *,
+    breaker: CircuitBreaker | None = None,
+    limiter: RateLimiter | None = None,
+    endpoint: str | None = None,
+    cost: int = 1,
+    operation: OperationStats | None = None,
+    fallback: Any = MISSING,
+    fallback_on_failure: bool = False,
+    max_wait: float = 0.0,
+    sleep: Callable[[float], Any] | None = None,
+    async_sleep: Callable[[float], Awaitable[Any]] | None = None,
+) -> Any:
+    """``func`` guarded in Python; the same contract as ``_guard.guard``."""
+    has_fallback = fallback is not MISSING
+
+    def rate_limited(wait: float) -> RateLimitExceeded:
+        assert limiter is not None
+        where = f" ({endpoint})" if endpoint is not None else ""
+        return RateLimitExceeded(
+            f"rate limit of '{limiter.name}'{where} exceeded: retry in {wait:.3f}s",
+            limiter.name,
+            endpoint,
+            wait,
+        )
+
+    def admit_now() -> int:
+        """The breaker's admission, then a token; raises on refusal, taking nothing."""
+        admission = breaker._enter() if breaker is not None else _NORMAL
+        if limiter is not None and not limiter.acquire(endpoint, cost):
+            if breaker is not None:
+                breaker._exit(admission, None)
+            raise rate_limited(limiter.get_wait_time(endpoint, cost))
+        return admission
+
+    def finish(admission: int, started: float, error: BaseException | None) -> bool:
+        """Records the outcome; True when the fallback should replace the error."""
+        if error is not None and not isinstance(error, Exception):
+            if breaker is not None:
+                breaker._exit(admission, None)
+            return False
+        if operation is not None:
+            operation.record_latency(max(time.monotonic() - started, 0.0))
+            if error is None:
+                operation.record_success()
+            else:
+                operation.record_failure(type(error).__name__)
+        if breaker is not None:
+            breaker._exit(admission, error is None)
+        return error is not None and has_fallback and fallback_on_failure
+
+    def sync_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        return fallback(*args, **kwargs) if callable(fallback) else fallback
+
+    if not inspect.iscoroutinefunction(func):
+        do_sleep = sleep or time.sleep
+
+        def admit() -> int:
+            waited = 0.0
+            while True:
+                try:
+                    return admit_now()
+                except RateLimitExceeded as exc:
+                    if waited + exc.retry_after > max_wait:
+                        raise
+                    do_sleep(exc.retry_after)
+                    waited += exc.retry_after
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            try:
+                admission = admit()
+            except Exception:
+                if has_fallback:
+                    return sync_fallback(args, kwargs)
+                raise
+            started = time.monotonic()
+            try:
+                result = func(*args, **kwargs)
+            except BaseException as exc:
+                if finish(admission, started, exc):
+                    return sync_fallback(args, kwargs)
+                raise
+            finish(admission, started, None)
+            return result
+
+        return wrapper
+
+    do_async_sleep = async_sleep or asyncio.sleep
+
+    async def async_admit() -> int:
+        waited = 0.0
+        while True:
+            try:
+                return admit_now()
+            except RateLimitExceeded as exc:
+                if waited + exc.retry_after > max_wait:
+                    raise
+                await do_async_sleep(exc.retry_after)
+                waited += exc.retry_after
+
+    async def async_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        result = sync_fallback(args, kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    @functools.wraps(func)
+    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            admission = await async_admit()
+        except Exception:
+            if has_fallback:
+                return await async_fallback(args, kwargs)
+            raise
+        started = time.monotonic()
+        try:
+            result = await func(*args, **kwargs)
+        except BaseException as exc:
+            if finish(admission, started, exc):
+                return await async_fallback(args, kwargs)
+            raise
+        finish(admission, started, None)
+        return result
+
+    return async_wrapper

@@ -1,0 +1,62 @@
+"""Functions run in child processes by the multi-process backend tests.
+
+They live in a module of their own so that a spawned child imports only this, not a test
+module. Each builds its limiter or breaker itself: a budget is found by name, never
+inherited from the parent.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from peak_resilience import CircuitBreaker, RateLimiter
+
+#: A window so long that nothing refills during a test: a budget of K admits exactly K.
+NO_REFILL_WINDOW = 10_000_000.0
+
+
+def limiter(name: str, budget: int, backend: dict[str, Any]) -> RateLimiter:
+    return RateLimiter(budget, NO_REFILL_WINDOW, name=name, **backend)
+
+
+def take_all(name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int,
+             results: Any) -> None:
+    """Waits at the start barrier, tries `attempts` acquires, reports how many passed."""
+    mine = limiter(name, budget, backend)
+    start.wait(30)
+    results.put(sum(1 for _ in range(attempts) if mine.acquire()))
+
+
+def drain(name: str, budget: int, backend: dict[str, Any], results: Any) -> None:
+    """Takes tokens until the budget refuses one, reports how many it took."""
+    mine = limiter(name, budget, backend)
+    taken = 0
+    while mine.acquire():
+        taken += 1
+    results.put(taken)
+
+
+def spend_forever(name: str, budget: int, backend: dict[str, Any]) -> None:
+    """Acquires in a tight loop until killed (the SIGKILL test's victim)."""
+    mine = limiter(name, budget, backend)
+    while True:
+        mine.acquire()
+
+
+def breaker(name: str, backend: dict[str, Any]) -> CircuitBreaker:
+    return CircuitBreaker(failure_threshold=3, recovery_timeout=3600.0, name=name, **backend)
+
+
+def fail_until_open(name: str, backend: dict[str, Any], results: Any) -> None:
+    """Records failures through this process's breaker until it reads OPEN."""
+    mine = breaker(name, backend)
+    for _ in range(3):
+        if mine.allow():
+            mine.record_failure()
+    results.put(mine.state.name)
+
+
+def report_breaker(name: str, backend: dict[str, Any], results: Any) -> None:
+    """Reports the state this process sees, and whether it would let a call through."""
+    mine = breaker(name, backend)
+    results.put((mine.state.name, mine.allow()))
