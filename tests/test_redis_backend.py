@@ -338,3 +338,56 @@ def test_a_redis_breaker_fails_closed_when_told_to(own_redis: RedisServer) -> No
     with pytest.raises(CircuitBreakerError, match="Redis is unreachable"):
         breaker.call(lambda: None)()
     assert breaker.state is CircuitState.OPEN
+
+
+def test_a_forked_child_opens_its_own_connection(on_redis: dict[str, Any]) -> None:
+    import multiprocessing
+
+    limiter = RateLimiter(3, 3600, name="binance", **on_redis)
+    assert limiter.acquire()  # the parent's connection is open now
+    fork = multiprocessing.get_context("fork")
+    results = fork.Queue()
+    child = fork.Process(target=_acquire_and_report, args=(limiter, results))
+    child.start()
+    admitted, child_port = results.get(timeout=DEADLINE)
+    child.join(timeout=DEADLINE)
+    assert child.exitcode == 0
+    assert admitted is True
+    # Two processes on one socket would read each other's replies.
+    assert child_port != _local_port(limiter)
+    assert [limiter.acquire(), limiter.acquire()] == [True, False]
+
+
+def _local_port(limiter: RateLimiter) -> int:
+    port: int = limiter._link._local.conn._sock.getsockname()[1]  # type: ignore[attr-defined]
+    return port
+
+
+def _acquire_and_report(limiter: RateLimiter, results: Any) -> None:
+    admitted = limiter.acquire()
+    results.put((admitted, _local_port(limiter)))
+
+
+def test_a_refused_call_returns_the_fallback(on_redis: dict[str, Any]) -> None:
+    from peak_resilience._guard import guard
+
+    breaker = CircuitBreaker(1, 60, "exchange", **on_redis)
+    limiter = RateLimiter(1, 3600, name="binance", **on_redis)
+    call = guard(lambda: "sent", breaker=breaker, limiter=limiter, fallback="queued")
+    assert [call(), call()] == ["sent", "queued"]  # the second has no token
+    breaker.force_open()
+    assert call() == "queued"
+    # A call refused for want of a token gives its breaker admission back.
+    assert breaker.get_stats()["successes"] == 1
+
+
+def test_a_guarded_call_waits_up_to_max_wait_for_a_redis_token(on_redis: dict[str, Any]) -> None:
+    from peak_resilience._guard import guard
+
+    limiter = RateLimiter(1, 3600, name="binance", **on_redis)
+    waits: list[float] = []
+    call = guard(lambda: "sent", limiter=limiter, max_wait=1.0, sleep=waits.append)
+    assert call() == "sent"
+    with pytest.raises(RateLimitExceeded):
+        call()  # the next token is an hour away: more than max_wait, so no sleep
+    assert waits == []

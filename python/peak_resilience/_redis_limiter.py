@@ -72,9 +72,11 @@ class _RemoteBucket:
     tolerance: bytes
     interval_us: int
     burst: int
+    #: The packed "take one token" command, the one almost every acquire sends.
+    take_one: Any = None
 
     @classmethod
-    def of(cls, key: str, native: TokenBucket) -> _RemoteBucket:
+    def of(cls, key: str, native: TokenBucket, link: RedisLink) -> _RemoteBucket:
         interval_us = round(native.window_seconds * 1_000_000 / native.max_requests)
         if interval_us < 1:
             raise ValueError(
@@ -83,9 +85,9 @@ class _RemoteBucket:
                 "finer than backend='redis' counts"
             )
         burst = native.capacity
-        return cls(
-            key, str(interval_us).encode(), str(interval_us * burst).encode(), interval_us, burst
-        )
+        interval, tolerance = str(interval_us).encode(), str(interval_us * burst).encode()
+        take_one = link.pack(GCRA, key, interval, tolerance, 1, _TAKE)
+        return cls(key, interval, tolerance, interval_us, burst, take_one)
 
 
 def _key(name: str, endpoint: str | None) -> str:
@@ -120,17 +122,22 @@ class RedisRateLimiter(RateLimiter):
             )
         self._on_error = _backends.check_on_backend_error(on_backend_error)
         self._link = RedisLink(redis_url, timeout=redis_timeout, what=f"rate limiter {name!r}")
-        self._default = _RemoteBucket.of(_key(name, None), self.default_bucket)
+        self._default = _RemoteBucket.of(_key(name, None), self.default_bucket, self._link)
         self._remote: dict[str | None, _RemoteBucket] = {None: self._default}
         super().__init__(max_requests, window_seconds, burst=burst, name=name, backend="redis")
 
     def acquire(self, endpoint: str | None = None, cost: int = 1) -> bool:
         """Takes ``cost`` tokens from the endpoint's budget in Redis (one round trip)."""
         bucket = self._remote.get(endpoint, self._default)
-        if cost.__class__ is not int or not 0 <= cost <= bucket.burst:
+        if cost == 1:
+            reply = self._link.run_packed(GCRA, bucket.take_one)
+        elif cost.__class__ is not int or not 0 <= cost <= bucket.burst:
             # The native bucket raises the same errors as an in-process limiter would.
             return _NativeLimiter.acquire(self, endpoint, cost)
-        reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE)
+        else:
+            reply = self._link.run(
+                GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE
+            )
         if reply is UNAVAILABLE:
             return self._acquire_without_redis(endpoint, cost)
         return bool(reply == 1)
@@ -157,7 +164,9 @@ class RedisRateLimiter(RateLimiter):
     ) -> None:
         """Gives ``name`` its own budget in Redis (and a local one for the fallback)."""
         super().add_endpoint(name, max_requests, window_seconds, burst=burst)
-        self._remote[name] = _RemoteBucket.of(_key(self.name, name), self.bucket_for(name))
+        self._remote[name] = _RemoteBucket.of(
+            _key(self.name, name), self.bucket_for(name), self._link
+        )
 
     def _remote_stats(self, endpoint: str | None) -> dict[str, Any]:
         native = self.bucket_for(endpoint)

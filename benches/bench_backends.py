@@ -1,0 +1,110 @@
+"""Backends side by side: where a budget lives, and what an acquire costs there.
+
+Groups (ours vs the floor / peers it is compared to):
+- ``acquire-shared``: a shared-memory acquire against the in-process one (bar: <= 2x).
+- ``acquire-redis``: our Redis acquire against a redis-py PING over the same client
+  (bar: <= 1.15x), against the bare round trip (a pre-packed PING sent the way our acquire
+  sends its script: what is left is the script's own time on the server), and against
+  limits' RedisStorage moving window and pyrate-limiter's RedisBucket on the same server
+  (bar: faster than both).
+
+Every limiter has a budget it never exhausts, so each call does the full admit path.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from peak_resilience import RateLimiter
+from redis_server import RedisServer
+
+BIG = 10**9  # requests per second: never runs out during a benchmark
+REDIS_BIG = 10**6  # the finest rate Redis counts (one per microsecond), still never runs out
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-bench"))
+    server.start()
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+# Shared memory -------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="acquire-shared")
+def test_in_process_acquire(benchmark: Any) -> None:
+    limiter = RateLimiter(BIG, 1.0, name="bench-memory")
+    benchmark(limiter.acquire)
+
+
+@pytest.mark.benchmark(group="acquire-shared")
+def test_shared_memory_acquire(benchmark: Any, tmp_path: Path) -> None:
+    limiter = RateLimiter(BIG, 1.0, name="bench-shared", backend="shared", shared_dir=tmp_path)
+    benchmark(limiter.acquire)
+
+
+# Redis ---------------------------------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="acquire-redis")
+def test_redis_py_ping_floor(benchmark: Any, redis_url: str) -> None:
+    limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-ping", backend="redis", redis_url=redis_url)
+    client = limiter._link.client  # type: ignore[attr-defined]  # the same connection
+    client.ping()
+    benchmark(client.ping)
+
+
+@pytest.mark.benchmark(group="acquire-redis")
+def test_redis_bare_round_trip_floor(benchmark: Any, redis_url: str) -> None:
+    limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-bare", backend="redis", redis_url=redis_url)
+    conn = limiter._link._pool.make_connection()  # type: ignore[attr-defined]
+    ping = conn.pack_command("PING")
+
+    def bare_ping() -> None:
+        conn.send_packed_command(ping, check_health=False)
+        conn.read_response()
+
+    bare_ping()
+    benchmark(bare_ping)
+
+
+@pytest.mark.benchmark(group="acquire-redis")
+def test_redis_acquire(benchmark: Any, redis_url: str) -> None:
+    limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-redis", backend="redis", redis_url=redis_url)
+    assert limiter.acquire()
+    benchmark(limiter.acquire)
+
+
+@pytest.mark.benchmark(group="acquire-redis")
+def test_limits_redis_moving_window(benchmark: Any, redis_url: str) -> None:
+    from limits import RateLimitItemPerSecond
+    from limits.storage import RedisStorage
+    from limits.strategies import MovingWindowRateLimiter
+
+    limiter = MovingWindowRateLimiter(RedisStorage(redis_url))
+    item = RateLimitItemPerSecond(BIG)
+    assert limiter.hit(item, "bench")
+    benchmark(limiter.hit, item, "bench")
+
+
+@pytest.mark.benchmark(group="acquire-redis")
+def test_pyrate_limiter_redis_bucket(benchmark: Any, redis_url: str) -> None:
+    import redis
+    from pyrate_limiter import Duration, Limiter, Rate, RedisBucket
+
+    client = redis.Redis.from_url(redis_url)
+    bucket = RedisBucket.init([Rate(BIG, Duration.SECOND)], client, "bench")
+    limiter = Limiter(bucket)
+    assert limiter.try_acquire("bench", blocking=False)
+    benchmark(limiter.try_acquire, "bench", 1, False)
