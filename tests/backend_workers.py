@@ -60,3 +60,12 @@ def report_breaker(name: str, backend: dict[str, Any], results: Any) -> None:
     """Reports the state this process sees, and whether it would let a call through."""
     mine = breaker(name, backend)
     results.put((mine.state.name, mine.allow()))
+
+
+def create_and_take(name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int,
+                    results: Any) -> None:
+    """Builds its limiter only after the start barrier, so that every process tries to
+    create the shared state at the same instant; reports how many acquires passed."""
+    start.wait(30)
+    mine = limiter(name, budget, backend)
+    results.put(sum(1 for _ in range(attempts) if mine.acquire()))

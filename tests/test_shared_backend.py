@@ -183,6 +183,18 @@ def test_four_processes_admit_exactly_the_budget_between_them(shared: dict[str, 
     assert sum(reports) == budget
 
 
+def test_processes_creating_the_file_at_the_same_instant_share_one_budget(
+    shared: dict[str, Any],
+) -> None:
+    budget = 100
+    start = CONTEXT.Barrier(7)
+    reports = run_all(workers.create_and_take, [("race", budget, shared, start, budget)] * 6, start)
+    assert sum(reports) == budget
+    assert sorted(p.name for p in Path(shared["shared_dir"]).iterdir()) == [
+        "limiter.race.default.bucket"
+    ]
+
+
 def test_a_breaker_opened_by_one_process_is_open_in_all(shared: dict[str, Any]) -> None:
     assert run_all(workers.fail_until_open, [("exchange", shared)]) == ["OPEN"]
     reports = run_all(workers.report_breaker, [("exchange", shared)] * 3)
@@ -205,3 +217,20 @@ def test_a_process_killed_mid_run_takes_nothing_from_the_others(shared: dict[str
     assert 1000 <= spent < budget
     reports = run_all(workers.drain, [("pool", budget, shared)] * 3)
     assert sum(reports) == budget - spent
+
+
+def test_a_bare_token_bucket_can_live_in_a_shared_file(tmp_path: Path) -> None:
+    from peak_resilience.rate_limiter import TokenBucket
+
+    path = tmp_path / "orders.bucket"
+    first = TokenBucket(2, 3600, shared=path)
+    second = TokenBucket(2, 3600, shared=str(path))
+    assert [first.acquire(), second.acquire(), first.acquire()] == [True, True, False]
+    assert first.shared_path == path
+
+
+def test_a_shared_path_of_the_wrong_type_is_named_in_the_error() -> None:
+    from peak_resilience.rate_limiter import TokenBucket
+
+    with pytest.raises(TypeError, match="shared must be the path"):
+        TokenBucket(2, 3600, shared=42)  # type: ignore[arg-type]
