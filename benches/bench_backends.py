@@ -22,8 +22,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from peak_resilience import RateLimiter
 from redis_server import RedisServer
+
+from peak_resilience import RateLimiter
 
 BIG = 10**9  # requests per second: never runs out during a benchmark
 REDIS_BIG = 10**6  # the finest rate Redis counts (one per microsecond), still never runs out

@@ -19,8 +19,8 @@ use crate::breaker::{
     Admission, Breaker, BreakerSettings, BreakerState, Transition, MAX_HALF_OPEN_CALLS,
 };
 use crate::bucket::{BucketState, Decision, Quota, QuotaError, TokenBucket};
-use crate::shared::{self, Region, SharedError};
 use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
+use crate::shared::{self, Region, SharedError};
 use crate::stats::{self, OperationStats, LATENCY_BOUNDS};
 
 static CIRCUIT_BREAKER_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();

@@ -19,8 +19,9 @@ def limiter(name: str, budget: int, backend: dict[str, Any]) -> RateLimiter:
     return RateLimiter(budget, NO_REFILL_WINDOW, name=name, **backend)
 
 
-def take_all(name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int,
-             results: Any) -> None:
+def take_all(
+    name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int, results: Any
+) -> None:
     """Waits at the start barrier, tries `attempts` acquires, reports how many passed."""
     mine = limiter(name, budget, backend)
     start.wait(30)
@@ -62,8 +63,9 @@ def report_breaker(name: str, backend: dict[str, Any], results: Any) -> None:
     results.put((mine.state.name, mine.allow()))
 
 
-def create_and_take(name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int,
-                    results: Any) -> None:
+def create_and_take(
+    name: str, budget: int, backend: dict[str, Any], start: Any, attempts: int, results: Any
+) -> None:
     """Builds its limiter only after the start barrier, so that every process tries to
     create the shared state at the same instant; reports how many acquires passed."""
     start.wait(30)

@@ -13,6 +13,8 @@ import backend_workers as workers
 import pytest
 import redis
 from multiprocessing_helpers import CONTEXT, DEADLINE, run_all
+from redis_server import RedisServer
+
 from peak_resilience import (
     CircuitBreaker,
     CircuitBreakerError,
@@ -24,7 +26,6 @@ from peak_resilience._backends import backend_error_counts, make_circuit_breaker
 from peak_resilience._redis_breaker import RedisCircuitBreaker
 from peak_resilience._redis_limiter import RedisRateLimiter
 from peak_resilience.resilience import CircuitState as State
-from redis_server import RedisServer
 
 TIMEOUT = 0.2
 
@@ -105,8 +106,7 @@ def test_a_redis_limiter_needs_a_name_and_a_url(redis_url: str) -> None:
     with pytest.raises(ValueError, match="needs redis_url"):
         RateLimiter(3, 60, name="x", backend="redis")
     with pytest.raises(ValueError, match="on_backend_error must be one of"):
-        RateLimiter(3, 60, name="x", backend="redis", redis_url=redis_url,
-                    on_backend_error="retry")  # type: ignore[arg-type]
+        RateLimiter(3, 60, name="x", backend="redis", redis_url=redis_url, on_backend_error="retry")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="redis_timeout"):
         RateLimiter(3, 60, name="x", backend="redis", redis_url=redis_url, redis_timeout=0)
 
@@ -269,8 +269,13 @@ def test_a_process_killed_mid_run_takes_nothing_from_the_others(on_redis: dict[s
 
 def outage_limiter(server: RedisServer, policy: str, name: str = "binance") -> RateLimiter:
     limiter = RateLimiter(
-        3, 3600, name=name, backend="redis", redis_url=server.url,
-        on_backend_error=policy, redis_timeout=TIMEOUT,  # type: ignore[arg-type]
+        3,
+        3600,
+        name=name,
+        backend="redis",
+        redis_url=server.url,
+        on_backend_error=policy,
+        redis_timeout=TIMEOUT,  # type: ignore[arg-type]
     )
     limiter._link.retry_interval = 0.0  # type: ignore[attr-defined]  # try Redis on every call
     return limiter
@@ -291,7 +296,10 @@ def test_with_redis_stopped_the_local_fallback_applies_and_redis_resumes(
         # A fresh Redis (no persistence): a fresh budget in Redis, shared again.
         other = outage_limiter(own_redis, "local")
         assert [limiter.acquire(), other.acquire(), limiter.acquire(), other.acquire()] == [
-            True, True, True, False
+            True,
+            True,
+            True,
+            False,
         ]
     assert limiter.redis_available
     assert backend_error_counts()["redis"] - errors_before == 4
@@ -331,7 +339,12 @@ def test_a_frozen_redis_never_holds_a_call_past_the_timeout(own_redis: RedisServ
 
 def test_a_redis_breaker_fails_closed_when_told_to(own_redis: RedisServer) -> None:
     breaker = CircuitBreaker(
-        3, 60, "exchange", backend="redis", redis_url=own_redis.url, redis_timeout=TIMEOUT,
+        3,
+        60,
+        "exchange",
+        backend="redis",
+        redis_url=own_redis.url,
+        redis_timeout=TIMEOUT,
         on_backend_error="fail_closed",
     )
     own_redis.stop()

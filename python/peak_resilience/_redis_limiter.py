@@ -135,9 +135,7 @@ class RedisRateLimiter(RateLimiter):
             # The native bucket raises the same errors as an in-process limiter would.
             return _NativeLimiter.acquire(self, endpoint, cost)
         else:
-            reply = self._link.run(
-                GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE
-            )
+            reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE)
         if reply is UNAVAILABLE:
             return self._acquire_without_redis(endpoint, cost)
         return bool(reply == 1)

@@ -153,8 +153,7 @@ class RedisLink:
             self._outage = True
         if first:
             logger.warning(
-                "%s: Redis at %s unreachable (%s: %s); applying on_backend_error until it "
-                "is back",
+                "%s: Redis at %s unreachable (%s: %s); applying on_backend_error until it is back",
                 self.what,
                 self.url,
                 type(exc).__name__,
