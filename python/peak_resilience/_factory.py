@@ -3,16 +3,17 @@
 ``build_breaker`` / ``build_limiter`` make a new object for a module's settings;
 ``update_breaker`` / ``update_limiter`` bring an existing one in line with new settings in
 place (its state, tokens and counts stay), so that a decorator applied at import time
-follows a configuration loaded later. Only the in-process ("memory") backend exists here;
-the shared-memory and Redis backends plug in at ``build_*``.
+follows a configuration loaded later. The backend (``circuit_breaker_backend``,
+``rate_limit_backend``: "memory", "shared" or "redis", with ``shared_dir``, ``redis_url``
+and ``on_backend_error``) is chosen once, at ``build_*``.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from peak_resilience.config import ConfigError, Settings
+from peak_resilience.config import Settings
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 
@@ -27,26 +28,28 @@ logger = logging.getLogger("peak_resilience.resilience")
 DISABLED_THRESHOLD = (1 << 61) - 1
 
 
-def _available(backend: str, key: str, module: str) -> None:
-    if backend != "memory":
-        raise ConfigError(
-            f"backend {backend!r} is not available in this build (only 'memory')",
-            table=f"resilience.{module}",
-            key=key,
-        )
+def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dict[str, Any]:
+    """The constructor arguments that place an object on ``backend``. Redis keeps time
+    itself, so a test's manual clock only reaches in-process and shared objects."""
+    return {
+        "backend": backend,
+        "shared_dir": settings.shared_dir,
+        "redis_url": settings.redis_url,
+        "on_backend_error": settings.on_backend_error,
+        "clock": None if backend == "redis" else clock,
+    }
 
 
 def build_breaker(
     name: str, module: str, settings: Settings, clock: ManualClock | None = None
 ) -> CircuitBreaker:
     """A new breaker named ``name`` with ``module``'s settings."""
-    _available(settings.circuit_breaker_backend, "circuit_breaker_backend", module)
     breaker = CircuitBreaker(
         settings.circuit_breaker_threshold,
         settings.circuit_breaker_timeout,
         name=name,
         half_open_max_calls=settings.half_open_max_calls,
-        clock=clock,
+        **_backend(settings.circuit_breaker_backend, settings, clock),
     )
     update_breaker(breaker, settings)
     return breaker
@@ -78,13 +81,12 @@ def build_limiter(
     name: str, module: str, settings: Settings, clock: ManualClock | None = None
 ) -> RateLimiter:
     """A new limiter named ``name`` with ``module``'s settings."""
-    _available(settings.rate_limit_backend, "rate_limit_backend", module)
     limiter = RateLimiter(
         settings.rate_limit_requests,
         settings.rate_limit_window,
         burst=settings.burst,
-        clock=clock,
         name=name,
+        **_backend(settings.rate_limit_backend, settings, clock),
     )
     update_limiter(limiter, settings)
     return limiter

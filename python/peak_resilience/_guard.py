@@ -67,6 +67,7 @@ def guard(
             max_wait=max_wait,
             sleep=sleep,
             async_sleep=async_sleep,
+            on_reject=on_reject,
         )
     has_fallback = fallback is not MISSING
     native = Guard(

@@ -215,25 +215,10 @@ class RedisCircuitBreaker(CircuitBreaker):
                 return _NativeBreaker._enter(self)
             if self._on_error == "fail_open":
                 return 1
-            raise CircuitBreakerError(
-                f"CircuitBreaker '{self.name}': Redis is unreachable and "
-                "on_backend_error='fail_closed': call not attempted",
-                self.name,
-                self._link.retry_interval,
-            )
+            # fail_closed: refused as by an open circuit, until Redis is tried again.
+            raise CircuitBreakerError(self.name, float(self._link.retry_interval))
         if reply[0] == 0:
-            remaining = int(reply[1]) / 1_000_000
-            if remaining > 0:
-                message = (
-                    f"CircuitBreaker '{self.name}' is OPEN: call not attempted, "
-                    f"next trial in {remaining:.3f}s"
-                )
-            else:
-                message = (
-                    f"CircuitBreaker '{self.name}' is HALF_OPEN and its trial calls are "
-                    "taken: call not attempted"
-                )
-            raise CircuitBreakerError(message, self.name, remaining)
+            raise CircuitBreakerError(self.name, int(reply[1]) / 1_000_000)
         return int(reply[0])
 
     def _exit(self, admission: int, outcome: bool | None) -> None:

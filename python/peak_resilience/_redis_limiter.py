@@ -30,22 +30,29 @@ __all__ = ["RedisRateLimiter"]
 GCRA = Script(
     """
 -- GCRA on Redis' clock. KEYS[1]: the bucket, a hash of tat (theoretical arrival time,
--- us), allowed, rejected. ARGV: interval (us per token), tolerance (us: interval * burst),
--- cost, mode: 'take' takes cost tokens if there are enough (returns 1, else 0); 'peek'
--- changes nothing and returns {wait us, available us, allowed, rejected}.
+-- us), interval (the one tat was computed with), allowed, rejected. ARGV: interval (us per
+-- token), tolerance (us: interval * burst), cost, mode: 'take' takes cost tokens if there
+-- are enough (returns 1, else 0); 'peek' changes nothing and returns
+-- {wait us, available us, allowed, rejected}.
 local interval = tonumber(ARGV[1])
 local tolerance = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local tat = tonumber(redis.call('HGET', KEYS[1], 'tat')) or 0
+local state = redis.call('HMGET', KEYS[1], 'tat', 'interval')
+local tat = tonumber(state[1]) or 0
 if tat < now then tat = now end
+local before = tonumber(state[2])
+if before and before ~= interval then
+  -- The rate changed: the tokens already spent stay spent, as in-process.
+  tat = now + math.floor((tat - now) * interval / before)
+end
 local new_tat = tat + cost * interval
 local limit = now + tolerance
 if ARGV[4] == 'take' then
   if new_tat <= limit then
     -- %d: a plain number would be written with 14 significant digits and lose the us.
-    redis.call('HSET', KEYS[1], 'tat', string.format('%d', new_tat))
+    redis.call('HSET', KEYS[1], 'tat', string.format('%d', new_tat), 'interval', ARGV[1])
     redis.call('HINCRBY', KEYS[1], 'allowed', 1)
     return 1
   end
@@ -73,7 +80,15 @@ class _RemoteBucket:
     interval_us: int
     burst: int
     #: The packed "take one token" command, the one almost every acquire sends.
-    take_one: Any = None
+    take_one: Any
+    #: The local bucket of the same settings: the fallback, and the source of the rate
+    #: (``set_rate`` on it changes this budget too) and of ``enabled``.
+    native: TokenBucket
+    rate: tuple[int, float, int]
+
+    def is_current(self) -> bool:
+        native = self.native
+        return (native.max_requests, native.window_seconds, native.capacity) == self.rate
 
     @classmethod
     def of(cls, key: str, native: TokenBucket, link: RedisLink) -> _RemoteBucket:
@@ -87,7 +102,8 @@ class _RemoteBucket:
         burst = native.capacity
         interval, tolerance = str(interval_us).encode(), str(interval_us * burst).encode()
         take_one = link.pack(GCRA, key, interval, tolerance, 1, _TAKE)
-        return cls(key, interval, tolerance, interval_us, burst, take_one)
+        rate = (native.max_requests, native.window_seconds, burst)
+        return cls(key, interval, tolerance, interval_us, burst, take_one, native, rate)
 
 
 def _key(name: str, endpoint: str | None) -> str:
@@ -122,13 +138,29 @@ class RedisRateLimiter(RateLimiter):
             )
         self._on_error = _backends.check_on_backend_error(on_backend_error)
         self._link = RedisLink(redis_url, timeout=redis_timeout, what=f"rate limiter {name!r}")
-        self._default = _RemoteBucket.of(_key(name, None), self.default_bucket, self._link)
-        self._remote: dict[str | None, _RemoteBucket] = {None: self._default}
+        #: By endpoint; None is the default bucket.
+        self._remote: dict[str | None, _RemoteBucket] = {
+            None: _RemoteBucket.of(_key(name, None), self.default_bucket, self._link)
+        }
         super().__init__(max_requests, window_seconds, burst=burst, name=name, backend="redis")
+
+    def _bucket(self, endpoint: str | None) -> _RemoteBucket:
+        """The endpoint's budget (the default one for an endpoint never added), re-encoded
+        when its rate was changed on the local bucket."""
+        remote = self._remote
+        bucket = remote.get(endpoint) or remote[None]
+        if not bucket.is_current():
+            where = endpoint if endpoint in remote else None
+            bucket = remote[where] = _RemoteBucket.of(
+                _key(self.name, where), bucket.native, self._link
+            )
+        return bucket
 
     def acquire(self, endpoint: str | None = None, cost: int = 1) -> bool:
         """Takes ``cost`` tokens from the endpoint's budget in Redis (one round trip)."""
-        bucket = self._remote.get(endpoint, self._default)
+        bucket = self._bucket(endpoint)
+        if not bucket.native.enabled:
+            return True  # rate_limit_enabled = false: admits everything, as in-process
         if cost == 1:
             reply = self._link.run_packed(GCRA, bucket.take_one)
         elif cost.__class__ is not int or not 0 <= cost <= bucket.burst:
@@ -147,7 +179,9 @@ class RedisRateLimiter(RateLimiter):
 
     def get_wait_time(self, endpoint: str | None = None, cost: int = 1) -> float:
         """Seconds until ``cost`` tokens are available in the endpoint's budget."""
-        bucket = self._remote.get(endpoint, self._default)
+        bucket = self._bucket(endpoint)
+        if not bucket.native.enabled:
+            return 0.0
         if cost.__class__ is not int or not 0 <= cost <= bucket.burst:
             return _NativeLimiter.get_wait_time(self, endpoint, cost)
         reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _PEEK)
@@ -162,13 +196,14 @@ class RedisRateLimiter(RateLimiter):
     ) -> None:
         """Gives ``name`` its own budget in Redis (and a local one for the fallback)."""
         super().add_endpoint(name, max_requests, window_seconds, burst=burst)
-        self._remote[name] = _RemoteBucket.of(
-            _key(self.name, name), self.bucket_for(name), self._link
+        # Added again: the same local bucket with its new rate, re-encoded on next use.
+        self._remote.setdefault(
+            name, _RemoteBucket.of(_key(self.name, name), self.bucket_for(name), self._link)
         )
 
     def _remote_stats(self, endpoint: str | None) -> dict[str, Any]:
-        native = self.bucket_for(endpoint)
-        bucket = self._remote.get(endpoint, self._default)
+        bucket = self._bucket(endpoint)
+        native = bucket.native
         reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, 0, _PEEK)
         if reply is UNAVAILABLE:
             stats = _bucket_stats(native)
@@ -191,7 +226,7 @@ class RedisRateLimiter(RateLimiter):
     def get_stats(self, endpoint: str | None = None) -> dict[str, Any]:
         """As ``RateLimiter.get_stats``, counted in Redis: every host's requests."""
         if endpoint is not None:
-            return self._remote_stats(endpoint if endpoint in self._remote else None)
+            return self._remote_stats(endpoint)
         endpoints = {name: self._remote_stats(name) for name in self.endpoint_buckets()}
         stats = self._remote_stats(None)
         allowed = stats["allowed"] + sum(e["allowed"] for e in endpoints.values())

@@ -43,19 +43,24 @@ def remote_guard(
     max_wait: float = 0.0,
     sleep: Callable[[float], Any] | None = None,
     async_sleep: Callable[[float], Awaitable[Any]] | None = None,
+    on_reject: Callable[[BaseException], Any] | None = None,
 ) -> Any:
     """``func`` guarded in Python; the same contract as ``_guard.guard``."""
     has_fallback = fallback is not MISSING
 
     def rate_limited(wait: float) -> RateLimitExceeded:
         assert limiter is not None
-        where = f" ({endpoint})" if endpoint is not None else ""
-        return RateLimitExceeded(
-            f"rate limit of '{limiter.name}'{where} exceeded: retry in {wait:.3f}s",
-            limiter.name,
-            endpoint,
-            wait,
-        )
+        return RateLimitExceeded(limiter.name, endpoint, float(wait))
+
+    def refused(exc: BaseException) -> None:
+        if on_reject is not None:
+            on_reject(exc)
+
+    def next_wait(exc: RateLimitExceeded, waited: float) -> float | None:
+        """How long to sleep before trying again, or None to give up. Never 0, so that
+        a wait that keeps coming back as 0 cannot spin."""
+        wait = max(exc.retry_after, 0.001)
+        return wait if max_wait > 0 and waited + wait <= max_wait else None
 
     def admit_now() -> int:
         """The breaker's admission, then a token; raises on refusal, taking nothing."""
@@ -94,16 +99,18 @@ def remote_guard(
                 try:
                     return admit_now()
                 except RateLimitExceeded as exc:
-                    if waited + exc.retry_after > max_wait:
+                    wait = next_wait(exc, waited)
+                    if wait is None:
                         raise
-                    do_sleep(exc.retry_after)
-                    waited += exc.retry_after
+                    do_sleep(wait)
+                    waited += wait
 
         @functools.wraps(func)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
                 admission = admit()
-            except Exception:
+            except Exception as exc:
+                refused(exc)
                 if has_fallback:
                     return sync_fallback(args, kwargs)
                 raise
@@ -127,10 +134,11 @@ def remote_guard(
             try:
                 return admit_now()
             except RateLimitExceeded as exc:
-                if waited + exc.retry_after > max_wait:
+                wait = next_wait(exc, waited)
+                if wait is None:
                     raise
-                await do_async_sleep(exc.retry_after)
-                waited += exc.retry_after
+                await do_async_sleep(wait)
+                waited += wait
 
     async def async_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         result = sync_fallback(args, kwargs)
@@ -140,7 +148,8 @@ def remote_guard(
     async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             admission = await async_admit()
-        except Exception:
+        except Exception as exc:
+            refused(exc)
             if has_fallback:
                 return await async_fallback(args, kwargs)
             raise
