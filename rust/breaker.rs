@@ -166,6 +166,10 @@ pub struct BreakerState {
     opened_streak: AtomicU64,
     /// The last epoch handed out (see the module comment).
     epoch: AtomicU64,
+    /// When the current half-open period began (ns). Trial permits not resolved within
+    /// `recovery_timeout` of it are presumed lost (their caller died: a process killed
+    /// while holding a trial of a shared breaker must not wedge it half-open for good).
+    trials_since: AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     rejections: AtomicU64,
@@ -263,15 +267,26 @@ impl Breaker {
                     }
                     // The first caller past the deadline takes the first trial permit in the
                     // same swap that half-opens the circuit.
+                    s.trials_since.store(now, Ordering::Relaxed);
                     half_open(self.next_epoch(), 1)
                 }
                 _ => {
                     let max = s.half_open_max_calls.load(Ordering::Relaxed);
                     if trials_admitted(word) >= max {
-                        s.rejections.fetch_add(1, Ordering::Relaxed);
-                        return (Admission::Rejected { remaining: 0 }, None);
+                        match self.abandoned_trials() {
+                            // A new half-open period: the lost trials' verdicts no longer count.
+                            Some(now) => {
+                                s.trials_since.store(now, Ordering::Relaxed);
+                                half_open(self.next_epoch(), 1)
+                            }
+                            None => {
+                                s.rejections.fetch_add(1, Ordering::Relaxed);
+                                return (Admission::Rejected { remaining: 0 }, None);
+                            }
+                        }
+                    } else {
+                        word + 1
                     }
-                    word + 1
                 }
             };
             match s
@@ -390,7 +405,13 @@ impl Breaker {
     pub fn current_state(&self) -> (u8, Option<Transition>) {
         let s = &*self.state;
         let word = s.word.load(Ordering::Acquire);
-        if state_of(word) == OPEN && self.clock.now() >= payload_of(word) {
+        let now = if state_of(word) == OPEN {
+            self.clock.now()
+        } else {
+            0
+        };
+        if state_of(word) == OPEN && now >= payload_of(word) {
+            s.trials_since.store(now, Ordering::Relaxed);
             let next = half_open(self.next_epoch(), 0);
             if s.word
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
@@ -469,6 +490,17 @@ impl Breaker {
             }
             Admission::Rejected { .. } => false,
         }
+    }
+
+    /// `Some(now)` when every trial permit of the current half-open period has been out for
+    /// `recovery_timeout` or longer without a verdict (cold path: only when permits are taken).
+    #[cold]
+    fn abandoned_trials(&self) -> Option<u64> {
+        let s = &*self.state;
+        let now = self.clock.now();
+        let since = s.trials_since.load(Ordering::Relaxed);
+        let timeout = s.recovery_timeout.load(Ordering::Relaxed);
+        (now >= since.saturating_add(timeout)).then_some(now)
     }
 
     fn next_epoch(&self) -> u64 {
@@ -636,6 +668,30 @@ mod tests {
             assert_eq!(Admission::from_code(admission.code()), Some(admission));
         }
         assert_eq!(Admission::from_code(3), None);
+    }
+
+    #[test]
+    fn a_trial_that_never_reports_is_presumed_lost_after_the_recovery_timeout() {
+        let (breaker, clock) = breaker(1, 10 * SECOND, 1);
+        fail(&breaker);
+        clock.advance(10 * SECOND);
+        let (lost, _) = breaker.enter(); // its caller dies without a verdict
+        assert!(matches!(lost, Admission::Trial { .. }));
+        clock.advance(10 * SECOND - 1);
+        assert!(breaker.enter().0.is_rejected());
+        clock.advance(1);
+        let (next, transition) = breaker.enter();
+        assert!(matches!(next, Admission::Trial { .. }));
+        assert_eq!(transition, None);
+        // The lost trial's verdict, should it ever come, belongs to a period that is over.
+        assert_eq!(breaker.on_failure(lost), None);
+        assert_eq!(
+            breaker.on_success(next),
+            Some(Transition {
+                from: HALF_OPEN,
+                to: CLOSED
+            })
+        );
     }
 
     #[test]

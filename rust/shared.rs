@@ -554,7 +554,7 @@ pub fn set_shared_settings(
     region.set_params(breaker_params(breaker.settings()));
 }
 
-#[cfg(test)]
+#[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
     use crate::breaker::{Admission, OPEN};

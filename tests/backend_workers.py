@@ -71,3 +71,16 @@ def create_and_take(
     start.wait(30)
     mine = limiter(name, budget, backend)
     results.put(sum(1 for _ in range(attempts) if mine.acquire()))
+
+
+def take_trial_and_hang(name: str, recovery: float, backend: dict[str, Any], holding: Any) -> None:
+    """Takes the half-open trial permit, says so, then waits to be killed."""
+    import time
+
+    from peak_resilience import CircuitState
+
+    mine = CircuitBreaker(failure_threshold=1, recovery_timeout=recovery, name=name, **backend)
+    while not (mine.state is CircuitState.HALF_OPEN and mine.allow()):
+        time.sleep(recovery / 20)
+    holding.set()
+    time.sleep(3600)

@@ -404,3 +404,30 @@ def test_a_guarded_call_waits_up_to_max_wait_for_a_redis_token(on_redis: dict[st
     with pytest.raises(RateLimitExceeded):
         call()  # the next token is an hour away: more than max_wait, so no sleep
     assert waits == []
+
+
+def test_with_redis_stopped_a_breaker_counts_on_its_local_stand_in(own_redis: RedisServer) -> None:
+    breaker = CircuitBreaker(
+        2, 60, "exchange", backend="redis", redis_url=own_redis.url, redis_timeout=TIMEOUT
+    )
+    breaker._link.retry_interval = 0.0  # type: ignore[attr-defined]
+    own_redis.stop()
+    breaker.record_failure()
+    breaker.record_failure()
+    assert breaker.state is CircuitState.OPEN
+    assert not breaker.allow()
+
+
+def test_a_trial_whose_process_died_is_presumed_lost_after_the_recovery_timeout(
+    on_redis: dict[str, Any],
+) -> None:
+    first = CircuitBreaker(1, 0.05, "exchange", **on_redis)
+    second = CircuitBreaker(1, 0.05, "exchange", **on_redis)
+    first.record_failure()
+    time.sleep(0.06)
+    assert first.allow()  # the trial, whose caller then dies without a verdict
+    assert not second.allow()
+    time.sleep(0.06)
+    assert second.allow()  # a new trial: the lost one no longer holds the circuit
+    second.record_success()
+    assert first.state is CircuitState.CLOSED

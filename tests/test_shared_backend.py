@@ -235,3 +235,24 @@ def test_a_shared_path_of_the_wrong_type_is_named_in_the_error() -> None:
 
     with pytest.raises(TypeError, match="shared must be the path"):
         TokenBucket(2, 3600, shared=42)  # type: ignore[arg-type]
+
+
+def test_a_process_killed_holding_the_trial_does_not_wedge_the_breaker(
+    shared: dict[str, Any],
+) -> None:
+    recovery = 1.0  # long beside killing a process, so the dead trial is seen still out
+    others = CircuitBreaker(1, recovery, "exchange", **shared)
+    others.record_failure()
+    holding = CONTEXT.Event()
+    victim = CONTEXT.Process(
+        target=workers.take_trial_and_hang, args=("exchange", recovery, shared, holding)
+    )
+    victim.start()
+    assert holding.wait(DEADLINE)
+    os.kill(victim.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    victim.join(timeout=DEADLINE)
+    assert not others.allow()  # the dead process's trial is still out
+    time.sleep(recovery)
+    assert others.allow()  # presumed lost after recovery_timeout: a new trial
+    others.record_success()
+    assert others.state is CircuitState.CLOSED

@@ -28,12 +28,16 @@ __all__ = ["RedisCircuitBreaker"]
 BREAKER = Script(
     """
 -- The circuit breaker on Redis' clock. KEYS[1]: a hash of state (0 closed, 1 half-open,
--- 2 open), streak (consecutive failures while closed), due (us: when an open circuit
--- lets a trial through), trials / passed (half-open calls admitted / succeeded),
--- opened_streak, and the counters successes, failures, rejections, t<from><to>.
+-- 2 open), period (bumped on every entry into closed or half-open: a call's verdict counts
+-- only in the period that admitted it), streak (consecutive failures while closed), due
+-- (us: when an open circuit lets a trial through), since (us: when the half-open period
+-- began), trials / passed (half-open calls admitted / succeeded), opened_streak, and the
+-- counters successes, failures, rejections, t<from><to>.
 -- ARGV: op, failure_threshold, recovery_timeout (us), half_open_max_calls, admission
--- (1 normal, 2 trial, 3 infer from the state), outcome ('ok', 'fail', 'release').
--- Returns {result, remaining us, from, to, state, failure_count}; from = -1: no transition.
+-- (kind + 4 * period; kind 1 normal, 2 trial, 3 infer from the state), outcome ('ok',
+-- 'fail', 'release').
+-- Returns {result, remaining us, from, to, state, failure_count}: result is the admission
+-- for 'enter' (0 refused); from = -1: no transition.
 local k = KEYS[1]
 local op = ARGV[1]
 local threshold = tonumber(ARGV[2])
@@ -41,13 +45,16 @@ local timeout = tonumber(ARGV[3])
 local max_trials = tonumber(ARGV[4])
 local clock = redis.call('TIME')
 local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local v = redis.call('HMGET', k, 'state', 'streak', 'due', 'trials', 'passed', 'opened_streak')
+local v = redis.call('HMGET', k, 'state', 'period', 'streak', 'due', 'since', 'trials',
+  'passed', 'opened_streak')
 local state = tonumber(v[1]) or 0
-local streak = tonumber(v[2]) or 0
-local due = tonumber(v[3]) or 0
-local trials = tonumber(v[4]) or 0
-local passed = tonumber(v[5]) or 0
-local opened_streak = tonumber(v[6]) or 0
+local period = tonumber(v[2]) or 0
+local streak = tonumber(v[3]) or 0
+local due = tonumber(v[4]) or 0
+local since = tonumber(v[5]) or 0
+local trials = tonumber(v[6]) or 0
+local passed = tonumber(v[7]) or 0
+local opened_streak = tonumber(v[8]) or 0
 local from, to = -1, -1
 local result = 0
 
@@ -66,16 +73,20 @@ local function open(count)
   redis.call('HSET', k, 'state', 2, 'due', string.format('%d', due), 'opened_streak', count)
 end
 
+-- A new half-open period with `admitted` trials already given out.
 local function half_open(admitted)
   move(1)
+  period = period + 1
   trials, passed = admitted, 0
-  redis.call('HSET', k, 'state', 1, 'trials', admitted, 'passed', 0)
+  redis.call('HSET', k, 'state', 1, 'period', period, 'since', string.format('%d', now),
+    'trials', admitted, 'passed', 0)
 end
 
 local function close()
   move(0)
+  period = period + 1
   streak = 0
-  redis.call('HSET', k, 'state', 0, 'streak', 0)
+  redis.call('HSET', k, 'state', 0, 'period', period, 'streak', 0)
 end
 
 -- An open circuit past its timeout reads half-open, before the next call arrives.
@@ -85,44 +96,54 @@ end
 
 if op == 'enter' then
   if state == 0 then
-    result = 1
+    result = 1 + 4 * period
   elseif state == 2 and now < due then
     redis.call('HINCRBY', k, 'rejections', 1)
   elseif state == 2 then
     half_open(1)
-    result = 2
+    result = 2 + 4 * period
   elseif trials < max_trials then
     trials = trials + 1
     redis.call('HSET', k, 'trials', trials)
-    result = 2
+    result = 2 + 4 * period
+  elseif now >= since + timeout then
+    -- Every permit has been out a whole recovery timeout without a verdict: its callers
+    -- are presumed dead (a killed process); start over with a new period.
+    half_open(1)
+    result = 2 + 4 * period
   else
     redis.call('HINCRBY', k, 'rejections', 1)
   end
 elseif op == 'exit' then
   local admission = tonumber(ARGV[5])
-  if admission == 3 then
+  local kind = admission % 4
+  local admitted_in = (admission - kind) / 4
+  if kind == 3 then
     refresh()
-    admission = (state == 1) and 2 or 1
+    kind = (state == 1) and 2 or 1
+    admitted_in = period
   end
+  local normal = kind == 1 and state == 0 and admitted_in == period
+  local trial = kind == 2 and state == 1 and admitted_in == period
   local outcome = ARGV[6]
   if outcome == 'ok' then
     redis.call('HINCRBY', k, 'successes', 1)
-    if admission == 1 and state == 0 and streak > 0 then
+    if normal and streak > 0 then
       streak = 0
       redis.call('HSET', k, 'streak', 0)
-    elseif admission == 2 and state == 1 then
+    elseif trial then
       passed = passed + 1
       if passed >= max_trials then close() else redis.call('HSET', k, 'passed', passed) end
     end
   elseif outcome == 'fail' then
     redis.call('HINCRBY', k, 'failures', 1)
-    if admission == 1 and state == 0 then
+    if normal then
       streak = streak + 1
       if streak >= threshold then open(streak) else redis.call('HSET', k, 'streak', streak) end
-    elseif admission == 2 and state == 1 then
+    elseif trial then
       open(1)
     end
-  elseif admission == 2 and state == 1 and trials > passed then
+  elseif trial and trials > passed then
     trials = trials - 1
     redis.call('HSET', k, 'trials', trials)
   end
@@ -208,7 +229,8 @@ class RedisCircuitBreaker(CircuitBreaker):
     # The steps of a call -----------------------------------------------------------
 
     def _enter(self) -> int:
-        """1 admitted while closed, 2 admitted as a trial; raises CircuitBreakerError."""
+        """The admission (kind 1 closed, 2 trial, plus 4 * the period that admitted the
+        call); raises CircuitBreakerError."""
         reply = self._run(b"enter")
         if reply is UNAVAILABLE:
             if self._on_error == "local":
@@ -224,8 +246,16 @@ class RedisCircuitBreaker(CircuitBreaker):
     def _exit(self, admission: int, outcome: bool | None) -> None:
         """Reports how a call admitted by ``_enter`` ended (None: no verdict)."""
         code = b"ok" if outcome is True else b"fail" if outcome is False else b"release"
-        if self._run(b"exit", admission, code) is UNAVAILABLE and self._on_error == "local":
+        if self._run(b"exit", admission, code) is not UNAVAILABLE or self._on_error != "local":
+            return
+        # The local breaker: a verdict reported by hand counts in its current period; an
+        # admission that Redis gave belongs to none of its periods and is ignored there.
+        if admission != _ADMISSION_INFERRED:
             _NativeBreaker._exit(self, admission, outcome)
+        elif outcome is True:
+            _NativeBreaker.record_success(self)
+        elif outcome is False:
+            _NativeBreaker.record_failure(self)
 
     def allow(self) -> bool:
         """Whether a call may run now (takes a trial permit when half-open)."""
