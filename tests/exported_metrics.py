@@ -39,6 +39,8 @@ FAMILIES: dict[str, Family] = {
     "peak_trade_operation_successes_total": _family("counter", "operation"),
     # 1 healthy, 0 not.
     "peak_trade_health_check_status": _family("gauge", "check"),
+    # Failed calls to Redis, the backend of rate_limit_backend / circuit_breaker_backend.
+    "peak_trade_backend_errors_total": _family("counter", "backend"),
 }
 
 # The values that the state labels (from_state, to_state) take.

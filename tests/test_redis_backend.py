@@ -431,3 +431,17 @@ def test_a_trial_whose_process_died_is_presumed_lost_after_the_recovery_timeout(
     assert second.allow()  # a new trial: the lost one no longer holds the circuit
     second.record_success()
     assert first.state is CircuitState.CLOSED
+
+
+def test_backend_errors_are_exported_to_prometheus(own_redis: RedisServer) -> None:
+    from peak_resilience.metrics import metrics
+
+    def exported() -> float:
+        return float(metrics.get_summary()["backend_errors"]["redis"])
+
+    limiter = outage_limiter(own_redis, "fail_open")
+    before = exported()
+    own_redis.stop()
+    limiter.acquire()
+    limiter.acquire()
+    assert exported() - before == 2

@@ -39,7 +39,8 @@ ON_BACKEND_ERROR: tuple[str, ...] = ("fail_closed", "fail_open", "local")
 #: Seconds a Redis call may take before it counts as failed (connect and read alike).
 DEFAULT_REDIS_TIMEOUT = 0.5
 
-_errors: dict[str, int] = {}
+#: Present at 0 from the start, so that the first failure shows as an increase.
+_errors: dict[str, int] = {"redis": 0}
 _errors_lock = threading.Lock()
 
 

@@ -9,6 +9,7 @@ shows the worst state and the tokens gauge the emptiest bucket.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from prometheus_client.metrics_core import Metric
 from prometheus_client.samples import Sample
 
-from peak_resilience import _instances
+from peak_resilience import _backends, _instances
 from peak_resilience._health import health_check
 from peak_resilience._native import LATENCY_BOUNDS
 
@@ -61,6 +62,11 @@ FAMILIES = (
         "metrics_label_values_folded",
         "counter",
         'Label values counted as "other" because their family had reached its bound',
+    ),
+    (
+        "backend_errors",
+        "counter",
+        "Calls to a shared backend (Redis) that failed: unreachable or timed out",
     ),
 )
 
@@ -107,6 +113,8 @@ class Readings:
     folded: dict[str, int]
     #: Each health check's outcome (True healthy); empty when the read skipped them.
     health: dict[str, bool]
+    #: Failed backend calls by backend (``{"redis": n}``, once a Redis object exists).
+    backend_errors: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -156,6 +164,7 @@ class Readings:
             "rate_limiters": limiters,
             "operations": operations,
             "folded_label_values": dict(self.folded),
+            "backend_errors": dict(self.backend_errors),
         }
 
 
@@ -205,7 +214,16 @@ def read(
 
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
     return Readings(
-        states, failures, changes, requests, rejections, tokens, operations, folded, health
+        states,
+        failures,
+        changes,
+        requests,
+        rejections,
+        tokens,
+        operations,
+        folded,
+        health,
+        _backends.backend_error_counts(),
     )
 
 
@@ -241,6 +259,7 @@ class Collector:
             op_successes,
             health,
             folded,
+            backend_errors,
         ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
@@ -298,4 +317,8 @@ class Collector:
         ]
         n = folded.name + "_total"
         folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]
+        n = backend_errors.name + "_total"
+        backend_errors.samples = [
+            _sample(n, {"backend": k}, v) for k, v in readings.backend_errors.items()
+        ]
         return families

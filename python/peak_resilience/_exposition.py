@@ -132,6 +132,8 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     )
     name = family("metrics_label_values_folded") + "_total"
     out.extend([f'{name}{{family="{k}"}} {v}\n' for k, v in readings.folded.items()])
+    name = family("backend_errors") + "_total"
+    out.extend([f'{name}{{backend="{k}"}} {v}\n' for k, v in readings.backend_errors.items()])
     if openmetrics:
         out.append("# EOF\n")
     return "".join(out).encode()
