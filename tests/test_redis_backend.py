@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -444,4 +445,21 @@ def test_backend_errors_are_exported_to_prometheus(own_redis: RedisServer) -> No
     own_redis.stop()
     limiter.acquire()
     limiter.acquire()
+    del limiter  # (a live one would be read by the scrape: one more failed call)
+    gc.collect()  # redis-py's exceptions leave reference cycles through their frames
     assert exported() - before == 2
+
+
+def test_metrics_count_this_process_requests_to_a_redis_budget(on_redis: dict[str, Any]) -> None:
+    from peak_resilience.metrics import metrics
+
+    here = RateLimiter(2, 3600, name="exported-redis", **on_redis)
+    elsewhere = RateLimiter(2, 3600, name="exported-redis", **on_redis)
+    elsewhere.acquire()  # stands for another host: in Redis, not in this one's counts
+    del elsewhere
+    here.acquire()
+    here.acquire()
+    exported = metrics.get_summary()["rate_limiters"]["exported-redis"]["default"]
+    assert (exported["requests"], exported["rejections"]) == (2, 1)
+    assert exported["tokens_available"] == pytest.approx(0.0, abs=1e-3)
+    assert here.get_stats()["total_requests"] == 3  # the budget's own: every host's

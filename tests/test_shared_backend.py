@@ -256,3 +256,19 @@ def test_a_process_killed_holding_the_trial_does_not_wedge_the_breaker(
     assert others.allow()  # presumed lost after recovery_timeout: a new trial
     others.record_success()
     assert others.state is CircuitState.CLOSED
+
+
+def test_two_objects_on_one_shared_file_are_exported_once(shared: dict[str, Any]) -> None:
+    from peak_resilience.metrics import metrics
+
+    first = RateLimiter(5, 3600, name="exported-once", **shared)
+    second = RateLimiter(5, 3600, name="exported-once", **shared)
+    breaker_a = CircuitBreaker(5, 60, "exported-once", **shared)
+    breaker_b = CircuitBreaker(5, 60, "exported-once", **shared)
+    first.acquire()
+    second.acquire()
+    breaker_a.record_failure()
+    summary = metrics.get_summary()
+    assert summary["rate_limiters"]["exported-once"]["default"]["requests"] == 2
+    assert summary["circuit_breakers"]["exported-once"]["failures"] == 1
+    assert breaker_b.failure_total == 1

@@ -180,10 +180,16 @@ def read(
     states: dict[str, int] = {}
     failures: dict[str, int] = {}
     changes = dict(reported_transitions)
+    shared_breakers: set[Any] = set()
     for breaker in _alive(_instances.breakers):
         name = breaker.name
         code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
         states[name] = max(code, states.get(name, code))
+        shared_file = breaker.shared_path
+        if shared_file is not None:
+            if shared_file in shared_breakers:
+                continue  # the host's counts, already read through another object
+            shared_breakers.add(shared_file)
         failures[name] = failures.get(name, 0) + breaker.failure_total
         count_transitions = breaker.transition_count
         for before, after, always in _TRANSITIONS:
@@ -197,16 +203,18 @@ def read(
     requests: dict[tuple[str, str], int] = {}
     rejections: dict[tuple[str, str], int] = {}
     tokens: dict[tuple[str, str], float] = {}
+    shared_files: set[Any] = set()
     for limiter in _alive(_instances.limiters):
         name = limiter.name
-        buckets = [("default", limiter.default_bucket), *limiter.endpoint_buckets().items()]
-        for endpoint, bucket in buckets:
+        for endpoint, allowed, rejected, available, shared_file in limiter._export():
             bucket_key = (name, endpoint)
-            rejected = bucket.rejected
-            requests[bucket_key] = requests.get(bucket_key, 0) + bucket.allowed + rejected
-            rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
-            available = bucket.tokens_available
             tokens[bucket_key] = min(available, tokens.get(bucket_key, available))
+            if shared_file is not None:
+                if shared_file in shared_files:
+                    continue  # the host's counts, already read through another object
+                shared_files.add(shared_file)
+            requests[bucket_key] = requests.get(bucket_key, 0) + allowed + rejected
+            rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
     for bucket_key, hits in reported_hits.items():
         requests[bucket_key] = requests.get(bucket_key, 0) + hits
         rejected = reported_rejections.get(bucket_key, 0)

@@ -13,7 +13,7 @@ arguments, and they are the fallback when ``on_backend_error="local"``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peak_resilience import _backends
@@ -85,13 +85,18 @@ class _RemoteBucket:
     #: (``set_rate`` on it changes this budget too) and of ``enabled``.
     native: TokenBucket
     rate: tuple[int, float, int]
+    #: This process's verdicts from Redis: [rejected, allowed] (the metrics' per-process
+    #: counts; the budget's own, every host's, are in Redis: ``get_stats()``).
+    tally: list[int] = field(default_factory=lambda: [0, 0])
 
     def is_current(self) -> bool:
         native = self.native
         return (native.max_requests, native.window_seconds, native.capacity) == self.rate
 
     @classmethod
-    def of(cls, key: str, native: TokenBucket, link: RedisLink) -> _RemoteBucket:
+    def of(
+        cls, key: str, native: TokenBucket, link: RedisLink, tally: list[int] | None = None
+    ) -> _RemoteBucket:
         interval_us = round(native.window_seconds * 1_000_000 / native.max_requests)
         if interval_us < 1:
             raise ValueError(
@@ -103,7 +108,9 @@ class _RemoteBucket:
         interval, tolerance = str(interval_us).encode(), str(interval_us * burst).encode()
         take_one = link.pack(GCRA, key, interval, tolerance, 1, _TAKE)
         rate = (native.max_requests, native.window_seconds, burst)
-        return cls(key, interval, tolerance, interval_us, burst, take_one, native, rate)
+        return cls(
+            key, interval, tolerance, interval_us, burst, take_one, native, rate, tally or [0, 0]
+        )
 
 
 def _key(name: str, endpoint: str | None) -> str:
@@ -152,7 +159,7 @@ class RedisRateLimiter(RateLimiter):
         if not bucket.is_current():
             where = endpoint if endpoint in remote else None
             bucket = remote[where] = _RemoteBucket.of(
-                _key(self.name, where), bucket.native, self._link
+                _key(self.name, where), bucket.native, self._link, bucket.tally
             )
         return bucket
 
@@ -169,13 +176,36 @@ class RedisRateLimiter(RateLimiter):
         else:
             reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, cost, _TAKE)
         if reply is UNAVAILABLE:
-            return self._acquire_without_redis(endpoint, cost)
+            if self._on_error == "local":
+                return _NativeLimiter.acquire(self, endpoint, cost)  # counted natively
+            reply = 1 if self._on_error == "fail_open" else 0
+        bucket.tally[reply] += 1
         return bool(reply == 1)
 
-    def _acquire_without_redis(self, endpoint: str | None, cost: int) -> bool:
-        if self._on_error == "local":
-            return _NativeLimiter.acquire(self, endpoint, cost)
-        return self._on_error == "fail_open"
+    def _export(self) -> list[tuple[str, int, int, float, Any]]:
+        """For the metrics collector: this process's requests per bucket (its Redis
+        verdicts plus what the local stand-in counted) and the budget's tokens in Redis."""
+        rows = []
+        for endpoint in (None, *self.endpoint_buckets()):
+            bucket = self._bucket(endpoint)
+            native = bucket.native
+            reply = self._link.run(GCRA, bucket.key, bucket.interval, bucket.tolerance, 0, _PEEK)
+            tokens = (
+                native.tokens_available
+                if reply is UNAVAILABLE
+                else int(reply[1]) / bucket.interval_us
+            )
+            rejected, allowed = bucket.tally
+            rows.append(
+                (
+                    "default" if endpoint is None else endpoint,
+                    allowed + native.allowed,
+                    rejected + native.rejected,
+                    tokens,
+                    None,
+                )
+            )
+        return rows
 
     def get_wait_time(self, endpoint: str | None = None, cost: int = 1) -> float:
         """Seconds until ``cost`` tokens are available in the endpoint's budget."""

@@ -157,7 +157,9 @@ class RedisLink:
                 self.what,
                 self.url,
                 type(exc).__name__,
-                exc,
+                # A str, not the exception: a kept log record must not keep its traceback
+                # (and through it the limiter or breaker) alive.
+                str(exc),
             )
 
     def _recovered(self) -> None:

@@ -133,6 +133,16 @@ class RateLimiter(_NativeLimiter):
         )
         return stats
 
+    def _export(self) -> list[tuple[str, int, int, float, Any]]:
+        """For the metrics collector: (endpoint, allowed, rejected, tokens available,
+        shared file or None) per bucket. A shared bucket counts the whole host, so the
+        collector counts each shared file once however many objects map it."""
+        buckets = [("default", self.default_bucket), *self.endpoint_buckets().items()]
+        return [
+            (endpoint, b.allowed, b.rejected, b.tokens_available, b.shared_path)
+            for endpoint, b in buckets
+        ]
+
     def _now(self) -> float:
         return self._clock.now() if self._clock is not None else time.monotonic()
 
