@@ -169,7 +169,9 @@ pub struct BreakerState {
     /// When the current half-open period began (ns). Trial permits not resolved within
     /// `recovery_timeout` of it are presumed lost (their caller died: a process killed
     /// while holding a trial of a shared breaker must not wedge it half-open for good).
-    trials_since: AtomicU64,
+    /// A hint written before the swap that half-opens, never a synchronisation point: a
+    /// plain std atomic even under loom, which would otherwise explore it for nothing.
+    trials_since: std::sync::atomic::AtomicU64,
     successes: AtomicU64,
     failures: AtomicU64,
     rejections: AtomicU64,
