@@ -34,80 +34,25 @@ class Ratio:
     target: float
 
 
+# One row per target: (issue, comparison, ours, reference, kind, target).
+# fmt: off
 RATIOS = [
-    Ratio(
-        2,
-        "acquire() admitted vs a C builtin call (next(count))",
-        "test_ours_acquire",
-        "test_floor_builtin_next",
-        "at_most",
-        3.0,
-    ),
-    Ratio(
-        2,
-        "acquire() vs limits' in-memory fixed window hit",
-        "test_ours_acquire",
-        "test_limits_fixed_window_hit",
-        "faster_by",
-        40.0,
-    ),
-    Ratio(
-        2,
-        "acquire() vs token-bucket's consume",
-        "test_ours_acquire",
-        "test_token_bucket_consume",
-        "faster_by",
-        1.0,
-    ),
-    Ratio(
-        2,
-        "acquire() vs pyrate-limiter's try_acquire",
-        "test_ours_acquire",
-        "test_pyrate_limiter_try_acquire",
-        "faster_by",
-        1.0,
-    ),
-    Ratio(
-        2,
-        "breaker-guarded no-op vs a trivial *args/**kwargs decorator",
-        "test_ours_breaker_call",
-        "test_floor_python_decorator",
-        "at_most",
-        1.0,
-    ),
-    Ratio(
-        2,
-        "breaker-guarded no-op vs pybreaker's decorator",
-        "test_ours_breaker_call",
-        "test_pybreaker_call",
-        "faster_by",
-        14.0,
-    ),
-    Ratio(
-        2,
-        "breaker-guarded no-op vs circuitbreaker's decorator",
-        "test_ours_breaker_call",
-        "test_circuitbreaker_call",
-        "faster_by",
-        5.0,
-    ),
-    Ratio(
-        2,
-        "call refused by an open circuit vs raise + catch",
-        "test_ours_open_circuit_rejects",
-        "test_floor_raise_and_catch",
-        "at_most",
-        1.5,
-    ),
-    Ratio(
-        2,
-        "allow() on a closed circuit vs acquire()",
-        "test_ours_allow_when_closed",
-        "test_ours_acquire",
-        "at_most",
-        1.2,
-    ),
+    Ratio(2, 'acquire() admitted vs a C builtin call (next(count))', 'test_ours_acquire', 'test_floor_builtin_next', 'at_most', 3.0),
+    Ratio(2, "acquire() vs limits' in-memory fixed window hit", 'test_ours_acquire', 'test_limits_fixed_window_hit', 'faster_by', 40.0),
+    Ratio(2, "acquire() vs token-bucket's consume", 'test_ours_acquire', 'test_token_bucket_consume', 'faster_by', 1.0),
+    Ratio(2, "acquire() vs pyrate-limiter's try_acquire", 'test_ours_acquire', 'test_pyrate_limiter_try_acquire', 'faster_by', 1.0),
+    Ratio(2, 'breaker-guarded no-op vs a trivial *args/**kwargs decorator', 'test_ours_breaker_call', 'test_floor_python_decorator', 'at_most', 1.0),
+    Ratio(2, "breaker-guarded no-op vs pybreaker's decorator", 'test_ours_breaker_call', 'test_pybreaker_call', 'faster_by', 14.0),
+    Ratio(2, "breaker-guarded no-op vs circuitbreaker's decorator", 'test_ours_breaker_call', 'test_circuitbreaker_call', 'faster_by', 5.0),
+    Ratio(2, 'call refused by an open circuit vs raise + catch', 'test_ours_open_circuit_rejects', 'test_floor_raise_and_catch', 'at_most', 1.5),
+    Ratio(2, 'allow() on a closed circuit vs acquire()', 'test_ours_allow_when_closed', 'test_ours_acquire', 'at_most', 1.2),
+    Ratio(5, 'shared-memory acquire() vs in-process acquire()', 'test_shared_memory_acquire', 'test_in_process_acquire', 'at_most', 2.0),
+    Ratio(5, 'redis acquire() vs a redis-py PING on the same server', 'test_redis_acquire', 'test_redis_py_ping_floor', 'at_most', 1.15),
+    Ratio(5, "redis acquire() vs a bare pre-packed round trip (the script's own cost)", 'test_redis_acquire', 'test_redis_bare_round_trip_floor', 'at_most', 1.5),
+    Ratio(5, "redis acquire() vs limits' RedisStorage moving window", 'test_redis_acquire', 'test_limits_redis_moving_window', 'faster_by', 1.0),
+    Ratio(5, "redis acquire() vs pyrate-limiter's RedisBucket", 'test_redis_acquire', 'test_pyrate_limiter_redis_bucket', 'faster_by', 1.0),
 ]
+# fmt: on
 
 
 def run_benchmarks(quick: bool, json_path: Path) -> int:
