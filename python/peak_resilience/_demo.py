@@ -135,16 +135,16 @@ def run(
 
     server = _start_server(port)
     settings = config.module(MODULE)
-    print(
+    header = [
         f"demo: {duration:.0f}s of orders at ~100/s; [resilience.{MODULE}] from "
         f"{config.source or 'built-in defaults'}: breaker opens after "
         f"{settings.circuit_breaker_threshold} failures for {settings.circuit_breaker_timeout:g}s, "
         f"limit {settings.rate_limit_requests}/{settings.rate_limit_window:g}s "
         f"(burst {settings.burst})",
-        file=out,
-    )
+    ]
     if server is not None:
-        print(f"health endpoints: {server.url}/health  {server.url}/health/prometheus", file=out)
+        header.append(f"health endpoints: {server.url}/health  {server.url}/health/prometheus")
+    print("\n".join(header), file=out)
     rng = random.Random(11)
     next_frame = next_line = 0.0
     try:
@@ -163,7 +163,9 @@ def run(
             except ExchangeDown:
                 tally.failed += 1
             if live and now >= next_frame:
-                _draw(out, tally, breaker.state, limiter.get_stats(), now - started, duration)
+                _draw(
+                    out, header, tally, breaker.state, limiter.get_stats(), now - started, duration
+                )
                 next_frame = now + 0.2
             elif not live and now >= next_line:
                 if next_line:
@@ -175,7 +177,7 @@ def run(
         if server is not None:
             server.stop()
     if live:
-        _draw(out, tally, breaker.state, limiter.get_stats(), duration, duration)
+        _draw(out, header, tally, breaker.state, limiter.get_stats(), duration, duration)
     stats = limiter.get_stats()
     print(
         f"done: {_counts(tally)}; limiter rejection rate {stats['rejection_rate']:.0%}, "
@@ -194,6 +196,7 @@ def _counts(tally: Tally) -> str:
 
 def _draw(
     out: TextIO,
+    header: list[str],
     tally: Tally,
     state: CircuitState,
     stats: dict[str, Any],
@@ -201,6 +204,7 @@ def _draw(
     duration: float,
 ) -> None:
     lines = [
+        *header,
         f"t={elapsed:5.1f}s / {duration:.0f}s   breaker demo.submit_order: {state.name:<9}",
         f"orders: filled {tally.filled:5d}  failed {tally.failed:4d}  "
         f"fast-failed {tally.fast_failed:4d}  rate-limited {tally.rate_limited:5d}",
