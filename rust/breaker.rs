@@ -5,12 +5,22 @@
 //! wrong payload:
 //!
 //! ```text
-//!   bits 61..63  state: CLOSED, HALF_OPEN or OPEN
+//!   bits 61..63  state: CLOSED, HALF_OPEN, OPEN, FORCED_OPEN or DISABLED
 //!   CLOSED       bits 0..32  consecutive failures, bits 32..61 epoch
 //!   OPEN         bits 0..61  the instant (ns) at which a trial becomes due
 //!   HALF_OPEN    bits 0..20  trial calls admitted, bits 20..40 trial calls that succeeded,
 //!                bits 40..61 epoch
+//!   FORCED_OPEN  (no payload) refuses every call until reset
+//!   DISABLED     (no payload) admits every call, counts outcomes, never changes state
 //! ```
+//!
+//! METRICS_ONLY is not a value of the word but a mode beside it: the word keeps running
+//! the ordinary state machine (the "shadow" state), and a call it would refuse is admitted
+//! and counted as `would_reject` instead. The mode is read on the refusal path only.
+//!
+//! Beside the consecutive-failure streak, an optional failure rate over a rolling window
+//! (`FailureWindow`) opens the circuit, and a failed trial reopens it for longer each time
+//! (exponential back-off, capped). Both cost nothing unless configured.
 //!
 //! A caller is told how it was admitted (`Admission`), with the epoch of the closed or
 //! half-open period that admitted it. Every entry into CLOSED or HALF_OPEN starts a new
@@ -20,13 +30,21 @@
 
 use crate::sync::{AtomicU64, Ordering};
 
-use crate::clock::Clock;
+use crate::clock::{Clock, NANOS_PER_SECOND};
 use crate::place::Place;
 
 pub const CLOSED: u8 = 0;
 pub const HALF_OPEN: u8 = 1;
 pub const OPEN: u8 = 2;
-const STATES: usize = 3;
+/// Opened by hand: refuses every call until `reset()`.
+pub const FORCED_OPEN: u8 = 3;
+/// Switched off by hand: admits every call, keeps counting, never transitions.
+pub const DISABLED: u8 = 4;
+/// Reported (never stored) while the breaker decides but does not enforce.
+pub const METRICS_ONLY: u8 = 5;
+/// Every state a transition can name.
+pub const STATES: usize = 6;
+const ROLLING_BUCKETS: usize = 10;
 
 const STATE_SHIFT: u32 = 61;
 const PAYLOAD: u64 = (1 << STATE_SHIFT) - 1;
@@ -108,16 +126,20 @@ pub enum Admission {
     Normal { epoch: u64 },
     /// Admitted as one of the trial calls of the half-open period `epoch`.
     Trial { epoch: u64 },
+    /// Admitted outside the state machine (DISABLED, or a call that METRICS_ONLY would
+    /// have refused): its outcome is counted but changes no state.
+    Bypass,
 }
 
 impl Admission {
     /// The int the binding passes back and forth: the kind in the low 2 bits (0 rejected,
-    /// 1 normal, 2 trial), the epoch above.
+    /// 1 normal, 2 trial, 3 bypass), the epoch above.
     pub fn code(self) -> u64 {
         match self {
             Admission::Rejected { .. } => 0,
             Admission::Normal { epoch } => 1 | (epoch << 2),
             Admission::Trial { epoch } => 2 | (epoch << 2),
+            Admission::Bypass => 3,
         }
     }
 
@@ -127,6 +149,7 @@ impl Admission {
             0 if epoch == 0 => Some(Admission::Rejected { remaining: 0 }),
             1 => Some(Admission::Normal { epoch }),
             2 => Some(Admission::Trial { epoch }),
+            3 if epoch == 0 => Some(Admission::Bypass),
             _ => None,
         }
     }
@@ -143,8 +166,15 @@ pub struct Transition {
     pub to: u8,
 }
 
-/// When the circuit opens and how it recovers.
+/// How the failure-rate window counts: the last N calls, or the last N nanoseconds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Window {
+    Calls(u64),
+    Nanos(u64),
+}
+
+/// When the circuit opens and how it recovers.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BreakerSettings {
     /// Consecutive failures that open a closed circuit (1..=2^32-1).
     pub failure_threshold: u64,
@@ -152,11 +182,112 @@ pub struct BreakerSettings {
     pub recovery_timeout: u64,
     /// Trial calls admitted while half-open; all must succeed to close (1..=2^20-1).
     pub half_open_max_calls: u64,
+    /// Failures per million calls in `window` that open a closed circuit (0: no rate).
+    pub failure_rate_ppm: u64,
+    /// Calls the window must hold before its rate can open the circuit.
+    pub minimum_calls: u64,
+    /// What the failure rate is measured over.
+    pub window: Window,
+    /// A successful call lasting at least this many ns counts as a failure (0: never).
+    pub slow_call_duration: u64,
+    /// Each failed trial in a row multiplies the next open period by this (1.0: none).
+    pub backoff_multiplier: f64,
+    /// The longest open period back-off may reach (ns).
+    pub max_recovery_timeout: u64,
+}
+
+impl Default for BreakerSettings {
+    fn default() -> Self {
+        BreakerSettings {
+            failure_threshold: 5,
+            recovery_timeout: 60 * NANOS_PER_SECOND,
+            half_open_max_calls: 1,
+            failure_rate_ppm: 0,
+            minimum_calls: 10,
+            window: Window::Calls(100),
+            slow_call_duration: 0,
+            backoff_multiplier: 1.0,
+            max_recovery_timeout: 600 * NANOS_PER_SECOND,
+        }
+    }
+}
+
+/// One slice of the rolling window: a count, tagged with the slice's number so that a
+/// stale slice is recognised (and restarted) by the first caller of a later slice.
+const STAMP_SHIFT: u32 = 40;
+const COUNT_FIELD: u64 = (1 << STAMP_SHIFT) - 1;
+
+#[inline]
+const fn stamped(slice: u64, count: u64) -> u64 {
+    (slice << STAMP_SHIFT) | count
+}
+
+#[inline]
+const fn same_slice(word: u64, slice: u64) -> bool {
+    word >> STAMP_SHIFT == slice & ((1 << (64 - STAMP_SHIFT)) - 1)
+}
+
+/// Calls and failures over the last N calls or N nanoseconds, in `ROLLING_BUCKETS` slices
+/// (Hystrix-style rolling counters: the oldest slice drops out whole). Each counter is
+/// one word (slice number and count), changed by CAS, so no count is lost; calls and
+/// failures are two words, so a reader may see one call more than failures, never less.
+/// Plain std atomics: pure counters, never a synchronisation point.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct FailureWindow {
+    calls: [std::sync::atomic::AtomicU64; ROLLING_BUCKETS],
+    failures: [std::sync::atomic::AtomicU64; ROLLING_BUCKETS],
+    /// Calls counted by a count-based window (its clock).
+    sequence: std::sync::atomic::AtomicU64,
+}
+
+impl FailureWindow {
+    fn add(slot: &std::sync::atomic::AtomicU64, slice: u64) {
+        let _ = slot.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |word| {
+            Some(if same_slice(word, slice) {
+                word + ((word & COUNT_FIELD) < COUNT_FIELD) as u64
+            } else {
+                stamped(slice, 1)
+            })
+        });
+    }
+
+    fn record(&self, slice: u64, failed: bool) {
+        let i = (slice % ROLLING_BUCKETS as u64) as usize;
+        FailureWindow::add(&self.calls[i], slice);
+        if failed {
+            FailureWindow::add(&self.failures[i], slice);
+        }
+    }
+
+    /// (calls, failures) in the `span` slices ending with `slice`.
+    fn totals(&self, slice: u64, span: u64) -> (u64, u64) {
+        let (mut calls, mut failures) = (0, 0);
+        for back in 0..span.min(slice + 1) {
+            let n = slice - back;
+            let i = (n % ROLLING_BUCKETS as u64) as usize;
+            let c = self.calls[i].load(Ordering::Relaxed);
+            if same_slice(c, n) {
+                calls += c & COUNT_FIELD;
+            }
+            let f = self.failures[i].load(Ordering::Relaxed);
+            if same_slice(f, n) {
+                failures += f & COUNT_FIELD;
+            }
+        }
+        (calls, failures)
+    }
+
+    fn clear(&self) {
+        for slot in self.calls.iter().chain(self.failures.iter()) {
+            slot.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// The atomics of one breaker, laid out for shared memory as well as for this process.
 #[repr(C)]
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct BreakerState {
     word: AtomicU64,
     failure_threshold: AtomicU64,
@@ -175,8 +306,59 @@ pub struct BreakerState {
     successes: AtomicU64,
     failures: AtomicU64,
     rejections: AtomicU64,
-    /// Transitions by `from * 3 + to`.
-    transitions: [AtomicU64; STATES * STATES],
+    // The policies below are settings and counters read off the hot path (or, for the
+    // failure rate and slow calls, only when configured): plain std atomics.
+    failure_rate_ppm: std::sync::atomic::AtomicU64,
+    minimum_calls: std::sync::atomic::AtomicU64,
+    /// The window's size: calls when `window_is_time` is 0, ns otherwise.
+    window_size: std::sync::atomic::AtomicU64,
+    window_is_time: std::sync::atomic::AtomicU64,
+    slow_call_duration: std::sync::atomic::AtomicU64,
+    /// `f64::to_bits` of the back-off multiplier.
+    backoff_multiplier: std::sync::atomic::AtomicU64,
+    max_recovery_timeout: std::sync::atomic::AtomicU64,
+    /// Trials failed in a row since the circuit last closed (the back-off exponent).
+    failed_trials: std::sync::atomic::AtomicU64,
+    /// 1 while in METRICS_ONLY mode (decide, do not enforce).
+    metrics_only: std::sync::atomic::AtomicU64,
+    /// Successful calls that counted as failures for being slow.
+    slow_calls: std::sync::atomic::AtomicU64,
+    /// Calls admitted in METRICS_ONLY mode that the state machine would have refused.
+    would_reject: std::sync::atomic::AtomicU64,
+    window: FailureWindow,
+    /// Transitions by `from * STATES + to`.
+    transitions: [std::sync::atomic::AtomicU64; STATES * STATES],
+}
+
+impl Default for BreakerState {
+    fn default() -> Self {
+        use std::sync::atomic::AtomicU64 as Std;
+        BreakerState {
+            word: AtomicU64::new(0),
+            failure_threshold: AtomicU64::new(0),
+            recovery_timeout: AtomicU64::new(0),
+            half_open_max_calls: AtomicU64::new(0),
+            opened_streak: AtomicU64::new(0),
+            epoch: AtomicU64::new(0),
+            trials_since: Std::new(0),
+            successes: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            rejections: AtomicU64::new(0),
+            failure_rate_ppm: Std::new(0),
+            minimum_calls: Std::new(0),
+            window_size: Std::new(0),
+            window_is_time: Std::new(0),
+            slow_call_duration: Std::new(0),
+            backoff_multiplier: Std::new(1f64.to_bits()),
+            max_recovery_timeout: Std::new(0),
+            failed_trials: Std::new(0),
+            metrics_only: Std::new(0),
+            slow_calls: Std::new(0),
+            would_reject: Std::new(0),
+            window: FailureWindow::default(),
+            transitions: std::array::from_fn(|_| Std::new(0)),
+        }
+    }
 }
 
 impl BreakerState {
@@ -198,6 +380,33 @@ impl BreakerState {
         self.half_open_max_calls.store(
             settings.half_open_max_calls.clamp(1, MAX_HALF_OPEN_CALLS),
             Ordering::Relaxed,
+        );
+        let (is_time, size) = match settings.window {
+            Window::Calls(n) => (0, n.max(1)),
+            Window::Nanos(n) => (1, n.max(1)),
+        };
+        let relaxed = Ordering::Relaxed;
+        let kind_changed = self.window_is_time.swap(is_time, relaxed) != is_time;
+        let size_changed = self.window_size.swap(size, relaxed) != size;
+        if kind_changed || size_changed {
+            // Slices of another width would be misread.
+            self.window.clear();
+        }
+        self.minimum_calls
+            .store(settings.minimum_calls.max(1), relaxed);
+        self.failure_rate_ppm
+            .store(settings.failure_rate_ppm.min(1_000_000), relaxed);
+        self.slow_call_duration
+            .store(settings.slow_call_duration, relaxed);
+        let multiplier = if settings.backoff_multiplier.is_finite() {
+            settings.backoff_multiplier.max(1.0)
+        } else {
+            1.0
+        };
+        self.backoff_multiplier.store(multiplier.to_bits(), relaxed);
+        self.max_recovery_timeout.store(
+            settings.max_recovery_timeout.max(settings.recovery_timeout),
+            relaxed,
         );
     }
 }
@@ -229,11 +438,30 @@ impl Breaker {
 
     pub fn settings(&self) -> BreakerSettings {
         let s = &*self.state;
+        let relaxed = Ordering::Relaxed;
+        let size = s.window_size.load(relaxed);
         BreakerSettings {
-            failure_threshold: s.failure_threshold.load(Ordering::Relaxed),
-            recovery_timeout: s.recovery_timeout.load(Ordering::Relaxed),
-            half_open_max_calls: s.half_open_max_calls.load(Ordering::Relaxed),
+            failure_threshold: s.failure_threshold.load(relaxed),
+            recovery_timeout: s.recovery_timeout.load(relaxed),
+            half_open_max_calls: s.half_open_max_calls.load(relaxed),
+            failure_rate_ppm: s.failure_rate_ppm.load(relaxed),
+            minimum_calls: s.minimum_calls.load(relaxed),
+            window: if s.window_is_time.load(relaxed) == 0 {
+                Window::Calls(size)
+            } else {
+                Window::Nanos(size)
+            },
+            slow_call_duration: s.slow_call_duration.load(relaxed),
+            backoff_multiplier: f64::from_bits(s.backoff_multiplier.load(relaxed)),
+            max_recovery_timeout: s.max_recovery_timeout.load(relaxed),
         }
+    }
+
+    /// Nanoseconds from which a successful call counts as a failure (0: never). One relaxed
+    /// load, read per call by the guard to decide whether to time it.
+    #[inline]
+    pub fn slow_call_duration(&self) -> u64 {
+        self.state.slow_call_duration.load(Ordering::Relaxed)
     }
 
     pub fn set_settings(&self, settings: BreakerSettings) {
@@ -259,20 +487,14 @@ impl Breaker {
                     let due = payload_of(word);
                     let now = self.clock.now();
                     if now < due {
-                        s.rejections.fetch_add(1, Ordering::Relaxed);
-                        return (
-                            Admission::Rejected {
-                                remaining: due - now,
-                            },
-                            None,
-                        );
+                        return (self.refuse(due - now), None);
                     }
                     // The first caller past the deadline takes the first trial permit in the
                     // same swap that half-opens the circuit.
                     s.trials_since.store(now, Ordering::Relaxed);
                     half_open(self.next_epoch(), 1)
                 }
-                _ => {
+                HALF_OPEN => {
                     let max = s.half_open_max_calls.load(Ordering::Relaxed);
                     if trials_admitted(word) >= max {
                         match self.abandoned_trials() {
@@ -281,15 +503,19 @@ impl Breaker {
                                 s.trials_since.store(now, Ordering::Relaxed);
                                 half_open(self.next_epoch(), 1)
                             }
-                            None => {
-                                s.rejections.fetch_add(1, Ordering::Relaxed);
-                                return (Admission::Rejected { remaining: 0 }, None);
-                            }
+                            None => return (self.refuse(0), None),
                         }
                     } else {
                         word + 1
                     }
                 }
+                FORCED_OPEN => {
+                    // No deadline: the recovery timeout is the hint given to callers.
+                    let hint = s.recovery_timeout.load(Ordering::Relaxed);
+                    s.rejections.fetch_add(1, Ordering::Relaxed);
+                    return (Admission::Rejected { remaining: hint }, None);
+                }
+                _ => return (Admission::Bypass, None),
             };
             match s
                 .word
@@ -311,6 +537,9 @@ impl Breaker {
         let s = &*self.state;
         s.successes.fetch_add(1, Ordering::Relaxed);
         let mut word = s.word.load(Ordering::Acquire);
+        if s.failure_rate_ppm.load(Ordering::Relaxed) != 0 {
+            self.count_in_window(admission, word, false);
+        }
         loop {
             if !self.same_period(admission, word) {
                 return None;
@@ -332,7 +561,12 @@ impl Breaker {
                 .word
                 .compare_exchange_weak(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(previous) => return self.count_transition(state_of(previous), state_of(next)),
+                Ok(previous) => {
+                    if state_of(previous) == HALF_OPEN && state_of(next) == CLOSED {
+                        self.closed_again();
+                    }
+                    return self.count_transition(state_of(previous), state_of(next));
+                }
                 Err(current) => word = current,
             }
         }
@@ -344,6 +578,8 @@ impl Breaker {
         let s = &*self.state;
         s.failures.fetch_add(1, Ordering::Relaxed);
         let mut word = s.word.load(Ordering::Acquire);
+        let rate_trips = s.failure_rate_ppm.load(Ordering::Relaxed) != 0
+            && self.count_in_window(admission, word, true);
         loop {
             if !self.same_period(admission, word) {
                 return None;
@@ -351,14 +587,14 @@ impl Breaker {
             let (next, streak) = match admission {
                 Admission::Normal { epoch } => {
                     let streak = streak_of(word) + 1;
-                    if streak >= s.failure_threshold.load(Ordering::Relaxed) {
+                    if rate_trips || streak >= s.failure_threshold.load(Ordering::Relaxed) {
                         (self.open_word(), streak)
                     } else {
                         (closed(epoch, streak), streak)
                     }
                 }
-                Admission::Trial { .. } => (self.open_word(), 1),
-                Admission::Rejected { .. } => return None,
+                Admission::Trial { .. } => (self.open_word_for(self.backoff_timeout()), 1),
+                Admission::Rejected { .. } | Admission::Bypass => return None,
             };
             match s
                 .word
@@ -367,6 +603,9 @@ impl Breaker {
                 Ok(previous) => {
                     if state_of(next) == OPEN {
                         s.opened_streak.store(streak, Ordering::Relaxed);
+                    }
+                    if state_of(previous) == HALF_OPEN {
+                        s.failed_trials.fetch_add(1, Ordering::Relaxed);
                     }
                     return self.count_transition(state_of(previous), state_of(next));
                 }
@@ -398,6 +637,7 @@ impl Breaker {
         match state_of(word) {
             CLOSED => Admission::Normal { epoch },
             HALF_OPEN => Admission::Trial { epoch },
+            DISABLED => Admission::Bypass,
             _ => Admission::Rejected { remaining: 0 },
         }
     }
@@ -426,30 +666,113 @@ impl Breaker {
         (state_of(word), None)
     }
 
-    /// Closes the circuit and forgets the failure streak.
+    /// The state as the gauge shows it: METRICS_ONLY while the machine runs in shadow
+    /// mode (its own state is then `current_state`), else the machine's state.
+    pub fn reported_state(&self) -> (u8, Option<Transition>) {
+        let (state, transition) = self.current_state();
+        if state <= OPEN && self.metrics_only() {
+            (METRICS_ONLY, transition)
+        } else {
+            (state, transition)
+        }
+    }
+
+    /// Closes the circuit and forgets the failure streak, the failure window and the
+    /// back-off (also ends FORCED_OPEN and DISABLED).
     pub fn reset(&self) -> Option<Transition> {
         let previous = self
             .state
             .word
             .swap(closed(self.next_epoch(), 0), Ordering::AcqRel);
+        self.closed_again();
         self.count_transition(state_of(previous), CLOSED)
     }
 
-    /// Opens the circuit now, for its recovery timeout.
+    /// Holds the circuit open, refusing every call (even in METRICS_ONLY mode: a decision
+    /// taken by hand), until `reset()`.
     pub fn force_open(&self) -> Option<Transition> {
-        let next = self.open_word();
+        let previous = self.state.word.swap(pack(FORCED_OPEN, 0), Ordering::AcqRel);
+        self.count_transition(state_of(previous), FORCED_OPEN)
+    }
+
+    /// Opens the circuit for exactly `nanos` (an exchange's Retry-After), then half-opens
+    /// it as usual.
+    pub fn open_for(&self, nanos: u64) -> Option<Transition> {
+        let next = self.open_word_for(nanos);
         let previous = self.state.word.swap(next, Ordering::AcqRel);
         self.count_transition(state_of(previous), OPEN)
     }
 
-    /// Nanoseconds until an open circuit lets a trial through (0 when not open).
+    /// Admits every call and keeps counting outcomes, never changing state, until `reset()`.
+    pub fn disable(&self) -> Option<Transition> {
+        let previous = self.state.word.swap(pack(DISABLED, 0), Ordering::AcqRel);
+        self.count_transition(state_of(previous), DISABLED)
+    }
+
+    /// Whether the breaker decides without enforcing (see the module comment).
+    pub fn metrics_only(&self) -> bool {
+        self.state.metrics_only.load(Ordering::Relaxed) != 0
+    }
+
+    /// Enters or leaves METRICS_ONLY mode; the machine's own state carries on either way.
+    pub fn set_metrics_only(&self, enabled: bool) -> Option<Transition> {
+        let before = self
+            .state
+            .metrics_only
+            .swap(enabled as u64, Ordering::Relaxed)
+            != 0;
+        let (state, _) = self.current_state();
+        if before == enabled || state > OPEN {
+            return None;
+        }
+        if enabled {
+            self.count_transition(state, METRICS_ONLY)
+        } else {
+            self.count_transition(METRICS_ONLY, state)
+        }
+    }
+
+    /// Nanoseconds until an open circuit lets a trial through (0 when not open); a
+    /// forced-open circuit has no deadline and answers its recovery timeout as a hint.
     pub fn remaining(&self) -> u64 {
         let word = self.state.word.load(Ordering::Acquire);
-        if state_of(word) == OPEN {
-            payload_of(word).saturating_sub(self.clock.now())
-        } else {
-            0
+        match state_of(word) {
+            OPEN => payload_of(word).saturating_sub(self.clock.now()),
+            FORCED_OPEN => self.state.recovery_timeout.load(Ordering::Relaxed),
+            _ => 0,
         }
+    }
+
+    /// Successful calls that counted as failures for lasting `slow_call_duration` or more.
+    pub fn slow_calls(&self) -> u64 {
+        self.state.slow_calls.load(Ordering::Relaxed)
+    }
+
+    /// Calls admitted in METRICS_ONLY mode that an enforcing breaker would have refused.
+    pub fn would_reject(&self) -> u64 {
+        self.state.would_reject.load(Ordering::Relaxed)
+    }
+
+    /// Trials failed in a row since the circuit last closed.
+    pub fn failed_trials(&self) -> u64 {
+        self.state.failed_trials.load(Ordering::Relaxed)
+    }
+
+    /// (calls, failures) in the failure-rate window now (both 0 when no rate is set).
+    pub fn window_totals(&self) -> (u64, u64) {
+        let s = &*self.state;
+        if s.failure_rate_ppm.load(Ordering::Relaxed) == 0 {
+            return (0, 0);
+        }
+        let (slice, span) = self.slice_now(false);
+        s.window.totals(slice, span)
+    }
+
+    /// A successful call that lasted `slow_call_duration` or longer: counted as a slow
+    /// call, and as a failure by the state machine.
+    pub fn on_slow_success(&self, admission: Admission) -> Option<Transition> {
+        self.state.slow_calls.fetch_add(1, Ordering::Relaxed);
+        self.on_failure(admission)
     }
 
     /// Consecutive failures: the running streak while closed, the streak that opened the
@@ -490,7 +813,86 @@ impl Breaker {
             Admission::Trial { epoch } => {
                 state_of(word) == HALF_OPEN && epoch_of(word) == epoch & HALF_OPEN_EPOCH_FIELD
             }
-            Admission::Rejected { .. } => false,
+            Admission::Rejected { .. } | Admission::Bypass => false,
+        }
+    }
+
+    /// The slice a call falls in now and how many slices the window spans; `take` counts
+    /// the call in a count-based window's sequence.
+    #[inline]
+    fn slice_now(&self, take: bool) -> (u64, u64) {
+        let s = &*self.state;
+        let size = s.window_size.load(Ordering::Relaxed).max(1);
+        let width = size.div_ceil(ROLLING_BUCKETS as u64);
+        if s.window_is_time.load(Ordering::Relaxed) == 0 {
+            let n = if take {
+                s.window.sequence.fetch_add(1, Ordering::Relaxed)
+            } else {
+                s.window.sequence.load(Ordering::Relaxed).saturating_sub(1)
+            };
+            (n / width, size.div_ceil(width))
+        } else {
+            (self.clock.now() / width, ROLLING_BUCKETS as u64)
+        }
+    }
+
+    /// Counts a call admitted while closed in the failure-rate window; true when it was a
+    /// failure that brings the rate to the threshold (with at least `minimum_calls`).
+    #[inline(never)]
+    fn count_in_window(&self, admission: Admission, word: u64, failed: bool) -> bool {
+        if !matches!(admission, Admission::Normal { .. }) || !self.same_period(admission, word) {
+            return false;
+        }
+        let s = &*self.state;
+        let (slice, span) = self.slice_now(true);
+        s.window.record(slice, failed);
+        if !failed {
+            return false;
+        }
+        let (calls, failures) = s.window.totals(slice, span);
+        let ppm = s.failure_rate_ppm.load(Ordering::Relaxed);
+        calls >= s.minimum_calls.load(Ordering::Relaxed)
+            && failures as u128 * 1_000_000 >= ppm as u128 * calls as u128
+    }
+
+    /// A refusal, or in METRICS_ONLY mode an admission outside the machine.
+    #[cold]
+    fn refuse(&self, remaining: u64) -> Admission {
+        let s = &*self.state;
+        if s.metrics_only.load(Ordering::Relaxed) != 0 {
+            s.would_reject.fetch_add(1, Ordering::Relaxed);
+            return Admission::Bypass;
+        }
+        s.rejections.fetch_add(1, Ordering::Relaxed);
+        Admission::Rejected { remaining }
+    }
+
+    /// After every entry into CLOSED: a fresh window and no back-off.
+    fn closed_again(&self) {
+        let s = &*self.state;
+        s.failed_trials.store(0, Ordering::Relaxed);
+        if s.failure_rate_ppm.load(Ordering::Relaxed) != 0 {
+            s.window.clear();
+        }
+    }
+
+    /// How long a failed trial reopens the circuit: the recovery timeout times the
+    /// back-off multiplier once per trial failed in a row, capped.
+    #[cold]
+    fn backoff_timeout(&self) -> u64 {
+        let s = &*self.state;
+        let base = s.recovery_timeout.load(Ordering::Relaxed);
+        let multiplier = f64::from_bits(s.backoff_multiplier.load(Ordering::Relaxed));
+        if multiplier <= 1.0 {
+            return base;
+        }
+        let cap = s.max_recovery_timeout.load(Ordering::Relaxed).max(base);
+        let failed = s.failed_trials.load(Ordering::Relaxed).saturating_add(1);
+        let timeout = base as f64 * multiplier.powi(failed.min(1_000) as i32);
+        if timeout >= cap as f64 {
+            cap
+        } else {
+            timeout as u64
         }
     }
 
@@ -510,8 +912,11 @@ impl Breaker {
     }
 
     fn open_word(&self) -> u64 {
-        let timeout = self.state.recovery_timeout.load(Ordering::Relaxed);
-        pack(OPEN, self.clock.now().saturating_add(timeout).min(PAYLOAD))
+        self.open_word_for(self.state.recovery_timeout.load(Ordering::Relaxed))
+    }
+
+    fn open_word_for(&self, nanos: u64) -> u64 {
+        pack(OPEN, self.clock.now().saturating_add(nanos).min(PAYLOAD))
     }
 
     fn count_transition(&self, from: u8, to: u8) -> Option<Transition> {
@@ -538,6 +943,7 @@ mod tests {
             failure_threshold: threshold,
             recovery_timeout: recovery,
             half_open_max_calls: half_open,
+            ..BreakerSettings::default()
         };
         (Breaker::new(settings, Clock::Manual(clock.clone())), clock)
     }
@@ -669,7 +1075,8 @@ mod tests {
         ] {
             assert_eq!(Admission::from_code(admission.code()), Some(admission));
         }
-        assert_eq!(Admission::from_code(3), None);
+        assert_eq!(Admission::from_code(3), Some(Admission::Bypass));
+        assert_eq!(Admission::from_code(7), None);
     }
 
     #[test]
@@ -725,7 +1132,7 @@ mod tests {
     fn reset_and_force_open_change_the_state_at_once() {
         let (breaker, _clock) = breaker(5, SECOND, 1);
         assert!(breaker.force_open().is_some());
-        assert_eq!(breaker.current_state().0, OPEN);
+        assert_eq!(breaker.current_state().0, FORCED_OPEN);
         assert!(breaker.reset().is_some());
         assert_eq!(breaker.current_state().0, CLOSED);
         assert_eq!(breaker.reset(), None);
@@ -740,6 +1147,7 @@ mod tests {
             failure_threshold: 3,
             recovery_timeout: SECOND,
             half_open_max_calls: 1,
+            ..BreakerSettings::default()
         });
         assert!(fail(&breaker).is_some());
     }
@@ -787,6 +1195,203 @@ mod tests {
             let expected = (state == s) as i64 - (s == CLOSED) as i64;
             assert_eq!(into as i64 - out as i64, expected, "state {s}");
         }
+    }
+
+    fn with(settings: BreakerSettings) -> (Breaker, ManualClock) {
+        let clock = ManualClock::new(1_000 * SECOND);
+        (Breaker::new(settings, Clock::Manual(clock.clone())), clock)
+    }
+
+    fn succeed(breaker: &Breaker) -> Option<Transition> {
+        let (admission, _) = breaker.enter();
+        breaker.on_success(admission)
+    }
+
+    fn rate(ppm: u64, minimum_calls: u64, window: Window) -> BreakerSettings {
+        BreakerSettings {
+            failure_threshold: MAX_FAILURE_THRESHOLD,
+            recovery_timeout: SECOND,
+            failure_rate_ppm: ppm,
+            minimum_calls,
+            window,
+            ..BreakerSettings::default()
+        }
+    }
+
+    #[test]
+    fn a_failure_rate_opens_only_once_the_minimum_number_of_calls_is_seen() {
+        let (breaker, _clock) = with(rate(500_000, 4, Window::Calls(10)));
+        succeed(&breaker);
+        fail(&breaker);
+        succeed(&breaker);
+        assert_eq!(breaker.current_state().0, CLOSED, "3 calls < minimum 4");
+        assert_eq!(
+            fail(&breaker),
+            Some(Transition {
+                from: CLOSED,
+                to: OPEN
+            }),
+            "2 failures in 4 calls is 50%"
+        );
+    }
+
+    #[test]
+    fn a_count_window_forgets_calls_older_than_its_size() {
+        let (breaker, _clock) = with(rate(500_000, 2, Window::Calls(4)));
+        fail(&breaker);
+        for _ in 0..4 {
+            succeed(&breaker);
+        }
+        // The early failure fell out: 1 failure in the last 4 calls is 25%.
+        assert_eq!(fail(&breaker), None);
+        assert_eq!(breaker.window_totals(), (4, 1));
+        assert!(fail(&breaker).is_some(), "2 in the last 4 calls");
+    }
+
+    #[test]
+    fn a_time_window_forgets_calls_older_than_its_duration() {
+        let (breaker, clock) = with(rate(500_000, 2, Window::Nanos(10 * SECOND)));
+        fail(&breaker);
+        clock.advance(10 * SECOND);
+        succeed(&breaker);
+        succeed(&breaker);
+        assert_eq!(
+            fail(&breaker),
+            None,
+            "1 failure in 3 calls of the last 10 s"
+        );
+        clock.advance(SECOND);
+        assert!(fail(&breaker).is_some(), "2 failures in 4 calls");
+    }
+
+    #[test]
+    fn the_window_starts_empty_after_the_circuit_closes() {
+        let (breaker, clock) = with(rate(500_000, 2, Window::Calls(100)));
+        fail(&breaker);
+        assert!(fail(&breaker).is_some());
+        clock.advance(SECOND);
+        assert!(succeed(&breaker).is_some(), "the trial closes it");
+        assert_eq!(breaker.window_totals(), (0, 0));
+        assert_eq!(fail(&breaker), None, "1 call is below the minimum");
+    }
+
+    #[test]
+    fn the_consecutive_threshold_still_opens_beside_a_rate() {
+        let mut settings = rate(900_000, 100, Window::Calls(100));
+        settings.failure_threshold = 2;
+        let (breaker, _clock) = with(settings);
+        fail(&breaker);
+        assert!(fail(&breaker).is_some());
+    }
+
+    #[test]
+    fn each_failed_trial_in_a_row_doubles_the_open_period_up_to_the_cap() {
+        let (breaker, clock) = with(BreakerSettings {
+            failure_threshold: 1,
+            recovery_timeout: SECOND,
+            backoff_multiplier: 2.0,
+            max_recovery_timeout: 5 * SECOND,
+            ..BreakerSettings::default()
+        });
+        fail(&breaker);
+        let mut periods = vec![breaker.remaining()];
+        for _ in 0..4 {
+            clock.advance(breaker.remaining());
+            fail(&breaker); // the trial
+            periods.push(breaker.remaining());
+        }
+        assert_eq!(
+            periods,
+            [1, 2, 4, 5, 5].map(|s| s * SECOND).to_vec(),
+            "open periods"
+        );
+        clock.advance(breaker.remaining());
+        succeed(&breaker);
+        fail(&breaker);
+        assert_eq!(breaker.remaining(), SECOND, "closing forgets the back-off");
+    }
+
+    #[test]
+    fn open_for_holds_the_circuit_open_exactly_that_long() {
+        let (breaker, clock) = breaker(5, 60 * SECOND, 1);
+        assert_eq!(
+            breaker.open_for(7 * SECOND),
+            Some(Transition {
+                from: CLOSED,
+                to: OPEN
+            })
+        );
+        clock.advance(7 * SECOND - 1);
+        assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 1 });
+        clock.advance(1);
+        assert!(matches!(breaker.enter().0, Admission::Trial { .. }));
+    }
+
+    #[test]
+    fn a_forced_open_circuit_stays_open_past_any_timeout_until_reset() {
+        let (breaker, clock) = breaker(5, SECOND, 1);
+        breaker.force_open();
+        clock.advance(3_600 * SECOND);
+        assert!(breaker.enter().0.is_rejected());
+        assert_eq!(breaker.current_state().0, FORCED_OPEN);
+        breaker.reset();
+        assert!(matches!(breaker.enter().0, Admission::Normal { .. }));
+    }
+
+    #[test]
+    fn a_disabled_breaker_admits_every_call_and_keeps_counting() {
+        let (breaker, _clock) = breaker(1, SECOND, 1);
+        assert_eq!(
+            breaker.disable(),
+            Some(Transition {
+                from: CLOSED,
+                to: DISABLED
+            })
+        );
+        for _ in 0..5 {
+            assert_eq!(fail(&breaker), None);
+        }
+        assert_eq!(breaker.current_state().0, DISABLED);
+        assert_eq!(breaker.failures(), 5);
+        assert_eq!(breaker.rejections(), 0);
+    }
+
+    #[test]
+    fn metrics_only_admits_what_it_would_refuse_and_counts_it() {
+        let (breaker, clock) = breaker(2, SECOND, 1);
+        assert_eq!(
+            breaker.set_metrics_only(true),
+            Some(Transition {
+                from: CLOSED,
+                to: METRICS_ONLY
+            })
+        );
+        fail(&breaker);
+        assert!(fail(&breaker).is_some(), "the shadow machine opens");
+        assert_eq!(breaker.current_state().0, OPEN);
+        assert_eq!(breaker.reported_state().0, METRICS_ONLY);
+        for _ in 0..3 {
+            assert_eq!(breaker.enter().0, Admission::Bypass);
+        }
+        assert_eq!(breaker.would_reject(), 3);
+        assert_eq!(breaker.rejections(), 0);
+        clock.advance(SECOND);
+        let (trial, _) = breaker.enter();
+        assert!(matches!(trial, Admission::Trial { .. }), "it still trials");
+        assert_eq!(breaker.enter().0, Admission::Bypass);
+        assert!(breaker.on_success(trial).is_some());
+        breaker.set_metrics_only(false);
+        assert_eq!(breaker.reported_state().0, CLOSED);
+    }
+
+    #[test]
+    fn a_slow_success_counts_as_a_failure() {
+        let (breaker, _clock) = breaker(2, SECOND, 1);
+        let (admission, _) = breaker.enter();
+        breaker.on_slow_success(admission);
+        let (admission, _) = breaker.enter();
+        assert!(breaker.on_slow_success(admission).is_some());
+        assert_eq!(breaker.slow_calls(), 2);
     }
 
     /// A plain sequential breaker: the reference model.
@@ -912,7 +1517,7 @@ mod tests {
                         model.streak = 0;
                     }
                     Op::ForceOpen => {
-                        breaker.force_open();
+                        breaker.open_for(recovery);
                         model.open(clock.now());
                     }
                 }
@@ -944,6 +1549,7 @@ mod loom_tests {
             failure_threshold: threshold,
             recovery_timeout: 10,
             half_open_max_calls: half_open,
+            ..BreakerSettings::default()
         };
         (Breaker::new(settings, Clock::Manual(clock.clone())), clock)
     }
@@ -952,7 +1558,7 @@ mod loom_tests {
     fn loom_exactly_one_of_three_callers_gets_the_trial() {
         loom::model(|| {
             let (breaker, clock) = breaker(1, 1);
-            breaker.force_open();
+            breaker.open_for(10);
             clock.advance(10);
             let handles: Vec<_> = (0..3)
                 .map(|_| {
@@ -1001,7 +1607,7 @@ mod loom_tests {
         loom::model(|| {
             let (breaker, clock) = breaker(1, 1);
             let (stale, _) = breaker.enter();
-            breaker.force_open();
+            breaker.open_for(10);
             clock.advance(10);
             let (trial, _) = breaker.enter();
             assert!(matches!(trial, Admission::Trial { .. }));

@@ -23,15 +23,16 @@ use std::ptr::NonNull;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::breaker::{Breaker, BreakerSettings, BreakerState};
+use crate::breaker::{Breaker, BreakerSettings, BreakerState, Window};
 use crate::bucket::{BucketState, Quota, TokenBucket};
 use crate::clock::Clock;
 use crate::place::Place;
 
 /// "PEAKRSL" and a NUL, read as a little-endian word: the first 8 bytes of every file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
-/// Bumped whenever the header or a state block changes shape.
-pub const LAYOUT_VERSION: u64 = 1;
+/// Bumped whenever the header or a state block changes shape (3: the breaker's failure-rate
+/// window, back-off, slow calls and manual states).
+pub const LAYOUT_VERSION: u64 = 3;
 const HEADER_SIZE: usize = 64;
 const PARAMS: usize = 3;
 /// How many times an open retries when the file vanishes between `link` and `open`
@@ -541,7 +542,75 @@ pub fn shared_breaker(
     let region = Region::open_or_create(path, breaker_params(settings), || {
         BreakerState::new(settings)
     })?;
-    Ok((Breaker::over(region.state(), clock), region))
+    let breaker = Breaker::over(region.state(), clock);
+    check_policy(&breaker, &region, settings)?;
+    Ok((breaker, region))
+}
+
+/// The failure-rate, slow-call and back-off settings live in the state block, not in the
+/// header: a process opening the file with others is refused as for the header's.
+fn check_policy(
+    breaker: &Breaker,
+    region: &Region<BreakerState>,
+    ours: BreakerSettings,
+) -> Result<(), SharedError> {
+    let theirs = breaker.settings();
+    // Compared as stored (clamped), so that a setting stored as given is never a mismatch.
+    let ours = {
+        let probe = BreakerState::new(ours);
+        Breaker::over(Place::local(probe), breaker.clock().clone()).settings()
+    };
+    let window = |w: Window| match w {
+        Window::Calls(n) => n,
+        Window::Nanos(n) => n,
+    };
+    let is_time = |w: Window| matches!(w, Window::Nanos(_)) as u64;
+    let pairs: [(&'static str, u64, u64); 8] = [
+        (
+            "failure_rate_threshold (ppm)",
+            theirs.failure_rate_ppm,
+            ours.failure_rate_ppm,
+        ),
+        ("minimum_calls", theirs.minimum_calls, ours.minimum_calls),
+        (
+            "window_type (0 calls, 1 time)",
+            is_time(theirs.window),
+            is_time(ours.window),
+        ),
+        (
+            "window_size (calls or ns)",
+            window(theirs.window),
+            window(ours.window),
+        ),
+        (
+            "slow_call_duration (ns)",
+            theirs.slow_call_duration,
+            ours.slow_call_duration,
+        ),
+        (
+            "backoff_multiplier (f64 bits)",
+            theirs.backoff_multiplier.to_bits(),
+            ours.backoff_multiplier.to_bits(),
+        ),
+        (
+            "max_recovery_timeout (ns)",
+            theirs.max_recovery_timeout,
+            ours.max_recovery_timeout,
+        ),
+        ("", 0, 0),
+    ];
+    for (parameter, theirs, ours) in pairs {
+        if theirs != ours {
+            return Err(SharedError::Mismatch {
+                path: region.path().to_owned(),
+                what: <BreakerState as Layout>::WHAT,
+                parameter,
+                theirs,
+                ours,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Changes a shared breaker's settings for every process, and records them in the header.
@@ -599,6 +668,7 @@ mod tests {
             failure_threshold: 2,
             recovery_timeout: 10_000_000_000,
             half_open_max_calls: 1,
+            ..BreakerSettings::default()
         }
     }
 
