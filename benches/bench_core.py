@@ -147,7 +147,7 @@ def test_floor_raise_and_catch(benchmark: Any) -> None:
 @pytest.mark.benchmark(group="rejected")
 def test_ours_open_circuit_rejects(benchmark: Any) -> None:
     breaker = CircuitBreaker(recovery_timeout=1e6, name="bench-open")
-    breaker.force_open()
+    breaker.open_for(1e6)
     benchmark(catching(breaker.call(noop), CircuitBreakerError))
     assert breaker.rejection_total > 0
 
@@ -155,7 +155,7 @@ def test_ours_open_circuit_rejects(benchmark: Any) -> None:
 @pytest.mark.benchmark(group="rejected")
 def test_ours_allow_when_open(benchmark: Any) -> None:
     breaker = CircuitBreaker(recovery_timeout=1e6, name="bench-open-allow")
-    breaker.force_open()
+    breaker.open_for(1e6)
     assert benchmark(breaker.allow) is False
 
 

@@ -16,7 +16,8 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple, PyType};
 
 use crate::breaker::{
-    Admission, Breaker, BreakerSettings, BreakerState, Transition, MAX_HALF_OPEN_CALLS,
+    Admission, Breaker, BreakerSettings, BreakerState, Transition, Window, MAX_HALF_OPEN_CALLS,
+    STATES,
 };
 use crate::bucket::{BucketState, Decision, Quota, QuotaError, TokenBucket};
 use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
@@ -619,6 +620,64 @@ pub struct PyCircuitBreaker {
     /// Called as listener(name, from_state, to_state) after each transition. Locked only
     /// on a transition, never on the per-call path.
     listener: Mutex<Option<Py<PyAny>>>,
+    /// Which exceptions count as failures and which are ignored, and which return values
+    /// count as failures: consulted only when set.
+    outcomes: OutcomeRules,
+}
+
+/// What counts as a failure, beyond "the call raised an Exception".
+#[derive(Default)]
+struct OutcomeRules {
+    /// When set, only these exception classes count as failures (others as successes).
+    record: Option<Py<PyTuple>>,
+    /// These exception classes count neither way (a trial gives its permit back).
+    ignore: Option<Py<PyTuple>>,
+    /// Called with a returned value; a true answer makes the call a failure.
+    failure_result: Option<Py<PyAny>>,
+}
+
+/// How a guarded call counts for its breaker.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Verdict {
+    Success,
+    Failure,
+    Ignored,
+}
+
+fn exception_classes(
+    value: Option<&Bound<'_, PyAny>>,
+    name: &str,
+) -> PyResult<Option<Py<PyTuple>>> {
+    let Some(value) = value.filter(|v| !v.is_none()) else {
+        return Ok(None);
+    };
+    let items: Vec<Bound<'_, PyAny>> = if let Ok(ty) = value.cast::<PyType>() {
+        vec![ty.clone().into_any()]
+    } else {
+        value
+            .try_iter()
+            .map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "{name} must be an exception class or a tuple of them, got {}",
+                    value.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?
+            .collect::<PyResult<_>>()?
+    };
+    let base = value.py().get_type::<pyo3::exceptions::PyBaseException>();
+    for item in &items {
+        let is_class = item
+            .cast::<PyType>()
+            .map(|t| t.is_subclass(&base).unwrap_or(false))
+            .unwrap_or(false);
+        if !is_class {
+            return Err(PyTypeError::new_err(format!(
+                "{name} must hold exception classes, got {}",
+                item.repr()?
+            )));
+        }
+    }
+    Ok(Some(PyTuple::new(value.py(), items)?.unbind()))
 }
 
 fn breaker_settings(
@@ -636,7 +695,95 @@ fn breaker_settings(
         failure_threshold: positive_int(failure_threshold, "failure_threshold")?,
         recovery_timeout: seconds(recovery_timeout, "recovery_timeout", false)?,
         half_open_max_calls: half_open,
+        ..BreakerSettings::default()
     })
+}
+
+/// The failure-rate, slow-call and back-off keywords, each applied over `settings` when
+/// given and not None (so that `set_settings` keeps what it is not told).
+struct Policy<'a, 'py> {
+    failure_rate_threshold: Option<&'a Bound<'py, PyAny>>,
+    minimum_calls: Option<&'a Bound<'py, PyAny>>,
+    window_type: Option<&'a Bound<'py, PyAny>>,
+    window_size: Option<&'a Bound<'py, PyAny>>,
+    slow_call_duration: Option<&'a Bound<'py, PyAny>>,
+    backoff_multiplier: Option<&'a Bound<'py, PyAny>>,
+    max_recovery_timeout: Option<&'a Bound<'py, PyAny>>,
+}
+
+fn given<'a, 'py>(value: Option<&'a Bound<'py, PyAny>>) -> Option<&'a Bound<'py, PyAny>> {
+    value.filter(|v| !v.is_none())
+}
+
+fn number(value: &Bound<'_, PyAny>, name: &str) -> PyResult<f64> {
+    reject_bool(value, name)?;
+    if !(value.is_instance_of::<PyInt>() || value.is_instance_of::<PyFloat>()) {
+        return Err(PyTypeError::new_err(format!(
+            "{name} must be a number, got {}",
+            value.repr()?
+        )));
+    }
+    value.extract()
+}
+
+impl Policy<'_, '_> {
+    fn apply(&self, mut settings: BreakerSettings) -> PyResult<BreakerSettings> {
+        if let Some(rate) = given(self.failure_rate_threshold) {
+            let r = number(rate, "failure_rate_threshold")?;
+            if !(r > 0.0 && r <= 1.0) {
+                return Err(PyValueError::new_err(format!(
+                    "failure_rate_threshold must be a fraction in (0, 1] (0.5 = half the calls), got {}",
+                    rate.repr()?
+                )));
+            }
+            settings.failure_rate_ppm = ((r * 1_000_000.0).round() as u64).max(1);
+        }
+        if let Some(n) = given(self.minimum_calls) {
+            settings.minimum_calls = positive_int(n, "minimum_calls")?;
+        }
+        let is_time = match given(self.window_type) {
+            None => matches!(settings.window, Window::Nanos(_)),
+            Some(kind) => match kind.extract::<String>().ok().as_deref() {
+                Some("count") => false,
+                Some("time") => true,
+                _ => {
+                    return Err(PyValueError::new_err(format!(
+                        "window_type must be \"count\" (the last window_size calls) or \"time\" (the last window_size seconds), got {}",
+                        kind.repr()?
+                    )))
+                }
+            },
+        };
+        let was_time = matches!(settings.window, Window::Nanos(_));
+        settings.window = match (given(self.window_size), is_time) {
+            (Some(size), false) => Window::Calls(positive_int(size, "window_size")?),
+            (Some(size), true) => Window::Nanos(seconds(size, "window_size", false)?),
+            // A kind changed without a size gets that kind's default size.
+            (None, false) if was_time => Window::Calls(100),
+            (None, true) if !was_time => Window::Nanos(60 * 1_000_000_000),
+            (None, _) => settings.window,
+        };
+        if let Some(d) = given(self.slow_call_duration) {
+            settings.slow_call_duration = seconds(d, "slow_call_duration", false)?;
+        }
+        if let Some(m) = given(self.backoff_multiplier) {
+            let value = number(m, "backoff_multiplier")?;
+            if !(value.is_finite() && value >= 1.0) {
+                return Err(PyValueError::new_err(format!(
+                    "backoff_multiplier must be a finite number >= 1 (1 = no back-off), got {}",
+                    m.repr()?
+                )));
+            }
+            settings.backoff_multiplier = value;
+        }
+        if let Some(cap) = given(self.max_recovery_timeout) {
+            settings.max_recovery_timeout = seconds(cap, "max_recovery_timeout", false)?;
+        }
+        if settings.max_recovery_timeout < settings.recovery_timeout {
+            settings.max_recovery_timeout = settings.recovery_timeout;
+        }
+        Ok(settings)
+    }
 }
 
 impl PyCircuitBreaker {
@@ -681,6 +828,70 @@ impl PyCircuitBreaker {
         self.notify(py, transition);
     }
 
+    /// How a raised exception counts: ignored, a failure, or (outside `record_exceptions`)
+    /// a success. Without rules: a failure, decided without a Python call.
+    #[inline]
+    fn judge_error(&self, py: Python<'_>, err: &PyErr) -> Verdict {
+        let rules = &self.outcomes;
+        if rules.record.is_none() && rules.ignore.is_none() {
+            return Verdict::Failure;
+        }
+        self.judge_error_slow(py, err)
+    }
+
+    #[cold]
+    fn judge_error_slow(&self, py: Python<'_>, err: &PyErr) -> Verdict {
+        let value = err.value(py);
+        let is_a = |classes: &Py<PyTuple>| value.is_instance(classes.bind(py)).unwrap_or(false);
+        if self.outcomes.ignore.as_ref().is_some_and(is_a) {
+            return Verdict::Ignored;
+        }
+        match &self.outcomes.record {
+            Some(record) if !is_a(record) => Verdict::Success,
+            _ => Verdict::Failure,
+        }
+    }
+
+    /// Whether a returned value counts as a failure (`failure_result`); a predicate that
+    /// raises is reported as unraisable and the call counts as a success.
+    #[inline]
+    fn judge_result(&self, py: Python<'_>, value: &Bound<'_, PyAny>) -> Verdict {
+        match &self.outcomes.failure_result {
+            None => Verdict::Success,
+            Some(predicate) => match predicate
+                .bind(py)
+                .call1((value,))
+                .and_then(|v| v.is_truthy())
+            {
+                Ok(true) => Verdict::Failure,
+                Ok(false) => Verdict::Success,
+                Err(err) => {
+                    err.write_unraisable(py, Some(predicate.bind(py)));
+                    Verdict::Success
+                }
+            },
+        }
+    }
+
+    /// Records a verdict for a call admitted as `admission` that ran `elapsed` ns (None:
+    /// not timed).
+    #[inline]
+    fn settle(&self, py: Python<'_>, admission: Admission, verdict: Verdict, elapsed: Option<u64>) {
+        match verdict {
+            Verdict::Failure => self.fail(py, admission),
+            Verdict::Ignored => self.core.release(admission),
+            Verdict::Success => {
+                let slow = self.core.slow_call_duration();
+                if slow != 0 && elapsed.is_some_and(|e| e >= slow) {
+                    let transition = self.core.on_slow_success(admission);
+                    self.notify(py, transition);
+                } else {
+                    self.succeed(py, admission);
+                }
+            }
+        }
+    }
+
     /// How a call recorded by hand (`record_success` / `record_failure`) was admitted.
     fn inferred_admission(&self, py: Python<'_>) -> Admission {
         // Advance an expired OPEN to HALF_OPEN first, as `allow()` would have.
@@ -719,7 +930,10 @@ fn admission_from(code: u64) -> PyResult<Admission> {
 #[pymethods]
 impl PyCircuitBreaker {
     #[new]
-    #[pyo3(signature = (failure_threshold=None, recovery_timeout=None, name=None, half_open_max_calls=None, *, clock=None, shared=None))]
+    #[pyo3(signature = (failure_threshold=None, recovery_timeout=None, name=None, half_open_max_calls=None, *, clock=None, shared=None,
+                        failure_rate_threshold=None, minimum_calls=None, window_type=None, window_size=None,
+                        slow_call_duration=None, backoff_multiplier=None, max_recovery_timeout=None,
+                        record_exceptions=None, ignore_exceptions=None, failure_result=None, metrics_only=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -729,6 +943,17 @@ impl PyCircuitBreaker {
         half_open_max_calls: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
         shared: Option<&Bound<'_, PyAny>>,
+        failure_rate_threshold: Option<&Bound<'_, PyAny>>,
+        minimum_calls: Option<&Bound<'_, PyAny>>,
+        window_type: Option<&Bound<'_, PyAny>>,
+        window_size: Option<&Bound<'_, PyAny>>,
+        slow_call_duration: Option<&Bound<'_, PyAny>>,
+        backoff_multiplier: Option<&Bound<'_, PyAny>>,
+        max_recovery_timeout: Option<&Bound<'_, PyAny>>,
+        record_exceptions: Option<&Bound<'_, PyAny>>,
+        ignore_exceptions: Option<&Bound<'_, PyAny>>,
+        failure_result: Option<&Bound<'_, PyAny>>,
+        metrics_only: bool,
     ) -> PyResult<Self> {
         let five = 5i64.into_pyobject(py)?.into_any();
         let sixty = PyFloat::new(py, 60.0).into_any();
@@ -738,6 +963,31 @@ impl PyCircuitBreaker {
             given_or(recovery_timeout, &sixty),
             given_or(half_open_max_calls, &one),
         )?;
+        let settings = Policy {
+            failure_rate_threshold,
+            minimum_calls,
+            window_type,
+            window_size,
+            slow_call_duration,
+            backoff_multiplier,
+            max_recovery_timeout,
+        }
+        .apply(settings)?;
+        let failure_result = match given(failure_result) {
+            None => None,
+            Some(f) if f.is_callable() => Some(f.clone().unbind()),
+            Some(f) => {
+                return Err(PyTypeError::new_err(format!(
+                    "failure_result must be a callable taking the returned value, got {}",
+                    f.repr()?
+                )))
+            }
+        };
+        let outcomes = OutcomeRules {
+            record: exception_classes(record_exceptions, "record_exceptions")?,
+            ignore: exception_classes(ignore_exceptions, "ignore_exceptions")?,
+            failure_result,
+        };
         let clock = clock_from(clock)?;
         let (core, shared) = match shared_path(shared, "breaker")? {
             None => (Breaker::new(settings, clock), None),
@@ -747,11 +997,16 @@ impl PyCircuitBreaker {
                 (core, Some(region))
             }
         };
+        if metrics_only {
+            // Before any listener is set: entering the mode at birth is no transition to log.
+            core.set_metrics_only(true);
+        }
         Ok(PyCircuitBreaker {
             core,
             shared,
             name: name_or(py, name, "breaker", &BREAKER_SEQUENCE)?,
             listener: Mutex::new(None),
+            outcomes,
         })
     }
 
@@ -773,13 +1028,177 @@ impl PyCircuitBreaker {
         self.fail(py, admission);
     }
 
-    /// The state as an int (0 closed, 1 half-open, 2 open); an open circuit whose
-    /// recovery timeout has passed reads (and becomes) half-open.
+    /// The state as an int (0 closed, 1 half-open, 2 open, 3 forced open, 4 disabled,
+    /// 5 metrics only); an open circuit whose recovery timeout has passed reads (and
+    /// becomes) half-open.
     #[getter]
     fn state_code(&self, py: Python<'_>) -> u8 {
+        let (state, transition) = self.core.reported_state();
+        self.notify(py, transition);
+        state
+    }
+
+    /// The state machine's own state (0..=4): under METRICS_ONLY, what an enforcing
+    /// breaker would be in; otherwise `state_code`.
+    #[getter]
+    fn shadow_state_code(&self, py: Python<'_>) -> u8 {
         let (state, transition) = self.core.current_state();
         self.notify(py, transition);
         state
+    }
+
+    /// Opens the circuit for exactly `seconds` (e.g. an exchange's Retry-After), after
+    /// which it half-opens as usual.
+    fn open_for(&self, py: Python<'_>, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let nanos = seconds(seconds_, "seconds", false)?;
+        let transition = self.core.open_for(nanos);
+        self.notify(py, transition);
+        Ok(())
+    }
+
+    /// Admits every call (outcomes still counted, no state change) until `reset()`.
+    fn disable(&self, py: Python<'_>) {
+        let transition = self.core.disable();
+        self.notify(py, transition);
+    }
+
+    /// Whether the breaker decides but does not enforce (calls it would refuse run, and
+    /// are counted in `would_reject_total`).
+    #[getter]
+    fn metrics_only(&self) -> bool {
+        self.core.metrics_only()
+    }
+
+    /// Enters or leaves METRICS_ONLY mode (the state machine carries on either way).
+    fn set_metrics_only(&self, py: Python<'_>, enabled: bool) {
+        let transition = self.core.set_metrics_only(enabled);
+        self.notify(py, transition);
+    }
+
+    /// Successful calls counted as failures for lasting `slow_call_duration` or longer.
+    #[getter]
+    fn slow_call_total(&self) -> u64 {
+        self.core.slow_calls()
+    }
+
+    /// Calls admitted in METRICS_ONLY mode that an enforcing breaker would have refused.
+    #[getter]
+    fn would_reject_total(&self) -> u64 {
+        self.core.would_reject()
+    }
+
+    /// Trials failed in a row since the circuit last closed (the back-off exponent).
+    #[getter]
+    fn failed_trials(&self) -> u64 {
+        self.core.failed_trials()
+    }
+
+    /// The failure rate over the window now (0.0 with no calls or no rate configured).
+    #[getter]
+    fn failure_rate(&self) -> f64 {
+        match self.core.window_totals() {
+            (0, _) => 0.0,
+            (calls, failures) => failures as f64 / calls as f64,
+        }
+    }
+
+    /// (calls, failures) in the failure-rate window now.
+    #[getter]
+    fn window_counts(&self) -> (u64, u64) {
+        self.core.window_totals()
+    }
+
+    /// The failure-rate threshold as a fraction, or None when only the streak counts.
+    #[getter]
+    fn failure_rate_threshold(&self) -> Option<f64> {
+        match self.core.settings().failure_rate_ppm {
+            0 => None,
+            ppm => Some(ppm as f64 / 1_000_000.0),
+        }
+    }
+
+    #[getter]
+    fn minimum_calls(&self) -> u64 {
+        self.core.settings().minimum_calls
+    }
+
+    /// "count" or "time".
+    #[getter]
+    fn window_type(&self) -> &'static str {
+        match self.core.settings().window {
+            Window::Calls(_) => "count",
+            Window::Nanos(_) => "time",
+        }
+    }
+
+    /// Calls (count window) or seconds (time window).
+    #[getter]
+    fn window_size(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(match self.core.settings().window {
+            Window::Calls(n) => n.into_pyobject(py)?.into_any().unbind(),
+            Window::Nanos(n) => PyFloat::new(py, nanos_to_seconds(n)).into_any().unbind(),
+        })
+    }
+
+    /// Seconds from which a successful call counts as a failure, or None.
+    #[getter]
+    fn slow_call_duration(&self) -> Option<f64> {
+        match self.core.settings().slow_call_duration {
+            0 => None,
+            n => Some(nanos_to_seconds(n)),
+        }
+    }
+
+    #[getter]
+    fn backoff_multiplier(&self) -> f64 {
+        self.core.settings().backoff_multiplier
+    }
+
+    #[getter]
+    fn max_recovery_timeout(&self) -> f64 {
+        nanos_to_seconds(self.core.settings().max_recovery_timeout)
+    }
+
+    #[getter]
+    fn record_exceptions(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.outcomes.record.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn ignore_exceptions(&self, py: Python<'_>) -> Option<Py<PyTuple>> {
+        self.outcomes.ignore.as_ref().map(|t| t.clone_ref(py))
+    }
+
+    #[getter]
+    fn failure_result(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.outcomes
+            .failure_result
+            .as_ref()
+            .map(|f| f.clone_ref(py))
+    }
+
+    /// How an exception counts for this breaker: "failure", "success" or "ignored".
+    fn classify_exception(
+        &self,
+        py: Python<'_>,
+        error: Bound<'_, PyAny>,
+    ) -> PyResult<&'static str> {
+        if !error.is_instance_of::<pyo3::exceptions::PyBaseException>() {
+            return Err(PyTypeError::new_err(format!(
+                "error must be an exception instance, got {}",
+                error.repr()?
+            )));
+        }
+        Ok(match self.judge_error(py, &PyErr::from_value(error)) {
+            Verdict::Failure => "failure",
+            Verdict::Success => "success",
+            Verdict::Ignored => "ignored",
+        })
+    }
+
+    /// Whether a returned value counts as a failure (by `failure_result`).
+    fn is_failure_result(&self, py: Python<'_>, value: Bound<'_, PyAny>) -> bool {
+        self.judge_result(py, &value) == Verdict::Failure
     }
 
     /// Closes the circuit and clears the failure streak.
@@ -788,21 +1207,48 @@ impl PyCircuitBreaker {
         self.notify(py, transition);
     }
 
-    /// Opens the circuit now, for `recovery_timeout` seconds.
+    /// Holds the circuit open (FORCED_OPEN) until `reset()`.
     fn force_open(&self, py: Python<'_>) {
         let transition = self.core.force_open();
         self.notify(py, transition);
     }
 
-    /// Changes the thresholds in place; the state and its counts stay.
-    #[pyo3(signature = (failure_threshold, recovery_timeout, half_open_max_calls))]
+    /// Changes the thresholds in place; the state and its counts stay. The policy keywords
+    /// left out (or None) keep their current values.
+    #[pyo3(signature = (failure_threshold, recovery_timeout, half_open_max_calls, *,
+                        failure_rate_threshold=None, minimum_calls=None, window_type=None, window_size=None,
+                        slow_call_duration=None, backoff_multiplier=None, max_recovery_timeout=None))]
+    #[allow(clippy::too_many_arguments)]
     fn set_settings(
         &self,
         failure_threshold: &Bound<'_, PyAny>,
         recovery_timeout: &Bound<'_, PyAny>,
         half_open_max_calls: &Bound<'_, PyAny>,
+        failure_rate_threshold: Option<&Bound<'_, PyAny>>,
+        minimum_calls: Option<&Bound<'_, PyAny>>,
+        window_type: Option<&Bound<'_, PyAny>>,
+        window_size: Option<&Bound<'_, PyAny>>,
+        slow_call_duration: Option<&Bound<'_, PyAny>>,
+        backoff_multiplier: Option<&Bound<'_, PyAny>>,
+        max_recovery_timeout: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let settings = breaker_settings(failure_threshold, recovery_timeout, half_open_max_calls)?;
+        let base = breaker_settings(failure_threshold, recovery_timeout, half_open_max_calls)?;
+        let current = self.core.settings();
+        let settings = Policy {
+            failure_rate_threshold,
+            minimum_calls,
+            window_type,
+            window_size,
+            slow_call_duration,
+            backoff_multiplier,
+            max_recovery_timeout,
+        }
+        .apply(BreakerSettings {
+            failure_threshold: base.failure_threshold,
+            recovery_timeout: base.recovery_timeout,
+            half_open_max_calls: base.half_open_max_calls,
+            ..current
+        })?;
         match &self.shared {
             None => self.core.set_settings(settings),
             Some(region) => shared::set_shared_settings(&self.core, region, settings),
@@ -858,14 +1304,30 @@ impl PyCircuitBreaker {
         self.core.rejections()
     }
 
-    /// How many times the circuit went from state `from_state` to `to_state` (0..=2).
+    /// How many times the circuit went from state `from_state` to `to_state` (0..=5).
     fn transition_count(&self, from_state: u8, to_state: u8) -> PyResult<u64> {
-        if from_state > 2 || to_state > 2 {
+        if from_state as usize >= STATES || to_state as usize >= STATES {
             return Err(PyValueError::new_err(format!(
-                "states are 0, 1 or 2, got from_state={from_state} to_state={to_state}"
+                "states are 0 to {}, got from_state={from_state} to_state={to_state}",
+                STATES - 1
             )));
         }
         Ok(self.core.transitions(from_state, to_state))
+    }
+
+    /// Every transition that happened, as {(from_state, to_state): count} (one call per
+    /// breaker per scrape, whatever the number of states).
+    fn transition_counts<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let out = PyDict::new(py);
+        for from in 0..STATES as u8 {
+            for to in 0..STATES as u8 {
+                let count = self.core.transitions(from, to);
+                if count != 0 {
+                    out.set_item((from, to), count)?;
+                }
+            }
+        }
+        Ok(out)
     }
 
     #[getter]
@@ -881,8 +1343,9 @@ impl PyCircuitBreaker {
         }
     }
 
-    /// Asks to run one call: 1 admitted while closed, 2 admitted as a half-open trial;
-    /// raises CircuitBreakerError when refused. For wrappers that run the call themselves.
+    /// Asks to run one call: an admission code (kind 1 closed, 2 half-open trial, 3 outside
+    /// the state machine); raises CircuitBreakerError when refused. For wrappers that run
+    /// the call themselves.
     fn _enter(&self, py: Python<'_>) -> PyResult<u64> {
         match self.enter(py) {
             Admission::Rejected { remaining } => Err(self.rejection(py, remaining)),
@@ -1008,6 +1471,9 @@ extern "C" {
 
 /// `Guard::started` for a call whose latency and outcome are not recorded.
 const NOT_TIMED: u64 = u64::MAX;
+/// Set in `Guard::started` when the call is timed for its breaker's slow-call duration
+/// only, not for the operation's stats.
+const BREAKER_ONLY: u64 = 1 << 63;
 
 /// Turns the recording of latency and outcomes by every guard on or off (`metrics_enabled`).
 #[pyfunction]
@@ -1128,37 +1594,51 @@ impl Guard {
     }
 
     /// When the call started, or NOT_TIMED when nothing will be recorded for it (no
-    /// operation, or recording switched off): the switch is read once per call, so a call
-    /// in flight when it flips is recorded whole or not at all.
+    /// operation, or recording switched off, and no slow-call duration): the switch is read
+    /// once per call, so a call in flight when it flips is recorded whole or not at all.
+    /// With BREAKER_ONLY set, the call is timed for its breaker only.
     #[inline]
     fn started(&self) -> u64 {
-        if self.operation.is_some() && stats::recording() {
-            self.clock.now()
-        } else {
-            NOT_TIMED
+        let for_stats = self.operation.is_some() && stats::recording();
+        let for_breaker = self
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.get().core.slow_call_duration() != 0);
+        match (for_stats, for_breaker) {
+            (true, _) => self.clock.now(),
+            (false, true) => self.clock.now() | BREAKER_ONLY,
+            (false, false) => NOT_TIMED,
         }
     }
 
+    /// Records how the call ended: `Ok(value)` returned, `Err(error)` raised an Exception.
     #[inline]
-    fn record(&self, py: Python<'_>, admission: Admission, started: u64, error: Option<&PyErr>) {
-        let failed = error.is_some();
-        if let (Some(operation), true) = (&self.operation, started != NOT_TIMED) {
+    fn record(
+        &self,
+        py: Python<'_>,
+        admission: Admission,
+        started: u64,
+        outcome: Result<&Bound<'_, PyAny>, &PyErr>,
+    ) {
+        let elapsed = (started != NOT_TIMED)
+            .then(|| self.clock.now().saturating_sub(started & !BREAKER_ONLY));
+        if let (Some(operation), Some(elapsed), false) =
+            (&self.operation, elapsed, started & BREAKER_ONLY != 0)
+        {
             let operation = operation.get();
-            operation
-                .stats
-                .record_latency(self.clock.now().saturating_sub(started));
-            match error {
-                None => operation.stats.record_success(),
-                Some(err) => operation.record_exception(py, err),
+            operation.stats.record_latency(elapsed);
+            match outcome {
+                Ok(_) => operation.stats.record_success(),
+                Err(err) => operation.record_exception(py, err),
             }
         }
         if let Some(breaker) = &self.breaker {
             let breaker = breaker.get();
-            if failed {
-                breaker.fail(py, admission);
-            } else {
-                breaker.succeed(py, admission);
-            }
+            let verdict = match outcome {
+                Ok(value) => breaker.judge_result(py, value),
+                Err(err) => breaker.judge_error(py, err),
+            };
+            breaker.settle(py, admission, verdict, elapsed);
         }
     }
 
@@ -1277,11 +1757,11 @@ impl Guard {
         let started = self.started();
         match self.func.bind(py).call(args, kwargs) {
             Ok(value) => {
-                self.record(py, admission, started, None);
+                self.record(py, admission, started, Ok(&value));
                 Ok(value.unbind())
             }
             Err(err) if err.is_instance_of::<PyException>(py) => {
-                self.record(py, admission, started, Some(&err));
+                self.record(py, admission, started, Err(&err));
                 if self.fallback_on_failure.load(Ordering::Relaxed) {
                     if let Some(result) = self.call_fallback(py, args, kwargs) {
                         return result;
@@ -1332,24 +1812,27 @@ impl Guard {
     }
 
     /// For async wrappers: records how the call ended. `error` is the exception raised,
-    /// or None for success. Returns True when the fallback should replace the error.
-    #[pyo3(signature = (admission, started, error=None))]
+    /// or None for success (then `result` is the value returned). Returns True when the
+    /// fallback should replace the error.
+    #[pyo3(signature = (admission, started, error=None, result=None))]
     fn _exit(
         &self,
         py: Python<'_>,
         admission: u64,
         started: u64,
         error: Option<Bound<'_, PyAny>>,
+        result: Option<Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let admission = admission_from(admission)?;
         match error {
             None => {
-                self.record(py, admission, started, None);
+                let value = result.unwrap_or_else(|| py.None().into_bound(py));
+                self.record(py, admission, started, Ok(&value));
                 Ok(false)
             }
             Some(exc) if exc.is_instance_of::<PyException>() => {
                 let err = PyErr::from_value(exc);
-                self.record(py, admission, started, Some(&err));
+                self.record(py, admission, started, Err(&err));
                 Ok(self.fallback_on_failure.load(Ordering::Relaxed))
             }
             Some(_) => {

@@ -221,7 +221,7 @@ def test_allow_and_record_drive_the_breaker_without_a_decorator(clock: ManualClo
 def test_reset_and_force_open(clock: ManualClock) -> None:
     breaker = CircuitBreaker(clock=clock)
     breaker.force_open()
-    assert breaker.state is CircuitState.OPEN
+    assert breaker.state is CircuitState.FORCED_OPEN
     breaker.reset()
     assert breaker.state is CircuitState.CLOSED
     assert breaker.failure_count == 0
@@ -233,7 +233,7 @@ def test_state_changes_are_counted_per_transition(clock: ManualClock) -> None:
         breaker.call(failing)()
     clock.advance(1)
     breaker.call(lambda: None)()
-    closed, half_open, open_ = (int(s) for s in CircuitState)
+    closed, half_open, open_ = CircuitState.CLOSED, CircuitState.HALF_OPEN, CircuitState.OPEN
     assert breaker.transition_count(closed, open_) == 1
     assert breaker.transition_count(open_, half_open) == 1
     assert breaker.transition_count(half_open, closed) == 1

@@ -18,7 +18,7 @@ def test_a_forked_child_gets_a_copy_of_the_in_process_budget() -> None:
     breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=3600)
     for _ in range(4):
         limiter.acquire()
-    breaker.force_open()
+    breaker.open_for(3600)
     read, write = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report what it sees, then leave without running pytest's exit

@@ -159,8 +159,8 @@ class BreakerMachine(RuleBasedStateMachine):
         self.model.state, self.model.streak = CircuitState.CLOSED, 0
 
     @rule()
-    def force_open(self) -> None:
-        self.breaker.force_open()
+    def open_for_the_recovery_timeout(self) -> None:
+        self.breaker.open_for(self.breaker.recovery_timeout)
         self.model.open(self.now)
 
     @invariant()

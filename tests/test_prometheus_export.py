@@ -301,7 +301,7 @@ def test_registering_into_the_same_registry_twice_is_harmless() -> None:
 def test_any_breaker_name_round_trips_through_both_formats(name: str) -> None:
     breaker = CircuitBreaker(name=name)
     breaker.force_open()
-    assert value(scrape(), "peak_trade_circuit_breaker_state", name=name) == 2
+    assert value(scrape(), "peak_trade_circuit_breaker_state", name=name) == 3
     om = scrape("application/openmetrics-text; version=1.0.0")
     states = {
         s.labels["name"]: s.value
@@ -309,5 +309,5 @@ def test_any_breaker_name_round_trips_through_both_formats(name: str) -> None:
         if f.name == "peak_trade_circuit_breaker_state"
         for s in f.samples
     }
-    assert states[name] == 2
+    assert states[name] == 3
     del breaker

@@ -84,7 +84,7 @@ def test_an_open_breaker_lets_exactly_one_trial_through_under_contention(
 ) -> None:
     clock = ManualClock()
     breaker = CircuitBreaker(failure_threshold=1, recovery_timeout=1, clock=clock)
-    breaker.force_open()
+    breaker.open_for(1)
     clock.advance(1)
     admitted = []
 

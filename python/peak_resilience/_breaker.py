@@ -6,7 +6,7 @@ import enum
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
 
 from peak_resilience import _backends, _instances, _shared
 from peak_resilience._guard import guard, typed
@@ -19,16 +19,30 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 
+#: "count": the failure rate over the last ``window_size`` calls; "time": over the last
+#: ``window_size`` seconds.
+WindowType = Literal["count", "time"]
+ExceptionClasses = type[BaseException] | tuple[type[BaseException], ...]
+
 #: Called as hook(name, from_state, to_state) after every transition of every breaker.
 transition_hooks: list[Callable[[str, CircuitState, CircuitState], None]] = []
 
 
 class CircuitState(enum.IntEnum):
-    """A breaker's state; the values are those of the ``..._circuit_breaker_state`` gauge."""
+    """A breaker's state; the values are those of the ``..._circuit_breaker_state`` gauge.
+
+    Beside the guide's three: FORCED_OPEN (``force_open()``: refuses every call until
+    ``reset()``), DISABLED (``disable()``: admits every call and keeps counting until
+    ``reset()``) and METRICS_ONLY (``metrics_only=True``: the state machine decides, its
+    own state is ``shadow_state``, but every call runs; would-be refusals are counted).
+    """
 
     CLOSED = 0
     HALF_OPEN = 1
     OPEN = 2
+    FORCED_OPEN = 3
+    DISABLED = 4
+    METRICS_ONLY = 5
 
     def __str__(self) -> str:
         # Logs and messages read "OPEN", not the gauge value "2".
@@ -37,7 +51,8 @@ class CircuitState(enum.IntEnum):
 
 def _on_transition(name: str, from_code: int, to_code: int) -> None:
     from_state, to_state = CircuitState(from_code), CircuitState(to_code)
-    level = logging.WARNING if to_state is CircuitState.OPEN else logging.INFO
+    opened = to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN)
+    level = logging.WARNING if opened else logging.INFO
     logger.log(level, "circuit breaker %r: %s -> %s", name, from_state.name, to_state.name)
     for hook in list(transition_hooks):
         hook(name, from_state, to_state)
@@ -62,6 +77,31 @@ class CircuitBreaker(_NativeBreaker):
     of the host is open in all that use the same ``name``) or ``"redis"`` (shared by every
     host, at ``redis_url``; ``on_backend_error`` and ``redis_timeout`` say what happens
     when Redis cannot be reached).
+
+    Trader-grade policies, each off unless given:
+
+    - ``failure_rate_threshold`` (a fraction, 0.5 = half the calls) opens the circuit
+      when that share of the calls in the window failed, once the window holds
+      ``minimum_calls`` (default 10); beside ``failure_threshold``, which still opens it
+      on a streak. ``window_type="count"`` measures the last ``window_size`` calls
+      (default 100), ``"time"`` the last ``window_size`` seconds (default 60), each in ten
+      slices: the oldest slice drops out whole. The window starts empty whenever the
+      circuit closes.
+    - ``slow_call_duration`` seconds: a successful call that took at least this long
+      counts as a failure (in the streak and in the rate) and in ``slow_call_total``.
+    - ``record_exceptions``: only these exception classes count as failures; any other
+      exception counts as a success. ``ignore_exceptions``: these count neither way (a
+      half-open trial gives its permit back). ``failure_result(value)``: a returned value
+      for which it answers true counts as a failure (the value is still returned).
+    - ``backoff_multiplier``: each half-open trial that fails in a row reopens the
+      circuit for ``recovery_timeout * backoff_multiplier ** n`` seconds, at most
+      ``max_recovery_timeout`` (default 600 s); closing forgets the count.
+    - ``open_for(seconds)`` opens it for exactly that long (an exchange's Retry-After);
+      ``force_open()`` holds it open and ``disable()`` lets everything through (still
+      counting), both until ``reset()``; ``metrics_only=True`` (or
+      ``set_metrics_only(True)``) lets every call run while the state machine keeps
+      deciding: ``state`` reads METRICS_ONLY, ``shadow_state`` what it would be, and
+      ``would_reject_total`` counts the calls it would have refused.
     """
 
     backend: _backends.Backend = "memory"
@@ -79,6 +119,17 @@ class CircuitBreaker(_NativeBreaker):
         redis_url: str | None = None,
         on_backend_error: _backends.OnBackendError = "local",
         redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+        failure_rate_threshold: float | None = None,
+        minimum_calls: int | None = None,
+        window_type: WindowType | None = None,
+        window_size: float | None = None,
+        slow_call_duration: float | None = None,
+        backoff_multiplier: float | None = None,
+        max_recovery_timeout: float | None = None,
+        record_exceptions: ExceptionClasses | None = None,
+        ignore_exceptions: ExceptionClasses | None = None,
+        failure_result: Callable[[Any], object] | None = None,
+        metrics_only: bool = False,
     ) -> CircuitBreaker:
         backend = _backends.check_backend(backend)
         shared = None
@@ -98,6 +149,17 @@ class CircuitBreaker(_NativeBreaker):
             half_open_max_calls,
             clock=clock,
             shared=shared,
+            failure_rate_threshold=failure_rate_threshold,
+            minimum_calls=minimum_calls,
+            window_type=window_type,
+            window_size=window_size,
+            slow_call_duration=slow_call_duration,
+            backoff_multiplier=backoff_multiplier,
+            max_recovery_timeout=max_recovery_timeout,
+            record_exceptions=record_exceptions,
+            ignore_exceptions=ignore_exceptions,
+            failure_result=failure_result,
+            metrics_only=metrics_only,
         )
         return cast("CircuitBreaker", instance)
 
@@ -114,6 +176,17 @@ class CircuitBreaker(_NativeBreaker):
         redis_url: str | None = None,
         on_backend_error: _backends.OnBackendError = "local",
         redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+        failure_rate_threshold: float | None = None,
+        minimum_calls: int | None = None,
+        window_type: WindowType | None = None,
+        window_size: float | None = None,
+        slow_call_duration: float | None = None,
+        backoff_multiplier: float | None = None,
+        max_recovery_timeout: float | None = None,
+        record_exceptions: ExceptionClasses | None = None,
+        ignore_exceptions: ExceptionClasses | None = None,
+        failure_result: Callable[[Any], object] | None = None,
+        metrics_only: bool = False,
     ) -> None:
         # The native constructor has validated and stored everything (and mapped the
         # shared file); the Redis subclass checks its own arguments.
@@ -125,6 +198,12 @@ class CircuitBreaker(_NativeBreaker):
     def state(self) -> CircuitState:
         """The current state; an open circuit past its recovery timeout reads HALF_OPEN."""
         return CircuitState(self.state_code)
+
+    @property
+    def shadow_state(self) -> CircuitState:
+        """The state machine's own state: under METRICS_ONLY, what an enforcing breaker
+        would be in (CLOSED, HALF_OPEN or OPEN); otherwise the same as ``state``."""
+        return CircuitState(self.shadow_state_code)
 
     def call(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorates a sync or async function (or method) with this breaker."""
@@ -140,6 +219,11 @@ class CircuitBreaker(_NativeBreaker):
             "failures": self.failure_total,
             "rejections": self.rejection_total,
             "retry_after": self.retry_after,
+            "shadow_state": self.shadow_state.name,
+            "slow_calls": self.slow_call_total,
+            "would_reject": self.would_reject_total,
+            "failure_rate": self.failure_rate,
+            "failed_trials": self.failed_trials,
         }
 
     def __repr__(self) -> str:

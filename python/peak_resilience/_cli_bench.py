@@ -79,7 +79,7 @@ def run(number: int) -> list[tuple[str, float, str, float]]:
     limiter = RateLimiter(10**9, 1.0, burst=10**12, name="bench")
     guarded = CircuitBreaker(name="bench").call(_noop)
     opened = CircuitBreaker(recovery_timeout=1e6, name="bench-open")
-    opened.force_open()
+    opened.open_for(1e6)
     floors = {
         "builtin call next(count)": _ns(itertools.count().__next__, number),
         "*args/**kwargs decorator": _ns(_decorated(_noop), number),

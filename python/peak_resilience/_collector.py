@@ -27,7 +27,9 @@ if TYPE_CHECKING:
 #: The label value that label values past the per-family bound are counted under.
 OTHER = "other"
 
-_STATE_LABELS = ("closed", "half_open", "open")
+_STATE_LABELS = ("closed", "half_open", "open", "forced_open", "disabled", "metrics_only")
+#: Which state a name shows when several objects share it: the one that refuses most.
+_SEVERITY = (0, 4, 5, 6, 1, 3)
 #: (from, to, exported even at zero). The normal cycle is always exported, so that the
 #: first transition is seen by ``increase()``; forced ones (reset, force_open) appear
 #: once they happened.
@@ -47,7 +49,8 @@ FAMILIES = (
     (
         "circuit_breaker_state",
         "gauge",
-        "Current circuit breaker state (0=closed, 1=half_open, 2=open)",
+        "Current circuit breaker state (0=closed, 1=half_open, 2=open, 3=forced_open, "
+        "4=disabled, 5=metrics_only)",
     ),
     ("circuit_breaker_failures", "counter", "Failures recorded by the circuit breaker"),
     ("circuit_breaker_state_changes", "counter", "Circuit breaker state transitions"),
@@ -67,6 +70,23 @@ FAMILIES = (
         "backend_errors",
         "counter",
         "Calls to a shared backend (Redis) that failed: unreachable or timed out",
+    ),
+    # Issue 8, circuit breaking: exported for the breakers that use the feature.
+    (
+        "circuit_breaker_shadow_state",
+        "gauge",
+        "State the breaker's machine is in while in metrics_only mode (0=closed, "
+        "1=half_open, 2=open)",
+    ),
+    (
+        "circuit_breaker_would_reject",
+        "counter",
+        "Calls a metrics_only breaker let through that it would have refused",
+    ),
+    (
+        "circuit_breaker_slow_calls",
+        "counter",
+        "Successful calls counted as failures for lasting slow_call_duration or longer",
     ),
 )
 
@@ -115,6 +135,12 @@ class Readings:
     health: dict[str, bool]
     #: Failed backend calls by backend (``{"redis": n}``, once a Redis object exists).
     backend_errors: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: The machine's own state of breakers in metrics_only mode.
+    breaker_shadow_states: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Would-be refusals of breakers that are (or were) in metrics_only mode.
+    breaker_would_reject: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Slow calls of breakers with a slow_call_duration (or that counted some).
+    breaker_slow_calls: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -126,6 +152,12 @@ class Readings:
                 "failures": self.breaker_failures.get(name, 0),
                 "state_changes": {},
             }
+            if name in self.breaker_shadow_states:
+                breakers[name]["shadow_state"] = _STATE_LABELS[self.breaker_shadow_states[name]]
+            if name in self.breaker_would_reject:
+                breakers[name]["would_reject"] = self.breaker_would_reject[name]
+            if name in self.breaker_slow_calls:
+                breakers[name]["slow_calls"] = self.breaker_slow_calls[name]
         for (name, before, after), count in self.state_changes.items():
             entry = breakers.setdefault(
                 name, {"state": None, "state_code": None, "failures": 0, "state_changes": {}}
@@ -180,23 +212,40 @@ def read(
     states: dict[str, int] = {}
     failures: dict[str, int] = {}
     changes = dict(reported_transitions)
+    shadow_states: dict[str, int] = {}
+    would_reject: dict[str, int] = {}
+    slow_calls: dict[str, int] = {}
     shared_breakers: set[Any] = set()
     for breaker in _alive(_instances.breakers):
         name = breaker.name
         code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
-        states[name] = max(code, states.get(name, code))
+        if _SEVERITY[code] >= _SEVERITY[states.get(name, code)]:
+            states[name] = code
+        metrics_only = code == 5
+        if metrics_only:
+            shadow = breaker.shadow_state_code
+            shadow_states[name] = max(shadow, shadow_states.get(name, shadow))
         shared_file = breaker.shared_path
         if shared_file is not None:
             if shared_file in shared_breakers:
                 continue  # the host's counts, already read through another object
             shared_breakers.add(shared_file)
         failures[name] = failures.get(name, 0) + breaker.failure_total
-        count_transitions = breaker.transition_count
+        counts = breaker.transition_counts()
         for before, after, always in _TRANSITIONS:
-            count = count_transitions(before, after)
+            count = counts.pop((before, after), 0)
             if count or always:
                 key = (name, _STATE_LABELS[before], _STATE_LABELS[after])
                 changes[key] = changes.get(key, 0) + count
+        for (before, after), count in counts.items():  # manual states: once they happened
+            key = (name, _STATE_LABELS[before], _STATE_LABELS[after])
+            changes[key] = changes.get(key, 0) + count
+        rejected_in_shadow = breaker.would_reject_total
+        if metrics_only or rejected_in_shadow:
+            would_reject[name] = would_reject.get(name, 0) + rejected_in_shadow
+        slow = breaker.slow_call_total
+        if slow or breaker.slow_call_duration is not None:
+            slow_calls[name] = slow_calls.get(name, 0) + slow
     for name, code in reported_states.items():
         states.setdefault(name, code)
 
@@ -232,6 +281,9 @@ def read(
         folded,
         health,
         _backends.backend_error_counts(),
+        shadow_states,
+        would_reject,
+        slow_calls,
     )
 
 
@@ -268,6 +320,9 @@ class Collector:
             health,
             folded,
             backend_errors,
+            shadow_state,
+            would_reject,
+            slow_calls,
         ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
@@ -328,5 +383,17 @@ class Collector:
         n = backend_errors.name + "_total"
         backend_errors.samples = [
             _sample(n, {"backend": k}, v) for k, v in readings.backend_errors.items()
+        ]
+        n = shadow_state.name
+        shadow_state.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_shadow_states.items()
+        ]
+        n = would_reject.name + "_total"
+        would_reject.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_would_reject.items()
+        ]
+        n = slow_calls.name + "_total"
+        slow_calls.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_slow_calls.items()
         ]
         return families

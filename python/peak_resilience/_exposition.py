@@ -134,6 +134,18 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     out.extend([f'{name}{{family="{k}"}} {v}\n' for k, v in readings.folded.items()])
     name = family("backend_errors") + "_total"
     out.extend([f'{name}{{backend="{k}"}} {v}\n' for k, v in readings.backend_errors.items()])
+    name = family("circuit_breaker_shadow_state")
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_shadow_states.items()]
+    )
+    name = family("circuit_breaker_would_reject") + "_total"
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_would_reject.items()]
+    )
+    name = family("circuit_breaker_slow_calls") + "_total"
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_slow_calls.items()]
+    )
     if openmetrics:
         out.append("# EOF\n")
     return "".join(out).encode()

@@ -142,7 +142,7 @@ def _async_wrapper(
             if exit_now(admission, started, exc):
                 return await use_fallback(args, kwargs)
             raise
-        exit_now(admission, started)
+        exit_now(admission, started, None, result)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]

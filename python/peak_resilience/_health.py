@@ -272,13 +272,30 @@ class HealthCheckRegistry:
             return set(self._critical_breakers)
 
 
-def _open_breakers(breakers: Iterable[_NativeBreaker]) -> dict[str, float]:
-    """Open breakers by name, each with the seconds until its next trial call."""
-    opened: dict[str, float] = {}
+def _open_breakers(breakers: Iterable[_NativeBreaker]) -> dict[str, float | None]:
+    """Open breakers by name, each with the seconds until its next trial call (None when
+    held open by ``force_open()``, until reset)."""
+    opened: dict[str, float | None] = {}
     for breaker in breakers:
-        if breaker.state_code == CircuitState.OPEN:
-            opened[breaker.name] = max(breaker.retry_after, opened.get(breaker.name, 0.0))
+        code = breaker.state_code
+        if code == CircuitState.FORCED_OPEN:
+            opened[breaker.name] = None
+        elif code == CircuitState.OPEN and opened.get(breaker.name, 0.0) is not None:
+            opened[breaker.name] = max(breaker.retry_after, opened.get(breaker.name) or 0.0)
     return dict(sorted(opened.items()))
+
+
+def _manual_modes(breakers: Iterable[_NativeBreaker]) -> str:
+    """", 2 disabled: a, b" and the like for the breakers that do not enforce."""
+    modes: dict[str, set[str]] = {}
+    for breaker in breakers:
+        code = breaker.state_code
+        if code in (CircuitState.DISABLED, CircuitState.METRICS_ONLY):
+            modes.setdefault(CircuitState(code).name.lower(), set()).add(breaker.name)
+    return "".join(
+        f", {len(names)} {mode.replace('_', ' ')}: {', '.join(sorted(names)[:10])}"
+        for mode, names in sorted(modes.items())
+    )
 
 
 def _alive_breakers() -> list[_NativeBreaker]:
@@ -290,9 +307,10 @@ def _alive_breakers() -> list[_NativeBreaker]:
     return list(_instances.breakers)
 
 
-def _describe_open(opened: dict[str, float]) -> str:
+def _describe_open(opened: dict[str, float | None]) -> str:
     shown = ", ".join(
-        f"{name} (next trial in {wait:.0f}s)" for name, wait in list(opened.items())[:10]
+        f"{name} (forced open until reset)" if wait is None else f"{name} (next trial in {wait:.0f}s)"
+        for name, wait in list(opened.items())[:10]
     )
     more = f" and {len(opened) - 10} more" if len(opened) > 10 else ""
     return f"{len(opened)} open: {shown}{more}"
@@ -302,9 +320,10 @@ def check_circuit_breakers() -> tuple[bool, str]:
     """Built-in, not critical: fails (degraded) while any breaker is open."""
     breakers = _alive_breakers()
     opened = _open_breakers(breakers)
+    modes = _manual_modes(breakers)
     if opened:
-        return False, _describe_open(opened)
-    return True, f"{len(breakers)} breakers, none open"
+        return False, _describe_open(opened) + modes
+    return True, f"{len(breakers)} breakers, none open{modes}"
 
 
 def check_critical_circuit_breakers() -> tuple[bool, str]:
