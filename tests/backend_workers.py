@@ -84,3 +84,37 @@ def take_trial_and_hang(name: str, recovery: float, backend: dict[str, Any], hol
         time.sleep(recovery / 20)
     holding.set()
     time.sleep(3600)
+
+
+def rated_breaker(name: str, backend: dict[str, Any]) -> CircuitBreaker:
+    """A breaker that opens on half of its last 10 calls failing (the streak never does)."""
+    return CircuitBreaker(
+        failure_threshold=1000,
+        recovery_timeout=3600.0,
+        name=name,
+        failure_rate_threshold=0.5,
+        minimum_calls=10,
+        window_size=10,
+        **backend,
+    )
+
+
+def report_rated_calls(
+    name: str, backend: dict[str, Any], failures: int, successes: int, results: Any
+) -> None:
+    """Reports `failures` then `successes` calls through this process's rated breaker."""
+    mine = rated_breaker(name, backend)
+    for _ in range(failures):
+        if mine.allow():
+            mine.record_failure()
+    for _ in range(successes):
+        if mine.allow():
+            mine.record_success()
+    results.put(mine.state.name)
+
+
+def force_open_breaker(name: str, backend: dict[str, Any], results: Any) -> None:
+    """Holds this process's breaker open by hand."""
+    mine = breaker(name, backend)
+    mine.force_open()
+    results.put(mine.state.name)
