@@ -1354,10 +1354,22 @@ impl PyCircuitBreaker {
     }
 
     /// Reports how a call admitted by `_enter` ended: True success, False failure,
-    /// None neither (cancelled or interrupted: a trial gives its permit back).
-    fn _exit(&self, py: Python<'_>, admission: u64, outcome: Option<bool>) -> PyResult<()> {
+    /// None neither (cancelled or interrupted: a trial gives its permit back). `slow`: a
+    /// success that took `slow_call_duration` or longer (counted as a failure).
+    #[pyo3(signature = (admission, outcome, *, slow=false))]
+    fn _exit(
+        &self,
+        py: Python<'_>,
+        admission: u64,
+        outcome: Option<bool>,
+        slow: bool,
+    ) -> PyResult<()> {
         let admission = admission_from(admission)?;
         match outcome {
+            Some(true) if slow => {
+                let transition = self.core.on_slow_success(admission);
+                self.notify(py, transition);
+            }
             Some(true) => self.succeed(py, admission),
             Some(false) => self.fail(py, admission),
             None => self.core.release(admission),

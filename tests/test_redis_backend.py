@@ -208,7 +208,7 @@ def test_reset_and_force_open_act_for_every_host(on_redis: dict[str, Any]) -> No
     first = CircuitBreaker(3, 60, "exchange", **on_redis)
     second = CircuitBreaker(3, 60, "exchange", **on_redis)
     first.force_open()
-    assert second.state is CircuitState.OPEN
+    assert second.state is CircuitState.FORCED_OPEN
     second.reset()
     assert first.state is CircuitState.CLOSED
 

@@ -71,20 +71,35 @@ def remote_guard(
             raise rate_limited(limiter.get_wait_time(endpoint, cost))
         return admission
 
-    def finish(admission: int, started: float, error: BaseException | None) -> bool:
+    def finish(
+        admission: int, started: float, error: BaseException | None, result: Any = None
+    ) -> bool:
         """Records the outcome; True when the fallback should replace the error."""
         if error is not None and not isinstance(error, Exception):
             if breaker is not None:
                 breaker._exit(admission, None)
             return False
+        elapsed = max(time.monotonic() - started, 0.0)
         if operation is not None:
-            operation.record_latency(max(time.monotonic() - started, 0.0))
+            operation.record_latency(elapsed)
             if error is None:
                 operation.record_success()
             else:
                 operation.record_failure(type(error).__name__)
         if breaker is not None:
-            breaker._exit(admission, error is None)
+            # The breaker's outcome rules, judged natively as by the in-process guard.
+            if error is not None:
+                verdict = breaker.classify_exception(error)
+            elif breaker.failure_result is not None and breaker.is_failure_result(result):
+                verdict = "failure"
+            else:
+                verdict = "success"
+            if verdict == "ignored":
+                breaker._exit(admission, None)
+            else:
+                slow_after = breaker.slow_call_duration
+                slow = slow_after is not None and elapsed >= slow_after
+                breaker._exit(admission, verdict == "success", slow=slow)
         return error is not None and has_fallback and fallback_on_failure
 
     def sync_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -121,7 +136,7 @@ def remote_guard(
                 if finish(admission, started, exc):
                     return sync_fallback(args, kwargs)
                 raise
-            finish(admission, started, None)
+            finish(admission, started, None, result)
             return result
 
         return wrapper
@@ -160,7 +175,7 @@ def remote_guard(
             if finish(admission, started, exc):
                 return await async_fallback(args, kwargs)
             raise
-        finish(admission, started, None)
+        finish(admission, started, None, result)
         return result
 
     return async_wrapper
