@@ -730,13 +730,17 @@ impl Policy<'_, '_> {
     fn apply(&self, mut settings: BreakerSettings) -> PyResult<BreakerSettings> {
         if let Some(rate) = given(self.failure_rate_threshold) {
             let r = number(rate, "failure_rate_threshold")?;
-            if !(r > 0.0 && r <= 1.0) {
+            if !(0.0..=1.0).contains(&r) {
                 return Err(PyValueError::new_err(format!(
-                    "failure_rate_threshold must be a fraction in (0, 1] (0.5 = half the calls), got {}",
+                    "failure_rate_threshold must be a fraction in (0, 1] (0.5 = half the calls; 0 turns the rate off), got {}",
                     rate.repr()?
                 )));
             }
-            settings.failure_rate_ppm = ((r * 1_000_000.0).round() as u64).max(1);
+            // 0 turns the rate off; any other fraction is at least one part per million.
+            settings.failure_rate_ppm = match r {
+                0.0 => 0,
+                _ => ((r * 1_000_000.0).round() as u64).max(1),
+            };
         }
         if let Some(n) = given(self.minimum_calls) {
             settings.minimum_calls = positive_int(n, "minimum_calls")?;

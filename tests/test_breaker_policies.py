@@ -4,6 +4,7 @@ back-off, and the manual states FORCED_OPEN, DISABLED and METRICS_ONLY."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,8 @@ def test_a_time_window_only_counts_the_last_window_seconds(clock: ManualClock) -
 def test_a_bad_rate_setting_is_refused_by_name() -> None:
     with pytest.raises(ValueError, match="failure_rate_threshold"):
         CircuitBreaker(failure_rate_threshold=50)
+    with pytest.raises(ValueError, match="failure_rate_threshold"):
+        CircuitBreaker(failure_rate_threshold=-0.1)
     with pytest.raises(ValueError, match="window_type"):
         CircuitBreaker(failure_rate_threshold=0.5, window_type="sliding")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="minimum_calls"):
@@ -326,6 +329,62 @@ def test_a_manual_state_change_is_logged_and_counted(
     assert "CLOSED -> DISABLED" in caplog.text
     assert breaker.transition_count(CircuitState.CLOSED, CircuitState.DISABLED) == 1
     assert breaker.transition_count(CircuitState.DISABLED, CircuitState.CLOSED) == 1
+
+
+# Configuration ---------------------------------------------------------------------------
+
+
+RATED = """
+[resilience]
+circuit_breaker_threshold = 100
+
+[resilience.venue]
+circuit_breaker_failure_rate = 0.5
+circuit_breaker_minimum_calls = 4
+circuit_breaker_window_type = "time"
+circuit_breaker_window_seconds = 30
+circuit_breaker_slow_call_duration = 2.5
+circuit_breaker_backoff_multiplier = 2
+circuit_breaker_max_timeout = 300
+"""
+
+
+def test_a_modules_breaker_takes_the_policy_keys(
+    fresh: ManualClock, write_config: Callable[[str], Path]
+) -> None:
+    from peak_resilience.config import configure
+    from peak_resilience.resilience_helpers import create_module_circuit_breaker
+
+    configure(write_config(RATED))
+    breaker = create_module_circuit_breaker("venue", "orders")
+    assert breaker.failure_rate_threshold == 0.5
+    assert (breaker.minimum_calls, breaker.window_type, breaker.window_size) == (4, "time", 30.0)
+    assert (breaker.slow_call_duration, breaker.backoff_multiplier) == (2.5, 2.0)
+    assert breaker.max_recovery_timeout == 300.0
+    other = create_module_circuit_breaker("spot", "orders")
+    assert other.failure_rate_threshold is None, "[resilience] sets no rate"
+
+
+def test_reloading_without_a_rate_turns_it_off_in_place(
+    fresh: ManualClock, write_config: Callable[[str], Path]
+) -> None:
+    from peak_resilience.config import configure
+    from peak_resilience.resilience_helpers import create_module_circuit_breaker
+
+    configure(write_config(RATED))
+    breaker = create_module_circuit_breaker("venue", "orders")
+    configure(write_config("[resilience]\ncircuit_breaker_metrics_only = true\n", name="b.toml"))
+    assert breaker.failure_rate_threshold is None
+    assert breaker.state is CircuitState.METRICS_ONLY
+
+
+def test_a_bad_policy_key_names_the_key(write_config: Callable[[str], Path]) -> None:
+    from peak_resilience.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="circuit_breaker_failure_rate.*fraction"):
+        load_config(write_config("[resilience]\ncircuit_breaker_failure_rate = 50\n"))
+    with pytest.raises(ConfigError, match="circuit_breaker_window_type"):
+        load_config(write_config('[resilience]\ncircuit_breaker_window_type = "sliding"\n'))
 
 
 # Shared between processes ----------------------------------------------------------------

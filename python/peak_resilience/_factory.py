@@ -50,22 +50,51 @@ def build_breaker(
         name=name,
         half_open_max_calls=settings.half_open_max_calls,
         **_backend(settings.circuit_breaker_backend, settings, clock),
+        **_policy(settings),
     )
     update_breaker(breaker, settings)
     return breaker
 
 
+def _policy(settings: Settings, *, enabled: bool = True) -> dict[str, Any]:
+    """The failure-rate, slow-call and back-off keywords for ``settings``. A rate of 0
+    turns the rate off (a disabled breaker must never open on it)."""
+    time_window = settings.circuit_breaker_window_type == "time"
+    rate = settings.circuit_breaker_failure_rate if enabled else None
+    return {
+        "failure_rate_threshold": 0 if rate is None else rate,
+        "minimum_calls": settings.circuit_breaker_minimum_calls,
+        "window_type": settings.circuit_breaker_window_type,
+        "window_size": (
+            settings.circuit_breaker_window_seconds
+            if time_window
+            else settings.circuit_breaker_window_calls
+        ),
+        "slow_call_duration": settings.circuit_breaker_slow_call_duration,
+        "backoff_multiplier": settings.circuit_breaker_backoff_multiplier,
+        "max_recovery_timeout": max(
+            settings.circuit_breaker_max_timeout, settings.circuit_breaker_timeout
+        ),
+    }
+
+
 def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
     """Applies ``settings`` to ``breaker`` in place."""
+    if breaker.metrics_only != settings.circuit_breaker_metrics_only:
+        breaker.set_metrics_only(settings.circuit_breaker_metrics_only)
     if settings.circuit_breaker_enabled:
         breaker.set_settings(
             settings.circuit_breaker_threshold,
             settings.circuit_breaker_timeout,
             settings.half_open_max_calls,
+            **_policy(settings),
         )
         return
     breaker.set_settings(
-        DISABLED_THRESHOLD, settings.circuit_breaker_timeout, settings.half_open_max_calls
+        DISABLED_THRESHOLD,
+        settings.circuit_breaker_timeout,
+        settings.half_open_max_calls,
+        **_policy(settings, enabled=False),
     )
     if breaker.state is not CircuitState.CLOSED:
         # A disabled breaker lets calls through, so it must not stay open.

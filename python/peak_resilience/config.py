@@ -61,6 +61,7 @@ TABLE = "resilience"
 
 Backend = Literal["memory", "shared", "redis"]
 OnBackendError = Literal["fail_closed", "fail_open", "local"]
+WindowType = Literal["count", "time"]
 
 
 class ConfigError(ValueError):
@@ -112,6 +113,12 @@ def at_most(high: int) -> Check:
     return check
 
 
+def fraction(value: float) -> str | None:
+    if 0 < value <= 1:
+        return None
+    return f"must be a fraction greater than 0 and at most 1 (0.5 = half), got {value!r}"
+
+
 def optional(check: Check) -> Check:
     return lambda value: None if value is None else check(value)
 
@@ -156,6 +163,25 @@ class Settings:
     on_backend_error: OnBackendError = key("local")
     health_token: str | None = key(None, optional(non_empty), per_module=False)
     metrics_prefix: str = key("peak_trade", metric_prefix, per_module=False)
+    # Issue 8, circuit breaking (each off unless set).
+    #: Share of the calls in the window that opens a breaker (0.5 = half); None: only
+    #: the consecutive-failure threshold opens it.
+    circuit_breaker_failure_rate: float | None = key(None, optional(fraction))
+    #: Calls the window must hold before the failure rate can open the breaker.
+    circuit_breaker_minimum_calls: int = key(10, at_least(1))
+    #: "count": the rate over the last ``circuit_breaker_window_calls`` calls; "time":
+    #: over the last ``circuit_breaker_window_seconds`` seconds.
+    circuit_breaker_window_type: WindowType = key("count")
+    circuit_breaker_window_calls: int = key(100, at_least(1))
+    circuit_breaker_window_seconds: float = key(60.0, positive)
+    #: A successful call taking at least this many seconds counts as a failure.
+    circuit_breaker_slow_call_duration: float | None = key(None, optional(positive))
+    #: Each failed trial in a row multiplies the open period by this (1: no back-off)...
+    circuit_breaker_backoff_multiplier: float = key(1.0, at_least(1))
+    #: ...up to this many seconds.
+    circuit_breaker_max_timeout: float = key(600.0, positive)
+    #: Decide but do not enforce: every call runs, would-be refusals are counted.
+    circuit_breaker_metrics_only: bool = key(False)
 
     @property
     def burst(self) -> int:
