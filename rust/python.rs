@@ -885,8 +885,12 @@ impl PyCircuitBreaker {
             Verdict::Failure => self.fail(py, admission),
             Verdict::Ignored => self.core.release(admission),
             Verdict::Success => {
-                let slow = self.core.slow_call_duration();
-                if slow != 0 && elapsed.is_some_and(|e| e >= slow) {
+                // An untimed call (the common case) reads no slow-call setting at all.
+                let slow = elapsed.is_some_and(|e| {
+                    let slow = self.core.slow_call_duration();
+                    slow != 0 && e >= slow
+                });
+                if slow {
                     let transition = self.core.on_slow_success(admission);
                     self.notify(py, transition);
                 } else {
@@ -1053,8 +1057,9 @@ impl PyCircuitBreaker {
 
     /// Opens the circuit for exactly `seconds` (e.g. an exchange's Retry-After), after
     /// which it half-opens as usual.
-    fn open_for(&self, py: Python<'_>, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
-        let nanos = seconds(seconds_, "seconds", false)?;
+    #[pyo3(signature = (seconds))]
+    fn open_for(&self, py: Python<'_>, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
+        let nanos = self::seconds(seconds, "seconds", false)?;
         let transition = self.core.open_for(nanos);
         self.notify(py, transition);
         Ok(())

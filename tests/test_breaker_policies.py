@@ -381,7 +381,7 @@ def test_reloading_without_a_rate_turns_it_off_in_place(
 def test_a_bad_policy_key_names_the_key(write_config: Callable[[str], Path]) -> None:
     from peak_resilience.config import ConfigError, load_config
 
-    with pytest.raises(ConfigError, match="circuit_breaker_failure_rate.*fraction"):
+    with pytest.raises(ConfigError, match=r"circuit_breaker_failure_rate.*fraction"):
         load_config(write_config("[resilience]\ncircuit_breaker_failure_rate = 50\n"))
     with pytest.raises(ConfigError, match="circuit_breaker_window_type"):
         load_config(write_config('[resilience]\ncircuit_breaker_window_type = "sliding"\n'))

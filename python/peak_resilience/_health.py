@@ -286,7 +286,7 @@ def _open_breakers(breakers: Iterable[_NativeBreaker]) -> dict[str, float | None
 
 
 def _manual_modes(breakers: Iterable[_NativeBreaker]) -> str:
-    """", 2 disabled: a, b" and the like for the breakers that do not enforce."""
+    """ ", 2 disabled: a, b" and the like for the breakers that do not enforce."""
     modes: dict[str, set[str]] = {}
     for breaker in breakers:
         code = breaker.state_code
@@ -309,7 +309,9 @@ def _alive_breakers() -> list[_NativeBreaker]:
 
 def _describe_open(opened: dict[str, float | None]) -> str:
     shown = ", ".join(
-        f"{name} (forced open until reset)" if wait is None else f"{name} (next trial in {wait:.0f}s)"
+        f"{name} (forced open until reset)"
+        if wait is None
+        else f"{name} (next trial in {wait:.0f}s)"
         for name, wait in list(opened.items())[:10]
     )
     more = f" and {len(opened) - 10} more" if len(opened) > 10 else ""

@@ -231,7 +231,11 @@ elseif op == 'exit' then
     if normal then
       streak = streak + 1
       local trips = rate > 0 and count_in_window(true)
-      if trips or streak >= threshold then open(streak) else redis.call('HSET', k, 'streak', streak) end
+      if trips or streak >= threshold then
+        open(streak)
+      else
+        redis.call('HSET', k, 'streak', streak)
+      end
     elseif trial then
       -- Back-off: each trial failed in a row reopens for longer, up to max_open.
       local wait = timeout
@@ -546,7 +550,9 @@ class RedisCircuitBreaker(CircuitBreaker):
         self._encode_settings()
 
     def _counters(self) -> list[int] | None:
-        reply = self._link.run(BREAKER, self._key, b"stats", *self._settings, 0, b"", *self._policy, 0)
+        reply = self._link.run(
+            BREAKER, self._key, b"stats", *self._settings, 0, b"", *self._policy, 0
+        )
         if reply is UNAVAILABLE:
             return None
         return [int(v) if v is not None else 0 for v in reply]
