@@ -415,3 +415,54 @@ def test_a_shared_breaker_with_another_failure_rate_is_refused(shared: dict[str,
     CircuitBreaker(name="venue", failure_rate_threshold=0.5, **shared)
     with pytest.raises(ValueError, match="failure_rate_threshold"):
         CircuitBreaker(name="venue", failure_rate_threshold=0.25, **shared)
+
+
+# Prometheus ------------------------------------------------------------------------------
+
+
+def test_the_policy_families_are_exported_alike_by_both_writers(clock: ManualClock) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from peak_resilience.metrics import metrics
+
+    def samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        return {
+            (s.name, frozenset(s.labels.items())): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    shadow = CircuitBreaker(failure_threshold=1, name="export-shadow", clock=clock)
+    shadow.set_metrics_only(True)
+    run(shadow, "fail")
+    run(shadow, "ok")  # would have been refused
+    slow = CircuitBreaker(failure_threshold=5, slow_call_duration=1.0, name="export-slow")
+    slow.record_success()
+    forced = CircuitBreaker(name="export-forced", clock=clock)
+    forced.force_open()
+
+    registry = CollectorRegistry()
+    metrics.register_collector(registry)
+    try:
+        theirs = samples(generate_latest(registry).decode())
+    finally:
+        metrics.unregister_collector(registry)
+    ours = samples(metrics.exposition(None)[0].decode())
+
+    def of(family: str, name: str) -> tuple[float | None, float | None]:
+        key = (family, frozenset({("name", name)}))
+        return ours.get(key), theirs.get(key)
+
+    assert of("peak_trade_circuit_breaker_state", "export-shadow") == (5, 5)
+    assert of("peak_trade_circuit_breaker_shadow_state", "export-shadow") == (2, 2)
+    assert of("peak_trade_circuit_breaker_would_reject_total", "export-shadow") == (1, 1)
+    assert of("peak_trade_circuit_breaker_slow_calls_total", "export-slow") == (0, 0)
+    assert of("peak_trade_circuit_breaker_state", "export-forced") == (3, 3)
+    forced_changes = (
+        "peak_trade_circuit_breaker_state_changes_total",
+        frozenset(
+            {("name", "export-forced"), ("from_state", "closed"), ("to_state", "forced_open")}
+        ),
+    )
+    assert ours[forced_changes] == theirs[forced_changes] == 1
