@@ -259,6 +259,9 @@ def test_the_dashboard_shows_breaker_states_rejection_rate_latency_and_tokens() 
         "0": "closed",
         "1": "half_open",
         "2": "open",
+        "3": "forced_open",
+        "4": "disabled",
+        "5": "metrics_only",
     }
 
     (rejection,) = panel_exprs(panel_titled(board, "Rate-limit rejection rate"))
