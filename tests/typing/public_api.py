@@ -66,6 +66,32 @@ assert_type(breaker.get_stats(), dict[str, Any])
 gauge_value: int = CircuitState.OPEN  # an IntEnum: the state gauge's number
 breaker.reset()
 
+# Issue 8: policies, Retry-After, manual states.
+policed = CircuitBreaker(
+    failure_rate_threshold=0.5,
+    minimum_calls=20,
+    window_type="time",
+    window_size=60.0,
+    slow_call_duration=2.0,
+    backoff_multiplier=2.0,
+    max_recovery_timeout=300.0,
+    record_exceptions=(TimeoutError, ConnectionError),
+    ignore_exceptions=KeyError,
+    failure_result=lambda reply: reply is None,
+    metrics_only=True,
+    clock=clock,
+)
+policed.open_for(2.5)
+policed.disable()
+policed.force_open()
+policed.set_metrics_only(False)
+assert_type(policed.shadow_state, CircuitState)
+assert_type(policed.would_reject_total, int)
+assert_type(policed.failure_rate, float)
+forced_value: int = CircuitState.FORCED_OPEN
+CircuitBreaker(window_type="sliding")  # type: ignore[arg-type]
+CircuitBreaker(record_exceptions="TimeoutError")  # type: ignore[arg-type]
+
 
 @breaker.call
 def submit_order(symbol: str, quantity: float, *, limit: float | None = None) -> str:
