@@ -63,8 +63,8 @@ def _non_empty(value: object, argument: str) -> str:
 
 
 def _circuit_state(value: object, argument: str) -> CircuitState:
-    """A state given as "closed" / "half_open" / "open" (any case, "-" for "_") or a
-    CircuitState."""
+    """A state given by its name ("closed", "half_open", "open", "forced_open", "disabled",
+    "metrics_only"; any case, "-" for "_") or as a CircuitState."""
     if isinstance(value, CircuitState):
         return value
     if isinstance(value, str):
@@ -72,7 +72,8 @@ def _circuit_state(value: object, argument: str) -> CircuitState:
         if state is not None:
             return state
     raise ValueError(
-        f"{argument} must be one of 'closed', 'half_open', 'open' or a CircuitState, got {value!r}"
+        f"{argument} must be a CircuitState or one of its names "
+        f"({', '.join(repr(name) for name in _STATES_BY_NAME)}), got {value!r}"
     )
 
 
