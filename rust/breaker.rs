@@ -1394,6 +1394,62 @@ mod tests {
         assert_eq!(breaker.slow_calls(), 2);
     }
 
+    #[test]
+    fn eight_threads_lose_no_call_or_failure_in_the_window() {
+        // A window larger than every call made: the totals are exact counts.
+        let (breaker, _clock) = with(rate(1_000_000, u64::MAX, Window::Calls(1 << 30)));
+        std::thread::scope(|scope| {
+            for t in 0..8u64 {
+                let breaker = breaker.clone();
+                scope.spawn(move || {
+                    for i in 0..10_000u64 {
+                        let (admission, _) = breaker.enter();
+                        if (i + t) % 4 == 0 {
+                            breaker.on_failure(admission);
+                        } else {
+                            breaker.on_success(admission);
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(breaker.window_totals(), (80_000, 20_000));
+        assert_eq!(
+            breaker.current_state().0,
+            CLOSED,
+            "minimum_calls is never reached"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn a_count_window_agrees_with_a_list_of_the_last_calls(
+            size in 1u64..40,
+            minimum in 1u64..10,
+            ppm in 1u64..=1_000_000,
+            failed in proptest::collection::vec(any::<bool>(), 1..200),
+        ) {
+            let (breaker, _clock) = with(rate(ppm, minimum, Window::Calls(size)));
+            // The model: every call's slice; the window is the last `span` slices.
+            let width = size.div_ceil(ROLLING_BUCKETS as u64);
+            let span = size.div_ceil(width);
+            let mut calls: Vec<(u64, bool)> = Vec::new();
+            for (n, fail) in failed.into_iter().enumerate() {
+                let slice = n as u64 / width;
+                calls.push((slice, fail));
+                let in_window = calls.iter().filter(|(s, _)| s + span > slice);
+                let (total, failures) = in_window.fold((0u64, 0u64), |(c, f), (_, x)| (c + 1, f + *x as u64));
+                let opens = fail && total >= minimum && failures * 1_000_000 >= ppm * total;
+                let transition = if fail { self::fail(&breaker) } else { succeed(&breaker) };
+                prop_assert_eq!(transition.is_some(), opens, "call {} of a window of {}", n, size);
+                if opens {
+                    break;
+                }
+                prop_assert_eq!(breaker.window_totals(), (total, failures));
+            }
+        }
+    }
+
     /// A plain sequential breaker: the reference model.
     #[derive(Debug)]
     struct ReferenceBreaker {
