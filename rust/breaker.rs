@@ -222,6 +222,9 @@ const fn stamped(slice: u64, count: u64) -> u64 {
     (slice << STAMP_SHIFT) | count
 }
 
+/// Slice numbers are compared modulo 2^24: a slot left untouched for an exact multiple of
+/// 2^24 slices (over a year for a 60 s window, 28 min for a 1 ms one) would be misread as
+/// current; any call in between restamps it.
 #[inline]
 const fn same_slice(word: u64, slice: u64) -> bool {
     word >> STAMP_SHIFT == slice & ((1 << (64 - STAMP_SHIFT)) - 1)
