@@ -243,6 +243,9 @@ def test_with_the_breaker_disabled_failures_never_open_the_circuit(
             orders()
 
     assert len(calls) == 10
+    breaker = create_module_circuit_breaker("live", "orders")
+    assert breaker.state is CircuitState.DISABLED  # the gauge reads 4, not a closed lie
+    assert breaker.failure_total == 10  # still counted
 
 
 def test_with_rate_limiting_disabled_calls_beyond_the_budget_pass(

@@ -22,11 +22,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("peak_resilience.resilience")
 
-#: The threshold of a disabled breaker: no failure streak ever reaches it, so the breaker
-#: stays closed and every call passes. (The native Guard holding the breaker is immutable,
-#: so disabling works through the breaker's own settings.)
-DISABLED_THRESHOLD = (1 << 61) - 1
-
 
 def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dict[str, Any]:
     """The constructor arguments that place an object on ``backend``. Redis keeps time
@@ -56,11 +51,11 @@ def build_breaker(
     return breaker
 
 
-def _policy(settings: Settings, *, enabled: bool = True) -> dict[str, Any]:
-    """The failure-rate, slow-call and back-off keywords for ``settings``. A rate of 0
-    turns the rate off (a disabled breaker must never open on it)."""
+def _policy(settings: Settings) -> dict[str, Any]:
+    """The failure-rate, slow-call and back-off keywords for ``settings`` (a rate of 0
+    turns the rate off)."""
     time_window = settings.circuit_breaker_window_type == "time"
-    rate = settings.circuit_breaker_failure_rate if enabled else None
+    rate = settings.circuit_breaker_failure_rate
     return {
         "failure_rate_threshold": 0 if rate is None else rate,
         "minimum_calls": settings.circuit_breaker_minimum_calls,
@@ -79,31 +74,22 @@ def _policy(settings: Settings, *, enabled: bool = True) -> dict[str, Any]:
 
 
 def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
-    """Applies ``settings`` to ``breaker`` in place."""
+    """Applies ``settings`` to ``breaker`` in place. ``circuit_breaker_enabled = false`` is
+    the breaker's DISABLED state (every call passes, outcomes still counted, the gauge
+    reads 4); enabling it again closes it."""
     if breaker.metrics_only != settings.circuit_breaker_metrics_only:
         breaker.set_metrics_only(settings.circuit_breaker_metrics_only)
-    if settings.circuit_breaker_enabled:
-        breaker.set_settings(
-            settings.circuit_breaker_threshold,
-            settings.circuit_breaker_timeout,
-            settings.half_open_max_calls,
-            **_policy(settings),
-        )
-        return
     breaker.set_settings(
-        DISABLED_THRESHOLD,
+        settings.circuit_breaker_threshold,
         settings.circuit_breaker_timeout,
         settings.half_open_max_calls,
-        **_policy(settings, enabled=False),
+        **_policy(settings),
     )
-    if breaker.state is not CircuitState.CLOSED:
-        # A disabled breaker lets calls through, so it must not stay open.
+    disabled = breaker.state is CircuitState.DISABLED
+    if not settings.circuit_breaker_enabled and not disabled:
+        breaker.disable()
+    elif settings.circuit_breaker_enabled and disabled:
         breaker.reset()
-
-
-def breaker_enabled(breaker: CircuitBreaker) -> bool:
-    """Whether ``breaker`` is enabled (see ``DISABLED_THRESHOLD``)."""
-    return breaker.failure_threshold != DISABLED_THRESHOLD
 
 
 def build_limiter(
