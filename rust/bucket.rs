@@ -72,30 +72,193 @@ pub enum Decision {
     Impossible,
 }
 
+/// Most windows one bucket holds (an exchange publishes two or three).
+pub const MAX_WINDOWS: usize = 4;
+
+/// One window of a bucket: its own GCRA word with its own rate and burst.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Theoretical arrival time: when this window will be full again (ns on the clock).
+    tat: AtomicU64,
+    interval: AtomicU64,
+    /// How far ahead of now the TAT may run for a high-priority acquire (the whole burst).
+    tolerance: AtomicU64,
+    /// The same for a normal acquire: the burst less the priority reserve.
+    normal_tolerance: AtomicU64,
+}
+
+impl Window {
+    fn set_quota(&self, quota: Quota, reserve: u64) {
+        self.interval.store(quota.interval, Ordering::Relaxed);
+        let normal = quota.burst.saturating_sub(reserve) * quota.interval;
+        self.normal_tolerance.store(normal, Ordering::Release);
+        self.tolerance.store(quota.tolerance(), Ordering::Release);
+    }
+
+    /// Takes `cost` tokens by CAS; on success returns what was added to the TAT (so that a
+    /// refund can subtract exactly that).
+    #[inline(always)]
+    fn take(&self, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
+        let interval = self.interval.load(Ordering::Relaxed);
+        let tolerance = if high {
+            self.tolerance.load(Ordering::Acquire)
+        } else {
+            self.normal_tolerance.load(Ordering::Acquire)
+        };
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let new_tat = decide(tat, now, cost, interval, tolerance)?;
+            match self
+                .tat
+                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Ok(cost * interval),
+                Err(current) => tat = current,
+            }
+        }
+    }
+
+    /// What `take` would decide now, without taking anything.
+    fn peek(&self, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
+        let tolerance = if high {
+            self.tolerance.load(Ordering::Acquire)
+        } else {
+            self.normal_tolerance.load(Ordering::Acquire)
+        };
+        decide(
+            self.tat.load(Ordering::Acquire),
+            now,
+            cost,
+            self.interval.load(Ordering::Relaxed),
+            tolerance,
+        )
+    }
+
+    /// Gives back `amount` ns of TAT. Below `now` the window is simply full, so the
+    /// subtraction never needs a floor other than zero.
+    fn refund(&self, amount: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.saturating_sub(amount))
+            });
+    }
+
+    /// Charges `amount` ns of TAT unconditionally: the call already happened, so the window
+    /// may go into debt beyond its burst.
+    fn charge(&self, amount: u64, now: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                Some(tat.max(now).saturating_add(amount))
+            });
+    }
+
+    fn quota(&self) -> Quota {
+        let interval = self.interval.load(Ordering::Relaxed);
+        Quota {
+            interval,
+            burst: self.tolerance.load(Ordering::Acquire) / interval.max(1),
+        }
+    }
+
+    fn tokens_at(&self, now: u64) -> f64 {
+        let tat = self.tat.load(Ordering::Acquire).max(now);
+        let interval = self.interval.load(Ordering::Relaxed).max(1);
+        let limit = now.saturating_add(self.tolerance.load(Ordering::Acquire));
+        limit.saturating_sub(tat) as f64 / interval as f64
+    }
+
+    /// Rescales the debt that the TAT holds from the old interval to the new one.
+    fn rescale(&self, old_interval: u64, new_interval: u64, now: u64) {
+        let _ = self
+            .tat
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
+                (tat > now && old_interval != new_interval && old_interval != 0).then(|| {
+                    let debt = (tat - now) as u128 * new_interval as u128 / old_interval as u128;
+                    now.saturating_add(debt.min(u64::MAX as u128) as u64)
+                })
+            });
+    }
+}
+
 /// The atomics of one bucket, laid out for shared memory as well as for this process.
+///
+/// The first 64 bytes are everything a one-window acquire reads or writes: the first
+/// window, the window count, the pause and the counters, so that the features added for
+/// several windows, pauses and priorities cost the common case loads from a cache line it
+/// already holds.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct BucketState {
-    /// Theoretical arrival time: when the bucket will be full again (ns on the bucket's clock).
-    tat: AtomicU64,
-    interval: AtomicU64,
-    tolerance: AtomicU64,
+    first: Window,
+    /// Windows in use (1..=MAX_WINDOWS).
+    windows: AtomicU64,
+    /// Every acquire is refused until this instant (ns on the bucket's clock; 0: never).
+    paused_until: AtomicU64,
     allowed: AtomicU64,
     rejected: AtomicU64,
+    more: [Window; MAX_WINDOWS - 1],
+    /// Tokens of every window kept for high-priority acquires.
+    reserve: AtomicU64,
+    _spare: [AtomicU64; 3],
+}
+
+/// Why a set of windows cannot be a bucket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WindowsError {
+    /// No window, or more than `MAX_WINDOWS`.
+    Count(usize),
+    /// The priority reserve leaves normal acquires no token in the window at this index.
+    ReserveTooLarge { window: usize, burst: u64 },
+}
+
+/// Checks a bucket's windows and its priority reserve.
+pub fn check_windows(quotas: &[Quota], reserve: u64) -> Result<(), WindowsError> {
+    if quotas.is_empty() || quotas.len() > MAX_WINDOWS {
+        return Err(WindowsError::Count(quotas.len()));
+    }
+    for (window, quota) in quotas.iter().enumerate() {
+        if reserve >= quota.burst {
+            return Err(WindowsError::ReserveTooLarge {
+                window,
+                burst: quota.burst,
+            });
+        }
+    }
+    Ok(())
 }
 
 impl BucketState {
     /// A full bucket with this quota.
     pub fn new(quota: Quota) -> Self {
+        BucketState::with_windows(&[quota], 0)
+    }
+
+    /// A full bucket with several windows (checked by `check_windows`) and a reserve.
+    pub fn with_windows(quotas: &[Quota], reserve: u64) -> Self {
         let state = BucketState::default();
-        state.set_quota(quota);
+        state.reserve.store(reserve, Ordering::Relaxed);
+        for (i, quota) in quotas.iter().enumerate() {
+            state.window(i).set_quota(*quota, reserve);
+        }
+        state.windows.store(quotas.len() as u64, Ordering::Release);
         state
     }
 
-    /// Sets the refill rate and the burst (the TAT is rescaled by `TokenBucket::set_quota`).
-    fn set_quota(&self, quota: Quota) {
-        self.interval.store(quota.interval, Ordering::Relaxed);
-        self.tolerance.store(quota.tolerance(), Ordering::Release);
+    #[inline(always)]
+    fn window(&self, i: usize) -> &Window {
+        if i == 0 {
+            &self.first
+        } else {
+            &self.more[i - 1]
+        }
+    }
+
+    #[inline(always)]
+    fn count(&self) -> usize {
+        (self.windows.load(Ordering::Acquire) as usize).clamp(1, MAX_WINDOWS)
     }
 }
 
@@ -133,6 +296,14 @@ impl TokenBucket {
         }
     }
 
+    /// A full bucket with several windows, all or nothing (see `check_windows`).
+    pub fn with_windows(quotas: &[Quota], reserve: u64, clock: Clock) -> Self {
+        TokenBucket {
+            state: Place::local(BucketState::with_windows(quotas, reserve)),
+            clock,
+        }
+    }
+
     /// A bucket over existing state (for example in a shared mapping).
     pub fn over(state: Place<BucketState>, clock: Clock) -> Self {
         TokenBucket { state, clock }
@@ -146,97 +317,240 @@ impl TokenBucket {
     #[inline]
     pub fn try_acquire(&self, cost: u64) -> Decision {
         let now = self.clock.now();
-        self.try_acquire_at(cost, now)
+        self.acquire_at(cost, now, false)
     }
 
     /// `try_acquire` at a given instant (the clock already read by the caller).
     #[inline]
     pub fn try_acquire_at(&self, cost: u64, now: u64) -> Decision {
+        self.acquire_at(cost, now, false)
+    }
+
+    /// Takes `cost` tokens from every window or from none; `high` may use the reserve.
+    #[inline(always)]
+    pub fn acquire_at(&self, cost: u64, now: u64, high: bool) -> Decision {
         let state = &*self.state;
-        let interval = state.interval.load(Ordering::Relaxed);
-        let tolerance = state.tolerance.load(Ordering::Acquire);
-        let mut tat = state.tat.load(Ordering::Acquire);
-        loop {
-            match decide(tat, now, cost, interval, tolerance) {
-                Ok(new_tat) => {
-                    match state.tat.compare_exchange_weak(
-                        tat,
-                        new_tat,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => {
-                            state.allowed.fetch_add(1, Ordering::Relaxed);
-                            return Decision::Admitted;
-                        }
-                        Err(current) => tat = current,
-                    }
-                }
-                Err(decision) => {
-                    state.rejected.fetch_add(1, Ordering::Relaxed);
-                    return decision;
-                }
+        let paused_until = state.paused_until.load(Ordering::Relaxed);
+        let outcome = if paused_until > now {
+            Err(Decision::Rejected {
+                wait: paused_until - now,
+            })
+        } else if state.windows.load(Ordering::Relaxed) <= 1 {
+            state.first.take(cost, now, high).map(|_| ())
+        } else {
+            self.take_all(cost, now, high)
+        };
+        match outcome {
+            Ok(()) => {
+                state.allowed.fetch_add(1, Ordering::Relaxed);
+                Decision::Admitted
+            }
+            Err(decision) => {
+                state.rejected.fetch_add(1, Ordering::Relaxed);
+                decision
             }
         }
     }
 
-    /// Nanoseconds until `cost` tokens are available (0 if they are now), or `None` if the
-    /// bucket can never hold that many.
-    pub fn wait_time(&self, cost: u64) -> Option<u64> {
+    /// Takes from each window in turn; when one refuses, gives back exactly what the
+    /// earlier ones took. Each window only ever admits within its own tolerance, so this
+    /// never over-admits; while a refund is in flight another acquire may be refused
+    /// although it would have fit (a conservative, transient error).
+    #[inline(never)]
+    fn take_all(&self, cost: u64, now: u64, high: bool) -> Result<(), Decision> {
         let state = &*self.state;
-        let now = self.clock.now();
-        let tat = state.tat.load(Ordering::Acquire);
-        match decide(
-            tat,
-            now,
-            cost,
-            state.interval.load(Ordering::Relaxed),
-            state.tolerance.load(Ordering::Acquire),
-        ) {
-            Ok(_) => Some(0),
-            Err(Decision::Rejected { wait }) => Some(wait),
-            Err(_) => None,
+        let count = state.count();
+        let mut taken = [0u64; MAX_WINDOWS];
+        for i in 0..count {
+            match state.window(i).take(cost, now, high) {
+                Ok(added) => taken[i] = added,
+                Err(decision) => {
+                    for (j, amount) in taken.iter().enumerate().take(i) {
+                        state.window(j).refund(*amount);
+                    }
+                    return Err(self.worst(decision, i + 1, count, cost, now, high));
+                }
+            }
         }
+        Ok(())
     }
 
-    /// Tokens in the bucket now, fractional while one is refilling.
-    pub fn tokens_available(&self) -> f64 {
+    /// The refusal to report: impossible if any window can never fit the cost, else the
+    /// longest wait among the refusing window and those after it.
+    fn worst(
+        &self,
+        first: Decision,
+        from: usize,
+        count: usize,
+        cost: u64,
+        now: u64,
+        high: bool,
+    ) -> Decision {
+        let mut worst = first;
+        for i in from..count {
+            match (worst, self.state.window(i).peek(cost, now, high)) {
+                (Decision::Impossible, _) | (_, Ok(_)) => {}
+                (_, Err(Decision::Impossible)) => worst = Decision::Impossible,
+                (Decision::Rejected { wait: a }, Err(Decision::Rejected { wait: b })) => {
+                    worst = Decision::Rejected { wait: a.max(b) }
+                }
+                (_, Err(other)) => worst = other,
+            }
+        }
+        worst
+    }
+
+    /// Nanoseconds until `cost` tokens are available in every window (0 if they are now),
+    /// or `None` if some window can never hold that many.
+    pub fn wait_time(&self, cost: u64) -> Option<u64> {
+        self.wait_time_lane(cost, false)
+    }
+
+    /// `wait_time` for a normal (`high == false`) or a high-priority acquire.
+    pub fn wait_time_lane(&self, cost: u64, high: bool) -> Option<u64> {
         let state = &*self.state;
         let now = self.clock.now();
-        let tat = state.tat.load(Ordering::Acquire).max(now);
-        let interval = state.interval.load(Ordering::Relaxed);
-        let limit = now.saturating_add(state.tolerance.load(Ordering::Acquire));
-        limit.saturating_sub(tat) as f64 / interval as f64
+        let paused = state
+            .paused_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(now);
+        let mut wait = 0;
+        for i in 0..state.count() {
+            match state.window(i).peek(cost, now, high) {
+                Ok(_) => {}
+                Err(Decision::Rejected { wait: w }) => wait = wait.max(w),
+                Err(_) => return None,
+            }
+        }
+        Some(wait.max(paused))
+    }
+
+    /// Tokens available now to a high-priority acquire: the least over the windows,
+    /// fractional while one is refilling.
+    pub fn tokens_available(&self) -> f64 {
+        let now = self.clock.now();
+        self.window_tokens_at(now)
+            .into_iter()
+            .fold(f64::INFINITY, f64::min)
+    }
+
+    /// Tokens available now in each window (whole burst, reserve included).
+    pub fn window_tokens(&self) -> Vec<f64> {
+        self.window_tokens_at(self.clock.now())
+    }
+
+    fn window_tokens_at(&self, now: u64) -> Vec<f64> {
+        let state = &*self.state;
+        (0..state.count())
+            .map(|i| state.window(i).tokens_at(now))
+            .collect()
     }
 
     /// Refills the bucket to full at once (an operator's reset).
     pub fn refill(&self) {
-        self.state.tat.store(0, Ordering::Release);
+        let state = &*self.state;
+        for i in 0..MAX_WINDOWS {
+            state.window(i).tat.store(0, Ordering::Release);
+        }
     }
 
-    /// Changes the rate and burst in place. The tokens already spent stay spent: the debt
-    /// that the TAT holds is rescaled from the old interval to the new one.
+    /// Changes the first window's rate and burst in place. The tokens already spent stay
+    /// spent: the debt that the TAT holds is rescaled from the old interval to the new one.
     pub fn set_quota(&self, quota: Quota) {
         let state = &*self.state;
-        let old_interval = state.interval.load(Ordering::Relaxed);
-        state.set_quota(quota);
-        let now = self.clock.now();
-        let _ = state
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                (tat > now && old_interval != quota.interval).then(|| {
-                    let debt = (tat - now) as u128 * quota.interval as u128 / old_interval as u128;
-                    now.saturating_add(debt.min(u64::MAX as u128) as u64)
-                })
-            });
+        let window = &state.first;
+        let old_interval = window.interval.load(Ordering::Relaxed);
+        window.set_quota(quota, state.reserve.load(Ordering::Relaxed));
+        window.rescale(old_interval, quota.interval, self.clock.now());
     }
 
-    pub fn quota(&self) -> Quota {
-        let interval = self.state.interval.load(Ordering::Relaxed);
-        Quota {
-            interval,
-            burst: self.state.tolerance.load(Ordering::Acquire) / interval,
+    /// Replaces every window and the reserve (checked by `check_windows`). A window that
+    /// stays at its index keeps its spent tokens (rescaled); a new window starts full.
+    pub fn set_windows(&self, quotas: &[Quota], reserve: u64) {
+        let state = &*self.state;
+        let now = self.clock.now();
+        let old_count = state.count();
+        state.reserve.store(reserve, Ordering::Relaxed);
+        for (i, quota) in quotas.iter().enumerate() {
+            let window = state.window(i);
+            let old_interval = window.interval.load(Ordering::Relaxed);
+            if i >= old_count {
+                window.tat.store(0, Ordering::Release);
+            }
+            window.set_quota(*quota, reserve);
+            if i < old_count {
+                window.rescale(old_interval, quota.interval, now);
+            }
         }
+        state.windows.store(quotas.len() as u64, Ordering::Release);
+    }
+
+    /// The first window's quota.
+    pub fn quota(&self) -> Quota {
+        self.state.first.quota()
+    }
+
+    /// Every window's quota, the first first.
+    pub fn quotas(&self) -> Vec<Quota> {
+        let state = &*self.state;
+        (0..state.count())
+            .map(|i| state.window(i).quota())
+            .collect()
+    }
+
+    /// Tokens of every window kept for high-priority acquires.
+    pub fn reserve(&self) -> u64 {
+        self.state.reserve.load(Ordering::Relaxed)
+    }
+
+    /// Charges (`more == true`) or refunds `cost` tokens in every window: a reservation
+    /// settled for more or less than it took. A charge is forced (the call happened), a
+    /// refund never fills a window beyond full.
+    pub fn adjust(&self, cost: u64, more: bool) {
+        let state = &*self.state;
+        let now = self.clock.now();
+        for i in 0..state.count() {
+            let window = state.window(i);
+            let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
+            if more {
+                window.charge(amount, now);
+            } else {
+                window.refund(amount);
+            }
+        }
+    }
+
+    /// Sets window `index` so that exactly `used` tokens count as spent now (the usage
+    /// an exchange reports): `burst - used` remain, or a debt when `used` exceeds the burst.
+    pub fn sync(&self, index: usize, used: u64) {
+        let state = &*self.state;
+        let window = state.window(index.min(MAX_WINDOWS - 1));
+        let now = self.clock.now();
+        let interval = window.interval.load(Ordering::Relaxed);
+        window.tat.store(
+            now.saturating_add(used.saturating_mul(interval)),
+            Ordering::Release,
+        );
+    }
+
+    /// Refuses every acquire for `nanos` from now (never shortens a longer pause);
+    /// `nanos == 0` lifts the pause.
+    pub fn pause(&self, nanos: u64) {
+        let state = &*self.state;
+        if nanos == 0 {
+            state.paused_until.store(0, Ordering::Release);
+        } else {
+            let until = self.clock.now().saturating_add(nanos);
+            state.paused_until.fetch_max(until, Ordering::AcqRel);
+        }
+    }
+
+    /// Nanoseconds the pause still lasts (0: not paused).
+    pub fn paused_for(&self) -> u64 {
+        self.state
+            .paused_until
+            .load(Ordering::Acquire)
+            .saturating_sub(self.clock.now())
     }
 
     /// Requests admitted so far.
@@ -393,6 +707,153 @@ mod tests {
         assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
     }
 
+    fn windows(specs: &[(u64, u64)], reserve: u64) -> (TokenBucket, ManualClock) {
+        let clock = ManualClock::new(1_000 * SECOND);
+        let quotas: Vec<Quota> = specs
+            .iter()
+            .map(|(max, window)| Quota::per_window(*max, *window, *max).unwrap())
+            .collect();
+        check_windows(&quotas, reserve).unwrap();
+        let bucket = TokenBucket::with_windows(&quotas, reserve, Clock::Manual(clock.clone()));
+        (bucket, clock)
+    }
+
+    #[test]
+    fn the_tightest_window_decides_and_a_refusal_takes_from_no_window() {
+        // 10 per second and 3 per 100 ms: the short window refuses the fourth call, and
+        // the long one keeps the 7 tokens it would otherwise have lost.
+        let (bucket, clock) = windows(&[(10, SECOND), (3, SECOND / 10)], 0);
+        let admitted = (0..5)
+            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+            .count();
+        assert_eq!(admitted, 3);
+        let tokens = bucket.window_tokens();
+        assert!((tokens[0] - 7.0).abs() < 1e-9, "{tokens:?}");
+        assert_eq!(tokens[1], 0.0);
+        clock.advance(SECOND / 10);
+        assert_eq!(bucket.try_acquire(3), Decision::Admitted);
+        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_refused_multi_window_acquire_reports_the_longest_wait() {
+        let (bucket, _clock) = windows(&[(2, SECOND), (2, 10 * SECOND)], 0);
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        // Window 0 refills a token in 0.5 s, window 1 in 5 s.
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected { wait: 5 * SECOND }
+        );
+        assert_eq!(bucket.wait_time(1), Some(5 * SECOND));
+    }
+
+    #[test]
+    fn a_cost_one_window_can_never_hold_is_impossible() {
+        let (bucket, _clock) = windows(&[(100, SECOND), (5, SECOND)], 0);
+        assert_eq!(bucket.try_acquire(6), Decision::Impossible);
+        assert_eq!(bucket.window_tokens()[0], 100.0);
+    }
+
+    #[test]
+    fn normal_acquires_leave_the_reserve_to_high_priority_ones() {
+        let (bucket, _clock) = windows(&[(10, SECOND)], 3);
+        let normal = (0..10)
+            .filter(|_| bucket.acquire_at(1, bucket.clock().now(), false) == Decision::Admitted)
+            .count();
+        assert_eq!(normal, 7);
+        let high = (0..10)
+            .filter(|_| bucket.acquire_at(1, bucket.clock().now(), true) == Decision::Admitted)
+            .count();
+        assert_eq!(high, 3);
+    }
+
+    #[test]
+    fn a_pause_refuses_everything_until_it_ends() {
+        let (bucket, clock) = bucket(10, SECOND, 10);
+        bucket.pause(2 * SECOND);
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected { wait: 2 * SECOND }
+        );
+        assert_eq!(
+            bucket.acquire_at(1, clock.now(), true),
+            Decision::Rejected { wait: 2 * SECOND }
+        );
+        bucket.pause(SECOND); // a shorter pause does not shorten the longer one
+        clock.advance(SECOND);
+        assert_eq!(bucket.wait_time(1), Some(SECOND));
+        clock.advance(SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        bucket.pause(SECOND);
+        bucket.pause(0);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+    }
+
+    #[test]
+    fn settling_for_more_goes_into_debt_and_for_less_refunds_no_further_than_full() {
+        let (bucket, _clock) = windows(&[(10, SECOND), (100, 60 * SECOND)], 0);
+        assert_eq!(bucket.try_acquire(4), Decision::Admitted);
+        bucket.adjust(12, true); // the call really cost 16
+        assert_eq!(bucket.window_tokens()[0], 0.0);
+        assert_eq!(bucket.wait_time(1), Some(SECOND * 7 / 10));
+        bucket.adjust(100, false); // far more than was ever taken
+        assert_eq!(bucket.window_tokens(), vec![10.0, 100.0]);
+        assert_eq!(
+            (0..20)
+                .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                .count(),
+            10
+        );
+    }
+
+    #[test]
+    fn sync_makes_exactly_the_reported_usage_count_as_spent() {
+        let (bucket, _clock) = windows(&[(1200, 60 * SECOND), (50, 10 * SECOND)], 0);
+        bucket.sync(0, 1195);
+        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-9);
+        assert_eq!(bucket.window_tokens()[1], 50.0);
+        let admitted = (0..10)
+            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+            .count();
+        assert_eq!(admitted, 5);
+        bucket.sync(0, 0);
+        assert_eq!(bucket.window_tokens()[0], 1200.0);
+    }
+
+    #[test]
+    fn changing_the_windows_keeps_spent_tokens_and_new_windows_start_full() {
+        let (bucket, _clock) = windows(&[(10, SECOND)], 0);
+        bucket.try_acquire(4);
+        let quotas = [
+            Quota::per_window(10, SECOND, 10).unwrap(),
+            Quota::per_window(5, SECOND, 5).unwrap(),
+        ];
+        bucket.set_windows(&quotas, 0);
+        assert_eq!(bucket.window_tokens(), vec![6.0, 5.0]);
+    }
+
+    #[test]
+    fn windows_and_reserve_are_checked() {
+        let q = Quota::per_window(5, SECOND, 5).unwrap();
+        assert_eq!(check_windows(&[], 0), Err(WindowsError::Count(0)));
+        assert_eq!(check_windows(&[q; 5], 0), Err(WindowsError::Count(5)));
+        assert_eq!(
+            check_windows(&[q], 5),
+            Err(WindowsError::ReserveTooLarge {
+                window: 0,
+                burst: 5
+            })
+        );
+        assert_eq!(check_windows(&[q; 4], 4), Ok(()));
+    }
+
+    #[test]
+    fn a_bucket_state_keeps_the_one_window_path_on_one_cache_line() {
+        assert_eq!(std::mem::size_of::<Window>(), 32);
+        assert_eq!(std::mem::offset_of!(BucketState, rejected), 56);
+        assert_eq!(std::mem::size_of::<BucketState>(), 192);
+    }
+
     /// A plain token bucket counting tokens in units of 1/interval ns: the reference model.
     struct ReferenceBucket {
         capacity_ns: u128,
@@ -411,6 +872,64 @@ mod tests {
                 true
             } else {
                 false
+            }
+        }
+    }
+
+    /// Several plain token buckets, all or nothing: the reference for several windows.
+    fn model_acquire(models: &mut [ReferenceBucket], now: u64, cost: u64) -> bool {
+        for m in models.iter_mut() {
+            m.level_ns = (m.level_ns + (now - m.last) as u128).min(m.capacity_ns);
+            m.last = now;
+        }
+        if models
+            .iter()
+            .all(|m| cost as u128 * m.interval <= m.level_ns)
+        {
+            for m in models.iter_mut() {
+                m.level_ns -= cost as u128 * m.interval;
+            }
+            true
+        } else {
+            false
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn several_windows_agree_with_plain_buckets_all_or_nothing(
+            specs in proptest::collection::vec((1u64..30, 1u64..3_000, 1u64..30), 1..=MAX_WINDOWS),
+            ops in proptest::collection::vec((0u64..500_000_000, 1u64..5), 1..200),
+        ) {
+            let quotas: Vec<Quota> = specs
+                .iter()
+                .map(|(max, ms, burst)| Quota::per_window(*max, ms * 1_000_000, *burst).unwrap())
+                .collect();
+            let clock = ManualClock::new(0);
+            let bucket = TokenBucket::with_windows(&quotas, 0, Clock::Manual(clock.clone()));
+            let mut models: Vec<ReferenceBucket> = quotas
+                .iter()
+                .map(|q| ReferenceBucket {
+                    capacity_ns: q.tolerance() as u128,
+                    interval: q.interval as u128,
+                    level_ns: q.tolerance() as u128,
+                    last: 0,
+                })
+                .collect();
+            let smallest = quotas.iter().map(|q| q.burst).min().unwrap();
+            for (advance, cost) in ops {
+                clock.advance(advance);
+                let expected = if cost > smallest {
+                    None
+                } else {
+                    Some(model_acquire(&mut models, clock.now(), cost))
+                };
+                let actual = match bucket.try_acquire(cost) {
+                    Decision::Admitted => Some(true),
+                    Decision::Rejected { .. } => Some(false),
+                    Decision::Impossible => None,
+                };
+                prop_assert_eq!(actual, expected);
             }
         }
     }
@@ -494,6 +1013,35 @@ mod loom_tests {
             let both = [a.join().unwrap(), b.join().unwrap()];
             assert_eq!(both.iter().filter(|ok| **ok).count(), 1);
             assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        });
+    }
+
+    #[test]
+    fn loom_two_windows_never_over_admit() {
+        // Window 0 holds 2 tokens, window 1 holds 1: whatever the interleaving (including
+        // a refund in flight), at most one of three acquires is admitted, and the
+        // tokens of a refused acquire always come back.
+        loom::model(|| {
+            let quotas = [
+                Quota::per_window(2, 1_000_000_000, 2).unwrap(),
+                Quota::per_window(1, 1_000_000_000, 1).unwrap(),
+            ];
+            let bucket = TokenBucket::with_windows(&quotas, 0, Clock::Manual(ManualClock::new(0)));
+            let handles: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                })
+                .collect();
+            let admitted = handles
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|ok| *ok)
+                .count();
+            assert_eq!(admitted, 1);
+            let tokens = bucket.window_tokens();
+            assert_eq!(tokens[0], 2.0 - admitted as f64);
+            assert_eq!(tokens[1], 1.0 - admitted as f64);
         });
     }
 }

@@ -4,7 +4,7 @@
 //! return plain values and never release the GIL: the work is nanoseconds. The exception
 //! classes live in `peak_resilience.errors` and are looked up once.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -19,7 +19,9 @@ use crate::breaker::{
     Admission, Breaker, BreakerSettings, BreakerState, Transition, Window, MAX_HALF_OPEN_CALLS,
     STATES,
 };
-use crate::bucket::{BucketState, Decision, Quota, QuotaError, TokenBucket};
+use crate::bucket::{
+    check_windows, BucketState, Decision, Quota, QuotaError, TokenBucket, WindowsError, MAX_WINDOWS,
+};
 use crate::clock::{nanos_to_seconds, seconds_to_nanos, Clock, ManualClock};
 use crate::shared::{self, Region, SharedError};
 use crate::stats::{self, OperationStats, LATENCY_BOUNDS};
@@ -240,6 +242,8 @@ pub struct PyTokenBucket {
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
     shared: Option<Region<BucketState>>,
+    /// Every window as given (max_requests, window ns), the first first. Never read per call.
+    limits: Mutex<Vec<(u64, u64)>>,
 }
 
 impl PyTokenBucket {
@@ -251,37 +255,177 @@ impl PyTokenBucket {
         clock: Clock,
         shared: Option<&Path>,
     ) -> PyResult<Self> {
+        PyTokenBucket::build_windows(
+            &Windows {
+                quotas: vec![quota],
+                limits: vec![(max_requests, window)],
+                reserve: 0,
+            },
+            clock,
+            shared,
+        )
+    }
+
+    /// A bucket of one or more windows, all or nothing.
+    fn build_windows(windows: &Windows, clock: Clock, shared: Option<&Path>) -> PyResult<Self> {
         let (core, shared) = match shared {
-            None => (TokenBucket::new(quota, clock), None),
+            None => (
+                TokenBucket::with_windows(&windows.quotas, windows.reserve, clock),
+                None,
+            ),
             Some(path) => {
                 let (core, region) =
-                    shared::shared_bucket(path, quota, clock).map_err(shared_error)?;
+                    shared::shared_windows(path, &windows.quotas, windows.reserve, clock)
+                        .map_err(shared_error)?;
                 (core, Some(region))
             }
         };
+        let (max_requests, window) = windows.limits[0];
         Ok(PyTokenBucket {
             core,
             max_requests: AtomicU64::new(max_requests),
             window: AtomicU64::new(window),
             enabled: AtomicBool::new(true),
             shared,
+            limits: Mutex::new(windows.limits.clone()),
         })
     }
 
-    #[inline]
-    fn decide(&self, cost: u64) -> Decision {
+    #[inline(always)]
+    fn decide_lane(&self, cost: u64, high: bool) -> Decision {
         if !self.enabled.load(Ordering::Relaxed) {
             return Decision::Admitted;
         }
-        self.core.try_acquire(cost)
+        let now = self.core.clock().now();
+        self.core.acquire_at(cost, now, high)
     }
 
     fn impossible(&self, cost: u64) -> PyErr {
-        PyValueError::new_err(format!(
-            "cost {cost} is larger than the bucket can ever hold (burst {})",
-            self.core.quota().burst
-        ))
+        let bursts: Vec<u64> = self.core.quotas().iter().map(|q| q.burst).collect();
+        let burst = bursts.iter().min().copied().unwrap_or(0);
+        let reserve = self.core.reserve();
+        let mut message =
+            format!("cost {cost} is larger than the bucket can ever hold (burst {burst}");
+        if bursts.len() > 1 {
+            message.push_str(&format!(" of the windows' bursts {bursts:?}"));
+        }
+        if reserve > 0 {
+            message.push_str(&format!(
+                "; a normal-priority call may use {} of it, {reserve} being reserved for priority=\"high\"",
+                burst.saturating_sub(reserve)
+            ));
+        }
+        message.push(')');
+        PyValueError::new_err(message)
     }
+}
+
+/// A bucket's windows as checked arguments.
+struct Windows {
+    quotas: Vec<Quota>,
+    /// (max_requests, window ns) as given, for reporting.
+    limits: Vec<(u64, u64)>,
+    reserve: u64,
+}
+
+/// The first window from `max_requests`/`window_seconds`/`burst`, the others from
+/// `windows` (a sequence of `(max_requests, window_seconds)` or
+/// `(max_requests, window_seconds, burst)`), and the priority reserve.
+fn windows_from(
+    max_requests: &Bound<'_, PyAny>,
+    window_seconds: &Bound<'_, PyAny>,
+    burst: Option<&Bound<'_, PyAny>>,
+    more: Option<&Bound<'_, PyAny>>,
+    reserve: Option<&Bound<'_, PyAny>>,
+) -> PyResult<Windows> {
+    let mut quotas = vec![quota_from(max_requests, window_seconds, burst)?];
+    let mut limits = vec![(
+        positive_int(max_requests, "max_requests")?,
+        seconds(window_seconds, "window_seconds", false)?,
+    )];
+    if let Some(more) = more.filter(|m| !m.is_none()) {
+        for item in more.try_iter()? {
+            let item = item?;
+            let parts = item.cast::<PyTuple>().map_err(|_| {
+                PyTypeError::new_err(format!(
+                    "each extra window must be a (max_requests, window_seconds[, burst]) tuple, got {}",
+                    item.repr().map(|r| r.to_string()).unwrap_or_default()
+                ))
+            })?;
+            if !(2..=3).contains(&parts.len()) {
+                return Err(PyValueError::new_err(format!(
+                    "each extra window must be a (max_requests, window_seconds[, burst]) tuple, got {}",
+                    parts.repr()?
+                )));
+            }
+            let burst = if parts.len() == 3 {
+                Some(parts.get_item(2)?)
+            } else {
+                None
+            };
+            quotas.push(quota_from(
+                &parts.get_item(0)?,
+                &parts.get_item(1)?,
+                burst.as_ref(),
+            )?);
+            limits.push((
+                positive_int(&parts.get_item(0)?, "max_requests")?,
+                seconds(&parts.get_item(1)?, "window_seconds", false)?,
+            ));
+        }
+    }
+    let reserve = match reserve.filter(|r| !r.is_none()) {
+        None => 0,
+        Some(r) if r.extract::<i64>().ok() == Some(0) && !r.is_instance_of::<PyBool>() => 0,
+        Some(r) => positive_int(r, "priority_reserve")?,
+    };
+    check_windows(&quotas, reserve).map_err(|err| match err {
+        WindowsError::Count(n) => PyValueError::new_err(format!(
+            "a rate limiter holds 1 to {MAX_WINDOWS} windows, got {n}"
+        )),
+        WindowsError::ReserveTooLarge { window, burst } => PyValueError::new_err(format!(
+            "priority_reserve={reserve} leaves normal calls no token in window {} \
+             (burst {burst}): it must be smaller than every window's burst",
+            window_label(limits[window].1)
+        )),
+    })?;
+    Ok(Windows {
+        quotas,
+        limits,
+        reserve,
+    })
+}
+
+/// "60s", "1.5s": how a window is named in messages and metrics labels.
+fn window_label(window: u64) -> String {
+    let secs = nanos_to_seconds(window);
+    if secs.fract() == 0.0 {
+        format!("{}s", secs as u64)
+    } else {
+        format!("{secs}s")
+    }
+}
+
+/// `priority=None | "normal" | "high"`: whether the call may use the reserve.
+#[inline]
+fn is_high(priority: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
+    let Some(p) = priority else {
+        return Ok(false);
+    };
+    if p.is_none() {
+        return Ok(false);
+    }
+    if let Ok(s) = p.cast::<PyString>() {
+        match s.to_str()? {
+            "high" => return Ok(true),
+            "normal" => return Ok(false),
+            _ => {}
+        }
+    }
+    Err(PyValueError::new_err(format!(
+        "priority must be \"high\" or \"normal\" (or None), got {}",
+        p.repr()?
+    )))
 }
 
 #[pymethods]
@@ -308,11 +452,11 @@ impl PyTokenBucket {
         self.shared.as_ref().map(|r| r.path().to_owned())
     }
 
-    /// Takes `cost` tokens if the bucket holds them now; never waits.
-    #[pyo3(signature = (cost=1, /))]
-    fn acquire(&self, cost: i64) -> PyResult<bool> {
+    /// Takes `cost` tokens if the bucket holds them now (in every window); never waits.
+    #[pyo3(signature = (cost=1, /, *, priority=None))]
+    fn acquire(&self, cost: i64, priority: Option<&Bound<'_, PyAny>>) -> PyResult<bool> {
         let cost = cost_of(cost)?;
-        match self.decide(cost) {
+        match self.decide_lane(cost, is_high(priority)?) {
             Decision::Admitted => Ok(true),
             Decision::Rejected { .. } => Ok(false),
             Decision::Impossible => Err(self.impossible(cost)),
@@ -320,13 +464,14 @@ impl PyTokenBucket {
     }
 
     /// Seconds until `cost` tokens are available (0.0 when they are now).
-    #[pyo3(signature = (cost=1, /))]
-    fn wait_time(&self, cost: i64) -> PyResult<f64> {
+    #[pyo3(signature = (cost=1, /, *, priority=None))]
+    fn wait_time(&self, cost: i64, priority: Option<&Bound<'_, PyAny>>) -> PyResult<f64> {
         let cost = cost_of(cost)?;
+        let high = is_high(priority)?;
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok(0.0);
         }
-        match self.core.wait_time(cost) {
+        match self.core.wait_time_lane(cost, high) {
             Some(nanos) => Ok(nanos_to_seconds(nanos)),
             None => Err(self.impossible(cost)),
         }
@@ -404,6 +549,264 @@ impl PyTokenBucket {
     fn refill(&self) {
         self.core.refill();
     }
+
+    // --- issue 8: several windows, reservations, sync, priority, pause -------------------
+
+    /// Every window as `(max_requests, window_seconds, burst)`, the first first.
+    #[getter]
+    fn windows(&self) -> Vec<(u64, f64, u64)> {
+        let limits = self
+            .limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        limits
+            .iter()
+            .zip(self.core.quotas())
+            .map(|((max, window), quota)| (*max, nanos_to_seconds(*window), quota.burst))
+            .collect()
+    }
+
+    /// Each window's name ("60s"), the first first: the `window` label of the metrics.
+    #[getter]
+    fn window_labels(&self) -> Vec<String> {
+        let limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+        limits.iter().map(|(_, w)| window_label(*w)).collect()
+    }
+
+    /// Tokens available now in each window (the reserve included), the first first.
+    fn window_tokens(&self) -> Vec<f64> {
+        self.core.window_tokens()
+    }
+
+    /// Tokens of every window kept for `priority="high"` acquires.
+    #[getter]
+    fn priority_reserve(&self) -> u64 {
+        self.core.reserve()
+    }
+
+    /// Replaces every window and the priority reserve in place. Windows that stay keep
+    /// their spent tokens (rescaled); added windows start full.
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, *, windows=None, priority_reserve=None))]
+    fn set_windows(
+        &self,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let w = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
+        match &self.shared {
+            None => self.core.set_windows(&w.quotas, w.reserve),
+            Some(region) => shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve),
+        }
+        let (max, window) = w.limits[0];
+        self.max_requests.store(max, Ordering::Relaxed);
+        self.window.store(window, Ordering::Relaxed);
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = w.limits;
+        Ok(())
+    }
+
+    /// Makes exactly `used` tokens count as spent now in window `window` (its index):
+    /// the usage an exchange reports, so that the exchange stays the authority.
+    #[pyo3(signature = (used, window=0))]
+    fn sync(&self, used: &Bound<'_, PyAny>, window: usize) -> PyResult<()> {
+        reject_bool(used, "used")?;
+        let used: u64 = used.extract().map_err(|_| {
+            PyValueError::new_err(format!(
+                "used must be a non-negative int, got {}",
+                used.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
+        let count = self.core.quotas().len();
+        if window >= count {
+            return Err(PyValueError::new_err(format!(
+                "window index {window} is out of range: this bucket has {count} window(s)"
+            )));
+        }
+        self.core.sync(window, used);
+        Ok(())
+    }
+
+    /// Refuses every acquire, high priority included, for `seconds` from now, in every
+    /// process sharing the bucket; a shorter pause never shortens a longer one.
+    fn pause(&self, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let nanos = seconds(seconds_, "seconds", true)?;
+        if nanos > 0 {
+            self.core.pause(nanos);
+        }
+        Ok(())
+    }
+
+    /// Charges `cost` tokens in every window unconditionally (the calls happened: the
+    /// bucket may go into debt beyond its burst).
+    fn charge(&self, cost: i64) -> PyResult<()> {
+        self.core.adjust(cost_of(cost)?, true);
+        Ok(())
+    }
+
+    /// Gives `cost` tokens back to every window (never beyond full).
+    fn refund(&self, cost: i64) -> PyResult<()> {
+        self.core.adjust(cost_of(cost)?, false);
+        Ok(())
+    }
+
+    /// Lifts a pause at once.
+    fn resume(&self) {
+        self.core.pause(0);
+    }
+
+    /// Seconds the pause still lasts (0.0: not paused).
+    #[getter]
+    fn paused_for(&self) -> f64 {
+        nanos_to_seconds(self.core.paused_for())
+    }
+
+    /// Takes `cost` tokens now as an estimate: a `Reservation` to settle with the real
+    /// cost (or cancel), or None when refused (nothing taken).
+    #[pyo3(signature = (cost=1, *, priority=None))]
+    fn reserve(
+        slf: &Bound<'_, Self>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Reservation>> {
+        reserve_on(slf, cost_of(cost)?, is_high(priority)?, None)
+    }
+}
+
+static RESERVATION_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+const OPEN: u8 = 0;
+const SETTLED: u8 = 1;
+const CANCELLED: u8 = 2;
+
+fn reserve_on(
+    bucket: &Bound<'_, PyTokenBucket>,
+    cost: u64,
+    high: bool,
+    limiter: Option<Py<PyString>>,
+) -> PyResult<Option<Reservation>> {
+    let b = bucket.get();
+    // A disabled bucket admits without taking: its reservation has nothing to settle.
+    let charged = b.enabled.load(Ordering::Relaxed);
+    match b.decide_lane(cost, high) {
+        Decision::Admitted => Ok(Some(Reservation {
+            bucket: bucket.clone().unbind(),
+            limiter,
+            cost,
+            charged,
+            id: RESERVATION_SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1,
+            state: AtomicU8::new(OPEN),
+        })),
+        Decision::Rejected { .. } => Ok(None),
+        Decision::Impossible => Err(b.impossible(cost)),
+    }
+}
+
+/// Tokens taken now on an estimate, settled once the response says what the call cost.
+#[pyclass(frozen, module = "peak_resilience._native", name = "Reservation")]
+pub struct Reservation {
+    bucket: Py<PyTokenBucket>,
+    limiter: Option<Py<PyString>>,
+    cost: u64,
+    charged: bool,
+    id: u64,
+    state: AtomicU8,
+}
+
+impl Reservation {
+    fn describe(&self, py: Python<'_>) -> String {
+        match &self.limiter {
+            Some(name) => format!(
+                "reservation #{} of limiter {} (cost {})",
+                self.id,
+                name.bind(py)
+                    .repr()
+                    .map(|r| r.to_string())
+                    .unwrap_or_default(),
+                self.cost
+            ),
+            None => format!("reservation #{} (cost {})", self.id, self.cost),
+        }
+    }
+
+    fn close(&self, py: Python<'_>, to: u8) -> PyResult<()> {
+        if let Err(was) = self
+            .state
+            .compare_exchange(OPEN, to, Ordering::AcqRel, Ordering::Acquire)
+        {
+            let how = if was == SETTLED {
+                "settled"
+            } else {
+                "cancelled"
+            };
+            return Err(pyo3::exceptions::PyRuntimeError::new_err(format!(
+                "{} was already {how}: a reservation is settled or cancelled once",
+                self.describe(py)
+            )));
+        }
+        Ok(())
+    }
+}
+
+#[pymethods]
+impl Reservation {
+    /// The call really cost `actual`: charges the difference (forced, the exchange has
+    /// counted it: the bucket may go into debt) or refunds it (never beyond full).
+    fn settle(&self, py: Python<'_>, actual: &Bound<'_, PyAny>) -> PyResult<()> {
+        reject_bool(actual, "actual")?;
+        let actual: u64 = actual.extract().map_err(|_| {
+            PyValueError::new_err(format!(
+                "actual must be a non-negative int, got {}",
+                actual.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })?;
+        self.close(py, SETTLED)?;
+        if self.charged && actual != self.cost {
+            let core = &self.bucket.get().core;
+            if actual > self.cost {
+                core.adjust(actual - self.cost, true);
+            } else {
+                core.adjust(self.cost - actual, false);
+            }
+        }
+        Ok(())
+    }
+
+    /// The call did not happen: refunds the whole estimate.
+    fn cancel(&self, py: Python<'_>) -> PyResult<()> {
+        self.close(py, CANCELLED)?;
+        if self.charged {
+            self.bucket.get().core.adjust(self.cost, false);
+        }
+        Ok(())
+    }
+
+    /// The estimate taken.
+    #[getter]
+    fn cost(&self) -> u64 {
+        self.cost
+    }
+
+    /// "open", "settled" or "cancelled".
+    #[getter]
+    fn state(&self) -> &'static str {
+        match self.state.load(Ordering::Acquire) {
+            OPEN => "open",
+            SETTLED => "settled",
+            _ => "cancelled",
+        }
+    }
+
+    fn __repr__(&self, py: Python<'_>) -> String {
+        format!("<{}, {}>", self.describe(py), self.state())
+    }
 }
 
 // ---------------------------------------------------------------------------------------
@@ -470,7 +873,8 @@ impl PyRateLimiter {
 #[pymethods]
 impl PyRateLimiter {
     #[new]
-    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None, shared=None))]
+    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None, shared=None,
+                        windows=None, priority_reserve=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -480,14 +884,20 @@ impl PyRateLimiter {
         clock: Option<&Bound<'_, PyAny>>,
         name: Option<&Bound<'_, PyAny>>,
         shared: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let clock = clock_from(clock)?;
-        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let windows = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
         let shared = shared_path(shared, "limiter")?;
-        let bucket = PyTokenBucket::build(
-            quota,
-            positive_int(max_requests, "max_requests")?,
-            seconds(window_seconds, "window_seconds", false)?,
+        let bucket = PyTokenBucket::build_windows(
+            &windows,
             clock.clone(),
             shared.as_deref().map(|p| bucket_file(p, None)).as_deref(),
         )?;
@@ -502,17 +912,22 @@ impl PyRateLimiter {
 
     /// Takes `cost` tokens from the endpoint's bucket (the default bucket for `None` or an
     /// endpoint never added). Returns whether the request may go ahead; never waits.
-    #[pyo3(signature = (endpoint=None, cost=1))]
+    #[pyo3(signature = (endpoint=None, cost=1, *, priority=None))]
     fn acquire(
         &self,
         py: Python<'_>,
         endpoint: Option<&Bound<'_, PyAny>>,
         cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<bool> {
         let cost = cost_of(cost)?;
+        let high = match priority {
+            None => false,
+            Some(p) => is_high(Some(p))?,
+        };
         let bucket = self.bucket(py, endpoint)?;
         let bucket = bucket.get();
-        match bucket.decide(cost) {
+        match bucket.decide_lane(cost, high) {
             Decision::Admitted => Ok(true),
             Decision::Rejected { .. } => Ok(false),
             Decision::Impossible => Err(bucket.impossible(cost)),
@@ -520,19 +935,40 @@ impl PyRateLimiter {
     }
 
     /// Seconds until `cost` tokens are available on the endpoint's bucket.
-    #[pyo3(signature = (endpoint=None, cost=1))]
+    #[pyo3(signature = (endpoint=None, cost=1, *, priority=None))]
     fn get_wait_time(
         &self,
         py: Python<'_>,
         endpoint: Option<&Bound<'_, PyAny>>,
         cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<f64> {
-        self.bucket(py, endpoint)?.get().wait_time(cost)
+        self.bucket(py, endpoint)?.get().wait_time(cost, priority)
+    }
+
+    /// Takes `cost` tokens now from the endpoint's bucket as an estimate: a `Reservation`
+    /// to settle with the real cost (or cancel), or None when refused (nothing taken).
+    #[pyo3(signature = (cost=1, endpoint=None, *, priority=None))]
+    fn reserve(
+        &self,
+        py: Python<'_>,
+        cost: i64,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Reservation>> {
+        let bucket = self.bucket(py, endpoint)?;
+        reserve_on(
+            &bucket,
+            cost_of(cost)?,
+            is_high(priority)?,
+            Some(self.name.clone_ref(py)),
+        )
     }
 
     /// Gives `name` its own bucket of `max_requests` per `window_seconds`, standing on its
     /// own beside the default one. Adding it again changes its rate in place.
-    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None))]
+    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None, windows=None, priority_reserve=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add_endpoint(
         &self,
         py: Python<'_>,
@@ -540,6 +976,8 @@ impl PyRateLimiter {
         max_requests: &Bound<'_, PyAny>,
         window_seconds: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let name = match name.cast::<PyString>() {
             Ok(s) if !s.to_str()?.is_empty() => s,
@@ -552,24 +990,31 @@ impl PyRateLimiter {
         };
         let endpoints = self.endpoints.bind(py);
         if let Some(existing) = endpoints.get_item(name)? {
-            return existing.cast::<PyTokenBucket>()?.get().set_rate(
+            return existing.cast::<PyTokenBucket>()?.get().set_windows(
                 max_requests,
                 window_seconds,
                 burst,
+                windows,
+                priority_reserve,
             );
         }
-        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let windows = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
         let file = match &self.shared {
             Some(prefix) => Some(bucket_file(prefix, Some(name.to_str()?))),
             None => None,
         };
-        let bucket = PyTokenBucket::build(
-            quota,
-            positive_int(max_requests, "max_requests")?,
-            seconds(window_seconds, "window_seconds", false)?,
-            self.clock.clone(),
-            file.as_deref(),
-        )?;
+        let bucket = PyTokenBucket::build_windows(&windows, self.clock.clone(), file.as_deref())?;
+        // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
+        let paused = self.default.get().core.paused_for();
+        if paused > 0 {
+            bucket.core.pause(paused);
+        }
         // setdefault: two threads adding the same endpoint at once keep one bucket.
         endpoints.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
         Ok(())
@@ -1542,6 +1987,8 @@ pub struct Guard {
     /// Told of each refused call as on_reject(exception), for the rejection log.
     on_reject: Option<Py<PyAny>>,
     clock: Clock,
+    /// priority="high": the guarded calls may use the limiter's priority reserve.
+    high: bool,
 }
 
 impl Guard {
@@ -1579,7 +2026,7 @@ impl Guard {
         let bucket = bucket.get();
         let mut waited = 0u64;
         loop {
-            match bucket.decide(self.cost) {
+            match bucket.decide_lane(self.cost, self.high) {
                 Decision::Admitted => return Ok(()),
                 Decision::Impossible => return Err(bucket.impossible(self.cost)),
                 Decision::Rejected { wait } => {
@@ -1704,7 +2151,7 @@ impl Guard {
     #[new]
     #[pyo3(signature = (func, *, breaker=None, limiter=None, endpoint=None, cost=1, operation=None,
                         fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None,
-                        on_reject=None))]
+                        on_reject=None, priority=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Bound<'_, PyAny>,
@@ -1719,7 +2166,9 @@ impl Guard {
         max_wait: Option<&Bound<'_, PyAny>>,
         sleep: Option<Py<PyAny>>,
         on_reject: Option<Py<PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let high = is_high(priority)?;
         if !func.is_callable() {
             return Err(PyTypeError::new_err(format!(
                 "the guarded function must be callable, got {}",
@@ -1755,6 +2204,7 @@ impl Guard {
             sleep: sleep.filter(|s| !s.is_none(py)),
             on_reject: on_reject.filter(|h| !h.is_none(py)),
             clock,
+            high,
         })
     }
 
@@ -1898,6 +2348,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyManualClock>()?;
     m.add_class::<PyTokenBucket>()?;
     m.add_class::<PyRateLimiter>()?;
+    m.add_class::<Reservation>()?;
     m.add_class::<PyCircuitBreaker>()?;
     m.add_class::<PyOperationStats>()?;
     m.add_class::<Guard>()?;

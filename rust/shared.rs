@@ -31,8 +31,9 @@ use crate::place::Place;
 /// "PEAKRSL" and a NUL, read as a little-endian word: the first 8 bytes of every file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
 /// Bumped whenever the header or a state block changes shape (3: the breaker's failure-rate
-/// window, back-off, slow calls and manual states).
-pub const LAYOUT_VERSION: u64 = 3;
+/// window, back-off, slow calls and manual states; 4: a bucket holds up to four windows, a
+/// pause and a priority reserve).
+pub const LAYOUT_VERSION: u64 = 4;
 const HEADER_SIZE: usize = 64;
 const PARAMS: usize = 3;
 /// How many times an open retries when the file vanishes between `link` and `open`
@@ -69,7 +70,11 @@ pub trait Layout: Default + Send + Sync + 'static {
 impl Layout for BucketState {
     const KIND: u64 = 1;
     const WHAT: &'static str = "rate-limit bucket";
-    const PARAM_NAMES: [&'static str; PARAMS] = ["refill interval (ns per token)", "burst", ""];
+    const PARAM_NAMES: [&'static str; PARAMS] = [
+        "refill interval (ns per token)",
+        "burst",
+        "other windows and priority reserve (fingerprint)",
+    ];
 }
 
 impl Layout for BreakerState {
@@ -505,8 +510,27 @@ fn temporary_name(path: &Path) -> PathBuf {
 
 // ---------------------------------------------------------------------------------------
 
-fn bucket_params(quota: Quota) -> [u64; PARAMS] {
-    [quota.interval, quota.burst, 0]
+fn bucket_params(quotas: &[Quota], reserve: u64) -> [u64; PARAMS] {
+    // The header has three slots: the first window's rate and burst, and a fingerprint
+    // (FNV-1a) of everything else every process must agree on. 0 for one window and no
+    // reserve, as layout 1 wrote.
+    let rest = &quotas[1..];
+    let fingerprint = if rest.is_empty() && reserve == 0 {
+        0
+    } else {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        let words = rest
+            .iter()
+            .flat_map(|q| [q.interval, q.burst])
+            .chain([reserve, rest.len() as u64]);
+        for word in words {
+            for byte in word.to_le_bytes() {
+                hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+        hash.max(1)
+    };
+    [quotas[0].interval, quotas[0].burst, fingerprint]
 }
 
 fn breaker_params(settings: BreakerSettings) -> [u64; PARAMS] {
@@ -523,14 +547,38 @@ pub fn shared_bucket(
     quota: Quota,
     clock: Clock,
 ) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
-    let region = Region::open_or_create(path, bucket_params(quota), || BucketState::new(quota))?;
+    shared_windows(path, &[quota], 0, clock)
+}
+
+/// A bucket of several windows (checked by `bucket::check_windows`) and a priority
+/// reserve, whose state lives in the shared file at `path` (created full).
+pub fn shared_windows(
+    path: &Path,
+    quotas: &[Quota],
+    reserve: u64,
+    clock: Clock,
+) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
+    let region = Region::open_or_create(path, bucket_params(quotas, reserve), || {
+        BucketState::with_windows(quotas, reserve)
+    })?;
     Ok((TokenBucket::over(region.state(), clock), region))
 }
 
 /// Changes a shared bucket's rate for every process, and records it in the header.
 pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
     bucket.set_quota(quota);
-    region.set_params(bucket_params(quota));
+    region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
+}
+
+/// Changes a shared bucket's windows and reserve for every process, and records them.
+pub fn set_shared_windows(
+    bucket: &TokenBucket,
+    region: &Region<BucketState>,
+    quotas: &[Quota],
+    reserve: u64,
+) {
+    bucket.set_windows(quotas, reserve);
+    region.set_params(bucket_params(quotas, reserve));
 }
 
 /// A circuit breaker whose state lives in the shared file at `path` (created closed).

@@ -118,3 +118,17 @@ def force_open_breaker(name: str, backend: dict[str, Any], results: Any) -> None
     mine = breaker(name, backend)
     mine.force_open()
     results.put(mine.state.name)
+
+
+def take_all_windows(
+    name: str,
+    windows: list[tuple[int, float]],
+    backend: dict[str, Any],
+    start: Any,
+    attempts: int,
+    results: Any,
+) -> None:
+    """As take_all, on a budget of several windows."""
+    mine = RateLimiter(limits=windows, name=name, **backend)
+    start.wait(30)
+    results.put(sum(1 for _ in range(attempts) if mine.acquire()))

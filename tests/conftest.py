@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import textwrap
 from collections.abc import Callable, Iterator
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -75,3 +76,27 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+# Issue 8 (rate limiting): one test, three backends -----------------------------------
+
+
+@pytest.fixture(params=["memory", "shared", "redis"])
+def make_limiter(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Callable[..., Any]:
+    """Builds RateLimiters on the parametrised backend, each of a new budget (name); a
+    second call with the same ``name`` reaches the same budget on shared and redis."""
+    from peak_resilience import RateLimiter
+
+    backend: dict[str, Any] = {"backend": request.param}
+    if request.param == "shared":
+        backend["shared_dir"] = str(tmp_path / "shm")
+    elif request.param == "redis":
+        backend["redis_url"] = request.getfixturevalue("redis_url")
+
+    def make(*args: Any, name: str = "exchange", **kwargs: Any) -> RateLimiter:
+        return RateLimiter(*args, name=name, **backend, **kwargs)
+
+    make.backend = request.param  # type: ignore[attr-defined]
+    return make
