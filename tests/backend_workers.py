@@ -132,3 +132,8 @@ def take_all_windows(
     mine = RateLimiter(limits=windows, name=name, **backend)
     start.wait(30)
     results.put(sum(1 for _ in range(attempts) if mine.acquire()))
+
+
+def try_once(name: str, budget: int, backend: dict[str, Any], results: Any) -> None:
+    """Reports whether one acquire passes (a budget paused elsewhere refuses it)."""
+    results.put(limiter(name, budget, backend).acquire())

@@ -81,22 +81,32 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
 # Issue 8 (rate limiting): one test, three backends -----------------------------------
 
 
-@pytest.fixture(params=["memory", "shared", "redis"])
-def make_limiter(
-    request: pytest.FixtureRequest, tmp_path: Path
+def _limiter_factory(
+    request: pytest.FixtureRequest, tmp_path: Path, where: str
 ) -> Callable[..., Any]:
-    """Builds RateLimiters on the parametrised backend, each of a new budget (name); a
-    second call with the same ``name`` reaches the same budget on shared and redis."""
     from peak_resilience import RateLimiter
 
-    backend: dict[str, Any] = {"backend": request.param}
-    if request.param == "shared":
+    backend: dict[str, Any] = {"backend": where}
+    if where == "shared":
         backend["shared_dir"] = str(tmp_path / "shm")
-    elif request.param == "redis":
+    elif where == "redis":
         backend["redis_url"] = request.getfixturevalue("redis_url")
 
     def make(*args: Any, name: str = "exchange", **kwargs: Any) -> RateLimiter:
         return RateLimiter(*args, name=name, **backend, **kwargs)
 
-    make.backend = request.param  # type: ignore[attr-defined]
     return make
+
+
+@pytest.fixture(params=["memory", "shared", "redis"])
+def make_limiter(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """Builds RateLimiters on the parametrised backend, each of the budget ``name``
+    ("exchange" unless given): a second one of that name reaches the same budget on the
+    shared and redis backends."""
+    return _limiter_factory(request, tmp_path, request.param)
+
+
+@pytest.fixture(params=["shared", "redis"])
+def make_shared_limiter(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[..., Any]:
+    """``make_limiter`` on the backends that share a budget between processes."""
+    return _limiter_factory(request, tmp_path, request.param)

@@ -132,7 +132,7 @@ if mode == 'take' or mode == 'peek' then
   local counts = redis.call('HMGET', KEYS[1], 'allowed', 'rejected')
   local reply = {wait, tonumber(counts[1]) or 0, tonumber(counts[2]) or 0, math.max(paused - now, 0)}
   for i = 0, n - 1 do
-    reply[#reply + 1] = now + tolerances[i] - math.max(tats[i], now)
+    reply[#reply + 1] = math.max(now + tolerances[i] - math.max(tats[i], now), 0)
   end
   return reply
 elseif mode == 'charge' then

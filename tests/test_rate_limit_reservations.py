@@ -1,0 +1,109 @@
+"""Reserve, then settle: take the estimated weight now, charge or refund the difference
+once the response says what the call really cost, or cancel to refund it all."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from peak_resilience import RateLimiter
+from peak_resilience.testing import ManualClock
+
+LONG = 10_000_000
+
+
+def tokens(limiter: RateLimiter) -> list[int]:
+    return [round(w["tokens_available"]) for w in limiter.get_stats()["windows"]]
+
+
+def test_a_reservation_takes_the_estimate_from_every_window(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limits=[(100, LONG), (20, LONG * 2)])
+    reservation = limiter.reserve(5)
+    assert reservation is not None
+    assert reservation.cost == 5
+    assert tokens(limiter) == [95, 15]
+
+
+def test_settling_for_less_refunds_the_difference(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limits=[(100, LONG), (20, LONG * 2)])
+    reservation = limiter.reserve(5)
+    assert reservation is not None
+    reservation.settle(2)
+    assert tokens(limiter) == [98, 18]
+    assert reservation.state == "settled"
+
+
+def test_settling_for_more_charges_even_beyond_the_burst(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limits=[(100, LONG), (20, LONG * 2)])
+    reservation = limiter.reserve(5)
+    assert reservation is not None
+    reservation.settle(30)  # the exchange counted 30: the second window is 10 in debt
+    assert tokens(limiter) == [70, 0]
+    assert not limiter.acquire()
+    assert limiter.get_wait_time() == pytest.approx(11 * LONG * 2 / 20, rel=1e-6)
+
+
+def test_cancelling_refunds_the_whole_estimate(make_limiter: Callable[..., RateLimiter]) -> None:
+    limiter = make_limiter(limits=[(100, LONG), (20, LONG * 2)])
+    reservation = limiter.reserve(20)
+    assert reservation is not None
+    assert not limiter.acquire()
+    reservation.cancel()
+    assert tokens(limiter) == [100, 20]
+    assert reservation.state == "cancelled"
+
+
+def test_a_refused_reservation_is_none_and_takes_nothing(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limits=[(100, LONG), (20, LONG * 2)])
+    assert limiter.acquire(cost=18)
+    assert limiter.reserve(3) is None
+    assert tokens(limiter) == [82, 2]
+
+
+def test_a_reservation_is_settled_once(make_limiter: Callable[..., RateLimiter]) -> None:
+    limiter = make_limiter(10, LONG)
+    reservation = limiter.reserve(4)
+    assert reservation is not None
+    reservation.settle(4)
+    with pytest.raises(RuntimeError, match=r"reservation #\d+ of limiter 'exchange' \(cost 4\) "
+                                           r"was already settled"):
+        reservation.cancel()
+    with pytest.raises(RuntimeError, match="already settled"):
+        reservation.settle(1)
+    assert tokens(limiter) == [6]
+
+
+def test_a_refund_never_fills_a_window_beyond_full(clock: ManualClock) -> None:
+    limiter = RateLimiter(10, 1, clock=clock)
+    reservation = limiter.reserve(8)
+    assert reservation is not None
+    clock.advance(60)  # long refilled
+    reservation.settle(0)
+    assert sum(limiter.acquire() for _ in range(20)) == 10
+
+
+def test_a_negative_actual_cost_is_refused(make_limiter: Callable[..., RateLimiter]) -> None:
+    limiter = make_limiter(10, LONG)
+    reservation = limiter.reserve(1)
+    assert reservation is not None
+    with pytest.raises(ValueError, match="actual must be a non-negative int, got -1"):
+        reservation.settle(-1)
+    assert reservation.state == "open"
+
+
+def test_a_reservation_on_an_endpoint_draws_on_its_bucket(clock: ManualClock) -> None:
+    limiter = RateLimiter(10, 60, clock=clock)
+    limiter.add_endpoint("create_order", 3, 60)
+    reservation = limiter.reserve(3, "create_order")
+    assert reservation is not None
+    assert not limiter.acquire("create_order")
+    assert limiter.acquire()
