@@ -96,11 +96,14 @@ def build_limiter(
     name: str, module: str, settings: Settings, clock: ManualClock | None = None
 ) -> RateLimiter:
     """A new limiter named ``name`` with ``module``'s settings."""
+    (first, length, burst), rest = settings.windows
     limiter = RateLimiter(
-        settings.rate_limit_requests,
-        settings.rate_limit_window,
-        burst=settings.burst,
+        first,
+        length,
+        burst=burst,
         name=name,
+        limits=rest,
+        priority_reserve=settings.rate_limit_reserve,
         **_backend(settings.rate_limit_backend, settings, clock),
     )
     update_limiter(limiter, settings)
@@ -111,11 +114,11 @@ def update_limiter(limiter: RateLimiter, settings: Settings) -> None:
     """Applies ``settings`` to ``limiter``'s default bucket in place (tokens already spent
     stay spent); ``rate_limit_enabled`` switches every bucket of the limiter."""
     bucket = limiter.default_bucket
-    if (bucket.max_requests, bucket.window_seconds, bucket.capacity) != (
-        settings.rate_limit_requests,
-        settings.rate_limit_window,
-        settings.burst,
-    ):
-        bucket.set_rate(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
+    (first, length, burst), rest = settings.windows
+    wanted = [(first, length, burst), *((m, w, m) for m, w in rest)]
+    if bucket.windows != wanted or bucket.priority_reserve != settings.rate_limit_reserve:
+        bucket.set_windows(
+            first, length, burst, windows=rest, priority_reserve=settings.rate_limit_reserve
+        )
     for each in (bucket, *limiter.endpoint_buckets().values()):
         each.set_enabled(settings.rate_limit_enabled)

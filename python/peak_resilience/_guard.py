@@ -43,6 +43,7 @@ def guard(
     sleep: Callable[[float], Any] | None = None,
     async_sleep: Callable[[float], Awaitable[Any]] | None = None,
     on_reject: Callable[[BaseException], Any] | None = None,
+    priority: str | None = None,
 ) -> Any:
     """Returns ``func`` guarded; keeps its name, docstring and signature.
 
@@ -50,6 +51,7 @@ def guard(
     instead of raising when the call is refused, and also when it fails if
     ``fallback_on_failure``. ``max_wait`` seconds may be spent waiting for a token.
     ``on_reject(exception)`` is told of each call refused (for the rejection log).
+    ``priority="high"`` lets the calls use the limiter's priority reserve.
     """
     if getattr(breaker, "_guard_in_python", False) or getattr(limiter, "_guard_in_python", False):
         # State in Redis: the native Guard would only see the local fallback.
@@ -68,6 +70,7 @@ def guard(
             sleep=sleep,
             async_sleep=async_sleep,
             on_reject=on_reject,
+            priority=priority,
         )
     has_fallback = fallback is not MISSING
     native = Guard(
@@ -83,6 +86,7 @@ def guard(
         max_wait=max_wait,
         sleep=sleep,
         on_reject=on_reject,
+        priority=priority,
     )
     if not inspect.iscoroutinefunction(func):
         functools.update_wrapper(native, func)

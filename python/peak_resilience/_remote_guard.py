@@ -44,6 +44,7 @@ def remote_guard(
     sleep: Callable[[float], Any] | None = None,
     async_sleep: Callable[[float], Awaitable[Any]] | None = None,
     on_reject: Callable[[BaseException], Any] | None = None,
+    priority: str | None = None,
 ) -> Any:
     """``func`` guarded in Python; the same contract as ``_guard.guard``."""
     has_fallback = fallback is not MISSING
@@ -65,10 +66,10 @@ def remote_guard(
     def admit_now() -> int:
         """The breaker's admission, then a token; raises on refusal, taking nothing."""
         admission = breaker._enter() if breaker is not None else _NORMAL
-        if limiter is not None and not limiter.acquire(endpoint, cost):
+        if limiter is not None and not limiter.acquire(endpoint, cost, priority=priority):
             if breaker is not None:
                 breaker._exit(admission, None)
-            raise rate_limited(limiter.get_wait_time(endpoint, cost))
+            raise rate_limited(limiter.get_wait_time(endpoint, cost, priority=priority))
         return admission
 
     def finish(

@@ -127,6 +127,20 @@ def non_empty(value: str) -> str | None:
     return None if value else "must not be empty"
 
 
+def rate_limit_specs(value: tuple[str, ...]) -> str | None:
+    """Each entry a window such as "1200/60s" (issue 8), at most four."""
+    from peak_resilience._windows import parse_limit
+
+    if len(value) > 4:
+        return f"holds at most 4 windows, got {len(value)}"
+    for spec in value:
+        try:
+            parse_limit(spec)
+        except ValueError as err:
+            return str(err)
+    return None
+
+
 _PROMETHEUS_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*\Z")
 
 
@@ -153,6 +167,11 @@ class Settings:
     rate_limit_window: float = key(60.0, positive)
     #: Tokens a full bucket holds; None means ``rate_limit_requests``.
     rate_limit_burst: int | None = key(None, optional(at_least(1)))
+    #: Several windows, all or nothing ("1200/60s", "50/10s", "160000/1d"; units s/m/h/d).
+    #: When set, they are the budget and rate_limit_requests/_window/_burst are not used.
+    rate_limits: tuple[str, ...] = key((), rate_limit_specs)
+    #: Tokens of every window kept for priority="high" calls (cancels, risk reductions).
+    rate_limit_reserve: int = key(0, at_least(0))
     metrics_enabled: bool = key(True)
     #: A rejected or failed call returns the decorator's fallback instead of raising.
     fail_safe_defaults: bool = key(False)
@@ -187,6 +206,17 @@ class Settings:
     def burst(self) -> int:
         """Tokens a full bucket holds (``rate_limit_burst``, else ``rate_limit_requests``)."""
         return self.rate_limit_requests if self.rate_limit_burst is None else self.rate_limit_burst
+
+    @property
+    def windows(self) -> tuple[tuple[int, float, int], list[tuple[int, float]]]:
+        """The budget's first window as (max_requests, window_seconds, burst) and the
+        others as (max_requests, window_seconds): ``rate_limits`` when set, else the pair."""
+        if not self.rate_limits:
+            return (self.rate_limit_requests, self.rate_limit_window, self.burst), []
+        from peak_resilience._windows import parse_limits
+
+        (first, length), *rest = parse_limits(self.rate_limits)
+        return (first, length, first), rest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +254,8 @@ def _describe(tp: Any) -> str:
         return "a string"
     if typing.get_origin(tp) is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if tp == tuple[str, ...]:
+        return "a list of strings"
     return str(tp)
 
 
@@ -251,6 +283,9 @@ def _typed(value: Any, tp: Any) -> tuple[Any, str | None]:
         return value, None if isinstance(value, str) else f"must be {_describe(tp)}"
     if typing.get_origin(tp) is Literal:
         return value, None if value in typing.get_args(tp) else f"must be {_describe(tp)}"
+    if tp == tuple[str, ...]:
+        ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
+        return (tuple(value) if ok else value), None if ok else f"must be {_describe(tp)}"
     raise TypeError(f"no conversion for {tp!r}")  # a schema bug, not a user error
 
 
@@ -277,6 +312,9 @@ def _from_text(text: str, tp: Any) -> tuple[Any, str | None]:
             return _typed(float(stripped), float)
         except ValueError:
             return text, "must be a number"
+    if tp == tuple[str, ...]:
+        # PEAK_TRADE_RATE_LIMITS="1200/60s,50/10s"
+        return tuple(part.strip() for part in text.split(",") if part.strip()), None
     return _typed(text, tp)
 
 
@@ -415,6 +453,14 @@ def _quota_problem(settings: Settings) -> str | None:
         TokenBucket(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
     except ValueError as err:
         return f"rate_limit_requests/rate_limit_window/rate_limit_burst: {err}"
+    (first, length, burst), rest = settings.windows
+    try:
+        TokenBucket(first, length, burst).set_windows(
+            first, length, burst, windows=rest, priority_reserve=settings.rate_limit_reserve
+        )
+    except ValueError as err:
+        keys = "rate_limits/rate_limit_reserve" if settings.rate_limits else "rate_limit_reserve"
+        return f"{keys}: {err}"
     return None
 
 

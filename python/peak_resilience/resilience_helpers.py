@@ -229,6 +229,7 @@ def with_resilience(
     max_wait: float = ...,
     cost: int = ...,
     fallback_on_failure: bool = ...,
+    priority: str | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -243,6 +244,7 @@ def with_resilience(
     max_wait: float = ...,
     cost: int = ...,
     fallback_on_failure: bool = ...,
+    priority: str | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]: ...
 
 
@@ -256,6 +258,7 @@ def with_resilience(
     max_wait: float = 0.0,
     cost: int = 1,
     fallback_on_failure: bool = False,
+    priority: str | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]:
     """Guards a sync or async function (or method) with ``module``'s settings.
 
@@ -267,7 +270,9 @@ def with_resilience(
     also when it fails if ``fallback_on_failure`` or the module has
     ``fail_safe_defaults = true`` (such a module requires a fallback). Every call's
     latency, success or failure by exception type is recorded natively under
-    ``"module.operation"`` unless ``metrics_enabled = false``.
+    ``"module.operation"`` unless ``metrics_enabled = false``. ``priority="high"`` (a
+    cancel, a risk reduction) may use the limiter's ``rate_limit_reserve``; other calls
+    may not.
 
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
@@ -302,6 +307,7 @@ def with_resilience(
             breaker=registry.breaker(module, operation) if use_circuit_breaker else None,
             limiter=registry.limiter(module) if use_rate_limiter else None,
             cost=cost,
+            priority=priority,
             operation=_instances.operation(name) if settings.metrics_enabled else None,
             fallback=fallback,
             fallback_on_failure=has_fallback
