@@ -88,6 +88,17 @@ FAMILIES = (
         "counter",
         "Successful calls counted as failures for lasting slow_call_duration or longer",
     ),
+    # Issue 8 (rate limiting).
+    (
+        "rate_limit_window_tokens_available",
+        "gauge",
+        "Tokens available in each window of a rate limiter's bucket of several windows",
+    ),
+    (
+        "rate_limit_paused_seconds",
+        "gauge",
+        "Seconds a paused rate limiter still refuses every request (0: not paused)",
+    ),
 )
 
 T = TypeVar("T")
@@ -141,6 +152,10 @@ class Readings:
     breaker_would_reject: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Slow calls of breakers with a slow_call_duration (or that counted some).
     breaker_slow_calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Tokens per window of the buckets of several windows: (limiter, endpoint, window).
+    window_tokens: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
+    #: Seconds each limiter stays paused (0.0 when it is not).
+    paused: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -173,6 +188,13 @@ class Readings:
                 "rejection_rate": rejected / requests if requests else 0.0,
                 "tokens_available": self.tokens.get((name, endpoint)),
             }
+        for (name, endpoint, window), available in self.window_tokens.items():
+            entry = limiters.get(name, {}).get(endpoint)
+            if entry is not None:
+                entry.setdefault("windows", {})[window] = available
+        for name, paused in self.paused.items():
+            for entry in limiters.get(name, {}).values():
+                entry["paused_seconds"] = paused
         operations: dict[str, dict[str, Any]] = {}
         for name, snap in self.operations.items():
             cumulative: list[int] = snap["buckets"]
@@ -252,12 +274,19 @@ def read(
     requests: dict[tuple[str, str], int] = {}
     rejections: dict[tuple[str, str], int] = {}
     tokens: dict[tuple[str, str], float] = {}
+    window_tokens: dict[tuple[str, str, str], float] = {}
+    paused: dict[str, float] = {}
     shared_files: set[Any] = set()
     for limiter in _alive(_instances.limiters):
         name = limiter.name
-        for endpoint, allowed, rejected, available, shared_file in limiter._export():
+        for endpoint, allowed, rejected, available, shared_file, extra in limiter._export():
             bucket_key = (name, endpoint)
             tokens[bucket_key] = min(available, tokens.get(bucket_key, available))
+            pause, windows = extra
+            paused[name] = max(pause, paused.get(name, pause))
+            for window, level in windows:
+                window_key = (name, endpoint, window)
+                window_tokens[window_key] = min(level, window_tokens.get(window_key, level))
             if shared_file is not None:
                 if shared_file in shared_files:
                     continue  # the host's counts, already read through another object
@@ -284,6 +313,8 @@ def read(
         shadow_states,
         would_reject,
         slow_calls,
+        window_tokens,
+        paused,
     )
 
 
@@ -323,6 +354,8 @@ class Collector:
             shadow_state,
             would_reject,
             slow_calls,
+            window_tokens,
+            paused,
         ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
@@ -396,4 +429,11 @@ class Collector:
         slow_calls.samples = [
             _sample(n, {"name": k}, v) for k, v in readings.breaker_slow_calls.items()
         ]
+        n = window_tokens.name
+        window_tokens.samples = [
+            _sample(n, {"limiter": k[0], "endpoint": k[1], "window": k[2]}, v)
+            for k, v in readings.window_tokens.items()
+        ]
+        n = paused.name
+        paused.samples = [_sample(n, {"limiter": k}, v) for k, v in readings.paused.items()]
         return families

@@ -146,6 +146,18 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     out.extend(
         [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_slow_calls.items()]
     )
+    name = family("rate_limit_window_tokens_available")
+    out.extend(
+        [
+            f'{name}{{limiter="{_label(k[0])}",endpoint="{_label(k[1])}",window="{_label(k[2])}"}}'
+            f" {_gauge_value(v)}\n"
+            for k, v in readings.window_tokens.items()
+        ]
+    )
+    name = family("rate_limit_paused_seconds")
+    out.extend(
+        [f'{name}{{limiter="{_label(k)}"}} {_gauge_value(v)}\n' for k, v in readings.paused.items()]
+    )
     if openmetrics:
         out.append("# EOF\n")
     return "".join(out).encode()

@@ -22,7 +22,12 @@ from peak_resilience._native import RateLimiter as _NativeLimiter
 from peak_resilience._native import TokenBucket
 from peak_resilience._redis_link import UNAVAILABLE, RedisLink, Script
 from peak_resilience._windows import Limit, window_index
-from peak_resilience.rate_limiter import RateLimiter, _bucket_stats, _window_stats
+from peak_resilience.rate_limiter import (
+    RateLimiter,
+    _bucket_stats,
+    _several_windows,
+    _window_stats,
+)
 
 if TYPE_CHECKING:
     from peak_resilience.testing import ManualClock
@@ -485,7 +490,7 @@ class RedisRateLimiter(RateLimiter):
             longest = max(longest, int(reply[3]) / 1_000_000)
         return longest
 
-    def _export(self) -> list[tuple[str, int, int, float, Any]]:
+    def _export(self) -> list[tuple[str, int, int, float, Any, Any]]:
         """For the metrics collector: this process's requests per bucket (its Redis
         verdicts plus what the local stand-in counted) and the budget's tokens in Redis."""
         rows = []
@@ -493,14 +498,16 @@ class RedisRateLimiter(RateLimiter):
             bucket = self._bucket(endpoint)
             native = bucket.native
             reply = bucket.run(self._link, _PEEK, 0)
-            tokens = (
-                native.tokens_available
-                if reply is UNAVAILABLE
-                else min(
+            if reply is UNAVAILABLE:
+                levels = native.window_tokens()
+                pause = native.paused_for
+            else:
+                levels = [
                     int(available) / interval
                     for available, interval in zip(reply[4:], bucket.intervals_us)
-                )
-            )
+                ]
+                pause = int(reply[3]) / 1_000_000
+            tokens = min(levels)
             rejected, allowed = bucket.tally
             rows.append(
                 (
@@ -509,6 +516,7 @@ class RedisRateLimiter(RateLimiter):
                     rejected + native.rejected,
                     tokens,
                     None,
+                    (pause, _several_windows(native.window_labels, levels)),
                 )
             )
         return rows

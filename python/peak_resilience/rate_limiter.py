@@ -78,6 +78,12 @@ def _window_stats(
     ]
 
 
+def _several_windows(labels: list[str], tokens: list[float]) -> list[tuple[str, float]]:
+    """(window, tokens) per window for the per-window gauge; none for a bucket of one
+    window, whose tokens gauge already says it all."""
+    return list(zip(labels, tokens)) if len(labels) > 1 else []
+
+
 def _rate_arguments(
     max_requests: int | None, window_seconds: float | None, limits: Sequence[Limit] | None
 ) -> tuple[int, float, list[tuple[int, float]] | None]:
@@ -201,13 +207,21 @@ class RateLimiter(_NativeLimiter):
         )
         return stats
 
-    def _export(self) -> list[tuple[str, int, int, float, Any]]:
+    def _export(self) -> list[tuple[str, int, int, float, Any, Any]]:
         """For the metrics collector: (endpoint, allowed, rejected, tokens available,
-        shared file or None) per bucket. A shared bucket counts the whole host, so the
-        collector counts each shared file once however many objects map it."""
+        shared file or None, (seconds paused, [(window, tokens)] for a bucket of several
+        windows)) per bucket. A shared bucket counts the whole host, so the collector
+        counts each shared file once however many objects map it."""
         buckets = [("default", self.default_bucket), *self.endpoint_buckets().items()]
         return [
-            (endpoint, b.allowed, b.rejected, b.tokens_available, b.shared_path)
+            (
+                endpoint,
+                b.allowed,
+                b.rejected,
+                b.tokens_available,
+                b.shared_path,
+                (b.paused_for, _several_windows(b.window_labels, b.window_tokens())),
+            )
             for endpoint, b in buckets
         ]
 
