@@ -1044,4 +1044,39 @@ mod loom_tests {
             assert_eq!(tokens[1], 1.0 - admitted as f64);
         });
     }
+
+    #[test]
+    fn loom_a_weighted_refusal_refunds_exactly_and_a_light_call_never_overdraws() {
+        // Window 0 holds 2, window 1 holds 1. A heavy call (cost 2) always fails window 1
+        // and refunds window 0; a light call (cost 1) may be refused while that refund is
+        // in flight (the documented transient), but whatever happens, the tokens left are
+        // exactly the burst less what was admitted, and at most one light call passes.
+        loom::model(|| {
+            let quotas = [
+                Quota::per_window(2, 1_000_000_000, 2).unwrap(),
+                Quota::per_window(1, 1_000_000_000, 1).unwrap(),
+            ];
+            let bucket = TokenBucket::with_windows(&quotas, 0, Clock::Manual(ManualClock::new(0)));
+            let heavy = {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.try_acquire(2))
+            };
+            let lights: Vec<_> = (0..2)
+                .map(|_| {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                })
+                .collect();
+            assert_eq!(heavy.join().unwrap(), Decision::Impossible);
+            let admitted = lights
+                .into_iter()
+                .map(|h| h.join().unwrap())
+                .filter(|ok| *ok)
+                .count();
+            assert!(admitted <= 1);
+            let tokens = bucket.window_tokens();
+            assert_eq!(tokens[0], 2.0 - admitted as f64);
+            assert_eq!(tokens[1], 1.0 - admitted as f64);
+        });
+    }
 }

@@ -53,7 +53,9 @@ def test_a_malformed_window_is_a_config_error_naming_the_key(
 def test_a_reserve_as_large_as_a_window_is_a_config_error(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:
-    path = write_config('[resilience]\nrate_limits = ["100/60s", "5/10s"]\nrate_limit_reserve = 5\n')
+    path = write_config(
+        '[resilience]\nrate_limits = ["100/60s", "5/10s"]\nrate_limit_reserve = 5\n'
+    )
     with pytest.raises(ConfigError, match=r"rate_limits/rate_limit_reserve: priority_reserve=5"):
         configure(path)
 
@@ -78,7 +80,10 @@ def test_a_high_priority_decorated_call_uses_the_reserve(
         return "created"
 
     @with_resilience(
-        "binance", "cancel_order", use_rate_limiter=True, use_circuit_breaker=False,
+        "binance",
+        "cancel_order",
+        use_rate_limiter=True,
+        use_circuit_breaker=False,
         priority="high",
     )
     def cancel_order() -> str:
@@ -98,7 +103,10 @@ def test_a_high_priority_async_call_uses_the_reserve(
     configure(write_config(BINANCE))
 
     @with_resilience(
-        "binance", "cancel_all", use_rate_limiter=True, use_circuit_breaker=False,
+        "binance",
+        "cancel_all",
+        use_rate_limiter=True,
+        use_circuit_breaker=False,
         priority="high",
     )
     async def cancel_all() -> str:
@@ -114,8 +122,9 @@ def test_a_paused_module_limiter_refuses_decorated_calls_with_the_pause_as_retry
 ) -> None:
     configure(write_config(BINANCE))
 
-    @with_resilience("binance", "cancel", use_rate_limiter=True, use_circuit_breaker=False,
-                     priority="high")
+    @with_resilience(
+        "binance", "cancel", use_rate_limiter=True, use_circuit_breaker=False, priority="high"
+    )
     def cancel() -> str:
         return "cancelled"
 

@@ -78,8 +78,11 @@ def test_a_one_window_budget_adds_no_per_window_series(clock: ManualClock) -> No
     name = f"plain-{next(_names)}"
     limiter = RateLimiter(10, 60, name=name, clock=clock)
     exported = ours()
-    assert not [k for k in exported if k[0].endswith("window_tokens_available")
-                and ("limiter", name) in k[1]]
+    assert not [
+        k
+        for k in exported
+        if k[0].endswith("window_tokens_available") and ("limiter", name) in k[1]
+    ]
     assert exported[paused_gauge(name)] == 0.0
     del limiter
 

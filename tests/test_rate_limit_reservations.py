@@ -74,8 +74,11 @@ def test_a_reservation_is_settled_once(make_limiter: Callable[..., RateLimiter])
     reservation = limiter.reserve(4)
     assert reservation is not None
     reservation.settle(4)
-    with pytest.raises(RuntimeError, match=r"reservation #\d+ of limiter 'exchange' \(cost 4\) "
-                                           r"was already settled"):
+    with pytest.raises(
+        RuntimeError,
+        match=r"reservation #\d+ of limiter 'exchange' \(cost 4\) "
+        r"was already settled",
+    ):
         reservation.cancel()
     with pytest.raises(RuntimeError, match="already settled"):
         reservation.settle(1)

@@ -75,8 +75,15 @@ def test_an_endpoint_may_have_windows_of_its_own(clock: ManualClock) -> None:
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("1200/60s", (1200, 60.0)), ("50/10s", (50, 10.0)), ("160000/1d", (160000, 86400.0)),
-     ("10/2m", (10, 120.0)), ("7/1h", (7, 3600.0)), ("3/0.5s", (3, 0.5)), ("9/s", (9, 1.0))],
+    [
+        ("1200/60s", (1200, 60.0)),
+        ("50/10s", (50, 10.0)),
+        ("160000/1d", (160000, 86400.0)),
+        ("10/2m", (10, 120.0)),
+        ("7/1h", (7, 3600.0)),
+        ("3/0.5s", (3, 0.5)),
+        ("9/s", (9, 1.0)),
+    ],
 )
 def test_a_window_is_written_requests_slash_length_and_unit(
     spec: str, expected: tuple[int, float]

@@ -189,9 +189,9 @@ class Readings:
                 "tokens_available": self.tokens.get((name, endpoint)),
             }
         for (name, endpoint, window), available in self.window_tokens.items():
-            entry = limiters.get(name, {}).get(endpoint)
-            if entry is not None:
-                entry.setdefault("windows", {})[window] = available
+            bucket = limiters.get(name, {}).get(endpoint)
+            if bucket is not None:
+                bucket.setdefault("windows", {})[window] = available
         for name, paused in self.paused.items():
             for entry in limiters.get(name, {}).values():
                 entry["paused_seconds"] = paused

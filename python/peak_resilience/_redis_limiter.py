@@ -13,8 +13,8 @@ arguments, and they are the fallback when ``on_backend_error="local"``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from peak_resilience import _backends
@@ -135,7 +135,8 @@ if mode == 'take' or mode == 'peek' then
     return {1, 0}
   end
   local counts = redis.call('HMGET', KEYS[1], 'allowed', 'rejected')
-  local reply = {wait, tonumber(counts[1]) or 0, tonumber(counts[2]) or 0, math.max(paused - now, 0)}
+  local reply = {wait, tonumber(counts[1]) or 0, tonumber(counts[2]) or 0,
+                 math.max(paused - now, 0)}
   for i = 0, n - 1 do
     reply[#reply + 1] = math.max(now + tolerances[i] - math.max(tats[i], now), 0)
   end
@@ -207,8 +208,9 @@ class _RemoteBucket:
         """The most one call of this lane can ever take."""
         return min(self.bursts) - (0 if high else self.reserve)
 
-    def run(self, link: RedisLink, mode: bytes, amount: int, *, index: int = 0,
-            high: bool = True) -> Any:
+    def run(
+        self, link: RedisLink, mode: bytes, amount: int, *, index: int = 0, high: bool = True
+    ) -> Any:
         """Runs the WINDOWS script in ``mode`` on this bucket."""
         reserve = 0 if high else self.reserve
         return link.run(WINDOWS, self.key, mode, amount, index, reserve, *self.windows)
@@ -269,8 +271,9 @@ class RemoteReservation:
 
     _sequence = 0
 
-    def __init__(self, limiter: RedisRateLimiter, bucket: _RemoteBucket, cost: int,
-                 charged: bool) -> None:
+    def __init__(
+        self, limiter: RedisRateLimiter, bucket: _RemoteBucket, cost: int, charged: bool
+    ) -> None:
         RemoteReservation._sequence += 1
         self.id = RemoteReservation._sequence
         self._limiter = limiter
@@ -391,9 +394,7 @@ class RedisRateLimiter(RateLimiter):
         if not bucket.native.enabled:
             return True  # rate_limit_enabled = false: admits everything, as in-process
         if cost == 1 and priority is None:
-            reply = self._link.run_packed(
-                WINDOWS if bucket.several else GCRA, bucket.take_one
-            )
+            reply = self._link.run_packed(WINDOWS if bucket.several else GCRA, bucket.take_one)
         else:
             high = _is_high(priority)
             if cost.__class__ is not int or not 0 <= cost <= bucket.lane_burst(high):
@@ -504,7 +505,7 @@ class RedisRateLimiter(RateLimiter):
             else:
                 levels = [
                     int(available) / interval
-                    for available, interval in zip(reply[4:], bucket.intervals_us)
+                    for available, interval in zip(reply[4:], bucket.intervals_us, strict=True)
                 ]
                 pause = int(reply[3]) / 1_000_000
             tokens = min(levels)
@@ -575,7 +576,8 @@ class RedisRateLimiter(RateLimiter):
             return stats
         _wait, allowed, rejected, paused_us = (int(v) for v in reply[:4])
         tokens = [
-            int(available) / interval for available, interval in zip(reply[4:], bucket.intervals_us)
+            int(available) / interval
+            for available, interval in zip(reply[4:], bucket.intervals_us, strict=True)
         ]
         total = allowed + rejected
         return {

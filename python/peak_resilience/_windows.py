@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import Union
+from typing import TypeAlias
 
 #: A window as text ("1200/60s") or as a (max_requests, window_seconds) pair.
-Limit = Union[str, tuple[int, float]]
+Limit: TypeAlias = str | tuple[int, float]
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*([smhd])\s*\Z")

@@ -63,6 +63,8 @@ def _bucket_stats(bucket: TokenBucket) -> dict[str, Any]:
     }
 
 
+# strict=False below: another process may change a shared budget's windows between the
+# reads of their names and of their tokens; a scrape then shows the windows both agree on.
 def _window_stats(
     labels: Sequence[str], windows: Sequence[tuple[int, float, int]], tokens: Sequence[float]
 ) -> list[dict[str, Any]]:
@@ -74,14 +76,16 @@ def _window_stats(
             "capacity": burst,
             "tokens_available": available,
         }
-        for label, (max_requests, seconds, burst), available in zip(labels, windows, tokens)
+        for label, (max_requests, seconds, burst), available in zip(
+            labels, windows, tokens, strict=False
+        )
     ]
 
 
 def _several_windows(labels: list[str], tokens: list[float]) -> list[tuple[str, float]]:
     """(window, tokens) per window for the per-window gauge; none for a bucket of one
     window, whose tokens gauge already says it all."""
-    return list(zip(labels, tokens)) if len(labels) > 1 else []
+    return list(zip(labels, tokens, strict=False)) if len(labels) > 1 else []
 
 
 def _rate_arguments(
@@ -256,9 +260,7 @@ class RateLimiter(_NativeLimiter):
         ``"60s"``/``"1m"``, or its index; may be omitted when the budget has one window),
         e.g. from the exchange's used-weight header: the exchange stays the authority."""
         bucket = self.bucket_for(endpoint)
-        index = window_index(
-            bucket.window_labels, [w[1] for w in bucket.windows], window
-        )
+        index = window_index(bucket.window_labels, [w[1] for w in bucket.windows], window)
         bucket.sync(used, index)
 
     def _now(self) -> float:
