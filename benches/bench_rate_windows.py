@@ -31,9 +31,7 @@ def test_ours_acquire_one_window(benchmark: Any) -> None:
 @pytest.mark.benchmark(group="acquire-windows")
 def test_ours_acquire_three_windows(benchmark: Any) -> None:
     # Like "1200/60s", "50/10s", "160000/1d", scaled so that nothing ever refuses.
-    limiter = RateLimiter(
-        RATE, 1.0, burst=HUGE, limits=[(RATE, 10.0), (RATE, 86400.0)]
-    )
+    limiter = RateLimiter(RATE, 1.0, burst=HUGE, limits=[(RATE, 10.0), (RATE, 86400.0)])
     assert len(limiter.default_bucket.windows) == 3
     assert benchmark(limiter.acquire) is True
 
