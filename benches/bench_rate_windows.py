@@ -4,8 +4,9 @@ reservation settled (take, then settle) beside a plain acquire.
 
 Ratios (for `benches/ratios.py`):
 - group "acquire-windows": test_ours_acquire_three_windows / test_ours_acquire_one_window
-  <= 2 (issue 8); test_ours_acquire_high_priority / test_ours_acquire_one_window (the
-  keyword path, for information).
+  <= 2 (issue 8).
+- group "priority-lane": test_ours_acquire_high_lane / test_ours_acquire_normal_lane (what
+  the priority="high" keyword costs, for information; both inside one Python frame).
 - group "reserve-settle": test_ours_reserve_then_settle / test_ours_acquire_cost_5 (what a
   reservation adds over an acquire of the same weight, for information).
 """
@@ -36,8 +37,18 @@ def test_ours_acquire_three_windows(benchmark: Any) -> None:
     assert benchmark(limiter.acquire) is True
 
 
-@pytest.mark.benchmark(group="acquire-windows")
-def test_ours_acquire_high_priority(benchmark: Any) -> None:
+@pytest.mark.benchmark(group="priority-lane")
+def test_ours_acquire_normal_lane(benchmark: Any) -> None:
+    limiter = RateLimiter(RATE, 1.0, burst=HUGE, priority_reserve=10)
+
+    def normal() -> bool:  # the same Python frame around both lanes' calls
+        return limiter.acquire()
+
+    assert benchmark(normal) is True
+
+
+@pytest.mark.benchmark(group="priority-lane")
+def test_ours_acquire_high_lane(benchmark: Any) -> None:
     limiter = RateLimiter(RATE, 1.0, burst=HUGE, priority_reserve=10)
 
     def high() -> bool:
