@@ -28,6 +28,7 @@ from peak_resilience.config import Config, Settings
 from peak_resilience.http import HealthServer, start_health_server
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter as GuideRateLimiter
+from peak_resilience.rate_limiter import Reservation
 from peak_resilience.resilience import CircuitBreaker as GuideCircuitBreaker
 from peak_resilience.resilience import health_check
 from peak_resilience.resilience_helpers import (
@@ -56,6 +57,19 @@ assert_type(limiter.acquire_blocking("fetch_ticker", cost=2, timeout=1.0), bool)
 assert_type(limiter.name, str)
 limiter.acquire(cost="5")  # type: ignore[arg-type]
 RateLimiter("100", 60.0)  # type: ignore[arg-type]
+
+# Issue 8: several windows, reservations, sync, priority lanes, pause.
+budget = RateLimiter(limits=["1200/60s", "50/10s"], priority_reserve=5, clock=clock)
+assert_type(budget.acquire(cost=2, priority="high"), bool)
+reservation = budget.reserve(10)
+assert_type(reservation, Reservation | None)
+if reservation is not None:
+    reservation.settle(7)
+budget.sync(100, window="60s")
+budget.pause(1.5)
+assert_type(budget.paused_for, float)
+budget.reserve("10")  # type: ignore[arg-type]
+budget.acquire(priority=1)  # type: ignore[arg-type]
 
 # --- circuit breaker --------------------------------------------------------------------
 
