@@ -125,3 +125,8 @@ def test_set_windows_keeps_spent_tokens_and_new_windows_start_full(clock: Manual
     limiter.acquire(cost=4)
     limiter.default_bucket.set_windows(10, 1, windows=[(5, 1.0)])
     assert limiter.default_bucket.window_tokens() == [6.0, 5.0]
+
+
+def test_a_single_string_for_limits_is_refused_asking_for_a_list() -> None:
+    with pytest.raises(TypeError, match=r"limits must be a list of windows like \['1200/60s'\]"):
+        RateLimiter(limits="1200/60s")
