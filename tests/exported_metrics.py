@@ -41,6 +41,11 @@ FAMILIES: dict[str, Family] = {
     "peak_trade_health_check_status": _family("gauge", "check"),
     # Failed calls to Redis, the backend of rate_limit_backend / circuit_breaker_backend.
     "peak_trade_backend_errors_total": _family("counter", "backend"),
+    # Issue 8 (rate limiting): each window of a budget of several, and pauses (seconds).
+    "peak_trade_rate_limit_window_tokens_available": _family(
+        "gauge", "limiter", "endpoint", "window"
+    ),
+    "peak_trade_rate_limit_paused_seconds": _family("gauge", "limiter"),
 }
 
 # The values that the state labels (from_state, to_state) take.

@@ -44,6 +44,9 @@ def main() -> None:
     breaker = CircuitBreaker(failure_threshold=1, name=BREAKER, clock=clock)
     limiter = RateLimiter(100, 60.0, name=LIMITER, clock=clock)
     limiter.add_endpoint(ENDPOINT, 1, 60.0)
+    # A budget of several windows (the per-window gauge), paused (the pause gauge).
+    exchange = RateLimiter(limits=["1200/60s", "50/10s"], name=f"{LIMITER}-windows", clock=clock)
+    exchange.pause(30)
     operation = _instances.operation(OPERATION)
 
     guard(lambda: None, operation=operation)()
