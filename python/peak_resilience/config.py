@@ -401,6 +401,14 @@ class Config:
                     table=table,
                     key="redis_url",
                 )
+        problem = _breaker_problem(settings)
+        if problem is not None:
+            raise ConfigError(
+                problem,
+                source=self._where(module, "circuit_breaker_timeout"),
+                table=table,
+                key="circuit_breaker_timeout",
+            )
         if settings.rate_limit_enabled:
             problem = _quota_problem(settings)
             if problem is not None:
@@ -445,13 +453,31 @@ class Config:
         return f"Config(source={self.source!r}, modules={list(self.modules)!r})"
 
 
+def _breaker_problem(settings: Settings) -> str | None:
+    """The native breaker's own verdict on the settings (it refuses a recovery timeout it
+    cannot represent in nanoseconds, e.g. 1e308 or 1e-300 seconds, and thresholds past
+    2**64 - 1): refused here, not when the first breaker is built from them."""
+    from peak_resilience._native import CircuitBreaker
+
+    try:
+        CircuitBreaker(
+            settings.circuit_breaker_threshold,
+            settings.circuit_breaker_timeout,
+            "config-check",
+            settings.half_open_max_calls,
+        )
+    except (ValueError, OverflowError) as err:
+        return f"circuit_breaker_threshold/circuit_breaker_timeout: {err}"
+    return None
+
+
 def _quota_problem(settings: Settings) -> str | None:
     """The native bucket's own verdict on the rate (it refuses rates it cannot represent)."""
     from peak_resilience._native import TokenBucket
 
     try:
         TokenBucket(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
-    except ValueError as err:
+    except (ValueError, OverflowError) as err:
         return f"rate_limit_requests/rate_limit_window/rate_limit_burst: {err}"
     (first, length, burst), rest = settings.windows
     try:
@@ -564,6 +590,8 @@ def load_config(
             raise ConfigError(f"cannot read the file: {err.strerror}", source=source) from err
         except tomllib.TOMLDecodeError as err:
             raise ConfigError(f"not valid TOML: {err}", source=source) from err
+        except ValueError as err:  # a path with a NUL character in it
+            raise ConfigError(f"cannot read the file: {err}", source=source) from err
     section = document.get(TABLE, {})
     if not isinstance(section, dict):
         raise ConfigError(f"{TABLE} must be a table ([{TABLE}]), got {section!r}", source=source)
