@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from stress import scaled
 
 from peak_resilience.config import SCHEMA, ConfigError, env_name, load_config
-from stress import scaled
 
 KEYS = sorted(SCHEMA)
 GLOBAL_ONLY = sorted(name for name, spec in SCHEMA.items() if not spec.per_module)
@@ -63,8 +63,10 @@ def toml_value(value: Any) -> str:
 
 
 def toml_key(name: str) -> str:
-    return name if name and all(c.isalnum() or c in "_-" for c in name) and name.isascii() else (
-        toml_string(name)
+    return (
+        name
+        if name and all(c.isalnum() or c in "_-" for c in name) and name.isascii()
+        else (toml_string(name))
     )
 
 
@@ -148,9 +150,31 @@ def documents(draw: st.DrawFn) -> str:
 env_texts = st.one_of(
     st.text(max_size=30),
     st.sampled_from(
-        ["1", "0", "true", "off", "yes", "nan", "inf", "-inf", "1e400", "1e-320", "5e-324",
-         " 7 ", "1_000", "0x10", "١٢", "", "redis", "memory", "9" * 30, "9" * 5000,
-         "18446744073709551616", "4294967296", "-1"]
+        [
+            "1",
+            "0",
+            "true",
+            "off",
+            "yes",
+            "nan",
+            "inf",
+            "-inf",
+            "1e400",
+            "1e-320",
+            "5e-324",
+            " 7 ",
+            "1_000",
+            "0x10",
+            "١٢",
+            "",
+            "redis",
+            "memory",
+            "9" * 30,
+            "9" * 5000,
+            "18446744073709551616",
+            "4294967296",
+            "-1",
+        ]
     ),
     st.integers(-(2**70), 2**70).map(str),
     st.floats().map(repr),
@@ -252,8 +276,10 @@ def test_random_toml_and_environment_long_run(scratch: Path) -> None:
     counter = fuzz_documents(scratch, LONG)
 
     assert counter.examples >= LONG * 0.9
-    print(f"config fuzz: {counter.examples} examples, {counter.accepted} accepted, "
-          f"{counter.refused} refused with ConfigError, 0 other exceptions")
+    print(
+        f"config fuzz: {counter.examples} examples, {counter.accepted} accepted, "
+        f"{counter.refused} refused with ConfigError, 0 other exceptions"
+    )
 
 
 @settings(max_examples=FAST, **SETTINGS)  # type: ignore[arg-type]
@@ -303,8 +329,10 @@ def valid_setups(draw: st.DrawFn) -> tuple[dict[str, Any], dict[str, dict[str, A
     globals_ = {k: draw(valid_values[k]) for k in global_keys}
     per_module = [k for k in KEYS if k not in GLOBAL_ONLY]
     modules = {
-        m: {k: draw(valid_values[k]) for k in draw(st.lists(st.sampled_from(per_module),
-                                                             unique=True, max_size=5))}
+        m: {
+            k: draw(valid_values[k])
+            for k in draw(st.lists(st.sampled_from(per_module), unique=True, max_size=5))
+        }
         for m in draw(st.lists(module_names, unique=True, max_size=3))
     }
     return globals_, modules
@@ -344,8 +372,10 @@ def test_valid_environment_values_are_accepted_as_typed(data: st.DataObject) -> 
     module = data.draw(st.sampled_from(["", "live-eu"]))
     if module and name in GLOBAL_ONLY:
         module = ""
-    variable = f"PEAK_TRADE_{env_name(module)}__{name.upper()}" if module else (
-        f"PEAK_TRADE_{name.upper()}"
+    variable = (
+        f"PEAK_TRADE_{env_name(module)}__{name.upper()}"
+        if module
+        else (f"PEAK_TRADE_{name.upper()}")
     )
 
     loaded = load_config(None, environ={variable: text})

@@ -21,10 +21,12 @@ import hmac
 import ipaddress
 import json
 import logging
+import math
 import os
 import socket
 import sys
 import threading
+import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -121,6 +123,11 @@ class HealthEndpoints:
     def handle(self, method: str, path: str, headers: Mapping[str, str]) -> Response:
         """Answers one request. ``headers`` are keyed in lower case; ``path`` may carry a
         query string, which is ignored."""
+        if not isinstance(method, str) or not isinstance(path, str):
+            # A malformed ASGI scope or WSGI environ: refused, never a traceback.
+            response = _json(400, {"error": "bad request"})
+            response.headers.append(("Content-Length", str(len(response.body))))
+            return response
         route = self._routes.get(path.partition("?")[0])
         if route is None:
             response = _json(404, {"error": "not found"})
@@ -146,10 +153,17 @@ class HealthEndpoints:
     def _authorized(self, path: str, headers: Mapping[str, str]) -> bool:
         if self._token is None or path in PUBLIC_PATHS:
             return True
-        scheme, _, credentials = headers.get("authorization", "").partition(" ")
+        authorization = headers.get("authorization", "")
+        if not isinstance(authorization, str):
+            return False
+        scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(credentials.strip().encode(), self._token)
+        # Constant time: how much of a guess matches must not show in the answer's timing.
+        # (surrogateescape: a header that is not valid text is a wrong token, not an error)
+        return hmac.compare_digest(
+            credentials.strip().encode("utf-8", "surrogateescape"), self._token
+        )
 
     def _health(self, headers: Mapping[str, str]) -> Response:
         status = self._checks.status()
@@ -195,10 +209,33 @@ def _is_loopback(host: str) -> bool:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive: a scraper reuses its connection
-    timeout = 60  # an idle keep-alive connection gives its thread back after a minute
+    timeout = 60  # per read; the server's request_timeout bounds a whole request
+    # HTTP/0.9 (a request line without a version) would be answered without a status
+    # line: answer it as HTTP/1.0, and errors as JSON naming only the status.
+    default_request_version = "HTTP/1.0"
+    error_message_format = '{"error":"bad request","code":%(code)d}'
+    error_content_type = "application/json"
     endpoints: HealthEndpoints
+    server: _Server
+
+    def handle_one_request(self) -> None:
+        # From here until its headers are in, the connection is waiting for a request:
+        # the server may drop it when it waits too long or when slots run out.
+        self.server.waiting(self.connection)
+        super().handle_one_request()
+
+    def parse_request(self) -> bool:
+        if not super().parse_request():
+            return False
+        if self.request_version == "HTTP/0.9":
+            # Answered as 1.0 (0.9 has no status line), with a refusal.
+            self.request_version = "HTTP/1.0"
+            self.send_error(HTTPStatus.HTTP_VERSION_NOT_SUPPORTED)
+            return False
+        return True
 
     def _serve(self) -> None:
+        self.server.serving(self.connection)
         headers = {k.lower(): v for k, v in self.headers.items()}
         response = self.endpoints.handle(self.command, self.path, headers)
         if headers.get("content-length", "0") != "0" or "transfer-encoding" in headers:
@@ -223,22 +260,89 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """One thread per connection, but bounded against slow and idle clients (slowloris):
+    a connection must deliver each request within ``request_timeout`` seconds of starting
+    to wait for it (an idle keep-alive connection is closed after as long), and past
+    ``max_connections`` the connection that has waited longest for a request is dropped
+    to make room, so clients that never finish a request cannot lock ``/health`` out."""
+
     daemon_threads = True
     request_queue_size = 128  # 50 clients connecting at once must not overflow the backlog
 
-    def __init__(self, address: tuple[str, int], handler: type[BaseHTTPRequestHandler]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        handler: type[BaseHTTPRequestHandler],
+        *,
+        max_connections: int,
+        request_timeout: float,
+    ) -> None:
         super().__init__(address, handler)
-        self._open: set[socket.socket] = set()
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        # Each open connection -> since when it waits for a request (None: being served).
+        self._open: dict[socket.socket, float | None] = {}
         self._open_lock = threading.Lock()
 
-    def process_request(self, request: Any, client_address: Any) -> None:
+    def open_count(self) -> int:
         with self._open_lock:
-            self._open.add(request)
+            return len(self._open)
+
+    def waiting(self, connection: socket.socket) -> None:
+        with self._open_lock:
+            if connection in self._open:
+                self._open[connection] = time.monotonic()
+
+    def serving(self, connection: socket.socket) -> None:
+        with self._open_lock:
+            if connection in self._open:
+                self._open[connection] = None
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        evict: socket.socket | None = None
+        with self._open_lock:
+            if len(self._open) >= self.max_connections:
+                waiting = [(since, c) for c, since in self._open.items() if since is not None]
+                if not waiting:
+                    # Every slot is serving a request: this client comes back later.
+                    refuse = True
+                else:
+                    refuse = False
+                    evict = min(waiting, key=lambda item: item[0])[1]
+                    del self._open[evict]
+            else:
+                refuse = False
+            if not refuse:
+                self._open[request] = time.monotonic()
+        if refuse:
+            logger.warning("health server: %d connections open, refusing one", len(self._open))
+            super().shutdown_request(request)
+            return
+        if evict is not None:
+            logger.debug("health server: connection limit reached, dropping the longest waiting")
+            self._hang_up(evict)
         super().process_request(request, client_address)
+
+    def service_actions(self) -> None:
+        # Called by serve_forever between polls: drop the connections whose request is
+        # overdue.
+        deadline = time.monotonic() - self.request_timeout
+        with self._open_lock:
+            overdue = [
+                c for c, since in self._open.items() if since is not None and since < deadline
+            ]
+        for connection in overdue:
+            self._hang_up(connection)
+
+    @staticmethod
+    def _hang_up(connection: socket.socket) -> None:
+        # Its thread, blocked reading, sees the end of the stream and finishes.
+        with contextlib.suppress(OSError):
+            connection.shutdown(socket.SHUT_RDWR)
 
     def shutdown_request(self, request: Any) -> None:
         with self._open_lock:
-            self._open.discard(request)
+            self._open.pop(request, None)
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
@@ -254,8 +358,7 @@ class _Server(ThreadingHTTPServer):
         with self._open_lock:
             connections = list(self._open)
         for connection in connections:
-            with contextlib.suppress(OSError):  # already closed by the client
-                connection.shutdown(socket.SHUT_RDWR)
+            self._hang_up(connection)
 
 
 class _Server6(_Server):
@@ -266,10 +369,23 @@ class HealthServer:
     """A running health server: ``.port``, ``.url``, ``.stop()`` (also a context
     manager). Made by ``start_health_server``."""
 
-    def __init__(self, host: str, port: int, endpoints: HealthEndpoints) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        endpoints: HealthEndpoints,
+        *,
+        max_connections: int = 256,
+        request_timeout: float = 30.0,
+    ) -> None:
         handler = type("HealthHandler", (_Handler,), {"endpoints": endpoints})
         server_class = _Server6 if ":" in host else _Server
-        self._server = server_class((host, port), handler)
+        self._server = server_class(
+            (host, port),
+            handler,
+            max_connections=max_connections,
+            request_timeout=request_timeout,
+        )
         self.host = host
         self.port: int = self._server.server_address[1]
         self._thread = threading.Thread(
@@ -279,6 +395,11 @@ class HealthServer:
             daemon=True,
         )
         self._thread.start()
+
+    @property
+    def open_connections(self) -> int:
+        """How many client connections are open now (at most ``max_connections``)."""
+        return self._server.open_count()
 
     @property
     def url(self) -> str:
@@ -304,16 +425,40 @@ class HealthServer:
 
 
 def start_health_server(
-    host: str = "127.0.0.1", port: int = 9108, *, token: str | None = None
+    host: str = "127.0.0.1",
+    port: int = 9108,
+    *,
+    token: str | None = None,
+    max_connections: int = 256,
+    request_timeout: float = 30.0,
 ) -> HealthServer:
     """Serves the endpoints from a background thread (one thread per connection).
 
     ``port=0`` picks a free port (read it back from ``.port``). Loopback by default: to
     listen elsewhere, set a token (``token=`` or config ``health_token``), or accept that
     the detailed endpoints are open to whoever reaches the port.
+
+    Against slow or stuck clients: at most ``max_connections`` connections are open at
+    once (past that, the one that has waited longest for its request is dropped), and a
+    connection that takes more than ``request_timeout`` seconds to send a request (or
+    stays idle that long between keep-alive requests) is closed.
     """
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an int from 0 to 65535, got {port!r}")
+    if (
+        isinstance(max_connections, bool)
+        or not isinstance(max_connections, int)
+        or max_connections < 1
+    ):
+        raise ValueError(f"max_connections must be a positive int, got {max_connections!r}")
+    if (
+        isinstance(request_timeout, bool)
+        or not isinstance(request_timeout, int | float)
+        or not (request_timeout > 0 and math.isfinite(request_timeout))
+    ):
+        raise ValueError(
+            f"request_timeout must be a positive number of seconds, got {request_timeout!r}"
+        )
     endpoints = _endpoints(token)
     if not _is_loopback(host) and not endpoints.guarded:
         logger.warning(
@@ -321,7 +466,9 @@ def start_health_server(
             "/health/prometheus are open to anyone who reaches it (set health_token)",
             host,
         )
-    server = HealthServer(host, port, endpoints)
+    server = HealthServer(
+        host, port, endpoints, max_connections=max_connections, request_timeout=request_timeout
+    )
     logger.info("health server listening on %s", server.url)
     return server
 
@@ -332,8 +479,10 @@ def start_health_server(
 def _route_path(scope: ASGIScope) -> str:
     # Mounted under a prefix (Starlette's Mount, uvicorn --root-path), the path still
     # starts with root_path: strip it, as Starlette's own routing does.
-    path: str = scope.get("path", "") or "/"
-    root: str = scope.get("root_path", "") or ""
+    path = scope.get("path", "") or "/"
+    root = scope.get("root_path", "") or ""
+    if not isinstance(path, str) or not isinstance(root, str):
+        raise TypeError("path and root_path must be str")
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         path = path[len(root) :] or "/"
     return path
@@ -354,12 +503,21 @@ def asgi_app(*, token: str | None = None) -> ASGIApp:
                 elif message["type"] == "lifespan.shutdown":
                     await send({"type": "lifespan.shutdown.complete"})
                     return
-        if scope["type"] != "http":
+        if scope.get("type") != "http":
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        path = _route_path(scope)
-        method: str = scope["method"]
-        if path == "/livez":
+        try:
+            headers = {
+                k.decode("latin-1").lower(): v.decode("latin-1")
+                for k, v in scope.get("headers", ())
+            }
+            path = _route_path(scope)
+        except (AttributeError, TypeError, ValueError):
+            # A malformed scope (a server bug, not a client's): 400, never a traceback.
+            headers, path = {}, None
+        method = scope.get("method")
+        if not isinstance(path, str) or not isinstance(method, str):
+            response = endpoints.handle(None, "", headers)  # type: ignore[arg-type]
+        elif path == "/livez":
             response = endpoints.handle(method, path, headers)
         else:
             loop = asyncio.get_running_loop()
