@@ -150,6 +150,9 @@ def metric_prefix(value: str) -> str | None:
     return f"must be a Prometheus metric name prefix ([a-zA-Z_:][a-zA-Z0-9_:]*), got {value!r}"
 
 
+#: Keys whose values are secrets: never shown in an error, a log line or ``config show``.
+SECRET_KEYS = frozenset({"health_token", "redis_url"})
+
 #: The most half-open trial calls a breaker can admit (the native limit).
 MAX_HALF_OPEN_CALLS = (1 << 20) - 1
 
@@ -329,7 +332,9 @@ def _checked(name: str, value: Any, *, from_env: bool, where: dict[str, str | No
         problem = spec.check(value)
     if problem is not None:
         if problem.startswith("must be") and "got" not in problem:
-            problem = f"{problem}, got {value!r}"
+            # A secret's value is never echoed, even a mistyped one: only its type.
+            shown = f"a {type(value).__name__}" if name in SECRET_KEYS else repr(value)
+            problem = f"{problem}, got {shown}"
         raise ConfigError(problem, **where)
     return value
 
