@@ -3,14 +3,23 @@ over random operations and clock advances on the manual clock (hypothesis)."""
 
 from __future__ import annotations
 
+import asyncio
+import tempfile
+from pathlib import Path
+
+import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from stress import scaled
 
-from peak_resilience.errors import CircuitBreakerError
+from peak_resilience import _instances
+from peak_resilience.config import configure
+from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
-from peak_resilience.testing import ManualClock
+from peak_resilience.resilience_helpers import get_all_circuit_breakers, with_resilience
+from peak_resilience.testing import ManualClock, fresh_resilience
 
 
 class ReferenceBucket:
@@ -112,6 +121,17 @@ class Failure(Exception):
     pass
 
 
+#: What a wrapped call may raise, by outcome name.
+RAISES: dict[str, type[BaseException]] = {
+    "failure": Failure,
+    "keyboard_interrupt": KeyboardInterrupt,
+    "system_exit": SystemExit,
+    "generator_exit": GeneratorExit,
+    "cancelled": asyncio.CancelledError,
+}
+BASE_EXCEPTIONS = ["keyboard_interrupt", "system_exit", "generator_exit", "cancelled"]
+
+
 class BreakerMachine(RuleBasedStateMachine):
     @initialize(
         threshold=st.integers(1, 5),
@@ -175,3 +195,147 @@ TestLimiterAgainstModel = LimiterMachine.TestCase
 TestLimiterAgainstModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 TestBreakerAgainstModel = BreakerMachine.TestCase
 TestBreakerAgainstModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
+
+
+class WithResilienceMachine(RuleBasedStateMachine):
+    """``with_resilience`` (breaker and limiter) against the two reference models composed
+    as the decorator composes them: the breaker admits first, then the limiter; a refused
+    token gives the breaker's admission back. Calls succeed, fail, or raise BaseException
+    subclasses (which propagate and are no dependency failure); ``configure()`` reloads
+    change the threshold in place (state and counts stay)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.directory = tempfile.TemporaryDirectory()
+        self.path = Path(self.directory.name) / "config.toml"
+        self.clock = ManualClock()
+        self.fresh = fresh_resilience(self.clock)
+        self.fresh.__enter__()
+        self.now = 0
+        self.successes = self.failures = 0
+
+    def teardown(self) -> None:
+        self.fresh.__exit__(None, None, None)
+        self.directory.cleanup()
+
+    def write(self, threshold: int) -> None:
+        self.path.write_text(
+            "[resilience.m]\n"
+            f"circuit_breaker_threshold = {threshold}\n"
+            f"circuit_breaker_timeout = {self.recovery_ms / 1000}\n"
+            f"half_open_max_calls = {self.trials}\n"
+            f"rate_limit_requests = {self.requests}\n"
+            f"rate_limit_window = {self.window_ms / 1000}\n"
+            f"rate_limit_burst = {self.burst}\n"
+        )
+        configure(self.path, environ={})
+
+    @initialize(
+        threshold=st.integers(1, 5),
+        recovery_ms=st.integers(1, 2_000),
+        trials=st.integers(1, 3),
+        requests=st.integers(1, 20),
+        window_ms=st.integers(1, 5_000),
+        burst=st.integers(1, 20),
+    )
+    def create(
+        self,
+        threshold: int,
+        recovery_ms: int,
+        trials: int,
+        requests: int,
+        window_ms: int,
+        burst: int,
+    ) -> None:
+        self.recovery_ms, self.trials = recovery_ms, trials
+        self.requests, self.window_ms, self.burst = requests, window_ms, burst
+        self.write(threshold)
+        self.breaker_model = ReferenceBreaker(threshold, recovery_ms * 1_000_000, trials)
+        self.bucket_model = ReferenceBucket(requests, window_ms * 1_000_000, burst)
+
+        @with_resilience("m", "op", use_rate_limiter=True)
+        def dependency(outcome: str) -> str:
+            if outcome in RAISES:
+                raise RAISES[outcome]()
+            return outcome
+
+        self.dependency = dependency
+        self.breaker = get_all_circuit_breakers()["m.op"]
+
+    @rule(millis=st.integers(0, 3_000))
+    def advance(self, millis: int) -> None:
+        self.clock.advance(millis / 1000)
+        self.now += millis * 1_000_000
+        self.bucket_model.advance(millis * 1_000_000)
+
+    @rule(outcome=st.sampled_from(["success", "failure", *BASE_EXCEPTIONS]))
+    def call(self, outcome: str) -> None:
+        model = self.breaker_model
+        state = model.observe(self.now)
+        if state is CircuitState.OPEN or (
+            state is CircuitState.HALF_OPEN and model.admitted >= model.trials
+        ):
+            expected = "open"
+        elif not self.bucket_model.acquire(1):
+            expected = "limited"  # the admission is given back: the model is unchanged
+        else:
+            expected = "ran"
+            model.call(self.now, "interrupted" if outcome in BASE_EXCEPTIONS else outcome)
+            self.successes += outcome == "success"
+            self.failures += outcome == "failure"
+        try:
+            self.dependency(outcome)
+            seen = "ran"
+        except CircuitBreakerError:
+            seen = "open"
+        except RateLimitExceeded:
+            seen = "limited"
+        except tuple(RAISES.values()) as raised:
+            assert type(raised) is RAISES[outcome], "the exception propagates as raised"
+            seen = "ran"
+        assert seen == expected
+
+    @rule(threshold=st.integers(1, 5))
+    def reload(self, threshold: int) -> None:
+        self.write(threshold)
+        self.breaker_model.threshold = threshold
+
+    @invariant()
+    def matches_the_models(self) -> None:
+        if not hasattr(self, "breaker"):
+            return
+        model = self.breaker_model
+        assert self.breaker.state is model.observe(self.now)
+        if model.state is CircuitState.CLOSED:
+            assert self.breaker.failure_count == model.streak
+        assert (self.breaker.success_total, self.breaker.failure_total) == (
+            self.successes,
+            self.failures,
+        )
+        stats = _instances.operations["m.op"].snapshot()
+        assert stats["successes"] == self.successes
+        # BaseException subclasses are not dependency failures: only Failure is counted.
+        assert stats["failures"] == ({"Failure": self.failures} if self.failures else {})
+
+
+TestWithResilienceAgainstModel = WithResilienceMachine.TestCase
+TestWithResilienceAgainstModel.settings = settings(
+    max_examples=100, stateful_step_count=50, deadline=None
+)
+
+LONG = settings(max_examples=scaled(3_000), stateful_step_count=100, deadline=None)
+
+
+@pytest.mark.slow
+class TestLimiterAgainstModelLong(LimiterMachine.TestCase):  # type: ignore[name-defined]
+    settings = LONG
+
+
+@pytest.mark.slow
+class TestBreakerAgainstModelLong(BreakerMachine.TestCase):  # type: ignore[name-defined]
+    settings = LONG
+
+
+@pytest.mark.slow
+class TestWithResilienceAgainstModelLong(WithResilienceMachine.TestCase):  # type: ignore[name-defined]
+    settings = LONG
