@@ -6,10 +6,13 @@ from __future__ import annotations
 import gc
 import os
 import tracemalloc
+from collections import Counter
 
 from peak_resilience import _instances
+from peak_resilience.metrics import Metrics
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker
+from peak_resilience.testing import fresh_resilience
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -55,3 +58,45 @@ def test_a_hundred_thousand_dropped_limiters_and_breakers_are_freed() -> None:
     assert rss_bytes() - rss_before < 4 * 1024 * 1024
     assert len(_instances.limiters) < 100
     assert len(_instances.breakers) < 100
+
+
+def label_storm(metrics: Metrics, start: int, count: int) -> None:
+    """``count`` new distinct values in every label a caller can choose."""
+    for i in range(start, start + count):
+        metrics.record_operation_success(f"op{i}")
+        metrics.record_operation_failure("storm", f"Error{i}")
+        metrics.record_rate_limit_hit(f"limiter{i}", f"endpoint{i}", rejected=True)
+        metrics.record_circuit_breaker_state_change(f"breaker{i}", "closed", "open")
+
+
+def test_ten_thousand_distinct_label_values_stay_within_the_cardinality_guard() -> None:
+    metrics = Metrics()
+    bound = metrics.max_series_per_family
+    with fresh_resilience():
+        label_storm(metrics, 0, 10_000)
+        gc.collect()
+        tracemalloc.start()
+        before = tracemalloc.take_snapshot()
+        label_storm(metrics, 10_000, 10_000)  # ten thousand more: all fold into "other"
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        body = metrics.exposition(None)[0].decode()
+        operations = len(_instances.operations)
+        error_types = len(_instances.operations["storm"].snapshot()["failures"])
+
+    series = Counter(
+        line.split("{")[0] for line in body.splitlines() if line and not line.startswith("#")
+    )
+    for family in (
+        "operation_successes_total",
+        "rate_limit_hits_total",
+        "rate_limit_rejections_total",
+        "circuit_breaker_state_changes_total",
+        "circuit_breaker_state",
+    ):
+        assert series[f"peak_trade_{family}"] <= bound + 1, family  # + the "other" series
+    assert operations <= bound + 1
+    assert error_types <= 64  # the native per-operation cap on exception types
+    grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
+    assert grown < 256 * 1024, f"grew {grown} bytes on label values past the bound"
