@@ -1615,7 +1615,7 @@ mod loom_tests {
 
     #[test]
     fn loom_exactly_one_of_three_callers_gets_the_trial() {
-        loom::model(|| {
+        crate::sync::model("loom_exactly_one_of_three_callers_gets_the_trial", || {
             let (breaker, clock) = breaker(1, 1);
             breaker.open_for(10);
             clock.advance(10);
@@ -1640,7 +1640,7 @@ mod loom_tests {
 
     #[test]
     fn loom_concurrent_failures_open_the_circuit_once() {
-        loom::model(|| {
+        crate::sync::model("loom_concurrent_failures_open_the_circuit_once", || {
             let (breaker, _clock) = breaker(2, 1);
             let handles: Vec<_> = (0..3)
                 .map(|_| {
@@ -1663,27 +1663,30 @@ mod loom_tests {
 
     #[test]
     fn loom_a_trial_verdict_and_a_stale_failure_race_without_losing_the_verdict() {
-        loom::model(|| {
-            let (breaker, clock) = breaker(1, 1);
-            let (stale, _) = breaker.enter();
-            breaker.open_for(10);
-            clock.advance(10);
-            let (trial, _) = breaker.enter();
-            assert!(matches!(trial, Admission::Trial { .. }));
-            let a = {
-                let breaker = breaker.clone();
-                loom::thread::spawn(move || breaker.on_success(trial))
-            };
-            let b = {
-                let breaker = breaker.clone();
-                loom::thread::spawn(move || breaker.on_failure(stale))
-            };
-            a.join().unwrap();
-            b.join().unwrap();
-            // The stale failure was admitted while closed: it never reopens the circuit
-            // that the trial closed, whichever ran first.
-            assert_eq!(breaker.current_state().0, CLOSED);
-            assert_eq!(breaker.transitions(HALF_OPEN, CLOSED), 1);
-        });
+        crate::sync::model(
+            "loom_a_trial_verdict_and_a_stale_failure_race_without_losing_the_verdict",
+            || {
+                let (breaker, clock) = breaker(1, 1);
+                let (stale, _) = breaker.enter();
+                breaker.open_for(10);
+                clock.advance(10);
+                let (trial, _) = breaker.enter();
+                assert!(matches!(trial, Admission::Trial { .. }));
+                let a = {
+                    let breaker = breaker.clone();
+                    loom::thread::spawn(move || breaker.on_success(trial))
+                };
+                let b = {
+                    let breaker = breaker.clone();
+                    loom::thread::spawn(move || breaker.on_failure(stale))
+                };
+                a.join().unwrap();
+                b.join().unwrap();
+                // The stale failure was admitted while closed: it never reopens the circuit
+                // that the trial closed, whichever ran first.
+                assert_eq!(breaker.current_state().0, CLOSED);
+                assert_eq!(breaker.transitions(HALF_OPEN, CLOSED), 1);
+            },
+        );
     }
 }

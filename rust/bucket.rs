@@ -977,7 +977,7 @@ mod loom_tests {
 
     #[test]
     fn loom_three_threads_share_a_budget_of_two_exactly() {
-        loom::model(|| {
+        crate::sync::model("loom_three_threads_share_a_budget_of_two_exactly", || {
             let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
             let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
             let handles: Vec<_> = (0..3)
@@ -999,7 +999,7 @@ mod loom_tests {
 
     #[test]
     fn loom_weighted_acquires_never_overdraw() {
-        loom::model(|| {
+        crate::sync::model("loom_weighted_acquires_never_overdraw", || {
             let quota = Quota::per_window(5, 1_000_000_000, 5).unwrap();
             let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
             let a = {

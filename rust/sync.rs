@@ -5,3 +5,26 @@
 pub use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicU64, Ordering};
+
+/// `loom::model`, counting the interleavings it explores (one run of `body` each) and
+/// printing the count, for the README's reliability numbers
+/// (`scripts/test-loom` runs with `--nocapture`).
+#[cfg(all(test, loom))]
+pub fn model<F>(name: &str, body: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    use std::sync::atomic::AtomicUsize;
+    use std::sync::Arc;
+
+    let runs = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&runs);
+    loom::model(move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        body();
+    });
+    println!(
+        "loom: {name}: {} interleavings explored, every one passed",
+        runs.load(std::sync::atomic::Ordering::Relaxed)
+    );
+}
