@@ -10,6 +10,7 @@ examples it ran and checks that they did run; the slow variants run many more.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -21,7 +22,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stress import scaled
 
-from peak_resilience.config import SCHEMA, ConfigError, env_name, load_config
+from peak_resilience.config import SCHEMA, ConfigError, configure, env_name, load_config
+from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+from peak_resilience.resilience_helpers import with_resilience
+from peak_resilience.testing import ManualClock, fresh_resilience
 
 KEYS = sorted(SCHEMA)
 GLOBAL_ONLY = sorted(name for name, spec in SCHEMA.items() if not spec.per_module)
@@ -239,6 +243,24 @@ class Counter:
             assert str(err), "a ConfigError says what is wrong"
         else:
             self.accepted += 1
+            build_every_module(path, environ)
+
+
+def build_every_module(path: Path | None, environ: Mapping[str, str]) -> None:
+    """What load_config accepted, the breakers and limiters are built from without error
+    (a setting that passes validation must not fail later, when a decorator applies it)."""
+    with fresh_resilience(ManualClock()):
+        loaded = configure(path, environ=environ)
+        for module in (*loaded.modules, "unlisted"):
+            settings_ = loaded.module(module)
+            if {settings_.circuit_breaker_backend, settings_.rate_limit_backend} != {"memory"}:
+                continue  # no shared file or Redis connection from random settings
+            if settings_.fail_safe_defaults:
+                continue  # needs a fallback: its own test
+            guarded = with_resilience(module, "fuzzed", use_rate_limiter=True)(lambda: "ok")
+            # A refusal is an answer; only another exception is a failure.
+            with contextlib.suppress(CircuitBreakerError, RateLimitExceeded):
+                assert guarded() == "ok"
 
 
 FAST = scaled(400, slow=False)
@@ -318,6 +340,15 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     "on_backend_error": st.sampled_from(["fail_closed", "fail_open", "local"]),
     "health_token": st.text(min_size=1, max_size=30),
     "metrics_prefix": st.from_regex(r"[a-zA-Z_:][a-zA-Z0-9_:]{0,20}", fullmatch=True),
+    "circuit_breaker_failure_rate": st.floats(0.01, 1.0),
+    "circuit_breaker_minimum_calls": st.integers(1, 1_000),
+    "circuit_breaker_window_type": st.sampled_from(["count", "time"]),
+    "circuit_breaker_window_calls": st.integers(1, 1_000),
+    "circuit_breaker_window_seconds": st.floats(0.001, 86_400.0),
+    "circuit_breaker_slow_call_duration": st.floats(0.001, 3_600.0),
+    "circuit_breaker_backoff_multiplier": st.floats(1.0, 10.0),
+    "circuit_breaker_max_timeout": st.floats(1.0, 86_400.0),
+    "circuit_breaker_metrics_only": st.booleans(),
 }
 assert set(valid_values) == set(SCHEMA), "every key has a valid-value strategy"
 module_names = st.text(min_size=1, max_size=12).filter(lambda m: "\x00" not in m)
@@ -409,7 +440,56 @@ def test_a_recovery_timeout_the_breaker_cannot_hold_is_a_config_error_at_load(
         load_config(path, environ={})
 
 
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("circuit_breaker_max_timeout", "1e308"),
+        ("circuit_breaker_slow_call_duration", "1e308"),
+        ("circuit_breaker_slow_call_duration", "1e-300"),
+    ],
+)
+def test_a_breaker_duration_it_cannot_hold_is_a_config_error_naming_its_key(
+    write_config: Any, key: str, value: str
+) -> None:
+    # Found by building what the fuzzer's accepted documents configure: these passed the
+    # schema and failed later, with a ValueError, when with_resilience built its breaker.
+    path = write_config(f"[resilience]\n{key} = {value}\n")
+
+    with pytest.raises(ConfigError, match=rf"\[resilience\] {key}: .*finite number of seconds"):
+        load_config(path, environ={})
+
+
 def test_a_config_path_with_a_nul_character_is_a_config_error() -> None:
     # Found by the fuzzer: open() raised a bare ValueError ("embedded null byte").
     with pytest.raises(ConfigError, match="cannot read the file"):
         load_config("conf\x00ig.toml", environ={})
+
+
+EXTREMES = [
+    "0",
+    "-0.0",
+    "5e-324",
+    "1e-300",
+    "1e-9",
+    "0.5",
+    "1",
+    "1e9",
+    "1.8e10",
+    "1e308",
+    "9223372036854775807",
+    "-1",
+]
+
+
+@pytest.mark.parametrize("key", KEYS)
+def test_every_extreme_number_in_every_key_is_refused_at_load_or_builds(
+    scratch: Path, key: str
+) -> None:
+    # Each key alone with each extreme value (and beside a failure rate, which turns the
+    # window keys on): what load_config accepts, with_resilience must build.
+    for value in EXTREMES:
+        for extra in ("", "circuit_breaker_failure_rate = 0.5\n"):
+            if key == "circuit_breaker_failure_rate" and extra:
+                continue
+            scratch.write_text(f"[resilience]\n{extra}{key} = {value}\n")
+            Counter().run(scratch, {})

@@ -406,14 +406,10 @@ class Config:
                     table=table,
                     key="redis_url",
                 )
-        problem = _breaker_problem(settings)
-        if problem is not None:
-            raise ConfigError(
-                problem,
-                source=self._where(module, "circuit_breaker_timeout"),
-                table=table,
-                key="circuit_breaker_timeout",
-            )
+        refused = _breaker_problem(settings)
+        if refused is not None:
+            name, reason = refused
+            raise ConfigError(reason, source=self._where(module, name), table=table, key=name)
         if settings.rate_limit_enabled:
             problem = _quota_problem(settings)
             if problem is not None:
@@ -458,10 +454,11 @@ class Config:
         return f"Config(source={self.source!r}, modules={list(self.modules)!r})"
 
 
-def _breaker_problem(settings: Settings) -> str | None:
-    """The native breaker's own verdict on the settings (it refuses a recovery timeout it
-    cannot represent in nanoseconds, e.g. 1e308 or 1e-300 seconds, and thresholds past
+def _breaker_problem(settings: Settings) -> tuple[str, str] | None:
+    """The native breaker's own verdict on the settings (it refuses a duration it cannot
+    represent in nanoseconds, e.g. 1e308 or 1e-300 seconds, and thresholds past
     2**64 - 1): refused here, not when the first breaker is built from them."""
+    from peak_resilience._factory import _policy
     from peak_resilience._native import CircuitBreaker
 
     try:
@@ -470,10 +467,26 @@ def _breaker_problem(settings: Settings) -> str | None:
             settings.circuit_breaker_timeout,
             "config-check",
             settings.half_open_max_calls,
+            **_policy(settings),
         )
     except (ValueError, OverflowError) as err:
-        return f"circuit_breaker_threshold/circuit_breaker_timeout: {err}"
+        native = str(err).split(" ", 1)[0]
+        return _NATIVE_BREAKER_KEYS.get(native, "circuit_breaker_timeout"), str(err)
     return None
+
+
+#: The native breaker's parameter names -> the keys they come from (for error messages).
+_NATIVE_BREAKER_KEYS = {
+    "failure_threshold": "circuit_breaker_threshold",
+    "recovery_timeout": "circuit_breaker_timeout",
+    "half_open_max_calls": "half_open_max_calls",
+    "failure_rate_threshold": "circuit_breaker_failure_rate",
+    "minimum_calls": "circuit_breaker_minimum_calls",
+    "window_size": "circuit_breaker_window_seconds",
+    "slow_call_duration": "circuit_breaker_slow_call_duration",
+    "backoff_multiplier": "circuit_breaker_backoff_multiplier",
+    "max_recovery_timeout": "circuit_breaker_max_timeout",
+}
 
 
 def _quota_problem(settings: Settings) -> str | None:
