@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from peak_resilience import CircuitBreaker, RateLimiter
 from peak_resilience import http as health_http
 from peak_resilience.__main__ import main
 from peak_resilience._cli_config import redact
@@ -257,3 +259,50 @@ def test_config_show_masks_any_redis_password(
 
     assert shown == f"{scheme}://{user}:***@{host}{tail}"
     assert shown_query == "unix:///run/redis.sock?db=0&password=***"
+
+
+def closed_loopback_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("policy", ["local", "fail_open", "fail_closed"])
+def test_an_unreachable_redis_logs_and_reports_without_its_password(
+    policy: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"redis://trader:{PASSWORD}@127.0.0.1:{closed_loopback_port()}/0"
+    seen: list[str] = []
+    with caplog.at_level(logging.DEBUG):
+        limiter = RateLimiter(
+            3, 60, name=f"secret-{policy}", backend="redis", redis_url=url, on_backend_error=policy
+        )
+        breaker = CircuitBreaker(
+            3, 60, name=f"secret-{policy}", backend="redis", redis_url=url, on_backend_error=policy
+        )
+        for call in (limiter.acquire, breaker.allow, breaker.call(lambda: "ok")):
+            try:
+                seen.append(repr(call()))
+            except Exception as err:
+                seen.append(f"{type(err).__name__}: {err} {err!r}")
+        seen += [repr(limiter), repr(breaker), json.dumps(limiter.get_stats(), default=str)]
+        seen.append(json.dumps(metrics.get_summary(), default=str))
+        seen.append(metrics.exposition(None)[0].decode())
+    seen += [caplog.text]
+
+    assert "unreachable" in caplog.text  # the outage was logged, with the URL masked
+    assert PASSWORD not in "\n".join(seen)
+
+
+def test_a_malformed_redis_url_is_refused_without_its_password() -> None:
+    with pytest.raises(ValueError) as refused:
+        RateLimiter(
+            3,
+            60,
+            name="bad-url",
+            backend="redis",
+            redis_url=f"redis://trader:{PASSWORD}@127.0.0.1:notaport/0",
+        )
+
+    assert "trader:***@" in str(refused.value)
+    assert PASSWORD not in str(refused.value)

@@ -5,13 +5,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import re
 import sys
 from typing import Any
 
-from peak_resilience.config import SCHEMA, Config, ConfigError, load_config
-
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+from peak_resilience.config import SCHEMA, Config, ConfigError, load_config, redact_url
 
 #: Keys whose values are secrets: shown as set or not, never printed.
 SECRET_KEYS = {"health_token"}
@@ -24,24 +21,7 @@ def redact(name: str, value: Any) -> Any:
     if name in SECRET_KEYS:
         return "***"
     if name == "redis_url" and isinstance(value, str):
-        # Masked as written, without parsing the host or the port (a bad port must not
-        # make `config show` fail): ``user:***@`` keeps the user name, a lone ``secret@``
-        # (a password to some clients) becomes ``***@``, and redis-py's ``?password=``
-        # (unix:///run/redis.sock?password=...) is masked too.
-        scheme, sep, rest = value.partition("://")
-        if sep:
-            authority_end = len(rest)
-            for delimiter in "/?#":
-                found = rest.find(delimiter)
-                if found != -1:
-                    authority_end = min(authority_end, found)
-            authority, tail = rest[:authority_end], rest[authority_end:]
-            userinfo, at, hostport = authority.rpartition("@")
-            if at:
-                user, colon, _ = userinfo.partition(":")
-                authority = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
-            value = f"{scheme}://{authority}{tail}"
-        return _QUERY_PASSWORD.sub(r"\1***", value)
+        return redact_url(value)
     return value
 
 

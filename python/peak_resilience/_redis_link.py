@@ -21,7 +21,7 @@ import time
 import weakref
 from typing import Any
 
-from peak_resilience import _backends
+from peak_resilience import _backends, config
 
 try:
     import redis
@@ -95,8 +95,10 @@ class RedisLink:
                 health_check_interval=0,
             )
         except ValueError as exc:
-            raise ValueError(f"redis_url {url!r} is not a Redis URL: {exc}") from exc
-        self.url = url
+            shown = config.redact_url(url)
+            raise ValueError(f"redis_url {shown!r} is not a Redis URL: {exc}") from exc
+        #: For log lines and errors: the password masked.
+        self.url = config.redact_url(url)
         self.timeout = timeout
         self.what = what
         self.retry_interval = retry_interval

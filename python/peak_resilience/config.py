@@ -46,6 +46,7 @@ __all__ = [
     "configure",
     "env_name",
     "load_config",
+    "redact_url",
 ]
 
 logger = logging.getLogger("peak_resilience.config")
@@ -152,6 +153,30 @@ def metric_prefix(value: str) -> str | None:
 
 #: Keys whose values are secrets: never shown in an error, a log line or ``config show``.
 SECRET_KEYS = frozenset({"health_token", "redis_url"})
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """``url`` as it may be shown in a log line, an error or ``config show``: masked as
+    written, without parsing the host or the port (a bad port must not make the masking
+    fail): ``user:***@`` keeps the user name, a lone ``secret@`` (a password to some
+    clients) becomes ``***@``, and redis-py's ``?password=`` is masked too."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        authority_end = len(rest)
+        for delimiter in "/?#":
+            found = rest.find(delimiter)
+            if found != -1:
+                authority_end = min(authority_end, found)
+        authority, tail = rest[:authority_end], rest[authority_end:]
+        userinfo, at, hostport = authority.rpartition("@")
+        if at:
+            user, colon, _ = userinfo.partition(":")
+            authority = f"{user}:***@{hostport}" if colon else f"***@{hostport}"
+        url = f"{scheme}://{authority}{tail}"
+    return _QUERY_PASSWORD.sub(r"\1***", url)
+
 
 #: The most half-open trial calls a breaker can admit (the native limit).
 MAX_HALF_OPEN_CALLS = (1 << 20) - 1
