@@ -1021,7 +1021,7 @@ mod loom_tests {
         // Window 0 holds 2 tokens, window 1 holds 1: whatever the interleaving (including
         // a refund in flight), at most one of three acquires is admitted, and the
         // tokens of a refused acquire always come back.
-        loom::model(|| {
+        crate::sync::model("loom_two_windows_never_over_admit", || {
             let quotas = [
                 Quota::per_window(2, 1_000_000_000, 2).unwrap(),
                 Quota::per_window(1, 1_000_000_000, 1).unwrap(),
@@ -1051,32 +1051,36 @@ mod loom_tests {
         // and refunds window 0; a light call (cost 1) may be refused while that refund is
         // in flight (the documented transient), but whatever happens, the tokens left are
         // exactly the burst less what was admitted, and at most one light call passes.
-        loom::model(|| {
-            let quotas = [
-                Quota::per_window(2, 1_000_000_000, 2).unwrap(),
-                Quota::per_window(1, 1_000_000_000, 1).unwrap(),
-            ];
-            let bucket = TokenBucket::with_windows(&quotas, 0, Clock::Manual(ManualClock::new(0)));
-            let heavy = {
-                let bucket = bucket.clone();
-                loom::thread::spawn(move || bucket.try_acquire(2))
-            };
-            let lights: Vec<_> = (0..2)
-                .map(|_| {
+        crate::sync::model(
+            "loom_a_weighted_refusal_refunds_exactly_and_a_light_call_never_overdraws",
+            || {
+                let quotas = [
+                    Quota::per_window(2, 1_000_000_000, 2).unwrap(),
+                    Quota::per_window(1, 1_000_000_000, 1).unwrap(),
+                ];
+                let bucket =
+                    TokenBucket::with_windows(&quotas, 0, Clock::Manual(ManualClock::new(0)));
+                let heavy = {
                     let bucket = bucket.clone();
-                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
-                })
-                .collect();
-            assert_eq!(heavy.join().unwrap(), Decision::Impossible);
-            let admitted = lights
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|ok| *ok)
-                .count();
-            assert!(admitted <= 1);
-            let tokens = bucket.window_tokens();
-            assert_eq!(tokens[0], 2.0 - admitted as f64);
-            assert_eq!(tokens[1], 1.0 - admitted as f64);
-        });
+                    loom::thread::spawn(move || bucket.try_acquire(2))
+                };
+                let lights: Vec<_> = (0..2)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                    })
+                    .collect();
+                assert_eq!(heavy.join().unwrap(), Decision::Impossible);
+                let admitted = lights
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|ok| *ok)
+                    .count();
+                assert!(admitted <= 1);
+                let tokens = bucket.window_tokens();
+                assert_eq!(tokens[0], 2.0 - admitted as f64);
+                assert_eq!(tokens[1], 1.0 - admitted as f64);
+            },
+        );
     }
 }
