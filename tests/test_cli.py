@@ -186,3 +186,69 @@ def test_bench_prints_the_quick_ratio_table() -> None:
     assert result.returncode == 0, result.stderr
     for row in ("acquire()", "breaker-guarded no-op", "call refused by an open circuit"):
         assert row in result.stdout
+
+
+def test_serve_and_check_report_the_hosts_shared_breakers_and_limiters(tmp_path: Path) -> None:
+    import time
+    import urllib.request
+
+    from peak_resilience.config import configure
+    from peak_resilience.resilience_helpers import (
+        create_module_circuit_breaker,
+        create_module_rate_limiter,
+    )
+    from peak_resilience.testing import fresh_resilience
+
+    path = tmp_path / "config.toml"
+    path.write_text(
+        "[resilience.live]\n"
+        'circuit_breaker_backend = "shared"\nrate_limit_backend = "shared"\n'
+        f'shared_dir = "{tmp_path / "shm"}"\nrate_limit_requests = 5\n'
+    )
+    with fresh_resilience():
+        # What a worker process of the host did: an open breaker, a spent budget.
+        configure(path, environ={})
+        create_module_circuit_breaker("live", "submit_order").open_for(600)
+        limiter = create_module_rate_limiter("live")
+        assert sum(limiter.acquire() for _ in range(10)) == 5
+
+        checked = cli("check", "--config", str(path), env={"PATH": "/usr/bin:/bin"})
+        assert checked.returncode == 1, checked.stdout + checked.stderr  # degraded
+        assert "live.submit_order" in checked.stdout
+
+        server = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "peak_resilience",
+                "serve",
+                "--config",
+                str(path),
+                "--port",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={"PATH": "/usr/bin:/bin"},
+        )
+        try:
+            assert server.stdout is not None
+            url = server.stdout.readline().split()[1].rsplit("/health", 1)[0]
+            assert "breaker live.submit_order" in server.stdout.readline()
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    with urllib.request.urlopen(f"{url}/health/prometheus", timeout=2) as reply:
+                        exposition = reply.read().decode()
+                    break
+                except OSError:
+                    assert time.monotonic() < deadline, "the server never answered"
+                    time.sleep(0.05)
+        finally:
+            server.kill()
+            server.wait()
+    lines = exposition.splitlines()
+    assert 'peak_trade_circuit_breaker_state{name="live.submit_order"} 2' in lines
+    assert 'peak_trade_rate_limit_hits_total{limiter="live",endpoint="default"} 10' in lines
+    assert 'peak_trade_rate_limit_rejections_total{limiter="live",endpoint="default"} 5' in lines

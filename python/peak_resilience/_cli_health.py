@@ -18,11 +18,18 @@ EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 
 def serve(args: argparse.Namespace) -> int:
+    from peak_resilience._host_state import attach_shared_state
     from peak_resilience.http import health_token, start_health_server
 
-    configure(args.config)
+    attached = attach_shared_state(configure(args.config))
     server = start_health_server(host=args.host, port=args.port, token=health_token())
-    print(f"serving {server.url}/health, /health/detailed, /health/metrics, /health/prometheus")
+    # Flushed: a server's output usually goes to a pipe or a log, read while it runs.
+    print(
+        f"serving {server.url}/health, /health/detailed, /health/metrics, /health/prometheus",
+        flush=True,
+    )
+    if attached:
+        print(f"host state from shared files: {', '.join(attached)}", flush=True)
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
@@ -30,7 +37,7 @@ def serve(args: argparse.Namespace) -> int:
         stop.wait()
     finally:
         server.stop()
-    print("stopped")
+    print("stopped", flush=True)
     return 0
 
 
@@ -52,9 +59,10 @@ def _remote(url: str, token: str | None, timeout: float) -> dict[str, Any]:
 
 
 def _local(config_path: str | None) -> dict[str, Any]:
+    from peak_resilience._host_state import attach_shared_state
     from peak_resilience.resilience import health_check
 
-    configure(config_path)
+    attach_shared_state(configure(config_path))
     results = health_check.run_all()
     return {"status": health_check.status_of(results), "checks": results}
 
