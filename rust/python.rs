@@ -1396,6 +1396,15 @@ impl PyCircuitBreaker {
         self.core.admission_now()
     }
 
+    /// An error when the shared file was truncated under this process: closing or
+    /// re-opening the lost state by hand would make it a breaker of this process alone.
+    fn not_lost(&self) -> PyResult<()> {
+        match self.shared.as_ref().filter(|r| r.lost()) {
+            Some(region) => Err(lost_error(region.path(), "circuit breaker")),
+            None => Ok(()),
+        }
+    }
+
     /// The CircuitBreakerError for a refused call. Its message is formatted by the Python
     /// class only when asked for: a refusal costs little more than a plain raise.
     #[cold]
@@ -1559,6 +1568,7 @@ impl PyCircuitBreaker {
     #[pyo3(signature = (seconds))]
     fn open_for(&self, py: Python<'_>, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let nanos = self::seconds(seconds, "seconds", false)?;
+        self.not_lost()?;
         let transition = self.core.open_for(nanos);
         self.notify(py, transition);
         Ok(())
@@ -1710,9 +1720,11 @@ impl PyCircuitBreaker {
     }
 
     /// Closes the circuit and clears the failure streak.
-    fn reset(&self, py: Python<'_>) {
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        self.not_lost()?;
         let transition = self.core.reset();
         self.notify(py, transition);
+        Ok(())
     }
 
     /// Holds the circuit open (FORCED_OPEN) until `reset()`.

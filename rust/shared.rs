@@ -628,6 +628,11 @@ pub fn shared_windows(
 
 /// Changes a shared bucket's rate for every process, and records it in the header.
 pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
+    // A lost bucket keeps refusing (see `sigbus`): new settings must not revive it as a
+    // bucket of this process alone. Likewise below.
+    if region.lost() {
+        return;
+    }
     bucket.set_quota(quota);
     region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
 }
@@ -639,6 +644,9 @@ pub fn set_shared_windows(
     quotas: &[Quota],
     reserve: u64,
 ) {
+    if region.lost() {
+        return;
+    }
     bucket.set_windows(quotas, reserve);
     region.set_params(bucket_params(quotas, reserve));
 }
@@ -729,6 +737,9 @@ pub fn set_shared_settings(
     region: &Region<BreakerState>,
     settings: BreakerSettings,
 ) {
+    if region.lost() {
+        return;
+    }
     breaker.set_settings(settings);
     region.set_params(breaker_params(breaker.settings()));
 }
@@ -996,6 +1007,9 @@ mod tests {
         assert!(region.lost());
         assert_eq!(bucket.wait_time(1), None);
         assert_eq!(bucket.tokens_available(), 0.0);
+        // New settings do not revive it as a bucket of this process alone.
+        set_shared_quota(&bucket, &region, quota(5));
+        assert_eq!(bucket.try_acquire(1), Decision::Impossible);
     }
 
     #[test]

@@ -111,6 +111,17 @@ TRUNCATE = textwrap.dedent(
         print(f"error: {err}")
     else:
         print("answered")
+    # Neither new settings nor a reset revive it as a limiter or breaker of this process alone.
+    try:
+        if which == "limiter":
+            limiter.default_bucket.set_rate(5, 1)
+            limiter.acquire()
+        else:
+            breaker.reset()
+    except Exception as err:
+        print(f"error: {err}")
+    else:
+        print("revived")
     from peak_resilience._health import check_resilience
     print(check_resilience())
     """
@@ -130,7 +141,8 @@ def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_
     )
 
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
-    error, health = child.stdout.splitlines()
+    error, after_reset, health = child.stdout.splitlines()
     assert error.startswith("error:") and "truncated" in error and str(shared_dir) in error
+    assert after_reset == error
     # The resilience health check reports it too.
     assert health.startswith("(False,") and "truncated" in health
