@@ -372,6 +372,15 @@ impl BreakerState {
         state
     }
 
+    /// A breaker held open (FORCED_OPEN) with the default settings: what a shared
+    /// breaker's memory becomes when its file is truncated under the process (see
+    /// `sigbus`), so that every call is refused. Plain stores, no allocation.
+    pub fn refusing() -> Self {
+        let state = BreakerState::new(BreakerSettings::default());
+        state.word.store(pack(FORCED_OPEN, 0), Ordering::Relaxed);
+        state
+    }
+
     /// Changes thresholds in place; the current state and its counts stay.
     pub fn set_settings(&self, settings: BreakerSettings) {
         self.failure_threshold.store(

@@ -247,6 +247,17 @@ impl BucketState {
         state
     }
 
+    /// A bucket that can never admit anything: one window of interval 1 ns holding no
+    /// token, so every cost is `Impossible` (never a wait that would mislead a caller
+    /// into retrying). What a shared bucket's memory becomes when its file is truncated
+    /// under the process (see `sigbus`): plain stores, no allocation.
+    pub fn refusing() -> Self {
+        let state = BucketState::default();
+        state.first.interval.store(1, Ordering::Relaxed);
+        state.windows.store(1, Ordering::Relaxed);
+        state
+    }
+
     #[inline(always)]
     fn window(&self, i: usize) -> &Window {
         if i == 0 {

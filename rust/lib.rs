@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod clock;
 pub mod place;
 pub mod shared;
+mod sigbus;
 pub mod stats;
 pub mod sync;
 

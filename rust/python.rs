@@ -143,6 +143,39 @@ fn shared_error(err: SharedError) -> PyErr {
     }
 }
 
+/// The error for every call on a shared object whose file was truncated under this
+/// process (its memory now holds a state that refuses everything: see `sigbus`).
+#[cold]
+fn lost_error(path: &Path, what: &str) -> PyErr {
+    PyOSError::new_err(format!(
+        "shared file {} was truncated under this process: the {what}'s shared state is \
+         lost; remove the file and recreate the {what}",
+        path.display()
+    ))
+}
+
+/// What a health check reports about a shared object's file: None while it is the file
+/// this process mapped, else what happened to it.
+fn shared_file_problem<T: shared::Layout>(
+    region: Option<&Region<T>>,
+    what: &str,
+) -> Option<String> {
+    let region = region?;
+    if region.lost() {
+        return Some(format!(
+            "shared file {} was truncated under this process: the {what}'s shared state is lost",
+            region.path().display()
+        ));
+    }
+    region.detached().then(|| {
+        format!(
+            "shared file {} was deleted or replaced: processes started since use a \
+             different {what} than this one",
+            region.path().display()
+        )
+    })
+}
+
 fn shared_path(shared: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<PathBuf>> {
     match shared {
         Some(p) if !p.is_none() => match p.extract::<PathBuf>() {
@@ -301,6 +334,10 @@ impl PyTokenBucket {
     }
 
     fn impossible(&self, cost: u64) -> PyErr {
+        // A truncated file's bucket refuses every cost as impossible: say why instead.
+        if let Some(region) = self.shared.as_ref().filter(|r| r.lost()) {
+            return lost_error(region.path(), "rate limiter");
+        }
         let bursts: Vec<u64> = self.core.quotas().iter().map(|q| q.burst).collect();
         let burst = bursts.iter().min().copied().unwrap_or(0);
         let reserve = self.core.reserve();
@@ -450,6 +487,13 @@ impl PyTokenBucket {
     #[getter]
     fn shared_path(&self) -> Option<PathBuf> {
         self.shared.as_ref().map(|r| r.path().to_owned())
+    }
+
+    /// None while the shared file is the one this process mapped (or the bucket is not
+    /// shared); else what happened to it (truncated, deleted or replaced). Stats the
+    /// file: for health checks.
+    fn shared_file_problem(&self) -> Option<String> {
+        shared_file_problem(self.shared.as_ref(), "rate limiter")
     }
 
     /// Takes `cost` tokens if the bucket holds them now (in every window); never waits.
@@ -1352,10 +1396,23 @@ impl PyCircuitBreaker {
         self.core.admission_now()
     }
 
+    /// An error when the shared file was truncated under this process: closing or
+    /// re-opening the lost state by hand would make it a breaker of this process alone.
+    fn not_lost(&self) -> PyResult<()> {
+        match self.shared.as_ref().filter(|r| r.lost()) {
+            Some(region) => Err(lost_error(region.path(), "circuit breaker")),
+            None => Ok(()),
+        }
+    }
+
     /// The CircuitBreakerError for a refused call. Its message is formatted by the Python
     /// class only when asked for: a refusal costs little more than a plain raise.
     #[cold]
     fn rejection(&self, py: Python<'_>, remaining: u64) -> PyErr {
+        // A truncated file's breaker is held open: say why instead.
+        if let Some(region) = self.shared.as_ref().filter(|r| r.lost()) {
+            return lost_error(region.path(), "circuit breaker");
+        }
         let details = (self.name.clone_ref(py), nanos_to_seconds(remaining));
         match CIRCUIT_BREAKER_ERROR.import(py, ERRORS_MODULE, "CircuitBreakerError") {
             Ok(ty) => PyErr::from_type(ty.clone(), details),
@@ -1465,8 +1522,14 @@ impl PyCircuitBreaker {
 
     /// Whether a call may run now; counts a rejection when not. In HALF_OPEN this takes a
     /// trial permit, so follow it with `record_success()` or `record_failure()`.
-    fn allow(&self, py: Python<'_>) -> bool {
-        !matches!(self.enter(py), Admission::Rejected { .. })
+    fn allow(&self, py: Python<'_>) -> PyResult<bool> {
+        match self.enter(py) {
+            Admission::Rejected { .. } => match self.shared.as_ref().filter(|r| r.lost()) {
+                Some(region) => Err(lost_error(region.path(), "circuit breaker")),
+                None => Ok(false),
+            },
+            _ => Ok(true),
+        }
     }
 
     /// Records a successful call made after `allow()`.
@@ -1505,6 +1568,7 @@ impl PyCircuitBreaker {
     #[pyo3(signature = (seconds))]
     fn open_for(&self, py: Python<'_>, seconds: &Bound<'_, PyAny>) -> PyResult<()> {
         let nanos = self::seconds(seconds, "seconds", false)?;
+        self.not_lost()?;
         let transition = self.core.open_for(nanos);
         self.notify(py, transition);
         Ok(())
@@ -1656,9 +1720,11 @@ impl PyCircuitBreaker {
     }
 
     /// Closes the circuit and clears the failure streak.
-    fn reset(&self, py: Python<'_>) {
+    fn reset(&self, py: Python<'_>) -> PyResult<()> {
+        self.not_lost()?;
         let transition = self.core.reset();
         self.notify(py, transition);
+        Ok(())
     }
 
     /// Holds the circuit open (FORCED_OPEN) until `reset()`.
@@ -1714,6 +1780,13 @@ impl PyCircuitBreaker {
     #[getter]
     fn shared_path(&self) -> Option<PathBuf> {
         self.shared.as_ref().map(|r| r.path().to_owned())
+    }
+
+    /// None while the shared file is the one this process mapped (or the breaker is not
+    /// shared); else what happened to it (truncated, deleted or replaced). Stats the
+    /// file: for health checks.
+    fn shared_file_problem(&self) -> Option<String> {
+        shared_file_problem(self.shared.as_ref(), "circuit breaker")
     }
 
     #[getter]

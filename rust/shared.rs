@@ -27,6 +27,7 @@ use crate::breaker::{Breaker, BreakerSettings, BreakerState, Window};
 use crate::bucket::{BucketState, Quota, TokenBucket};
 use crate::clock::Clock;
 use crate::place::Place;
+use crate::sigbus;
 
 /// "PEAKRSL" and a NUL, read as a little-endian word: the first 8 bytes of every file.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
@@ -65,6 +66,20 @@ pub trait Layout: Default + Send + Sync + 'static {
     const WHAT: &'static str;
     /// The header parameters, in messages (unused slots are "").
     const PARAM_NAMES: [&'static str; PARAMS];
+    /// The state a mapping holds once its file was truncated under this process: one
+    /// that refuses every call (so the binding's refusal path reports the loss) and that
+    /// nothing divides by zero on. Built in a signal handler: no allocation.
+    fn lost() -> Self;
+}
+
+/// Writes `T::lost()` over the state block of the mapping at `start` (the SIGBUS
+/// handler's `Poison`), if the mapping is large enough to hold one.
+fn poison<T: Layout>(start: *mut u8, len: usize) {
+    if len >= file_size::<T>() {
+        // SAFETY: the handler just mapped `len` fresh bytes at `start`; the block is
+        // 8-aligned (page + 64).
+        unsafe { start.add(HEADER_SIZE).cast::<T>().write(T::lost()) }
+    }
 }
 
 impl Layout for BucketState {
@@ -75,6 +90,10 @@ impl Layout for BucketState {
         "burst",
         "other windows and priority reserve (fingerprint)",
     ];
+
+    fn lost() -> Self {
+        BucketState::refusing()
+    }
 }
 
 impl Layout for BreakerState {
@@ -85,6 +104,10 @@ impl Layout for BreakerState {
         "recovery_timeout (ns)",
         "half_open_max_calls",
     ];
+
+    fn lost() -> Self {
+        BreakerState::refusing()
+    }
 }
 
 /// Why a shared file cannot be used. Every variant names the file.
@@ -203,6 +226,8 @@ impl std::error::Error for SharedError {}
 struct Mapping {
     ptr: NonNull<u8>,
     len: usize,
+    /// Its entry in the SIGBUS handler's table (None: the table was full).
+    registration: Option<sigbus::Registration>,
 }
 
 // SAFETY: the mapping is only ever accessed through atomics (header and state blocks).
@@ -210,7 +235,7 @@ unsafe impl Send for Mapping {}
 unsafe impl Sync for Mapping {}
 
 impl Mapping {
-    fn new(file: &File, len: usize, path: &Path) -> Result<Mapping, SharedError> {
+    fn new<T: Layout>(file: &File, len: usize, path: &Path) -> Result<Mapping, SharedError> {
         // SAFETY: a fresh shared mapping of `len` bytes of an open file; the result is
         // checked against MAP_FAILED before use.
         let ptr = unsafe {
@@ -226,10 +251,18 @@ impl Mapping {
         if ptr == libc::MAP_FAILED {
             return Err(io_error(path, "map", io::Error::last_os_error()));
         }
+        let ptr: NonNull<u8> =
+            NonNull::new(ptr.cast()).expect("mmap never returns NULL on success");
         Ok(Mapping {
-            ptr: NonNull::new(ptr.cast()).expect("mmap never returns NULL on success"),
+            ptr,
             len,
+            registration: sigbus::register(ptr.as_ptr(), len, poison::<T>),
         })
+    }
+
+    /// Whether the file was truncated under this process (the state is `Layout::lost`).
+    fn lost(&self) -> bool {
+        self.registration.as_ref().is_some_and(|r| r.lost())
     }
 
     fn header(&self) -> &Header {
@@ -241,6 +274,8 @@ impl Mapping {
 
 impl Drop for Mapping {
     fn drop(&mut self) {
+        // Out of the handler's table before the address range can be reused.
+        drop(self.registration.take());
         // SAFETY: `ptr`/`len` are exactly what mmap returned; nothing refers to the
         // mapping any more (every Place holds an Arc to it).
         unsafe {
@@ -261,6 +296,8 @@ fn io_error(path: &Path, action: &'static str, source: io::Error) -> SharedError
 pub struct Region<T: Layout> {
     mapping: Arc<Mapping>,
     path: PathBuf,
+    /// The file's (st_dev, st_ino) when opened: `detached` compares the path's with it.
+    identity: (u64, u64),
     _state: PhantomData<T>,
 }
 
@@ -269,6 +306,7 @@ impl<T: Layout> Clone for Region<T> {
         Region {
             mapping: Arc::clone(&self.mapping),
             path: self.path.clone(),
+            identity: self.identity,
             _state: PhantomData,
         }
     }
@@ -308,6 +346,24 @@ impl<T: Layout> Region<T> {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file was truncated under this process: the mapping then holds the
+    /// `Layout::lost` state (which refuses everything), not the host's shared one.
+    #[inline]
+    pub fn lost(&self) -> bool {
+        self.mapping.lost()
+    }
+
+    /// Whether the path no longer names the file this process mapped (deleted, or
+    /// replaced by another file): this process keeps its budget, but processes started
+    /// since create or open another one, so the host's budget is split. A `stat` per
+    /// call: for health checks, never for the hot path.
+    pub fn detached(&self) -> bool {
+        match std::fs::symlink_metadata(&self.path) {
+            Ok(meta) => (meta.dev(), meta.ino()) != self.identity,
+            Err(err) => err.kind() == io::ErrorKind::NotFound,
+        }
     }
 
     /// The state block, kept alive by the mapping.
@@ -391,7 +447,7 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     }
     // Map what is there, so that the header can say what the file is before its size is
     // judged (a breaker file opened as a bucket is "the wrong kind", not "truncated").
-    let mapping = Mapping::new(&file, meta.len() as usize, path)?;
+    let mapping = Mapping::new::<T>(&file, meta.len() as usize, path)?;
     let header = mapping.header();
     if header.magic.load(Ordering::Acquire) != MAGIC {
         return Err(SharedError::NotOurs {
@@ -415,12 +471,15 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     }
     if meta.len() != expected
         || header.state_size.load(Ordering::Acquire) != std::mem::size_of::<T>() as u64
+        // Truncated while we read the header: what we read was the handler's zeroes.
+        || mapping.lost()
     {
         return Err(truncated());
     }
     Ok(Region {
         mapping: Arc::new(mapping),
         path: path.to_owned(),
+        identity: (meta.dev(), meta.ino()),
         _state: PhantomData,
     })
 }
@@ -467,7 +526,9 @@ fn initialise<T: Layout>(
     let size = file_size::<T>();
     file.set_len(size as u64)
         .map_err(|e| io_error(tmp, "size", e))?;
-    let mapping = Mapping::new(file, size, tmp)?;
+    let mapping = Mapping::new::<T>(file, size, tmp)?;
+    // The linked name keeps this inode: its identity is the final file's.
+    let meta = file.metadata().map_err(|e| io_error(tmp, "stat", e))?;
     // SAFETY: the mapping is `size` bytes of zeroes, private to us until linked; the state
     // block starts 64 bytes in (8-aligned) and is written once before anyone can see it.
     unsafe {
@@ -494,6 +555,7 @@ fn initialise<T: Layout>(
     Ok(Region {
         mapping: Arc::new(mapping),
         path: path.to_owned(),
+        identity: (meta.dev(), meta.ino()),
         _state: PhantomData,
     })
 }
@@ -566,6 +628,11 @@ pub fn shared_windows(
 
 /// Changes a shared bucket's rate for every process, and records it in the header.
 pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
+    // A lost bucket keeps refusing (see `sigbus`): new settings must not revive it as a
+    // bucket of this process alone. Likewise below.
+    if region.lost() {
+        return;
+    }
     bucket.set_quota(quota);
     region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
 }
@@ -577,6 +644,9 @@ pub fn set_shared_windows(
     quotas: &[Quota],
     reserve: u64,
 ) {
+    if region.lost() {
+        return;
+    }
     bucket.set_windows(quotas, reserve);
     region.set_params(bucket_params(quotas, reserve));
 }
@@ -667,6 +737,9 @@ pub fn set_shared_settings(
     region: &Region<BreakerState>,
     settings: BreakerSettings,
 ) {
+    if region.lost() {
+        return;
+    }
     breaker.set_settings(settings);
     region.set_params(breaker_params(breaker.settings()));
 }
@@ -910,6 +983,64 @@ mod tests {
         }
         assert_eq!(other.current_state().0, OPEN);
         assert!(matches!(other.enter().0, Admission::Rejected { .. }));
+    }
+
+    fn truncate(path: &Path) {
+        OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_bucket_whose_file_is_truncated_under_it_is_lost_and_admits_nothing() {
+        let dir = TempDir::new("truncated-live");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert!(!region.lost());
+        truncate(&path);
+        // The next touch faults (SIGBUS); the handler puts the lost state in its place.
+        assert_eq!(bucket.try_acquire(1), Decision::Impossible);
+        assert!(region.lost());
+        assert_eq!(bucket.wait_time(1), None);
+        assert_eq!(bucket.tokens_available(), 0.0);
+        // New settings do not revive it as a bucket of this process alone.
+        set_shared_quota(&bucket, &region, quota(5));
+        assert_eq!(bucket.try_acquire(1), Decision::Impossible);
+    }
+
+    #[test]
+    fn a_breaker_whose_file_is_truncated_under_it_is_lost_and_refuses() {
+        let dir = TempDir::new("truncated-breaker");
+        let path = dir.file("exchange.breaker");
+        let (breaker, region) = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        truncate(&path);
+        assert!(matches!(breaker.enter().0, Admission::Rejected { .. }));
+        assert!(region.lost());
+        // Another mapping of another file is untouched.
+        let (other, other_region) =
+            shared_breaker(&dir.file("other.breaker"), settings(), Clock::Monotonic).unwrap();
+        assert!(!other.enter().0.is_rejected());
+        assert!(!other_region.lost());
+    }
+
+    #[test]
+    fn a_file_deleted_or_replaced_under_a_region_is_detached() {
+        let dir = TempDir::new("detached");
+        let path = dir.file("api.bucket");
+        let (_bucket, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        let (_again, reopened) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        assert!(!region.detached());
+        assert!(!reopened.detached());
+        std::fs::remove_file(&path).unwrap();
+        assert!(region.detached());
+        // A process started now creates a new file under the same name: still detached.
+        let (_new, newer) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        assert!(region.detached());
+        assert!(!newer.detached());
     }
 
     #[test]

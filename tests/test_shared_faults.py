@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
+from peak_resilience._health import check_resilience
 
 
 @pytest.fixture
@@ -64,6 +65,37 @@ def test_a_shared_file_deleted_under_a_running_process_does_not_crash_it(
     assert breaker.allow()
 
 
+def test_the_resilience_health_check_names_a_shared_file_deleted_or_replaced_under_the_process(
+    shared_dir: str,
+) -> None:
+    limiter = RateLimiter(3, 3600, name="binance", backend="shared", shared_dir=shared_dir)
+    limiter.add_endpoint("orders", 5, 1)
+    breaker = CircuitBreaker(3, 60, name="exchange", backend="shared", shared_dir=shared_dir)
+    orders_path = limiter.endpoint_buckets()["orders"].shared_path
+    breaker_path = breaker.shared_path
+    assert orders_path is not None and breaker_path is not None
+    assert check_resilience()[0]
+
+    # Deleted: a process started now would create a new file and a budget of its own.
+    orders_path.unlink()
+    healthy, message = check_resilience()
+    assert not healthy
+    assert str(orders_path) in message and "deleted or replaced" in message
+    assert str(breaker_path) not in message
+
+    # Replaced: another file under the same name (here a breaker opened after the unlink).
+    breaker_path.unlink()
+    later = CircuitBreaker(3, 60, name="exchange", backend="shared", shared_dir=shared_dir)
+    assert later.shared_path == breaker_path and breaker_path.exists()
+    healthy, message = check_resilience()
+    assert not healthy
+    assert str(breaker_path) in message and str(orders_path) in message
+
+    del limiter, breaker  # the later breaker's file is its own: nothing left to report
+    healthy, message = check_resilience()
+    assert healthy, message
+
+
 TRUNCATE = textwrap.dedent(
     """
     import os, sys
@@ -79,15 +111,23 @@ TRUNCATE = textwrap.dedent(
         print(f"error: {err}")
     else:
         print("answered")
+    # Neither new settings nor a reset revive it as a limiter or breaker of this process alone.
+    try:
+        if which == "limiter":
+            limiter.default_bucket.set_rate(5, 1)
+            limiter.acquire()
+        else:
+            breaker.reset()
+    except Exception as err:
+        print(f"error: {err}")
+    else:
+        print("revived")
+    from peak_resilience._health import check_resilience
+    print(check_resilience())
     """
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 5: touching a mapping whose file was truncated kills the process with "
-    "SIGBUS; wanted: a clear error naming the file",
-)
 @pytest.mark.parametrize("which", ["limiter", "breaker"])
 def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_crash(
     shared_dir: str, which: str
@@ -101,4 +141,8 @@ def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_
     )
 
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
-    assert child.stdout.startswith("error:") and "truncated" in child.stdout
+    error, after_reset, health = child.stdout.splitlines()
+    assert error.startswith("error:") and "truncated" in error and str(shared_dir) in error
+    assert after_reset == error
+    # The resilience health check reports it too.
+    assert health.startswith("(False,") and "truncated" in health

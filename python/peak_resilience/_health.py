@@ -26,6 +26,7 @@ from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock, TokenBucket
 
 if TYPE_CHECKING:
+    from peak_resilience.rate_limiter import RateLimiter
     from peak_resilience.resilience import CircuitBreaker
 
 __all__ = [
@@ -307,6 +308,28 @@ def _alive_breakers() -> list[_NativeBreaker]:
     return list(_instances.breakers)
 
 
+def _alive_limiters() -> list[RateLimiter]:
+    for _ in range(16):
+        try:
+            return list(_instances.limiters)
+        except RuntimeError:  # a limiter was created mid-iteration
+            continue
+    return list(_instances.limiters)
+
+
+def _shared_file_problems() -> list[str]:
+    """What happened to the shared files of live limiters and breakers, if anything: one
+    truncated under this process (its state is lost: calls raise), or deleted or replaced
+    (processes started since use another file: the host's budget is split). One ``stat``
+    per shared object, so only here, never per call."""
+    objects: list[TokenBucket | _NativeBreaker] = list(_alive_breakers())
+    for limiter in _alive_limiters():
+        objects.append(limiter.default_bucket)
+        objects.extend(limiter.endpoint_buckets().values())
+    problems = {p for o in objects if (p := o.shared_file_problem()) is not None}
+    return sorted(problems)
+
+
 def _describe_open(opened: dict[str, float | None]) -> str:
     shown = ", ".join(
         f"{name} (forced open until reset)"
@@ -340,7 +363,8 @@ def check_critical_circuit_breakers() -> tuple[bool, str]:
 
 
 def check_resilience() -> tuple[bool, str]:
-    """Built-in, critical: the native core answers and decides correctly."""
+    """Built-in, critical: the native core answers and decides correctly, and every
+    shared limiter's and breaker's file is still the one this process uses."""
     clock = ManualClock()
     breaker = _NativeBreaker(1, 1.0, "health-probe", 1, clock=clock)
     breaker.record_failure()
@@ -351,6 +375,10 @@ def check_resilience() -> tuple[bool, str]:
     limits = bucket.acquire() and not bucket.acquire()
     if not (opened and recovers and limits):
         return False, "native core answered wrongly to a probe breaker or bucket"
+    problems = _shared_file_problems()
+    if problems:
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        return False, "; ".join(problems[:5]) + more
     return True, (
         f"native core ok; {len(_instances.breakers)} breakers, "
         f"{len(_instances.limiters)} rate limiters"
