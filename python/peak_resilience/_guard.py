@@ -12,7 +12,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
 
 from peak_resilience._native import Guard, OperationStats
 from peak_resilience.errors import RateLimitExceeded
@@ -96,8 +96,19 @@ def guard(
     )
 
 
+class GuardSteps(Protocol):
+    """The steps an async wrapper drives: the native ``Guard``'s, or the remote guard's
+    for state in Redis. ``started`` is opaque: whatever ``_started`` gave."""
+
+    def _admit(self) -> int: ...
+    def _started(self) -> Any: ...
+    def _exit(
+        self, admission: int, started: Any, error: BaseException | None = ..., result: Any = ...
+    ) -> bool: ...
+
+
 def _async_wrapper(
-    native: Guard,
+    native: GuardSteps,
     func: Callable[..., Awaitable[Any]],
     fallback: Any,
     has_fallback: bool,

@@ -15,9 +15,10 @@ import functools
 import inspect
 import time
 from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience._guard import MISSING
+from peak_resilience._guard import MISSING, _async_wrapper
 from peak_resilience.errors import RateLimitExceeded
 
 if TYPE_CHECKING:
@@ -50,18 +51,13 @@ def remote_guard(
     has_fallback = fallback is not MISSING
 
     def rate_limited(wait: float) -> RateLimitExceeded:
+        # Never 0: a wait that keeps coming back as 0 must not let a waiting caller spin.
         assert limiter is not None
-        return RateLimitExceeded(limiter.name, endpoint, float(wait))
+        return RateLimitExceeded(limiter.name, endpoint, max(float(wait), 0.001))
 
     def refused(exc: BaseException) -> None:
         if on_reject is not None:
             on_reject(exc)
-
-    def next_wait(exc: RateLimitExceeded, waited: float) -> float | None:
-        """How long to sleep before trying again, or None to give up. Never 0, so that
-        a wait that keeps coming back as 0 cannot spin."""
-        wait = max(exc.retry_after, 0.001)
-        return wait if max_wait > 0 and waited + wait <= max_wait else None
 
     def admit_now() -> int:
         """The breaker's admission, then a token; raises on refusal, taking nothing."""
@@ -106,77 +102,43 @@ def remote_guard(
     def sync_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         return fallback(*args, **kwargs) if callable(fallback) else fallback
 
-    if not inspect.iscoroutinefunction(func):
-        do_sleep = sleep or time.sleep
+    if inspect.iscoroutinefunction(func):
+        # The same coroutine wrapper as the native guard's, over these steps.
+        steps = SimpleNamespace(_admit=admit_now, _started=time.monotonic, _exit=finish)
+        return _async_wrapper(
+            steps, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep, on_reject
+        )
 
-        def admit() -> int:
-            waited = 0.0
-            while True:
-                try:
-                    return admit_now()
-                except RateLimitExceeded as exc:
-                    wait = next_wait(exc, waited)
-                    if wait is None:
-                        raise
-                    do_sleep(wait)
-                    waited += wait
+    do_sleep = sleep or time.sleep
 
-        @functools.wraps(func)
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            try:
-                admission = admit()
-            except Exception as exc:
-                refused(exc)
-                if has_fallback:
-                    return sync_fallback(args, kwargs)
-                raise
-            started = time.monotonic()
-            try:
-                result = func(*args, **kwargs)
-            except BaseException as exc:
-                if finish(admission, started, exc):
-                    return sync_fallback(args, kwargs)
-                raise
-            finish(admission, started, None, result)
-            return result
-
-        return wrapper
-
-    do_async_sleep = async_sleep or asyncio.sleep
-
-    async def async_admit() -> int:
+    def admit() -> int:
         waited = 0.0
         while True:
             try:
                 return admit_now()
             except RateLimitExceeded as exc:
-                wait = next_wait(exc, waited)
-                if wait is None:
+                if max_wait <= 0 or waited + exc.retry_after > max_wait:
                     raise
-                await do_async_sleep(wait)
-                waited += wait
-
-    async def async_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        result = sync_fallback(args, kwargs)
-        return await result if inspect.isawaitable(result) else result
+                do_sleep(exc.retry_after)
+                waited += exc.retry_after
 
     @functools.wraps(func)
-    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            admission = await async_admit()
+            admission = admit()
         except Exception as exc:
             refused(exc)
             if has_fallback:
-                return await async_fallback(args, kwargs)
+                return sync_fallback(args, kwargs)
             raise
         started = time.monotonic()
         try:
-            result = await func(*args, **kwargs)
+            result = func(*args, **kwargs)
         except BaseException as exc:
             if finish(admission, started, exc):
-                return await async_fallback(args, kwargs)
+                return sync_fallback(args, kwargs)
             raise
         finish(admission, started, None, result)
         return result
 
-    return async_wrapper
+    return wrapper
