@@ -212,6 +212,38 @@ impl Default for BreakerSettings {
     }
 }
 
+impl Window {
+    /// A window of this kind at its default size: the last 100 calls, or the last 60 s
+    /// (what a window gets when its kind changes and no size is given).
+    pub fn default_of(time: bool) -> Window {
+        if time {
+            Window::Nanos(60 * NANOS_PER_SECOND)
+        } else {
+            Window::Calls(100)
+        }
+    }
+
+    pub fn is_time(self) -> bool {
+        matches!(self, Window::Nanos(_))
+    }
+
+    /// Calls or nanoseconds, as the kind says.
+    pub fn size(self) -> u64 {
+        match self {
+            Window::Calls(n) | Window::Nanos(n) => n,
+        }
+    }
+}
+
+impl BreakerSettings {
+    /// The settings as a breaker keeps them: back-off never shortens an open period below
+    /// `recovery_timeout`.
+    pub fn normalized(mut self) -> Self {
+        self.max_recovery_timeout = self.max_recovery_timeout.max(self.recovery_timeout);
+        self
+    }
+}
+
 /// One slice of the rolling window: a count, tagged with the slice's number so that a
 /// stale slice is recognised (and restarted) by the first caller of a later slice.
 const STAMP_SHIFT: u32 = 40;

@@ -101,6 +101,16 @@ pub fn nanos_to_seconds(nanos: u64) -> f64 {
     nanos as f64 / NANOS_PER_SECOND as f64
 }
 
+/// "60s", "1.5s": how a duration is named in messages and in a window's metrics label.
+pub fn duration_label(nanos: u64) -> String {
+    let secs = nanos_to_seconds(nanos);
+    if secs.fract() == 0.0 {
+        format!("{}s", secs as u64)
+    } else {
+        format!("{secs}s")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,13 +1,17 @@
 //! peak-resilience's native core: lock-free state machines for the per-call hot path.
 //!
 //! Each concept has its own file with its tests beside it. The core is plain Rust; the
-//! PyO3 binding (`python.rs`) sits on top behind the `python` feature, so `cargo test`
-//! needs no libpython.
+//! PyO3 binding (`python/`, one file per Python class) sits on top behind the `python`
+//! feature, so `cargo test` needs no libpython.
 
 pub mod breaker;
 pub mod bucket;
 pub mod clock;
+pub mod files;
+pub mod guard;
 pub mod place;
+pub mod remote;
+pub mod reservation;
 pub mod shared;
 mod sigbus;
 pub mod stats;

@@ -1,0 +1,404 @@
+//! `Guard`: a function guarded by a breaker and/or a limiter, recording into an
+//! operation's stats. Calling it runs the whole guard natively: one Python-to-Rust call
+//! per invocation, whatever backend the breaker and the limiter keep their state in.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use pyo3::exceptions::{PyException, PyTypeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+
+use crate::breaker::Admission;
+use crate::clock::{nanos_to_seconds, Clock};
+use crate::guard::{admit, take_within, Ending, NoToken, Timing};
+use crate::remote::Ticket;
+use crate::stats;
+
+use super::args::{cost_of, is_high, seconds};
+use super::circuit_breaker::{ticket_from, PyCircuitBreaker};
+use super::errors::rate_limited;
+use super::operation_stats::PyOperationStats;
+use super::rate_limiter::PyRateLimiter;
+use super::recording::rejection_log_on;
+
+extern "C" {
+    // CPython's bound-method constructor (stable since 2.x, not wrapped by pyo3-ffi): the
+    // cheapest way to bind a guard to an instance.
+    fn PyMethod_New(
+        func: *mut pyo3::ffi::PyObject,
+        instance: *mut pyo3::ffi::PyObject,
+    ) -> *mut pyo3::ffi::PyObject;
+}
+
+/// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
+/// Calling it runs the whole guard natively: one Python-to-Rust call per invocation.
+#[pyclass(frozen, dict, module = "peak_resilience._native", name = "Guard")]
+pub struct Guard {
+    func: Py<PyAny>,
+    breaker: Option<Py<PyCircuitBreaker>>,
+    limiter: Option<Py<PyRateLimiter>>,
+    endpoint: Option<Py<PyAny>>,
+    cost: u64,
+    operation: Option<Py<PyOperationStats>>,
+    fallback: Option<Py<PyAny>>,
+    fallback_is_callable: bool,
+    fallback_on_failure: AtomicBool,
+    max_wait: u64,
+    sleep: Option<Py<PyAny>>,
+    /// Told of each refused call as on_reject(exception), for the rejection log.
+    on_reject: Option<Py<PyAny>>,
+    clock: Clock,
+    /// priority="high": the guarded calls may use the limiter's priority reserve.
+    high: bool,
+}
+
+/// The ticket of a call guarded by no breaker: nothing reads it.
+const NO_BREAKER: Ticket = Ticket::Local(Admission::Normal { epoch: 0 });
+
+impl Guard {
+    /// Takes a breaker admission and a token; on refusal, the error to raise.
+    #[inline]
+    fn admit(&self, py: Python<'_>) -> PyResult<Ticket> {
+        admit(
+            || match &self.breaker {
+                Some(breaker) => {
+                    let breaker = breaker.get();
+                    match breaker.enter(py)? {
+                        Ticket::Local(Admission::Rejected { remaining }) => {
+                            Err(breaker.rejection(py, remaining))
+                        }
+                        ticket => Ok(ticket),
+                    }
+                }
+                None => Ok(NO_BREAKER),
+            },
+            || match &self.limiter {
+                Some(limiter) => self.take_token(py, limiter.get()),
+                None => Ok(()),
+            },
+            |ticket| self.release(py, ticket),
+        )
+    }
+
+    #[inline]
+    fn take_token(&self, py: Python<'_>, limiter: &PyRateLimiter) -> PyResult<()> {
+        let endpoint = self.endpoint.as_ref().map(|e| e.bind(py));
+        let bucket = limiter.bucket(py, endpoint)?;
+        let bucket = bucket.get();
+        match take_within(
+            self.max_wait,
+            || bucket.decide_lane(py, self.cost, self.high),
+            |nanos| self.sleep_for(py, nanos),
+        )? {
+            Ok(()) => Ok(()),
+            Err(NoToken::Impossible) => Err(bucket.impossible(self.cost)),
+            Err(NoToken::Refused { wait }) => Err(self.rate_limited(py, limiter, wait)),
+        }
+    }
+
+    fn sleep_for(&self, py: Python<'_>, nanos: u64) -> PyResult<()> {
+        match &self.sleep {
+            Some(sleep) => sleep.call1(py, (nanos_to_seconds(nanos),)).map(|_| ()),
+            None => {
+                py.detach(|| std::thread::sleep(Duration::from_nanos(nanos)));
+                Ok(())
+            }
+        }
+    }
+
+    /// The RateLimitExceeded for a refused call (message formatted lazily).
+    #[cold]
+    fn rate_limited(&self, py: Python<'_>, limiter: &PyRateLimiter, wait: u64) -> PyErr {
+        let endpoint = self.endpoint.as_ref().map(|e| e.clone_ref(py));
+        rate_limited(
+            py,
+            (limiter.name.clone_ref(py), endpoint, nanos_to_seconds(wait)),
+        )
+    }
+
+    /// When the call started, and who reads its duration (see `crate::guard::Timing`).
+    #[inline]
+    fn timing(&self) -> Timing {
+        let for_stats = self.operation.is_some() && stats::recording();
+        let for_breaker = self
+            .breaker
+            .as_ref()
+            .is_some_and(|b| b.get().core.slow_call_duration() != 0);
+        Timing::start(&self.clock, for_stats, for_breaker)
+    }
+
+    /// Records how the call ended: `Ok(value)` returned, `Err(error)` raised an Exception.
+    #[inline]
+    fn record(
+        &self,
+        py: Python<'_>,
+        ticket: Ticket,
+        timing: Timing,
+        outcome: Result<&Bound<'_, PyAny>, &PyErr>,
+    ) {
+        let elapsed = timing.elapsed(&self.clock);
+        if let (Some(operation), Some(elapsed), true) =
+            (&self.operation, elapsed, timing.for_stats())
+        {
+            let operation = operation.get();
+            operation.stats.record_latency(elapsed);
+            match outcome {
+                Ok(_) => operation.stats.record_success(),
+                Err(err) => operation.record_exception(py, err),
+            }
+        }
+        if let Some(breaker) = &self.breaker {
+            let breaker = breaker.get();
+            let verdict = match outcome {
+                Ok(value) => breaker.judge_result(py, value),
+                Err(err) => breaker.judge_error(py, err),
+            };
+            breaker.settle(py, ticket, verdict, elapsed);
+        }
+    }
+
+    /// Hands a refusal to `on_reject`; a hook that raises is reported as unraisable and
+    /// never changes what the caller gets. Skipped unless the rejection log is on (DEBUG),
+    /// so a refusal costs no Python call when nobody reads the log.
+    #[cold]
+    fn rejected(&self, py: Python<'_>, rejection: &PyErr) {
+        if !rejection_log_on() {
+            return;
+        }
+        if let Some(hook) = &self.on_reject {
+            if let Err(err) = hook.call1(py, (rejection.value(py),)) {
+                err.write_unraisable(py, Some(hook.bind(py)));
+            }
+        }
+    }
+
+    fn release(&self, py: Python<'_>, ticket: Ticket) {
+        if let Some(breaker) = &self.breaker {
+            breaker.get().release(py, ticket);
+        }
+    }
+
+    fn call_fallback(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> Option<PyResult<Py<PyAny>>> {
+        let fallback = self.fallback.as_ref()?;
+        Some(if self.fallback_is_callable {
+            fallback.bind(py).call(args, kwargs).map(Bound::unbind)
+        } else {
+            Ok(fallback.clone_ref(py))
+        })
+    }
+}
+
+fn ending_of(py: Python<'_>, err: &PyErr) -> Ending {
+    if err.is_instance_of::<PyException>(py) {
+        Ending::Raised
+    } else {
+        Ending::Interrupted
+    }
+}
+
+#[pymethods]
+impl Guard {
+    #[new]
+    #[pyo3(signature = (func, *, breaker=None, limiter=None, endpoint=None, cost=1, operation=None,
+                        fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None,
+                        on_reject=None, priority=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        func: Bound<'_, PyAny>,
+        breaker: Option<Py<PyCircuitBreaker>>,
+        limiter: Option<Py<PyRateLimiter>>,
+        endpoint: Option<Py<PyAny>>,
+        cost: i64,
+        operation: Option<Py<PyOperationStats>>,
+        fallback: Option<Bound<'_, PyAny>>,
+        has_fallback: bool,
+        fallback_on_failure: bool,
+        max_wait: Option<&Bound<'_, PyAny>>,
+        sleep: Option<Py<PyAny>>,
+        on_reject: Option<Py<PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let high = is_high(priority)?;
+        if !func.is_callable() {
+            return Err(PyTypeError::new_err(format!(
+                "the guarded function must be callable, got {}",
+                func.repr()?
+            )));
+        }
+        let py = func.py();
+        let clock = match (&breaker, &limiter) {
+            (Some(b), _) => b.get().core.clock().clone(),
+            (None, Some(l)) => l.get().clock.clone(),
+            (None, None) => Clock::Monotonic,
+        };
+        let fallback = if has_fallback {
+            Some(fallback.map_or_else(|| py.None(), Bound::unbind))
+        } else {
+            None
+        };
+        let fallback_is_callable = fallback.as_ref().is_some_and(|f| f.bind(py).is_callable());
+        Ok(Guard {
+            func: func.unbind(),
+            breaker,
+            limiter,
+            endpoint: endpoint.filter(|e| !e.is_none(py)),
+            cost: cost_of(cost)?,
+            operation,
+            fallback,
+            fallback_is_callable,
+            fallback_on_failure: AtomicBool::new(fallback_on_failure && has_fallback),
+            max_wait: match max_wait {
+                Some(w) if !w.is_none() => seconds(w, "max_wait", true)?,
+                _ => 0,
+            },
+            sleep: sleep.filter(|s| !s.is_none(py)),
+            on_reject: on_reject.filter(|h| !h.is_none(py)),
+            clock,
+            high,
+        })
+    }
+
+    #[pyo3(signature = (*args, **kwargs))]
+    fn __call__(
+        &self,
+        py: Python<'_>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<PyAny>> {
+        let ticket = match self.admit(py) {
+            Ok(ticket) => ticket,
+            Err(rejection) => {
+                self.rejected(py, &rejection);
+                return match self.call_fallback(py, args, kwargs) {
+                    Some(result) => result,
+                    None => Err(rejection),
+                };
+            }
+        };
+        let timing = self.timing();
+        match self.func.bind(py).call(args, kwargs) {
+            Ok(value) => {
+                self.record(py, ticket, timing, Ok(&value));
+                Ok(value.unbind())
+            }
+            Err(err) => match ending_of(py, &err) {
+                Ending::Interrupted => {
+                    self.release(py, ticket);
+                    Err(err)
+                }
+                ending => {
+                    self.record(py, ticket, timing, Err(&err));
+                    if ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed)) {
+                        if let Some(result) = self.call_fallback(py, args, kwargs) {
+                            return result;
+                        }
+                    }
+                    Err(err)
+                }
+            },
+        }
+    }
+
+    /// Binds the guard to an instance, so that it decorates methods too.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: Option<&Bound<'py, PyAny>>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        match instance {
+            Some(instance) if !instance.is_none() => {
+                // SAFETY: both pointers are live objects; PyMethod_New returns a new
+                // reference or NULL with an exception set.
+                unsafe {
+                    Bound::from_owned_ptr_or_err(
+                        slf.py(),
+                        PyMethod_New(slf.as_ptr(), instance.as_ptr()),
+                    )
+                }
+            }
+            _ => Ok(slf.clone().into_any()),
+        }
+    }
+
+    /// For async wrappers: takes the breaker admission and a token (no waiting), returns
+    /// the admission code, or raises CircuitBreakerError / RateLimitExceeded.
+    fn _admit(&self, py: Python<'_>) -> PyResult<u64> {
+        // No on_reject here: the async wrapper may retry after a wait, and reports only
+        // the refusal it finally gives its caller.
+        self.admit(py).map(Ticket::code)
+    }
+
+    /// For async wrappers: the clock reading to pass back to `_exit`.
+    fn _started(&self) -> u64 {
+        self.timing().code()
+    }
+
+    /// For async wrappers: records how the call ended. `error` is the exception raised,
+    /// or None for success (then `result` is the value returned). Returns True when the
+    /// fallback should replace the error.
+    #[pyo3(signature = (admission, started, error=None, result=None))]
+    fn _exit(
+        &self,
+        py: Python<'_>,
+        admission: u64,
+        started: u64,
+        error: Option<Bound<'_, PyAny>>,
+        result: Option<Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let ticket = ticket_from(admission)?;
+        let timing = Timing::from_code(started);
+        match error {
+            None => {
+                let value = result.unwrap_or_else(|| py.None().into_bound(py));
+                self.record(py, ticket, timing, Ok(&value));
+                Ok(false)
+            }
+            Some(exc) => {
+                let err = PyErr::from_value(exc);
+                match ending_of(py, &err) {
+                    Ending::Interrupted => {
+                        self.release(py, ticket);
+                        Ok(false)
+                    }
+                    ending => {
+                        self.record(py, ticket, timing, Err(&err));
+                        Ok(ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed)))
+                    }
+                }
+            }
+        }
+    }
+
+    /// The function this guard runs.
+    #[getter]
+    fn func(&self, py: Python<'_>) -> Py<PyAny> {
+        self.func.clone_ref(py)
+    }
+
+    #[getter]
+    fn breaker(&self, py: Python<'_>) -> Option<Py<PyCircuitBreaker>> {
+        self.breaker.as_ref().map(|b| b.clone_ref(py))
+    }
+
+    #[getter]
+    fn limiter(&self, py: Python<'_>) -> Option<Py<PyRateLimiter>> {
+        self.limiter.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    #[getter]
+    fn operation(&self, py: Python<'_>) -> Option<Py<PyOperationStats>> {
+        self.operation.as_ref().map(|o| o.clone_ref(py))
+    }
+
+    /// Whether a failed call returns the fallback instead of raising (fail-safe modules).
+    fn set_fallback_on_failure(&self, enabled: bool) {
+        self.fallback_on_failure
+            .store(enabled && self.fallback.is_some(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,295 @@
+//! `RateLimiter`'s native half: a default bucket and one bucket per added endpoint.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use crate::bucket::Decision;
+use crate::clock::Clock;
+use crate::files;
+
+use super::args::{
+    clock_from, cost_of, given, is_high, name_or, on_backend_error, shared_dir, windows_from,
+};
+use super::reservation::{reserve_on, Reservation};
+use super::store::Store;
+use super::token_bucket::PyTokenBucket;
+
+static LIMITER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+/// The native half of `peak_resilience.rate_limiter.RateLimiter`: a default bucket and
+/// one bucket per added endpoint.
+#[pyclass(
+    frozen,
+    subclass,
+    weakref,
+    module = "peak_resilience._native",
+    name = "RateLimiter"
+)]
+pub struct PyRateLimiter {
+    pub name: Py<PyString>,
+    default: Py<PyTokenBucket>,
+    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash.
+    endpoints: Py<PyDict>,
+    pub clock: Clock,
+    /// The directory the buckets' shared files are in, or None.
+    shared_dir: Option<PathBuf>,
+    /// The remote store that makes each bucket's store, or None.
+    store: Option<Store>,
+}
+
+impl PyRateLimiter {
+    #[inline]
+    pub fn bucket<'py>(
+        &'py self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        if let Some(endpoint) = endpoint {
+            if let Some(found) = self.endpoints.bind(py).get_item(endpoint)? {
+                return Ok(found.cast_into::<PyTokenBucket>()?);
+            }
+        }
+        Ok(self.default.bind(py).clone())
+    }
+
+    /// Where the bucket of `endpoint` (None: the default one) lives: its shared file
+    /// and its remote store.
+    fn place_of(
+        &self,
+        py: Python<'_>,
+        endpoint: Option<&str>,
+    ) -> PyResult<(Option<PathBuf>, Option<Store>)> {
+        place(
+            py,
+            self.name.bind(py).to_str()?,
+            self.shared_dir.as_deref(),
+            self.store.as_ref(),
+            endpoint,
+        )
+    }
+}
+
+/// The shared file and the remote store of a limiter's bucket.
+fn place(
+    py: Python<'_>,
+    limiter: &str,
+    shared_dir: Option<&Path>,
+    store: Option<&Store>,
+    endpoint: Option<&str>,
+) -> PyResult<(Option<PathBuf>, Option<Store>)> {
+    let file = shared_dir.map(|dir| files::bucket_file(dir, limiter, endpoint));
+    let remote = match store {
+        Some(store) => Some(Store::new(store.bucket(py, endpoint)?, store.policy)),
+        None => None,
+    };
+    Ok((file, remote))
+}
+
+#[pymethods]
+impl PyRateLimiter {
+    #[new]
+    #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None, shared_dir=None,
+                        windows=None, priority_reserve=None, store=None, on_backend_error=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        name: Option<&Bound<'_, PyAny>>,
+        shared_dir: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
+        store: Option<&Bound<'_, PyAny>>,
+        on_backend_error: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let clock = clock_from(clock)?;
+        let windows = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
+        let shared_dir = self::shared_dir(shared_dir, "limiter")?;
+        if (shared_dir.is_some() || given(store).is_some()) && given(name).is_none() {
+            return Err(PyValueError::new_err(
+                "a shared or remote rate limiter needs a name: processes find the same \
+                 budget by name",
+            ));
+        }
+        let policy = self::on_backend_error(on_backend_error)?;
+        let name = name_or(py, name, "limiter", &LIMITER_SEQUENCE)?;
+        let store = given(store).map(|s| Store::new(s.clone(), policy));
+        let (file, remote) = place(
+            py,
+            name.bind(py).to_str()?,
+            shared_dir.as_deref(),
+            store.as_ref(),
+            None,
+        )?;
+        let default = PyTokenBucket::build(py, &windows, clock.clone(), file.as_deref(), remote)?;
+        Ok(PyRateLimiter {
+            name,
+            default: Py::new(py, default)?,
+            endpoints: PyDict::new(py).unbind(),
+            clock,
+            shared_dir,
+            store,
+        })
+    }
+
+    /// Takes `cost` tokens from the endpoint's bucket (the default bucket for `None` or an
+    /// endpoint never added). Returns whether the request may go ahead; never waits.
+    #[pyo3(signature = (endpoint=None, cost=1, *, priority=None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let cost = cost_of(cost)?;
+        let high = match priority {
+            None => false,
+            Some(p) => is_high(Some(p))?,
+        };
+        let bucket = self.bucket(py, endpoint)?;
+        let bucket = bucket.get();
+        match bucket.decide_lane(py, cost, high)? {
+            Decision::Admitted => Ok(true),
+            Decision::Rejected { .. } => Ok(false),
+            Decision::Impossible => Err(bucket.impossible(cost)),
+        }
+    }
+
+    /// Seconds until `cost` tokens are available on the endpoint's bucket.
+    #[pyo3(signature = (endpoint=None, cost=1, *, priority=None))]
+    fn get_wait_time(
+        &self,
+        py: Python<'_>,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<f64> {
+        self.bucket(py, endpoint)?
+            .get()
+            .wait_time(py, cost, priority)
+    }
+
+    /// Takes `cost` tokens now from the endpoint's bucket as an estimate: a `Reservation`
+    /// to settle with the real cost (or cancel), or None when refused (nothing taken).
+    #[pyo3(signature = (cost=1, endpoint=None, *, priority=None))]
+    fn reserve(
+        &self,
+        py: Python<'_>,
+        cost: i64,
+        endpoint: Option<&Bound<'_, PyAny>>,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Reservation>> {
+        let bucket = self.bucket(py, endpoint)?;
+        reserve_on(
+            &bucket,
+            cost_of(cost)?,
+            is_high(priority)?,
+            Some(self.name.clone_ref(py)),
+        )
+    }
+
+    /// Gives `name` its own bucket of `max_requests` per `window_seconds`, standing on its
+    /// own beside the default one. Adding it again changes its rate in place.
+    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None, windows=None, priority_reserve=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add_endpoint(
+        &self,
+        py: Python<'_>,
+        name: &Bound<'_, PyAny>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let name = match name.cast::<PyString>() {
+            Ok(s) if !s.to_str()?.is_empty() => s,
+            _ => {
+                return Err(PyValueError::new_err(format!(
+                    "endpoint name must be a non-empty str, got {}",
+                    name.repr()?
+                )))
+            }
+        };
+        let endpoints = self.endpoints.bind(py);
+        if let Some(existing) = endpoints.get_item(name)? {
+            return existing.cast::<PyTokenBucket>()?.get().set_windows(
+                py,
+                max_requests,
+                window_seconds,
+                burst,
+                windows,
+                priority_reserve,
+            );
+        }
+        let windows = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
+        let (file, remote) = self.place_of(py, Some(name.to_str()?))?;
+        let bucket =
+            PyTokenBucket::build(py, &windows, self.clock.clone(), file.as_deref(), remote)?;
+        // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
+        let paused = self.default.get().paused_nanos(py)?;
+        if paused > 0 {
+            bucket.pause_nanos(py, paused)?;
+        }
+        // setdefault: two threads adding the same endpoint at once keep one bucket.
+        endpoints.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
+        Ok(())
+    }
+
+    /// The bucket that `endpoint` draws on.
+    #[pyo3(signature = (endpoint=None))]
+    fn bucket_for<'py>(
+        &'py self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        self.bucket(py, endpoint)
+    }
+
+    /// The default bucket.
+    #[getter]
+    fn default_bucket(&self, py: Python<'_>) -> Py<PyTokenBucket> {
+        self.default.clone_ref(py)
+    }
+
+    /// The added endpoints and their buckets, as a new dict.
+    fn endpoint_buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        self.endpoints.bind(py).copy()
+    }
+
+    #[getter]
+    fn name(&self, py: Python<'_>) -> Py<PyString> {
+        self.name.clone_ref(py)
+    }
+
+    /// The remote store this limiter's budgets live in, or None.
+    #[getter]
+    fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.store.as_ref().map(|s| s.object().clone_ref(py))
+    }
+
+    /// What a call gets while the remote store cannot be reached.
+    #[getter]
+    fn on_backend_error(&self) -> &'static str {
+        self.store.as_ref().map_or("local", |s| s.policy.name())
+    }
+}

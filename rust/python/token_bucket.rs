@@ -1,0 +1,570 @@
+//! `TokenBucket`: one budget of one or more windows, in this process, in a shared file or
+//! in a remote store.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+
+use crate::bucket::{BucketState, Decision, TokenBucket};
+use crate::clock::{duration_label, nanos_to_seconds, Clock};
+use crate::remote::OnBackendError;
+use crate::shared::{self, Region};
+
+use super::args::{
+    clock_from, cost_of, count, given, is_high, quota_from, seconds, windows_from, Windows,
+};
+use super::errors::{lost_error, shared_error, shared_file_problem};
+use super::reservation::{reserve_on, Reservation};
+use super::store::Store;
+
+/// One token bucket (GCRA): `max_requests` per `window_seconds`, holding `burst` tokens.
+#[pyclass(
+    frozen,
+    weakref,
+    module = "peak_resilience._native",
+    name = "TokenBucket"
+)]
+pub struct PyTokenBucket {
+    pub core: TokenBucket,
+    max_requests: AtomicU64,
+    window: AtomicU64,
+    enabled: AtomicBool,
+    /// The shared file the state lives in (None: in this process). Never read per call:
+    /// `core` already points into the mapping.
+    shared: Option<Region<BucketState>>,
+    /// Every window as given (max_requests, window ns), the first first. Never read per call.
+    limits: Mutex<Vec<(u64, u64)>>,
+    /// The remote store the budget lives in (None: `core` is the budget). `core` then
+    /// holds the same windows and stands in during an outage (`on_backend_error="local"`).
+    remote: Option<Store>,
+    /// This process's verdicts from the remote store: the budget's own counts, every
+    /// host's, are in the store.
+    remote_allowed: AtomicU64,
+    remote_rejected: AtomicU64,
+}
+
+/// How a bucket reads now: counts, tokens per window, pause.
+pub struct Reading {
+    pub allowed: u64,
+    pub rejected: u64,
+    pub window_tokens: Vec<f64>,
+    pub paused: u64,
+    /// For a remote bucket, whether the store answered (else the local stand-in did).
+    pub available: Option<bool>,
+}
+
+impl PyTokenBucket {
+    /// A bucket of one or more windows, all or nothing: in this process, in the shared file
+    /// at `shared`, or in `remote`.
+    pub fn build(
+        py: Python<'_>,
+        windows: &Windows,
+        clock: Clock,
+        shared: Option<&Path>,
+        remote: Option<Store>,
+    ) -> PyResult<Self> {
+        let (core, shared) = match shared {
+            None => (
+                TokenBucket::with_windows(&windows.quotas, windows.reserve, clock),
+                None,
+            ),
+            Some(path) => {
+                let (core, region) =
+                    shared::shared_windows(path, &windows.quotas, windows.reserve, clock)
+                        .map_err(shared_error)?;
+                (core, Some(region))
+            }
+        };
+        if let Some(store) = &remote {
+            store.configure_bucket(py, &windows.quotas, windows.reserve)?;
+        }
+        let (max_requests, window) = windows.limits[0];
+        Ok(PyTokenBucket {
+            core,
+            max_requests: AtomicU64::new(max_requests),
+            window: AtomicU64::new(window),
+            enabled: AtomicBool::new(true),
+            shared,
+            limits: Mutex::new(windows.limits.clone()),
+            remote,
+            remote_allowed: AtomicU64::new(0),
+            remote_rejected: AtomicU64::new(0),
+        })
+    }
+
+    pub fn is_enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// Takes `cost` tokens now, or says why not: the one decision every acquire, reserve
+    /// and guarded call makes.
+    #[inline(always)]
+    pub fn decide_lane(&self, py: Python<'_>, cost: u64, high: bool) -> PyResult<Decision> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(Decision::Admitted);
+        }
+        if let Some(store) = &self.remote {
+            return self.decide_remote(py, store, cost, high);
+        }
+        let now = self.core.clock().now();
+        Ok(self.core.acquire_at(cost, now, high))
+    }
+
+    #[inline(never)]
+    fn decide_remote(
+        &self,
+        py: Python<'_>,
+        store: &Store,
+        cost: u64,
+        high: bool,
+    ) -> PyResult<Decision> {
+        // A cost no window can ever hold is refused here, as in-process, without a trip.
+        if self.core.wait_time_lane(cost, high).is_none() {
+            return Ok(Decision::Impossible);
+        }
+        let decision = match store.take(py, cost, high)? {
+            Some(decision) => decision,
+            None => match store.policy.decision(store.retry(py)) {
+                Some(decision) => decision,
+                // The local stand-in decides, and counts its own verdicts.
+                None => return Ok(self.core.acquire_at(cost, self.core.clock().now(), high)),
+            },
+        };
+        let tally = match decision {
+            Decision::Admitted => &self.remote_allowed,
+            _ => &self.remote_rejected,
+        };
+        tally.fetch_add(1, Ordering::Relaxed);
+        Ok(decision)
+    }
+
+    pub fn impossible(&self, cost: u64) -> PyErr {
+        // A truncated file's bucket refuses every cost as impossible: say why instead.
+        if let Some(region) = self.shared.as_ref().filter(|r| r.lost()) {
+            return lost_error(region.path(), "rate limiter");
+        }
+        let bursts: Vec<u64> = self.core.quotas().iter().map(|q| q.burst).collect();
+        let burst = bursts.iter().min().copied().unwrap_or(0);
+        let reserve = self.core.reserve();
+        let mut message =
+            format!("cost {cost} is larger than the bucket can ever hold (burst {burst}");
+        if bursts.len() > 1 {
+            message.push_str(&format!(" of the windows' bursts {bursts:?}"));
+        }
+        if reserve > 0 {
+            message.push_str(&format!(
+                "; a normal-priority call may use {} of it, {reserve} being reserved for priority=\"high\"",
+                burst.saturating_sub(reserve)
+            ));
+        }
+        message.push(')');
+        PyValueError::new_err(message)
+    }
+
+    /// Nanoseconds until `cost` tokens are there, or None when they never can be.
+    fn wait_nanos(&self, py: Python<'_>, cost: u64, high: bool) -> PyResult<Option<u64>> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok(Some(0));
+        }
+        let local = self.core.wait_time_lane(cost, high);
+        let (Some(store), Some(_)) = (&self.remote, local) else {
+            return Ok(local);
+        };
+        if let Some(peek) = store.peek(py, cost, high)? {
+            return Ok(Some(peek.wait));
+        }
+        Ok(match store.policy {
+            OnBackendError::Local => local,
+            OnBackendError::FailOpen => Some(0),
+            OnBackendError::FailClosed => Some(store.retry(py)),
+        })
+    }
+
+    /// Charges (`more`, forced) or refunds `cost` tokens in every window. A remote budget
+    /// that cannot be reached is adjusted in the local stand-in (policy "local") or not at
+    /// all, as every other budget change is while the store is away.
+    pub fn adjust(&self, py: Python<'_>, cost: u64, more: bool) {
+        if let Some(store) = &self.remote {
+            if store.adjust(py, cost, more).is_some() || store.policy != OnBackendError::Local {
+                return;
+            }
+        }
+        self.core.adjust(cost, more);
+    }
+
+    /// Nanoseconds the pause still lasts, in the store for a remote budget.
+    pub fn paused_nanos(&self, py: Python<'_>) -> PyResult<u64> {
+        if let Some(store) = &self.remote {
+            if let Some(peek) = store.peek(py, 0, true)? {
+                return Ok(peek.paused);
+            }
+        }
+        Ok(self.core.paused_for())
+    }
+
+    /// Refuses every acquire for `nanos` (0 lifts the pause): in the core, and for a remote
+    /// budget in the store too (the stand-in stays paused alike).
+    pub fn pause_nanos(&self, py: Python<'_>, nanos: u64) -> PyResult<()> {
+        self.core.pause(nanos);
+        if let Some(store) = &self.remote {
+            store.pause(py, nanos)?;
+        }
+        Ok(())
+    }
+
+    /// Counts, tokens and pause in one read: one trip to a remote store.
+    pub fn reading(&self, py: Python<'_>) -> PyResult<Reading> {
+        if let Some(store) = &self.remote {
+            if let Some(peek) = store.peek(py, 0, true)? {
+                let window_tokens = peek
+                    .available
+                    .iter()
+                    .zip(self.core.quotas())
+                    .map(|(ns, quota)| *ns as f64 / quota.interval.max(1) as f64)
+                    .collect();
+                return Ok(Reading {
+                    allowed: peek.allowed,
+                    rejected: peek.rejected,
+                    window_tokens,
+                    paused: peek.paused,
+                    available: Some(true),
+                });
+            }
+        }
+        Ok(Reading {
+            allowed: self.core.allowed(),
+            rejected: self.core.rejected(),
+            window_tokens: self.core.window_tokens(),
+            paused: self.core.paused_for(),
+            available: self.remote.as_ref().map(|_| false),
+        })
+    }
+
+    fn set_windows_checked(&self, py: Python<'_>, w: Windows) -> PyResult<()> {
+        match &self.shared {
+            None => self.core.set_windows(&w.quotas, w.reserve),
+            Some(region) => shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve),
+        }
+        if let Some(store) = &self.remote {
+            store.configure_bucket(py, &w.quotas, w.reserve)?;
+        }
+        let (max, window) = w.limits[0];
+        self.max_requests.store(max, Ordering::Relaxed);
+        self.window.store(window, Ordering::Relaxed);
+        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = w.limits;
+        Ok(())
+    }
+
+    fn limits(&self) -> Vec<(u64, u64)> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// `TokenBucket.read()`: allowed, rejected, tokens per window, seconds paused, whether the
+/// store answered.
+type ReadOut = (u64, u64, Vec<f64>, f64, Option<bool>);
+
+/// The shared file a bucket constructed directly maps (`shared=`), or None.
+fn shared_file(shared: Option<&Bound<'_, PyAny>>) -> PyResult<Option<PathBuf>> {
+    match given(shared) {
+        Some(p) => match p.extract::<PathBuf>() {
+            Ok(path) if !path.as_os_str().is_empty() => Ok(Some(path)),
+            _ => Err(PyTypeError::new_err(format!(
+                "shared must be the path of the bucket's shared file (str or os.PathLike) or None, got {}",
+                p.repr()?
+            ))),
+        },
+        None => Ok(None),
+    }
+}
+
+#[pymethods]
+impl PyTokenBucket {
+    #[new]
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, clock=None, *, shared=None))]
+    fn new(
+        py: Python<'_>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+        shared: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        let windows = windows_from(max_requests, window_seconds, burst, None, None)?;
+        let shared = shared_file(shared)?;
+        PyTokenBucket::build(py, &windows, clock_from(clock)?, shared.as_deref(), None)
+    }
+
+    /// The shared file this bucket lives in, or None for a bucket of this process.
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        self.shared.as_ref().map(|r| r.path().to_owned())
+    }
+
+    /// None while the shared file is the one this process mapped (or the bucket is not
+    /// shared); else what happened to it (truncated, deleted or replaced). Stats the
+    /// file: for health checks.
+    fn shared_file_problem(&self) -> Option<String> {
+        shared_file_problem(self.shared.as_ref(), "rate limiter")
+    }
+
+    /// The remote store this budget lives in, or None.
+    #[getter]
+    fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
+        self.remote.as_ref().map(|s| s.object().clone_ref(py))
+    }
+
+    /// Takes `cost` tokens if the bucket holds them now (in every window); never waits.
+    #[pyo3(signature = (cost=1, /, *, priority=None))]
+    fn acquire(
+        &self,
+        py: Python<'_>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<bool> {
+        let cost = cost_of(cost)?;
+        match self.decide_lane(py, cost, is_high(priority)?)? {
+            Decision::Admitted => Ok(true),
+            Decision::Rejected { .. } => Ok(false),
+            Decision::Impossible => Err(self.impossible(cost)),
+        }
+    }
+
+    /// Seconds until `cost` tokens are available (0.0 when they are now).
+    #[pyo3(signature = (cost=1, /, *, priority=None))]
+    pub fn wait_time(
+        &self,
+        py: Python<'_>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<f64> {
+        let cost = cost_of(cost)?;
+        match self.wait_nanos(py, cost, is_high(priority)?)? {
+            Some(nanos) => Ok(nanos_to_seconds(nanos)),
+            None => Err(self.impossible(cost)),
+        }
+    }
+
+    /// Tokens in the bucket now (fractional while one refills): the least over its windows.
+    #[getter]
+    fn tokens_available(&self, py: Python<'_>) -> PyResult<f64> {
+        let tokens = self.reading(py)?.window_tokens;
+        Ok(tokens.into_iter().fold(f64::INFINITY, f64::min))
+    }
+
+    /// Tokens the bucket holds when full.
+    #[getter]
+    fn capacity(&self) -> u64 {
+        self.core.quota().burst
+    }
+
+    #[getter]
+    fn max_requests(&self) -> u64 {
+        self.max_requests.load(Ordering::Relaxed)
+    }
+
+    #[getter]
+    fn window_seconds(&self) -> f64 {
+        nanos_to_seconds(self.window.load(Ordering::Relaxed))
+    }
+
+    /// Acquires this process admitted so far (a shared file's: every process's).
+    #[getter]
+    fn allowed(&self) -> u64 {
+        self.core.allowed() + self.remote_allowed.load(Ordering::Relaxed)
+    }
+
+    /// Acquires this process rejected so far (a shared file's: every process's).
+    #[getter]
+    fn rejected(&self) -> u64 {
+        self.core.rejected() + self.remote_rejected.load(Ordering::Relaxed)
+    }
+
+    /// `(allowed, rejected, [tokens per window], seconds paused, store answered)` read at
+    /// once: the budget's own counts (every host's for a remote one); the last item is
+    /// None unless the budget is remote, False when the local stand-in was read instead.
+    fn read(&self, py: Python<'_>) -> PyResult<ReadOut> {
+        let r = self.reading(py)?;
+        Ok((
+            r.allowed,
+            r.rejected,
+            r.window_tokens,
+            nanos_to_seconds(r.paused),
+            r.available,
+        ))
+    }
+
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    /// A disabled bucket admits everything (config `rate_limit_enabled = false`).
+    fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
+    }
+
+    /// Changes the first window's rate in place; tokens already spent stay spent.
+    #[pyo3(signature = (max_requests, window_seconds, burst=None))]
+    fn set_rate(
+        &self,
+        py: Python<'_>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let quota = quota_from(max_requests, window_seconds, burst)?;
+        match &self.shared {
+            None => self.core.set_quota(quota),
+            Some(region) => shared::set_shared_quota(&self.core, region, quota),
+        }
+        if let Some(store) = &self.remote {
+            store.configure_bucket(py, &self.core.quotas(), self.core.reserve())?;
+        }
+        self.max_requests.store(
+            super::args::positive_int(max_requests, "max_requests")?,
+            Ordering::Relaxed,
+        );
+        self.window.store(
+            seconds(window_seconds, "window_seconds", false)?,
+            Ordering::Relaxed,
+        );
+        Ok(())
+    }
+
+    /// Fills the bucket at once.
+    fn refill(&self, py: Python<'_>) {
+        self.core.refill();
+        if let Some(store) = &self.remote {
+            let most = self
+                .core
+                .quotas()
+                .iter()
+                .map(|q| q.burst)
+                .max()
+                .unwrap_or(1);
+            store.adjust(py, most, false);
+        }
+    }
+
+    /// Every window as `(max_requests, window_seconds, burst)`, the first first.
+    #[getter]
+    fn windows(&self) -> Vec<(u64, f64, u64)> {
+        self.limits()
+            .iter()
+            .zip(self.core.quotas())
+            .map(|((max, window), quota)| (*max, nanos_to_seconds(*window), quota.burst))
+            .collect()
+    }
+
+    /// Each window's name ("60s"), the first first: the `window` label of the metrics.
+    #[getter]
+    fn window_labels(&self) -> Vec<String> {
+        self.limits()
+            .iter()
+            .map(|(_, w)| duration_label(*w))
+            .collect()
+    }
+
+    /// Tokens available now in each window (the reserve included), the first first.
+    fn window_tokens(&self, py: Python<'_>) -> PyResult<Vec<f64>> {
+        Ok(self.reading(py)?.window_tokens)
+    }
+
+    /// Tokens of every window kept for `priority="high"` acquires.
+    #[getter]
+    fn priority_reserve(&self) -> u64 {
+        self.core.reserve()
+    }
+
+    /// Replaces every window and the priority reserve in place. Windows that stay keep
+    /// their spent tokens (rescaled); added windows start full.
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, *, windows=None, priority_reserve=None))]
+    pub fn set_windows(
+        &self,
+        py: Python<'_>,
+        max_requests: &Bound<'_, PyAny>,
+        window_seconds: &Bound<'_, PyAny>,
+        burst: Option<&Bound<'_, PyAny>>,
+        windows: Option<&Bound<'_, PyAny>>,
+        priority_reserve: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
+        let w = windows_from(
+            max_requests,
+            window_seconds,
+            burst,
+            windows,
+            priority_reserve,
+        )?;
+        self.set_windows_checked(py, w)
+    }
+
+    /// Makes exactly `used` tokens count as spent now in window `window` (its index):
+    /// the usage an exchange reports, so that the exchange stays the authority.
+    #[pyo3(signature = (used, window=0))]
+    fn sync(&self, py: Python<'_>, used: &Bound<'_, PyAny>, window: usize) -> PyResult<()> {
+        let used = count(used, "used")?;
+        let windows = self.core.quotas().len();
+        if window >= windows {
+            return Err(PyValueError::new_err(format!(
+                "window index {window} is out of range: this bucket has {windows} window(s)"
+            )));
+        }
+        self.core.sync(window, used);
+        if let Some(store) = &self.remote {
+            store.sync(py, window, used)?;
+        }
+        Ok(())
+    }
+
+    /// Refuses every acquire, high priority included, for `seconds` from now, in every
+    /// process sharing the bucket; a shorter pause never shortens a longer one.
+    fn pause(&self, py: Python<'_>, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let nanos = seconds(seconds_, "seconds", true)?;
+        if nanos > 0 {
+            self.pause_nanos(py, nanos)?;
+        }
+        Ok(())
+    }
+
+    /// Charges `cost` tokens in every window unconditionally (the calls happened: the
+    /// bucket may go into debt beyond its burst).
+    fn charge(&self, py: Python<'_>, cost: i64) -> PyResult<()> {
+        self.adjust(py, cost_of(cost)?, true);
+        Ok(())
+    }
+
+    /// Gives `cost` tokens back to every window (never beyond full).
+    fn refund(&self, py: Python<'_>, cost: i64) -> PyResult<()> {
+        self.adjust(py, cost_of(cost)?, false);
+        Ok(())
+    }
+
+    /// Lifts a pause at once.
+    fn resume(&self, py: Python<'_>) -> PyResult<()> {
+        self.pause_nanos(py, 0)
+    }
+
+    /// Seconds the pause still lasts (0.0: not paused).
+    #[getter]
+    fn paused_for(&self, py: Python<'_>) -> PyResult<f64> {
+        Ok(nanos_to_seconds(self.paused_nanos(py)?))
+    }
+
+    /// Takes `cost` tokens now as an estimate: a `Reservation` to settle with the real
+    /// cost (or cancel), or None when refused (nothing taken).
+    #[pyo3(signature = (cost=1, *, priority=None))]
+    fn reserve(
+        slf: &Bound<'_, Self>,
+        cost: i64,
+        priority: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Option<Reservation>> {
+        reserve_on(slf, cost_of(cost)?, is_high(priority)?, None)
+    }
+}
