@@ -57,8 +57,8 @@ pub struct Peek {
     pub allowed: u64,
     pub rejected: u64,
     pub paused: u64,
-    /// Per window: ns of tokens (tokens * interval).
-    pub available: Vec<u64>,
+    /// Tokens available in each window (the store's own units may round the interval).
+    pub tokens: Vec<f64>,
 }
 
 fn transition(from: i64, to: i64) -> Option<Transition> {
@@ -237,14 +237,14 @@ impl Store {
         let Some(reply) = self.call(py, intern!(py, "peek"), (cost, high))? else {
             return Ok(None);
         };
-        let (wait, allowed, rejected, paused, available): (u64, u64, u64, u64, Vec<u64>) =
+        let (wait, allowed, rejected, paused, tokens): (u64, u64, u64, u64, Vec<f64>) =
             reply.extract()?;
         Ok(Some(Peek {
             wait,
             allowed,
             rejected,
             paused,
-            available,
+            tokens,
         }))
     }
 

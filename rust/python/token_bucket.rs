@@ -219,16 +219,10 @@ impl PyTokenBucket {
     pub fn reading(&self, py: Python<'_>) -> PyResult<Reading> {
         if let Some(store) = &self.remote {
             if let Some(peek) = store.peek(py, 0, true)? {
-                let window_tokens = peek
-                    .available
-                    .iter()
-                    .zip(self.core.quotas())
-                    .map(|(ns, quota)| *ns as f64 / quota.interval.max(1) as f64)
-                    .collect();
                 return Ok(Reading {
                     allowed: peek.allowed,
                     rejected: peek.rejected,
-                    window_tokens,
+                    window_tokens: peek.tokens,
                     paused: peek.paused,
                     available: Some(true),
                 });
