@@ -1,16 +1,9 @@
-"""What the health and metrics endpoints answer, before a server writes it.
+"""What the endpoints (listed in ``peak_resilience.http``) answer, before a server
+writes it.
 
-- ``GET /health``: 200 ``{"status": "healthy" | "degraded"}`` or 503 ``{"status":
-  "unhealthy"}`` (a critical check failed).
-- ``GET /health/detailed``: every check with its outcome and duration.
-- ``GET /health/metrics``: the metrics summary and recent events, as JSON.
-- ``GET /health/prometheus``: the Prometheus exposition (OpenMetrics when asked for).
-- ``GET /livez``: the process answers; ``GET /readyz``: the critical checks pass.
-
-A bearer token (``token=``, else config ``health_token``, else the environment variable
-``PEAK_TRADE_HEALTH_TOKEN``) guards everything but ``/health``, ``/livez`` and
-``/readyz``. No response ever carries a traceback or an exception's text. The threaded
-server, the ASGI and the WSGI apps all answer through ``HealthEndpoints``.
+``HealthEndpoints`` routes a request, checks the bearer token in constant time and turns
+a failing endpoint into a bare 500: no response carries a traceback or an exception's
+text. The threaded server, the ASGI and the WSGI apps all answer through it.
 """
 
 from __future__ import annotations

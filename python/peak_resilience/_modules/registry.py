@@ -1,12 +1,10 @@
 """The registry of per-module breakers and limiters, and ``with_resilience``.
 
 Re-exported by ``peak_resilience.resilience_helpers`` (the guide's
-``from src.core.resilience_helpers import with_resilience``).
-
-Each module has one rate budget (``[resilience.live] rate_limit_requests = 30`` is 30 for
-the whole module, shared by its operations) and one breaker per operation, registered as
-``"module.operation"``. The registry holds them for the life of the process, and a later
-``configure()`` changes their settings in place.
+``from src.core.resilience_helpers import with_resilience``), whose docstring says what a
+module's budget and breakers are. The registry builds them on first use, remembers every
+decorated function, and follows ``configure()``: it refuses a configuration that would
+leave a fail-safe function without a fallback, and applies the others in place.
 """
 
 from __future__ import annotations
