@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from peak_resilience import _breaker
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import configure
+from peak_resilience._config.environment import ENV_PREFIX, env_name
 from peak_resilience._config.load import load_config
 from peak_resilience._http.server import start_health_server
 from peak_resilience._modules.registry import (
@@ -95,7 +96,7 @@ def _settings_for_demo(config_path: str | None) -> Any:
     config = load_config(config_path)
     if MODULE not in config.modules:
         for key, value in DEMO_DEFAULTS.items():
-            os.environ.setdefault(f"PEAK_TRADE_{MODULE.upper()}__{key}", value)
+            os.environ.setdefault(f"{ENV_PREFIX}{env_name(MODULE)}__{key}", value)
     return configure(config_path)
 
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 
 from peak_resilience._config.active import active
+from peak_resilience._config.environment import ENV_PREFIX
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience._metrics.recorder import Metrics
 from peak_resilience._metrics.recorder import metrics as _process_metrics
@@ -33,7 +34,7 @@ __all__ = [
 
 logger = logging.getLogger("peak_resilience.http")
 
-TOKEN_ENV = "PEAK_TRADE_HEALTH_TOKEN"
+TOKEN_ENV = f"{ENV_PREFIX}HEALTH_TOKEN"
 #: Paths a load balancer or an orchestrator probes: never behind the token.
 PUBLIC_PATHS = frozenset({"/health", "/livez", "/readyz"})
 ALLOWED_METHODS = "GET, HEAD"

@@ -431,6 +431,7 @@ class Metrics:
     def _on_breaker_transition(
         self, name: str, from_state: CircuitState, to_state: CircuitState
     ) -> None:
+        # Called by every breaker of the package on every transition (_breaker).
         if self._enabled:
             self._event(
                 "circuit_breaker_state_change",
