@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from peak_resilience import config
+from peak_resilience._native import CircuitBreaker as NativeBreaker
 from peak_resilience.config import ConfigError, configure, load_config
 
 REPO_CONFIG = Path(__file__).resolve().parent.parent / "config.toml"
@@ -285,6 +286,16 @@ def test_a_wrong_type_or_impossible_value_is_an_error_naming_the_key(
 
     assert str(raised.value).startswith(f"{path} [resilience.portfolio] {key}: ")
     assert problem in str(raised.value)
+
+
+def test_the_half_open_limit_the_config_checks_is_the_native_breakers() -> None:
+    # The native core does not export its limit: the schema states it, and this holds the
+    # two to one value.
+    limit = config.MAX_HALF_OPEN_CALLS
+    NativeBreaker(1, 1.0, "at-the-limit", limit)
+
+    with pytest.raises(ValueError, match=f"half_open_max_calls must be at most {limit}"):
+        NativeBreaker(1, 1.0, "past-the-limit", limit + 1)
 
 
 def test_a_global_only_key_in_a_module_table_is_an_error(write_config: WriteConfig) -> None:

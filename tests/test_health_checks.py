@@ -14,9 +14,9 @@ from peak_resilience._health import (
     HealthCheckRegistry,
     check_circuit_breakers,
     check_critical_circuit_breakers,
-    check_metrics,
     check_resilience,
 )
+from peak_resilience._metrics.recorder import check_metrics
 from peak_resilience.metrics import metrics
 from peak_resilience.resilience import CircuitBreaker, health_check
 from peak_resilience.testing import ManualClock

@@ -275,6 +275,7 @@ def test_configure_applies_nothing_when_one_setting_is_wrong() -> None:
 
 def test_configure_turns_metrics_off_and_renames_the_families(tmp_path: Path) -> None:
     from peak_resilience import config
+    from peak_resilience._config.active import _swap
     from peak_resilience.metrics import metrics
 
     path = tmp_path / "config.toml"
@@ -285,5 +286,5 @@ def test_configure_turns_metrics_off_and_renames_the_families(tmp_path: Path) ->
         assert metrics.enabled is False
         assert metrics.prefix == "desk_a"
     finally:
-        config._swap(previous)
+        _swap(previous)
         metrics.configure(enabled=True, prefix="peak_trade")

@@ -23,9 +23,10 @@ from peak_resilience import (
     RateLimiter,
     RateLimitExceeded,
 )
-from peak_resilience._backends import backend_error_counts, make_circuit_breaker, make_rate_limiter
-from peak_resilience._redis_breaker import RedisCircuitBreaker
-from peak_resilience._redis_limiter import RedisRateLimiter
+from peak_resilience._backends.choice import backend_error_counts
+from peak_resilience._backends.redis.breaker import RedisCircuitBreaker
+from peak_resilience._backends.redis.limiter import RedisRateLimiter
+from peak_resilience._modules.build import make_circuit_breaker, make_rate_limiter
 from peak_resilience.resilience import CircuitState as State
 
 TIMEOUT = 0.2

@@ -18,10 +18,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from peak_resilience import CircuitBreaker, RateLimiter
-from peak_resilience import http as health_http
 from peak_resilience.__main__ import main
-from peak_resilience._cli_config import redact
+from peak_resilience._config.secrets import redact
 from peak_resilience._health import HealthCheckRegistry
+from peak_resilience._http import endpoints as health_endpoints
+from peak_resilience._http import server as health_server
 from peak_resilience.config import ConfigError, configure, load_config
 from peak_resilience.http import HealthEndpoints, start_health_server
 from peak_resilience.metrics import metrics
@@ -68,7 +69,7 @@ class NotListening:
 def test_listening_beyond_loopback_without_a_token_logs_a_warning(
     host: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, fresh: object
 ) -> None:
-    monkeypatch.setattr(health_http, "HealthServer", NotListening)
+    monkeypatch.setattr(health_server, "HealthServer", NotListening)
 
     with caplog.at_level(logging.WARNING, logger="peak_resilience.http"):
         start_health_server(host, 9108)
@@ -88,7 +89,7 @@ def test_no_warning_with_a_token_or_on_loopback(
     caplog: pytest.LogCaptureFixture,
     fresh: object,
 ) -> None:
-    monkeypatch.setattr(health_http, "HealthServer", NotListening)
+    monkeypatch.setattr(health_server, "HealthServer", NotListening)
 
     with caplog.at_level(logging.WARNING, logger="peak_resilience.http"):
         start_health_server(host, 9108, token=token)
@@ -141,7 +142,7 @@ def test_the_token_is_compared_with_hmac_compare_digest(monkeypatch: pytest.Monk
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(health_http.hmac, "compare_digest", spy)
+    monkeypatch.setattr(health_endpoints.hmac, "compare_digest", spy)
     endpoints = HealthEndpoints(TOKEN, checks=HealthCheckRegistry())
 
     wrong = endpoints.handle("GET", "/health/metrics", {"authorization": "Bearer guess"})

@@ -14,7 +14,7 @@ import pytest
 from multiprocessing_helpers import CONTEXT, DEADLINE, run_all
 
 from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
-from peak_resilience._backends import make_circuit_breaker, make_rate_limiter
+from peak_resilience._modules.build import make_circuit_breaker, make_rate_limiter
 from peak_resilience.testing import ManualClock
 
 

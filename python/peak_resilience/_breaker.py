@@ -1,52 +1,35 @@
-"""The circuit breaker's Python face over the native state machine."""
+"""The circuit breaker's Python face over the native state machine.
+
+Every transition is logged, put in the metrics' event ring and told to the
+``transition_hooks``; the native breaker counts it for the state-changes family.
+"""
 
 from __future__ import annotations
 
-import enum
 import logging
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Literal, ParamSpec, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
-from peak_resilience import _backends, _instances, _shared
+from peak_resilience import _instances
+from peak_resilience._backends import choice
+from peak_resilience._backends.shared import breaker_file
+from peak_resilience._circuit import CircuitState, WindowType
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
+from peak_resilience._metrics.recorder import metrics
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
+from peak_resilience._native import ManualClock
 
-if TYPE_CHECKING:
-    from peak_resilience.testing import ManualClock
+__all__ = ["CircuitBreaker", "CircuitState", "ExceptionClasses", "WindowType", "transition_hooks"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
-#: "count": the failure rate over the last ``window_size`` calls; "time": over the last
-#: ``window_size`` seconds.
-WindowType = Literal["count", "time"]
 ExceptionClasses = type[BaseException] | tuple[type[BaseException], ...]
 
 #: Called as hook(name, from_state, to_state) after every transition of every breaker.
 transition_hooks: list[Callable[[str, CircuitState, CircuitState], None]] = []
-
-
-class CircuitState(enum.IntEnum):
-    """A breaker's state; the values are those of the ``..._circuit_breaker_state`` gauge.
-
-    Beside the guide's three: FORCED_OPEN (``force_open()``: refuses every call until
-    ``reset()``), DISABLED (``disable()``: admits every call and keeps counting until
-    ``reset()``) and METRICS_ONLY (``metrics_only=True``: the state machine decides, its
-    own state is ``shadow_state``, but every call runs; would-be refusals are counted).
-    """
-
-    CLOSED = 0
-    HALF_OPEN = 1
-    OPEN = 2
-    FORCED_OPEN = 3
-    DISABLED = 4
-    METRICS_ONLY = 5
-
-    def __str__(self) -> str:
-        # Logs and messages read "OPEN", not the gauge value "2".
-        return self.name
 
 
 def _on_transition(name: str, from_code: int, to_code: int) -> None:
@@ -54,6 +37,7 @@ def _on_transition(name: str, from_code: int, to_code: int) -> None:
     opened = to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN)
     level = logging.WARNING if opened else logging.INFO
     logger.log(level, "circuit breaker %r: %s -> %s", name, from_state.name, to_state.name)
+    metrics._on_breaker_transition(name, from_state, to_state)
     for hook in list(transition_hooks):
         hook(name, from_state, to_state)
 
@@ -104,7 +88,7 @@ class CircuitBreaker(_NativeBreaker):
       ``would_reject_total`` counts the calls it would have refused.
     """
 
-    backend: _backends.Backend = "memory"
+    backend: choice.Backend = "memory"
 
     def __new__(
         cls,
@@ -114,11 +98,11 @@ class CircuitBreaker(_NativeBreaker):
         half_open_max_calls: int = 1,
         *,
         clock: ManualClock | None = None,
-        backend: _backends.Backend = "memory",
+        backend: choice.Backend = "memory",
         shared_dir: str | os.PathLike[str] | None = None,
         redis_url: str | None = None,
-        on_backend_error: _backends.OnBackendError = "local",
-        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+        on_backend_error: choice.OnBackendError = "local",
+        redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
         failure_rate_threshold: float | None = None,
         minimum_calls: int | None = None,
         window_type: WindowType | None = None,
@@ -131,12 +115,12 @@ class CircuitBreaker(_NativeBreaker):
         failure_result: Callable[[Any], object] | None = None,
         metrics_only: bool = False,
     ) -> CircuitBreaker:
-        backend = _backends.check_backend(backend)
+        backend = choice.check_backend(backend)
         shared = None
         if backend == "shared":
-            shared = _shared.breaker_file(name, shared_dir)
+            shared = breaker_file(name, shared_dir)
         elif backend == "redis":
-            from peak_resilience._redis_breaker import RedisCircuitBreaker
+            from peak_resilience._backends.redis.breaker import RedisCircuitBreaker
 
             if not issubclass(cls, RedisCircuitBreaker):
                 # Python then runs RedisCircuitBreaker.__init__ on the object returned.
@@ -171,11 +155,11 @@ class CircuitBreaker(_NativeBreaker):
         half_open_max_calls: int = 1,
         *,
         clock: ManualClock | None = None,
-        backend: _backends.Backend = "memory",
+        backend: choice.Backend = "memory",
         shared_dir: str | os.PathLike[str] | None = None,
         redis_url: str | None = None,
-        on_backend_error: _backends.OnBackendError = "local",
-        redis_timeout: float = _backends.DEFAULT_REDIS_TIMEOUT,
+        on_backend_error: choice.OnBackendError = "local",
+        redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
         failure_rate_threshold: float | None = None,
         minimum_calls: int | None = None,
         window_type: WindowType | None = None,

@@ -12,15 +12,10 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
-from peak_resilience._native import Guard, OperationStats
+from peak_resilience._native import CircuitBreaker, Guard, OperationStats, RateLimiter
 from peak_resilience.errors import RateLimitExceeded
-
-if TYPE_CHECKING:
-    from peak_resilience.rate_limiter import RateLimiter
-    from peak_resilience.resilience import CircuitBreaker
-
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -54,13 +49,14 @@ def guard(
     ``priority="high"`` lets the calls use the limiter's priority reserve.
     """
     if getattr(breaker, "_guard_in_python", False) or getattr(limiter, "_guard_in_python", False):
-        # State in Redis: the native Guard would only see the local fallback.
-        from peak_resilience._remote_guard import remote_guard
+        # State in Redis: the native Guard would only see the local fallback. (The Redis
+        # classes subclass the Python ones, which this module sits below: hence Any.)
+        from peak_resilience._backends.redis.guard import remote_guard
 
         return remote_guard(
             func,
-            breaker=breaker,
-            limiter=limiter,
+            breaker=cast(Any, breaker),
+            limiter=cast(Any, limiter),
             endpoint=endpoint,
             cost=cost,
             operation=operation,

@@ -3,6 +3,9 @@
 Re-exported as ``peak_resilience.resilience.health_check`` (the guide's
 ``from src.core.resilience import health_check``).
 
+The built-in checks here look at the native core and the live breakers and limiters; the
+metrics recorder adds its own "metrics" check.
+
 Every check runs on a worker thread, all at once, each bounded by its timeout. A check
 still running from an earlier run is joined, not started again: a hung check holds one
 thread, never one per request, and is reported as timed out until it returns.
@@ -18,16 +21,12 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, TypedDict
+from typing import Any, Literal, TypedDict
 
 from peak_resilience import _instances
-from peak_resilience._breaker import CircuitState
+from peak_resilience._circuit import CircuitState
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock, TokenBucket
-
-if TYPE_CHECKING:
-    from peak_resilience.rate_limiter import RateLimiter
-    from peak_resilience.resilience import CircuitBreaker
 
 __all__ = [
     "CheckFunction",
@@ -254,7 +253,7 @@ class HealthCheckRegistry:
 
     # -- breakers --------------------------------------------------------------------------
 
-    def mark_breaker_critical(self, breaker: str | CircuitBreaker, critical: bool = True) -> None:
+    def mark_breaker_critical(self, breaker: str | _NativeBreaker, critical: bool = True) -> None:
         """Makes an open ``breaker`` (or breaker name) fail readiness (``/health`` 503).
         By default an open breaker only makes the system "degraded": one failing exchange
         should not take a whole trading process out of its load balancer."""
@@ -299,31 +298,13 @@ def _manual_modes(breakers: Iterable[_NativeBreaker]) -> str:
     )
 
 
-def _alive_breakers() -> list[_NativeBreaker]:
-    for _ in range(16):
-        try:
-            return list(_instances.breakers)
-        except RuntimeError:  # a breaker was created mid-iteration
-            continue
-    return list(_instances.breakers)
-
-
-def _alive_limiters() -> list[RateLimiter]:
-    for _ in range(16):
-        try:
-            return list(_instances.limiters)
-        except RuntimeError:  # a limiter was created mid-iteration
-            continue
-    return list(_instances.limiters)
-
-
 def _shared_file_problems() -> list[str]:
     """What happened to the shared files of live limiters and breakers, if anything: one
     truncated under this process (its state is lost: calls raise), or deleted or replaced
     (processes started since use another file: the host's budget is split). One ``stat``
     per shared object, so only here, never per call."""
-    objects: list[TokenBucket | _NativeBreaker] = list(_alive_breakers())
-    for limiter in _alive_limiters():
+    objects: list[TokenBucket | _NativeBreaker] = list(_instances.alive(_instances.breakers))
+    for limiter in _instances.alive(_instances.limiters):
         objects.append(limiter.default_bucket)
         objects.extend(limiter.endpoint_buckets().values())
     problems = {p for o in objects if (p := o.shared_file_problem()) is not None}
@@ -343,7 +324,7 @@ def _describe_open(opened: dict[str, float | None]) -> str:
 
 def check_circuit_breakers() -> tuple[bool, str]:
     """Built-in, not critical: fails (degraded) while any breaker is open."""
-    breakers = _alive_breakers()
+    breakers = _instances.alive(_instances.breakers)
     opened = _open_breakers(breakers)
     modes = _manual_modes(breakers)
     if opened:
@@ -356,7 +337,8 @@ def check_critical_circuit_breakers() -> tuple[bool, str]:
     critical = health_check.critical_breakers()
     if not critical:
         return True, "no breaker is marked critical"
-    opened = {n: w for n, w in _open_breakers(_alive_breakers()).items() if n in critical}
+    breakers = _instances.alive(_instances.breakers)
+    opened = {n: w for n, w in _open_breakers(breakers).items() if n in critical}
     if opened:
         return False, "critical " + _describe_open(opened)
     return True, f"{len(critical)} critical breakers, none open"
@@ -385,21 +367,8 @@ def check_resilience() -> tuple[bool, str]:
     )
 
 
-def check_metrics() -> tuple[bool, str]:
-    """Built-in, not critical: metrics are recorded and the last scrape succeeded."""
-    from peak_resilience.metrics import metrics
-
-    if not metrics.enabled:
-        return True, "metrics recording is disabled (metrics_enabled = false)"
-    error = metrics.last_read_error
-    if error is not None:
-        return False, f"the last metrics read failed: {error}"
-    return True, f"recording; {len(_instances.operations)} operations tracked"
-
-
 #: The process-wide registry of the guide.
 health_check = HealthCheckRegistry()
-health_check.register("metrics", check_metrics, critical=False, timeout=2.0)
 health_check.register("resilience", check_resilience, critical=True, timeout=2.0)
 health_check.register("circuit_breakers", check_circuit_breakers, critical=False, timeout=2.0)
 health_check.register(

@@ -2,27 +2,54 @@
 
 Held weakly: an object the user constructs is exported while the user holds it and
 forgotten once dropped. The module registries hold theirs strongly.
+
+Breakers are typed as the native breaker, limiters as what export and health checks read
+of them (``Limiter``): both are below the Python classes that add themselves here.
 """
 
 from __future__ import annotations
 
 import threading
 import weakref
-from typing import TYPE_CHECKING
+from collections.abc import Iterable
+from typing import Any, Protocol, TypeVar
 
-from peak_resilience._native import OperationStats
+from peak_resilience._native import CircuitBreaker, OperationStats, TokenBucket
 
-if TYPE_CHECKING:
-    from peak_resilience.rate_limiter import RateLimiter
-    from peak_resilience.resilience import CircuitBreaker
+__all__ = ["Limiter", "alive", "breakers", "limiters", "operation", "operations"]
+
+T = TypeVar("T")
+
+
+class Limiter(Protocol):
+    """What the metrics collector and the health checks read of a live rate limiter."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def default_bucket(self) -> TokenBucket: ...
+    def endpoint_buckets(self) -> dict[str, TokenBucket]: ...
+    def _export(self) -> list[tuple[str, int, int, float, Any, Any]]: ...
+
 
 breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-limiters: weakref.WeakSet[RateLimiter] = weakref.WeakSet()
+limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 
 #: Per-operation counters and latency histograms, by operation name. Held for the life of
 #: the process: an operation is a name in the code, not an object the user drops.
 operations: dict[str, OperationStats] = {}
 _operations_lock = threading.Lock()
+
+
+def alive(objects: Iterable[T]) -> list[T]:
+    """The objects of ``breakers`` or ``limiters`` now. A breaker created on another
+    thread mid-iteration makes a WeakSet raise: the copy is tried again."""
+    for _ in range(16):
+        try:
+            return list(objects)
+        except RuntimeError:
+            continue
+    return list(objects)
 
 
 def operation(name: str) -> OperationStats:

@@ -1,5 +1,6 @@
-"""The loggers of the guide's Debugging section, and the switch that keeps the per-refusal
-DEBUG log free when nobody reads it.
+"""The package's loggers (silent unless the application sets logging up): those of the
+guide's Debugging section, and the switch that keeps the per-refusal DEBUG log free when
+nobody reads it.
 
 A refused call is logged at DEBUG under ``peak_resilience.resilience`` (breaker) or
 ``peak_resilience.rate_limiter`` (limiter). Calling into Python on every refusal just to
@@ -14,6 +15,9 @@ from __future__ import annotations
 import logging
 
 from peak_resilience import _native
+
+# A library logs, the application decides where to: no output unless logging is set up.
+logging.getLogger("peak_resilience").addHandler(logging.NullHandler())
 
 breaker_log = logging.getLogger("peak_resilience.resilience")
 limiter_log = logging.getLogger("peak_resilience.rate_limiter")

@@ -6,7 +6,8 @@
 
 from __future__ import annotations
 
-from peak_resilience._breaker import CircuitBreaker, CircuitState
+from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._circuit import CircuitState
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience.errors import CircuitBreakerError
 

@@ -14,6 +14,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from peak_resilience import _instances
+from peak_resilience._config import active
+from peak_resilience._modules import registry
 from peak_resilience._native import ManualClock
 
 __all__ = ["ManualClock", "fresh_resilience"]
@@ -23,14 +26,12 @@ __all__ = ["ManualClock", "fresh_resilience"]
 def fresh_resilience(clock: ManualClock | None = None) -> Iterator[None]:
     """Within the block: no configuration loaded yet, no module breakers or limiters (the
     ones made inside run on ``clock``) and no operation stats. Restored on exit."""
-    from peak_resilience import _instances, config, resilience_helpers
-
-    previous_registry = resilience_helpers._use_registry(resilience_helpers.ModuleRegistry(clock))
-    previous_config = config._swap(None)
+    previous_registry = registry._use_registry(registry.ModuleRegistry(clock))
+    previous_config = active._swap(None)
     previous_operations, _instances.operations = _instances.operations, {}
     try:
         yield
     finally:
         _instances.operations = previous_operations
-        config._swap(previous_config)
-        resilience_helpers._use_registry(previous_registry)
+        active._swap(previous_config)
+        registry._use_registry(previous_registry)

@@ -15,7 +15,8 @@ import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience import _backends
+from peak_resilience._backends import choice as _backends
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
 from peak_resilience._breaker import (
     CircuitBreaker,
     CircuitState,
@@ -24,11 +25,10 @@ from peak_resilience._breaker import (
     _on_transition,
 )
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
-from peak_resilience._redis_link import UNAVAILABLE, RedisLink, Script
 from peak_resilience.errors import CircuitBreakerError
 
 if TYPE_CHECKING:
-    from peak_resilience.testing import ManualClock
+    from peak_resilience._native import ManualClock
 
 __all__ = ["RedisCircuitBreaker"]
 

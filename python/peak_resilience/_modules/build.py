@@ -6,21 +6,30 @@ place (its state, tokens and counts stay), so that a decorator applied at import
 follows a configuration loaded later. The backend (``circuit_breaker_backend``,
 ``rate_limit_backend``: "memory", "shared" or "redis", with ``shared_dir``, ``redis_url``
 and ``on_backend_error``) is chosen once, at ``build_*``.
+
+``make_circuit_breaker`` / ``make_rate_limiter`` build one on a backend given by keyword.
 """
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+import os
+from typing import Any
 
-from peak_resilience.config import Settings
-from peak_resilience.rate_limiter import RateLimiter
-from peak_resilience.resilience import CircuitBreaker, CircuitState
+from peak_resilience._backends.choice import DEFAULT_REDIS_TIMEOUT, Backend, OnBackendError
+from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._circuit import CircuitState
+from peak_resilience._config.schema import Settings
+from peak_resilience._limiter import RateLimiter
+from peak_resilience._native import ManualClock
 
-if TYPE_CHECKING:
-    from peak_resilience.testing import ManualClock
-
-logger = logging.getLogger("peak_resilience.resilience")
+__all__ = [
+    "build_breaker",
+    "build_limiter",
+    "make_circuit_breaker",
+    "make_rate_limiter",
+    "update_breaker",
+    "update_limiter",
+]
 
 
 def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dict[str, Any]:
@@ -45,32 +54,10 @@ def build_breaker(
         name=name,
         half_open_max_calls=settings.half_open_max_calls,
         **_backend(settings.circuit_breaker_backend, settings, clock),
-        **_policy(settings),
+        **settings.breaker_policy,
     )
     update_breaker(breaker, settings)
     return breaker
-
-
-def _policy(settings: Settings) -> dict[str, Any]:
-    """The failure-rate, slow-call and back-off keywords for ``settings`` (a rate of 0
-    turns the rate off)."""
-    time_window = settings.circuit_breaker_window_type == "time"
-    rate = settings.circuit_breaker_failure_rate
-    return {
-        "failure_rate_threshold": 0 if rate is None else rate,
-        "minimum_calls": settings.circuit_breaker_minimum_calls,
-        "window_type": settings.circuit_breaker_window_type,
-        "window_size": (
-            settings.circuit_breaker_window_seconds
-            if time_window
-            else settings.circuit_breaker_window_calls
-        ),
-        "slow_call_duration": settings.circuit_breaker_slow_call_duration,
-        "backoff_multiplier": settings.circuit_breaker_backoff_multiplier,
-        "max_recovery_timeout": max(
-            settings.circuit_breaker_max_timeout, settings.circuit_breaker_timeout
-        ),
-    }
 
 
 def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
@@ -83,7 +70,7 @@ def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
         settings.circuit_breaker_threshold,
         settings.circuit_breaker_timeout,
         settings.half_open_max_calls,
-        **_policy(settings),
+        **settings.breaker_policy,
     )
     disabled = breaker.state is CircuitState.DISABLED
     if not settings.circuit_breaker_enabled and not disabled:
@@ -122,3 +109,59 @@ def update_limiter(limiter: RateLimiter, settings: Settings) -> None:
         )
     for each in (bucket, *limiter.endpoint_buckets().values()):
         each.set_enabled(settings.rate_limit_enabled)
+
+
+def make_rate_limiter(
+    max_requests: int,
+    window_seconds: float,
+    *,
+    burst: int | None = None,
+    name: str | None = None,
+    backend: Backend = "memory",
+    shared_dir: str | os.PathLike[str] | None = None,
+    redis_url: str | None = None,
+    on_backend_error: OnBackendError = "local",
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
+    clock: ManualClock | None = None,
+) -> RateLimiter:
+    """A ``RateLimiter`` on the chosen backend."""
+    return RateLimiter(
+        max_requests,
+        window_seconds,
+        burst=burst,
+        clock=clock,
+        name=name,
+        backend=backend,
+        shared_dir=shared_dir,
+        redis_url=redis_url,
+        on_backend_error=on_backend_error,
+        redis_timeout=redis_timeout,
+    )
+
+
+def make_circuit_breaker(
+    failure_threshold: int = 5,
+    recovery_timeout: float = 60.0,
+    name: str | None = None,
+    half_open_max_calls: int = 1,
+    *,
+    backend: Backend = "memory",
+    shared_dir: str | os.PathLike[str] | None = None,
+    redis_url: str | None = None,
+    on_backend_error: OnBackendError = "local",
+    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
+    clock: ManualClock | None = None,
+) -> CircuitBreaker:
+    """A ``CircuitBreaker`` on the chosen backend."""
+    return CircuitBreaker(
+        failure_threshold,
+        recovery_timeout,
+        name,
+        half_open_max_calls,
+        clock=clock,
+        backend=backend,
+        shared_dir=shared_dir,
+        redis_url=redis_url,
+        on_backend_error=on_backend_error,
+        redis_timeout=redis_timeout,
+    )

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import math
 
-from peak_resilience._collector import FAMILIES, LE_LABELS, Readings
+from peak_resilience._metrics.families import FAMILIES, LE_LABELS
+from peak_resilience._metrics.readings import Readings
 
 TEXT_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 OPENMETRICS_CONTENT_TYPE = "application/openmetrics-text; version=1.0.0; charset=utf-8"

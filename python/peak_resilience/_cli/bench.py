@@ -14,9 +14,11 @@ import timeit
 from collections.abc import Callable
 from typing import Any
 
+from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._limiter import RateLimiter
 from peak_resilience.errors import CircuitBreakerError
-from peak_resilience.rate_limiter import RateLimiter
-from peak_resilience.resilience import CircuitBreaker
+
+__all__ = ["add_commands", "bench", "run"]
 
 
 def _noop() -> None:

@@ -11,16 +11,19 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from peak_resilience.config import configure
+from peak_resilience._config.active import configure
+from peak_resilience._health import health_check
+from peak_resilience._http.endpoints import health_token
+from peak_resilience._http.server import start_health_server
+from peak_resilience._modules.host_state import attach_shared_state
+
+__all__ = ["EXIT_CODES", "add_commands", "check", "serve"]
 
 #: Exit codes of ``check``, by status.
 EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
 
 
 def serve(args: argparse.Namespace) -> int:
-    from peak_resilience._host_state import attach_shared_state
-    from peak_resilience.http import health_token, start_health_server
-
     attached = attach_shared_state(configure(args.config))
     server = start_health_server(host=args.host, port=args.port, token=health_token())
     # Flushed: a server's output usually goes to a pipe or a log, read while it runs.
@@ -59,9 +62,6 @@ def _remote(url: str, token: str | None, timeout: float) -> dict[str, Any]:
 
 
 def _local(config_path: str | None) -> dict[str, Any]:
-    from peak_resilience._host_state import attach_shared_state
-    from peak_resilience.resilience import health_check
-
     attach_shared_state(configure(config_path))
     results = health_check.run_all()
     return {"status": health_check.status_of(results), "checks": results}

@@ -17,20 +17,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience import _backends
-from peak_resilience._native import RateLimiter as _NativeLimiter
-from peak_resilience._native import TokenBucket
-from peak_resilience._redis_link import UNAVAILABLE, RedisLink, Script
-from peak_resilience._windows import Limit, window_index
-from peak_resilience.rate_limiter import (
+from peak_resilience._backends import choice as _backends
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
+from peak_resilience._limiter import (
     RateLimiter,
     _bucket_stats,
     _several_windows,
     _window_stats,
 )
+from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._native import TokenBucket
+from peak_resilience._windows import Limit, window_index
 
 if TYPE_CHECKING:
-    from peak_resilience.testing import ManualClock
+    from peak_resilience._native import ManualClock
 
 __all__ = ["RedisRateLimiter"]
 

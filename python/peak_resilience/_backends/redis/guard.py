@@ -22,9 +22,9 @@ from peak_resilience._guard import MISSING, _async_wrapper
 from peak_resilience.errors import RateLimitExceeded
 
 if TYPE_CHECKING:
+    from peak_resilience._breaker import CircuitBreaker
+    from peak_resilience._limiter import RateLimiter
     from peak_resilience._native import OperationStats
-    from peak_resilience.rate_limiter import RateLimiter
-    from peak_resilience.resilience import CircuitBreaker
 
 __all__ = ["remote_guard"]
 

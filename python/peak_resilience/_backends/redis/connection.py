@@ -21,7 +21,8 @@ import time
 import weakref
 from typing import Any
 
-from peak_resilience import _backends, config
+from peak_resilience._backends import choice as _backends
+from peak_resilience._config.secrets import redact_url
 
 try:
     import redis
@@ -95,10 +96,10 @@ class RedisLink:
                 health_check_interval=0,
             )
         except ValueError as exc:
-            shown = config.redact_url(url)
+            shown = redact_url(url)
             raise ValueError(f"redis_url {shown!r} is not a Redis URL: {exc}") from exc
         #: For log lines and errors: the password masked.
-        self.url = config.redact_url(url)
+        self.url = redact_url(url)
         self.timeout = timeout
         self.what = what
         self.retry_interval = retry_interval

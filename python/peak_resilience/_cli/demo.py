@@ -9,6 +9,7 @@ a terminal the view updates in place; otherwise each event is a plain line.
 
 from __future__ import annotations
 
+import argparse
 import os
 import random
 import sys
@@ -19,14 +20,19 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from peak_resilience import _breaker
-from peak_resilience.config import configure, load_config
-from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
-from peak_resilience.resilience import CircuitState
-from peak_resilience.resilience_helpers import (
+from peak_resilience._circuit import CircuitState
+from peak_resilience._config.active import configure
+from peak_resilience._config.environment import ENV_PREFIX, env_name
+from peak_resilience._config.load import load_config
+from peak_resilience._http.server import start_health_server
+from peak_resilience._modules.registry import (
     create_module_circuit_breaker,
     create_module_rate_limiter,
     with_resilience,
 )
+from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+
+__all__ = ["add_commands", "run"]
 
 MODULE = "demo"
 #: Used when the configuration in force has no [resilience.demo] table.
@@ -90,16 +96,12 @@ def _settings_for_demo(config_path: str | None) -> Any:
     config = load_config(config_path)
     if MODULE not in config.modules:
         for key, value in DEMO_DEFAULTS.items():
-            os.environ.setdefault(f"PEAK_TRADE_{MODULE.upper()}__{key}", value)
+            os.environ.setdefault(f"{ENV_PREFIX}{env_name(MODULE)}__{key}", value)
     return configure(config_path)
 
 
 def _start_server(port: int | None) -> Any:
     if port is None:
-        return None
-    try:
-        from peak_resilience.http import start_health_server
-    except ImportError:  # pragma: no cover - before the HTTP layer exists
         return None
     return start_health_server(host="127.0.0.1", port=port)
 
@@ -217,3 +219,38 @@ def _draw(
     # Redraw in place: home the cursor, clear to the end of the screen, draw.
     out.write("\x1b[H\x1b[J" + "\n".join(lines) + "\n")
     out.flush()
+
+
+def _demo(args: argparse.Namespace) -> int:
+    return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
+
+
+def add_commands(commands: Any) -> None:
+    demo = commands.add_parser(
+        "demo", help="an order loop against a simulated exchange, guarded by with_resilience"
+    )
+    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default: 10)")
+    demo.add_argument(
+        "--port",
+        type=int,
+        default=0,
+        help="port of the health endpoints on 127.0.0.1 meanwhile (default: a free one)",
+    )
+    demo.add_argument(
+        "--config", help="config.toml to use (default: $PEAK_TRADE_CONFIG, then ./config.toml)"
+    )
+    view = demo.add_mutually_exclusive_group()
+    view.add_argument(
+        "--live",
+        dest="live",
+        action="store_true",
+        default=None,
+        help="redraw a live view in place (the default on a terminal)",
+    )
+    view.add_argument(
+        "--plain",
+        dest="live",
+        action="store_false",
+        help="print plain lines (the default when not on a terminal)",
+    )
+    demo.set_defaults(handler=_demo)

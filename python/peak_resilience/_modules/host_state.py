@@ -11,12 +11,14 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import unquote
 
-from peak_resilience import _shared
-from peak_resilience.config import Config
-from peak_resilience.resilience_helpers import (
+from peak_resilience._backends.shared import limiter_prefix
+from peak_resilience._config.load import Config
+from peak_resilience._modules.registry import (
     create_module_circuit_breaker,
     create_module_rate_limiter,
 )
+
+__all__ = ["attach_shared_state"]
 
 
 def _breaker_names(directory: Path) -> list[str]:
@@ -36,7 +38,7 @@ def attach_shared_state(config: Config) -> list[str]:
     for module in config.modules:
         settings = config.module(module)
         if settings.rate_limit_backend == "shared":
-            prefix = _shared.limiter_prefix(module, settings.shared_dir)
+            prefix = limiter_prefix(module, settings.shared_dir)
             if list(prefix.parent.glob(f"{prefix.name}.*.bucket")):
                 create_module_rate_limiter(module)
                 attached.append(f"limiter {module}")

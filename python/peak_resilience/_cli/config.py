@@ -8,21 +8,11 @@ import json
 import sys
 from typing import Any
 
-from peak_resilience.config import SCHEMA, Config, ConfigError, load_config, redact_url
+from peak_resilience._config.load import Config, load_config
+from peak_resilience._config.schema import SCHEMA, TABLE
+from peak_resilience._config.secrets import redact
 
-#: Keys whose values are secrets: shown as set or not, never printed.
-SECRET_KEYS = {"health_token"}
-
-
-def redact(name: str, value: Any) -> Any:
-    """The value as it may be shown: tokens hidden, a password in a URL masked."""
-    if value is None:
-        return None
-    if name in SECRET_KEYS:
-        return "***"
-    if name == "redis_url" and isinstance(value, str):
-        return redact_url(value)
-    return value
+__all__ = ["add_commands", "effective"]
 
 
 def effective(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
@@ -31,7 +21,7 @@ def effective(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
     for module in (None, *config.modules):
         settings = config.globals if module is None else config.module(module)
         values = dataclasses.asdict(settings)
-        table = "resilience" if module is None else f"resilience.{module}"
+        table = TABLE if module is None else f"{TABLE}.{module}"
         tables[table] = {
             name: {"value": redact(name, values[name]), "source": config.origin(module, name)}
             for name, key in SCHEMA.items()
@@ -75,6 +65,3 @@ def add_commands(commands: Any) -> None:
     show_.add_argument("path", help="the config.toml to read")
     show_.add_argument("--json", action="store_true", help="print JSON instead of TOML-like text")
     show_.set_defaults(handler=show)
-
-
-__all__ = ["ConfigError", "add_commands", "effective", "redact"]

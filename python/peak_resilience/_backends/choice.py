@@ -2,39 +2,42 @@
 
 - ``"memory"`` (default): in this process.
 - ``"shared"``: in a memory-mapped file, shared by every process of the host that uses
-  the same name (see ``_shared``).
-- ``"redis"``: in Redis, shared by every host (see ``_redis_limiter``, ``_redis_breaker``).
+  the same name (see ``_backends.shared``).
+- ``"redis"``: in Redis, shared by every host (see ``_backends.redis``).
 
 When Redis cannot be reached, ``on_backend_error`` decides: ``"local"`` (default) falls
 back to an in-process limiter/breaker with the same settings, ``"fail_open"`` admits,
 ``"fail_closed"`` refuses. Each failed Redis call is counted here, by backend, for the
 ``peak_trade_backend_errors_total`` counter.
+
+The literals below are the one statement of the choices: the configuration schema and
+the constructors' signatures use them, and the tuples are read from them.
 """
 
 from __future__ import annotations
 
-import os
 import threading
-from typing import TYPE_CHECKING, Literal
-
-if TYPE_CHECKING:
-    from peak_resilience.rate_limiter import RateLimiter
-    from peak_resilience.resilience import CircuitBreaker
-    from peak_resilience.testing import ManualClock
+import typing
+from typing import Literal
 
 __all__ = [
     "BACKENDS",
+    "DEFAULT_REDIS_TIMEOUT",
     "ON_BACKEND_ERROR",
+    "Backend",
+    "OnBackendError",
     "backend_error_counts",
-    "make_circuit_breaker",
-    "make_rate_limiter",
+    "check_backend",
+    "check_on_backend_error",
+    "check_timeout",
+    "count_backend_error",
 ]
 
 Backend = Literal["memory", "shared", "redis"]
 OnBackendError = Literal["fail_closed", "fail_open", "local"]
 
-BACKENDS: tuple[str, ...] = ("memory", "shared", "redis")
-ON_BACKEND_ERROR: tuple[str, ...] = ("fail_closed", "fail_open", "local")
+BACKENDS: tuple[str, ...] = typing.get_args(Backend)
+ON_BACKEND_ERROR: tuple[str, ...] = typing.get_args(OnBackendError)
 
 #: Seconds a Redis call may take before it counts as failed (connect and read alike).
 DEFAULT_REDIS_TIMEOUT = 0.5
@@ -78,63 +81,3 @@ def backend_error_counts() -> dict[str, int]:
     samples of ``peak_trade_backend_errors_total{backend=...}``."""
     with _errors_lock:
         return dict(_errors)
-
-
-def make_rate_limiter(
-    max_requests: int,
-    window_seconds: float,
-    *,
-    burst: int | None = None,
-    name: str | None = None,
-    backend: Backend = "memory",
-    shared_dir: str | os.PathLike[str] | None = None,
-    redis_url: str | None = None,
-    on_backend_error: OnBackendError = "local",
-    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
-    clock: ManualClock | None = None,
-) -> RateLimiter:
-    """A ``RateLimiter`` on the chosen backend (what config-level selection calls)."""
-    from peak_resilience.rate_limiter import RateLimiter
-
-    return RateLimiter(
-        max_requests,
-        window_seconds,
-        burst=burst,
-        clock=clock,
-        name=name,
-        backend=backend,
-        shared_dir=shared_dir,
-        redis_url=redis_url,
-        on_backend_error=on_backend_error,
-        redis_timeout=redis_timeout,
-    )
-
-
-def make_circuit_breaker(
-    failure_threshold: int = 5,
-    recovery_timeout: float = 60.0,
-    name: str | None = None,
-    half_open_max_calls: int = 1,
-    *,
-    backend: Backend = "memory",
-    shared_dir: str | os.PathLike[str] | None = None,
-    redis_url: str | None = None,
-    on_backend_error: OnBackendError = "local",
-    redis_timeout: float = DEFAULT_REDIS_TIMEOUT,
-    clock: ManualClock | None = None,
-) -> CircuitBreaker:
-    """A ``CircuitBreaker`` on the chosen backend (what config-level selection calls)."""
-    from peak_resilience.resilience import CircuitBreaker
-
-    return CircuitBreaker(
-        failure_threshold,
-        recovery_timeout,
-        name,
-        half_open_max_calls,
-        clock=clock,
-        backend=backend,
-        shared_dir=shared_dir,
-        redis_url=redis_url,
-        on_backend_error=on_backend_error,
-        redis_timeout=redis_timeout,
-    )

@@ -1,33 +1,25 @@
-"""The prometheus-client collector: reads the native counters at scrape time.
+"""Every exported value at one instant, read from the live objects at scrape time.
 
-Nothing per call goes through prometheus-client. A scrape walks the live breakers and
+Nothing per call goes through prometheus-client. A read walks the live breakers and
 limiters (weakly held, so a dropped one disappears) and the operation registry, reads
-their atomics, merges what explicit ``metrics.record_*`` calls reported, and builds the
-families. Several objects may share a name: counters are then summed, the state gauge
-shows the worst state and the tokens gauge the emptiest bucket.
+their atomics and merges what explicit ``metrics.record_*`` calls reported. Several
+objects may share a name: counters are then summed, the state gauge shows the worst state
+and the tokens gauge the emptiest bucket.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
-from prometheus_client.metrics_core import Metric
-from prometheus_client.samples import Sample
-
-from peak_resilience import _backends, _instances
-from peak_resilience._health import health_check
+from peak_resilience import _instances
+from peak_resilience._backends.choice import backend_error_counts
+from peak_resilience._metrics.families import STATE_LABELS
 from peak_resilience._native import LATENCY_BOUNDS
 
-if TYPE_CHECKING:
-    from peak_resilience.metrics import Metrics
+__all__ = ["Readings", "read"]
 
-#: The label value that label values past the per-family bound are counted under.
-OTHER = "other"
-
-_STATE_LABELS = ("closed", "half_open", "open", "forced_open", "disabled", "metrics_only")
 #: Which state a name shows when several objects share it: the one that refuses most.
 _SEVERITY = (0, 4, 5, 6, 1, 3)
 #: (from, to, exported even at zero). The normal cycle is always exported, so that the
@@ -41,77 +33,6 @@ _TRANSITIONS = (
     (2, 0, False),
     (0, 1, False),
 )
-LE_LABELS = (*(repr(bound) for bound in LATENCY_BOUNDS), "+Inf")
-
-#: (suffix, type, help). Counter names are given without "_total", as prometheus-client
-#: wants them; the samples carry it.
-FAMILIES = (
-    (
-        "circuit_breaker_state",
-        "gauge",
-        "Current circuit breaker state (0=closed, 1=half_open, 2=open, 3=forced_open, "
-        "4=disabled, 5=metrics_only)",
-    ),
-    ("circuit_breaker_failures", "counter", "Failures recorded by the circuit breaker"),
-    ("circuit_breaker_state_changes", "counter", "Circuit breaker state transitions"),
-    ("rate_limit_hits", "counter", "Requests to the rate limiter, allowed and rejected"),
-    ("rate_limit_rejections", "counter", "Requests rejected by the rate limiter"),
-    ("rate_limit_tokens_available", "gauge", "Tokens available in the rate limiter's bucket"),
-    ("request_duration_seconds", "histogram", "Operation latency in seconds"),
-    ("operation_failures", "counter", "Failed operations by exception type"),
-    ("operation_successes", "counter", "Successful operations"),
-    ("health_check_status", "gauge", "Health check outcome (1 healthy, 0 failing)"),
-    (
-        "metrics_label_values_folded",
-        "counter",
-        'Label values counted as "other" because their family had reached its bound',
-    ),
-    (
-        "backend_errors",
-        "counter",
-        "Calls to a shared backend (Redis) that failed: unreachable or timed out",
-    ),
-    # Issue 8, circuit breaking: exported for the breakers that use the feature.
-    (
-        "circuit_breaker_shadow_state",
-        "gauge",
-        "State the breaker's machine is in while in metrics_only mode (0=closed, "
-        "1=half_open, 2=open)",
-    ),
-    (
-        "circuit_breaker_would_reject",
-        "counter",
-        "Calls a metrics_only breaker let through that it would have refused",
-    ),
-    (
-        "circuit_breaker_slow_calls",
-        "counter",
-        "Successful calls counted as failures for lasting slow_call_duration or longer",
-    ),
-    # Issue 8 (rate limiting).
-    (
-        "rate_limit_window_tokens_available",
-        "gauge",
-        "Tokens available in each window of a rate limiter's bucket of several windows",
-    ),
-    (
-        "rate_limit_paused_seconds",
-        "gauge",
-        "Seconds a paused rate limiter still refuses every request (0: not paused)",
-    ),
-)
-
-T = TypeVar("T")
-
-
-def _alive(objects: Iterable[T]) -> list[T]:
-    # A breaker created on another thread mid-iteration makes a WeakSet raise; try again.
-    for _ in range(16):
-        try:
-            return list(objects)
-        except RuntimeError:
-            continue
-    return list(objects)
 
 
 def _quantile(q: float, cumulative: list[int]) -> float | None:
@@ -162,13 +83,13 @@ class Readings:
         breakers: dict[str, dict[str, Any]] = {}
         for name, code in self.breaker_states.items():
             breakers[name] = {
-                "state": _STATE_LABELS[code],
+                "state": STATE_LABELS[code],
                 "state_code": code,
                 "failures": self.breaker_failures.get(name, 0),
                 "state_changes": {},
             }
             if name in self.breaker_shadow_states:
-                breakers[name]["shadow_state"] = _STATE_LABELS[self.breaker_shadow_states[name]]
+                breakers[name]["shadow_state"] = STATE_LABELS[self.breaker_shadow_states[name]]
             if name in self.breaker_would_reject:
                 breakers[name]["would_reject"] = self.breaker_would_reject[name]
             if name in self.breaker_slow_calls:
@@ -238,7 +159,7 @@ def read(
     would_reject: dict[str, int] = {}
     slow_calls: dict[str, int] = {}
     shared_breakers: set[Any] = set()
-    for breaker in _alive(_instances.breakers):
+    for breaker in _instances.alive(_instances.breakers):
         name = breaker.name
         code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
         if _SEVERITY[code] >= _SEVERITY[states.get(name, code)]:
@@ -257,10 +178,10 @@ def read(
         for before, after, always in _TRANSITIONS:
             count = counts.pop((before, after), 0)
             if count or always:
-                key = (name, _STATE_LABELS[before], _STATE_LABELS[after])
+                key = (name, STATE_LABELS[before], STATE_LABELS[after])
                 changes[key] = changes.get(key, 0) + count
         for (before, after), count in counts.items():  # manual states: once they happened
-            key = (name, _STATE_LABELS[before], _STATE_LABELS[after])
+            key = (name, STATE_LABELS[before], STATE_LABELS[after])
             changes[key] = changes.get(key, 0) + count
         rejected_in_shadow = breaker.would_reject_total
         if metrics_only or rejected_in_shadow:
@@ -277,7 +198,7 @@ def read(
     window_tokens: dict[tuple[str, str, str], float] = {}
     paused: dict[str, float] = {}
     shared_files: set[Any] = set()
-    for limiter in _alive(_instances.limiters):
+    for limiter in _instances.alive(_instances.limiters):
         name = limiter.name
         for endpoint, allowed, rejected, available, shared_file, extra in limiter._export():
             bucket_key = (name, endpoint)
@@ -309,131 +230,10 @@ def read(
         operations,
         folded,
         health,
-        _backends.backend_error_counts(),
+        backend_error_counts(),
         shadow_states,
         would_reject,
         slow_calls,
         window_tokens,
         paused,
     )
-
-
-def _sample(name: str, labels: dict[str, str], value: float) -> Sample:
-    # Sample's NamedTuple constructor with its defaults costs several times this; a scrape
-    # of thousands of series spends most of its time here.
-    return tuple.__new__(Sample, (name, labels, value, None, None, None))
-
-
-class Collector:
-    """Registered into a prometheus-client ``CollectorRegistry`` by ``metrics``."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self._metrics = metrics
-
-    def describe(self) -> list[Metric]:
-        """The families, without samples: lets a registry check names without a scrape."""
-        prefix = self._metrics.prefix
-        return [Metric(f"{prefix}_{suffix}", doc, kind) for suffix, kind, doc in FAMILIES]
-
-    def collect(self) -> list[Metric]:
-        """Every family with its samples, read now."""
-        readings = self._metrics.read(health=health_check)
-        (
-            state,
-            failures,
-            changes,
-            hits,
-            rejections,
-            tokens,
-            duration,
-            op_failures,
-            op_successes,
-            health,
-            folded,
-            backend_errors,
-            shadow_state,
-            would_reject,
-            slow_calls,
-            window_tokens,
-            paused,
-        ) = families = self.describe()
-        n = state.name
-        state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
-        n = failures.name + "_total"
-        failures.samples = [
-            _sample(n, {"name": k}, v) for k, v in readings.breaker_failures.items()
-        ]
-        n = changes.name + "_total"
-        changes.samples = [
-            _sample(n, {"name": k[0], "from_state": k[1], "to_state": k[2]}, v)
-            for k, v in readings.state_changes.items()
-        ]
-        n = hits.name + "_total"
-        hits.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.requests.items()
-        ]
-        n = rejections.name + "_total"
-        rejections.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v)
-            for k, v in readings.rejections.items()
-        ]
-        n = tokens.name
-        tokens.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1]}, v) for k, v in readings.tokens.items()
-        ]
-        bucket_name, count_name, sum_name = (
-            duration.name + "_bucket",
-            duration.name + "_count",
-            duration.name + "_sum",
-        )
-        histogram = duration.samples
-        for operation, snap in readings.operations.items():
-            cumulative: list[int] = snap["buckets"]
-            histogram.extend(
-                _sample(bucket_name, {"operation": operation, "le": le}, count)
-                for le, count in zip(LE_LABELS, cumulative, strict=True)
-            )
-            histogram.append(_sample(count_name, {"operation": operation}, cumulative[-1]))
-            seconds: float = snap["sum"]
-            histogram.append(_sample(sum_name, {"operation": operation}, seconds))
-        n = op_failures.name + "_total"
-        op_failures.samples = [
-            _sample(n, {"operation": operation, "error_type": error_type}, count)
-            for operation, snap in readings.operations.items()
-            for error_type, count in snap["failures"].items()
-        ]
-        n = op_successes.name + "_total"
-        op_successes.samples = [
-            _sample(n, {"operation": operation}, snap["successes"])
-            for operation, snap in readings.operations.items()
-        ]
-        n = health.name
-        health.samples = [
-            _sample(n, {"check": k}, 1 if ok else 0) for k, ok in readings.health.items()
-        ]
-        n = folded.name + "_total"
-        folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]
-        n = backend_errors.name + "_total"
-        backend_errors.samples = [
-            _sample(n, {"backend": k}, v) for k, v in readings.backend_errors.items()
-        ]
-        n = shadow_state.name
-        shadow_state.samples = [
-            _sample(n, {"name": k}, v) for k, v in readings.breaker_shadow_states.items()
-        ]
-        n = would_reject.name + "_total"
-        would_reject.samples = [
-            _sample(n, {"name": k}, v) for k, v in readings.breaker_would_reject.items()
-        ]
-        n = slow_calls.name + "_total"
-        slow_calls.samples = [
-            _sample(n, {"name": k}, v) for k, v in readings.breaker_slow_calls.items()
-        ]
-        n = window_tokens.name
-        window_tokens.samples = [
-            _sample(n, {"limiter": k[0], "endpoint": k[1], "window": k[2]}, v)
-            for k, v in readings.window_tokens.items()
-        ]
-        n = paused.name
-        paused.samples = [_sample(n, {"limiter": k}, v) for k, v in readings.paused.items()]
-        return families

@@ -1,0 +1,317 @@
+"""The rate limiter's Python face over the native token buckets.
+
+Re-exported as ``peak_resilience.rate_limiter.RateLimiter`` (the guide's
+``from src.core.rate_limiter import RateLimiter``).
+
+``RateLimiter(max_requests, window_seconds)`` is a bucket holding ``max_requests`` tokens
+(the burst), refilled continuously at ``max_requests / window_seconds`` tokens per second,
+starting full. 100 per 60 s admits a burst of 100 at once, then one request every 0.6 s.
+
+What an exchange's budget needs beyond that (issue 8):
+
+- several windows at once, all or nothing: ``RateLimiter(limits=["1200/60s", "50/10s",
+  "160000/1d"])`` admits a call only if every window admits it and takes from none
+  otherwise;
+- ``reserve(cost)`` takes an estimated weight now and returns a ``Reservation`` (None when
+  refused) whose ``settle(actual)`` charges or refunds the difference and whose
+  ``cancel()`` refunds it all;
+- ``sync(used, window=...)`` makes the local state match the usage the exchange reports;
+- ``priority_reserve=N`` keeps N tokens of every window for ``priority="high"`` calls
+  (cancels, risk reductions): normal calls cannot use them;
+- ``pause(seconds)`` (a 429's Retry-After) refuses everything, in every process sharing the
+  budget, until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Sequence
+from typing import Any, cast
+
+from peak_resilience import _instances
+from peak_resilience._backends import choice
+from peak_resilience._backends.shared import limiter_prefix
+from peak_resilience._logging import limiter_log as logger
+from peak_resilience._native import ManualClock, TokenBucket
+from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._windows import Limit, parse_limits, window_index
+
+__all__ = ["RateLimiter"]
+
+
+def _bucket_stats(bucket: TokenBucket) -> dict[str, Any]:
+    allowed, rejected = bucket.allowed, bucket.rejected
+    total = allowed + rejected
+    return {
+        "total_requests": total,
+        "allowed": allowed,
+        "rejected": rejected,
+        "rejection_rate": rejected / total if total else 0.0,
+        "tokens_available": bucket.tokens_available,
+        "capacity": bucket.capacity,
+        "max_requests": bucket.max_requests,
+        "window_seconds": bucket.window_seconds,
+        "windows": _window_stats(bucket.window_labels, bucket.windows, bucket.window_tokens()),
+        "priority_reserve": bucket.priority_reserve,
+        "paused_for": bucket.paused_for,
+    }
+
+
+# strict=False below: another process may change a shared budget's windows between the
+# reads of their names and of their tokens; a scrape then shows the windows both agree on.
+def _window_stats(
+    labels: Sequence[str], windows: Sequence[tuple[int, float, int]], tokens: Sequence[float]
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "window": label,
+            "max_requests": max_requests,
+            "window_seconds": seconds,
+            "capacity": burst,
+            "tokens_available": available,
+        }
+        for label, (max_requests, seconds, burst), available in zip(
+            labels, windows, tokens, strict=False
+        )
+    ]
+
+
+def _several_windows(labels: list[str], tokens: list[float]) -> list[tuple[str, float]]:
+    """(window, tokens) per window for the per-window gauge; none for a bucket of one
+    window, whose tokens gauge already says it all."""
+    return list(zip(labels, tokens, strict=False)) if len(labels) > 1 else []
+
+
+def _rate_arguments(
+    max_requests: int | None, window_seconds: float | None, limits: Sequence[Limit] | None
+) -> tuple[int, float, list[tuple[int, float]] | None]:
+    """The first window and the others, from the guide's pair and/or ``limits``."""
+    windows = None if limits is None else parse_limits(limits)
+    if max_requests is None and window_seconds is None:
+        if not windows:
+            raise TypeError(
+                "RateLimiter needs max_requests and window_seconds, or limits=['1200/60s', ...]"
+            )
+        (max_requests, window_seconds), windows = windows[0], windows[1:]
+    elif max_requests is None or window_seconds is None:
+        raise TypeError("RateLimiter needs both max_requests and window_seconds (or limits=)")
+    return max_requests, window_seconds, windows
+
+
+class RateLimiter(_NativeLimiter):
+    """A token bucket per endpoint, plus a default bucket for everything else.
+
+    ``acquire(endpoint=None, cost=1)`` never waits: it takes ``cost`` tokens and returns
+    True, or returns False and takes nothing. ``add_endpoint(name, max_requests,
+    window_seconds)`` gives an endpoint its own bucket, standing on its own; an endpoint
+    never added draws on the default bucket. ``burst`` (default ``max_requests``) sets how
+    many tokens a bucket holds when full.
+
+    ``backend`` says where the budget lives: ``"memory"`` (this process, the default),
+    ``"shared"`` (a memory-mapped file in ``shared_dir``, one budget for every process of
+    the host using the same ``name``) or ``"redis"`` (one budget for every host, at
+    ``redis_url``; ``on_backend_error`` and ``redis_timeout`` say what happens when Redis
+    cannot be reached). Shared and Redis budgets need a ``name``.
+
+    ``limits`` gives the budget several windows (``["1200/60s", "50/10s"]``, or
+    ``(max_requests, window_seconds)`` pairs), all or nothing, beside or instead of the
+    ``max_requests``/``window_seconds`` pair (which, when given, is the first window).
+    ``priority_reserve`` tokens of every window are kept for ``priority="high"``.
+    """
+
+    backend: choice.Backend = "memory"
+
+    def __new__(
+        cls,
+        max_requests: int | None = None,
+        window_seconds: float | None = None,
+        *,
+        burst: int | None = None,
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        backend: choice.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: choice.OnBackendError = "local",
+        redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
+        limits: Sequence[Limit] | None = None,
+        priority_reserve: int = 0,
+    ) -> RateLimiter:
+        backend = choice.check_backend(backend)
+        shared = None
+        if backend == "shared":
+            shared = limiter_prefix(name, shared_dir)
+        elif backend == "redis":
+            from peak_resilience._backends.redis.limiter import RedisRateLimiter
+
+            if not issubclass(cls, RedisRateLimiter):
+                # Python then runs RedisRateLimiter.__init__ on the object returned.
+                cls = RedisRateLimiter
+        first, length, windows = _rate_arguments(max_requests, window_seconds, limits)
+        instance = super().__new__(
+            cls,
+            first,
+            length,
+            burst=burst,
+            clock=clock,
+            name=name,
+            shared=shared,
+            windows=windows,
+            priority_reserve=priority_reserve,
+        )
+        return cast("RateLimiter", instance)
+
+    def __init__(
+        self,
+        max_requests: int | None = None,
+        window_seconds: float | None = None,
+        *,
+        burst: int | None = None,
+        clock: ManualClock | None = None,
+        name: str | None = None,
+        backend: choice.Backend = "memory",
+        shared_dir: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        on_backend_error: choice.OnBackendError = "local",
+        redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
+        limits: Sequence[Limit] | None = None,
+        priority_reserve: int = 0,
+    ) -> None:
+        # The native constructor has validated and stored the rate (and mapped the shared
+        # file); the Redis subclass checks its own arguments.
+        self._clock = clock
+        self.backend = backend
+        _instances.limiters.add(self)
+
+    def get_stats(self, endpoint: str | None = None) -> dict[str, Any]:
+        """Requests allowed and rejected, the rejection rate and the tokens available.
+
+        Without an endpoint: the totals over every bucket of this limiter, the default
+        bucket's tokens, and a breakdown under ``"endpoints"``.
+        """
+        if endpoint is not None:
+            return _bucket_stats(self.bucket_for(endpoint))
+        endpoints = {name: _bucket_stats(b) for name, b in self.endpoint_buckets().items()}
+        stats = _bucket_stats(self.default_bucket)
+        allowed = stats["allowed"] + sum(e["allowed"] for e in endpoints.values())
+        rejected = stats["rejected"] + sum(e["rejected"] for e in endpoints.values())
+        total = allowed + rejected
+        stats.update(
+            total_requests=total,
+            allowed=allowed,
+            rejected=rejected,
+            rejection_rate=rejected / total if total else 0.0,
+            endpoints=endpoints,
+        )
+        return stats
+
+    def _export(self) -> list[tuple[str, int, int, float, Any, Any]]:
+        """For the metrics collector: (endpoint, allowed, rejected, tokens available,
+        shared file or None, (seconds paused, [(window, tokens)] for a bucket of several
+        windows)) per bucket. A shared bucket counts the whole host, so the collector
+        counts each shared file once however many objects map it."""
+        buckets = [("default", self.default_bucket), *self.endpoint_buckets().items()]
+        return [
+            (
+                endpoint,
+                b.allowed,
+                b.rejected,
+                b.tokens_available,
+                b.shared_path,
+                (b.paused_for, _several_windows(b.window_labels, b.window_tokens())),
+            )
+            for endpoint, b in buckets
+        ]
+
+    # --- issue 8: pause and sync (per budget, not per call) --------------------------------
+
+    def _buckets(self) -> list[TokenBucket]:
+        return [self.default_bucket, *self.endpoint_buckets().values()]
+
+    def pause(self, seconds: float) -> None:
+        """Refuses every acquire, ``priority="high"`` included, for ``seconds`` (e.g. a
+        429's Retry-After), in every process sharing the budget; endpoints added meanwhile
+        are paused too. A shorter pause never shortens a longer one."""
+        for bucket in self._buckets():
+            bucket.pause(seconds)
+        if seconds:
+            logger.warning("rate limiter %r paused for %ss", self.name, seconds)
+
+    def resume(self) -> None:
+        """Lifts a pause at once."""
+        for bucket in self._buckets():
+            bucket.resume()
+
+    @property
+    def paused_for(self) -> float:
+        """Seconds the pause still lasts (0.0: not paused)."""
+        return max(bucket.paused_for for bucket in self._buckets())
+
+    def sync(
+        self, used: int, window: str | int | None = None, *, endpoint: str | None = None
+    ) -> None:
+        """Makes exactly ``used`` tokens count as spent now in ``window`` (its name such as
+        ``"60s"``/``"1m"``, or its index; may be omitted when the budget has one window),
+        e.g. from the exchange's used-weight header: the exchange stays the authority."""
+        bucket = self.bucket_for(endpoint)
+        index = window_index(bucket.window_labels, [w[1] for w in bucket.windows], window)
+        bucket.sync(used, index)
+
+    def _now(self) -> float:
+        return self._clock.now() if self._clock is not None else time.monotonic()
+
+    def acquire_blocking(
+        self,
+        endpoint: str | None = None,
+        *,
+        cost: int = 1,
+        timeout: float | None = None,
+        priority: str | None = None,
+    ) -> bool:
+        """Waits (sleeping) until ``cost`` tokens are taken; False if that would take
+        longer than ``timeout`` seconds (None: wait as long as it takes)."""
+        sleep = self._clock.sleep if self._clock is not None else time.sleep
+        deadline = None if timeout is None else self._now() + timeout
+        while not self.acquire(endpoint, cost, priority=priority):
+            wait = self.get_wait_time(endpoint, cost, priority=priority)
+            if deadline is not None and self._now() + wait > deadline:
+                logger.debug("rate limiter %r: no token within %ss", self.name, timeout)
+                return False
+            sleep(wait)
+        return True
+
+    async def acquire_async(
+        self,
+        endpoint: str | None = None,
+        *,
+        cost: int = 1,
+        timeout: float | None = None,
+        priority: str | None = None,
+    ) -> bool:
+        """``acquire_blocking`` for asyncio: awaits instead of blocking the loop."""
+        deadline = None if timeout is None else self._now() + timeout
+        while not self.acquire(endpoint, cost, priority=priority):
+            wait = self.get_wait_time(endpoint, cost, priority=priority)
+            if deadline is not None and self._now() + wait > deadline:
+                return False
+            if self._clock is not None:
+                self._clock.advance(wait)
+                await asyncio.sleep(0)
+            else:
+                await asyncio.sleep(wait)
+        return True
+
+    def __repr__(self) -> str:
+        bucket = self.default_bucket
+        extra = ""
+        if len(bucket.windows) > 1:
+            extra += f", limits={bucket.window_labels!r}"
+        if bucket.priority_reserve:
+            extra += f", priority_reserve={bucket.priority_reserve}"
+        return (
+            f"RateLimiter(name={self.name!r}, max_requests={bucket.max_requests}, "
+            f"window_seconds={bucket.window_seconds}, burst={bucket.capacity}{extra}, "
+            f"backend={self.backend!r})"
+        )

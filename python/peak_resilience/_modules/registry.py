@@ -1,0 +1,321 @@
+"""The registry of per-module breakers and limiters, and ``with_resilience``.
+
+Re-exported by ``peak_resilience.resilience_helpers`` (the guide's
+``from src.core.resilience_helpers import with_resilience``), whose docstring says what a
+module's budget and breakers are. The registry builds them on first use, remembers every
+decorated function, and follows ``configure()``: it refuses a configuration that would
+leave a fail-safe function without a fallback, and applies the others in place.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, ParamSpec, TypeVar, overload
+
+from peak_resilience import _instances
+from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._config.active import active, add_listener, lock
+from peak_resilience._config.errors import ConfigError
+from peak_resilience._config.load import Config
+from peak_resilience._config.schema import TABLE
+from peak_resilience._guard import MISSING, guard, typed
+from peak_resilience._limiter import RateLimiter
+
+# The guide's Debugging section turns these up: breaker events under "resilience", rate
+# limiting under "rate_limiter".
+from peak_resilience._logging import breaker_log as _breaker_log
+from peak_resilience._logging import limiter_log as _limiter_log
+from peak_resilience._modules.build import (
+    build_breaker,
+    build_limiter,
+    update_breaker,
+    update_limiter,
+)
+from peak_resilience._native import Guard, ManualClock
+from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+
+__all__ = [
+    "ModuleRegistry",
+    "create_module_circuit_breaker",
+    "create_module_rate_limiter",
+    "get_all_circuit_breakers",
+    "get_all_rate_limiters",
+    "with_resilience",
+]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def _rejection_log(name: str) -> Callable[[BaseException], None]:
+    """Logs each refused call of operation ``name`` at DEBUG (called on refusals only)."""
+
+    def on_reject(refusal: BaseException) -> None:
+        if isinstance(refusal, RateLimitExceeded):
+            _limiter_log.debug(
+                "%s refused by rate limiter %r: retry in %.3fs",
+                name,
+                refusal.limiter,
+                refusal.retry_after,
+            )
+        elif isinstance(refusal, CircuitBreakerError):
+            _breaker_log.debug("%s refused: %s", name, refusal)
+
+    return on_reject
+
+
+def _name(value: object, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class _Decorated:
+    """A function decorated by ``with_resilience``, remembered so that a new configuration
+    can be checked against it and applied to it."""
+
+    module: str
+    qualname: str
+    guard: Guard
+    has_fallback: bool
+    fallback_on_failure: bool
+
+
+class ModuleRegistry:
+    """The breakers, limiters and decorated functions of every module, on one clock."""
+
+    def __init__(self, clock: ManualClock | None = None) -> None:
+        self.clock = clock
+        self.breakers: dict[str, CircuitBreaker] = {}
+        self.limiters: dict[str, RateLimiter] = {}
+        self._breaker_modules: dict[str, str] = {}
+        self._decorated: list[_Decorated] = []
+
+    def breaker(self, module: str, operation: str) -> CircuitBreaker:
+        name = f"{_name(module, 'module')}.{_name(operation, 'operation')}"
+        found = self.breakers.get(name)
+        if found is not None:
+            return found
+        with lock():
+            found = self.breakers.get(name)
+            if found is None:
+                settings = active().module(module)
+                found = build_breaker(name, module, settings, self.clock)
+                self.breakers[name] = found
+                self._breaker_modules[name] = module
+        return found
+
+    def limiter(self, module: str) -> RateLimiter:
+        found = self.limiters.get(_name(module, "module"))
+        if found is not None:
+            return found
+        with lock():
+            found = self.limiters.get(module)
+            if found is None:
+                settings = active().module(module)
+                found = build_limiter(module, module, settings, self.clock)
+                self.limiters[module] = found
+        return found
+
+    def remember(self, decorated: _Decorated) -> None:
+        with lock():
+            self._decorated.append(decorated)
+
+    def check(self, new: Config) -> None:
+        """Refuses a configuration that would make a decorated function without a fallback
+        fail-safe (it would have nothing to return)."""
+        with lock():
+            decorated = list(self._decorated)
+        for each in decorated:
+            if not each.has_fallback and new.module(each.module).fail_safe_defaults:
+                raise _fail_safe_without_fallback(new, each.module, each.qualname)
+
+    def apply(self, new: Config) -> None:
+        """Brings every breaker, limiter and decorated function in line with ``new``."""
+        with lock():
+            breakers = [(b, self._breaker_modules[n]) for n, b in self.breakers.items()]
+            limiters = list(self.limiters.items())
+            decorated = list(self._decorated)
+        for breaker, module in breakers:
+            update_breaker(breaker, new.module(module))
+        for module, limiter in limiters:
+            update_limiter(limiter, new.module(module))
+        for each in decorated:
+            fail_safe = new.module(each.module).fail_safe_defaults
+            each.guard.set_fallback_on_failure(each.fallback_on_failure or fail_safe)
+
+
+def _fail_safe_without_fallback(new: Config, module: str, qualname: str) -> ConfigError:
+    return ConfigError(
+        f"module {module!r} is fail-safe, so {qualname} needs a fallback: "
+        f"@with_resilience({module!r}, ..., fallback=...)",
+        source=new._where(module, "fail_safe_defaults"),
+        table=f"{TABLE}.{module}",
+        key="fail_safe_defaults",
+    )
+
+
+_registry = ModuleRegistry()
+
+
+class _Follower:
+    """Forwards configuration changes to whichever registry is in use."""
+
+    def check(self, new: Config) -> None:
+        _registry.check(new)
+
+    def apply(self, new: Config) -> None:
+        _registry.apply(new)
+
+
+add_listener(_Follower())
+
+
+def _use_registry(registry: ModuleRegistry) -> ModuleRegistry:
+    """Puts ``registry`` in use and returns the previous one (for test isolation)."""
+    global _registry
+    previous, _registry = _registry, registry
+    return previous
+
+
+# ---------------------------------------------------------------------------------------
+
+
+def create_module_circuit_breaker(module: str, operation: str) -> CircuitBreaker:
+    """The breaker of ``module``'s ``operation``, registered as ``"module.operation"`` and
+    configured from ``[resilience.<module>]``; the same object on every call."""
+    return _registry.breaker(module, operation)
+
+
+def create_module_rate_limiter(module: str, operation: str | None = None) -> RateLimiter:
+    """The rate limiter of ``module``, configured from ``[resilience.<module>]``. Every
+    operation of a module shares it: the module's rate budget is one budget."""
+    if operation is not None:
+        _name(operation, "operation")
+    return _registry.limiter(module)
+
+
+def get_all_circuit_breakers() -> dict[str, CircuitBreaker]:
+    """The module breakers made so far, by name (``"module.operation"``)."""
+    return dict(_registry.breakers)
+
+
+def get_all_rate_limiters() -> dict[str, RateLimiter]:
+    """The module rate limiters made so far, by module name."""
+    return dict(_registry.limiters)
+
+
+def _manual_async_sleep(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
+    async def sleep(seconds: float) -> None:
+        clock.advance(seconds)
+        await asyncio.sleep(0)
+
+    return sleep
+
+
+@overload
+def with_resilience(
+    module: str,
+    operation: str,
+    *,
+    use_rate_limiter: bool = ...,
+    use_circuit_breaker: bool = ...,
+    max_wait: float = ...,
+    cost: int = ...,
+    fallback_on_failure: bool = ...,
+    priority: str | None = ...,
+) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
+
+
+@overload
+def with_resilience(
+    module: str,
+    operation: str,
+    *,
+    use_rate_limiter: bool = ...,
+    use_circuit_breaker: bool = ...,
+    fallback: Any,
+    max_wait: float = ...,
+    cost: int = ...,
+    fallback_on_failure: bool = ...,
+    priority: str | None = ...,
+) -> Callable[[Callable[P, R]], Callable[P, Any]]: ...
+
+
+def with_resilience(
+    module: str,
+    operation: str,
+    *,
+    use_rate_limiter: bool = False,
+    use_circuit_breaker: bool = True,
+    fallback: Any = MISSING,
+    max_wait: float = 0.0,
+    cost: int = 1,
+    fallback_on_failure: bool = False,
+    priority: str | None = None,
+) -> Callable[[Callable[P, R]], Callable[P, Any]]:
+    """Guards a sync or async function (or method) with ``module``'s settings.
+
+    ``use_circuit_breaker``: the breaker ``"module.operation"`` (an open circuit raises
+    ``CircuitBreakerError``). ``use_rate_limiter``: a token from the module's limiter
+    (none left raises ``RateLimitExceeded`` carrying ``retry_after``), waiting up to
+    ``max_wait`` seconds for one first. ``fallback`` (a value, or a callable taking the
+    function's arguments) is returned instead of raising when the call is refused, and
+    also when it fails if ``fallback_on_failure`` or the module has
+    ``fail_safe_defaults = true`` (such a module requires a fallback). Every call's
+    latency, success or failure by exception type is recorded natively under
+    ``"module.operation"`` unless ``metrics_enabled = false``. ``priority="high"`` (a
+    cancel, a risk reduction) may use the limiter's ``rate_limit_reserve``; other calls
+    may not.
+
+    The module's settings are read when the function is decorated (loading them as
+    ``configure()`` without a path would, if nothing was configured yet); a later
+    ``configure()`` updates the breaker, the limiter, the enabled switches and the
+    fail-safe behaviour in place. ``metrics_enabled`` is decided at decoration.
+    """
+    _name(module, "module")
+    _name(operation, "operation")
+    has_fallback = fallback is not MISSING
+    if fallback_on_failure and not has_fallback:
+        raise ValueError("fallback_on_failure=True needs a fallback=")
+
+    def decorate(func: Callable[P, R]) -> Callable[P, Any]:
+        if not callable(func):
+            raise TypeError(f"with_resilience decorates a callable, got {func!r}")
+        # Held from reading the settings to registering the function: a configure()
+        # running meanwhile either comes first (and is read) or checks and updates it.
+        with lock():
+            return _decorate(func)
+
+    def _decorate(func: Callable[P, R]) -> Callable[P, Any]:
+        in_force = active()
+        settings = in_force.module(module)
+        qualname = getattr(func, "__qualname__", repr(func))
+        if settings.fail_safe_defaults and not has_fallback:
+            raise _fail_safe_without_fallback(in_force, module, qualname)
+        registry = _registry
+        name = f"{module}.{operation}"
+        clock = registry.clock
+        decorated = guard(
+            func,
+            breaker=registry.breaker(module, operation) if use_circuit_breaker else None,
+            limiter=registry.limiter(module) if use_rate_limiter else None,
+            cost=cost,
+            priority=priority,
+            operation=_instances.operation(name) if settings.metrics_enabled else None,
+            fallback=fallback,
+            fallback_on_failure=has_fallback
+            and (fallback_on_failure or settings.fail_safe_defaults),
+            max_wait=max_wait,
+            sleep=clock.sleep if clock is not None else None,
+            async_sleep=_manual_async_sleep(clock) if clock is not None else None,
+            on_reject=_rejection_log(name),
+        )
+        native = getattr(decorated, "guard", decorated)
+        registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))
+        return typed(decorated, func)
+
+    return decorate
