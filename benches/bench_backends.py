@@ -61,7 +61,7 @@ def test_shared_memory_acquire(benchmark: Any, tmp_path: Path) -> None:
 @pytest.mark.benchmark(group="acquire-redis")
 def test_redis_py_ping_floor(benchmark: Any, redis_url: str) -> None:
     limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-ping", backend="redis", redis_url=redis_url)
-    client = limiter._link.client  # type: ignore[attr-defined]  # the same connection
+    client = limiter.store.link.client  # the same connection
     client.ping()
     benchmark(client.ping)
 
@@ -69,7 +69,7 @@ def test_redis_py_ping_floor(benchmark: Any, redis_url: str) -> None:
 @pytest.mark.benchmark(group="acquire-redis")
 def test_redis_bare_round_trip_floor(benchmark: Any, redis_url: str) -> None:
     limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-bare", backend="redis", redis_url=redis_url)
-    conn = limiter._link._pool.make_connection()  # type: ignore[attr-defined]
+    conn = limiter.store.link._pool.make_connection()
     ping = conn.pack_command("PING")
 
     def bare_ping() -> None:

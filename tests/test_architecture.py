@@ -22,20 +22,6 @@ SOURCE = Path(__file__).resolve().parents[1] / "python" / ROOT
 GUIDE_MODULES = ("resilience", "rate_limiter", "metrics", "resilience_helpers", "config", "http")
 FACADES = frozenset({ROOT, *(f"{ROOT}.{name}" for name in GUIDE_MODULES)})
 
-# The Redis classes subclass the Python breaker and limiter, and the remote guard drives
-# _guard's async wrapper, while CircuitBreaker.__new__, RateLimiter.__new__ and
-# _guard.guard reach them back through imports inside functions: three circles, which
-# close until Redis becomes a store under the one native breaker and limiter (issue 11,
-# item 1) and these modules are rewritten. Until then they are left out of the circle
-# check, and only these may be imported inside a function. Everything else is strict.
-AWAITING_STORE_SEAM = frozenset(
-    {
-        f"{ROOT}._backends.redis.breaker",
-        f"{ROOT}._backends.redis.limiter",
-        f"{ROOT}._backends.redis.guard",
-    }
-)
-
 
 @dataclass
 class Module:
@@ -123,12 +109,10 @@ for _module in MODULES.values():
     _collect(_module, _module.tree, in_function=False)
 
 
-def _graph(leave_out: frozenset[str] = frozenset()) -> dict[str, set[str]]:
+def _graph() -> dict[str, set[str]]:
     graph = {}
     for name, module in MODULES.items():
-        if name in leave_out:
-            continue
-        imports = module.imports - leave_out
+        imports = module.imports
         if name == ROOT:
             # The package's own facade, which every import runs first, re-exports its
             # modules: that is not a dependency of theirs on it.
@@ -140,22 +124,13 @@ def _graph(leave_out: frozenset[str] = frozenset()) -> dict[str, set[str]]:
 def test_the_package_is_read_whole() -> None:
     assert {f"{ROOT}.{name}" for name in GUIDE_MODULES} <= set(MODULES)
     assert f"{ROOT}._breaker" in MODULES[f"{ROOT}.resilience"].imports
-    assert AWAITING_STORE_SEAM.issubset(MODULES), "gone: take it out of AWAITING_STORE_SEAM"
 
 
 def test_no_import_circle() -> None:
     try:
-        graphlib.TopologicalSorter(_graph(AWAITING_STORE_SEAM)).prepare()
+        graphlib.TopologicalSorter(_graph()).prepare()
     except graphlib.CycleError as circle:
         pytest.fail(f"import circle: {' -> '.join(reversed(circle.args[1]))}")
-
-
-def test_each_exclusion_is_still_needed() -> None:
-    # The exclusion set stays as small as it can be: each of its modules is still in a
-    # circle that the others do not explain.
-    for excluded in AWAITING_STORE_SEAM:
-        with pytest.raises(graphlib.CycleError):
-            graphlib.TopologicalSorter(_graph(AWAITING_STORE_SEAM - {excluded})).prepare()
 
 
 def test_nothing_private_imports_a_guide_module() -> None:
@@ -168,14 +143,13 @@ def test_nothing_private_imports_a_guide_module() -> None:
     assert upward == []
 
 
-def test_only_the_store_seam_is_imported_inside_a_function() -> None:
+def test_no_module_of_the_package_is_imported_inside_a_function() -> None:
     # An import inside a function is for an optional dependency or start-up time, never
     # to get around a circle: the package's own modules are imported at the top.
-    seam = set().union(*(_with_parents(name) for name in AWAITING_STORE_SEAM))
     inside = sorted(
         f"{name} -> {target}"
         for name, module in MODULES.items()
-        for target in module.imports_in_functions - seam
+        for target in module.imports_in_functions
     )
     assert inside == []
 

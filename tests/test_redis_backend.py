@@ -24,8 +24,8 @@ from peak_resilience import (
     RateLimitExceeded,
 )
 from peak_resilience._backends.choice import backend_error_counts
-from peak_resilience._backends.redis.breaker import RedisCircuitBreaker
-from peak_resilience._backends.redis.limiter import RedisRateLimiter
+from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
+from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
 from peak_resilience._modules.build import make_circuit_breaker, make_rate_limiter
 from peak_resilience.resilience import CircuitState as State
 
@@ -50,9 +50,12 @@ def test_two_limiters_of_one_name_draw_on_one_budget(on_redis: dict[str, Any]) -
     assert stats["rejection_rate"] == 0.25
 
 
-def test_a_redis_limiter_is_a_rate_limiter(on_redis: dict[str, Any]) -> None:
+def test_a_redis_limiter_is_the_one_rate_limiter_over_a_redis_store(
+    on_redis: dict[str, Any],
+) -> None:
     limiter = RateLimiter(3, 3600, name="binance", **on_redis)
-    assert isinstance(limiter, RedisRateLimiter) and isinstance(limiter, RateLimiter)
+    assert type(limiter) is RateLimiter
+    assert isinstance(limiter.store, RedisLimiterStore)
     assert limiter.backend == "redis"
 
 
@@ -128,7 +131,7 @@ def test_a_guarded_call_takes_its_token_from_redis(on_redis: dict[str, Any]) -> 
 
 def test_the_factory_builds_a_redis_limiter(on_redis: dict[str, Any]) -> None:
     limiter = make_rate_limiter(5, 1.0, name="factory", **on_redis)
-    assert isinstance(limiter, RedisRateLimiter)
+    assert isinstance(limiter.store, RedisLimiterStore)
 
 
 # The breaker ---------------------------------------------------------------------------
@@ -137,7 +140,7 @@ def test_the_factory_builds_a_redis_limiter(on_redis: dict[str, Any]) -> None:
 def test_a_breaker_opened_on_one_object_is_open_on_another(on_redis: dict[str, Any]) -> None:
     first = CircuitBreaker(2, 60, "exchange", **on_redis)
     second = CircuitBreaker(2, 60, "exchange", **on_redis)
-    assert isinstance(first, RedisCircuitBreaker)
+    assert type(first) is CircuitBreaker and isinstance(first.store, RedisBreakerStore)
     first.record_failure()
     second.record_failure()
     assert first.state is CircuitState.OPEN and second.state is CircuitState.OPEN
@@ -229,7 +232,8 @@ def test_a_transition_reaches_the_hooks_of_the_process_that_caused_it(
 
 
 def test_the_factory_builds_a_redis_breaker(on_redis: dict[str, Any]) -> None:
-    assert isinstance(make_circuit_breaker(3, 10.0, "factory", **on_redis), RedisCircuitBreaker)
+    breaker = make_circuit_breaker(3, 10.0, "factory", **on_redis)
+    assert isinstance(breaker.store, RedisBreakerStore)
 
 
 # Many processes ------------------------------------------------------------------------
@@ -279,7 +283,7 @@ def outage_limiter(server: RedisServer, policy: str, name: str = "binance") -> R
         on_backend_error=policy,
         redis_timeout=TIMEOUT,  # type: ignore[arg-type]
     )
-    limiter._link.retry_interval = 0.0  # type: ignore[attr-defined]  # try Redis on every call
+    limiter.store.link.retry_interval = 0.0  # try Redis on every call
     return limiter
 
 
@@ -374,7 +378,7 @@ def test_a_forked_child_opens_its_own_connection(on_redis: dict[str, Any]) -> No
 
 
 def _local_port(limiter: RateLimiter) -> int:
-    port: int = limiter._link._local.conn._sock.getsockname()[1]  # type: ignore[attr-defined]
+    port: int = limiter.store.link._local.conn._sock.getsockname()[1]
     return port
 
 
@@ -412,7 +416,7 @@ def test_with_redis_stopped_a_breaker_counts_on_its_local_stand_in(own_redis: Re
     breaker = CircuitBreaker(
         2, 60, "exchange", backend="redis", redis_url=own_redis.url, redis_timeout=TIMEOUT
     )
-    breaker._link.retry_interval = 0.0  # type: ignore[attr-defined]
+    breaker.store.link.retry_interval = 0.0
     own_redis.stop()
     breaker.record_failure()
     breaker.record_failure()

@@ -54,7 +54,7 @@ def outage_limiter(server: RedisServer, policy: str) -> RateLimiter:
         on_backend_error=policy,  # type: ignore[arg-type]
         redis_timeout=0.2,
     )
-    limiter._link.retry_interval = 0.0  # type: ignore[attr-defined]  # try Redis on every call
+    limiter.store.link.retry_interval = 0.0  # try Redis on every call
     return limiter
 
 

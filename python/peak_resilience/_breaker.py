@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
-from peak_resilience._backends.shared import breaker_file
+from peak_resilience._backends.place import breaker_place
 from peak_resilience._circuit import CircuitState, WindowType
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
@@ -60,7 +60,10 @@ class CircuitBreaker(_NativeBreaker):
     ``"shared"`` (a memory-mapped file in ``shared_dir``: a circuit opened by one process
     of the host is open in all that use the same ``name``) or ``"redis"`` (shared by every
     host, at ``redis_url``; ``on_backend_error`` and ``redis_timeout`` say what happens
-    when Redis cannot be reached).
+    when Redis cannot be reached). The breaker is the same on every backend: the state
+    machine's rules are the native one's, and the Redis store runs them as a script.
+    ``clock=`` on Redis is for tests: the scripts then read the manual clock instead of
+    Redis' own.
 
     Trader-grade policies, each off unless given:
 
@@ -115,16 +118,15 @@ class CircuitBreaker(_NativeBreaker):
         failure_result: Callable[[Any], object] | None = None,
         metrics_only: bool = False,
     ) -> CircuitBreaker:
-        backend = choice.check_backend(backend)
-        shared = None
-        if backend == "shared":
-            shared = breaker_file(name, shared_dir)
-        elif backend == "redis":
-            from peak_resilience._backends.redis.breaker import RedisCircuitBreaker
-
-            if not issubclass(cls, RedisCircuitBreaker):
-                # Python then runs RedisCircuitBreaker.__init__ on the object returned.
-                cls = RedisCircuitBreaker
+        place = breaker_place(
+            backend,
+            name,
+            shared_dir=shared_dir,
+            redis_url=redis_url,
+            redis_timeout=redis_timeout,
+            on_backend_error=on_backend_error,
+            clock=clock,
+        )
         instance = super().__new__(
             cls,
             failure_threshold,
@@ -132,7 +134,6 @@ class CircuitBreaker(_NativeBreaker):
             name,
             half_open_max_calls,
             clock=clock,
-            shared=shared,
             failure_rate_threshold=failure_rate_threshold,
             minimum_calls=minimum_calls,
             window_type=window_type,
@@ -144,6 +145,7 @@ class CircuitBreaker(_NativeBreaker):
             ignore_exceptions=ignore_exceptions,
             failure_result=failure_result,
             metrics_only=metrics_only,
+            **place.keywords(on_backend_error),
         )
         return cast("CircuitBreaker", instance)
 
@@ -172,11 +174,18 @@ class CircuitBreaker(_NativeBreaker):
         failure_result: Callable[[Any], object] | None = None,
         metrics_only: bool = False,
     ) -> None:
-        # The native constructor has validated and stored everything (and mapped the
-        # shared file); the Redis subclass checks its own arguments.
+        # The native constructor has validated and stored everything, and put the state
+        # where the backend says (a shared file mapped, a Redis store attached).
         self.backend = backend
         self.set_listener(_on_transition)
         _instances.breakers.add(self)
+
+    @property
+    def redis_available(self) -> bool:
+        """False while the Redis store cannot be reached (``on_backend_error`` applies
+        meanwhile); True for a breaker on any other backend."""
+        store = self.store
+        return True if store is None else bool(store.available)
 
     @property
     def state(self) -> CircuitState:

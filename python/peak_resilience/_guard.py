@@ -1,9 +1,10 @@
 """Wrapping a function in a breaker and/or a limiter, for sync and async functions alike.
 
 A sync function becomes a native ``Guard``: one call into Rust per invocation runs the
-breaker check, takes the token, times the call and records its outcome. An async function
-gets a thin coroutine wrapper around the same native steps (``_admit`` / ``_exit``), since
-Rust cannot await. Which wrapper is chosen at decoration time, as stamina does.
+breaker check, takes the token, times the call and records its outcome, whatever backend
+the breaker and the limiter keep their state in. An async function gets a thin coroutine
+wrapper around the same native steps (``_admit`` / ``_exit``), since Rust cannot await.
+Which wrapper is chosen at decoration time, as stamina does.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, ParamSpec, Protocol, TypeVar, cast
+from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience._native import CircuitBreaker, Guard, OperationStats, RateLimiter
 from peak_resilience.errors import RateLimitExceeded
@@ -48,26 +49,6 @@ def guard(
     ``on_reject(exception)`` is told of each call refused (for the rejection log).
     ``priority="high"`` lets the calls use the limiter's priority reserve.
     """
-    if getattr(breaker, "_guard_in_python", False) or getattr(limiter, "_guard_in_python", False):
-        # State in Redis: the native Guard would only see the local fallback. (The Redis
-        # classes subclass the Python ones, which this module sits below: hence Any.)
-        from peak_resilience._backends.redis.guard import remote_guard
-
-        return remote_guard(
-            func,
-            breaker=cast(Any, breaker),
-            limiter=cast(Any, limiter),
-            endpoint=endpoint,
-            cost=cost,
-            operation=operation,
-            fallback=fallback,
-            fallback_on_failure=fallback_on_failure,
-            max_wait=max_wait,
-            sleep=sleep,
-            async_sleep=async_sleep,
-            on_reject=on_reject,
-            priority=priority,
-        )
     has_fallback = fallback is not MISSING
     native = Guard(
         func,
@@ -92,19 +73,8 @@ def guard(
     )
 
 
-class GuardSteps(Protocol):
-    """The steps an async wrapper drives: the native ``Guard``'s, or the remote guard's
-    for state in Redis. ``started`` is opaque: whatever ``_started`` gave."""
-
-    def _admit(self) -> int: ...
-    def _started(self) -> Any: ...
-    def _exit(
-        self, admission: int, started: Any, error: BaseException | None = ..., result: Any = ...
-    ) -> bool: ...
-
-
 def _async_wrapper(
-    native: GuardSteps,
+    native: Guard,
     func: Callable[..., Awaitable[Any]],
     fallback: Any,
     has_fallback: bool,

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
-from peak_resilience._backends.shared import limiter_prefix
+from peak_resilience._backends.place import limiter_place
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
@@ -42,21 +42,26 @@ __all__ = ["RateLimiter"]
 
 
 def _bucket_stats(bucket: TokenBucket) -> dict[str, Any]:
-    allowed, rejected = bucket.allowed, bucket.rejected
+    """One bucket's budget read at once: every host's counts for a Redis budget (and
+    whether Redis answered), every process's for a shared one."""
+    allowed, rejected, tokens, paused, available = bucket.read()
     total = allowed + rejected
-    return {
+    stats = {
         "total_requests": total,
         "allowed": allowed,
         "rejected": rejected,
         "rejection_rate": rejected / total if total else 0.0,
-        "tokens_available": bucket.tokens_available,
+        "tokens_available": min(tokens),
         "capacity": bucket.capacity,
         "max_requests": bucket.max_requests,
         "window_seconds": bucket.window_seconds,
-        "windows": _window_stats(bucket.window_labels, bucket.windows, bucket.window_tokens()),
+        "windows": _window_stats(bucket.window_labels, bucket.windows, tokens),
         "priority_reserve": bucket.priority_reserve,
-        "paused_for": bucket.paused_for,
+        "paused_for": paused,
     }
+    if available is not None:
+        stats["redis_available"] = available
+    return stats
 
 
 # strict=False below: another process may change a shared budget's windows between the
@@ -139,16 +144,15 @@ class RateLimiter(_NativeLimiter):
         limits: Sequence[Limit] | None = None,
         priority_reserve: int = 0,
     ) -> RateLimiter:
-        backend = choice.check_backend(backend)
-        shared = None
-        if backend == "shared":
-            shared = limiter_prefix(name, shared_dir)
-        elif backend == "redis":
-            from peak_resilience._backends.redis.limiter import RedisRateLimiter
-
-            if not issubclass(cls, RedisRateLimiter):
-                # Python then runs RedisRateLimiter.__init__ on the object returned.
-                cls = RedisRateLimiter
+        place = limiter_place(
+            backend,
+            name,
+            shared_dir=shared_dir,
+            redis_url=redis_url,
+            redis_timeout=redis_timeout,
+            on_backend_error=on_backend_error,
+            clock=clock,
+        )
         first, length, windows = _rate_arguments(max_requests, window_seconds, limits)
         instance = super().__new__(
             cls,
@@ -157,9 +161,9 @@ class RateLimiter(_NativeLimiter):
             burst=burst,
             clock=clock,
             name=name,
-            shared=shared,
             windows=windows,
             priority_reserve=priority_reserve,
+            **place.keywords(on_backend_error),
         )
         return cast("RateLimiter", instance)
 
@@ -179,11 +183,18 @@ class RateLimiter(_NativeLimiter):
         limits: Sequence[Limit] | None = None,
         priority_reserve: int = 0,
     ) -> None:
-        # The native constructor has validated and stored the rate (and mapped the shared
-        # file); the Redis subclass checks its own arguments.
+        # The native constructor has validated and stored the rate, and put the budget
+        # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
         self.backend = backend
         _instances.limiters.add(self)
+
+    @property
+    def redis_available(self) -> bool:
+        """False while the Redis store cannot be reached (``on_backend_error`` applies
+        meanwhile); True for a limiter on any other backend."""
+        store = self.store
+        return True if store is None else bool(store.available)
 
     def get_stats(self, endpoint: str | None = None) -> dict[str, Any]:
         """Requests allowed and rejected, the rejection rate and the tokens available.
@@ -212,18 +223,26 @@ class RateLimiter(_NativeLimiter):
         shared file or None, (seconds paused, [(window, tokens)] for a bucket of several
         windows)) per bucket. A shared bucket counts the whole host, so the collector
         counts each shared file once however many objects map it."""
-        buckets = [("default", self.default_bucket), *self.endpoint_buckets().items()]
-        return [
-            (
-                endpoint,
-                b.allowed,
-                b.rejected,
-                b.tokens_available,
-                b.shared_path,
-                (b.paused_for, _several_windows(b.window_labels, b.window_tokens())),
+        rows = []
+        for endpoint, bucket in (
+            ("default", self.default_bucket),
+            *self.endpoint_buckets().items(),
+        ):
+            # One read of the budget (one trip to Redis); the counts are this process's
+            # (for Redis: its verdicts and its stand-in's), summed over processes by
+            # Prometheus.
+            _, _, tokens, paused, _ = bucket.read()
+            rows.append(
+                (
+                    endpoint,
+                    bucket.allowed,
+                    bucket.rejected,
+                    min(tokens),
+                    bucket.shared_path,
+                    (paused, _several_windows(bucket.window_labels, tokens)),
+                )
             )
-            for endpoint, b in buckets
-        ]
+        return rows
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 

@@ -1,4 +1,5 @@
-# Stubs for the native core (rust/python.rs). Checked against the runtime by mypy.stubtest.
+# Stubs for the native core (rust/python/, one file per class), checked against the
+# runtime by mypy.stubtest.
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -8,6 +9,7 @@ from typing_extensions import disjoint_base
 
 __all__ = [
     "LATENCY_BOUNDS",
+    "MAX_HALF_OPEN_CALLS",
     "CircuitBreaker",
     "Guard",
     "ManualClock",
@@ -19,14 +21,25 @@ __all__ = [
     "rejection_log_enabled",
     "set_recording_enabled",
     "set_rejection_log_enabled",
+    "shared_breaker_file",
+    "shared_breaker_names",
+    "shared_bucket_file",
+    "shared_limiter_exists",
 ]
 
 LATENCY_BOUNDS: tuple[float, ...]
+MAX_HALF_OPEN_CALLS: int
 
 def set_recording_enabled(enabled: bool) -> None: ...
 def recording_enabled() -> bool: ...
 def set_rejection_log_enabled(enabled: bool) -> None: ...
 def rejection_log_enabled() -> bool: ...
+def shared_breaker_names(shared_dir: str | os.PathLike[str]) -> list[str]: ...
+def shared_limiter_exists(shared_dir: str | os.PathLike[str], name: str) -> bool: ...
+def shared_breaker_file(shared_dir: str | os.PathLike[str], name: str) -> Path: ...
+def shared_bucket_file(
+    shared_dir: str | os.PathLike[str], name: str, endpoint: str | None = None
+) -> Path: ...
 
 @final
 class ManualClock:
@@ -49,6 +62,8 @@ class TokenBucket:
     @property
     def shared_path(self) -> Path | None: ...
     def shared_file_problem(self) -> str | None: ...
+    @property
+    def store(self) -> Any: ...
     def acquire(self, cost: int = 1, /, *, priority: str | None = None) -> bool: ...
     def wait_time(self, cost: int = 1, /, *, priority: str | None = None) -> float: ...
     @property
@@ -63,6 +78,7 @@ class TokenBucket:
     def allowed(self) -> int: ...
     @property
     def rejected(self) -> int: ...
+    def read(self) -> tuple[int, int, list[float], float, bool | None]: ...
     @property
     def enabled(self) -> bool: ...
     def set_enabled(self, enabled: bool) -> None: ...
@@ -115,9 +131,11 @@ class RateLimiter:
         burst: int | None = None,
         clock: ManualClock | None = None,
         name: str | None = None,
-        shared: str | os.PathLike[str] | None = None,
+        shared_dir: str | os.PathLike[str] | None = None,
         windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
         priority_reserve: int | None = None,
+        store: Any = None,
+        on_backend_error: str | None = None,
     ) -> RateLimiter: ...
     def acquire(
         self, endpoint: str | None = None, cost: int = 1, *, priority: str | None = None
@@ -144,6 +162,10 @@ class RateLimiter:
     def endpoint_buckets(self) -> dict[str, TokenBucket]: ...
     @property
     def name(self) -> str: ...
+    @property
+    def store(self) -> Any: ...
+    @property
+    def on_backend_error(self) -> str: ...
 
 @disjoint_base
 class CircuitBreaker:
@@ -155,7 +177,7 @@ class CircuitBreaker:
         half_open_max_calls: int | None = None,
         *,
         clock: ManualClock | None = None,
-        shared: str | os.PathLike[str] | None = None,
+        shared_dir: str | os.PathLike[str] | None = None,
         failure_rate_threshold: float | None = None,
         minimum_calls: int | None = None,
         window_type: str | None = None,
@@ -167,10 +189,16 @@ class CircuitBreaker:
         ignore_exceptions: type[BaseException] | tuple[type[BaseException], ...] | None = None,
         failure_result: Callable[[Any], object] | None = None,
         metrics_only: bool = False,
+        store: Any = None,
+        on_backend_error: str | None = None,
     ) -> CircuitBreaker: ...
     @property
     def shared_path(self) -> Path | None: ...
     def shared_file_problem(self) -> str | None: ...
+    @property
+    def store(self) -> Any: ...
+    @property
+    def on_backend_error(self) -> str: ...
     def allow(self) -> bool: ...
     def record_success(self) -> None: ...
     def record_failure(self) -> None: ...

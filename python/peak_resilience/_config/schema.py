@@ -17,6 +17,7 @@ from typing import Any
 from peak_resilience._backends.choice import Backend, OnBackendError
 from peak_resilience._circuit import WindowType
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
+from peak_resilience._native import MAX_HALF_OPEN_CALLS
 from peak_resilience._windows import parse_limit, parse_limits
 
 __all__ = [
@@ -97,11 +98,6 @@ def metric_prefix(value: str) -> str | None:
     if PREFIX_PATTERN.fullmatch(value):
         return None
     return f"must be a Prometheus metric name prefix ({PREFIX_PATTERN.pattern}), got {value!r}"
-
-
-#: The most half-open trial calls a breaker can admit. The native core's limit, which it
-#: does not export: ``tests/test_config.py`` holds this value to the native breaker's.
-MAX_HALF_OPEN_CALLS = (1 << 20) - 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -14,25 +14,17 @@ again, and the first one that succeeds logs the recovery.
 from __future__ import annotations
 
 import hashlib
+import importlib.resources
 import logging
 import os
 import threading
 import time
 import weakref
+from types import ModuleType
 from typing import Any
 
-from peak_resilience._backends import choice as _backends
+from peak_resilience._backends import choice
 from peak_resilience._config.secrets import redact_url
-
-try:
-    import redis
-    from redis.backoff import NoBackoff
-    from redis.exceptions import NoScriptError
-    from redis.retry import Retry
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "backend='redis' needs redis-py: pip install 'peak-resilience[redis]'"
-    ) from exc
 
 __all__ = ["UNAVAILABLE", "RedisLink", "Script"]
 
@@ -44,9 +36,17 @@ UNAVAILABLE: Any = object()
 #: Seconds Redis is left alone after a failed call before the next call tries it again.
 DEFAULT_RETRY_INTERVAL = 1.0
 
-# Failures of the link, not of the script: anything else (a script error) is a bug and
-# is raised.
-_UNREACHABLE = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+def _redis() -> ModuleType:
+    """redis-py, an optional dependency: imported when the first link is made, so that a
+    process without Redis never pays for it."""
+    try:
+        import redis
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "backend='redis' needs redis-py: pip install 'peak-resilience[redis]'"
+        ) from exc
+    return redis
 
 
 class Script:
@@ -55,6 +55,11 @@ class Script:
     def __init__(self, source: str) -> None:
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    @classmethod
+    def load(cls, name: str) -> Script:
+        """The script ``name`` shipped beside this module (``breaker.lua``, ...)."""
+        return cls(importlib.resources.files(__package__).joinpath(name).read_text())
 
 
 #: Every link, so that a forked child drops the connections it inherited (their sockets
@@ -85,9 +90,17 @@ class RedisLink:
             raise ValueError(
                 f"backend='redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0'), got {url!r}"
             )
-        timeout = _backends.check_timeout(timeout)
+        timeout = choice.check_timeout(timeout)
+        redis = _redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        # Failures of the link, not of the script: anything else (a script error) is a
+        # bug and is raised.
+        self._unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+        self._no_script = redis.exceptions.NoScriptError
         try:
-            self.client: redis.Redis = redis.Redis.from_url(
+            self.client = redis.Redis.from_url(
                 url,
                 socket_timeout=timeout,
                 socket_connect_timeout=timeout,
@@ -114,9 +127,7 @@ class RedisLink:
 
     def pack(self, script: Script, key: str, *args: Any) -> Any:
         """The wire form of running ``script`` on ``key`` with ``args``, for ``run_packed``."""
-        return self._packer.pack_command(  # type: ignore[no-untyped-call]
-            "EVALSHA", script.sha, 1, key, *args
-        )
+        return self._packer.pack_command("EVALSHA", script.sha, 1, key, *args)
 
     def run(self, script: Script, key: str, *args: Any) -> Any:
         """Runs ``script`` on ``key`` with ``args``: its reply, or ``UNAVAILABLE``."""
@@ -134,13 +145,13 @@ class RedisLink:
             try:
                 conn.send_packed_command(command, check_health=False)
                 reply = conn.read_response()
-            except NoScriptError:
+            except self._no_script:
                 # A fresh or restarted Redis: load the script once and run it again.
                 conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
                 conn.read_response()
                 conn.send_packed_command(command, check_health=False)
                 reply = conn.read_response()
-        except _UNREACHABLE as exc:
+        except self._unreachable as exc:
             # redis-py has closed the connection; the next call opens a new one.
             self._failed(exc)
             return UNAVAILABLE
@@ -149,7 +160,7 @@ class RedisLink:
         return reply
 
     def _failed(self, exc: BaseException) -> None:
-        _backends.count_backend_error("redis")
+        choice.count_backend_error("redis")
         with self._lock:
             self._down_until = time.monotonic() + self.retry_interval
             first = not self._outage

@@ -1,0 +1,91 @@
+"""Where a breaker's or a limiter's state lives: the one place a backend is chosen.
+
+The native breaker and bucket are the same class on every backend; what changes is where
+their state is: in this process (``"memory"``), in a file of ``shared_dir`` mapped by
+every process of the host (``"shared"``), or in a remote store that every host asks
+(``"redis"``), whose outages the native object handles by ``on_backend_error``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from peak_resilience._backends import choice, shared
+from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
+from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
+from peak_resilience._native import ManualClock
+
+__all__ = ["Place", "breaker_place", "limiter_place"]
+
+
+@dataclass(frozen=True)
+class Place:
+    """The native constructor's keywords that put the state on a backend."""
+
+    shared_dir: Path | None = None
+    store: Any = None
+
+    def keywords(self, on_backend_error: str) -> dict[str, Any]:
+        return {
+            "shared_dir": self.shared_dir,
+            "store": self.store,
+            "on_backend_error": on_backend_error,
+        }
+
+
+def _place(
+    kind: str,
+    backend: object,
+    name: str | None,
+    shared_dir: str | os.PathLike[str] | None,
+    redis_url: str | None,
+    redis_timeout: float,
+    on_backend_error: object,
+    clock: ManualClock | None,
+) -> Place:
+    backend = choice.check_backend(backend)
+    choice.check_on_backend_error(on_backend_error)
+    if backend == "shared":
+        return Place(shared_dir=shared.directory(name, shared_dir, kind))
+    if backend == "redis":
+        timeout = choice.check_timeout(redis_timeout)
+        # A manual clock reaches the scripts only in tests: in production Redis' own clock
+        # is the one every host agrees on.
+        store_of = RedisBreakerStore if kind == "breaker" else RedisLimiterStore
+        return Place(store=store_of(name, redis_url, timeout=timeout, clock=clock))
+    return Place()
+
+
+def breaker_place(
+    backend: object,
+    name: str | None,
+    *,
+    shared_dir: str | os.PathLike[str] | None,
+    redis_url: str | None,
+    redis_timeout: float,
+    on_backend_error: object,
+    clock: ManualClock | None,
+) -> Place:
+    """Where a breaker named ``name`` keeps its state on ``backend``."""
+    return _place(
+        "breaker", backend, name, shared_dir, redis_url, redis_timeout, on_backend_error, clock
+    )
+
+
+def limiter_place(
+    backend: object,
+    name: str | None,
+    *,
+    shared_dir: str | os.PathLike[str] | None,
+    redis_url: str | None,
+    redis_timeout: float,
+    on_backend_error: object,
+    clock: ManualClock | None,
+) -> Place:
+    """Where a limiter named ``name`` keeps its budget on ``backend``."""
+    return _place(
+        "limiter", backend, name, shared_dir, redis_url, redis_timeout, on_backend_error, clock
+    )

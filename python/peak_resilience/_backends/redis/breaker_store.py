@@ -1,0 +1,148 @@
+"""A circuit breaker's state in Redis: opened by one host, open on every host.
+
+The store under a ``CircuitBreaker(backend="redis")``: the native breaker asks it to
+admit each call and tells it each outcome, and applies ``on_backend_error`` itself when
+the store answers None (Redis unreachable). The state machine is the native one's, as
+one Lua script (``breaker.lua``): each step is one ``EVALSHA``, atomic on the server and
+timed by Redis' clock (``TIME``). The state is one hash under a key with a ``{...}`` hash
+tag, for Redis Cluster. Times cross to the native breaker in nanoseconds; Lua counts
+microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
+
+if TYPE_CHECKING:
+    from peak_resilience._native import ManualClock
+
+__all__ = ["RedisBreakerStore"]
+
+BREAKER = Script.load("breaker.lua")
+
+#: The admission the native breaker sends for an outcome recorded by hand.
+_INFERRED = -1
+_NS_PER_US = 1000
+
+
+def _key(name: str) -> str:
+    return f"peak-resilience:{{breaker:{name}}}"
+
+
+def _us(nanos: int) -> int:
+    return round(nanos / _NS_PER_US)
+
+
+class RedisBreakerStore:
+    """One breaker's state in Redis (see ``rust/python/store.rs`` for the protocol)."""
+
+    def __init__(
+        self, name: str | None, url: str | None, *, timeout: float, clock: ManualClock | None
+    ) -> None:
+        if not name:
+            raise ValueError(
+                "backend='redis' needs a name for the breaker: hosts find the same state by name"
+            )
+        self.link = RedisLink(url, timeout=timeout, what=f"circuit breaker {name!r}")
+        self.key = _key(name)
+        self._clock = clock
+        self._settings: tuple[bytes, ...] = ()
+        self._policy: tuple[bytes, ...] = ()
+
+    @property
+    def retry_interval(self) -> float:
+        return self.link.retry_interval
+
+    @property
+    def available(self) -> bool:
+        return self.link.available
+
+    def configure(
+        self,
+        failure_threshold: int,
+        recovery_timeout: int,
+        half_open_max_calls: int,
+        failure_rate_ppm: int,
+        minimum_calls: int,
+        window_is_time: bool,
+        window_size: int,
+        backoff_multiplier: float,
+        max_recovery_timeout: int,
+    ) -> None:
+        """Encodes the native breaker's settings once, for every call after."""
+        self._settings = (
+            str(failure_threshold).encode(),
+            str(_us(recovery_timeout)).encode(),
+            str(half_open_max_calls).encode(),
+        )
+        self._policy = (
+            str(failure_rate_ppm).encode(),
+            str(minimum_calls).encode(),
+            b"1" if window_is_time else b"0",
+            str(_us(window_size) if window_is_time else window_size).encode(),
+            repr(float(backoff_multiplier)).encode(),
+            str(_us(max_recovery_timeout)).encode(),
+        )
+
+    def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
+        now = b"" if self._clock is None else str(round(self._clock.now() * 1e6)).encode()
+        return self.link.run(
+            BREAKER,
+            self.key,
+            op,
+            *self._settings,
+            admission,
+            outcome,
+            *self._policy,
+            argument,
+            now,
+        )
+
+    def enter(self) -> tuple[int, int, int, int] | None:
+        reply = self._run(b"enter")
+        if reply is UNAVAILABLE:
+            return None
+        return int(reply[0]), int(reply[1]) * _NS_PER_US, int(reply[2]), int(reply[3])
+
+    def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
+        code = -1 if admission == _INFERRED else admission
+        reply = self._run(b"exit", code, outcome.encode())
+        if reply is UNAVAILABLE:
+            return None
+        return int(reply[2]), int(reply[3])
+
+    def read(self) -> tuple[int, int, int, int, int, int] | None:
+        reply = self._run(b"state")
+        if reply is UNAVAILABLE:
+            return None
+        return (
+            int(reply[4]),
+            int(reply[5]),
+            int(reply[1]) * _NS_PER_US,
+            int(reply[6]),
+            int(reply[2]),
+            int(reply[3]),
+        )
+
+    def command(self, op: str, argument: int) -> tuple[int, int] | None:
+        if op == "open_for":
+            argument = max(_us(argument), 1)
+        reply = self._run(op.encode(), argument=argument)
+        if reply is UNAVAILABLE:
+            return None
+        return int(reply[2]), int(reply[3])
+
+    def window(self) -> tuple[int, int, int] | None:
+        reply = self._run(b"window")
+        if reply is UNAVAILABLE:
+            return None
+        calls, failures, failed_trials = (int(v) for v in reply)
+        return calls, failures, failed_trials
+
+    def counters(self) -> list[int] | None:
+        reply = self._run(b"stats")
+        if reply is UNAVAILABLE:
+            return None
+        return [int(v) if v is not None else 0 for v in reply]

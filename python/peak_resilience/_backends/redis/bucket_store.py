@@ -1,0 +1,139 @@
+"""A rate limiter's budget in Redis: one budget for every host that uses its name.
+
+The store under a ``RateLimiter(backend="redis")``: the native bucket asks it for each
+acquire (one ``EVALSHA`` of ``bucket.lua``, GCRA of one or more windows, the native
+bucket's algorithm, on Redis' own clock: the clients' clocks may disagree by more than a
+token's interval) and applies ``on_backend_error`` itself when the store answers None
+(Redis unreachable). A bucket is one hash under a key whose ``{...}`` hash tag keeps every
+bucket of a limiter in one Redis Cluster slot. Times cross to the native bucket in
+nanoseconds; Lua counts microseconds.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
+
+if TYPE_CHECKING:
+    from peak_resilience._native import ManualClock
+
+__all__ = ["RedisBucketStore", "RedisLimiterStore"]
+
+BUCKET = Script.load("bucket.lua")
+
+_NS_PER_US = 1000
+_TAKE = b"take"
+_PEEK = b"peek"
+
+
+class RedisLimiterStore:
+    """A limiter's budgets in Redis: makes the store of each of its buckets."""
+
+    def __init__(
+        self, name: str | None, url: str | None, *, timeout: float, clock: ManualClock | None
+    ) -> None:
+        if not name:
+            raise ValueError(
+                "backend='redis' needs a name for the limiter: hosts find the same budget by name"
+            )
+        self.name = name
+        self.link = RedisLink(url, timeout=timeout, what=f"rate limiter {name!r}")
+        self._clock = clock
+
+    @property
+    def retry_interval(self) -> float:
+        return self.link.retry_interval
+
+    @property
+    def available(self) -> bool:
+        return self.link.available
+
+    def bucket(self, endpoint: str | None) -> RedisBucketStore:
+        where = "default" if endpoint is None else f"endpoint:{endpoint}"
+        key = f"peak-resilience:{{limiter:{self.name}}}:{where}"
+        return RedisBucketStore(self.link, key, self._clock)
+
+
+class RedisBucketStore:
+    """One bucket in Redis (see ``rust/python/store.rs`` for the protocol)."""
+
+    def __init__(self, link: RedisLink, key: str, clock: ManualClock | None) -> None:
+        self.link = link
+        self.key = key
+        self._clock = clock
+        self._windows: tuple[bytes, ...] = ()
+        self._intervals: tuple[int, ...] = ()
+        self._reserve = 0
+        #: The packed "take one token" commands (normal, high), the ones almost every
+        #: acquire sends: packing costs more than the script runs on the server.
+        self._take_one: tuple[Any, Any] | None = None
+
+    @property
+    def retry_interval(self) -> float:
+        return self.link.retry_interval
+
+    @property
+    def available(self) -> bool:
+        return self.link.available
+
+    def configure(self, windows: list[tuple[int, int]], reserve: int) -> None:
+        """Encodes the native bucket's windows ((interval ns, burst) each) once."""
+        encoded: list[bytes] = []
+        intervals: list[int] = []
+        for interval, burst in windows:
+            interval_us = round(interval / _NS_PER_US)
+            if interval_us < 1:
+                raise ValueError(
+                    f"a window of one request every {interval} ns is finer than "
+                    "backend='redis' counts (one request per microsecond at most)"
+                )
+            encoded += [str(interval_us).encode(), str(interval_us * burst).encode()]
+            intervals.append(interval_us)
+        self._windows = tuple(encoded)
+        self._intervals = tuple(intervals)
+        self._reserve = reserve
+        self._take_one = None
+        if self._clock is None:
+            self._take_one = (
+                self.link.pack(BUCKET, self.key, _TAKE, 1, 0, reserve, b"", *encoded),
+                self.link.pack(BUCKET, self.key, _TAKE, 1, 0, 0, b"", *encoded),
+            )
+
+    def _run(self, mode: bytes, amount: int, *, index: int = 0, high: bool = True) -> Any:
+        now = b"" if self._clock is None else str(round(self._clock.now() * 1e6)).encode()
+        reserve = 0 if high else self._reserve
+        return self.link.run(BUCKET, self.key, mode, amount, index, reserve, now, *self._windows)
+
+    def take(self, cost: int, high: bool) -> tuple[bool, int] | None:
+        if cost == 1 and self._take_one is not None:
+            reply = self.link.run_packed(BUCKET, self._take_one[high])
+        else:
+            reply = self._run(_TAKE, cost, high=high)
+        if reply is UNAVAILABLE:
+            return None
+        return reply[0] == 1, int(reply[1]) * _NS_PER_US
+
+    def peek(self, cost: int, high: bool) -> tuple[int, int, int, int, list[float]] | None:
+        reply = self._run(_PEEK, cost, high=high)
+        if reply is UNAVAILABLE:
+            return None
+        wait, allowed, rejected, paused = (int(v) for v in reply[:4])
+        tokens = [
+            int(available) / interval
+            for available, interval in zip(reply[4:], self._intervals, strict=True)
+        ]
+        return wait * _NS_PER_US, allowed, rejected, paused * _NS_PER_US, tokens
+
+    def adjust(self, amount: int, charge: bool) -> bool | None:
+        reply = self._run(b"charge" if charge else b"refund", amount)
+        return None if reply is UNAVAILABLE else True
+
+    def sync(self, window: int, used: int) -> bool | None:
+        reply = self._run(b"sync", used, index=window)
+        return None if reply is UNAVAILABLE else True
+
+    def pause(self, nanos: int) -> bool | None:
+        micros = 0 if nanos == 0 else max(round(nanos / _NS_PER_US), 1)
+        reply = self._run(b"pause", micros)
+        return None if reply is UNAVAILABLE else True
