@@ -13,7 +13,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
-from peak_resilience._backends.place import breaker_place
+from peak_resilience._backends.place import place
 from peak_resilience._circuit import CircuitState, WindowType
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
@@ -118,7 +118,8 @@ class CircuitBreaker(_NativeBreaker):
         failure_result: Callable[[Any], object] | None = None,
         metrics_only: bool = False,
     ) -> CircuitBreaker:
-        place = breaker_place(
+        where = place(
+            "breaker",
             backend,
             name,
             shared_dir=shared_dir,
@@ -145,7 +146,7 @@ class CircuitBreaker(_NativeBreaker):
             ignore_exceptions=ignore_exceptions,
             failure_result=failure_result,
             metrics_only=metrics_only,
-            **place.keywords(on_backend_error),
+            **where.keywords(on_backend_error),
         )
         return cast("CircuitBreaker", instance)
 

@@ -32,7 +32,7 @@ from typing import Any, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
-from peak_resilience._backends.place import limiter_place
+from peak_resilience._backends.place import place
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
@@ -144,7 +144,8 @@ class RateLimiter(_NativeLimiter):
         limits: Sequence[Limit] | None = None,
         priority_reserve: int = 0,
     ) -> RateLimiter:
-        place = limiter_place(
+        where = place(
+            "limiter",
             backend,
             name,
             shared_dir=shared_dir,
@@ -163,7 +164,7 @@ class RateLimiter(_NativeLimiter):
             name=name,
             windows=windows,
             priority_reserve=priority_reserve,
-            **place.keywords(on_backend_error),
+            **where.keywords(on_backend_error),
         )
         return cast("RateLimiter", instance)
 

@@ -152,13 +152,17 @@ pub fn on_backend_error(value: Option<&Bound<'_, PyAny>>) -> PyResult<OnBackendE
         })
 }
 
-/// The directory a shared object's file goes in (`shared_dir=`), or None.
-pub fn shared_dir(value: Option<&Bound<'_, PyAny>>, what: &str) -> PyResult<Option<PathBuf>> {
+/// A path argument (str or os.PathLike), or None; `what` says what it must be.
+pub fn path_or_none(
+    value: Option<&Bound<'_, PyAny>>,
+    name: &str,
+    what: &str,
+) -> PyResult<Option<PathBuf>> {
     match given(value) {
         Some(p) => match p.extract::<PathBuf>() {
             Ok(path) if !path.as_os_str().is_empty() => Ok(Some(path)),
             _ => Err(PyTypeError::new_err(format!(
-                "shared_dir must be the directory of the {what}'s shared file (str or os.PathLike) or None, got {}",
+                "{name} must be {what} (str or os.PathLike) or None, got {}",
                 p.repr()?
             ))),
         },

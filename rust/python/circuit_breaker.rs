@@ -18,7 +18,7 @@ use crate::remote::{OnBackendError, Ticket};
 use crate::shared::{self, Region};
 
 use super::args::{
-    clock_from, given, name_or, number, on_backend_error, positive_int, seconds, shared_dir,
+    clock_from, given, name_or, number, on_backend_error, path_or_none, positive_int, seconds,
 };
 use super::errors::{circuit_open, lost_error, shared_error, shared_file_problem};
 use super::store::Store;
@@ -305,6 +305,12 @@ impl PyCircuitBreaker {
                 let slow = self.core.slow_call_duration();
                 slow != 0 && e >= slow
             });
+        self.settle_as(py, ticket, verdict, slow);
+    }
+
+    /// Records a verdict, `slow` already judged, with whichever state machine admitted it.
+    #[inline]
+    fn settle_as(&self, py: Python<'_>, ticket: Ticket, verdict: Verdict, slow: bool) {
         match ticket {
             Ticket::Local(admission) => self.settle_local(py, admission, verdict, slow),
             Ticket::Remote(code) => self.settle_remote(py, code, verdict, slow),
@@ -538,13 +544,11 @@ impl PyCircuitBreaker {
             failure_result,
         };
         let clock = clock_from(clock)?;
-        let shared_dir = self::shared_dir(shared_dir, "breaker")?;
-        if (shared_dir.is_some() || given(store).is_some()) && given(name).is_none() {
-            return Err(PyValueError::new_err(
-                "a shared or remote circuit breaker needs a name: processes find the same \
-                 state by name",
-            ));
-        }
+        let shared_dir = path_or_none(
+            shared_dir,
+            "shared_dir",
+            "the directory of the breaker's shared file",
+        )?;
         let name = name_or(py, name, "breaker", &BREAKER_SEQUENCE)?;
         let (core, shared) = match shared_dir {
             None => (Breaker::new(settings, clock), None),
@@ -998,11 +1002,7 @@ impl PyCircuitBreaker {
             Some(false) => Verdict::Failure,
             None => Verdict::Ignored,
         };
-        let slow = slow && verdict == Verdict::Success;
-        match ticket {
-            Ticket::Local(admission) => self.settle_local(py, admission, verdict, slow),
-            Ticket::Remote(code) => self.settle_remote(py, code, verdict, slow),
-        }
+        self.settle_as(py, ticket, verdict, slow && verdict == Verdict::Success);
         Ok(())
     }
 }

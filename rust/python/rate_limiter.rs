@@ -12,7 +12,7 @@ use crate::clock::Clock;
 use crate::files;
 
 use super::args::{
-    clock_from, cost_of, given, is_high, name_or, on_backend_error, shared_dir, windows_from,
+    clock_from, cost_of, given, is_high, name_or, on_backend_error, path_or_none, windows_from,
 };
 use super::reservation::{reserve_on, Reservation};
 use super::store::Store;
@@ -116,13 +116,11 @@ impl PyRateLimiter {
             windows,
             priority_reserve,
         )?;
-        let shared_dir = self::shared_dir(shared_dir, "limiter")?;
-        if (shared_dir.is_some() || given(store).is_some()) && given(name).is_none() {
-            return Err(PyValueError::new_err(
-                "a shared or remote rate limiter needs a name: processes find the same \
-                 budget by name",
-            ));
-        }
+        let shared_dir = path_or_none(
+            shared_dir,
+            "shared_dir",
+            "the directory of the limiter's shared file",
+        )?;
         let policy = self::on_backend_error(on_backend_error)?;
         let name = name_or(py, name, "limiter", &LIMITER_SEQUENCE)?;
         let store = given(store).map(|s| Store::new(s.clone(), policy));

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::bucket::{BucketState, Decision, TokenBucket};
@@ -14,7 +14,7 @@ use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
 
 use super::args::{
-    clock_from, cost_of, count, given, is_high, quota_from, seconds, windows_from, Windows,
+    clock_from, cost_of, count, is_high, path_or_none, quota_from, seconds, windows_from, Windows,
 };
 use super::errors::{lost_error, shared_error, shared_file_problem};
 use super::reservation::{reserve_on, Reservation};
@@ -264,20 +264,6 @@ impl PyTokenBucket {
 /// store answered.
 type ReadOut = (u64, u64, Vec<f64>, f64, Option<bool>);
 
-/// The shared file a bucket constructed directly maps (`shared=`), or None.
-fn shared_file(shared: Option<&Bound<'_, PyAny>>) -> PyResult<Option<PathBuf>> {
-    match given(shared) {
-        Some(p) => match p.extract::<PathBuf>() {
-            Ok(path) if !path.as_os_str().is_empty() => Ok(Some(path)),
-            _ => Err(PyTypeError::new_err(format!(
-                "shared must be the path of the bucket's shared file (str or os.PathLike) or None, got {}",
-                p.repr()?
-            ))),
-        },
-        None => Ok(None),
-    }
-}
-
 #[pymethods]
 impl PyTokenBucket {
     #[new]
@@ -291,7 +277,7 @@ impl PyTokenBucket {
         shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
         let windows = windows_from(max_requests, window_seconds, burst, None, None)?;
-        let shared = shared_file(shared)?;
+        let shared = path_or_none(shared, "shared", "the path of the bucket's shared file")?;
         PyTokenBucket::build(py, &windows, clock_from(clock)?, shared.as_deref(), None)
     }
 

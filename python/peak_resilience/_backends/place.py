@@ -11,14 +11,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from peak_resilience._backends import choice, shared
 from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
 from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
 from peak_resilience._native import ManualClock
 
-__all__ = ["Place", "breaker_place", "limiter_place"]
+__all__ = ["Place", "place"]
 
 
 @dataclass(frozen=True)
@@ -36,16 +36,19 @@ class Place:
         }
 
 
-def _place(
-    kind: str,
+def place(
+    kind: Literal["breaker", "limiter"],
     backend: object,
     name: str | None,
+    *,
     shared_dir: str | os.PathLike[str] | None,
     redis_url: str | None,
     redis_timeout: float,
     on_backend_error: object,
     clock: ManualClock | None,
 ) -> Place:
+    """Where the breaker or limiter (``kind``) named ``name`` keeps its state on
+    ``backend``."""
     backend = choice.check_backend(backend)
     choice.check_on_backend_error(on_backend_error)
     if backend == "shared":
@@ -57,35 +60,3 @@ def _place(
         store_of = RedisBreakerStore if kind == "breaker" else RedisLimiterStore
         return Place(store=store_of(name, redis_url, timeout=timeout, clock=clock))
     return Place()
-
-
-def breaker_place(
-    backend: object,
-    name: str | None,
-    *,
-    shared_dir: str | os.PathLike[str] | None,
-    redis_url: str | None,
-    redis_timeout: float,
-    on_backend_error: object,
-    clock: ManualClock | None,
-) -> Place:
-    """Where a breaker named ``name`` keeps its state on ``backend``."""
-    return _place(
-        "breaker", backend, name, shared_dir, redis_url, redis_timeout, on_backend_error, clock
-    )
-
-
-def limiter_place(
-    backend: object,
-    name: str | None,
-    *,
-    shared_dir: str | os.PathLike[str] | None,
-    redis_url: str | None,
-    redis_timeout: float,
-    on_backend_error: object,
-    clock: ManualClock | None,
-) -> Place:
-    """Where a limiter named ``name`` keeps its budget on ``backend``."""
-    return _place(
-        "limiter", backend, name, shared_dir, redis_url, redis_timeout, on_backend_error, clock
-    )

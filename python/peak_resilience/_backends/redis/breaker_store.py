@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, RedisStore, Script
 
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
@@ -35,7 +35,7 @@ def _us(nanos: int) -> int:
     return round(nanos / _NS_PER_US)
 
 
-class RedisBreakerStore:
+class RedisBreakerStore(RedisStore):
     """One breaker's state in Redis (see ``rust/python/store.rs`` for the protocol)."""
 
     def __init__(
@@ -45,19 +45,10 @@ class RedisBreakerStore:
             raise ValueError(
                 "backend='redis' needs a name for the breaker: hosts find the same state by name"
             )
-        self.link = RedisLink(url, timeout=timeout, what=f"circuit breaker {name!r}")
+        super().__init__(RedisLink(url, timeout=timeout, what=f"circuit breaker {name!r}"), clock)
         self.key = _key(name)
-        self._clock = clock
         self._settings: tuple[bytes, ...] = ()
         self._policy: tuple[bytes, ...] = ()
-
-    @property
-    def retry_interval(self) -> float:
-        return self.link.retry_interval
-
-    @property
-    def available(self) -> bool:
-        return self.link.available
 
     def configure(
         self,
@@ -87,7 +78,6 @@ class RedisBreakerStore:
         )
 
     def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
-        now = b"" if self._clock is None else str(round(self._clock.now() * 1e6)).encode()
         return self.link.run(
             BREAKER,
             self.key,
@@ -97,7 +87,7 @@ class RedisBreakerStore:
             outcome,
             *self._policy,
             argument,
-            now,
+            self.now(),
         )
 
     def enter(self) -> tuple[int, int, int, int] | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, Script
+from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, RedisStore, Script
 
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
@@ -27,7 +27,7 @@ _TAKE = b"take"
 _PEEK = b"peek"
 
 
-class RedisLimiterStore:
+class RedisLimiterStore(RedisStore):
     """A limiter's budgets in Redis: makes the store of each of its buckets."""
 
     def __init__(
@@ -37,17 +37,8 @@ class RedisLimiterStore:
             raise ValueError(
                 "backend='redis' needs a name for the limiter: hosts find the same budget by name"
             )
+        super().__init__(RedisLink(url, timeout=timeout, what=f"rate limiter {name!r}"), clock)
         self.name = name
-        self.link = RedisLink(url, timeout=timeout, what=f"rate limiter {name!r}")
-        self._clock = clock
-
-    @property
-    def retry_interval(self) -> float:
-        return self.link.retry_interval
-
-    @property
-    def available(self) -> bool:
-        return self.link.available
 
     def bucket(self, endpoint: str | None) -> RedisBucketStore:
         where = "default" if endpoint is None else f"endpoint:{endpoint}"
@@ -55,27 +46,18 @@ class RedisLimiterStore:
         return RedisBucketStore(self.link, key, self._clock)
 
 
-class RedisBucketStore:
+class RedisBucketStore(RedisStore):
     """One bucket in Redis (see ``rust/python/store.rs`` for the protocol)."""
 
     def __init__(self, link: RedisLink, key: str, clock: ManualClock | None) -> None:
-        self.link = link
+        super().__init__(link, clock)
         self.key = key
-        self._clock = clock
         self._windows: tuple[bytes, ...] = ()
         self._intervals: tuple[int, ...] = ()
         self._reserve = 0
         #: The packed "take one token" commands (normal, high), the ones almost every
         #: acquire sends: packing costs more than the script runs on the server.
         self._take_one: tuple[Any, Any] | None = None
-
-    @property
-    def retry_interval(self) -> float:
-        return self.link.retry_interval
-
-    @property
-    def available(self) -> bool:
-        return self.link.available
 
     def configure(self, windows: list[tuple[int, int]], reserve: int) -> None:
         """Encodes the native bucket's windows ((interval ns, burst) each) once."""
@@ -101,9 +83,10 @@ class RedisBucketStore:
             )
 
     def _run(self, mode: bytes, amount: int, *, index: int = 0, high: bool = True) -> Any:
-        now = b"" if self._clock is None else str(round(self._clock.now() * 1e6)).encode()
         reserve = 0 if high else self._reserve
-        return self.link.run(BUCKET, self.key, mode, amount, index, reserve, now, *self._windows)
+        return self.link.run(
+            BUCKET, self.key, mode, amount, index, reserve, self.now(), *self._windows
+        )
 
     def take(self, cost: int, high: bool) -> tuple[bool, int] | None:
         if cost == 1 and self._take_one is not None:

@@ -21,12 +21,15 @@ import threading
 import time
 import weakref
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from peak_resilience._backends import choice
 from peak_resilience._config.secrets import redact_url
 
-__all__ = ["UNAVAILABLE", "RedisLink", "Script"]
+if TYPE_CHECKING:
+    from peak_resilience._native import ManualClock
+
+__all__ = ["UNAVAILABLE", "RedisLink", "RedisStore", "Script"]
 
 logger = logging.getLogger("peak_resilience.redis")
 
@@ -188,3 +191,28 @@ class RedisLink:
     def available(self) -> bool:
         """False during an outage (until a call succeeds again)."""
         return not self._outage
+
+
+class RedisStore:
+    """What every Redis store has: its link, and the clock its scripts read."""
+
+    def __init__(self, link: RedisLink, clock: ManualClock | None) -> None:
+        self.link = link
+        self._clock = clock
+
+    @property
+    def retry_interval(self) -> float:
+        """Seconds until an unreachable Redis is tried again."""
+        return self.link.retry_interval
+
+    @property
+    def available(self) -> bool:
+        """False during an outage."""
+        return self.link.available
+
+    def now(self) -> bytes:
+        """The scripts' `now` argument: empty, so that they read Redis' own clock (the one
+        every host agrees on), unless a test drives them with a manual clock (us)."""
+        if self._clock is None:
+            return b""
+        return str(round(self._clock.now() * 1_000_000)).encode()
