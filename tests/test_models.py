@@ -1,16 +1,26 @@
 """Stateful property tests: the public objects against plain Python reference models,
-over random operations and clock advances on the manual clock (hypothesis)."""
+over random operations and clock advances on the manual clock (hypothesis).
+
+The state machines exist twice, in Rust (memory and shared backends) and in Lua (the Redis
+backend's scripts): each model runs against every engine, Redis' scripts reading the
+manual clock through their test-only ``now``. Redis counts microseconds, so on its engine
+the reference model rounds a token's interval to the microsecond as the store does."""
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
+from redis_server import RedisServer
 from stress import scaled
 
 from peak_resilience import _instances
@@ -22,11 +32,62 @@ from peak_resilience.resilience_helpers import get_all_circuit_breakers, with_re
 from peak_resilience.testing import ManualClock, fresh_resilience
 
 
+@dataclass(frozen=True)
+class Engine:
+    """Where a model's breaker or limiter keeps its state."""
+
+    backend: str
+    #: The finest time step the engine counts: 1 ns natively, 1 us in Redis' scripts.
+    resolution_ns: int = 1
+
+    def place(self) -> dict[str, Any]:
+        """The constructor keywords for a new object of its own (a fresh name)."""
+        name = f"model-{next(_NAMES)}"
+        if self.backend == "shared":
+            return {"name": name, "backend": "shared", "shared_dir": _SHARED_DIR.name}
+        if self.backend == "redis":
+            assert _REDIS_URL, "the redis engine runs under the `redis_engine` fixture"
+            return {"name": name, "backend": "redis", "redis_url": _REDIS_URL[0]}
+        return {"name": name}
+
+    def interval(self, native_ns: int) -> int:
+        """A token's interval as the engine counts it."""
+        if self.resolution_ns == 1:
+            return native_ns
+        return round(native_ns / self.resolution_ns) * self.resolution_ns
+
+
+ENGINES = {
+    "memory": Engine("memory"),
+    "shared": Engine("shared"),
+    "redis": Engine("redis", resolution_ns=1_000),
+}
+_NAMES = itertools.count()
+_SHARED_DIR = tempfile.TemporaryDirectory(prefix="peak-models-")
+#: The URL of the redis-server the redis engine runs on, while its tests run.
+_REDIS_URL: list[str] = []
+
+
+@pytest.fixture(scope="module")
+def redis_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A redis-server of this module's own for the redis engine's models."""
+    server = RedisServer(tmp_path_factory.mktemp("models-redis"))
+    server.start()
+    _REDIS_URL.append(server.url)
+    try:
+        yield
+    finally:
+        _REDIS_URL.clear()
+        server.stop()
+
+
 class ReferenceBucket:
     """A token bucket that counts in nanoseconds of refill: the obvious implementation."""
 
-    def __init__(self, max_requests: int, window_ns: int, burst: int) -> None:
-        self.interval = (window_ns + max_requests // 2) // max_requests
+    def __init__(
+        self, max_requests: int, window_ns: int, burst: int, engine: Engine = ENGINES["memory"]
+    ) -> None:
+        self.interval = engine.interval((window_ns + max_requests // 2) // max_requests)
         self.capacity = self.interval * burst
         self.level = self.capacity
         self.burst = burst
@@ -43,6 +104,8 @@ class ReferenceBucket:
 
 
 class LimiterMachine(RuleBasedStateMachine):
+    engine = ENGINES["memory"]
+
     @initialize(
         max_requests=st.integers(1, 50),
         window_ms=st.integers(1, 10_000),
@@ -50,8 +113,10 @@ class LimiterMachine(RuleBasedStateMachine):
     )
     def create(self, max_requests: int, window_ms: int, burst: int) -> None:
         self.clock = ManualClock()
-        self.limiter = RateLimiter(max_requests, window_ms / 1000, burst=burst, clock=self.clock)
-        self.model = ReferenceBucket(max_requests, window_ms * 1_000_000, burst)
+        self.limiter = RateLimiter(
+            max_requests, window_ms / 1000, burst=burst, clock=self.clock, **self.engine.place()
+        )
+        self.model = ReferenceBucket(max_requests, window_ms * 1_000_000, burst, self.engine)
         self.allowed = self.rejected = 0
 
     @rule(micros=st.integers(0, 5_000_000))
@@ -133,6 +198,8 @@ BASE_EXCEPTIONS = ["keyboard_interrupt", "system_exit", "generator_exit", "cance
 
 
 class BreakerMachine(RuleBasedStateMachine):
+    engine = ENGINES["memory"]
+
     @initialize(
         threshold=st.integers(1, 5),
         recovery_ms=st.integers(1, 2_000),
@@ -141,8 +208,9 @@ class BreakerMachine(RuleBasedStateMachine):
     def create(self, threshold: int, recovery_ms: int, trials: int) -> None:
         self.clock = ManualClock()
         self.now = 0
+        place = self.engine.place()
         self.breaker = CircuitBreaker(
-            threshold, recovery_ms / 1000, "model", trials, clock=self.clock
+            threshold, recovery_ms / 1000, half_open_max_calls=trials, clock=self.clock, **place
         )
         self.model = ReferenceBreaker(threshold, recovery_ms * 1_000_000, trials)
 
@@ -196,6 +264,43 @@ TestLimiterAgainstModel.settings = settings(max_examples=150, stateful_step_coun
 TestBreakerAgainstModel = BreakerMachine.TestCase
 TestBreakerAgainstModel.settings = settings(max_examples=150, stateful_step_count=60, deadline=None)
 
+#: The other engines: fewer examples each (a shared file or a Redis round trip per step).
+ON_OTHER_ENGINES = settings(max_examples=40, stateful_step_count=40, deadline=None)
+
+
+class SharedLimiterMachine(LimiterMachine):
+    engine = ENGINES["shared"]
+
+
+class RedisLimiterMachine(LimiterMachine):
+    engine = ENGINES["redis"]
+
+
+class SharedBreakerMachine(BreakerMachine):
+    engine = ENGINES["shared"]
+
+
+class RedisBreakerMachine(BreakerMachine):
+    engine = ENGINES["redis"]
+
+
+class TestSharedLimiterAgainstModel(SharedLimiterMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
+
+@pytest.mark.usefixtures("redis_engine")
+class TestRedisLimiterAgainstModel(RedisLimiterMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
+
+class TestSharedBreakerAgainstModel(SharedBreakerMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
+
+@pytest.mark.usefixtures("redis_engine")
+class TestRedisBreakerAgainstModel(RedisBreakerMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
 
 class WithResilienceMachine(RuleBasedStateMachine):
     """``with_resilience`` (breaker and limiter) against the two reference models composed
@@ -204,8 +309,23 @@ class WithResilienceMachine(RuleBasedStateMachine):
     subclasses (which propagate and are no dependency failure); ``configure()`` reloads
     change the threshold in place (state and counts stay)."""
 
+    engine = ENGINES["memory"]
+
     def __init__(self) -> None:
         super().__init__()
+        # A module of its own: the shared and Redis engines keep state across examples.
+        place = self.engine.place()
+        self.module = place["name"].replace("-", "_")
+        self.backend_keys = "".join(
+            f"{key} = {value!r}\n".replace("'", '"')
+            for key, value in (
+                ("circuit_breaker_backend", place.get("backend")),
+                ("rate_limit_backend", place.get("backend")),
+                ("shared_dir", place.get("shared_dir")),
+                ("redis_url", place.get("redis_url")),
+            )
+            if value is not None
+        )
         self.directory = tempfile.TemporaryDirectory()
         self.path = Path(self.directory.name) / "config.toml"
         self.clock = ManualClock()
@@ -220,13 +340,13 @@ class WithResilienceMachine(RuleBasedStateMachine):
 
     def write(self, threshold: int) -> None:
         self.path.write_text(
-            "[resilience.m]\n"
+            f"[resilience.{self.module}]\n"
             f"circuit_breaker_threshold = {threshold}\n"
             f"circuit_breaker_timeout = {self.recovery_ms / 1000}\n"
             f"half_open_max_calls = {self.trials}\n"
             f"rate_limit_requests = {self.requests}\n"
             f"rate_limit_window = {self.window_ms / 1000}\n"
-            f"rate_limit_burst = {self.burst}\n"
+            f"rate_limit_burst = {self.burst}\n" + self.backend_keys
         )
         configure(self.path, environ={})
 
@@ -251,16 +371,16 @@ class WithResilienceMachine(RuleBasedStateMachine):
         self.requests, self.window_ms, self.burst = requests, window_ms, burst
         self.write(threshold)
         self.breaker_model = ReferenceBreaker(threshold, recovery_ms * 1_000_000, trials)
-        self.bucket_model = ReferenceBucket(requests, window_ms * 1_000_000, burst)
+        self.bucket_model = ReferenceBucket(requests, window_ms * 1_000_000, burst, self.engine)
 
-        @with_resilience("m", "op", use_rate_limiter=True)
+        @with_resilience(self.module, "op", use_rate_limiter=True)
         def dependency(outcome: str) -> str:
             if outcome in RAISES:
                 raise RAISES[outcome]()
             return outcome
 
         self.dependency = dependency
-        self.breaker = get_all_circuit_breakers()["m.op"]
+        self.breaker = get_all_circuit_breakers()[f"{self.module}.op"]
 
     @rule(millis=st.integers(0, 3_000))
     def advance(self, millis: int) -> None:
@@ -312,7 +432,7 @@ class WithResilienceMachine(RuleBasedStateMachine):
             self.successes,
             self.failures,
         )
-        stats = _instances.operations["m.op"].snapshot()
+        stats = _instances.operations[f"{self.module}.op"].snapshot()
         assert stats["successes"] == self.successes
         # BaseException subclasses are not dependency failures: only Failure is counted.
         assert stats["failures"] == ({"Failure": self.failures} if self.failures else {})
@@ -322,6 +442,24 @@ TestWithResilienceAgainstModel = WithResilienceMachine.TestCase
 TestWithResilienceAgainstModel.settings = settings(
     max_examples=100, stateful_step_count=50, deadline=None
 )
+
+
+class SharedWithResilienceMachine(WithResilienceMachine):
+    engine = ENGINES["shared"]
+
+
+class RedisWithResilienceMachine(WithResilienceMachine):
+    engine = ENGINES["redis"]
+
+
+class TestSharedWithResilienceAgainstModel(SharedWithResilienceMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
+
+@pytest.mark.usefixtures("redis_engine")
+class TestRedisWithResilienceAgainstModel(RedisWithResilienceMachine.TestCase):  # type: ignore[name-defined]
+    settings = ON_OTHER_ENGINES
+
 
 LONG = settings(max_examples=scaled(3_000), stateful_step_count=100, deadline=None)
 

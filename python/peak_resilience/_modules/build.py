@@ -33,14 +33,14 @@ __all__ = [
 
 
 def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dict[str, Any]:
-    """The constructor arguments that place an object on ``backend``. Redis keeps time
-    itself, so a test's manual clock only reaches in-process and shared objects."""
+    """The constructor arguments that place an object on ``backend``. A test's manual
+    clock (``fresh_resilience(clock)``) reaches every backend, Redis' scripts included."""
     return {
         "backend": backend,
         "shared_dir": settings.shared_dir,
         "redis_url": settings.redis_url,
         "on_backend_error": settings.on_backend_error,
-        "clock": None if backend == "redis" else clock,
+        "clock": clock,
     }
 
 
