@@ -1,6 +1,7 @@
 """Smoke test of an installed peak-resilience, run by scripts/package-check inside a fresh
 venv (never from the source tree): the package imports from site-packages, a limiter
-rejects past its budget, a breaker opens, the console script reports the version.
+rejects past its budget, a breaker opens, the Redis backend's Lua scripts are installed
+beside it, the console script reports the version.
 
 Usage: python package_smoke.py EXPECTED_VERSION
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import peak_resilience
 from peak_resilience import CircuitBreaker, CircuitBreakerError, CircuitState, RateLimiter
+from peak_resilience._backends.redis import breaker_store, bucket_store
 from peak_resilience.testing import ManualClock
 
 
@@ -48,6 +50,10 @@ def main(expected_version: str) -> None:
     else:
         raise AssertionError("an open breaker ran the function")
     print("smoke: a breaker opens after 2 failures and fails fast with CircuitBreakerError")
+
+    for script in (breaker_store.BREAKER, bucket_store.BUCKET):
+        assert "redis.call" in script.source and len(script.sha) == 40, script.sha
+    print("smoke: the Redis backend's Lua scripts are installed with the package")
 
     cli = Path(sys.executable).parent / "peak-resilience"
     shown = subprocess.run(
