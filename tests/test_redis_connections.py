@@ -11,7 +11,7 @@ import redis
 from redis_server import RedisServer
 
 from peak_resilience import CircuitBreaker, RateLimiter
-from peak_resilience._backends.choice import backend_error_counts
+from peak_resilience._backends.choice import OnBackendError, backend_error_counts
 from peak_resilience._backends.redis.pool import MAX_CONNECTIONS
 from peak_resilience._guard import guard
 
@@ -92,7 +92,7 @@ def test_152_threads_share_a_bounded_number_of_connections(own_redis: RedisServe
     ("policy", "budget", "admitted"), [("fail_closed", 5, True), ("fail_open", 1, False)]
 )
 def test_a_connection_the_server_closed_while_idle_is_not_an_outage(
-    own_redis: RedisServer, policy: str, budget: int, admitted: bool
+    own_redis: RedisServer, policy: OnBackendError, budget: int, admitted: bool
 ) -> None:
     admin = redis.Redis.from_url(own_redis.url, socket_timeout=5)
     admin.config_set("timeout", 1)  # the server closes a connection idle for 1 s

@@ -135,7 +135,9 @@ class RedisLink:
         # sees it: unreachable, too slow, or refusing (READONLY after a failover, LOADING,
         # MASTERDOWN, OOM, BUSY, NOPERM, CLUSTERDOWN, TRYAGAIN, a script error).
         self._failures = (redis.RedisError, OSError)
-        self._unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+        #: Answers from a Redis that is up but will not serve (LOADING is a
+        #: ConnectionError to redis-py).
+        self._refusing = (redis.ResponseError, redis.exceptions.BusyLoadingError)
         self._no_script = redis.exceptions.NoScriptError
         self.client, self._pool = _pool_for(url, timeout)
         #: For log lines and errors: the password masked.
@@ -199,7 +201,7 @@ class RedisLink:
                 "%s: Redis at %s %s (%s: %s); applying on_backend_error=%r until it answers",
                 self.what,
                 self.url,
-                "unreachable" if isinstance(exc, self._unreachable) else "refused the call",
+                "refused the call" if isinstance(exc, self._refusing) else "unreachable",
                 type(exc).__name__,
                 # A str, not the exception: a kept log record must not keep its traceback
                 # (and through it the limiter or breaker) alive.
