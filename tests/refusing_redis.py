@@ -7,10 +7,10 @@ For the refusals a single real redis-server cannot be brought to give on demand
 
 from __future__ import annotations
 
-import socket
 import socketserver
 import threading
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from redis_server import free_port
 
@@ -39,28 +39,18 @@ class _Server(socketserver.ThreadingTCPServer):
     error: bytes
 
 
-class RefusingRedis:
-    """``with RefusingRedis("LOADING Redis is loading") as url:``: every command answered
+@contextmanager
+def refusing_redis(error: str) -> Iterator[str]:
+    """``with refusing_redis("LOADING Redis is loading") as url:``: every command answered
     with ``-LOADING Redis is loading``."""
-
-    def __init__(self, error: str) -> None:
-        self.port = free_port()
-        self._server = _Server(("127.0.0.1", self.port), _Answer)
-        self._server.error = b"-" + error.encode() + b"\r\n"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> str:
-        self._thread.start()
-        with socket.create_connection(("127.0.0.1", self.port), timeout=5):
-            pass  # listening
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def __exit__(
-        self,
-        kind: type[BaseException] | None,
-        error: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+    port = free_port()
+    server = _Server(("127.0.0.1", port), _Answer)
+    server.error = b"-" + error.encode() + b"\r\n"
+    serving = threading.Thread(target=server.serve_forever, daemon=True)
+    serving.start()
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        server.shutdown()
+        server.server_close()
+        serving.join(timeout=10)

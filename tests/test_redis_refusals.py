@@ -11,7 +11,7 @@ from contextlib import AbstractContextManager, contextmanager, suppress
 import pytest
 import redis
 from redis_server import RedisServer, free_port
-from refusing_redis import RefusingRedis
+from refusing_redis import refusing_redis
 
 from peak_resilience import CircuitBreaker, RateLimiter
 from peak_resilience._backends.choice import OnBackendError, backend_error_counts
@@ -120,7 +120,7 @@ def answering(error: str) -> Refusal:
 
     @contextmanager
     def refusal(server: RedisServer, admin: redis.Redis) -> Iterator[str]:
-        with RefusingRedis(error) as url:
+        with refusing_redis(error) as url:
             yield url
 
     return refusal
