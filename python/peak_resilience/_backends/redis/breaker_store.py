@@ -25,6 +25,12 @@ BREAKER = Script.load("breaker.lua")
 #: The admission the native breaker sends for an outcome recorded by hand.
 _INFERRED = -1
 _NS_PER_US = 1000
+#: The kind of a half-open trial's admission (kind + 4 * period), the one whose outcome
+#: can move the circuit.
+_TRIAL = 2
+_NO_TRANSITION = ("ok", "release")
+#: An exit's reply when no transition happened: (from, to).
+_NOTHING_CHANGED = (-1, -1)
 
 
 def _key(name: str) -> str:
@@ -71,9 +77,10 @@ class RedisBreakerStore(RedisStore):
             str(_us(max_recovery_timeout)).encode(),
         )
 
-    def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
-        return self.link.run(
-            BREAKER,
+    def _arguments(
+        self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0
+    ) -> tuple[Any, ...]:
+        return (
             self.key,
             op,
             *self._settings,
@@ -84,6 +91,9 @@ class RedisBreakerStore(RedisStore):
             self.now(),
         )
 
+    def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
+        return self.link.run(BREAKER, *self._arguments(op, admission, outcome, argument))
+
     def enter(self) -> tuple[int, int, int, int] | None:
         reply = self._run(b"enter")
         if reply is UNAVAILABLE:
@@ -92,6 +102,15 @@ class RedisBreakerStore(RedisStore):
 
     def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
         code = -1 if admission == _INFERRED else admission
+        if code >= 0 and code % 4 != _TRIAL and outcome in _NO_TRANSITION:
+            # A call admitted in a closed circuit (or outside the machine) that succeeded
+            # or never ran changes no state that anyone waits on: a success is counted
+            # without waiting for the reply, and a release has nothing to give back
+            # (only a trial holds a permit).
+            if outcome == "release":
+                return _NOTHING_CHANGED
+            posted = self.link.post(BREAKER, *self._arguments(b"exit", code, b"ok"))
+            return None if posted is UNAVAILABLE else _NOTHING_CHANGED
         reply = self._run(b"exit", code, outcome.encode())
         if reply is UNAVAILABLE:
             return None

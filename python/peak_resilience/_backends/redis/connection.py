@@ -139,6 +139,7 @@ class RedisLink:
         #: ConnectionError to redis-py).
         self._refusing = (redis.ResponseError, redis.exceptions.BusyLoadingError)
         self._no_script = redis.exceptions.NoScriptError
+        self._refused = redis.ResponseError
         self.client, self._pool = _pool_for(url, timeout)
         #: For log lines and errors: the password masked.
         self.url = redact_url(url)
@@ -167,19 +168,33 @@ class RedisLink:
 
     def run_packed(self, script: Script, command: Any) -> Any:
         """Sends a command made by ``pack``: the script's reply, or ``UNAVAILABLE``."""
+        return self._call(script, command, answered=True)
+
+    def post(self, script: Script, key: str, *args: Any) -> Any:
+        """Sends ``script`` on ``key`` with ``args`` without waiting for its reply (read by
+        the next call on the same connection): None, or ``UNAVAILABLE`` if it could not
+        be sent. For a record whose reply nobody needs (a success in a closed circuit)."""
+        return self._call(script, self.pack(script, key, *args), answered=False)
+
+    def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
             return UNAVAILABLE
 
         def send(conn: Any) -> Any:
-            try:
-                conn.send_packed_command(command, check_health=False)
-                return conn.read_response()
-            except self._no_script:
-                # A fresh or restarted Redis: load the script once and run it again.
-                conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
-                conn.read_response()
-                conn.send_packed_command(command, check_health=False)
-                return conn.read_response()
+            posted = _posted(conn)
+            if conn._sock is None:
+                # Closed since (and about to be reopened): their replies went with it.
+                posted.clear()
+            conn.send_packed_command(command, check_health=False)
+            if not answered and len(posted) < _POSTED_AT_MOST:
+                posted.append((script, command))
+                return None
+            # The replies of the posted commands come first (read while this command is
+            # on its way: no wait of their own), then this command's.
+            earlier, posted[:] = list(posted), []
+            if not answered:
+                earlier.append((script, command))
+            return self._read_replies(conn, earlier, script if answered else None, command)
 
         try:
             reply = self._pool.call(send)
@@ -189,6 +204,40 @@ class RedisLink:
         if self._outage:
             self._recovered()
         return reply
+
+    def _read_replies(
+        self, conn: Any, earlier: list[tuple[Script, Any]], script: Script | None, command: Any
+    ) -> Any:
+        """Reads the replies of the ``earlier`` commands posted on ``conn``, then (``script``
+        not None) the reply of ``command``, sent after them. A posted command the server
+        refused is raised once every reply is read (the connection stays in step); one
+        sent before its script was loaded is sent again."""
+        refused: BaseException | None = None
+        unloaded: list[tuple[Script, Any]] = []
+        for posted_script, posted in earlier:
+            try:
+                conn.read_response()
+            except self._no_script:
+                unloaded.append((posted_script, posted))
+            except self._refused as exc:
+                refused = refused or exc
+        reply = None if script is None else self._read_reply(conn, script, command)
+        for posted_script, posted in unloaded:
+            conn.send_packed_command(posted, check_health=False)
+            self._read_reply(conn, posted_script, posted)
+        if refused is not None:
+            raise refused
+        return reply
+
+    def _read_reply(self, conn: Any, script: Script, command: Any) -> Any:
+        try:
+            return conn.read_response()
+        except self._no_script:
+            # A fresh or restarted Redis: load the script once and run the command again.
+            conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
+            conn.read_response()
+            conn.send_packed_command(command, check_health=False)
+            return conn.read_response()
 
     def _failed(self, exc: BaseException) -> None:
         choice.count_backend_error("redis")
@@ -221,6 +270,19 @@ class RedisLink:
     def available(self) -> bool:
         """False during an outage (until a call succeeds again)."""
         return not self._outage
+
+
+#: Commands posted on one connection whose replies are left unread, at most: the next
+#: one reads them all.
+_POSTED_AT_MOST = 16
+
+
+def _posted(conn: Any) -> list[tuple[Script, Any]]:
+    """The commands sent on ``conn`` whose replies are still to be read."""
+    posted: list[tuple[Script, Any]] | None = getattr(conn, "_peak_posted", None)
+    if posted is None:
+        posted = conn._peak_posted = []
+    return posted
 
 
 def named_link(
