@@ -149,6 +149,7 @@ class RedisLink:
         self.retry_interval = retry_interval
         self._down_until = 0.0
         self._outage = False
+        self._lost_logged_at = -_LOST_LOGGED_EVERY
         self._lock = threading.Lock()
         # Packs commands only; never connected.
         self._packer = self._pool.unconnected()
@@ -208,11 +209,10 @@ class RedisLink:
     def _read_replies(
         self, conn: Any, earlier: list[tuple[Script, Any]], script: Script | None, command: Any
     ) -> Any:
-        """Reads the replies of the ``earlier`` commands posted on ``conn``, then (``script``
-        not None) the reply of ``command``, sent after them. A posted command the server
-        refused is raised once every reply is read (the connection stays in step); one
-        sent before its script was loaded is sent again."""
-        refused: BaseException | None = None
+        """Reads the replies of the ``earlier`` commands posted on ``conn`` (by any link of
+        the pool), then (``script`` not None) the reply of ``command``, sent after them.
+        A posted command the server refused is lost bookkeeping, counted and logged: this
+        command's own reply stands. One sent before its script was loaded is sent again."""
         unloaded: list[tuple[Script, Any]] = []
         for posted_script, posted in earlier:
             try:
@@ -220,14 +220,27 @@ class RedisLink:
             except self._no_script:
                 unloaded.append((posted_script, posted))
             except self._refused as exc:
-                refused = refused or exc
+                self._lost(exc)
         reply = None if script is None else self._read_reply(conn, script, command)
         for posted_script, posted in unloaded:
             conn.send_packed_command(posted, check_health=False)
             self._read_reply(conn, posted_script, posted)
-        if refused is not None:
-            raise refused
         return reply
+
+    def _lost(self, exc: BaseException) -> None:
+        """An outcome sent without waiting that Redis refused: counted, and logged (at
+        most once a minute: during an outage every call's would be)."""
+        choice.count_backend_error("redis")
+        now = time.monotonic()
+        if now - self._lost_logged_at >= _LOST_LOGGED_EVERY:
+            self._lost_logged_at = now
+            logger.warning(
+                "Redis at %s refused a record of a call's outcome sent without waiting, "
+                "now lost (%s: %s); each one is counted in peak_trade_backend_errors_total",
+                self.url,
+                type(exc).__name__,
+                str(exc),
+            )
 
     def _read_reply(self, conn: Any, script: Script, command: Any) -> Any:
         try:
@@ -283,6 +296,10 @@ def _posted(conn: Any) -> list[tuple[Script, Any]]:
     if posted is None:
         posted = conn._peak_posted = []
     return posted
+
+
+#: Seconds between two log lines of one link about lost bookkeeping (each loss is counted).
+_LOST_LOGGED_EVERY = 60.0
 
 
 def named_link(
