@@ -23,6 +23,7 @@ import threading
 import time
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from peak_resilience._backends import choice
 from peak_resilience._backends.redis.pool import MAX_CONNECTIONS, Pool
@@ -141,6 +142,9 @@ class RedisLink:
         self._no_script = redis.exceptions.NoScriptError
         self._refused = redis.ResponseError
         self.client, self._pool = _pool_for(url, timeout)
+        self._seed_url = url
+        self._seed_pool = self._pool
+        self._moved = redis.exceptions.MovedError
         #: For log lines and errors: the password masked.
         self.url = redact_url(url)
         self.timeout = timeout
@@ -198,8 +202,18 @@ class RedisLink:
             return self._read_replies(conn, earlier, script if answered else None, command)
 
         try:
-            reply = self._pool.call(send)
+            try:
+                reply = self._pool.call(send)
+            except self._moved as moved:
+                # Redis Cluster: another node serves this key's slot. Ask it, now and
+                # from now on (every key of this link has one hash tag: one slot).
+                self._pool = self._node_pool(moved.host, moved.port)
+                reply = self._pool.call(send)
         except self._failures as exc:
+            if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
+                # The node is gone (a failover?): the next call asks the node of
+                # redis_url again which node serves the slot now.
+                self._pool = self._seed_pool
             self._failed(exc)
             return UNAVAILABLE
         if self._outage:
@@ -226,6 +240,15 @@ class RedisLink:
             conn.send_packed_command(posted, check_health=False)
             self._read_reply(conn, posted_script, posted)
         return reply
+
+    def _node_pool(self, host: str, port: int) -> Pool:
+        """The pool of the cluster node at ``host:port``, reached as ``redis_url`` says
+        (its user, password and TLS)."""
+        parts = urlsplit(self._seed_url)
+        user = parts.netloc.rpartition("@")[0]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        netloc = f"{user}@{where}" if user else where
+        return _pool_for(urlunsplit(parts._replace(netloc=netloc)), self.timeout)[1]
 
     def _lost(self, exc: BaseException) -> None:
         """An outcome sent without waiting that Redis refused: counted, and logged (at
