@@ -38,7 +38,7 @@ def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dic
     return {
         "backend": backend,
         "shared_dir": settings.shared_dir,
-        "redis_url": settings.redis_url,
+        "redis_url": settings.redis_location,
         "on_backend_error": settings.on_backend_error,
         "clock": clock,
     }

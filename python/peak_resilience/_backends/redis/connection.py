@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from peak_resilience._backends import choice
+from peak_resilience._backends.redis import sentinel
 from peak_resilience._backends.redis.pool import MAX_CONNECTIONS, Pool
 from peak_resilience._config.secrets import redact_url
 
@@ -84,18 +85,21 @@ def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # A peer gone without a word (a host down, a NAT entry dropped) is found by
+            # the kernel, not by a call waiting for a reply that never comes.
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+        }
         try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # A peer gone without a word (a host down, a NAT entry dropped) is found
-                # by the kernel, not by a call waiting for a reply that never comes.
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+            if sentinel.is_sentinel_url(url):
+                client = sentinel.master_client(url, **options)
+            else:
+                client = redis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ValueError(f"redis_url {redact_url(url)!r} is not a Redis URL: {exc}") from exc
         settings = client.connection_pool
@@ -188,8 +192,10 @@ class RedisLink:
         def send(conn: Any) -> Any:
             posted = _posted(conn)
             if conn._sock is None:
-                # Closed since (and about to be reopened): their replies went with it.
+                # Closed since: their replies went with the socket. connect() (not the
+                # implicit connect of a send): a Sentinel connection asks for the master.
                 posted.clear()
+                conn.connect()
             conn.send_packed_command(command, check_health=False)
             if not answered and len(posted) < _POSTED_AT_MOST:
                 posted.append((script, command))
