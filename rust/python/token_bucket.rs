@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::bucket::{BucketState, Decision, TokenBucket};
+use crate::bucket::{BucketState, Decision, Taken, TokenBucket, MAX_WINDOWS};
 use crate::clock::{duration_label, nanos_to_seconds, Clock};
 use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
@@ -111,6 +111,34 @@ impl PyTokenBucket {
         }
         let now = self.core.clock().now();
         Ok(self.core.acquire_at(cost, now, high))
+    }
+
+    /// `decide_lane` for a reservation: also what the take left in each window, which
+    /// bounds its refund (`give_back`). A disabled or remote budget keeps none.
+    pub fn reserve_lane(
+        &self,
+        py: Python<'_>,
+        cost: u64,
+        high: bool,
+    ) -> PyResult<(Decision, Taken)> {
+        if !self.enabled.load(Ordering::Relaxed) || self.remote.is_some() {
+            return Ok((self.decide_lane(py, cost, high)?, [0; MAX_WINDOWS]));
+        }
+        let now = self.core.clock().now();
+        Ok(match self.core.reserve_at(cost, now, high) {
+            Ok(taken) => (Decision::Admitted, taken),
+            Err(decision) => (decision, [0; MAX_WINDOWS]),
+        })
+    }
+
+    /// Refunds `cost` tokens of a reservation whose take left `taken`: no more than it
+    /// still owes in each window. A remote budget's store refunds it as `adjust` does.
+    pub fn give_back(&self, py: Python<'_>, cost: u64, taken: &Taken) {
+        if self.remote.is_some() {
+            self.adjust(py, cost, false);
+        } else {
+            self.core.give_back(cost, taken);
+        }
     }
 
     #[inline(never)]
