@@ -5,10 +5,11 @@
 -- (consecutive failures while closed), due (us: when an open circuit lets a trial
 -- through), since (us: when the last trial permit was granted; the half-open period's
 -- start until one is), trials / passed (half-open calls admitted / succeeded),
--- opened_streak, failed_trials (trials failed in a row: the back-off exponent), shadow (1: metrics_only, decide but admit), the failure-rate window
--- (ws<i> / wc<i> / wf<i>: slice number, calls, failures of slice i of 10; wseq: calls
--- counted by a count window), and the counters successes, failures, rejections,
--- would_reject, slow_calls, t<from><to>.
+-- opened_streak, failed_trials (trials failed in a row: the back-off exponent), shadow
+-- (1: metrics_only, decide but admit), the failure-rate window (ws<i> / wc<i> / wf<i>:
+-- slice number, calls, failures of slice i of 10; wseq: calls counted by a count
+-- window), and the counters successes, failures, rejections, would_reject, slow_calls,
+-- t<from><to>.
 -- ARGV: op, failure_threshold, recovery_timeout (us), half_open_max_calls, admission
 -- (kind + 4 * period; kind 1 normal, 2 trial, 3 bypass; -1: infer from the state),
 -- outcome ('ok', 'fail', 'slow', 'release'), failure rate (ppm, 0 none), minimum_calls,
