@@ -34,7 +34,7 @@ from peak_resilience._modules.build import (
     update_breaker,
     update_limiter,
 )
-from peak_resilience._native import Guard, ManualClock
+from peak_resilience._native import Guard, ManualClock, OperationStats
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
@@ -164,8 +164,12 @@ class ModuleRegistry:
         for module, limiter in limiters:
             update_limiter(limiter, new.module(module))
         for each in decorated:
-            fail_safe = new.module(each.module).fail_safe_defaults
+            settings = new.module(each.module)
+            fail_safe = settings.fail_safe_defaults
             each.guard.set_fallback_on_failure(each.fallback_on_failure or fail_safe)
+            operation = each.guard.operation
+            if operation is not None:
+                operation.set_enabled(settings.metrics_enabled)
 
 
 def _refuse_a_move(
@@ -245,6 +249,14 @@ def get_all_rate_limiters() -> dict[str, RateLimiter]:
     return dict(_registry.limiters)
 
 
+def _operation_stats(name: str, enabled: bool) -> OperationStats:
+    """The stats a guarded function records into, switched by its module's
+    ``metrics_enabled`` (a reload switches them again)."""
+    stats = _instances.operation(name)
+    stats.set_enabled(enabled)
+    return stats
+
+
 def _manual_async_sleep(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
     async def sleep(seconds: float) -> None:
         clock.advance(seconds)
@@ -311,7 +323,7 @@ def with_resilience(
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
     ``configure()`` updates the breaker, the limiter, the enabled switches and the
-    fail-safe behaviour in place. ``metrics_enabled`` is decided at decoration.
+    fail-safe behaviour and ``metrics_enabled`` in place.
     """
     _name(module, "module")
     _name(operation, "operation")
@@ -342,7 +354,7 @@ def with_resilience(
             limiter=registry.limiter(module) if use_rate_limiter else None,
             cost=cost,
             priority=priority,
-            operation=_instances.operation(name) if settings.metrics_enabled else None,
+            operation=_operation_stats(name, settings.metrics_enabled),
             fallback=fallback,
             fallback_on_failure=has_fallback
             and (fallback_on_failure or settings.fail_safe_defaults),
