@@ -134,7 +134,11 @@ impl Guard {
     /// When the call started, and who reads its duration (see `crate::guard::Timing`).
     #[inline]
     fn timing(&self) -> Timing {
-        let for_stats = self.operation.is_some() && stats::recording();
+        let for_stats = self
+            .operation
+            .as_ref()
+            .is_some_and(|operation| operation.get().stats.enabled())
+            && stats::recording();
         let for_breaker = self
             .breaker
             .as_ref()

@@ -38,13 +38,15 @@ def validate(args: argparse.Namespace) -> int:
 
 
 def show(args: argparse.Namespace) -> int:
-    tables = effective(load_config(args.path))
+    config = load_config(args.path)
+    tables = effective(config)
     if args.json:
         json.dump(tables, sys.stdout, indent=2)
         print()
         return 0
-    for table, keys in tables.items():
+    for (table, keys), module in zip(tables.items(), (None, *config.modules), strict=True):
         print(f"[{table}]")
+        print(f"  # the limiter enforces {config.budget(module)}")
         width = max(len(f"{k} = {v['value']!r}") for k, v in keys.items())
         for name, entry in keys.items():
             shown = f"{name} = {entry['value']!r}"
