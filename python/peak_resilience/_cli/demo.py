@@ -10,6 +10,7 @@ a terminal the view updates in place; otherwise each event is a plain line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sys
@@ -21,6 +22,7 @@ from typing import Any, TextIO
 
 from peak_resilience import _breaker
 from peak_resilience._circuit import CircuitState
+from peak_resilience._cli import arguments
 from peak_resilience._config.active import configure
 from peak_resilience._config.environment import ENV_PREFIX, env_name
 from peak_resilience._config.load import load_config
@@ -222,17 +224,27 @@ def _draw(
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
+    # The demo shows each transition itself: the breaker's own WARNING lines would only
+    # repeat them on stderr (and tear the live view).
+    breaker_log = logging.getLogger("peak_resilience.resilience")
+    level = breaker_log.level
+    breaker_log.setLevel(logging.ERROR)
+    try:
+        return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
+    finally:
+        breaker_log.setLevel(level)
 
 
 def add_commands(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="an order loop against a simulated exchange, guarded by with_resilience"
     )
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default: 10)")
+    demo.add_argument(
+        "--duration", type=arguments.seconds, default=10.0, help="seconds to run (default: 10)"
+    )
     demo.add_argument(
         "--port",
-        type=int,
+        type=arguments.port,
         default=0,
         help="port of the health endpoints on 127.0.0.1 meanwhile (default: a free one)",
     )
