@@ -20,12 +20,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from peak_resilience import _breaker
 from peak_resilience._circuit import CircuitState
 from peak_resilience._cli import arguments
 from peak_resilience._config.active import configure
 from peak_resilience._config.environment import ENV_PREFIX, env_name
 from peak_resilience._config.load import load_config
+from peak_resilience._events import BreakerTransition, Event
 from peak_resilience._http.server import start_health_server
 from peak_resilience._modules.registry import (
     create_module_circuit_breaker,
@@ -124,14 +124,17 @@ def run(
     tally = Tally()
     started = time.monotonic()
 
-    def on_transition(name: str, from_state: CircuitState, to_state: CircuitState) -> None:
-        if name == breaker.name:
-            line = f"{time.monotonic() - started:5.2f}s  breaker {name}: {from_state} -> {to_state}"
+    def on_transition(event: Event) -> None:
+        if isinstance(event, BreakerTransition):
+            line = (
+                f"{time.monotonic() - started:5.2f}s  breaker {event.breaker}: "
+                f"{event.from_state} -> {event.to_state}"
+            )
             tally.events.append(line)
             if not live:
                 print(line, file=out, flush=True)
 
-    _breaker.transition_hooks.append(on_transition)
+    breaker.add_listener(on_transition)
 
     @with_resilience(MODULE, "submit_order", use_rate_limiter=True)
     def submit_order(symbol: str, side: str) -> str:
@@ -177,7 +180,7 @@ def run(
                 next_line = now + 1.0
             time.sleep(0.01)
     finally:
-        _breaker.transition_hooks.remove(on_transition)
+        breaker.remove_listener(on_transition)
         if server is not None:
             server.stop()
     if live:
