@@ -15,6 +15,7 @@ wants them.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 import traceback
@@ -99,6 +100,14 @@ def _wanted(listeners: Listeners, wanted: bool) -> None:
         else:
             _wanting.pop(key, None)
         _logging.set_refusals_wanted(bool(_wanting))
+
+
+def _after_fork_in_child() -> None:
+    global _wanting_lock
+    _wanting_lock = threading.RLock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _forget(key: int) -> None:
