@@ -107,7 +107,12 @@ def test_the_demo_shows_the_breaker_opening_and_recovering_and_the_limiter_rejec
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
+    # Said up front: the spikes, the outage window, the exchange's own limit.
+    assert "latency spikes (20 ms on ~5% of orders)" in out
+    assert "is down from 1.2s to 2.0s" in out
+    assert "allows 50 orders/s (429 past that)" in out
     assert "[resilience.demo] from config.toml" in out
+    assert "latency spike: " in out  # and then shown
     assert "CLOSED -> OPEN" in out
     assert "HALF_OPEN -> CLOSED" in out
     done = out.splitlines()[-1]
@@ -407,3 +412,37 @@ def test_config_show_as_toml_is_a_file_with_the_same_settings(tmp_path: Path) ->
     original, reread = load_config(source, environ={}), load_config(shown, environ={})
     assert reread.globals == original.globals
     assert reread.module("live") == original.module("live")
+
+
+def test_the_demo_answers_health_until_ctrl_c_then_prints_its_summary() -> None:
+    import signal
+    import urllib.request
+
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "peak_resilience", "demo", "--duration", "120", "--plain"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+    )
+    try:
+        assert demo.stdout is not None
+        url = ""
+        for _ in range(10):  # the header: a few lines, the health URL last
+            line = demo.stdout.readline()
+            if line.startswith("health endpoints: "):
+                url = line.split()[2]
+                break
+        assert url.endswith("/health"), url
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            assert reply.status == 200
+        demo.send_signal(signal.SIGINT)
+        rest, stderr = demo.communicate(timeout=30)
+    finally:
+        demo.kill()
+        demo.wait()
+    assert demo.returncode == 130
+    assert "Traceback" not in stderr
+    lines = rest.splitlines()
+    assert lines[-2].startswith("interrupted (Ctrl-C) after ")
+    assert lines[-1].startswith("done: filled ")
