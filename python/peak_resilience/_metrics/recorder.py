@@ -22,6 +22,7 @@ import collections
 import functools
 import inspect
 import logging
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -513,6 +514,16 @@ class Metrics:
 #: The process-wide metrics object of the guide.
 metrics = Metrics()
 metrics.register_collector()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork: it would stay held in
+    # the child for ever. The counts themselves are the child's copy, like its budgets.
+    metrics._lock = threading.Lock()
+    metrics.last_read_error = None
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _FollowConfig:

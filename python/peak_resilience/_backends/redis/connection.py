@@ -20,6 +20,7 @@ import os
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
@@ -126,6 +127,8 @@ class RedisLink:
         # Packs commands only; never connected.
         self._packer = self._pool.make_connection()
         self._local = threading.local()
+        #: Told ``(available, error)`` when an outage starts and when it ends (events).
+        self.on_change: Callable[[bool, str | None], object] | None = None
         _links.add(self)
 
     def pack(self, script: Script, key: str, *args: Any) -> Any:
@@ -178,6 +181,8 @@ class RedisLink:
                 # (and through it the limiter or breaker) alive.
                 str(exc),
             )
+            if self.on_change is not None:
+                self.on_change(False, f"{type(exc).__name__}: {exc}")
 
     def _recovered(self) -> None:
         with self._lock:
@@ -186,6 +191,8 @@ class RedisLink:
             self._down_until = 0.0
         if was_down:
             logger.warning("%s: Redis at %s is reachable again", self.what, self.url)
+            if self.on_change is not None:
+                self.on_change(True, None)
 
     @property
     def available(self) -> bool:
