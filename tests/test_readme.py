@@ -26,4 +26,6 @@ def test_readme_example_runs(index: int, monkeypatch: pytest.MonkeyPatch) -> Non
     for name in [n for n in os.environ if n.startswith("PEAK_TRADE_")]:
         monkeypatch.delenv(name)
     with fresh_resilience():
-        exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), {})
+        # Named as a module of its own (Flask(__name__) finds its root path by it).
+        namespace = {"__name__": f"readme_block_{index}"}
+        exec(compile(BLOCKS[index], f"README.md[python block {index}]", "exec"), namespace)

@@ -16,9 +16,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -112,6 +114,21 @@ class _Workers:
 
 
 _workers = _Workers()
+#: Every registry, for the fork handler.
+_registries: weakref.WeakSet[HealthCheckRegistry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a gunicorn worker of a ``--preload`` app) has none of the parent's
+    threads: a pool that counted idle workers would hand every check to threads that do
+    not exist, and a run in flight at the fork would never finish. Start afresh."""
+    global _workers
+    _workers = _Workers()
+    for registry in list(_registries):
+        registry._after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Run:
@@ -166,6 +183,13 @@ class HealthCheckRegistry:
         self._checks: dict[str, _Check] = {}
         self._lock = threading.Lock()
         self._critical_breakers: set[str] = set()
+        _registries.add(self)
+
+    def _after_fork(self) -> None:
+        # The lock may have been held by a thread of the parent that the child lacks.
+        self._lock = threading.Lock()
+        for check in self._checks.values():
+            check.running = None
 
     def register(
         self,

@@ -9,6 +9,7 @@ of them (``Limiter``): both are below the Python classes that add themselves her
 
 from __future__ import annotations
 
+import os
 import threading
 import weakref
 from collections.abc import Iterable
@@ -39,6 +40,15 @@ limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
 #: the process: an operation is a name in the code, not an object the user drops.
 operations: dict[str, OperationStats] = {}
 _operations_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by a thread of the parent that the child lacks.
+    global _operations_lock
+    _operations_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def alive(objects: Iterable[T]) -> list[T]:

@@ -35,6 +35,7 @@ from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
 from peak_resilience._backends.redis import off_loop
+from peak_resilience._events import Listener, Listeners, watch_outages
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
@@ -192,7 +193,20 @@ class RateLimiter(_NativeLimiter):
         # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
         self.backend = backend
+        self._listeners = Listeners()
+        watch_outages(self, "limiter")
         _instances.limiters.add(self)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Calls ``listener(event)`` on each of this limiter's events: every
+        ``CallRefused`` of a call it guards (``with_resilience(...,
+        use_rate_limiter=True)``) and its Redis' ``BackendOutage``. A listener that
+        raises is logged and skipped, never reaching the call."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stops telling ``listener``; ValueError if it was not listening."""
+        self._listeners.remove(listener)
 
     @property
     def redis_available(self) -> bool:

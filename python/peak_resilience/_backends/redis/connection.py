@@ -21,6 +21,7 @@ import importlib.resources
 import logging
 import threading
 import time
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
@@ -161,6 +162,8 @@ class RedisLink:
         self._lock = threading.Lock()
         # Packs commands only; never connected.
         self._packer = self._pool.unconnected()
+        #: Told ``(available, error)`` when an outage starts and when it ends (events).
+        self.on_change: Callable[[bool, str | None], object] | None = None
 
     @property
     def pool(self) -> Pool:
@@ -299,6 +302,8 @@ class RedisLink:
                 str(exc),
                 self.policy,
             )
+            if self.on_change is not None:
+                self.on_change(False, f"{type(exc).__name__}: {exc}")
 
     def _recovered(self) -> None:
         with self._lock:
@@ -307,6 +312,8 @@ class RedisLink:
             self._down_until = 0.0
         if was_down:
             logger.warning("%s: Redis at %s is reachable again", self.what, self.url)
+            if self.on_change is not None:
+                self.on_change(True, None)
 
     @property
     def available(self) -> bool:
