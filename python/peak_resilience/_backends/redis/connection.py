@@ -182,11 +182,11 @@ class RedisLink:
         """Sends a command made by ``pack``: the script's reply, or ``UNAVAILABLE``."""
         return self._call(script, command, answered=True)
 
-    def post(self, script: Script, key: str, *args: Any) -> Any:
-        """Sends ``script`` on ``key`` with ``args`` without waiting for its reply (read by
-        the next call on the same connection): None, or ``UNAVAILABLE`` if it could not
-        be sent. For a record whose reply nobody needs (a success in a closed circuit)."""
-        return self._call(script, self.pack(script, key, *args), answered=False)
+    def post_packed(self, script: Script, command: Any) -> Any:
+        """Sends a command made by ``pack`` without waiting for its reply (read by the next
+        call on the same connection): None, or ``UNAVAILABLE`` if it could not be sent.
+        For a record whose reply nobody needs (a success in a closed circuit)."""
+        return self._call(script, command, answered=False)
 
     def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
