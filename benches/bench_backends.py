@@ -8,8 +8,8 @@ Groups (ours vs the floor / peers it is compared to):
   limits' RedisStorage moving window and pyrate-limiter's RedisBucket on the same server
   (bar: faster than both).
 - ``guarded-redis`` (issue 12): a call guarded by a Redis breaker and a Redis limiter,
-  admitted (the admission and the token waited for, the success sent without waiting for
-  its reply) and refused for want of a token (nothing given back to the breaker), against
+  admitted (the admission and the token in one script, the success sent without waiting
+  for its reply) and refused for want of a token (one script, its wait in the reply), against
   the same PING (targets 1.3x and 1.2x of one PING).
 
 Every limiter has a budget it never exhausts, so each call does the full admit path.

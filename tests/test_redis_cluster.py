@@ -13,6 +13,8 @@ import redis
 from redis_server import RedisServer, free_cluster_port
 
 from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
+from peak_resilience._backends.choice import backend_error_counts
+from peak_resilience._guard import guard
 
 NAMES = [f"venue-{n}" for n in range(12)]  # their hash tags fall on every master
 
@@ -111,3 +113,18 @@ def test_a_breaker_opened_through_one_node_is_open_through_the_others(
     # A breaker's state is one key, in one slot: on whichever master serves it.
     per_node = keys_per_node(cluster, "*breaker:breaker-*")
     assert sum(per_node) == len(NAMES) and all(count > 0 for count in per_node)
+
+
+def test_a_guarded_call_on_a_cluster_asks_the_breaker_and_the_budget_apart(
+    cluster: list[RedisServer],
+) -> None:
+    first, *_ = cluster
+    before = backend_error_counts()["redis"]
+    for name in NAMES:
+        breaker = CircuitBreaker(2, 60, f"guarded-{name}", **on(first))
+        limiter = RateLimiter(2, 3600, name=f"guarded-{name}", **on(first))
+        order = guard(lambda: "filled", breaker=breaker, limiter=limiter, fallback="queued")
+        # Their keys are in two slots: one script for both is refused (CROSSSLOT), and
+        # each is asked on its own; fail_closed would have refused a call Redis failed.
+        assert [order(), order(), order()] == ["filled", "filled", "queued"], name
+    assert backend_error_counts()["redis"] == before

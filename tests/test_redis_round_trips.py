@@ -10,6 +10,7 @@ import redis
 
 from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
 from peak_resilience._guard import guard
+from peak_resilience.errors import RateLimitExceeded
 
 
 def scripts_run(admin: redis.Redis) -> int:
@@ -38,21 +39,41 @@ def test_a_success_is_recorded_without_waiting_and_never_lost(redis_url: str) ->
     assert unread_replies(limiter) == 0
 
 
-def test_a_call_refused_a_token_costs_two_scripts_and_gives_nothing_back(
-    redis_url: str,
-) -> None:
+def test_a_guarded_call_is_admitted_in_one_script_and_refused_in_one(redis_url: str) -> None:
     admin = redis.Redis.from_url(redis_url, socket_timeout=5)
     on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
     breaker = CircuitBreaker(3, 60, "venue", **on_redis)
     limiter = RateLimiter(1, 3600, name="venue", **on_redis)
     order = guard(lambda: "filled", breaker=breaker, limiter=limiter, fallback="queued")
+    before = scripts_run(admin)
     assert order() == "filled"
+    # The breaker's admission and the token in one script; the success in a second,
+    # not waited for.
+    assert scripts_run(admin) - before == 2
     breaker.get_stats()  # the success's reply read
     before = scripts_run(admin)
     assert order() == "queued"
-    # The breaker's admission and the token: a closed circuit's admission holds no
-    # permit, so nothing is sent to give it back.
-    assert scripts_run(admin) - before == 2
+    # The refusal, its wait time included, in the admission's own reply; a closed
+    # circuit's admission holds no permit, so nothing is sent to give it back.
+    assert scripts_run(admin) - before == 1
+    with pytest.raises(RateLimitExceeded) as refused:
+        guard(lambda: "filled", breaker=breaker, limiter=limiter)()
+    assert refused.value.retry_after == pytest.approx(3600, abs=5)
+
+
+def test_a_trial_refused_its_token_gives_its_permit_back(redis_url: str) -> None:
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(1, 3600, "venue", **on_redis)
+    empty = RateLimiter(1, 3600, name="empty", **on_redis)
+    assert empty.acquire()
+    breaker.open_for(0.001)
+    time.sleep(0.01)
+    refused = guard(lambda: "filled", breaker=breaker, limiter=empty, fallback="queued")
+    assert refused() == "queued"  # the trial permit taken and given back, in one script
+    full = RateLimiter(1, 3600, name="full", **on_redis)
+    # The permit is free for the next call (else held for the hour-long recovery timeout).
+    assert guard(lambda: "filled", breaker=breaker, limiter=full)() == "filled"
+    assert breaker.state is CircuitState.CLOSED
 
 
 def test_a_failure_and_a_trial_are_recorded_before_the_call_returns(redis_url: str) -> None:

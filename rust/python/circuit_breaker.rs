@@ -237,17 +237,34 @@ impl PyCircuitBreaker {
     fn enter_remote(&self, py: Python<'_>, store: &Store) -> PyResult<Ticket> {
         match store.enter(py)? {
             Some((code, remaining, transition)) => {
-                self.notify(py, transition);
-                Ok(match code {
-                    0 => Ticket::Local(Admission::Rejected { remaining }),
-                    code => Ticket::Remote(code),
-                })
+                Ok(self.entered_remotely(py, code, remaining, transition))
             }
             None => match store.policy.admission(store.retry(py)) {
                 Some(ticket) => Ok(ticket),
                 None => Ok(Ticket::Local(self.enter_local(py))),
             },
         }
+    }
+
+    /// The ticket of the remote store's admission `code` (0: refused, `remaining` ns
+    /// until a trial), its transition told to the hooks.
+    pub fn entered_remotely(
+        &self,
+        py: Python<'_>,
+        code: u64,
+        remaining: u64,
+        transition: Option<Transition>,
+    ) -> Ticket {
+        self.notify(py, transition);
+        match code {
+            0 => Ticket::Local(Admission::Rejected { remaining }),
+            code => Ticket::Remote(code),
+        }
+    }
+
+    /// The remote store the state lives in (None: in this process or a shared file).
+    pub fn remote_store(&self) -> Option<&Store> {
+        self.remote.as_ref()
     }
 
     /// How a raised exception counts: ignored, a failure, or (outside `record_exceptions`)

@@ -11,6 +11,7 @@ use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::breaker::Admission;
+use crate::bucket::Decision;
 use crate::clock::{nanos_to_seconds, Clock};
 use crate::guard::{admit, take_within, Ending, NoToken, Timing};
 use crate::remote::Ticket;
@@ -74,6 +75,11 @@ impl Guard {
     /// Takes a breaker admission and a token; on refusal, the error to raise.
     #[inline]
     fn admit(&self, py: Python<'_>) -> PyResult<Ticket> {
+        if self.max_wait == 0 {
+            if let Some(admitted) = self.admit_in_one_call(py) {
+                return admitted;
+            }
+        }
         admit(
             || match &self.breaker {
                 Some(breaker) => {
@@ -93,6 +99,37 @@ impl Guard {
             },
             |ticket| self.release(py, ticket),
         )
+    }
+
+    /// Both steps of `admit` in one call to a remote store that holds the breaker and the
+    /// budget alike (one round trip to Redis instead of two); None when it cannot (either
+    /// decided here, or the two in different places): then each is asked on its own. A
+    /// call that would wait for its token goes the two-step way.
+    #[inline(never)]
+    fn admit_in_one_call(&self, py: Python<'_>) -> Option<PyResult<Ticket>> {
+        let breaker = self.breaker.as_ref()?.get();
+        let limiter = self.limiter.as_ref()?.get();
+        let breaker_store = breaker.remote_store()?;
+        let endpoint = self.endpoint.as_ref().map(|e| e.bind(py));
+        let bucket = match limiter.bucket(py, endpoint) {
+            Ok(bucket) => bucket,
+            Err(err) => return Some(Err(err)),
+        };
+        let bucket = bucket.get();
+        let bucket_store = bucket.remote_taker(self.cost, self.high)?;
+        let reply = match breaker_store.enter_and_take(py, bucket_store, self.cost, self.high) {
+            Ok(reply) => reply?,
+            Err(err) => return Some(Err(err)),
+        };
+        let ticket = breaker.entered_remotely(py, reply.code, reply.remaining, reply.transition);
+        Some(match (ticket, reply.take.map(|d| bucket.tally(d))) {
+            (Ticket::Local(Admission::Rejected { remaining }), _) => {
+                Err(breaker.rejection(py, remaining))
+            }
+            // (A trial's permit was given back by the store.)
+            (_, Some(Decision::Rejected { wait })) => Err(self.rate_limited(py, limiter, wait)),
+            (ticket, _) => Ok(ticket),
+        })
     }
 
     #[inline]

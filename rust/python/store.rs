@@ -14,7 +14,9 @@
 //! "disable", "open_for" (ns), "shadow" (0/1)), `window() -> (calls, failures,
 //! failed_trials)`, `counters() -> [successes, failures, rejections, would_reject,
 //! slow_calls, then the 36 transition counts from * 6 + to]`; `from` is -1 when nothing
-//! changed.
+//! changed. `enter_and_take(bucket_store, cost, high) -> ((admission, remaining, from,
+//! to), (admitted, wait) or None)` is `enter` and, if admitted, the bucket's `take` in one
+//! call (a trial refused its token given back); anything but a tuple: ask each.
 //!
 //! A bucket's store: `configure([(interval, burst), ...], reserve)`, `take(cost, high) ->
 //! (admitted, wait)`, `peek(cost, high) -> (wait, allowed, rejected, paused, [available
@@ -27,7 +29,7 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::PyList;
+use pyo3::types::{PyList, PyTuple};
 
 use crate::breaker::{BreakerSettings, Transition};
 use crate::bucket::{Decision, Quota};
@@ -59,6 +61,24 @@ pub struct Peek {
     pub paused: u64,
     /// Tokens available in each window (the store's own units may round the interval).
     pub tokens: Vec<f64>,
+}
+
+/// A breaker's admission and its bucket's take, from one call (`enter_and_take`).
+pub struct EnteredAndTaken {
+    /// The admission code (0: refused) and the ns until a trial, as `enter` gives them.
+    pub code: u64,
+    pub remaining: u64,
+    pub transition: Option<Transition>,
+    /// The take's decision; None when the breaker refused (nothing was taken).
+    pub take: Option<Decision>,
+}
+
+fn decision(admitted: bool, wait: u64) -> Decision {
+    if admitted {
+        Decision::Admitted
+    } else {
+        Decision::Rejected { wait: wait.max(1) }
+    }
 }
 
 fn transition(from: i64, to: i64) -> Option<Transition> {
@@ -210,6 +230,34 @@ impl Store {
         }
     }
 
+    /// A guarded call's whole admission in one call: the breaker's `enter` and, if it
+    /// admits, `bucket`'s take of `cost` (a trial refused its token is given back by the
+    /// store). None: ask each on its own (the two are not on one Redis node, or the store
+    /// could not be reached, which each step then finds out and applies its policy to).
+    pub fn enter_and_take(
+        &self,
+        py: Python<'_>,
+        bucket: &Store,
+        cost: u64,
+        high: bool,
+    ) -> PyResult<Option<EnteredAndTaken>> {
+        let reply = self.object.bind(py).call_method1(
+            intern!(py, "enter_and_take"),
+            (bucket.object.bind(py), cost, high),
+        )?;
+        if !reply.is_instance_of::<PyTuple>() {
+            return Ok(None);
+        }
+        type Reply = ((u64, u64, i64, i64), Option<(bool, u64)>);
+        let ((code, remaining, from, to), take): Reply = reply.extract()?;
+        Ok(Some(EnteredAndTaken {
+            code,
+            remaining,
+            transition: transition(from, to),
+            take: take.map(|(admitted, wait)| decision(admitted, wait)),
+        }))
+    }
+
     // --- a bucket's store ----------------------------------------------------------------
 
     pub fn configure_bucket(&self, py: Python<'_>, quotas: &[Quota], reserve: u64) -> PyResult<()> {
@@ -226,11 +274,7 @@ impl Store {
             return Ok(None);
         };
         let (admitted, wait): (bool, u64) = reply.extract()?;
-        Ok(Some(if admitted {
-            Decision::Admitted
-        } else {
-            Decision::Rejected { wait: wait.max(1) }
-        }))
+        Ok(Some(decision(admitted, wait)))
     }
 
     pub fn peek(&self, py: Python<'_>, cost: u64, high: bool) -> PyResult<Option<Peek>> {

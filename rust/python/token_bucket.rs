@@ -162,12 +162,30 @@ impl PyTokenBucket {
                 None => return Ok(self.core.acquire_at(cost, self.core.clock().now(), high)),
             },
         };
+        Ok(self.tally(decision))
+    }
+
+    /// The remote store that decides a take of `cost` now; None when the bucket decides
+    /// without it (in process, disabled, or a cost no window can ever hold).
+    pub fn remote_taker(&self, cost: u64, high: bool) -> Option<&Store> {
+        if !self.enabled.load(Ordering::Relaxed) {
+            return None;
+        }
+        let store = self.remote.as_ref()?;
+        self.core
+            .wait_time_lane(cost, high)
+            .is_some()
+            .then_some(store)
+    }
+
+    /// Counts a remote store's decision in this process' tallies.
+    pub fn tally(&self, decision: Decision) -> Decision {
         let tally = match decision {
             Decision::Admitted => &self.remote_allowed,
             _ => &self.remote_rejected,
         };
         tally.fetch_add(1, Ordering::Relaxed);
-        Ok(decision)
+        decision
     }
 
     pub fn impossible(&self, cost: u64) -> PyErr {

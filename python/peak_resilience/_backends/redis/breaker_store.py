@@ -13,7 +13,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, RedisStore, Script
+from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore, taken
+from peak_resilience._backends.redis.connection import (
+    ONE_SLOT_EACH,
+    UNAVAILABLE,
+    RedisLink,
+    RedisStore,
+    Script,
+)
 
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
@@ -21,6 +28,12 @@ if TYPE_CHECKING:
 __all__ = ["RedisBreakerStore"]
 
 BREAKER = Script.load("breaker.lua")
+#: One guarded call's admission: breaker.lua's enter and bucket.lua's take in one script.
+ADMISSION = Script(
+    Script.load("admission.lua")
+    .source.replace("--BREAKER--", BREAKER.source)
+    .replace("--BUCKET--", BUCKET.source)
+)
 
 #: The admission the native breaker sends for an outcome recorded by hand.
 _INFERRED = -1
@@ -33,6 +46,10 @@ _NO_TRANSITION = ("ok", "release")
 _PACKED_SUCCESSES = 16
 #: An exit's reply when no transition happened: (from, to).
 _NOTHING_CHANGED = (-1, -1)
+
+
+def _entered(reply: Any) -> tuple[int, int, int, int]:
+    return int(reply[0]), int(reply[1]) * _NS_PER_US, int(reply[2]), int(reply[3])
 
 
 def _key(name: str) -> str:
@@ -56,6 +73,8 @@ class RedisBreakerStore(RedisStore):
         #: admitted with a given code (one code per closed period: a few at most).
         self._enter: Any = None
         self._successes: dict[int, Any] = {}
+        #: The packed admissions (enter and take), by bucket key, cost and lane.
+        self._admissions: dict[tuple[str, int, bool], Any] = {}
 
     def configure(
         self,
@@ -77,6 +96,7 @@ class RedisBreakerStore(RedisStore):
         )
         self._enter = None
         self._successes = {}
+        self._admissions = {}
         self._policy = (
             str(failure_rate_ppm).encode(),
             str(minimum_calls).encode(),
@@ -122,9 +142,36 @@ class RedisBreakerStore(RedisStore):
             if self._enter is None:
                 self._enter = self.link.pack(BREAKER, *self._arguments(b"enter"))
             reply = self.link.run_packed(BREAKER, self._enter)
+        return None if reply is UNAVAILABLE else _entered(reply)
+
+    def enter_and_take(self, bucket: RedisBucketStore, cost: int, high: bool) -> Any:
+        """``enter``, then (if admitted) ``bucket``'s ``take(cost, high)``, in one script
+        call (``admission.lua``): (enter's reply, take's reply or None when the breaker
+        refused); None when Redis failed the call; False when the two are not on one
+        Redis node (Cluster: two slots), and each must be asked on its own."""
+        link = self.link
+        if bucket.link.pool is not link.pool or link.clustered:
+            return False
+        packed = self._admissions.get((bucket.key, cost, high))
+        if packed is None:
+            own = self._arguments(b"enter")[1:]
+            packed = link.pack_keys(
+                ADMISSION,
+                (self.key, bucket.key),
+                len(own),
+                *own,
+                *bucket.take_arguments(cost, high),
+            )
+            if self._clock is None and bucket._clock is None:
+                if len(self._admissions) > _PACKED_SUCCESSES:
+                    self._admissions.clear()
+                self._admissions[(bucket.key, cost, high)] = packed
+        reply = link.run_packed(ADMISSION, packed)
         if reply is UNAVAILABLE:
             return None
-        return int(reply[0]), int(reply[1]) * _NS_PER_US, int(reply[2]), int(reply[3])
+        if reply is ONE_SLOT_EACH:
+            return False
+        return _entered(reply[0]), taken(reply[1]) if len(reply) > 1 else None
 
     def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
         code = -1 if admission == _INFERRED else admission

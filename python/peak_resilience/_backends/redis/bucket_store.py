@@ -18,13 +18,18 @@ from peak_resilience._backends.redis.connection import UNAVAILABLE, RedisLink, R
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
 
-__all__ = ["RedisBucketStore", "RedisLimiterStore"]
+__all__ = ["BUCKET", "RedisBucketStore", "RedisLimiterStore", "taken"]
 
 BUCKET = Script.load("bucket.lua")
 
 _NS_PER_US = 1000
 _TAKE = b"take"
 _PEEK = b"peek"
+
+
+def taken(reply: Any) -> tuple[bool, int]:
+    """A take's reply as the native bucket reads it: (admitted, ns to wait)."""
+    return reply[0] == 1, int(reply[1]) * _NS_PER_US
 
 
 class RedisLimiterStore(RedisStore):
@@ -76,10 +81,20 @@ class RedisBucketStore(RedisStore):
                 self.link.pack(BUCKET, self.key, _TAKE, 1, 0, 0, b"", *encoded),
             )
 
-    def _run(self, mode: bytes, amount: int, *, index: int = 0, high: bool = True) -> Any:
+    def _arguments(
+        self, mode: bytes, amount: int, *, index: int = 0, high: bool = True
+    ) -> tuple[Any, ...]:
+        """The script's ARGV for ``mode`` (after its key)."""
         reserve = 0 if high else self._reserve
+        return (mode, amount, index, reserve, self.now(), *self._windows)
+
+    def take_arguments(self, cost: int, high: bool) -> tuple[Any, ...]:
+        """The ARGV of a take of ``cost`` (for ``admission.lua``)."""
+        return self._arguments(_TAKE, cost, high=high)
+
+    def _run(self, mode: bytes, amount: int, *, index: int = 0, high: bool = True) -> Any:
         return self.link.run(
-            BUCKET, self.key, mode, amount, index, reserve, self.now(), *self._windows
+            BUCKET, self.key, *self._arguments(mode, amount, index=index, high=high)
         )
 
     def take(self, cost: int, high: bool) -> tuple[bool, int] | None:
@@ -87,9 +102,7 @@ class RedisBucketStore(RedisStore):
             reply = self.link.run_packed(BUCKET, self._take_one[high])
         else:
             reply = self._run(_TAKE, cost, high=high)
-        if reply is UNAVAILABLE:
-            return None
-        return reply[0] == 1, int(reply[1]) * _NS_PER_US
+        return None if reply is UNAVAILABLE else taken(reply)
 
     def peek(self, cost: int, high: bool) -> tuple[int, int, int, int, list[float]] | None:
         reply = self._run(_PEEK, cost, high=high)

@@ -34,12 +34,15 @@ from peak_resilience._config.secrets import redact_url
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
 
-__all__ = ["UNAVAILABLE", "RedisLink", "RedisStore", "Script", "named_link"]
+__all__ = ["ONE_SLOT_EACH", "UNAVAILABLE", "RedisLink", "RedisStore", "Script", "named_link"]
 
 logger = logging.getLogger("peak_resilience.redis")
 
 #: What ``RedisLink.run`` returns when Redis could not be reached.
 UNAVAILABLE: Any = object()
+
+#: What it returns when a command's keys are in two Redis Cluster slots (CROSSSLOT).
+ONE_SLOT_EACH: Any = object()
 
 #: Seconds Redis is left alone after a failed call before the next call tries it again.
 DEFAULT_RETRY_INTERVAL = 1.0
@@ -150,6 +153,7 @@ class RedisLink:
         self._seed_url = url
         self._seed_pool = self._pool
         self._moved = redis.exceptions.MovedError
+        self._cross_slot = redis.exceptions.ClusterCrossSlotError
         #: For log lines and errors: the password masked.
         self.url = redact_url(url)
         self.timeout = timeout
@@ -173,6 +177,16 @@ class RedisLink:
     def pack(self, script: Script, key: str, *args: Any) -> Any:
         """The wire form of running ``script`` on ``key`` with ``args``, for ``run_packed``."""
         return self._packer.pack_command("EVALSHA", script.sha, 1, key, *args)
+
+    def pack_keys(self, script: Script, keys: tuple[str, ...], *args: Any) -> Any:
+        """``pack`` for a script of several keys."""
+        return self._packer.pack_command("EVALSHA", script.sha, len(keys), *keys, *args)
+
+    @property
+    def clustered(self) -> bool:
+        """Whether this link's Redis is a Cluster, as far as its replies have shown (a
+        MOVED, a CROSSSLOT): then each call has the keys of one slot."""
+        return self._pool is not self._seed_pool or self._pool.clustered
 
     def run(self, script: Script, key: str, *args: Any) -> Any:
         """Runs ``script`` on ``key`` with ``args``: its reply, or ``UNAVAILABLE``."""
@@ -213,6 +227,9 @@ class RedisLink:
         try:
             try:
                 reply = self._pool.call(send)
+            except self._cross_slot:
+                self._pool.clustered = True
+                return ONE_SLOT_EACH
             except self._moved as moved:
                 # Redis Cluster: another node serves this key's slot. Ask it, now and
                 # from now on (every key of this link has one hash tag: one slot).
@@ -247,7 +264,10 @@ class RedisLink:
         reply = None if script is None else self._read_reply(conn, script, command)
         for posted_script, posted in unloaded:
             conn.send_packed_command(posted, check_health=False)
-            self._read_reply(conn, posted_script, posted)
+            try:
+                self._read_reply(conn, posted_script, posted)
+            except self._refused as exc:
+                self._lost(exc)
         return reply
 
     def _node_pool(self, host: str, port: int) -> Pool:

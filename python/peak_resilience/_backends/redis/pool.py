@@ -58,6 +58,8 @@ class Pool:
         #: The server's error replies: the connection is fine and goes back.
         self._answered = answered
         self._exhausted = exhausted
+        #: Set when the server turned down the keys of two slots in one call: a Cluster.
+        self.clustered = False
         self._empty()
         _pools.add(self)
 

@@ -1,0 +1,27 @@
+-- One guarded call's admission in one round trip: the breaker's 'enter' and, when it
+-- admits, the budget's 'take', atomically. The two scripts are the breaker's and the
+-- bucket's own (breaker.lua, bucket.lua), pasted in below as functions when this one is
+-- loaded (admission.py), so that their rules live in one place each.
+-- KEYS: the breaker, the bucket (one Redis: never on Cluster, where they are in two slots).
+-- ARGV: n, the breaker's n arguments ('enter', ...), then the bucket's ('take', ...).
+-- Returns {enter's reply} when the breaker refuses, else {enter's reply, take's reply};
+-- a trial permit whose call is refused its token is given back here, as the two-step
+-- path's 'release' does.
+local function breaker(KEYS, ARGV)
+--BREAKER--
+end
+local function bucket(KEYS, ARGV)
+--BUCKET--
+end
+local n = tonumber(ARGV[1])
+local breaker_arguments = {unpack(ARGV, 2, n + 1)}
+local entered = breaker({KEYS[1]}, breaker_arguments)
+if entered[1] == 0 then return {entered} end
+local taken = bucket({KEYS[2]}, {unpack(ARGV, n + 2)})
+if taken[1] == 0 and entered[1] % 4 == 2 then
+  breaker_arguments[1] = 'exit'
+  breaker_arguments[5] = entered[1]
+  breaker_arguments[6] = 'release'
+  breaker({KEYS[1]}, breaker_arguments)
+end
+return {entered, taken}
