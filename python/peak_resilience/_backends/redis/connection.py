@@ -12,6 +12,13 @@ outage is logged once with the policy being applied, and Redis is left alone for
 ``retry_interval`` seconds (the caller applies its ``on_backend_error`` policy
 meanwhile); the next call after that tries again, and the first one that succeeds logs
 the recovery.
+
+A command whose reply nobody waits for (``post_packed``: a success in a closed circuit)
+is written and left; the next command on that connection reads its reply first, while
+its own is on the way (a refusal there is lost bookkeeping: counted and logged, never
+the next command's failure). On a Redis Cluster a ``MOVED`` reply sends the link to the
+node of its slot, and a ``CROSSSLOT`` one (two keys, two slots) tells the caller to ask
+each key on its own (``ONE_SLOT_EACH``).
 """
 
 from __future__ import annotations

@@ -71,11 +71,6 @@ class Pool:
         self._queue: deque[_Slot] = deque()
         self._lock = threading.Lock()
 
-    @property
-    def connections(self) -> int:
-        """Connections made and not discarded (idle or in use)."""
-        return self._made
-
     def unconnected(self) -> Any:
         """A connection outside the pool, never connected: it packs commands."""
         return self._make()
