@@ -15,7 +15,6 @@ wants them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 from peak_resilience import _logging
 from peak_resilience._circuit import CircuitState
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
@@ -107,7 +107,7 @@ def _after_fork_in_child() -> None:
     _wanting_lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 def _forget(key: int) -> None:

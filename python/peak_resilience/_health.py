@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,7 @@ from typing import Any, Literal, TypedDict
 
 from peak_resilience import _instances
 from peak_resilience._circuit import CircuitState
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock, TokenBucket
 
@@ -128,7 +128,7 @@ def _after_fork_in_child() -> None:
         registry._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 class _Run:

@@ -9,12 +9,12 @@ of them (``Limiter``): both are below the Python classes that add themselves her
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._native import CircuitBreaker, OperationStats, TokenBucket
 
 __all__ = ["Limiter", "alive", "breakers", "limiters", "operation", "operations"]
@@ -48,7 +48,7 @@ def _after_fork_in_child() -> None:
     _operations_lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 def alive(objects: Iterable[T]) -> list[T]:

@@ -22,7 +22,6 @@ import collections
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -35,6 +34,7 @@ from peak_resilience import _instances, _native
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience._metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
@@ -523,7 +523,7 @@ def _after_fork_in_child() -> None:
     metrics.last_read_error = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 class _FollowConfig:
