@@ -107,7 +107,7 @@ def test_every_prometheus_family_is_an_instrument_with_its_unit(
     assert state.unit == "1"
     assert value(state.data.data_points, name=breaker.name) == CircuitState.CLOSED
     health = instruments["peak_trade_health_check_status"].data.data_points
-    assert value(health, check="resilience") == 1
+    assert value(health, check="resilience", critical="true") == 1
 
 
 def test_instead_of_prometheus_takes_the_families_out_of_the_default_registry() -> None:

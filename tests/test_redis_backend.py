@@ -380,7 +380,9 @@ def test_a_forked_child_opens_its_own_connection(on_redis: dict[str, Any]) -> No
 
 
 def _local_port(limiter: RateLimiter) -> int:
-    port: int = limiter.store.link._local.conn._sock.getsockname()[1]
+    """The local port of the process' one connection to Redis, idle in its pool."""
+    (conn,) = limiter.store.link.pool._idle
+    port: int = conn._sock.getsockname()[1]
     return port
 
 

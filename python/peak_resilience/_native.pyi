@@ -10,6 +10,7 @@ from typing_extensions import disjoint_base
 __all__ = [
     "LATENCY_BOUNDS",
     "MAX_HALF_OPEN_CALLS",
+    "SHARED_SUPPORTED",
     "CircuitBreaker",
     "Guard",
     "ManualClock",
@@ -29,6 +30,8 @@ __all__ = [
 
 LATENCY_BOUNDS: tuple[float, ...]
 MAX_HALF_OPEN_CALLS: int
+#: Whether this build has backend="shared" (Unix; not Windows nor a peak_portable build).
+SHARED_SUPPORTED: bool
 
 def set_recording_enabled(enabled: bool) -> None: ...
 def recording_enabled() -> bool: ...
@@ -291,6 +294,9 @@ class OperationStats:
     def record_latency(self, seconds_: float) -> None: ...
     def record_success(self) -> None: ...
     def record_failure(self, error_type: str) -> None: ...
+    @property
+    def enabled(self) -> bool: ...
+    def set_enabled(self, enabled: bool) -> None: ...
     def snapshot(self) -> dict[str, Any]: ...
 
 @final

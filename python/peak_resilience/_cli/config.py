@@ -94,12 +94,13 @@ def _toml_value(value: Any) -> str:
     return json.dumps(str(value))
 
 
-def _as_toml(tables: dict[str, dict[str, dict[str, Any]]]) -> str:
+def _as_toml(tables: dict[str, dict[str, dict[str, Any]]], budgets: dict[str, str]) -> str:
     """Valid TOML: a key whose value is unset (None) is a comment, every value says its
-    source in a comment."""
+    source in a comment, and each table says the budget its limiter enforces."""
     lines: list[str] = []
     for table, keys in tables.items():
         lines.append(f"[{table}]")
+        lines.append(f"# the limiter enforces {budgets[table]}")
         shown = {
             name: (
                 f"# {name} is not set"
@@ -115,12 +116,19 @@ def _as_toml(tables: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def show(args: argparse.Namespace) -> int:
-    tables = effective(load_config(args.path))
+    config = load_config(args.path)
+    tables = effective(config)
     if args.format == "json":
         json.dump(tables, sys.stdout, indent=2)
         print()
-    else:
-        print(_as_toml(tables), end="")
+        return 0
+    # What the limiter of each table really enforces: the windows the most specific layer
+    # gives it, however they were written (rate_limits or rate_limit_requests/_window).
+    budgets = {
+        table: config.budget(module)
+        for table, module in zip(tables, (None, *config.modules), strict=True)
+    }
+    print(_as_toml(tables, budgets), end="")
     return 0
 
 

@@ -2,9 +2,8 @@
 
 A field's annotation is the key's type; ``key()`` gives its default, its check of the
 value and whether ``[resilience.<module>]`` may override it. ``SCHEMA`` and ``DEFAULTS``
-are read from the fields. ``Settings`` also says what its keys mean to the objects built
-from them: the windows of the rate budget, and the native breaker's policy keywords
-(which the builder passes and the loader checks against the native breaker).
+are read from the fields. ``Settings`` also gives the native breaker's policy keywords
+(``parameters`` turns settings into what the objects are built with).
 """
 
 from __future__ import annotations
@@ -15,10 +14,11 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
 from peak_resilience._native import MAX_HALF_OPEN_CALLS
-from peak_resilience._windows import parse_limit, parse_limits
+from peak_resilience._windows import parse_limit
 
 __all__ = [
     "DEFAULTS",
@@ -114,7 +114,8 @@ class Settings:
     #: Tokens a full bucket holds; None means ``rate_limit_requests``.
     rate_limit_burst: int | None = key(None, optional(at_least(1)))
     #: Several windows, all or nothing ("1200/60s", "50/10s", "160000/1d"; units s/m/h/d).
-    #: When set, they are the budget and rate_limit_requests/_window/_burst are not used.
+    #: The most specific layer that sets either form wins: rate_limits set in [resilience]
+    #: give way to rate_limit_requests/_window/_burst set for a module, and the reverse.
     rate_limits: tuple[str, ...] = key((), rate_limit_specs)
     #: Tokens of every window kept for priority="high" calls (cancels, risk reductions).
     rate_limit_reserve: int = key(0, at_least(0))
@@ -124,7 +125,8 @@ class Settings:
     circuit_breaker_backend: Backend = key("memory")
     rate_limit_backend: Backend = key("memory")
     redis_url: str | None = key(None, optional(non_empty))
-    shared_dir: str = key("/dev/shm/peak_resilience", non_empty)
+    #: Default: /dev/shm/peak-resilience-<uid> (the constructors' default too).
+    shared_dir: str = key(str(default_shared_dir()), non_empty)
     on_backend_error: OnBackendError = key("local")
     health_token: str | None = key(None, optional(non_empty), per_module=False)
     metrics_prefix: str = key(DEFAULT_PREFIX, metric_prefix, per_module=False)
@@ -152,15 +154,6 @@ class Settings:
     def burst(self) -> int:
         """Tokens a full bucket holds (``rate_limit_burst``, else ``rate_limit_requests``)."""
         return self.rate_limit_requests if self.rate_limit_burst is None else self.rate_limit_burst
-
-    @property
-    def windows(self) -> tuple[tuple[int, float, int], list[tuple[int, float]]]:
-        """The budget's first window as (max_requests, window_seconds, burst) and the
-        others as (max_requests, window_seconds): ``rate_limits`` when set, else the pair."""
-        if not self.rate_limits:
-            return (self.rate_limit_requests, self.rate_limit_window, self.burst), []
-        (first, length), *rest = parse_limits(self.rate_limits)
-        return (first, length, first), rest
 
     @property
     def breaker_policy(self) -> dict[str, Any]:

@@ -50,6 +50,7 @@ class Collector:
             state,
             failures,
             changes,
+            refusals,
             hits,
             rejections,
             tokens,
@@ -75,6 +76,10 @@ class Collector:
         changes.samples = [
             _sample(n, {"name": k[0], "from_state": k[1], "to_state": k[2]}, v)
             for k, v in readings.state_changes.items()
+        ]
+        n = refusals.name + "_total"
+        refusals.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_rejections.items()
         ]
         n = hits.name + "_total"
         hits.samples = [
@@ -117,7 +122,8 @@ class Collector:
         ]
         n = health.name
         health.samples = [
-            _sample(n, {"check": k}, 1 if ok else 0) for k, ok in readings.health.items()
+            _sample(n, {"check": k, "critical": str(critical).lower()}, int(ok))
+            for k, (ok, critical) in readings.health.items()
         ]
         n = folded.name + "_total"
         folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]

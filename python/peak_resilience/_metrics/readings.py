@@ -51,6 +51,42 @@ def _quantile(q: float, cumulative: list[int]) -> float | None:
     return LATENCY_BOUNDS[-1]
 
 
+def _operation_summary(snap: dict[str, Any]) -> dict[str, Any]:
+    """One operation in the JSON summary: exact counts, sum, min and max; quantiles
+    estimated from the buckets (``quantiles_estimated``) but never outside [min, max],
+    and exact when every call took the same time."""
+    cumulative: list[int] = snap["buckets"]
+    timed = cumulative[-1]
+    failures: dict[str, int] = snap["failures"]
+    failed = sum(failures.values())
+    low: float | None = snap["min"]
+    high: float | None = snap["max"]
+
+    def quantile(q: float) -> float | None:
+        estimate = _quantile(q, cumulative)
+        if estimate is None or low is None or high is None:
+            return estimate
+        return min(max(estimate, low), high)
+
+    return {
+        "count": snap["successes"] + failed,
+        "successes": snap["successes"],
+        "failures": failed,
+        "failures_by_type": dict(failures),
+        "latency_seconds": {
+            "count": timed,
+            "sum": snap["sum"],
+            "min": low,
+            "max": high,
+            "mean": snap["sum"] / timed if timed else None,
+            "p50": quantile(0.50),
+            "p95": quantile(0.95),
+            "p99": quantile(0.99),
+            "quantiles_estimated": timed > 0 and low != high,
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Readings:
     """Every exported value at one instant, keyed by label values."""
@@ -63,8 +99,9 @@ class Readings:
     tokens: dict[tuple[str, str], float]
     operations: dict[str, dict[str, Any]]
     folded: dict[str, int]
-    #: Each health check's outcome (True healthy); empty when the read skipped them.
-    health: dict[str, bool]
+    #: Each health check's outcome and whether it is critical, as (healthy, critical);
+    #: empty when the read skipped them.
+    health: dict[str, tuple[bool, bool]]
     #: Failed backend calls by backend (``{"redis": n}``, once a Redis object exists).
     backend_errors: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The machine's own state of breakers in metrics_only mode.
@@ -73,6 +110,8 @@ class Readings:
     breaker_would_reject: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Slow calls of breakers with a slow_call_duration (or that counted some).
     breaker_slow_calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Calls refused by an open breaker (the function not run), by breaker name.
+    breaker_rejections: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Tokens per window of the buckets of several windows: (limiter, endpoint, window).
     window_tokens: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
     #: Seconds each limiter stays paused (0.0 when it is not).
@@ -116,24 +155,7 @@ class Readings:
         for name, paused in self.paused.items():
             for entry in limiters.get(name, {}).values():
                 entry["paused_seconds"] = paused
-        operations: dict[str, dict[str, Any]] = {}
-        for name, snap in self.operations.items():
-            cumulative: list[int] = snap["buckets"]
-            count = cumulative[-1]
-            failures: dict[str, int] = snap["failures"]
-            operations[name] = {
-                "count": count,
-                "successes": snap["successes"],
-                "failures": sum(failures.values()),
-                "failures_by_type": dict(failures),
-                "latency_seconds": {
-                    "sum": snap["sum"],
-                    "mean": snap["sum"] / count if count else None,
-                    "p50": _quantile(0.50, cumulative),
-                    "p95": _quantile(0.95, cumulative),
-                    "p99": _quantile(0.99, cumulative),
-                },
-            }
+        operations = {name: _operation_summary(snap) for name, snap in self.operations.items()}
         return {
             "circuit_breakers": breakers,
             "rate_limiters": limiters,
@@ -149,7 +171,7 @@ def read(
     reported_hits: dict[tuple[str, str], int],
     reported_rejections: dict[tuple[str, str], int],
     folded: dict[str, int],
-    health: dict[str, bool],
+    health: dict[str, tuple[bool, bool]],
 ) -> Readings:
     """Reads every live breaker, limiter and operation, merged with what was reported."""
     states: dict[str, int] = {}
@@ -158,6 +180,7 @@ def read(
     shadow_states: dict[str, int] = {}
     would_reject: dict[str, int] = {}
     slow_calls: dict[str, int] = {}
+    refused: dict[str, int] = {}
     shared_breakers: set[Any] = set()
     for breaker in _instances.alive(_instances.breakers):
         name = breaker.name
@@ -174,6 +197,7 @@ def read(
                 continue  # the host's counts, already read through another object
             shared_breakers.add(shared_file)
         failures[name] = failures.get(name, 0) + breaker.failure_total
+        refused[name] = refused.get(name, 0) + breaker.rejection_total
         counts = breaker.transition_counts()
         for before, after, always in _TRANSITIONS:
             count = counts.pop((before, after), 0)
@@ -220,6 +244,13 @@ def read(
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
+    # Error types past the native table's size are counted as "other": folded values too.
+    folded_types = sum(snap["folded_failures"] for snap in operations.values())
+    if folded_types:
+        folded = {
+            **folded,
+            "operation_failures": folded.get("operation_failures", 0) + folded_types,
+        }
     return Readings(
         states,
         failures,
@@ -234,6 +265,7 @@ def read(
         shadow_states,
         would_reject,
         slow_calls,
+        refused,
         window_tokens,
         paused,
     )

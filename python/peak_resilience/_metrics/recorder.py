@@ -269,6 +269,15 @@ class Metrics:
         if enabled is not None:
             self.set_enabled(enabled)
 
+    def follow(self, enabled: bool, prefix: str) -> None:
+        """The configuration's switches: ``[resilience] metrics_enabled`` for explicit
+        calls (``record_*``, ``track_latency``); a guarded function follows its own
+        module's ``metrics_enabled`` (set on its operation by the module registry), so
+        the process-wide native switch stays on."""
+        self.configure(prefix=prefix)
+        self._enabled = enabled
+        _native.set_recording_enabled(True)
+
     # -- Prometheus ----------------------------------------------------------------------
 
     @property
@@ -459,7 +468,11 @@ class Metrics:
         """Every exported value, as the collector reads it at scrape time; with
         ``health``, that registry's checks are run too (a scrape does, the summary does
         not: a check may take up to its timeout)."""
-        outcomes = {} if health is None else {n: r["healthy"] for n, r in health.run_all().items()}
+        outcomes = (
+            {}
+            if health is None
+            else {n: (r["healthy"], r["critical"]) for n, r in health.run_all().items()}
+        )
         with self._lock:
             reported = (
                 dict(self._reported_transitions),
@@ -520,7 +533,7 @@ class _FollowConfig:
         """Both keys are validated by the config loader: nothing more to refuse."""
 
     def apply(self, new: Config) -> None:
-        metrics.configure(enabled=new.globals.metrics_enabled, prefix=new.globals.metrics_prefix)
+        metrics.follow(new.globals.metrics_enabled, new.globals.metrics_prefix)
 
 
 add_listener(_FollowConfig())

@@ -19,6 +19,7 @@ from peak_resilience._breaker import CircuitBreaker
 from peak_resilience._config.active import active, add_listener, lock
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
+from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
 from peak_resilience._config.schema import TABLE
 from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
@@ -34,7 +35,7 @@ from peak_resilience._modules.build import (
     update_breaker,
     update_limiter,
 )
-from peak_resilience._native import Guard, ManualClock
+from peak_resilience._native import Guard, ManualClock, OperationStats
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
@@ -98,6 +99,8 @@ class ModuleRegistry:
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, RateLimiter] = {}
         self._breaker_modules: dict[str, str] = {}
+        #: Where each object's state lives, as built: a reload may not move it.
+        self._placements: dict[tuple[str, str], Placement] = {}
         self._decorated: list[_Decorated] = []
 
     def breaker(self, module: str, operation: str) -> CircuitBreaker:
@@ -112,6 +115,7 @@ class ModuleRegistry:
                 found = build_breaker(name, module, settings, self.clock)
                 self.breakers[name] = found
                 self._breaker_modules[name] = module
+                self._placements[("breaker", name)] = breaker_parameters(settings).placement
         return found
 
     def limiter(self, module: str) -> RateLimiter:
@@ -124,6 +128,7 @@ class ModuleRegistry:
                 settings = active().module(module)
                 found = build_limiter(module, module, settings, self.clock)
                 self.limiters[module] = found
+                self._placements[("limiter", module)] = limiter_parameters(settings).placement
         return found
 
     def remember(self, decorated: _Decorated) -> None:
@@ -131,13 +136,28 @@ class ModuleRegistry:
             self._decorated.append(decorated)
 
     def check(self, new: Config) -> None:
-        """Refuses a configuration that would make a decorated function without a fallback
-        fail-safe (it would have nothing to return)."""
+        """Refuses a configuration that cannot be applied whole: one that would make a
+        decorated function without a fallback fail-safe (it would have nothing to
+        return), or move a breaker's or limiter's state to another backend (its state
+        lives where it was built). Every module's settings are resolved here, so that
+        nothing can fail once applying has begun."""
         with lock():
+            breakers = list(self._breaker_modules.items())
+            limiters = list(self.limiters)
             decorated = list(self._decorated)
         for each in decorated:
             if not each.has_fallback and new.module(each.module).fail_safe_defaults:
                 raise _fail_safe_without_fallback(new, each.module, each.qualname)
+        for name, module in breakers:
+            wanted = breaker_parameters(new.module(module)).placement
+            built = self._placements[("breaker", name)]
+            _refuse_a_move(
+                new, module, f"breaker {name!r}", built, wanted, "circuit_breaker_backend"
+            )
+        for module in limiters:
+            wanted = limiter_parameters(new.module(module)).placement
+            built = self._placements[("limiter", module)]
+            _refuse_a_move(new, module, f"limiter {module!r}", built, wanted, "rate_limit_backend")
 
     def apply(self, new: Config) -> None:
         """Brings every breaker, limiter and decorated function in line with ``new``."""
@@ -150,8 +170,29 @@ class ModuleRegistry:
         for module, limiter in limiters:
             update_limiter(limiter, new.module(module))
         for each in decorated:
-            fail_safe = new.module(each.module).fail_safe_defaults
+            settings = new.module(each.module)
+            fail_safe = settings.fail_safe_defaults
             each.guard.set_fallback_on_failure(each.fallback_on_failure or fail_safe)
+            operation = each.guard.operation
+            if operation is not None:
+                operation.set_enabled(settings.metrics_enabled)
+
+
+def _refuse_a_move(
+    new: Config, module: str, what: str, built: Placement, wanted: Placement, backend_key: str
+) -> None:
+    """A reload cannot move an object's state: it would split one budget (or one
+    breaker) in two while the configuration says otherwise. Refused, never ignored."""
+    changed = built.differences(wanted, backend_key)
+    if changed:
+        key, was, asked = changed[0]
+        raise ConfigError(
+            f"the {what} already lives on {built.backend!r} with {key} = {was!r}; a running "
+            f"process cannot move it to {asked!r} (restart the process to change {key})",
+            source=new._where(module, key),
+            table=f"{TABLE}.{module}",
+            key=key,
+        )
 
 
 def _fail_safe_without_fallback(new: Config, module: str, qualname: str) -> ConfigError:
@@ -212,6 +253,14 @@ def get_all_circuit_breakers() -> dict[str, CircuitBreaker]:
 def get_all_rate_limiters() -> dict[str, RateLimiter]:
     """The module rate limiters made so far, by module name."""
     return dict(_registry.limiters)
+
+
+def _operation_stats(name: str, enabled: bool) -> OperationStats:
+    """The stats a guarded function records into, switched by its module's
+    ``metrics_enabled`` (a reload switches them again)."""
+    stats = _instances.operation(name)
+    stats.set_enabled(enabled)
+    return stats
 
 
 def _manual_async_sleep(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
@@ -280,7 +329,7 @@ def with_resilience(
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
     ``configure()`` updates the breaker, the limiter, the enabled switches and the
-    fail-safe behaviour in place. ``metrics_enabled`` is decided at decoration.
+    fail-safe behaviour and ``metrics_enabled`` in place.
     """
     _name(module, "module")
     _name(operation, "operation")
@@ -313,7 +362,7 @@ def with_resilience(
             limiter=limiter,
             cost=cost,
             priority=priority,
-            operation=_instances.operation(name) if settings.metrics_enabled else None,
+            operation=_operation_stats(name, settings.metrics_enabled),
             fallback=fallback,
             fallback_on_failure=has_fallback
             and (fallback_on_failure or settings.fail_safe_defaults),
