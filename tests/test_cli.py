@@ -264,6 +264,8 @@ BAD_ARGUMENTS = [
     (["serve", "--port", "99999"], "argument --port"),
     (["serve", "--port", "-1"], "argument --port"),
     (["serve", "--port", "http"], "argument --port"),
+    (["serve", "--host", "999.1.1.1"], "argument --host"),
+    (["serve", "--host", "no-such-host.invalid"], "argument --host"),
     (["serve", "--config", "/nonexistent/config.toml"], "/nonexistent/config.toml"),
     (["demo", "--port", "99999"], "argument --port"),
     (["demo", "--duration", "-1"], "argument --duration"),
