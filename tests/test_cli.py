@@ -264,6 +264,8 @@ BAD_ARGUMENTS = [
     (["serve", "--port", "99999"], "argument --port"),
     (["serve", "--port", "-1"], "argument --port"),
     (["serve", "--port", "http"], "argument --port"),
+    (["serve", "--host", "999.1.1.1"], "argument --host"),
+    (["serve", "--host", "no-such-host.invalid"], "argument --host"),
     (["serve", "--config", "/nonexistent/config.toml"], "/nonexistent/config.toml"),
     (["demo", "--port", "99999"], "argument --port"),
     (["demo", "--duration", "-1"], "argument --duration"),
@@ -295,6 +297,16 @@ def test_a_bad_argument_is_one_line_naming_it_and_exit_2(args: list[str], named:
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert named in result.stderr
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = cli("config", "init", str(tmp_path / "missing" / "config.toml"))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"peak-resilience: error: cannot write {tmp_path / 'missing' / 'config.toml'}: "
+        "No such file or directory\n"
+    )
 
 
 def test_check_of_a_server_that_answers_no_health_report_is_unhealthy_exit_2() -> None:

@@ -46,7 +46,7 @@ __all__ = [
 logger = logging.getLogger("peak_resilience.events")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BreakerTransition:
     """Breaker ``breaker`` went from ``from_state`` to ``to_state``."""
 
@@ -57,7 +57,7 @@ class BreakerTransition:
     timestamp: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallRefused:
     """A guarded call was not attempted: ``reason`` "circuit_open" (breaker ``name``) or
     "rate_limited" (limiter ``name``, its ``endpoint`` or None for the default bucket)."""
@@ -69,7 +69,7 @@ class CallRefused:
     timestamp: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendOutage:
     """The ``backend`` ("redis") of breaker or limiter ``name`` became unreachable
     (``available`` False, with the ``error``) or reachable again (True)."""
