@@ -484,33 +484,116 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     })
 }
 
-/// Creates the file complete under a temporary name and links it into place. `None` when
-/// another process got there first.
+/// Creates the file complete where no other process can see it and links it into place.
+/// `None` when another process got there first.
 fn create<T: Layout>(
     path: &Path,
     params: [u64; PARAMS],
     fresh: &impl Fn() -> T,
 ) -> Result<Option<Region<T>>, SharedError> {
-    let tmp = temporary_name(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| io_error(&tmp, "create", e))?;
+    let (file, staged) = stage(path)?;
+    let shown = match &staged {
+        Staged::Unnamed => path.to_owned(),
+        Staged::Named(tmp) => tmp.clone(),
+    };
     let result =
-        initialise::<T>(&file, &tmp, path, params, fresh).and_then(
-            |region| match std::fs::hard_link(&tmp, path) {
+        initialise::<T>(&file, &shown, path, params, fresh).and_then(|region| {
+            match publish(&file, &staged, path) {
                 Ok(()) => Ok(Some(region)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(io_error(path, "link", e)),
-            },
-        );
-    // The temporary name goes in every case; the linked name keeps the inode alive.
-    let _ = std::fs::remove_file(&tmp);
+            }
+        });
+    // A temporary name goes in every case; the linked name keeps the inode alive.
+    if let Staged::Named(tmp) = staged {
+        let _ = std::fs::remove_file(tmp);
+    }
     result
+}
+
+/// Where a new file is written before it is linked into place.
+enum Staged {
+    /// `O_TMPFILE`: a file with no name at all, so a process killed while creating it
+    /// leaves nothing behind to collide with.
+    Unnamed,
+    /// A name no other process can choose (the filesystem has no `O_TMPFILE`).
+    Named(PathBuf),
+}
+
+fn stage(path: &Path) -> Result<(File, Staged), SharedError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // Linking an unnamed file needs /proc (AT_EMPTY_PATH needs a capability we lack).
+    if Path::new("/proc/self/fd").is_dir() {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+        {
+            Ok(file) => return Ok((file, Staged::Unnamed)),
+            // Not supported by this filesystem (or kernel): a random name instead.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(io_error(path, "create", e)),
+        }
+    }
+    let mut last = None;
+    for _ in 0..OPEN_ATTEMPTS {
+        let tmp = temporary_name(path);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((file, Staged::Named(tmp))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(io_error(&tmp, "create", e)),
+        }
+    }
+    Err(io_error(
+        path,
+        "create a temporary file beside",
+        last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)),
+    ))
+}
+
+/// Links the staged file under its final name; fails with `AlreadyExists` if taken.
+fn publish(file: &File, staged: &Staged, path: &Path) -> io::Result<()> {
+    match staged {
+        Staged::Named(tmp) => std::fs::hard_link(tmp, path),
+        Staged::Unnamed => {
+            use std::os::unix::ffi::OsStrExt;
+            let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(io::Error::other)?;
+            let to = std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+            // SAFETY: two valid NUL-terminated paths; linkat only reads them.
+            let rc = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
 }
 
 fn initialise<T: Layout>(
@@ -560,14 +643,23 @@ fn initialise<T: Layout>(
     })
 }
 
+/// `.{name}.{pid}.{random}.tmp`: the pid says who made it, 64 random bits make it a
+/// name no other process (nor this pid's next life, a container restarted) will choose.
 fn temporary_name(path: &Path) -> PathBuf {
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let mut random = [0u8; 8];
+    // SAFETY: `random` is 8 writable bytes; getrandom writes at most that many.
+    let filled = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let mut n = u64::from_le_bytes(random);
+    if filled != random.len() as isize {
+        // No entropy source: the clock's nanoseconds and a counter, still unlike a restart.
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        n = crate::clock::monotonic_now() ^ SEQUENCE.fetch_add(1, Ordering::Relaxed) << 48;
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.{n:016x}.tmp", std::process::id()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -935,6 +1027,24 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(err, SharedError::Permissions { .. }), "{err}");
+    }
+
+    #[test]
+    fn a_temporary_file_left_by_a_killed_process_of_the_same_pid_does_not_block_creation() {
+        // A process killed in `create()` leaves `.{name}.{pid}.{n}.tmp`; the next one with
+        // the same pid (a container's pid 1) must still create the file.
+        let dir = TempDir::new("stale");
+        let path = dir.file("api.bucket");
+        for n in 0..2048 {
+            let stale = dir.file(&format!(".api.bucket.{}.{n}.tmp", std::process::id()));
+            std::fs::write(stale, b"").unwrap();
+        }
+        let (bucket, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        // On a filesystem without O_TMPFILE the random name is never an old one either.
+        let named = temporary_name(&path);
+        assert_ne!(named, temporary_name(&path));
+        assert!(!named.exists());
     }
 
     #[test]

@@ -146,3 +146,34 @@ def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_
     assert after_reset == error
     # The resilience health check reports it too.
     assert health.startswith("(False,") and "truncated" in health
+
+
+STALE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from peak_resilience import RateLimiter
+
+    # What a process of this same pid left when it was killed while creating the file
+    # (a container starts its service as the same pid every time).
+    shm = Path(sys.argv[1])
+    shm.mkdir(parents=True)
+    for n in range(64):
+        (shm / f".limiter.exchange.default.bucket.{os.getpid()}.{n}.tmp").write_bytes(b"")
+    limiter = RateLimiter(2, 60, name="exchange", backend="shared", shared_dir=str(shm))
+    print(sum(limiter.acquire() for _ in range(5)))
+    """
+)
+
+
+def test_a_temporary_file_left_by_a_killed_process_of_the_same_pid_does_not_block_creation(
+    shared_dir: str,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", STALE, shared_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr[-800:]
+    assert child.stdout.split() == ["2"]
