@@ -73,12 +73,12 @@ pub trait Layout: Default + Send + Sync + 'static {
     fn lost() -> Self;
 }
 
-/// Writes `T::lost()` over the state block of the mapping at `start` (the SIGBUS
-/// handler's `Poison`), if the mapping is large enough to hold one.
+/// Writes `T::lost()` into the state block of fresh memory of `len` bytes at `start` (the
+/// SIGBUS guard's `Prepare`, run outside any handler), if it is large enough to hold one.
 fn poison<T: Layout>(start: *mut u8, len: usize) {
     if len >= file_size::<T>() {
-        // SAFETY: the handler just mapped `len` fresh bytes at `start`; the block is
-        // 8-aligned (page + 64).
+        // SAFETY: `start` is `len` fresh bytes of our own, not yet visible to anyone; the
+        // block is 8-aligned (page + 64).
         unsafe { start.add(HEADER_SIZE).cast::<T>().write(T::lost()) }
     }
 }
@@ -266,6 +266,13 @@ impl Mapping {
         self.registration.as_ref().is_some_and(|r| r.lost())
     }
 
+    /// Installs the lost state again over whatever an update wrote into it.
+    fn reinstall_lost(&self) {
+        if let Some(registration) = &self.registration {
+            registration.reinstall();
+        }
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned, and Header is
         // plain atomics (any bit pattern is valid).
@@ -354,6 +361,23 @@ impl<T: Layout> Region<T> {
     #[inline]
     pub fn lost(&self) -> bool {
         self.mapping.lost()
+    }
+
+    /// Runs an update of the shared state (new settings, an operator's command): checks
+    /// loss, applies, checks again. None, with the lost state left whole, when the file
+    /// was truncated before or during the update: the update's own first access may be
+    /// what faulted, and what it wrote then must not revive the lost state as state of
+    /// this process alone.
+    pub fn update<R>(&self, apply: impl FnOnce() -> R) -> Option<R> {
+        if self.lost() {
+            return None;
+        }
+        let result = apply();
+        if self.lost() {
+            self.mapping.reinstall_lost();
+            return None;
+        }
+        Some(result)
     }
 
     /// Whether the path no longer names the file this process mapped (deleted, or
@@ -719,29 +743,31 @@ pub fn shared_windows(
     Ok((TokenBucket::over(region.state(), clock), region))
 }
 
-/// Changes a shared bucket's rate for every process, and records it in the header.
-pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
-    // A lost bucket keeps refusing (see `sigbus`): new settings must not revive it as a
-    // bucket of this process alone. Likewise below.
-    if region.lost() {
-        return;
-    }
-    bucket.set_quota(quota);
-    region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
+/// Changes a shared bucket's rate for every process, and records it in the header. False
+/// when the file was truncated under this process (see `Region::update`).
+pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) -> bool {
+    region
+        .update(|| {
+            bucket.set_quota(quota);
+            region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
+        })
+        .is_some()
 }
 
 /// Changes a shared bucket's windows and reserve for every process, and records them.
+/// False when the file was truncated under this process (see `Region::update`).
 pub fn set_shared_windows(
     bucket: &TokenBucket,
     region: &Region<BucketState>,
     quotas: &[Quota],
     reserve: u64,
-) {
-    if region.lost() {
-        return;
-    }
-    bucket.set_windows(quotas, reserve);
-    region.set_params(bucket_params(quotas, reserve));
+) -> bool {
+    region
+        .update(|| {
+            bucket.set_windows(quotas, reserve);
+            region.set_params(bucket_params(quotas, reserve));
+        })
+        .is_some()
 }
 
 /// A circuit breaker whose state lives in the shared file at `path` (created closed).
@@ -825,16 +851,18 @@ fn check_policy(
 }
 
 /// Changes a shared breaker's settings for every process, and records them in the header.
+/// False when the file was truncated under this process (see `Region::update`).
 pub fn set_shared_settings(
     breaker: &Breaker,
     region: &Region<BreakerState>,
     settings: BreakerSettings,
-) {
-    if region.lost() {
-        return;
-    }
-    breaker.set_settings(settings);
-    region.set_params(breaker_params(breaker.settings()));
+) -> bool {
+    region
+        .update(|| {
+            breaker.set_settings(settings);
+            region.set_params(breaker_params(breaker.settings()));
+        })
+        .is_some()
 }
 
 #[cfg(all(test, not(loom)))]
@@ -1119,8 +1147,61 @@ mod tests {
         assert_eq!(bucket.wait_time(1), None);
         assert_eq!(bucket.tokens_available(), 0.0);
         // New settings do not revive it as a bucket of this process alone.
-        set_shared_quota(&bucket, &region, quota(5));
+        assert!(!set_shared_quota(&bucket, &region, quota(5)));
         assert_eq!(bucket.try_acquire(1), Decision::Impossible);
+    }
+
+    #[test]
+    fn an_update_whose_own_first_access_faults_does_not_revive_a_truncated_bucket() {
+        // Truncated while idle: `set_windows` is the first to touch the page, so the loss
+        // is only seen once it has begun writing. It must leave the lost state whole.
+        let dir = TempDir::new("truncated-update");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        truncate(&path);
+        assert!(!region.lost());
+        assert!(!set_shared_windows(&bucket, &region, &[quota(3)], 0));
+        assert!(region.lost());
+        let admitted: Vec<Decision> = (0..3).map(|_| bucket.try_acquire(1)).collect();
+        assert_eq!(admitted, [Decision::Impossible; 3]);
+        // The same for a breaker's operator command.
+        let (breaker, region) =
+            shared_breaker(&dir.file("x.breaker"), settings(), Clock::Monotonic).unwrap();
+        truncate(&dir.file("x.breaker"));
+        assert_eq!(region.update(|| breaker.reset()), None);
+        assert!(breaker.enter().0.is_rejected());
+    }
+
+    #[test]
+    fn threads_hammering_an_exhausted_bucket_never_see_a_zero_page_when_it_is_truncated() {
+        // The lost state arrives whole, in one remap: no acquire between the fault and the
+        // lost state ever finds a zero (admit-everything) bucket, whichever thread faults.
+        let dir = TempDir::new("truncated-hammer");
+        let mut admitted = 0;
+        for round in 0..100 {
+            let path = dir.file(&format!("r{round}.bucket"));
+            let (bucket, region) = shared_bucket(&path, quota(1), Clock::Monotonic).unwrap();
+            assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+            admitted += std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        scope.spawn(move || {
+                            (0..2_000)
+                                .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                                .count()
+                        })
+                    })
+                    .collect();
+                truncate(&path);
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .sum::<usize>()
+            });
+            assert!(region.lost() || bucket.try_acquire(1) != Decision::Admitted);
+        }
+        assert_eq!(admitted, 0);
     }
 
     #[test]

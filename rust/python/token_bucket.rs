@@ -275,7 +275,9 @@ impl PyTokenBucket {
             match &self.shared {
                 None => self.core.set_windows(&w.quotas, w.reserve),
                 Some(region) => {
-                    shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve)
+                    if !shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve) {
+                        return Err(lost_error(region.path(), "rate limiter"));
+                    }
                 }
             }
             let (max, window) = w.limits[0];
