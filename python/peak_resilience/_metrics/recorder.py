@@ -35,6 +35,7 @@ from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
 from peak_resilience._health import HealthCheckRegistry, health_check
+from peak_resilience._labels import label_value as _non_empty
 from peak_resilience._metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -67,12 +68,6 @@ DEFAULT_MAX_SERIES = 1000
 DEFAULT_SNAPSHOT_CAPACITY = 1000
 
 _STATES_BY_NAME = {state.name.lower(): state for state in CircuitState}
-
-
-def _non_empty(value: object, argument: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
-    return value
 
 
 def _circuit_state(value: object, argument: str) -> CircuitState:

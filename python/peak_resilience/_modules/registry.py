@@ -22,6 +22,7 @@ from peak_resilience._config.load import Config
 from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
 from peak_resilience._config.schema import TABLE
 from peak_resilience._guard import MISSING, guard, typed
+from peak_resilience._labels import label_value
 from peak_resilience._limiter import RateLimiter
 
 # The guide's Debugging section turns these up: breaker events under "resilience", rate
@@ -68,9 +69,7 @@ def _rejection_log(name: str) -> Callable[[BaseException], None]:
 
 
 def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
-    return value
+    return label_value(value, what)
 
 
 @dataclass(frozen=True)
