@@ -6,6 +6,7 @@ Every transition is logged, put in the metrics' event ring and told to the
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Callable
@@ -180,6 +181,16 @@ class CircuitBreaker(_NativeBreaker):
         self.backend = backend
         self.set_listener(_on_transition)
         _instances.breakers.add(self)
+        # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
+        # re-creates: its series may simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # What it counted stays counted under its name (see _instances). At interpreter
+        # exit the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_breaker(self)
 
     @property
     def redis_available(self) -> bool:
