@@ -178,6 +178,7 @@ class Metrics:
         self._events: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=DEFAULT_SNAPSHOT_CAPACITY
         )
+        self._events_lock = threading.Lock()
         # What explicit record_* calls reported, merged with the native counters on export.
         self._reported_transitions: dict[tuple[str, str, str], int] = {}
         self._reported_states: dict[str, int] = {}
@@ -256,7 +257,7 @@ class Metrics:
             self._max_series = max_series_per_family
         if snapshot_capacity is not None:
             capacity = snapshot_capacity
-            with self._lock:
+            with self._events_lock:
                 self._events = collections.deque(self._events, maxlen=capacity)
         if prefix is not None and prefix != self._prefix:
             self.set_prefix(prefix)
@@ -427,10 +428,13 @@ class Metrics:
     # -- events --------------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: str) -> None:
-        # deque.append with a maxlen is atomic: no lock, the oldest event drops out.
-        self._events.append(
-            {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
-        )
+        # The time is read and the event appended under one lock: otherwise a writer
+        # preempted between the two appends after a later one, and the ring is no longer
+        # oldest-first. Events are rare (transitions, refusals, failures), never per call.
+        with self._events_lock:
+            self._events.append(
+                {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
+            )
 
     def _on_breaker_transition(
         self, name: str, from_state: CircuitState, to_state: CircuitState
@@ -453,7 +457,8 @@ class Metrics:
             raise ValueError(f"limit must be a non-negative int, got {limit!r}")
         if limit == 0:
             return []
-        events = list(self._events)
+        with self._events_lock:
+            events = list(self._events)
         return [dict(event) for event in events[-limit:]]
 
     # -- reading -------------------------------------------------------------------------
