@@ -168,4 +168,5 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     )
     if openmetrics:
         out.append("# EOF\n")
-    return "".join(out).encode()
+    # Every name was checked on the way in; escaping here keeps a scrape whole regardless.
+    return "".join(out).encode("utf-8", "backslashreplace")
