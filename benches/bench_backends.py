@@ -69,7 +69,7 @@ def test_redis_py_ping_floor(benchmark: Any, redis_url: str) -> None:
 @pytest.mark.benchmark(group="acquire-redis")
 def test_redis_bare_round_trip_floor(benchmark: Any, redis_url: str) -> None:
     limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-bare", backend="redis", redis_url=redis_url)
-    conn = limiter.store.link._pool.make_connection()
+    conn = limiter.store.link.pool.unconnected()
     ping = conn.pack_command("PING")
 
     def bare_ping() -> None:

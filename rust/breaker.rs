@@ -332,9 +332,10 @@ pub struct BreakerState {
     opened_streak: AtomicU64,
     /// The last epoch handed out (see the module comment).
     epoch: AtomicU64,
-    /// When the current half-open period began (ns). Trial permits not resolved within
-    /// `recovery_timeout` of it are presumed lost (their caller died: a process killed
-    /// while holding a trial of a shared breaker must not wedge it half-open for good).
+    /// When the last trial permit of the current half-open period was granted (ns; the
+    /// period's start until one is). Permits not resolved within `recovery_timeout` of it
+    /// are presumed lost (their caller died: a process killed while holding a trial of a
+    /// shared breaker must not wedge it half-open for good).
     /// A hint written before the swap that half-opens, never a synchronisation point: a
     /// plain std atomic even under loom, which would otherwise explore it for nothing.
     trials_since: std::sync::atomic::AtomicU64,
@@ -550,6 +551,11 @@ impl Breaker {
                             None => return (self.refuse(0), None),
                         }
                     } else {
+                        // The permit's own time, stamped as it is granted: a period begun by
+                        // a state read long before must not make this trial look abandoned
+                        // to the next caller.
+                        let now = self.clock.now();
+                        s.trials_since.fetch_max(now, Ordering::Relaxed);
                         word + 1
                     }
                 }
@@ -1143,6 +1149,28 @@ mod tests {
             Some(Transition {
                 from: HALF_OPEN,
                 to: CLOSED
+            })
+        );
+    }
+
+    #[test]
+    fn a_trial_granted_long_after_the_circuit_half_opened_is_not_presumed_lost() {
+        // A state read (a Prometheus scrape) half-opens the circuit; the first real trial
+        // comes a whole minute later. A second caller right after it must be refused, and
+        // the trial's failure must reopen the circuit.
+        let (breaker, clock) = breaker(1, 10 * SECOND, 1);
+        fail(&breaker);
+        clock.advance(10 * SECOND);
+        assert_eq!(breaker.current_state().0, HALF_OPEN);
+        clock.advance(60 * SECOND);
+        let (trial, _) = breaker.enter();
+        assert!(matches!(trial, Admission::Trial { .. }));
+        assert_eq!(breaker.enter().0, Admission::Rejected { remaining: 0 });
+        assert_eq!(
+            breaker.on_failure(trial),
+            Some(Transition {
+                from: HALF_OPEN,
+                to: OPEN
             })
         );
     }

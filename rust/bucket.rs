@@ -75,6 +75,10 @@ pub enum Decision {
 /// Most windows one bucket holds (an exchange publishes two or three).
 pub const MAX_WINDOWS: usize = 4;
 
+/// The TAT one take left in each window (0 past the bucket's windows): the instant until
+/// which that take's tokens are owed, which bounds what its refund may give back.
+pub type Taken = [u64; MAX_WINDOWS];
+
 /// One window of a bucket: its own GCRA word with its own rate and burst.
 #[repr(C)]
 #[derive(Debug, Default)]
@@ -96,8 +100,8 @@ impl Window {
         self.tolerance.store(quota.tolerance(), Ordering::Release);
     }
 
-    /// Takes `cost` tokens by CAS; on success returns what was added to the TAT (so that a
-    /// refund can subtract exactly that).
+    /// Takes `cost` tokens by CAS; on success returns the TAT this take produced: the
+    /// instant until which the tokens it took are owed (what bounds a later refund).
     #[inline(always)]
     fn take(&self, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
         let interval = self.interval.load(Ordering::Relaxed);
@@ -113,7 +117,7 @@ impl Window {
                 .tat
                 .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Ok(cost * interval),
+                Ok(_) => return Ok(new_tat),
                 Err(current) => tat = current,
             }
         }
@@ -135,14 +139,40 @@ impl Window {
         )
     }
 
-    /// Gives back `amount` ns of TAT. Below `now` the window is simply full, so the
-    /// subtraction never needs a floor other than zero.
+    /// Gives back `amount` ns of TAT, an operator's refund with no take to bound it. Below
+    /// `now` the window is simply full, so the subtraction needs no floor other than zero.
     fn refund(&self, amount: u64) {
         let _ = self
             .tat
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
                 Some(tat.saturating_sub(amount))
             });
+    }
+
+    /// Gives back at most `amount` ns of the debt that one take (which left the TAT at
+    /// `own_tat`) still holds: `min(amount, own_tat - now)`. Whatever of it the clock has
+    /// already passed was refilled anyway, and a later take that found the window full
+    /// (its `now` past `own_tat`) owes nothing to this one, so a late refund can never
+    /// erase other calls' debt. The clock is read after the TAT is loaded, on every
+    /// attempt: a take whose TAT this CAS sees read its clock before, so `now` is at least
+    /// that take's `now`.
+    fn give_back(&self, amount: u64, own_tat: u64, clock: &Clock) {
+        let mut tat = self.tat.load(Ordering::Acquire);
+        loop {
+            let owed = own_tat.saturating_sub(clock.now()).min(amount);
+            if owed == 0 {
+                return;
+            }
+            match self.tat.compare_exchange_weak(
+                tat,
+                tat.saturating_sub(owed),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(current) => tat = current,
+            }
+        }
     }
 
     /// Charges `amount` ns of TAT unconditionally: the call already happened, so the window
@@ -340,6 +370,16 @@ impl TokenBucket {
     /// Takes `cost` tokens from every window or from none; `high` may use the reserve.
     #[inline(always)]
     pub fn acquire_at(&self, cost: u64, now: u64, high: bool) -> Decision {
+        match self.reserve_at(cost, now, high) {
+            Ok(_) => Decision::Admitted,
+            Err(decision) => decision,
+        }
+    }
+
+    /// `acquire_at`, keeping what the take left in each window (`Taken`): a reservation
+    /// needs it to refund no more than it still owes (`give_back`).
+    #[inline(always)]
+    pub fn reserve_at(&self, cost: u64, now: u64, high: bool) -> Result<Taken, Decision> {
         let state = &*self.state;
         let paused_until = state.paused_until.load(Ordering::Relaxed);
         let outcome = if paused_until > now {
@@ -347,43 +387,50 @@ impl TokenBucket {
                 wait: paused_until - now,
             })
         } else if state.windows.load(Ordering::Relaxed) <= 1 {
-            state.first.take(cost, now, high).map(|_| ())
+            state.first.take(cost, now, high).map(|tat| {
+                let mut taken = [0; MAX_WINDOWS];
+                taken[0] = tat;
+                taken
+            })
         } else {
             self.take_all(cost, now, high)
         };
         match outcome {
-            Ok(()) => {
+            Ok(taken) => {
                 state.allowed.fetch_add(1, Ordering::Relaxed);
-                Decision::Admitted
+                Ok(taken)
             }
             Err(decision) => {
                 state.rejected.fetch_add(1, Ordering::Relaxed);
-                decision
+                Err(decision)
             }
         }
     }
 
-    /// Takes from each window in turn; when one refuses, gives back exactly what the
-    /// earlier ones took. Each window only ever admits within its own tolerance, so this
-    /// never over-admits; while a refund is in flight another acquire may be refused
-    /// although it would have fit (a conservative, transient error).
+    /// Takes from each window in turn; when one refuses, gives back what the earlier ones
+    /// took and still owe (`Window::give_back`: never another call's debt, whatever its
+    /// `now`). Each window only ever admits within its own tolerance, so this never
+    /// over-admits; while a refund is in flight another acquire may be refused although
+    /// it would have fit (a conservative, transient error).
     #[inline(never)]
-    fn take_all(&self, cost: u64, now: u64, high: bool) -> Result<(), Decision> {
+    fn take_all(&self, cost: u64, now: u64, high: bool) -> Result<Taken, Decision> {
         let state = &*self.state;
         let count = state.count();
         let mut taken = [0u64; MAX_WINDOWS];
         for i in 0..count {
             match state.window(i).take(cost, now, high) {
-                Ok(added) => taken[i] = added,
+                Ok(tat) => taken[i] = tat,
                 Err(decision) => {
-                    for (j, amount) in taken.iter().enumerate().take(i) {
-                        state.window(j).refund(*amount);
+                    for (j, own_tat) in taken.iter().enumerate().take(i) {
+                        let window = state.window(j);
+                        let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
+                        window.give_back(amount, *own_tat, &self.clock);
                     }
                     return Err(self.worst(decision, i + 1, count, cost, now, high));
                 }
             }
         }
-        Ok(())
+        Ok(taken)
     }
 
     /// The refusal to report: impossible if any window can never fit the cost, else the
@@ -528,6 +575,18 @@ impl TokenBucket {
             } else {
                 window.refund(amount);
             }
+        }
+    }
+
+    /// Refunds `cost` tokens of the take that left `taken` (a reservation settled for
+    /// less, or cancelled): in each window, no more than that take still owes, so a refund
+    /// arriving after the window refilled and other calls took it gives nothing back.
+    pub fn give_back(&self, cost: u64, taken: &Taken) {
+        let state = &*self.state;
+        for (i, own_tat) in taken.iter().enumerate().take(state.count()) {
+            let window = state.window(i);
+            let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
+            window.give_back(amount, *own_tat, &self.clock);
         }
     }
 
@@ -818,6 +877,42 @@ mod tests {
     }
 
     #[test]
+    fn a_late_refund_gives_back_nothing_once_the_bucket_refilled_and_others_took_it() {
+        // 10/s, burst 10: reserve 10; 2 s later others take all 10; settling for 2 must
+        // not hand 8 more calls the budget (18 at one instant with burst 10).
+        let (bucket, clock) = bucket(10, SECOND, 10);
+        let taken = bucket.reserve_at(10, clock.now(), false).unwrap();
+        clock.advance(2 * SECOND);
+        let others = (0..10)
+            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+            .count();
+        assert_eq!(others, 10);
+        bucket.give_back(8, &taken);
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected { wait: SECOND / 10 }
+        );
+    }
+
+    #[test]
+    fn a_refund_gives_back_what_its_take_still_owes_and_no_more() {
+        // Reserve 10 at t; at t + 0.5 s (5 refilled) others take 5; settling for 2 gives
+        // back the 5 the reservation still owes, not 8: 2 used at t and 5 at t + 0.5 s
+        // leave 5 of a burst of 10.
+        let (bucket, clock) = bucket(10, SECOND, 10);
+        let taken = bucket.reserve_at(10, clock.now(), false).unwrap();
+        clock.advance(SECOND / 2);
+        assert_eq!(bucket.try_acquire(5), Decision::Admitted);
+        bucket.give_back(8, &taken);
+        assert!((bucket.tokens_available() - 5.0).abs() < 1e-9);
+        // At once, the whole unused estimate comes back, in every window.
+        let (bucket, clock) = windows(&[(10, SECOND), (20, 60 * SECOND)], 0);
+        let taken = bucket.reserve_at(6, clock.now(), false).unwrap();
+        bucket.give_back(4, &taken);
+        assert_eq!(bucket.window_tokens(), vec![8.0, 18.0]);
+    }
+
+    #[test]
     fn sync_makes_exactly_the_reported_usage_count_as_spent() {
         let (bucket, _clock) = windows(&[(1200, 60 * SECOND), (50, 10 * SECOND)], 0);
         bucket.sync(0, 1195);
@@ -1053,6 +1148,79 @@ mod loom_tests {
             let tokens = bucket.window_tokens();
             assert_eq!(tokens[0], 2.0 - admitted as f64);
             assert_eq!(tokens[1], 1.0 - admitted as f64);
+        });
+    }
+
+    #[test]
+    fn loom_a_rollback_never_gives_back_a_later_take_at_a_later_now() {
+        // Two windows of 1 token per second; window 1 is spent at t = 0. A (at t = 0)
+        // takes window 0, is refused by window 1 and rolls back; B moves the clock to
+        // t = 1 s and takes both. Whatever the interleaving, A's rollback never erases
+        // B's debt: at t = 1 s each window holds one token less than was admitted.
+        crate::sync::model(
+            "loom_a_rollback_never_gives_back_a_later_take_at_a_later_now",
+            || {
+                let quotas = [
+                    Quota::per_window(1, 1_000_000_000, 1).unwrap(),
+                    Quota::per_window(1, 1_000_000_000, 1).unwrap(),
+                ];
+                let clock = ManualClock::new(0);
+                let bucket = TokenBucket::with_windows(&quotas, 0, Clock::Manual(clock.clone()));
+                bucket.sync(1, 1);
+                let early = {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                };
+                let late = {
+                    let bucket = bucket.clone();
+                    let clock = clock.clone();
+                    loom::thread::spawn(move || {
+                        clock.set(1_000_000_000).unwrap();
+                        bucket.try_acquire(1) == Decision::Admitted
+                    })
+                };
+                let admitted = [early.join().unwrap(), late.join().unwrap()]
+                    .iter()
+                    .filter(|ok| **ok)
+                    .count();
+                assert_eq!(admitted, 1);
+                assert_eq!(bucket.window_tokens(), vec![0.0, 0.0]);
+            },
+        );
+    }
+
+    #[test]
+    fn loom_a_late_refund_racing_takes_never_over_admits() {
+        // Burst 2 at 1 token per second. A reservation of 2 is taken at t = 0; a thread
+        // at t = 2 s (refilled) takes 2 while the reservation settles for 0. Whatever the
+        // order, no third token is ever admitted at t = 2 s.
+        crate::sync::model("loom_a_late_refund_racing_takes_never_over_admits", || {
+            let clock = ManualClock::new(0);
+            let quota = Quota::per_window(2, 2_000_000_000, 2).unwrap();
+            let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
+            let taken = bucket.reserve_at(2, 0, false).unwrap();
+            clock.set(2_000_000_000).unwrap();
+            let refund = {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.give_back(2, &taken))
+            };
+            let take = {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || {
+                    (0..2)
+                        .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                        .count()
+                })
+            };
+            refund.join().unwrap();
+            let admitted = take.join().unwrap();
+            assert_eq!(admitted, 2);
+            assert_eq!(
+                bucket.try_acquire(1),
+                Decision::Rejected {
+                    wait: 1_000_000_000
+                }
+            );
         });
     }
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from pathlib import Path
 
 import pytest
 
@@ -192,6 +193,26 @@ def test_methods_can_be_decorated_and_receive_self(clock: ManualClock) -> None:
     assert Portfolio.calculate.__doc__ == "Calculate portfolio metrics."
 
 
+def test_a_guarded_method_read_without_calling_is_bound_to_its_instance(
+    clock: ManualClock,
+) -> None:
+    breaker = CircuitBreaker(clock=clock)
+
+    class Portfolio:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        @breaker.call
+        def calculate(self, factor: int) -> int:
+            return self.value * factor
+
+    small, large = Portfolio(1), Portfolio(100)
+    bound = large.calculate  # kept for later, as a callback would be
+    assert bound.__self__ is large
+    assert [small.calculate(3), bound(3), Portfolio.calculate(small, 5)] == [3, 300, 5]
+    assert breaker.get_stats()["successes"] == 3
+
+
 def test_decoration_keeps_name_docstring_and_wrapped(clock: ManualClock) -> None:
     breaker = CircuitBreaker(clock=clock)
 
@@ -293,3 +314,35 @@ def test_decorating_something_not_callable_is_a_type_error() -> None:
 def test_a_refusal_by_hand_reads_like_any_exception() -> None:
     assert str(CircuitBreakerError("custom")) == "custom"
     assert CircuitBreakerError("custom").name == ""
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
+def test_a_trial_long_after_a_state_read_half_opened_the_circuit_is_the_only_one(
+    backend: str, clock: ManualClock, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # A scrape reads HALF_OPEN as the timeout passes; the first real call comes a minute
+    # later. A second call during that trial is refused, and the trial's failure reopens.
+    where: dict[str, object] = {"backend": backend}
+    if backend == "shared":
+        where["shared_dir"] = str(tmp_path)
+    elif backend == "redis":
+        where["redis_url"] = request.getfixturevalue("redis_url")
+    breaker = CircuitBreaker(1, 10, name="scraped", clock=clock, **where)  # type: ignore[arg-type]
+    with pytest.raises(Boom):
+        breaker.call(failing)()
+    clock.advance(10)
+    assert breaker.state is CircuitState.HALF_OPEN
+    clock.advance(60)
+    second: list[str] = []
+
+    def trial() -> None:
+        try:
+            breaker.call(lambda: "second trial ran")()
+        except CircuitBreakerError:
+            second.append("refused")
+        raise Boom("still down")
+
+    with pytest.raises(Boom):
+        breaker.call(trial)()
+    assert second == ["refused"]
+    assert breaker.state is CircuitState.OPEN

@@ -73,3 +73,23 @@ def test_blocking_acquire_takes_the_high_lane(clock: ManualClock) -> None:
     limiter = RateLimiter(10, 1, priority_reserve=2, clock=clock)
     assert limiter.acquire(cost=8)
     assert limiter.acquire_blocking(cost=2, priority="high", timeout=0)
+
+
+def test_a_new_rate_whose_burst_the_reserve_would_fill_is_refused_and_nothing_changes(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(10, LONG, priority_reserve=3)
+    bucket = limiter.default_bucket
+    with pytest.raises(ValueError, match=r"priority_reserve=3 leaves normal calls no token"):
+        bucket.set_rate(3, LONG)
+    assert bucket.windows == [(10, float(LONG), 10)]
+    assert sum(limiter.acquire() for _ in range(10)) == 7
+
+
+def test_a_new_rate_is_what_the_windows_and_their_metric_labels_report(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    limiter = make_limiter(limits=[(10, 1), (100, 3600)], priority_reserve=2)
+    limiter.default_bucket.set_rate(20, 60)
+    assert limiter.default_bucket.windows == [(20, 60.0, 20), (100, 3600.0, 100)]
+    assert [w["window"] for w in limiter.get_stats()["windows"]] == ["60s", "3600s"]

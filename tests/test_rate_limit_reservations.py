@@ -4,6 +4,7 @@ once the response says what the call really cost, or cancel to refund it all."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -110,3 +111,24 @@ def test_a_reservation_on_an_endpoint_draws_on_its_bucket(clock: ManualClock) ->
     assert reservation is not None
     assert not limiter.acquire("create_order")
     assert limiter.acquire()
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared"])
+def test_a_late_settlement_gives_back_nothing_once_others_took_the_refilled_budget(
+    backend: str, clock: ManualClock, tmp_path: Path
+) -> None:
+    # 10/s, burst 10: reserve 10; 2 s later (refilled) others take all 10; settling for 2
+    # must not let 8 more calls through (18 at one instant with a burst of 10).
+    shared = {"shared_dir": str(tmp_path)} if backend == "shared" else {}
+    limiter = RateLimiter(10, 1, clock=clock, backend=backend, name="late", **shared)
+    reservation = limiter.reserve(10)
+    assert reservation is not None
+    clock.advance(2)
+    assert sum(limiter.acquire() for _ in range(10)) == 10
+    reservation.settle(2)
+    assert sum(limiter.acquire() for _ in range(10)) == 0
+    clock.advance(0.5)
+    reservation_b = limiter.reserve(5)
+    assert reservation_b is not None
+    reservation_b.cancel()  # at once: the whole estimate is still owed, all of it back
+    assert sum(limiter.acquire() for _ in range(10)) == 5

@@ -219,18 +219,20 @@ def test_reset_and_force_open_act_for_every_host(on_redis: dict[str, Any]) -> No
     assert first.state is CircuitState.CLOSED
 
 
-def test_a_transition_reaches_the_hooks_of_the_process_that_caused_it(
+def test_a_transition_reaches_the_listeners_of_the_process_that_caused_it(
     on_redis: dict[str, Any],
 ) -> None:
-    from peak_resilience import _breaker
+    from peak_resilience.events import BreakerTransition, Event, add_listener, remove_listener
 
-    seen: list[tuple[str, CircuitState, CircuitState]] = []
-    _breaker.transition_hooks.append(lambda *t: seen.append(t))
+    seen: list[Event] = []
+    add_listener(seen.append)
     try:
         CircuitBreaker(1, 60, "exchange", **on_redis).record_failure()
     finally:
-        _breaker.transition_hooks.pop()
-    assert seen == [("exchange", CircuitState.CLOSED, CircuitState.OPEN)]
+        remove_listener(seen.append)
+    assert [
+        (e.breaker, e.from_state, e.to_state) for e in seen if isinstance(e, BreakerTransition)
+    ] == [("exchange", CircuitState.CLOSED, CircuitState.OPEN)]
 
 
 def test_the_factory_builds_a_redis_breaker(on_redis: dict[str, Any]) -> None:
@@ -380,7 +382,9 @@ def test_a_forked_child_opens_its_own_connection(on_redis: dict[str, Any]) -> No
 
 
 def _local_port(limiter: RateLimiter) -> int:
-    port: int = limiter.store.link._local.conn._sock.getsockname()[1]
+    """The local port of the process' one connection to Redis, idle in its pool."""
+    (conn,) = limiter.store.link.pool._idle
+    port: int = conn._sock.getsockname()[1]
     return port
 
 

@@ -15,6 +15,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
+from peak_resilience._backends.redis import off_loop
 from peak_resilience._native import CircuitBreaker, Guard, OperationStats, RateLimiter
 from peak_resilience.errors import RateLimitExceeded
 
@@ -68,8 +69,19 @@ def guard(
     if not inspect.iscoroutinefunction(func):
         functools.update_wrapper(native, func)
         return native
+    # A breaker or limiter kept in Redis: its steps wait for the network, off the loop.
+    remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
+    if remote:
+        off_loop.start_threads()
     return _async_wrapper(
-        native, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep, on_reject
+        native,
+        func,
+        fallback,
+        has_fallback,
+        max_wait,
+        async_sleep or asyncio.sleep,
+        on_reject,
+        remote=remote,
     )
 
 
@@ -81,6 +93,8 @@ def _async_wrapper(
     max_wait: float,
     async_sleep: Callable[[float], Awaitable[Any]],
     on_reject: Callable[[BaseException], Any] | None,
+    *,
+    remote: bool,
 ) -> Callable[..., Awaitable[Any]]:
     fallback_is_callable = has_fallback and callable(fallback)
 
@@ -92,13 +106,16 @@ def _async_wrapper(
 
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
-    waits = max_wait > 0
+    waits = max_wait > 0 or remote
+
+    def give_back(admission: int) -> None:
+        exit_now(admission, started_now(), asyncio.CancelledError())
 
     async def admit() -> int:
         waited = 0.0
         while True:
             try:
-                return admit_now()
+                return await off_loop.admission(admit_now, give_back) if remote else admit_now()
             except RateLimitExceeded as exc:
                 if waited + exc.retry_after > max_wait:
                     raise
@@ -120,10 +137,18 @@ def _async_wrapper(
             result = await func(*args, **kwargs)
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
-            if exit_now(admission, started, exc):
+            falls_back = (
+                await off_loop.off_loop(exit_now, admission, started, exc)
+                if remote
+                else exit_now(admission, started, exc)
+            )
+            if falls_back:
                 return await use_fallback(args, kwargs)
             raise
-        exit_now(admission, started, None, result)
+        if remote:
+            await off_loop.off_loop(exit_now, admission, started, None, result)
+        else:
+            exit_now(admission, started, None, result)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]

@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._native import CircuitBreaker, OperationStats, TokenBucket
 
 __all__ = [
@@ -104,6 +105,16 @@ def retire_limiter(limiter: Limiter) -> None:
             kept = retired.buckets.setdefault((limiter.name, endpoint), [0, 0])
             kept[0] += bucket.allowed + bucket.rejected
             kept[1] += bucket.rejected
+
+
+def _after_fork_in_child() -> None:
+    # The lock may have been held by a thread of the parent that the child lacks.
+    global _operations_lock, lock
+    _operations_lock = threading.Lock()
+    lock = threading.RLock()
+
+
+after_fork_in_child(_after_fork_in_child)
 
 
 def alive(objects: Iterable[T]) -> list[T]:

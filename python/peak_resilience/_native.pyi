@@ -10,6 +10,7 @@ from typing_extensions import disjoint_base
 __all__ = [
     "LATENCY_BOUNDS",
     "MAX_HALF_OPEN_CALLS",
+    "SHARED_SUPPORTED",
     "CircuitBreaker",
     "Guard",
     "ManualClock",
@@ -29,6 +30,8 @@ __all__ = [
 
 LATENCY_BOUNDS: tuple[float, ...]
 MAX_HALF_OPEN_CALLS: int
+#: Whether this build has backend="shared" (Unix; not Windows nor a peak_portable build).
+SHARED_SUPPORTED: bool
 
 def set_recording_enabled(enabled: bool) -> None: ...
 def recording_enabled() -> bool: ...

@@ -293,6 +293,16 @@ pub fn windows_from(
         Some(r) if r.extract::<i64>().ok() == Some(0) && !r.is_instance_of::<PyBool>() => 0,
         Some(r) => positive_int(r, "priority_reserve")?,
     };
+    checked_windows(quotas, limits, reserve)
+}
+
+/// Windows and a reserve, checked together (`check_windows`), with the error naming the
+/// window the reserve does not fit.
+pub fn checked_windows(
+    quotas: Vec<Quota>,
+    limits: Vec<(u64, u64)>,
+    reserve: u64,
+) -> PyResult<Windows> {
     check_windows(&quotas, reserve).map_err(|err| match err {
         WindowsError::Count(n) => PyValueError::new_err(format!(
             "a rate limiter holds 1 to {MAX_WINDOWS} windows, got {n}"

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::breaker::Admission;
 use crate::clock::{nanos_to_seconds, Clock};
@@ -22,13 +23,26 @@ use super::operation_stats::PyOperationStats;
 use super::rate_limiter::PyRateLimiter;
 use super::recording::rejection_log_on;
 
-extern "C" {
-    // CPython's bound-method constructor (stable since 2.x, not wrapped by pyo3-ffi): the
-    // cheapest way to bind a guard to an instance.
-    fn PyMethod_New(
-        func: *mut pyo3::ffi::PyObject,
-        instance: *mut pyo3::ffi::PyObject,
-    ) -> *mut pyo3::ffi::PyObject;
+/// `types.MethodType`, looked up once: binds a guard to an instance when a method is read
+/// without being called (`f = obj.method`). Calls `obj.method(...)` never get here: the
+/// type is a method descriptor (see `add_to`).
+static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Adds `Guard` to the module as a method descriptor: like a Python function, a guard
+/// stored on a class is called as `guard(obj, *args)` by `obj.method(*args)`, with no bound
+/// method built per call (CPython's LOAD_ATTR method path; PEP 590). Only pyo3-ffi's
+/// declarations are used: no hand-declared CPython symbol, so it links wherever pyo3 does.
+pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let guard_type = m.py().get_type::<Guard>();
+    // SAFETY: the type object is alive (we hold it) and no instance has been created or
+    // looked up through a class yet, so no cache has seen the old flags; PyType_Modified
+    // clears any that did.
+    unsafe {
+        let raw = guard_type.as_type_ptr();
+        (*raw).tp_flags |= pyo3::ffi::Py_TPFLAGS_METHOD_DESCRIPTOR;
+        pyo3::ffi::PyType_Modified(raw);
+    }
+    m.add_class::<Guard>()
 }
 
 /// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
@@ -317,14 +331,11 @@ impl Guard {
     ) -> PyResult<Bound<'py, PyAny>> {
         match instance {
             Some(instance) if !instance.is_none() => {
-                // SAFETY: both pointers are live objects; PyMethod_New returns a new
-                // reference or NULL with an exception set.
-                unsafe {
-                    Bound::from_owned_ptr_or_err(
-                        slf.py(),
-                        PyMethod_New(slf.as_ptr(), instance.as_ptr()),
-                    )
-                }
+                let py = slf.py();
+                let method_type = METHOD_TYPE.get_or_try_init(py, || {
+                    Ok::<_, PyErr>(py.import("types")?.getattr("MethodType")?.unbind())
+                })?;
+                method_type.bind(py).call1((slf, instance))
             }
             _ => Ok(slf.clone().into_any()),
         }

@@ -32,7 +32,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reservation::Reservation>()?;
     m.add_class::<circuit_breaker::PyCircuitBreaker>()?;
     m.add_class::<operation_stats::PyOperationStats>()?;
-    m.add_class::<guard::Guard>()?;
+    guard::add_to(m)?;
     recording::add_functions(m)?;
     shared_files::add_functions(m)?;
     let bounds: Vec<f64> = LATENCY_BOUNDS
@@ -41,5 +41,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .collect();
     m.add("LATENCY_BOUNDS", PyTuple::new(m.py(), bounds)?)?;
     m.add("MAX_HALF_OPEN_CALLS", MAX_HALF_OPEN_CALLS)?;
+    // backend="shared" needs a host-wide clock and mmap: Unix builds, not `peak_portable`.
+    m.add("SHARED_SUPPORTED", cfg!(all(unix, not(peak_portable))))?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 
-use crate::bucket::Decision;
+use crate::bucket::{Decision, Taken};
 use crate::reservation::{Adjustment, Lifecycle, Stage};
 
 use super::args::count;
@@ -24,12 +24,14 @@ pub fn reserve_on(
     let b = bucket.get();
     // A disabled bucket admits without taking: its reservation has nothing to settle.
     let charged = b.is_enabled();
-    match b.decide_lane(bucket.py(), cost, high)? {
+    let (decision, taken) = b.reserve_lane(bucket.py(), cost, high)?;
+    match decision {
         Decision::Admitted => Ok(Some(Reservation {
             bucket: bucket.clone().unbind(),
             limiter,
             cost,
             charged,
+            taken,
             id: RESERVATION_SEQUENCE.fetch_add(1, Ordering::Relaxed) + 1,
             lifecycle: Lifecycle::default(),
         })),
@@ -45,6 +47,8 @@ pub struct Reservation {
     limiter: Option<Py<PyString>>,
     cost: u64,
     charged: bool,
+    /// What the take left in each window: the refund gives back no more than it owes.
+    taken: Taken,
     id: u64,
     lifecycle: Lifecycle,
 }
@@ -80,7 +84,7 @@ impl Reservation {
         match adjustment {
             Adjustment::None => {}
             Adjustment::Charge(n) => bucket.adjust(py, n, true),
-            Adjustment::Refund(n) => bucket.adjust(py, n, false),
+            Adjustment::Refund(n) => bucket.give_back(py, n, &self.taken),
         }
         Ok(())
     }

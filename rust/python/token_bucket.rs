@@ -8,13 +8,14 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::bucket::{BucketState, Decision, TokenBucket};
+use crate::bucket::{BucketState, Decision, Taken, TokenBucket, MAX_WINDOWS};
 use crate::clock::{duration_label, nanos_to_seconds, Clock};
 use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
 
 use super::args::{
-    clock_from, cost_of, count, is_high, path_or_none, quota_from, seconds, windows_from, Windows,
+    checked_windows, clock_from, cost_of, count, is_high, path_or_none, positive_int, quota_from,
+    seconds, windows_from, Windows,
 };
 use super::errors::{lost_error, shared_error, shared_file_problem};
 use super::reservation::{reserve_on, Reservation};
@@ -111,6 +112,34 @@ impl PyTokenBucket {
         }
         let now = self.core.clock().now();
         Ok(self.core.acquire_at(cost, now, high))
+    }
+
+    /// `decide_lane` for a reservation: also what the take left in each window, which
+    /// bounds its refund (`give_back`). A disabled or remote budget keeps none.
+    pub fn reserve_lane(
+        &self,
+        py: Python<'_>,
+        cost: u64,
+        high: bool,
+    ) -> PyResult<(Decision, Taken)> {
+        if !self.enabled.load(Ordering::Relaxed) || self.remote.is_some() {
+            return Ok((self.decide_lane(py, cost, high)?, [0; MAX_WINDOWS]));
+        }
+        let now = self.core.clock().now();
+        Ok(match self.core.reserve_at(cost, now, high) {
+            Ok(taken) => (Decision::Admitted, taken),
+            Err(decision) => (decision, [0; MAX_WINDOWS]),
+        })
+    }
+
+    /// Refunds `cost` tokens of a reservation whose take left `taken`: no more than it
+    /// still owes in each window. A remote budget's store refunds it as `adjust` does.
+    pub fn give_back(&self, py: Python<'_>, cost: u64, taken: &Taken) {
+        if self.remote.is_some() {
+            self.adjust(py, cost, false);
+        } else {
+            self.core.give_back(cost, taken);
+        }
     }
 
     #[inline(never)]
@@ -390,7 +419,9 @@ impl PyTokenBucket {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
 
-    /// Changes the first window's rate in place; tokens already spent stay spent.
+    /// Changes the first window's rate in place; tokens already spent stay spent. Checked
+    /// as a whole new set of windows is (the priority reserve must still leave normal
+    /// calls a token), and the windows and their labels report the new rate.
     #[pyo3(signature = (max_requests, window_seconds, burst=None))]
     fn set_rate(
         &self,
@@ -400,22 +431,17 @@ impl PyTokenBucket {
         burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let quota = quota_from(max_requests, window_seconds, burst)?;
-        match &self.shared {
-            None => self.core.set_quota(quota),
-            Some(region) => shared::set_shared_quota(&self.core, region, quota),
-        }
-        if let Some(store) = &self.remote {
-            store.configure_bucket(py, &self.core.quotas(), self.core.reserve())?;
-        }
-        self.max_requests.store(
-            super::args::positive_int(max_requests, "max_requests")?,
-            Ordering::Relaxed,
-        );
-        self.window.store(
+        let first = (
+            positive_int(max_requests, "max_requests")?,
             seconds(window_seconds, "window_seconds", false)?,
-            Ordering::Relaxed,
         );
-        Ok(())
+        let mut quotas = self.core.quotas();
+        let mut limits = self.limits();
+        // Another process may have changed a shared bucket's windows: its quotas decide.
+        limits.resize(quotas.len(), first);
+        quotas[0] = quota;
+        limits[0] = first;
+        self.set_windows_checked(py, checked_windows(quotas, limits, self.core.reserve())?)
     }
 
     /// Fills the bucket at once.

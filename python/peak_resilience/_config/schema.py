@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
 from peak_resilience._native import MAX_HALF_OPEN_CALLS
@@ -124,7 +125,8 @@ class Settings:
     circuit_breaker_backend: Backend = key("memory")
     rate_limit_backend: Backend = key("memory")
     redis_url: str | None = key(None, optional(non_empty))
-    shared_dir: str = key("/dev/shm/peak_resilience", non_empty)
+    #: Default: /dev/shm/peak-resilience-<uid> (the constructors' default too).
+    shared_dir: str = key(str(default_shared_dir()), non_empty)
     on_backend_error: OnBackendError = key("local")
     health_token: str | None = key(None, optional(non_empty), per_module=False)
     metrics_prefix: str = key(DEFAULT_PREFIX, metric_prefix, per_module=False)

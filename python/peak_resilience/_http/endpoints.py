@@ -93,6 +93,11 @@ class HealthEndpoints:
         }
 
     @property
+    def paths(self) -> tuple[str, ...]:
+        """The paths answered (a framework integration routes each to ``handle``)."""
+        return tuple(self._routes)
+
+    @property
     def guarded(self) -> bool:
         """Whether a bearer token is required for the detailed endpoints."""
         return self._token is not None

@@ -34,6 +34,7 @@ from peak_resilience import _instances, _native
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience._labels import label_value as _non_empty
 from peak_resilience._metrics.exposition import (
@@ -513,6 +514,17 @@ class Metrics:
 #: The process-wide metrics object of the guide.
 metrics = Metrics()
 metrics.register_collector()
+
+
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork: it would stay held in
+    # the child for ever. The counts themselves are the child's copy, like its budgets.
+    metrics._lock = threading.Lock()
+    metrics._events_lock = threading.Lock()
+    metrics.last_read_error = None
+
+
+after_fork_in_child(_after_fork_in_child)
 
 
 class _FollowConfig:

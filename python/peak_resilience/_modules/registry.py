@@ -21,6 +21,7 @@ from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
 from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
 from peak_resilience._config.schema import TABLE
+from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
 from peak_resilience._labels import label_value
 from peak_resilience._limiter import RateLimiter
@@ -51,8 +52,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _rejection_log(name: str) -> Callable[[BaseException], None]:
-    """Logs each refused call of operation ``name`` at DEBUG (called on refusals only)."""
+def _rejection_log(
+    name: str, breaker: CircuitBreaker | None, limiter: RateLimiter | None
+) -> Callable[[BaseException], None]:
+    """Logs each refused call of operation ``name`` at DEBUG and tells the event listeners
+    of the breaker or limiter that refused it (called on refusals only)."""
 
     def on_reject(refusal: BaseException) -> None:
         if isinstance(refusal, RateLimitExceeded):
@@ -62,8 +66,10 @@ def _rejection_log(name: str) -> Callable[[BaseException], None]:
                 refusal.limiter,
                 refusal.retry_after,
             )
+            announce_refusal(refusal, None if limiter is None else limiter._listeners)
         elif isinstance(refusal, CircuitBreakerError):
             _breaker_log.debug("%s refused: %s", name, refusal)
+            announce_refusal(refusal, None if breaker is None else breaker._listeners)
 
     return on_reject
 
@@ -347,10 +353,12 @@ def with_resilience(
         registry = _registry
         name = f"{module}.{operation}"
         clock = registry.clock
+        breaker = registry.breaker(module, operation) if use_circuit_breaker else None
+        limiter = registry.limiter(module) if use_rate_limiter else None
         decorated = guard(
             func,
-            breaker=registry.breaker(module, operation) if use_circuit_breaker else None,
-            limiter=registry.limiter(module) if use_rate_limiter else None,
+            breaker=breaker,
+            limiter=limiter,
             cost=cost,
             priority=priority,
             operation=_operation_stats(name, settings.metrics_enabled),
@@ -360,7 +368,7 @@ def with_resilience(
             max_wait=max_wait,
             sleep=clock.sleep if clock is not None else None,
             async_sleep=_manual_async_sleep(clock) if clock is not None else None,
-            on_reject=_rejection_log(name),
+            on_reject=_rejection_log(name, breaker, limiter),
         )
         native = getattr(decorated, "guard", decorated)
         registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))

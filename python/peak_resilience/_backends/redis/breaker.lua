@@ -3,12 +3,13 @@
 -- 2 open, 3 forced open, 4 disabled), period (bumped on every entry into closed or
 -- half-open: a call's verdict counts only in the period that admitted it), streak
 -- (consecutive failures while closed), due (us: when an open circuit lets a trial
--- through), since (us: when the half-open period began), trials / passed (half-open calls
--- admitted / succeeded), opened_streak, failed_trials (trials failed in a row: the
--- back-off exponent), shadow (1: metrics_only, decide but admit), the failure-rate window
--- (ws<i> / wc<i> / wf<i>: slice number, calls, failures of slice i of 10; wseq: calls
--- counted by a count window), and the counters successes, failures, rejections,
--- would_reject, slow_calls, t<from><to>.
+-- through), since (us: when the last trial permit was granted; the half-open period's
+-- start until one is), trials / passed (half-open calls admitted / succeeded),
+-- opened_streak, failed_trials (trials failed in a row: the back-off exponent), shadow
+-- (1: metrics_only, decide but admit), the failure-rate window (ws<i> / wc<i> / wf<i>:
+-- slice number, calls, failures of slice i of 10; wseq: calls counted by a count
+-- window), and the counters successes, failures, rejections, would_reject, slow_calls,
+-- t<from><to>.
 -- ARGV: op, failure_threshold, recovery_timeout (us), half_open_max_calls, admission
 -- (kind + 4 * period; kind 1 normal, 2 trial, 3 bypass; -1: infer from the state),
 -- outcome ('ok', 'fail', 'slow', 'release'), failure rate (ppm, 0 none), minimum_calls,
@@ -160,7 +161,10 @@ if op == 'enter' then
     result = 2 + 4 * period
   elseif trials < max_trials then
     trials = trials + 1
-    redis.call('HSET', k, 'trials', trials)
+    -- The permit's own time: a period begun by a state read long ago must not make it
+    -- look abandoned to the next caller.
+    since = now
+    redis.call('HSET', k, 'trials', trials, 'since', string.format('%d', now))
     result = 2 + 4 * period
   elseif now >= since + timeout then
     -- Every permit has been out a whole recovery timeout without a verdict: its callers

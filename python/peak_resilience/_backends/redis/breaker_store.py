@@ -38,14 +38,8 @@ def _us(nanos: int) -> int:
 class RedisBreakerStore(RedisStore):
     """One breaker's state in Redis (see ``rust/python/store.rs`` for the protocol)."""
 
-    def __init__(
-        self, name: str | None, url: str | None, *, timeout: float, clock: ManualClock | None
-    ) -> None:
-        if not name:
-            raise ValueError(
-                "backend='redis' needs a name for the breaker: hosts find the same state by name"
-            )
-        super().__init__(RedisLink(url, timeout=timeout, what=f"circuit breaker {name!r}"), clock)
+    def __init__(self, name: str, link: RedisLink, clock: ManualClock | None) -> None:
+        super().__init__(link, clock)
         self.key = _key(name)
         self._settings: tuple[bytes, ...] = ()
         self._policy: tuple[bytes, ...] = ()
