@@ -836,7 +836,10 @@ mod tests {
     fn a_rate_that_does_not_divide_its_window_never_refills_faster_than_the_rate() {
         // 3 per second: a token every 333,333,334 ns; at 333,333,333 ns, 3 tokens would
         // refill in 999,999,999 ns, faster than the exchange's 3 per second.
-        assert_eq!(Quota::per_window(3, SECOND, 3).unwrap().interval, 333_333_334);
+        assert_eq!(
+            Quota::per_window(3, SECOND, 3).unwrap().interval,
+            333_333_334
+        );
         for (max, window) in [(3, SECOND), (7, 60 * SECOND), (1_200, 60 * SECOND), (9, 1)] {
             if let Ok(quota) = Quota::per_window(max, window, 1) {
                 assert!(quota.interval * max >= window, "{max} per {window} ns");
