@@ -75,6 +75,31 @@ impl PyRetry {
     }
 }
 
+impl PyRetry {
+    /// This policy over `budget` (made with `fraction`, `min_per_second` and `clock`).
+    fn with_budget(
+        &self,
+        py: Python<'_>,
+        budget: Arc<RetryBudget>,
+        fraction: f64,
+        min_per_second: u64,
+        clock: Clock,
+    ) -> Self {
+        PyRetry {
+            attempts: self.attempts,
+            on: self.on.clone_ref(py),
+            base: self.base,
+            multiplier: self.multiplier,
+            cap: self.cap,
+            fraction,
+            min_per_second,
+            hook: self.hook.as_ref().map(|h| h.clone_ref(py)),
+            budget,
+            clock,
+        }
+    }
+}
+
 fn exception_classes<'py>(on: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
     let classes = match on.cast::<PyTuple>() {
         Ok(tuple) => tuple.clone(),
@@ -180,22 +205,25 @@ impl PyRetry {
             Some(_) => clock_from(clock)?,
             None => self.clock.clone(),
         };
-        Ok(PyRetry {
-            attempts: self.attempts,
-            on: self.on.clone_ref(py),
-            base: self.base,
-            multiplier: self.multiplier,
-            cap: self.cap,
-            fraction: self.fraction,
-            min_per_second: self.min_per_second,
-            hook: self.hook.as_ref().map(|h| h.clone_ref(py)),
-            budget: Arc::new(RetryBudget::new(
-                self.fraction,
-                self.min_per_second,
-                clock.clone(),
-            )),
-            clock,
-        })
+        let budget = Arc::new(RetryBudget::new(
+            self.fraction,
+            self.min_per_second,
+            clock.clone(),
+        ));
+        Ok(self.with_budget(py, budget, self.fraction, self.min_per_second, clock))
+    }
+
+    /// This policy drawing on `other`'s budget: the functions decorated as one
+    /// operation share its retry budget, whatever their own policies.
+    fn sharing_budget_of(&self, py: Python<'_>, other: &Bound<'_, PyRetry>) -> Self {
+        let other = other.get();
+        self.with_budget(
+            py,
+            Arc::clone(&other.budget),
+            other.fraction,
+            other.min_per_second,
+            other.clock.clone(),
+        )
     }
 
     /// Attempts in all, the first included.

@@ -146,6 +146,18 @@ class ModuleRegistry:
                 self.bulkheads[name] = found
         return found
 
+    def retry(self, name: str, policy: Retry) -> Retry:
+        """``policy`` on the retry budget of operation ``name``: one budget per operation,
+        made on first use (on the registry's clock), shared by every function decorated
+        as it."""
+        with lock():
+            budget = _instances.retries.get(name)
+            if budget is None:
+                own = policy.with_own_budget(self.clock)
+                _instances.retries[name] = own
+                return own
+            return policy.sharing_budget_of(budget)
+
     def remember(self, decorated: _Decorated) -> None:
         with lock():
             self._decorated.append(decorated)
@@ -391,9 +403,7 @@ def with_resilience(
         limiter = registry.limiter(module) if use_rate_limiter else None
         cap = settings.max_concurrent if max_concurrent is None else max_concurrent
         bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
-        own_retry = None if retry is None else retry.with_own_budget(clock)
-        if own_retry is not None:
-            _instances.retries[name] = own_retry
+        own_retry = None if retry is None else registry.retry(name, retry)
         decorated = guard(
             func,
             breaker=breaker,
