@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the package depends on tomli there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -407,8 +412,6 @@ def test_config_init_does_not_overwrite_a_file_without_force(tmp_path: Path) -> 
 
 
 def test_config_show_as_toml_is_a_file_with_the_same_settings(tmp_path: Path) -> None:
-    import tomllib
-
     from peak_resilience.config import load_config
 
     source = tmp_path / "source.toml"

@@ -84,3 +84,14 @@ def test_the_summary_lists_windows_and_the_pause(clock: ManualClock) -> None:
     entry = metrics.get_summary()["rate_limiters"][name]["default"]
     assert entry["windows"] == {"1s": 6.0, "60s": 96.0}
     assert entry["paused_seconds"] == 2.0
+
+
+def test_an_endpoint_named_default_is_refused_so_it_never_merges_with_the_own_bucket(
+    clock: ManualClock,
+) -> None:
+    limiter = RateLimiter(100, 60, clock=clock)
+
+    with pytest.raises(ValueError, match="endpoint name 'default'"):
+        limiter.add_endpoint("default", 5, 60)
+
+    assert limiter.endpoint_buckets() == {}

@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -463,9 +465,20 @@ def test_metrics_count_this_process_requests_to_a_redis_budget(on_redis: dict[st
     from peak_resilience.metrics import metrics
 
     here = RateLimiter(2, 3600, name="exported-redis", **on_redis)
-    elsewhere = RateLimiter(2, 3600, name="exported-redis", **on_redis)
-    elsewhere.acquire()  # stands for another host: in Redis, not in this one's counts
-    del elsewhere
+    # Another host: its request is in Redis, not in this process's counts.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from peak_resilience.rate_limiter import RateLimiter\n"
+            "RateLimiter(2, 3600, name='exported-redis', backend='redis',"
+            " redis_url=sys.argv[1]).acquire()\n",
+            on_redis["redis_url"],
+        ],
+        check=True,
+        timeout=60,
+    )
     here.acquire()
     here.acquire()
     exported = metrics.get_summary()["rate_limiters"]["exported-redis"]["default"]

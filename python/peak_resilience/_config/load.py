@@ -109,10 +109,25 @@ class Config:
     def _build(self, module: str | None, values: dict[str, Any]) -> Settings:
         settings = Settings(**values)
         table = TABLE if module is None else f"{TABLE}.{module}"
+        uses_redis = "redis" in (settings.circuit_breaker_backend, settings.rate_limit_backend)
+        sentinels, master = settings.redis_sentinels, settings.redis_sentinel_master
+        if uses_redis and bool(sentinels) != (master is not None):
+            needed, given = (
+                ("redis_sentinel_master", "redis_sentinels")
+                if sentinels
+                else ("redis_sentinels", "redis_sentinel_master")
+            )
+            raise ConfigError(
+                f"{given} needs {needed}: the sentinels and the name of the master they watch",
+                source=self._where(module, given),
+                table=table,
+                key=needed,
+            )
         for backend_key in ("circuit_breaker_backend", "rate_limit_backend"):
-            if getattr(settings, backend_key) == "redis" and settings.redis_url is None:
+            if getattr(settings, backend_key) == "redis" and settings.redis_location is None:
                 raise ConfigError(
-                    f"{backend_key} = 'redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0')",
+                    f"{backend_key} = 'redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0')"
+                    " or redis_sentinels and redis_sentinel_master",
                     source=self._where(module, backend_key),
                     table=table,
                     key="redis_url",

@@ -120,7 +120,9 @@ class BreakerParameters:
 
 
 def _placement(settings: Settings, backend: str) -> Placement:
-    return Placement(backend, settings.shared_dir, settings.redis_url, settings.on_backend_error)
+    return Placement(
+        backend, settings.shared_dir, settings.redis_location, settings.on_backend_error
+    )
 
 
 def limiter_parameters(settings: Settings) -> LimiterParameters:

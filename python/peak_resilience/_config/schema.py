@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.redis.sentinel import sentinel_url
 from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
@@ -32,6 +33,7 @@ __all__ = [
     "at_least",
     "at_most",
     "fraction",
+    "host_ports",
     "key",
     "metric_prefix",
     "non_empty",
@@ -94,6 +96,14 @@ def rate_limit_specs(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def host_ports(value: tuple[str, ...]) -> str | None:
+    for entry in value:
+        host, colon, port = entry.rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            return f"each entry must be 'host:port', got {entry!r}"
+    return None
+
+
 def metric_prefix(value: str) -> str | None:
     if PREFIX_PATTERN.fullmatch(value):
         return None
@@ -125,6 +135,11 @@ class Settings:
     circuit_breaker_backend: Backend = key("memory")
     rate_limit_backend: Backend = key("memory")
     redis_url: str | None = key(None, optional(non_empty))
+    #: Redis Sentinel: the sentinels that say where the master is ("host:port" each)...
+    redis_sentinels: tuple[str, ...] = key((), host_ports)
+    #: ...and the name of the master they watch (``redis_url``, if set, then gives only
+    #: the user, password, database and TLS).
+    redis_sentinel_master: str | None = key(None, optional(non_empty))
     #: Default: /dev/shm/peak-resilience-<uid> (the constructors' default too).
     shared_dir: str = key(str(default_shared_dir()), non_empty)
     on_backend_error: OnBackendError = key("local")
@@ -154,6 +169,14 @@ class Settings:
     max_concurrent: int | None = key(None, optional(at_least(1)))
     #: Seconds a call over the cap waits for a slot before it is refused.
     bulkhead_max_wait: float = key(0.0, at_least(0))
+
+    @property
+    def redis_location(self) -> str | None:
+        """Where the Redis backend connects: ``redis_url``, or with ``redis_sentinels``
+        the master they name (a ``redis+sentinel://`` URL)."""
+        if not self.redis_sentinels or self.redis_sentinel_master is None:
+            return self.redis_url  # (half a Sentinel setup is refused where Redis is used)
+        return sentinel_url(self.redis_sentinels, self.redis_sentinel_master, self.redis_url)
 
     @property
     def burst(self) -> int:

@@ -180,4 +180,5 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     out.extend([f'{name}{{operation="{_label(k)}"}} {v}\n' for k, v in readings.timeouts.items()])
     if openmetrics:
         out.append("# EOF\n")
-    return "".join(out).encode()
+    # Every name was checked on the way in; escaping here keeps a scrape whole regardless.
+    return "".join(out).encode("utf-8", "backslashreplace")

@@ -25,6 +25,7 @@ from peak_resilience._config.parameters import Placement, breaker_parameters, li
 from peak_resilience._config.schema import TABLE
 from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
+from peak_resilience._labels import label_value
 from peak_resilience._limiter import RateLimiter
 
 # The guide's Debugging section turns these up: breaker events under "resilience", rate
@@ -78,9 +79,7 @@ def _rejection_log(
 
 
 def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
-    return value
+    return label_value(value, what)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,10 @@ import time
 from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from peak_resilience._backends import choice
+from peak_resilience._backends.redis import sentinel
 from peak_resilience._backends.redis.pool import MAX_CONNECTIONS, Pool
 from peak_resilience._config.secrets import redact_url
 
@@ -84,18 +86,21 @@ def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
         from redis.backoff import NoBackoff
         from redis.retry import Retry
 
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # A peer gone without a word (a host down, a NAT entry dropped) is found by
+            # the kernel, not by a call waiting for a reply that never comes.
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+        }
         try:
-            client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                # A peer gone without a word (a host down, a NAT entry dropped) is found
-                # by the kernel, not by a call waiting for a reply that never comes.
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
+            if sentinel.is_sentinel_url(url):
+                client = sentinel.master_client(url, **options)
+            else:
+                client = redis.Redis.from_url(url, **options)
         except ValueError as exc:
             raise ValueError(f"redis_url {redact_url(url)!r} is not a Redis URL: {exc}") from exc
         settings = client.connection_pool
@@ -140,7 +145,11 @@ class RedisLink:
         #: ConnectionError to redis-py).
         self._refusing = (redis.ResponseError, redis.exceptions.BusyLoadingError)
         self._no_script = redis.exceptions.NoScriptError
+        self._refused = redis.ResponseError
         self.client, self._pool = _pool_for(url, timeout)
+        self._seed_url = url
+        self._seed_pool = self._pool
+        self._moved = redis.exceptions.MovedError
         #: For log lines and errors: the password masked.
         self.url = redact_url(url)
         self.timeout = timeout
@@ -149,6 +158,7 @@ class RedisLink:
         self.retry_interval = retry_interval
         self._down_until = 0.0
         self._outage = False
+        self._lost_logged_at = -_LOST_LOGGED_EVERY
         self._lock = threading.Lock()
         # Packs commands only; never connected.
         self._packer = self._pool.unconnected()
@@ -170,28 +180,109 @@ class RedisLink:
 
     def run_packed(self, script: Script, command: Any) -> Any:
         """Sends a command made by ``pack``: the script's reply, or ``UNAVAILABLE``."""
+        return self._call(script, command, answered=True)
+
+    def post_packed(self, script: Script, command: Any) -> Any:
+        """Sends a command made by ``pack`` without waiting for its reply (read by the next
+        call on the same connection): None, or ``UNAVAILABLE`` if it could not be sent.
+        For a record whose reply nobody needs (a success in a closed circuit)."""
+        return self._call(script, command, answered=False)
+
+    def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
             return UNAVAILABLE
 
         def send(conn: Any) -> Any:
-            try:
-                conn.send_packed_command(command, check_health=False)
-                return conn.read_response()
-            except self._no_script:
-                # A fresh or restarted Redis: load the script once and run it again.
-                conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
-                conn.read_response()
-                conn.send_packed_command(command, check_health=False)
-                return conn.read_response()
+            posted = _posted(conn)
+            if conn._sock is None:
+                # Closed since: their replies went with the socket. connect() (not the
+                # implicit connect of a send): a Sentinel connection asks for the master.
+                posted.clear()
+                conn.connect()
+            conn.send_packed_command(command, check_health=False)
+            if not answered and len(posted) < _POSTED_AT_MOST:
+                posted.append((script, command))
+                return None
+            # The replies of the posted commands come first (read while this command is
+            # on its way: no wait of their own), then this command's.
+            earlier, posted[:] = list(posted), []
+            if not answered:
+                earlier.append((script, command))
+            return self._read_replies(conn, earlier, script if answered else None, command)
 
         try:
-            reply = self._pool.call(send)
+            try:
+                reply = self._pool.call(send)
+            except self._moved as moved:
+                # Redis Cluster: another node serves this key's slot. Ask it, now and
+                # from now on (every key of this link has one hash tag: one slot).
+                self._pool = self._node_pool(moved.host, moved.port)
+                reply = self._pool.call(send)
         except self._failures as exc:
+            if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
+                # The node is gone (a failover?): the next call asks the node of
+                # redis_url again which node serves the slot now.
+                self._pool = self._seed_pool
             self._failed(exc)
             return UNAVAILABLE
         if self._outage:
             self._recovered()
         return reply
+
+    def _read_replies(
+        self, conn: Any, earlier: list[tuple[Script, Any]], script: Script | None, command: Any
+    ) -> Any:
+        """Reads the replies of the ``earlier`` commands posted on ``conn`` (by any link of
+        the pool), then (``script`` not None) the reply of ``command``, sent after them.
+        A posted command the server refused is lost bookkeeping, counted and logged: this
+        command's own reply stands. One sent before its script was loaded is sent again."""
+        unloaded: list[tuple[Script, Any]] = []
+        for posted_script, posted in earlier:
+            try:
+                conn.read_response()
+            except self._no_script:
+                unloaded.append((posted_script, posted))
+            except self._refused as exc:
+                self._lost(exc)
+        reply = None if script is None else self._read_reply(conn, script, command)
+        for posted_script, posted in unloaded:
+            conn.send_packed_command(posted, check_health=False)
+            self._read_reply(conn, posted_script, posted)
+        return reply
+
+    def _node_pool(self, host: str, port: int) -> Pool:
+        """The pool of the cluster node at ``host:port``, reached as ``redis_url`` says
+        (its user, password and TLS)."""
+        parts = urlsplit(self._seed_url)
+        user = parts.netloc.rpartition("@")[0]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        netloc = f"{user}@{where}" if user else where
+        return _pool_for(urlunsplit(parts._replace(netloc=netloc)), self.timeout)[1]
+
+    def _lost(self, exc: BaseException) -> None:
+        """An outcome sent without waiting that Redis refused: counted, and logged (at
+        most once a minute: during an outage every call's would be)."""
+        choice.count_backend_error("redis")
+        now = time.monotonic()
+        if now - self._lost_logged_at >= _LOST_LOGGED_EVERY:
+            self._lost_logged_at = now
+            logger.warning(
+                "Redis at %s refused a record of a call's outcome sent without waiting, "
+                "now lost (%s: %s); each one is counted in peak_trade_backend_errors_total",
+                self.url,
+                type(exc).__name__,
+                str(exc),
+            )
+
+    def _read_reply(self, conn: Any, script: Script, command: Any) -> Any:
+        try:
+            return conn.read_response()
+        except self._no_script:
+            # A fresh or restarted Redis: load the script once and run the command again.
+            conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
+            conn.read_response()
+            conn.send_packed_command(command, check_health=False)
+            return conn.read_response()
 
     def _failed(self, exc: BaseException) -> None:
         choice.count_backend_error("redis")
@@ -228,6 +319,23 @@ class RedisLink:
     def available(self) -> bool:
         """False during an outage (until a call succeeds again)."""
         return not self._outage
+
+
+#: Commands posted on one connection whose replies are left unread, at most: the next
+#: one reads them all.
+_POSTED_AT_MOST = 16
+
+
+def _posted(conn: Any) -> list[tuple[Script, Any]]:
+    """The commands sent on ``conn`` whose replies are still to be read."""
+    posted: list[tuple[Script, Any]] | None = getattr(conn, "_peak_posted", None)
+    if posted is None:
+        posted = conn._peak_posted = []
+    return posted
+
+
+#: Seconds between two log lines of one link about lost bookkeeping (each loss is counted).
+_LOST_LOGGED_EVERY = 60.0
 
 
 def named_link(
