@@ -18,13 +18,15 @@ from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
 from peak_resilience._fork import after_fork_in_child
-from peak_resilience._native import CircuitBreaker, OperationStats, TokenBucket
+from peak_resilience._native import Bulkhead, CircuitBreaker, OperationStats, Retry, TokenBucket
 
 __all__ = [
     "Limiter",
     "Retired",
     "alive",
     "breakers",
+    "bulkheads",
+    "count_timeout",
     "limiters",
     "lock",
     "operation",
@@ -32,6 +34,8 @@ __all__ = [
     "retire_breaker",
     "retire_limiter",
     "retired",
+    "retries",
+    "timeouts",
 ]
 
 T = TypeVar("T")
@@ -50,11 +54,23 @@ class Limiter(Protocol):
 
 breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+bulkheads: weakref.WeakSet[Bulkhead] = weakref.WeakSet()
+
+#: The retry policy (and so the retry budget) of each operation that retries, by name.
+retries: dict[str, Retry] = {}
+#: Calls of each operation cancelled by their ``timeout``, by operation name.
+timeouts: dict[str, int] = {}
 
 #: Per-operation counters and latency histograms, by operation name. Held for the life of
 #: the process: an operation is a name in the code, not an object the user drops.
 operations: dict[str, OperationStats] = {}
 _operations_lock = threading.Lock()
+
+
+def count_timeout(name: str) -> None:
+    """Counts one call of operation ``name`` cancelled by its timeout (a rare path)."""
+    with _operations_lock:
+        timeouts[name] = timeouts.get(name, 0) + 1
 
 
 class Retired:

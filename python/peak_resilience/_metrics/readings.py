@@ -117,6 +117,13 @@ class Readings:
     window_tokens: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
     #: Seconds each limiter stays paused (0.0 when it is not).
     paused: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Retries made, by operation (operations with a retry policy).
+    retries: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Calls holding a bulkhead slot now, and calls refused for want of one, by bulkhead.
+    bulkhead_in_flight: dict[str, int] = dataclasses.field(default_factory=dict)
+    bulkhead_rejections: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Async calls cancelled by their timeout, by operation.
+    timeouts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -263,6 +270,13 @@ def read(
         rejected = reported_rejections.get(bucket_key, 0)
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
+    in_flight: dict[str, int] = {}
+    slots_refused: dict[str, int] = {}
+    for bulkhead in _instances.alive(_instances.bulkheads):
+        in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
+        slots_refused[bulkhead.name] = slots_refused.get(bulkhead.name, 0) + bulkhead.rejections
+    retries = {name: retry.retries for name, retry in dict(_instances.retries).items()}
+
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
     # Error types past the native table's size are counted as "other": folded values too.
     folded_types = sum(snap["folded_failures"] for snap in operations.values())
@@ -288,4 +302,8 @@ def read(
         refused,
         window_tokens,
         paused,
+        retries,
+        in_flight,
+        slots_refused,
+        dict(_instances.timeouts),
     )
