@@ -34,8 +34,9 @@ pub enum QuotaError {
 impl Quota {
     /// `max_requests` tokens per `window` nanoseconds, holding `burst` tokens when full.
     ///
-    /// The interval is rounded to the nanosecond (as governor does): 3 per second refills
-    /// one token every 333,333,333 ns.
+    /// The interval is rounded up to the nanosecond: 3 per second refills one token every
+    /// 333,333,334 ns, never faster than the rate the exchange enforces (rounded to the
+    /// nearest, 333,333,333 ns, a bucket would admit a call too many every 333 s).
     pub fn per_window(max_requests: u64, window: u64, burst: u64) -> Result<Quota, QuotaError> {
         if max_requests == 0 {
             return Err(QuotaError::ZeroRequests);
@@ -43,10 +44,13 @@ impl Quota {
         if window == 0 {
             return Err(QuotaError::ZeroWindow);
         }
+        if max_requests > window {
+            return Err(QuotaError::OutOfRange);
+        }
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
-        let interval = ((window as u128 + max_requests as u128 / 2) / max_requests as u128) as u64;
+        let interval = (window as u128).div_ceil(max_requests as u128) as u64;
         if interval == 0 || interval.checked_mul(burst).is_none() {
             return Err(QuotaError::OutOfRange);
         }
@@ -79,12 +83,16 @@ pub const MAX_WINDOWS: usize = 4;
 /// which that take's tokens are owed, which bounds what its refund may give back.
 pub type Taken = [u64; MAX_WINDOWS];
 
-/// One window of a bucket: its own GCRA word with its own rate and burst.
+/// The bit of a window's word that selects the parameter slot in force.
+const SLOT_BIT: u64 = 1 << 63;
+/// The TAT's bits of a window's word (ns: 292 years of a monotonic clock).
+const TAT_BITS: u64 = SLOT_BIT - 1;
+
+/// A window's rate: one of its two parameter slots.
 #[repr(C)]
 #[derive(Debug, Default)]
-pub struct Window {
-    /// Theoretical arrival time: when this window will be full again (ns on the clock).
-    tat: AtomicU64,
+struct Params {
+    /// Nanoseconds per token.
     interval: AtomicU64,
     /// How far ahead of now the TAT may run for a high-priority acquire (the whole burst).
     tolerance: AtomicU64,
@@ -92,133 +100,189 @@ pub struct Window {
     normal_tolerance: AtomicU64,
 }
 
-impl Window {
-    fn set_quota(&self, quota: Quota, reserve: u64) {
+impl Params {
+    fn store(&self, quota: Quota, reserve: u64) {
         self.interval.store(quota.interval, Ordering::Relaxed);
         let normal = quota.burst.saturating_sub(reserve) * quota.interval;
-        self.normal_tolerance.store(normal, Ordering::Release);
-        self.tolerance.store(quota.tolerance(), Ordering::Release);
+        self.normal_tolerance.store(normal, Ordering::Relaxed);
+        self.tolerance.store(quota.tolerance(), Ordering::Relaxed);
+    }
+
+    #[inline(always)]
+    fn tolerance(&self, high: bool) -> u64 {
+        if high {
+            self.tolerance.load(Ordering::Relaxed)
+        } else {
+            self.normal_tolerance.load(Ordering::Relaxed)
+        }
+    }
+}
+
+/// One window of a bucket: its own GCRA word with its own rate and burst.
+///
+/// The word holds the TAT and, in its top bit, which of the two parameter slots is in
+/// force. A rate change fills the other slot, then switches to it and rescales the TAT
+/// in one CAS of the word: an acquire reads the slot its word names, so it never sees an
+/// interval of one rate with a tolerance of another, nor a TAT in the units of another.
+/// Applying the same change twice (two processes loading one reload) rescales once: the
+/// second finds the new rate already in force.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct Window {
+    /// Theoretical arrival time (when this window will be full again, ns on the clock)
+    /// and the slot in force (`SLOT_BIT`).
+    word: AtomicU64,
+    slots: [Params; 2],
+}
+
+impl Window {
+    #[inline(always)]
+    fn params(&self, word: u64) -> &Params {
+        &self.slots[(word >> 63) as usize]
+    }
+
+    /// Sets the rate of a window nobody reads yet (a new bucket, an added window): slot 0,
+    /// full.
+    fn init(&self, quota: Quota, reserve: u64) {
+        self.slots[0].store(quota, reserve);
+        self.word.store(0, Ordering::Release);
     }
 
     /// Takes `cost` tokens by CAS; on success returns the TAT this take produced: the
     /// instant until which the tokens it took are owed (what bounds a later refund).
     #[inline(always)]
     fn take(&self, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
-        let interval = self.interval.load(Ordering::Relaxed);
-        let tolerance = if high {
-            self.tolerance.load(Ordering::Acquire)
-        } else {
-            self.normal_tolerance.load(Ordering::Acquire)
-        };
-        let mut tat = self.tat.load(Ordering::Acquire);
+        let mut word = self.word.load(Ordering::Acquire);
         loop {
-            let new_tat = decide(tat, now, cost, interval, tolerance)?;
-            match self
-                .tat
-                .compare_exchange_weak(tat, new_tat, Ordering::AcqRel, Ordering::Acquire)
-            {
+            let params = self.params(word);
+            let interval = params.interval.load(Ordering::Relaxed);
+            let new_tat = decide(word & TAT_BITS, now, cost, interval, params.tolerance(high))?;
+            match self.word.compare_exchange_weak(
+                word,
+                new_tat.min(TAT_BITS) | (word & SLOT_BIT),
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
                 Ok(_) => return Ok(new_tat),
-                Err(current) => tat = current,
+                Err(current) => word = current,
             }
         }
     }
 
     /// What `take` would decide now, without taking anything.
     fn peek(&self, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
-        let tolerance = if high {
-            self.tolerance.load(Ordering::Acquire)
-        } else {
-            self.normal_tolerance.load(Ordering::Acquire)
-        };
+        let word = self.word.load(Ordering::Acquire);
+        let params = self.params(word);
         decide(
-            self.tat.load(Ordering::Acquire),
+            word & TAT_BITS,
             now,
             cost,
-            self.interval.load(Ordering::Relaxed),
-            tolerance,
+            params.interval.load(Ordering::Relaxed),
+            params.tolerance(high),
         )
     }
 
-    /// Gives back `amount` ns of TAT, an operator's refund with no take to bound it. Below
+    /// Changes the TAT by `change` (given the TAT and the interval in force; `None`: leave
+    /// it), keeping the slot, in one CAS.
+    fn update(&self, change: impl Fn(u64, u64) -> Option<u64>) {
+        let _ = self
+            .word
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
+                let interval = self.params(word).interval.load(Ordering::Relaxed);
+                change(word & TAT_BITS, interval).map(|tat| tat.min(TAT_BITS) | (word & SLOT_BIT))
+            });
+    }
+
+    /// Gives back `cost` tokens, an operator's refund with no take to bound it. Below
     /// `now` the window is simply full, so the subtraction needs no floor other than zero.
-    fn refund(&self, amount: u64) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.saturating_sub(amount))
-            });
+    fn refund(&self, cost: u64) {
+        self.update(|tat, interval| Some(tat.saturating_sub(cost.saturating_mul(interval))));
     }
 
-    /// Gives back at most `amount` ns of the debt that one take (which left the TAT at
-    /// `own_tat`) still holds: `min(amount, own_tat - now)`. Whatever of it the clock has
-    /// already passed was refilled anyway, and a later take that found the window full
-    /// (its `now` past `own_tat`) owes nothing to this one, so a late refund can never
-    /// erase other calls' debt. The clock is read after the TAT is loaded, on every
-    /// attempt: a take whose TAT this CAS sees read its clock before, so `now` is at least
-    /// that take's `now`.
-    fn give_back(&self, amount: u64, own_tat: u64, clock: &Clock) {
-        let mut tat = self.tat.load(Ordering::Acquire);
-        loop {
-            let owed = own_tat.saturating_sub(clock.now()).min(amount);
-            if owed == 0 {
-                return;
-            }
-            match self.tat.compare_exchange_weak(
-                tat,
-                tat.saturating_sub(owed),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
-                Ok(_) => return,
-                Err(current) => tat = current,
-            }
-        }
+    /// Gives back at most `cost` tokens of the debt that one take (which left the TAT at
+    /// `own_tat`) still holds: `min(cost * interval, own_tat - now)`. Whatever of it the
+    /// clock has already passed was refilled anyway, and a later take that found the
+    /// window full (its `now` past `own_tat`) owes nothing to this one, so a late refund
+    /// can never erase other calls' debt. The clock is read after the word is loaded, on
+    /// every attempt: a take whose TAT this CAS sees read its clock before, so `now` is at
+    /// least that take's `now`.
+    fn give_back(&self, cost: u64, own_tat: u64, clock: &Clock) {
+        self.update(|tat, interval| {
+            let owed = own_tat
+                .saturating_sub(clock.now())
+                .min(cost.saturating_mul(interval));
+            (owed > 0).then(|| tat.saturating_sub(owed))
+        });
     }
 
-    /// Charges `amount` ns of TAT unconditionally: the call already happened, so the window
+    /// Charges `cost` tokens unconditionally: the call already happened, so the window
     /// may go into debt beyond its burst.
-    fn charge(&self, amount: u64, now: u64) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                Some(tat.max(now).saturating_add(amount))
-            });
+    fn charge(&self, cost: u64, now: u64) {
+        self.update(|tat, interval| {
+            Some(tat.max(now).saturating_add(cost.saturating_mul(interval)))
+        });
+    }
+
+    /// Makes exactly `used` tokens count as spent at `now`.
+    fn sync(&self, used: u64, now: u64) {
+        self.update(|_, interval| Some(now.saturating_add(used.saturating_mul(interval))));
     }
 
     fn quota(&self) -> Quota {
-        let interval = self.interval.load(Ordering::Relaxed);
+        let params = self.params(self.word.load(Ordering::Acquire));
+        let interval = params.interval.load(Ordering::Relaxed);
         Quota {
             interval,
-            burst: self.tolerance.load(Ordering::Acquire) / interval.max(1),
+            burst: params.tolerance.load(Ordering::Relaxed) / interval.max(1),
         }
     }
 
     fn tokens_at(&self, now: u64) -> f64 {
-        let tat = self.tat.load(Ordering::Acquire).max(now);
-        let interval = self.interval.load(Ordering::Relaxed).max(1);
-        let limit = now.saturating_add(self.tolerance.load(Ordering::Acquire));
+        let word = self.word.load(Ordering::Acquire);
+        let params = self.params(word);
+        let tat = (word & TAT_BITS).max(now);
+        let interval = params.interval.load(Ordering::Relaxed).max(1);
+        let limit = now.saturating_add(params.tolerance.load(Ordering::Relaxed));
         limit.saturating_sub(tat) as f64 / interval as f64
     }
 
-    /// Rescales the debt that the TAT holds from the old interval to the new one.
-    fn rescale(&self, old_interval: u64, new_interval: u64, now: u64) {
-        let _ = self
-            .tat
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |tat| {
-                (tat > now && old_interval != new_interval && old_interval != 0).then(|| {
-                    let debt = (tat - now) as u128 * new_interval as u128 / old_interval as u128;
-                    now.saturating_add(debt.min(u64::MAX as u128) as u64)
-                })
-            });
+    /// Switches to `quota` (and the reserve's share of it) in one CAS: the other slot is
+    /// filled first, then the word names it and carries the TAT rescaled from the old
+    /// interval to the new one, so the tokens already spent stay spent. Concurrent
+    /// switches of one window to different rates are the caller's to serialise (the
+    /// binding's lock in one process); the same rate applied twice rescales once.
+    fn switch(&self, quota: Quota, reserve: u64, now: u64) {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let old_interval = self.params(word).interval.load(Ordering::Relaxed);
+            let next = &self.slots[1 - (word >> 63) as usize];
+            next.store(quota, reserve);
+            let tat = word & TAT_BITS;
+            let tat = if tat > now && old_interval != quota.interval && old_interval != 0 {
+                let debt = (tat - now) as u128 * quota.interval as u128 / old_interval as u128;
+                now.saturating_add(debt.min(u64::MAX as u128) as u64)
+            } else {
+                tat
+            };
+            let switched = tat.min(TAT_BITS) | (!word & SLOT_BIT);
+            match self.word.compare_exchange_weak(
+                word,
+                switched,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return,
+                Err(current) => word = current,
+            }
+        }
     }
 }
 
 /// The atomics of one bucket, laid out for shared memory as well as for this process.
 ///
-/// The first 64 bytes are everything a one-window acquire reads or writes: the first
-/// window, the window count, the pause and the counters, so that the features added for
-/// several windows, pauses and priorities cost the common case loads from a cache line it
-/// already holds.
+/// The first 64 bytes are the first window (its word and both parameter slots) and the
+/// window count; the pause and the counters follow on the next line, so that a
+/// one-window acquire touches two cache lines whatever the features configured.
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct BucketState {
@@ -271,7 +335,7 @@ impl BucketState {
         let state = BucketState::default();
         state.reserve.store(reserve, Ordering::Relaxed);
         for (i, quota) in quotas.iter().enumerate() {
-            state.window(i).set_quota(*quota, reserve);
+            state.window(i).init(*quota, reserve);
         }
         state.windows.store(quotas.len() as u64, Ordering::Release);
         state
@@ -283,7 +347,7 @@ impl BucketState {
     /// under the process (see `sigbus`): plain stores, no allocation.
     pub fn refusing() -> Self {
         let state = BucketState::default();
-        state.first.interval.store(1, Ordering::Relaxed);
+        state.first.slots[0].interval.store(1, Ordering::Relaxed);
         state.windows.store(1, Ordering::Relaxed);
         state
     }
@@ -422,9 +486,7 @@ impl TokenBucket {
                 Ok(tat) => taken[i] = tat,
                 Err(decision) => {
                     for (j, own_tat) in taken.iter().enumerate().take(i) {
-                        let window = state.window(j);
-                        let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
-                        window.give_back(amount, *own_tat, &self.clock);
+                        state.window(j).give_back(cost, *own_tat, &self.clock);
                     }
                     return Err(self.worst(decision, i + 1, count, cost, now, high));
                 }
@@ -508,18 +570,17 @@ impl TokenBucket {
     pub fn refill(&self) {
         let state = &*self.state;
         for i in 0..MAX_WINDOWS {
-            state.window(i).tat.store(0, Ordering::Release);
+            state.window(i).update(|_, _| Some(0));
         }
     }
 
     /// Changes the first window's rate and burst in place. The tokens already spent stay
-    /// spent: the debt that the TAT holds is rescaled from the old interval to the new one.
+    /// spent: the debt that the TAT holds is rescaled from the old interval to the new
+    /// one, in the same CAS that switches the rate (`Window::switch`).
     pub fn set_quota(&self, quota: Quota) {
         let state = &*self.state;
-        let window = &state.first;
-        let old_interval = window.interval.load(Ordering::Relaxed);
-        window.set_quota(quota, state.reserve.load(Ordering::Relaxed));
-        window.rescale(old_interval, quota.interval, self.clock.now());
+        let reserve = state.reserve.load(Ordering::Relaxed);
+        state.first.switch(quota, reserve, self.clock.now());
     }
 
     /// Replaces every window and the reserve (checked by `check_windows`). A window that
@@ -531,13 +592,10 @@ impl TokenBucket {
         state.reserve.store(reserve, Ordering::Relaxed);
         for (i, quota) in quotas.iter().enumerate() {
             let window = state.window(i);
-            let old_interval = window.interval.load(Ordering::Relaxed);
-            if i >= old_count {
-                window.tat.store(0, Ordering::Release);
-            }
-            window.set_quota(*quota, reserve);
             if i < old_count {
-                window.rescale(old_interval, quota.interval, now);
+                window.switch(*quota, reserve, now);
+            } else {
+                window.init(*quota, reserve);
             }
         }
         state.windows.store(quotas.len() as u64, Ordering::Release);
@@ -569,11 +627,10 @@ impl TokenBucket {
         let now = self.clock.now();
         for i in 0..state.count() {
             let window = state.window(i);
-            let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
             if more {
-                window.charge(amount, now);
+                window.charge(cost, now);
             } else {
-                window.refund(amount);
+                window.refund(cost);
             }
         }
     }
@@ -584,9 +641,7 @@ impl TokenBucket {
     pub fn give_back(&self, cost: u64, taken: &Taken) {
         let state = &*self.state;
         for (i, own_tat) in taken.iter().enumerate().take(state.count()) {
-            let window = state.window(i);
-            let amount = cost.saturating_mul(window.interval.load(Ordering::Relaxed));
-            window.give_back(amount, *own_tat, &self.clock);
+            state.window(i).give_back(cost, *own_tat, &self.clock);
         }
     }
 
@@ -595,12 +650,7 @@ impl TokenBucket {
     pub fn sync(&self, index: usize, used: u64) {
         let state = &*self.state;
         let window = state.window(index.min(MAX_WINDOWS - 1));
-        let now = self.clock.now();
-        let interval = window.interval.load(Ordering::Relaxed);
-        window.tat.store(
-            now.saturating_add(used.saturating_mul(interval)),
-            Ordering::Release,
-        );
+        window.sync(used, self.clock.now());
     }
 
     /// Refuses every acquire for `nanos` from now (never shortens a longer pause);
@@ -742,6 +792,62 @@ mod tests {
     }
 
     #[test]
+    fn the_same_rate_change_applied_twice_rescales_the_debt_once() {
+        // "10/1s" -> "10/60s" with half the burst spent, applied by two processes (two
+        // views of one state): 5 tokens owed at 6 s each, 30 s, not 30 minutes.
+        let (bucket, clock) = bucket(10, SECOND, 10);
+        assert_eq!(bucket.try_acquire(5), Decision::Admitted);
+        let other = TokenBucket::over(bucket.state.clone(), Clock::Manual(clock.clone()));
+        let slower = Quota::per_window(10, 60 * SECOND, 10).unwrap();
+        bucket.set_quota(slower);
+        other.set_quota(slower);
+        assert_eq!(bucket.wait_time(6), Some(6 * SECOND));
+        assert_eq!(bucket.try_acquire(5), Decision::Admitted);
+    }
+
+    #[test]
+    fn a_rate_change_never_shows_an_acquire_a_tolerance_of_one_rate_with_an_interval_of_another() {
+        // 4 threads acquire while the rate flips between 1 per 10 s (burst 1) and 100 per
+        // second (burst 100): a legal cost of 1 is never impossible.
+        let (bucket, _clock) = bucket(1, 10 * SECOND, 1);
+        let fast = Quota::per_window(100, SECOND, 100).unwrap();
+        let slow = Quota::per_window(1, 10 * SECOND, 1).unwrap();
+        let impossible = std::sync::atomic::AtomicU64::new(0);
+        std::thread::scope(|scope| {
+            for _ in 0..4 {
+                scope.spawn(|| {
+                    for _ in 0..20_000 {
+                        if bucket.try_acquire(1) == Decision::Impossible {
+                            impossible.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                });
+            }
+            scope.spawn(|| {
+                for i in 0..20_000 {
+                    bucket.set_quota(if i % 2 == 0 { fast } else { slow });
+                }
+            });
+        });
+        assert_eq!(impossible.into_inner(), 0);
+    }
+
+    #[test]
+    fn a_rate_that_does_not_divide_its_window_never_refills_faster_than_the_rate() {
+        // 3 per second: a token every 333,333,334 ns; at 333,333,333 ns, 3 tokens would
+        // refill in 999,999,999 ns, faster than the exchange's 3 per second.
+        assert_eq!(
+            Quota::per_window(3, SECOND, 3).unwrap().interval,
+            333_333_334
+        );
+        for (max, window) in [(3, SECOND), (7, 60 * SECOND), (1_200, 60 * SECOND), (9, 1)] {
+            if let Ok(quota) = Quota::per_window(max, window, 1) {
+                assert!(quota.interval * max >= window, "{max} per {window} ns");
+            }
+        }
+    }
+
+    #[test]
     fn quota_rejects_zero_and_overflowing_parameters() {
         assert_eq!(
             Quota::per_window(0, SECOND, 1),
@@ -800,9 +906,9 @@ mod tests {
         let tokens = bucket.window_tokens();
         assert!((tokens[0] - 7.0).abs() < 1e-9, "{tokens:?}");
         assert_eq!(tokens[1], 0.0);
-        clock.advance(SECOND / 10);
+        clock.advance(SECOND / 10 + 2); // 3 tokens of 33,333,334 ns (rounded up)
         assert_eq!(bucket.try_acquire(3), Decision::Admitted);
-        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-9);
+        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-6);
     }
 
     #[test]
@@ -954,10 +1060,12 @@ mod tests {
     }
 
     #[test]
-    fn a_bucket_state_keeps_the_one_window_path_on_one_cache_line() {
-        assert_eq!(std::mem::size_of::<Window>(), 32);
-        assert_eq!(std::mem::offset_of!(BucketState, rejected), 56);
-        assert_eq!(std::mem::size_of::<BucketState>(), 192);
+    fn a_bucket_state_keeps_the_first_window_on_one_cache_line_and_the_counters_on_the_next() {
+        assert_eq!(std::mem::size_of::<Window>(), 56);
+        assert_eq!(std::mem::offset_of!(BucketState, windows), 56);
+        assert_eq!(std::mem::offset_of!(BucketState, paused_until), 64);
+        assert_eq!(std::mem::offset_of!(BucketState, rejected), 80);
+        assert_eq!(std::mem::size_of::<BucketState>(), 288);
     }
 
     /// A plain token bucket counting tokens in units of 1/interval ns: the reference model.
@@ -1222,6 +1330,68 @@ mod loom_tests {
                 }
             );
         });
+    }
+
+    #[test]
+    fn loom_a_rate_change_racing_an_acquire_charges_it_in_one_rate_or_the_other() {
+        // 2 per second (burst 2, 1 spent) changed to 2 per 4 s (burst 2): an acquire
+        // racing the change is charged in the old units and rescaled, or in the new ones;
+        // never `Impossible`, never under-charged. Afterwards the window holds exactly the
+        // burst less what was admitted, in the new units.
+        crate::sync::model(
+            "loom_a_rate_change_racing_an_acquire_charges_it_in_one_rate_or_the_other",
+            || {
+                let clock = ManualClock::new(0);
+                let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(clock));
+                assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+                let change = {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || {
+                        bucket.set_quota(Quota::per_window(2, 4_000_000_000, 2).unwrap())
+                    })
+                };
+                let acquire = {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.try_acquire(1))
+                };
+                change.join().unwrap();
+                assert_eq!(acquire.join().unwrap(), Decision::Admitted);
+                assert_eq!(bucket.window_tokens(), vec![0.0]);
+                assert_eq!(
+                    bucket.try_acquire(1),
+                    Decision::Rejected {
+                        wait: 2_000_000_000
+                    }
+                );
+            },
+        );
+    }
+
+    #[test]
+    fn loom_the_same_rate_change_from_two_threads_rescales_once() {
+        // Two processes loading one reload: 2/s -> 2 per 4 s with one token spent. Owed:
+        // one token of the new rate (2 s), never two rescales (8 s).
+        crate::sync::model(
+            "loom_the_same_rate_change_from_two_threads_rescales_once",
+            || {
+                let clock = ManualClock::new(0);
+                let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(clock));
+                assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+                let slower = Quota::per_window(2, 4_000_000_000, 2).unwrap();
+                let handles: Vec<_> = (0..2)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.set_quota(slower))
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                assert_eq!(bucket.wait_time(2), Some(2_000_000_000));
+            },
+        );
     }
 
     #[test]

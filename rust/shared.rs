@@ -33,8 +33,9 @@ use crate::sigbus;
 pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
 /// Bumped whenever the header or a state block changes shape (3: the breaker's failure-rate
 /// window, back-off, slow calls and manual states; 4: a bucket holds up to four windows, a
-/// pause and a priority reserve).
-pub const LAYOUT_VERSION: u64 = 4;
+/// pause and a priority reserve; 5: two parameter slots per window, switched with the TAT
+/// in one CAS).
+pub const LAYOUT_VERSION: u64 = 5;
 const HEADER_SIZE: usize = 64;
 const PARAMS: usize = 3;
 /// How many times an open retries when the file vanishes between `link` and `open`
@@ -53,7 +54,32 @@ struct Header {
     /// The parameters every process must agree on (see `Layout::PARAM_NAMES`); updated
     /// in place when one process changes the rate or the settings.
     params: [AtomicU64; PARAMS],
-    _reserved: AtomicU64,
+    /// The boot the file's instants belong to (`boot_id`; 0: unknown). The state holds
+    /// absolute `CLOCK_MONOTONIC` instants, which restart from zero at every boot: a file
+    /// kept on disk across a reboot would otherwise hold a breaker open, or a bucket
+    /// empty, for as long as the old boot had been up.
+    boot: AtomicU64,
+}
+
+/// `boot` while one process resets a file from another boot: others wait for it.
+const RESETTING: u64 = u64::MAX;
+/// How long a process waits for another to reset a file from another boot (1 ms turns).
+const RESET_WAIT_TURNS: usize = 2_000;
+
+/// This boot's identity: a hash of `/proc/sys/kernel/random/boot_id` (0 when unreadable:
+/// files are then never judged by their boot).
+fn boot_id() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+            return 0;
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.trim().bytes() {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash.clamp(1, RESETTING - 1)
+    })
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
@@ -72,12 +98,12 @@ pub trait Layout: Default + Send + Sync + 'static {
     fn lost() -> Self;
 }
 
-/// Writes `T::lost()` over the state block of the mapping at `start` (the SIGBUS
-/// handler's `Poison`), if the mapping is large enough to hold one.
+/// Writes `T::lost()` into the state block of fresh memory of `len` bytes at `start` (the
+/// SIGBUS guard's `Prepare`, run outside any handler), if it is large enough to hold one.
 fn poison<T: Layout>(start: *mut u8, len: usize) {
     if len >= file_size::<T>() {
-        // SAFETY: the handler just mapped `len` fresh bytes at `start`; the block is
-        // 8-aligned (page + 64).
+        // SAFETY: `start` is `len` fresh bytes of our own, not yet visible to anyone; the
+        // block is 8-aligned (page + 64).
         unsafe { start.add(HEADER_SIZE).cast::<T>().write(T::lost()) }
     }
 }
@@ -265,6 +291,13 @@ impl Mapping {
         self.registration.as_ref().is_some_and(|r| r.lost())
     }
 
+    /// Installs the lost state again over whatever an update wrote into it.
+    fn reinstall_lost(&self) {
+        if let Some(registration) = &self.registration {
+            registration.reinstall();
+        }
+    }
+
     fn header(&self) -> &Header {
         // SAFETY: the mapping is at least HEADER_SIZE bytes, page-aligned, and Header is
         // plain atomics (any bit pattern is valid).
@@ -322,7 +355,7 @@ impl<T: Layout> Region<T> {
     ) -> Result<Region<T>, SharedError> {
         let mut last = None;
         for _ in 0..OPEN_ATTEMPTS {
-            match open_existing::<T>(path) {
+            match open_existing::<T>(path, params, &fresh) {
                 Ok(region) => {
                     region.check_params(params)?;
                     return Ok(region);
@@ -353,6 +386,23 @@ impl<T: Layout> Region<T> {
     #[inline]
     pub fn lost(&self) -> bool {
         self.mapping.lost()
+    }
+
+    /// Runs an update of the shared state (new settings, an operator's command): checks
+    /// loss, applies, checks again. None, with the lost state left whole, when the file
+    /// was truncated before or during the update: the update's own first access may be
+    /// what faulted, and what it wrote then must not revive the lost state as state of
+    /// this process alone.
+    pub fn update<R>(&self, apply: impl FnOnce() -> R) -> Option<R> {
+        if self.lost() {
+            return None;
+        }
+        let result = apply();
+        if self.lost() {
+            self.mapping.reinstall_lost();
+            return None;
+        }
+        Some(result)
     }
 
     /// Whether the path no longer names the file this process mapped (deleted, or
@@ -413,7 +463,11 @@ fn file_size<T>() -> usize {
     HEADER_SIZE + std::mem::size_of::<T>()
 }
 
-fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
+fn open_existing<T: Layout>(
+    path: &Path,
+    params: [u64; PARAMS],
+    fresh: &impl Fn() -> T,
+) -> Result<Region<T>, SharedError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -476,6 +530,7 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     {
         return Err(truncated());
     }
+    same_boot::<T>(&mapping, params, fresh);
     Ok(Region {
         mapping: Arc::new(mapping),
         path: path.to_owned(),
@@ -484,33 +539,157 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     })
 }
 
-/// Creates the file complete under a temporary name and links it into place. `None` when
-/// another process got there first.
+/// Makes a file written during another boot fresh (`fresh()`, our parameters) before it
+/// is used: its instants mean nothing on this boot's clock. Exactly one process resets
+/// it (a CAS of the header's boot to `RESETTING`); the others wait for it, a bounded
+/// while. Every process of this boot opens the file through here, so none can be using
+/// the old state while it is reset.
+fn same_boot<T: Layout>(mapping: &Mapping, params: [u64; PARAMS], fresh: &impl Fn() -> T) {
+    let ours = boot_id();
+    let header = mapping.header();
+    for _ in 0..RESET_WAIT_TURNS {
+        let theirs = header.boot.load(Ordering::Acquire);
+        if ours == 0 || theirs == ours {
+            return;
+        }
+        if theirs == RESETTING {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
+        if header
+            .boot
+            .compare_exchange(theirs, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // SAFETY: the block was checked to be a `T` of this layout, 8-aligned; no
+            // process of this boot uses it until `boot` says ours (see above).
+            unsafe {
+                mapping
+                    .ptr
+                    .as_ptr()
+                    .add(HEADER_SIZE)
+                    .cast::<T>()
+                    .write(fresh());
+            }
+            for (slot, value) in header.params.iter().zip(params) {
+                slot.store(value, Ordering::Relaxed);
+            }
+            header.boot.store(ours, Ordering::Release);
+            return;
+        }
+    }
+}
+
+/// Creates the file complete where no other process can see it and links it into place.
+/// `None` when another process got there first.
 fn create<T: Layout>(
     path: &Path,
     params: [u64; PARAMS],
     fresh: &impl Fn() -> T,
 ) -> Result<Option<Region<T>>, SharedError> {
-    let tmp = temporary_name(path);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| io_error(&tmp, "create", e))?;
+    let (file, staged) = stage(path)?;
+    let shown = match &staged {
+        Staged::Unnamed => path.to_owned(),
+        Staged::Named(tmp) => tmp.clone(),
+    };
     let result =
-        initialise::<T>(&file, &tmp, path, params, fresh).and_then(
-            |region| match std::fs::hard_link(&tmp, path) {
+        initialise::<T>(&file, &shown, path, params, fresh).and_then(|region| {
+            match publish(&file, &staged, path) {
                 Ok(()) => Ok(Some(region)),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(None),
                 Err(e) => Err(io_error(path, "link", e)),
-            },
-        );
-    // The temporary name goes in every case; the linked name keeps the inode alive.
-    let _ = std::fs::remove_file(&tmp);
+            }
+        });
+    // A temporary name goes in every case; the linked name keeps the inode alive.
+    if let Staged::Named(tmp) = staged {
+        let _ = std::fs::remove_file(tmp);
+    }
     result
+}
+
+/// Where a new file is written before it is linked into place.
+enum Staged {
+    /// `O_TMPFILE`: a file with no name at all, so a process killed while creating it
+    /// leaves nothing behind to collide with.
+    Unnamed,
+    /// A name no other process can choose (the filesystem has no `O_TMPFILE`).
+    Named(PathBuf),
+}
+
+fn stage(path: &Path) -> Result<(File, Staged), SharedError> {
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    // Linking an unnamed file needs /proc (AT_EMPTY_PATH needs a capability we lack).
+    if Path::new("/proc/self/fd").is_dir() {
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .mode(0o600)
+            .custom_flags(libc::O_TMPFILE | libc::O_CLOEXEC)
+            .open(dir)
+        {
+            Ok(file) => return Ok((file, Staged::Unnamed)),
+            // Not supported by this filesystem (or kernel): a random name instead.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EOPNOTSUPP | libc::EISDIR | libc::EINVAL)
+                ) => {}
+            Err(e) => return Err(io_error(path, "create", e)),
+        }
+    }
+    let mut last = None;
+    for _ in 0..OPEN_ATTEMPTS {
+        let tmp = temporary_name(path);
+        match OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((file, Staged::Named(tmp))),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last = Some(e),
+            Err(e) => return Err(io_error(&tmp, "create", e)),
+        }
+    }
+    Err(io_error(
+        path,
+        "create a temporary file beside",
+        last.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists)),
+    ))
+}
+
+/// Links the staged file under its final name; fails with `AlreadyExists` if taken.
+fn publish(file: &File, staged: &Staged, path: &Path) -> io::Result<()> {
+    match staged {
+        Staged::Named(tmp) => std::fs::hard_link(tmp, path),
+        Staged::Unnamed => {
+            use std::os::unix::ffi::OsStrExt;
+            let from = std::ffi::CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .map_err(io::Error::other)?;
+            let to = std::ffi::CString::new(path.as_os_str().as_bytes())
+                .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"))?;
+            // SAFETY: two valid NUL-terminated paths; linkat only reads them.
+            let rc = unsafe {
+                libc::linkat(
+                    libc::AT_FDCWD,
+                    from.as_ptr(),
+                    libc::AT_FDCWD,
+                    to.as_ptr(),
+                    libc::AT_SYMLINK_FOLLOW,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        }
+    }
 }
 
 fn initialise<T: Layout>(
@@ -550,6 +729,7 @@ fn initialise<T: Layout>(
     for (slot, value) in header.params.iter().zip(params) {
         slot.store(value, Ordering::Relaxed);
     }
+    header.boot.store(boot_id(), Ordering::Relaxed);
     // The magic last: a file with the magic is a complete file (link publishes it anyway).
     header.magic.store(MAGIC, Ordering::Release);
     Ok(Region {
@@ -560,14 +740,23 @@ fn initialise<T: Layout>(
     })
 }
 
+/// `.{name}.{pid}.{random}.tmp`: the pid says who made it, 64 random bits make it a
+/// name no other process (nor this pid's next life, a container restarted) will choose.
 fn temporary_name(path: &Path) -> PathBuf {
-    static SEQUENCE: AtomicU64 = AtomicU64::new(0);
-    let n = SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let mut random = [0u8; 8];
+    // SAFETY: `random` is 8 writable bytes; getrandom writes at most that many.
+    let filled = unsafe { libc::getrandom(random.as_mut_ptr().cast(), random.len(), 0) };
+    let mut n = u64::from_le_bytes(random);
+    if filled != random.len() as isize {
+        // No entropy source: the clock's nanoseconds and a counter, still unlike a restart.
+        static SEQUENCE: AtomicU64 = AtomicU64::new(0);
+        n = crate::clock::monotonic_now() ^ SEQUENCE.fetch_add(1, Ordering::Relaxed) << 48;
+    }
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    path.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+    path.with_file_name(format!(".{name}.{}.{n:016x}.tmp", std::process::id()))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -626,29 +815,31 @@ pub fn shared_windows(
     Ok((TokenBucket::over(region.state(), clock), region))
 }
 
-/// Changes a shared bucket's rate for every process, and records it in the header.
-pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) {
-    // A lost bucket keeps refusing (see `sigbus`): new settings must not revive it as a
-    // bucket of this process alone. Likewise below.
-    if region.lost() {
-        return;
-    }
-    bucket.set_quota(quota);
-    region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
+/// Changes a shared bucket's rate for every process, and records it in the header. False
+/// when the file was truncated under this process (see `Region::update`).
+pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) -> bool {
+    region
+        .update(|| {
+            bucket.set_quota(quota);
+            region.set_params(bucket_params(&bucket.quotas(), bucket.reserve()));
+        })
+        .is_some()
 }
 
 /// Changes a shared bucket's windows and reserve for every process, and records them.
+/// False when the file was truncated under this process (see `Region::update`).
 pub fn set_shared_windows(
     bucket: &TokenBucket,
     region: &Region<BucketState>,
     quotas: &[Quota],
     reserve: u64,
-) {
-    if region.lost() {
-        return;
-    }
-    bucket.set_windows(quotas, reserve);
-    region.set_params(bucket_params(quotas, reserve));
+) -> bool {
+    region
+        .update(|| {
+            bucket.set_windows(quotas, reserve);
+            region.set_params(bucket_params(quotas, reserve));
+        })
+        .is_some()
 }
 
 /// A circuit breaker whose state lives in the shared file at `path` (created closed).
@@ -732,16 +923,18 @@ fn check_policy(
 }
 
 /// Changes a shared breaker's settings for every process, and records them in the header.
+/// False when the file was truncated under this process (see `Region::update`).
 pub fn set_shared_settings(
     breaker: &Breaker,
     region: &Region<BreakerState>,
     settings: BreakerSettings,
-) {
-    if region.lost() {
-        return;
-    }
-    breaker.set_settings(settings);
-    region.set_params(breaker_params(breaker.settings()));
+) -> bool {
+    region
+        .update(|| {
+            breaker.set_settings(settings);
+            region.set_params(breaker_params(breaker.settings()));
+        })
+        .is_some()
 }
 
 #[cfg(all(test, not(loom)))]
@@ -938,6 +1131,56 @@ mod tests {
     }
 
     #[test]
+    fn a_temporary_file_left_by_a_killed_process_of_the_same_pid_does_not_block_creation() {
+        // A process killed in `create()` leaves `.{name}.{pid}.{n}.tmp`; the next one with
+        // the same pid (a container's pid 1) must still create the file.
+        let dir = TempDir::new("stale");
+        let path = dir.file("api.bucket");
+        for n in 0..2048 {
+            let stale = dir.file(&format!(".api.bucket.{}.{n}.tmp", std::process::id()));
+            std::fs::write(stale, b"").unwrap();
+        }
+        let (bucket, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        // On a filesystem without O_TMPFILE the random name is never an old one either.
+        let named = temporary_name(&path);
+        assert_ne!(named, temporary_name(&path));
+        assert!(!named.exists());
+    }
+
+    /// Writes `boot` into the header of the file at `path`, as another boot would have.
+    fn stamp_boot(path: &Path, boot: u64) {
+        use std::os::unix::fs::FileExt;
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&boot.to_le_bytes(), 56).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_another_boot_starts_fresh_and_one_from_this_boot_keeps_its_state() {
+        // Absolute CLOCK_MONOTONIC instants restart at boot: an exhausted bucket and an
+        // open breaker kept on disk must not stay so for as long as the old boot was up.
+        let dir = TempDir::new("boot");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        drop((bucket, region));
+        let (again, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert!(matches!(again.try_acquire(1), Decision::Rejected { .. }));
+        stamp_boot(&path, 0x5eed);
+        let (rebooted, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(rebooted.try_acquire(2), Decision::Admitted);
+        // Still the one file: the other opening sees the fresh state spent.
+        assert!(matches!(again.try_acquire(1), Decision::Rejected { .. }));
+
+        let path = dir.file("x.breaker");
+        let (breaker, _region) = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        breaker.force_open();
+        stamp_boot(&path, 0x5eed);
+        let (rebooted, _region) = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        assert!(!rebooted.enter().0.is_rejected());
+    }
+
+    #[test]
     fn a_missing_directory_is_an_error_naming_the_path() {
         let dir = TempDir::new("missing");
         let path = dir.file("no/such/dir/api.bucket");
@@ -1008,8 +1251,61 @@ mod tests {
         assert_eq!(bucket.wait_time(1), None);
         assert_eq!(bucket.tokens_available(), 0.0);
         // New settings do not revive it as a bucket of this process alone.
-        set_shared_quota(&bucket, &region, quota(5));
+        assert!(!set_shared_quota(&bucket, &region, quota(5)));
         assert_eq!(bucket.try_acquire(1), Decision::Impossible);
+    }
+
+    #[test]
+    fn an_update_whose_own_first_access_faults_does_not_revive_a_truncated_bucket() {
+        // Truncated while idle: `set_windows` is the first to touch the page, so the loss
+        // is only seen once it has begun writing. It must leave the lost state whole.
+        let dir = TempDir::new("truncated-update");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(3), Clock::Monotonic).unwrap();
+        truncate(&path);
+        assert!(!region.lost());
+        assert!(!set_shared_windows(&bucket, &region, &[quota(3)], 0));
+        assert!(region.lost());
+        let admitted: Vec<Decision> = (0..3).map(|_| bucket.try_acquire(1)).collect();
+        assert_eq!(admitted, [Decision::Impossible; 3]);
+        // The same for a breaker's operator command.
+        let (breaker, region) =
+            shared_breaker(&dir.file("x.breaker"), settings(), Clock::Monotonic).unwrap();
+        truncate(&dir.file("x.breaker"));
+        assert_eq!(region.update(|| breaker.reset()), None);
+        assert!(breaker.enter().0.is_rejected());
+    }
+
+    #[test]
+    fn threads_hammering_an_exhausted_bucket_never_see_a_zero_page_when_it_is_truncated() {
+        // The lost state arrives whole, in one remap: no acquire between the fault and the
+        // lost state ever finds a zero (admit-everything) bucket, whichever thread faults.
+        let dir = TempDir::new("truncated-hammer");
+        let mut admitted = 0;
+        for round in 0..100 {
+            let path = dir.file(&format!("r{round}.bucket"));
+            let (bucket, region) = shared_bucket(&path, quota(1), Clock::Monotonic).unwrap();
+            assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+            admitted += std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..4)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        scope.spawn(move || {
+                            (0..2_000)
+                                .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                                .count()
+                        })
+                    })
+                    .collect();
+                truncate(&path);
+                handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .sum::<usize>()
+            });
+            assert!(region.lost() || bucket.try_acquire(1) != Decision::Admitted);
+        }
+        assert_eq!(admitted, 0);
     }
 
     #[test]

@@ -96,6 +96,10 @@ impl<T: Layout> Region<T> {
     pub fn detached(&self) -> bool {
         match self.never {}
     }
+
+    pub fn update<R>(&self, _apply: impl FnOnce() -> R) -> Option<R> {
+        match self.never {}
+    }
 }
 
 pub fn shared_windows(
@@ -114,7 +118,7 @@ pub fn set_shared_windows(
     region: &Region<BucketState>,
     _quotas: &[Quota],
     _reserve: u64,
-) {
+) -> bool {
     match region.never {}
 }
 
@@ -132,7 +136,7 @@ pub fn set_shared_settings(
     _breaker: &Breaker,
     region: &Region<BreakerState>,
     _settings: BreakerSettings,
-) {
+) -> bool {
     match region.never {}
 }
 

@@ -4,20 +4,25 @@
 //! SIGBUS, whose default action kills the process: someone running `truncate` (or a full
 //! disk's clean-up script) on a shared limiter's file would take every trading process on
 //! the host down on its next acquire. So every live mapping is registered here, in a fixed
-//! table read without locks, and a SIGBUS handler (installed once, chaining to whatever
-//! was there before) replaces a faulting registered mapping by anonymous memory holding a
-//! "lost" state (`Layout::lost`: a bucket that can admit nothing, a breaker held open),
-//! marks it lost and returns, so the faulting instruction completes on valid memory. The
-//! binding turns "lost" into a clear error on its refusal paths, which that state is
-//! sure to take.
+//! table read without locks, with a spare mapping of the same size prepared in advance
+//! (outside any signal handler) to hold the "lost" state (`Layout::lost`: a bucket that
+//! can admit nothing, a breaker held open). A SIGBUS handler (installed once, chaining to
+//! whatever was there before) moves the spare over a faulting registered mapping with one
+//! `mremap` (the address range never holds anything but the old file's pages or the
+//! complete lost state: no thread can see a zero page), marks it lost and returns, so the
+//! faulting instruction completes on valid memory. One faulting thread does the move;
+//! any other that faults on the same mapping meanwhile waits for it. The binding turns
+//! "lost" into a clear error on its refusal paths, which that state is sure to take.
 //!
 //! Whatever handles SIGBUS when the first shared object is created (Python's faulthandler
-//! when enabled at start-up, Rust's stack-overflow handler) is chained to. A handler
-//! installed after that comes first: `faulthandler.enable()` called later treats the
-//! fault as fatal before we see it.
+//! when enabled at start-up, Rust's stack-overflow handler) is chained to, and so is a
+//! SIGBUS that is no fault on our mappings (another address, or one sent by `kill`). A
+//! handler installed after that comes first: `faulthandler.enable()` called later treats
+//! the fault as fatal before we see it.
 //!
-//! The handler does only what is async-signal-safe: atomic loads and stores, `mmap`,
-//! plain stores into the new memory, `sigaction`. No allocation, no lock.
+//! The handler does only what is async-signal-safe: atomic loads and stores, `mremap`,
+//! `sched_yield`, `sigaction`, and it keeps `errno` as it found it. No allocation, no
+//! lock.
 
 use std::cell::UnsafeCell;
 use std::mem::MaybeUninit;
@@ -31,16 +36,22 @@ const SLOTS: usize = 1024;
 const FREE: u8 = 0;
 const CLAIMED: u8 = 1;
 const LIVE: u8 = 2;
+/// A handler is moving the spare over the mapping: other faulting threads wait.
+const REPLACING: u8 = 3;
+/// Bounds the wait of a second faulting thread (each turn a `sched_yield`): far more than
+/// one `mremap` takes, and still an end should the first thread never finish.
+const WAIT_TURNS: usize = 1 << 20;
 
-/// Writes the lost state into a mapping of `len` bytes at the pointer (in the handler).
-pub type Poison = fn(*mut u8, usize);
+/// Writes the lost state into fresh memory of `len` bytes at the pointer (outside any
+/// handler: when a mapping is registered, or when the lost state is installed again).
+pub type Prepare = fn(*mut u8, usize);
 
 struct Slot {
     state: AtomicU8,
     start: AtomicUsize,
     len: AtomicUsize,
-    /// The `Poison` of the mapping's kind, as an address.
-    poison: AtomicUsize,
+    /// The spare mapping holding the lost state (0: none, or moved into place).
+    spare: AtomicUsize,
     lost: AtomicBool,
 }
 
@@ -49,7 +60,7 @@ const EMPTY: Slot = Slot {
     state: AtomicU8::new(FREE),
     start: AtomicUsize::new(0),
     len: AtomicUsize::new(0),
-    poison: AtomicUsize::new(0),
+    spare: AtomicUsize::new(0),
     lost: AtomicBool::new(false),
 };
 
@@ -68,6 +79,7 @@ static PREVIOUS: Previous = Previous(UnsafeCell::new(MaybeUninit::zeroed()));
 /// A mapping's place in the table; frees it when dropped (before the unmap).
 pub struct Registration {
     slot: usize,
+    prepare: Prepare,
 }
 
 impl Registration {
@@ -77,17 +89,90 @@ impl Registration {
     pub fn lost(&self) -> bool {
         TABLE[self.slot].lost.load(Ordering::Acquire)
     }
+
+    /// Installs the lost state again, whole, by one `mremap` of freshly prepared memory:
+    /// for an update that wrote into the lost state after the loss (it must not revive the
+    /// mapping as state of this process alone). Nothing when the mapping is not lost.
+    pub fn reinstall(&self) {
+        let entry = &TABLE[self.slot];
+        if !self.lost() {
+            return;
+        }
+        let (start, len) = (
+            entry.start.load(Ordering::Relaxed),
+            entry.len.load(Ordering::Relaxed),
+        );
+        if let Some(fresh) = prepared(len, self.prepare) {
+            // SAFETY: `fresh` is our own private mapping of `len` bytes; [start, start +
+            // len) is this registration's mapping, anonymous memory since the loss.
+            let moved = unsafe { move_over(fresh, start, len) };
+            if !moved {
+                // SAFETY: `fresh` was not moved: still ours to unmap.
+                unsafe { libc::munmap(fresh as *mut libc::c_void, len) };
+            }
+        }
+    }
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        TABLE[self.slot].state.store(FREE, Ordering::Release);
+        let entry = &TABLE[self.slot];
+        let spare = entry.spare.swap(0, Ordering::AcqRel);
+        if spare != 0 {
+            // SAFETY: the spare is a mapping of `len` bytes made in `register` and never
+            // moved (the swap took it): nothing else refers to it.
+            unsafe {
+                libc::munmap(
+                    spare as *mut libc::c_void,
+                    entry.len.load(Ordering::Relaxed),
+                )
+            };
+        }
+        entry.state.store(FREE, Ordering::Release);
     }
 }
 
-/// Protects the mapping of `len` bytes at `start`; `None` when the table is full.
-pub fn register(start: *mut u8, len: usize, poison: Poison) -> Option<Registration> {
+/// A fresh private mapping of `len` bytes holding what `prepare` writes, or None.
+fn prepared(len: usize, prepare: Prepare) -> Option<usize> {
+    // SAFETY: a fresh anonymous mapping; checked against MAP_FAILED before use.
+    let spare = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if spare == libc::MAP_FAILED {
+        return None;
+    }
+    prepare(spare.cast(), len);
+    Some(spare as usize)
+}
+
+/// Moves the mapping at `from` over `[to, to + len)` in one `mremap`: the range holds
+/// either its old pages or the moved ones, never nothing. Async-signal-safe (a syscall).
+///
+/// # Safety
+/// `from` must be a mapping of `len` bytes that nothing else uses, `to` one of ours.
+unsafe fn move_over(from: usize, to: usize, len: usize) -> bool {
+    let moved = libc::mremap(
+        from as *mut libc::c_void,
+        len,
+        len,
+        libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+        to as *mut libc::c_void,
+    );
+    moved != libc::MAP_FAILED
+}
+
+/// Protects the mapping of `len` bytes at `start`; `None` when the table is full or the
+/// spare cannot be made (the mapping then works unprotected).
+pub fn register(start: *mut u8, len: usize, prepare: Prepare) -> Option<Registration> {
     INSTALL.call_once(install);
+    let spare = prepared(len, prepare)?;
     for (slot, entry) in TABLE.iter().enumerate() {
         if entry
             .state
@@ -96,12 +181,14 @@ pub fn register(start: *mut u8, len: usize, poison: Poison) -> Option<Registrati
         {
             entry.start.store(start as usize, Ordering::Relaxed);
             entry.len.store(len, Ordering::Relaxed);
-            entry.poison.store(poison as usize, Ordering::Relaxed);
+            entry.spare.store(spare, Ordering::Relaxed);
             entry.lost.store(false, Ordering::Relaxed);
             entry.state.store(LIVE, Ordering::Release);
-            return Some(Registration { slot });
+            return Some(Registration { slot, prepare });
         }
     }
+    // SAFETY: the spare was made above and never shared.
+    unsafe { libc::munmap(spare as *mut libc::c_void, len) };
     None
 }
 
@@ -131,11 +218,31 @@ extern "C" fn on_sigbus(
     info: *mut libc::siginfo_t,
     context: *mut libc::c_void,
 ) {
+    // SAFETY: errno is thread-local; the handler must leave it as the interrupted code had
+    // it (mremap or sched_yield may set it).
+    let errno = unsafe { *libc::__errno_location() };
+    let handled = replace_faulting(info);
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = errno };
+    if !handled {
+        chain(signal, info, context);
+    }
+}
+
+/// Puts the lost state in place of the registered mapping `info` faulted on; false when
+/// the signal is not such a fault (sent by `kill`, another address, no spare left).
+fn replace_faulting(info: *mut libc::siginfo_t) -> bool {
     // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
-    let address = unsafe { (*info).si_addr() } as usize;
+    let (code, address) = unsafe { ((*info).si_code, (*info).si_addr() as usize) };
+    // Only a fault on a mapped object's missing page; a signal sent by kill, raise or
+    // sigqueue (si_code <= 0) carries no address of ours.
+    if code != libc::BUS_ADRERR {
+        return false;
+    }
     let page = PAGE.load(Ordering::Relaxed);
     for entry in TABLE.iter() {
-        if entry.state.load(Ordering::Acquire) != LIVE {
+        let state = entry.state.load(Ordering::Acquire);
+        if state != LIVE && state != REPLACING {
             continue;
         }
         let start = entry.start.load(Ordering::Relaxed);
@@ -144,30 +251,39 @@ extern "C" fn on_sigbus(
         if !(start..end).contains(&address) {
             continue;
         }
-        // SAFETY: [start, start + len) is our own live mapping (registered until unmapped);
-        // replacing it in place keeps every pointer into it valid. mmap is
-        // async-signal-safe.
-        let replaced = unsafe {
-            libc::mmap(
-                start as *mut libc::c_void,
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_FIXED | libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if replaced == libc::MAP_FAILED {
-            break;
+        if entry.lost.load(Ordering::Acquire) {
+            // Replaced since this thread faulted: the instruction now finds valid memory.
+            return true;
         }
-        let poison = entry.poison.load(Ordering::Relaxed);
-        // SAFETY: stored from a `Poison` in `register`.
-        let poison: Poison = unsafe { std::mem::transmute::<usize, Poison>(poison) };
-        poison(start as *mut u8, len);
-        entry.lost.store(true, Ordering::Release);
-        return;
+        if entry
+            .state
+            .compare_exchange(LIVE, REPLACING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            let spare = entry.spare.swap(0, Ordering::AcqRel);
+            // SAFETY: the spare was prepared for this mapping and is used by nothing else
+            // (the swap took it); [start, start + len) is our own live mapping.
+            let moved = spare != 0 && unsafe { move_over(spare, start, len) };
+            if moved {
+                entry.lost.store(true, Ordering::Release);
+            }
+            entry.state.store(LIVE, Ordering::Release);
+            return moved;
+        }
+        // Another thread is moving the spare in: wait for it, then retry the access.
+        for _ in 0..WAIT_TURNS {
+            if entry.lost.load(Ordering::Acquire) {
+                return true;
+            }
+            if entry.state.load(Ordering::Acquire) != REPLACING {
+                break;
+            }
+            // SAFETY: sched_yield has no preconditions and is async-signal-safe.
+            unsafe { libc::sched_yield() };
+        }
+        return entry.lost.load(Ordering::Acquire);
     }
-    chain(signal, info, context);
+    false
 }
 
 /// Not one of ours: whatever handled SIGBUS before us decides.

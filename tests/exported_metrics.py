@@ -48,6 +48,11 @@ FAMILIES: dict[str, Family] = {
         "gauge", "limiter", "endpoint", "window"
     ),
     "peak_trade_rate_limit_paused_seconds": _family("gauge", "limiter"),
+    # Issue 16 (the complete guard): retries and timeouts per operation, bulkhead slots.
+    "peak_trade_retries_total": _family("counter", "operation"),
+    "peak_trade_bulkhead_in_flight": _family("gauge", "name"),
+    "peak_trade_bulkhead_rejections_total": _family("counter", "name"),
+    "peak_trade_timeouts_total": _family("counter", "operation"),
 }
 
 # The values that the state labels (from_state, to_state) take.

@@ -7,6 +7,8 @@ import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from peak_resilience import RateLimiter
 from peak_resilience.config import configure
 from peak_resilience.resilience_helpers import (
@@ -105,6 +107,7 @@ def test_a_disabled_redis_limiter_admits_everything(
     assert all(limiter.acquire() for _ in range(5))
 
 
+@pytest.mark.shared_backend
 def test_a_module_limiter_and_a_constructed_limiter_of_one_name_share_one_budget(
     fresh: ManualClock, write_config: WriteConfig
 ) -> None:

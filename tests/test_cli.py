@@ -9,6 +9,11 @@ from pathlib import Path
 
 import pytest
 
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # the package depends on tomli there
+    import tomli as tomllib
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -264,6 +269,8 @@ BAD_ARGUMENTS = [
     (["serve", "--port", "99999"], "argument --port"),
     (["serve", "--port", "-1"], "argument --port"),
     (["serve", "--port", "http"], "argument --port"),
+    (["serve", "--host", "999.1.1.1"], "argument --host"),
+    (["serve", "--host", "no-such-host.invalid"], "argument --host"),
     (["serve", "--config", "/nonexistent/config.toml"], "/nonexistent/config.toml"),
     (["demo", "--port", "99999"], "argument --port"),
     (["demo", "--duration", "-1"], "argument --duration"),
@@ -295,6 +302,16 @@ def test_a_bad_argument_is_one_line_naming_it_and_exit_2(args: list[str], named:
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.count("\n") == 1, result.stderr
     assert named in result.stderr
+
+
+def test_a_file_that_cannot_be_written_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    result = cli("config", "init", str(tmp_path / "missing" / "config.toml"))
+    assert "Traceback" not in result.stderr
+    assert result.returncode == 1
+    assert result.stderr == (
+        f"peak-resilience: error: cannot write {tmp_path / 'missing' / 'config.toml'}: "
+        "No such file or directory\n"
+    )
 
 
 def test_check_of_a_server_that_answers_no_health_report_is_unhealthy_exit_2() -> None:
@@ -395,8 +412,6 @@ def test_config_init_does_not_overwrite_a_file_without_force(tmp_path: Path) -> 
 
 
 def test_config_show_as_toml_is_a_file_with_the_same_settings(tmp_path: Path) -> None:
-    import tomllib
-
     from peak_resilience.config import load_config
 
     source = tmp_path / "source.toml"

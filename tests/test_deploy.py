@@ -38,8 +38,9 @@ GUIDE_ALERTS = {
     "RateLimitRejectionRateHigh",
     "HealthCheckFailing",
 }
-# Beyond the guide: a failing check that is not critical (the process is degraded).
-ALERTS_BEYOND_THE_GUIDE = {"HealthCheckDegraded"}
+# Beyond the guide: a failing check that is not critical (the process is degraded), and
+# a bulkhead that keeps refusing calls (issue 16).
+ALERTS_BEYOND_THE_GUIDE = {"HealthCheckDegraded", "BulkheadRejecting"}
 
 # Grafana's variables, replaced by what Prometheus would receive with "All" selected.
 GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$job": ".*", "$instance": ".*"}

@@ -177,3 +177,21 @@ def test_a_redis_outage_and_its_end_are_told_to_the_breakers_listeners(
     ]
     assert outages[0].error is not None and "Connection" in outages[0].error
     assert outages == [e for e in everything if isinstance(e, BackendOutage)]
+
+
+def test_a_refused_async_call_is_told_too(clock: ManualClock) -> None:
+    import asyncio
+
+    breaker = CircuitBreaker(1, 5.0, name="async-venue", clock=clock)
+    heard: list[Event] = []
+    breaker.add_listener(heard.append)
+    breaker.record_failure()
+
+    @breaker.call
+    async def fetch() -> str:
+        return "book"
+
+    with pytest.raises(CircuitBreakerError):
+        asyncio.run(fetch())
+    assert [type(e) for e in heard] == [BreakerTransition, CallRefused]
+    assert isinstance(heard[1], CallRefused) and heard[1].name == "async-venue"

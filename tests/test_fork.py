@@ -7,6 +7,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -53,6 +54,7 @@ def _in_a_forked_child(report: Callable[[], str]) -> str:
     pid = os.fork()
     if pid == 0:
         try:
+            signal.alarm(30)  # a child that hangs dies: the test fails instead of waiting
             os.write(write, report().encode())
         finally:
             os._exit(0)
@@ -79,6 +81,19 @@ def test_health_checks_run_in_a_forked_child_after_the_parent_ran_them() -> None
         health_check.unregister("slow")
     assert {name: r["healthy"] for name, r in results.items()} == dict.fromkeys(results, True)
     assert results["slow"]["message"] == "ok"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_health_server_stopped_in_a_forked_child_keeps_serving_in_the_parent() -> None:
+    from peak_resilience.http import start_health_server
+
+    server = start_health_server(port=0)
+    try:
+        # Without its own thread to wait for, the child's stop() would block for ever.
+        assert _in_a_forked_child(lambda: (server.stop(), "stopped")[1]) == "stopped"
+        assert _get(server.port, "/livez") == (200, {"status": "alive"})
+    finally:
+        server.stop()
 
 
 APP = """

@@ -87,7 +87,8 @@ class ReferenceBucket:
     def __init__(
         self, max_requests: int, window_ns: int, burst: int, engine: Engine = ENGINES["memory"]
     ) -> None:
-        self.interval = engine.interval((window_ns + max_requests // 2) // max_requests)
+        # Rounded up, as the native quota does: never refilling faster than the rate.
+        self.interval = engine.interval(-(-window_ns // max_requests))
         self.capacity = self.interval * burst
         self.level = self.capacity
         self.burst = burst

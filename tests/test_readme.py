@@ -18,7 +18,14 @@ def test_the_readme_has_python_examples() -> None:
     assert len(BLOCKS) >= 3
 
 
-@pytest.mark.parametrize("index", range(len(BLOCKS)))
+@pytest.mark.parametrize(
+    "index",
+    [
+        # The shared backend's examples need a build that has it (not the portable core).
+        pytest.param(i, marks=pytest.mark.shared_backend) if 'backend="shared"' in block else i
+        for i, block in enumerate(BLOCKS)
+    ],
+)
 def test_readme_example_runs(index: int, monkeypatch: pytest.MonkeyPatch) -> None:
     # As a user would run them: from the repository (where config.toml is), in a process
     # whose module registry and configuration start empty.

@@ -55,6 +55,7 @@ def test_a_reload_that_moves_a_shared_breaker_to_another_directory_is_refused(
     assert breaker.shared_path is not None and breaker.shared_path.parent == tmp_path / "a"
 
 
+@pytest.mark.shared_backend
 def test_a_reload_that_keeps_the_backend_still_applies_everything_else(
     fresh: ManualClock, write_config: WriteConfig, tmp_path: Path
 ) -> None:

@@ -125,3 +125,24 @@ def test_config_show_prints_the_budget_a_process_started_with_the_file_admits(
     assert "replaced by rate_limit_requests" in live
     assert process.returncode == 0, process.stderr
     assert process.stdout.strip() == "30"
+
+
+def test_config_validate_checks_the_budget_a_module_really_gets(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        textwrap.dedent("""
+            [resilience]
+            rate_limits = ["1200/60s", "50/10s"]
+            rate_limit_reserve = 40
+
+            [resilience.live]
+            rate_limit_requests = 30
+        """)
+    )
+
+    result = run("-m", "peak_resilience", "config", "validate", str(path))
+
+    assert result.returncode == 2
+    assert "[resilience.live]" in result.stderr
+    assert "rate_limit_reserve" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -288,3 +288,17 @@ def test_a_shared_dir_writable_by_others_is_refused_by_name(tmp_path: Path) -> N
     open_dir.chmod(0o770)
     with pytest.raises(PermissionError, match="mode 770"):
         CircuitBreaker(3, 60.0, "x", backend="shared", shared_dir=open_dir)
+
+
+@pytest.mark.without_shared_backend
+def test_a_build_without_the_shared_backend_refuses_it_naming_the_alternatives(
+    tmp_path: Path,
+) -> None:
+    # Windows, and the portable core CI builds on Linux (scripts/test-portable).
+    for make in (
+        lambda: RateLimiter(3, 60, name="x", backend="shared", shared_dir=tmp_path),
+        lambda: CircuitBreaker(3, 60.0, "x", backend="shared", shared_dir=tmp_path),
+    ):
+        with pytest.raises(ValueError, match=r"backend='memory'.*or backend='redis'"):
+            make()
+    assert RateLimiter(3, 60, name="x").acquire()  # memory stays available

@@ -146,3 +146,82 @@ def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_
     assert after_reset == error
     # The resilience health check reports it too.
     assert health.startswith("(False,") and "truncated" in health
+
+
+STALE = textwrap.dedent(
+    """
+    import os, sys
+    from pathlib import Path
+    from peak_resilience import RateLimiter
+
+    # What a process of this same pid left when it was killed while creating the file
+    # (a container starts its service as the same pid every time).
+    shm = Path(sys.argv[1])
+    shm.mkdir(parents=True)
+    for n in range(64):
+        (shm / f".limiter.exchange.default.bucket.{os.getpid()}.{n}.tmp").write_bytes(b"")
+    limiter = RateLimiter(2, 60, name="exchange", backend="shared", shared_dir=str(shm))
+    print(sum(limiter.acquire() for _ in range(5)))
+    """
+)
+
+
+def test_a_temporary_file_left_by_a_killed_process_of_the_same_pid_does_not_block_creation(
+    shared_dir: str,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", STALE, shared_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, child.stderr[-800:]
+    assert child.stdout.split() == ["2"]
+
+
+FIRST_TOUCH = textwrap.dedent(
+    """
+    import os, sys
+    from peak_resilience import CircuitBreaker, RateLimiter
+    shared_dir, which = sys.argv[1], sys.argv[2]
+    limiter = RateLimiter(1, 3600, name="binance", backend="shared", shared_dir=shared_dir)
+    breaker = CircuitBreaker(1, 3600, name="exchange", backend="shared", shared_dir=shared_dir)
+    assert limiter.acquire() and not limiter.acquire()
+    breaker.force_open()
+    path = limiter.default_bucket.shared_path if which == "limiter" else breaker.shared_path
+    os.truncate(path, 0)
+    # The update is the first to touch the truncated page.
+    try:
+        if which == "limiter":
+            limiter.default_bucket.set_rate(3, 3600)
+        else:
+            breaker.reset()
+    except Exception as err:
+        print(f"error: {err}")
+    else:
+        print("updated")
+    outcomes = []
+    for _ in range(3):
+        try:
+            outcomes.append(limiter.acquire() if which == "limiter" else breaker.allow())
+        except Exception:
+            outcomes.append("error")
+    print(outcomes)
+    """
+)
+
+
+@pytest.mark.parametrize("which", ["limiter", "breaker"])
+def test_an_update_that_first_touches_a_truncated_file_does_not_revive_it(
+    shared_dir: str, which: str
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", FIRST_TOUCH, shared_dir, which],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
+    update, outcomes = child.stdout.splitlines()
+    assert update.startswith("error:") and "truncated" in update
+    assert outcomes == "['error', 'error', 'error']"

@@ -248,3 +248,25 @@ def test_flask_serves_the_health_endpoints_under_a_prefix() -> None:
     assert refused.status_code == 503
     assert refused.headers["Retry-After"] == "3"
     assert refused.get_json() == {"error": "circuit open", "retry_after": 3, "breaker": "exchange"}
+
+
+def test_a_prefix_that_is_not_a_path_is_refused_naming_it() -> None:
+    import flask
+
+    from peak_resilience.integrations.flask import install
+
+    with pytest.raises(ValueError, match="prefix must be '' or start with '/', got 'ops'"):
+        install(flask.Flask("trading"), prefix="ops")
+
+
+def test_starlette_serves_the_health_endpoints_under_a_prefix() -> None:
+    from starlette.applications import Starlette
+
+    from peak_resilience.integrations.starlette import install
+
+    app = Starlette()
+    install(app, prefix="/ops/")  # a trailing slash is the same prefix
+    status, headers, body = asgi_get(app, "/ops/livez")
+    assert (status, json.loads(body)) == (200, {"status": "alive"})
+    assert headers["content-length"] == str(len(body))
+    assert asgi_get(app, "/livez")[0] == 404

@@ -7,6 +7,7 @@ breaker counts it for the state-changes family.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import weakref
@@ -205,6 +206,16 @@ class CircuitBreaker(_NativeBreaker):
         self.set_listener(_on_transition)
         watch_outages(self, "breaker")
         _instances.breakers.add(self)
+        # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
+        # re-creates: its series may simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # What it counted stays counted under its name (see _instances). At interpreter
+        # exit the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_breaker(self)
 
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this breaker's events: every

@@ -15,7 +15,6 @@ wants them.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
 import traceback
@@ -26,6 +25,7 @@ from typing import Any, Literal, Protocol, TypeAlias
 
 from peak_resilience import _logging
 from peak_resilience._circuit import CircuitState
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
@@ -46,7 +46,7 @@ __all__ = [
 logger = logging.getLogger("peak_resilience.events")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BreakerTransition:
     """Breaker ``breaker`` went from ``from_state`` to ``to_state``."""
 
@@ -57,7 +57,7 @@ class BreakerTransition:
     timestamp: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CallRefused:
     """A guarded call was not attempted: ``reason`` "circuit_open" (breaker ``name``) or
     "rate_limited" (limiter ``name``, its ``endpoint`` or None for the default bucket)."""
@@ -69,7 +69,7 @@ class CallRefused:
     timestamp: float = field(default_factory=time.time)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class BackendOutage:
     """The ``backend`` ("redis") of breaker or limiter ``name`` became unreachable
     (``available`` False, with the ``error``) or reachable again (True)."""
@@ -107,7 +107,7 @@ def _after_fork_in_child() -> None:
     _wanting_lock = threading.RLock()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 def _forget(key: int) -> None:

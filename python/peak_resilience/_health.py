@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import os
 import queue
 import threading
 import time
@@ -27,6 +26,8 @@ from typing import Any, Literal, TypedDict
 
 from peak_resilience import _instances
 from peak_resilience._circuit import CircuitState
+from peak_resilience._fork import after_fork_in_child
+from peak_resilience._labels import label_value
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock, TokenBucket
 
@@ -128,7 +129,7 @@ def _after_fork_in_child() -> None:
         registry._after_fork()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 class _Run:
@@ -202,8 +203,7 @@ class HealthCheckRegistry:
         """Adds (or replaces) the check ``name``. ``fn()`` returns ``(ok, message)`` or a
         bool (an async function is run to completion); one that raises or runs past
         ``timeout`` seconds is reported unhealthy."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"health check name must be a non-empty str, got {name!r}")
+        label_value(name, "health check name")
         if not callable(fn):
             raise ValueError(f"health check {name!r}: fn must be callable, got {fn!r}")
         if not isinstance(critical, bool):

@@ -25,6 +25,7 @@ What an exchange's budget needs beyond that (issue 8):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import os
 import time
@@ -196,6 +197,16 @@ class RateLimiter(_NativeLimiter):
         self._listeners = Listeners()
         watch_outages(self, "limiter")
         _instances.limiters.add(self)
+        # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
+        # re-creates: its series may simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # What it counted stays counted under its name (see _instances). At interpreter
+        # exit the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_limiter(self)
 
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this limiter's events: every

@@ -431,7 +431,14 @@ impl PyCircuitBreaker {
                 return Ok(());
             }
         }
-        let transition = local(&self.core);
+        // A shared breaker's update checks loss, applies and checks again: a command must
+        // not revive a truncated file's held-open state as a breaker of this process.
+        let transition = match &self.shared {
+            None => local(&self.core),
+            Some(region) => region
+                .update(|| local(&self.core))
+                .ok_or_else(|| lost_error(region.path(), "circuit breaker"))?,
+        };
         self.notify(py, transition);
         Ok(())
     }
@@ -865,7 +872,11 @@ impl PyCircuitBreaker {
         .apply(self.core.settings())?;
         match &self.shared {
             None => self.core.set_settings(settings),
-            Some(region) => shared::set_shared_settings(&self.core, region, settings),
+            Some(region) => {
+                if !shared::set_shared_settings(&self.core, region, settings) {
+                    return Err(lost_error(region.path(), "circuit breaker"));
+                }
+            }
         }
         if let Some(store) = &self.remote {
             store.configure_breaker(py, &self.core.settings())?;

@@ -1,8 +1,10 @@
 //! `OperationStats`: the counters and latency histogram of one operation.
 
+use std::sync::Mutex;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyDict, PyList, PyString, PyType};
 
 use crate::clock::{nanos_to_seconds, seconds_to_nanos};
 use crate::stats::OperationStats;
@@ -17,12 +19,20 @@ use crate::stats::OperationStats;
 pub struct PyOperationStats {
     pub stats: OperationStats,
     name: Py<PyString>,
+    /// The exception types the failure table names, kept alive as long as the table: a
+    /// type is keyed by its address, which a type made later could otherwise reuse and
+    /// be counted under the freed one's name. At most `FAILURE_KINDS` of them.
+    named_types: Mutex<Vec<Py<PyType>>>,
 }
 
 impl PyOperationStats {
     pub fn record_exception(&self, py: Python<'_>, err: &PyErr) {
         let ty = err.get_type(py);
         self.stats.record_failure(ty.as_ptr() as usize, || {
+            self.named_types
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(ty.clone().unbind());
             ty.name()
                 .map(|n| n.to_string())
                 .unwrap_or_else(|_| "Exception".to_owned())
@@ -45,6 +55,7 @@ impl PyOperationStats {
         PyOperationStats {
             stats: OperationStats::default(),
             name: name.unbind(),
+            named_types: Mutex::new(Vec::new()),
         }
     }
 

@@ -285,17 +285,27 @@ impl PyTokenBucket {
     }
 
     fn set_windows_checked(&self, py: Python<'_>, w: Windows) -> PyResult<()> {
-        match &self.shared {
-            None => self.core.set_windows(&w.quotas, w.reserve),
-            Some(region) => shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve),
+        {
+            // One change at a time: a window's switch fills its spare slot, which a second
+            // concurrent change of another rate must not overwrite before the first
+            // switches. No Python runs under the lock (it could wait for the GIL).
+            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
+            match &self.shared {
+                None => self.core.set_windows(&w.quotas, w.reserve),
+                Some(region) => {
+                    if !shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve) {
+                        return Err(lost_error(region.path(), "rate limiter"));
+                    }
+                }
+            }
+            let (max, window) = w.limits[0];
+            self.max_requests.store(max, Ordering::Relaxed);
+            self.window.store(window, Ordering::Relaxed);
+            *limits = w.limits;
         }
         if let Some(store) = &self.remote {
             store.configure_bucket(py, &w.quotas, w.reserve)?;
         }
-        let (max, window) = w.limits[0];
-        self.max_requests.store(max, Ordering::Relaxed);
-        self.window.store(window, Ordering::Relaxed);
-        *self.limits.lock().unwrap_or_else(|e| e.into_inner()) = w.limits;
         Ok(())
     }
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import argparse
 import math
+import socket
 import urllib.parse
 
-__all__ = ["count", "port", "seconds", "url"]
+__all__ = ["count", "host", "port", "seconds", "url"]
 
 
 def _integer(text: str) -> int:
@@ -60,4 +61,15 @@ def url(text: str) -> str:
             f"expected an http:// or https:// URL with a host (e.g. http://127.0.0.1:9108), "
             f"got {text!r}"
         )
+    return text
+
+
+def host(text: str) -> str:
+    """An address to bind: an IP address or a name that resolves (checked now, so that a
+    typo is an error of the argument rather than of the server starting)."""
+    try:
+        socket.getaddrinfo(text, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError) as err:
+        reason = err.strerror if isinstance(err, OSError) and err.strerror else str(err)
+        raise argparse.ArgumentTypeError(f"cannot bind to {text!r}: {reason}") from None
     return text

@@ -100,7 +100,12 @@ def check(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     serve_ = commands.add_parser("serve", help="serve the health and metrics endpoints")
     serve_.add_argument("--config", help="config.toml (default: $PEAK_TRADE_CONFIG, ./config.toml)")
-    serve_.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    serve_.add_argument(
+        "--host",
+        type=arguments.host,
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1)",
+    )
     serve_.add_argument(
         "--port", type=arguments.port, default=9108, help="port (default: 9108; 0: a free one)"
     )

@@ -45,21 +45,22 @@ class _OneLine(logging.Formatter):
         return f"peak-resilience: {record.levelname.lower()}: {record.getMessage()}"
 
 
-def _show_warnings() -> None:
+def _show_warnings() -> logging.Handler | None:
     """The command is the application: the package's warnings (a health server open to
     the network without a token, a backend outage) go to stderr, one line each. Only
-    the package's loggers, and only if nobody set logging up before."""
+    the package's loggers, and only if nobody set logging up before (a program calling
+    ``main`` may have): the handler, to remove when the command ends, or None."""
     package = logging.getLogger("peak_resilience")
-    if any(not isinstance(h, logging.NullHandler) for h in package.handlers):
-        return
+    configured = logging.getLogger().handlers + package.handlers
+    if any(not isinstance(h, logging.NullHandler) for h in configured):
+        return None
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_OneLine())
     package.addHandler(handler)
+    return handler
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    _show_warnings()
+def _run(args: argparse.Namespace) -> int:
     #: What a failure exits with: 1, or 2 for ``check`` (where 1 means "degraded").
     failed = int(getattr(args, "error_exit", 1))
     try:
@@ -79,3 +80,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger("peak_resilience.cli").debug("unexpected error", exc_info=True)
         print(f"peak-resilience: error: {type(err).__name__}: {err}", file=sys.stderr)
         return failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command ``argv`` (default: the process' arguments); returns its exit code."""
+    args = build_parser().parse_args(argv)
+    handler = _show_warnings()
+    try:
+        return _run(args)
+    finally:
+        if handler is not None:
+            logging.getLogger("peak_resilience").removeHandler(handler)

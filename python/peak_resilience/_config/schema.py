@@ -164,6 +164,11 @@ class Settings:
     circuit_breaker_max_timeout: float = key(600.0, positive)
     #: Decide but do not enforce: every call runs, would-be refusals are counted.
     circuit_breaker_metrics_only: bool = key(False)
+    # Issue 16, the bulkhead (off unless set).
+    #: Calls of one operation that may run at once; None: no cap.
+    max_concurrent: int | None = key(None, optional(at_least(1)))
+    #: Seconds a call over the cap waits for a slot before it is refused.
+    bulkhead_max_wait: float = key(0.0, at_least(0))
 
     @property
     def redis_location(self) -> str | None:

@@ -1,8 +1,8 @@
 """A refused call as an HTTP answer, the same for every web framework.
 
-A rate limit is 429, an open circuit 503, both with ``Retry-After`` in whole seconds
-rounded up (at least 1: a client told 0 would come straight back into the same refusal)
-and a small JSON body naming what refused. The refusal is logged at DEBUG: it is the
+A rate limit is 429, an open circuit or a full bulkhead 503, all with ``Retry-After`` in
+whole seconds rounded up (at least 1: a client told 0 would come straight back into the
+same refusal) and a small JSON body naming what refused. The refusal is logged at DEBUG: it is the
 service working as configured, not an error, and never a traceback.
 """
 
@@ -13,14 +13,14 @@ import logging
 import math
 
 from peak_resilience._http.endpoints import Response
-from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+from peak_resilience.errors import BulkheadFull, CircuitBreakerError, RateLimitExceeded
 
 __all__ = ["REFUSALS", "refusal_response", "retry_after_header"]
 
 logger = logging.getLogger("peak_resilience.http")
 
 #: The exceptions a framework integration turns into answers.
-REFUSALS: tuple[type[Exception], ...] = (RateLimitExceeded, CircuitBreakerError)
+REFUSALS: tuple[type[Exception], ...] = (RateLimitExceeded, CircuitBreakerError, BulkheadFull)
 
 
 def retry_after_header(seconds: float) -> str:
@@ -31,9 +31,9 @@ def retry_after_header(seconds: float) -> str:
 
 
 def refusal_response(refusal: Exception, path: str = "") -> Response:
-    """429 for ``RateLimitExceeded``, 503 for ``CircuitBreakerError``; TypeError for any
-    other exception (an integration registers this for those two only)."""
-    if not isinstance(refusal, RateLimitExceeded | CircuitBreakerError):
+    """429 for ``RateLimitExceeded``, 503 for ``CircuitBreakerError`` and ``BulkheadFull``;
+    TypeError for any other exception (an integration registers this for those only)."""
+    if not isinstance(refusal, RateLimitExceeded | CircuitBreakerError | BulkheadFull):
         raise TypeError(f"not a refusal: {type(refusal).__name__}")
     retry_after = retry_after_header(refusal.retry_after)
     if isinstance(refusal, RateLimitExceeded):
@@ -43,6 +43,13 @@ def refusal_response(refusal: Exception, path: str = "") -> Response:
             "retry_after": int(retry_after),
             "limiter": refusal.limiter,
             "endpoint": refusal.endpoint,
+        }
+    elif isinstance(refusal, BulkheadFull):
+        status = 503
+        payload = {
+            "error": "bulkhead full",
+            "retry_after": int(retry_after),
+            "bulkhead": refusal.name,
         }
     else:
         status = 503

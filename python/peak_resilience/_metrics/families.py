@@ -97,4 +97,13 @@ FAMILIES = (
         "gauge",
         "Seconds a paused rate limiter still refuses every request (0: not paused)",
     ),
+    # Issue 16, the complete guard: exported for the operations and bulkheads that use it.
+    ("retries", "counter", "Attempts of an operation's calls made again after a failure"),
+    ("bulkhead_in_flight", "gauge", "Calls holding a slot of the bulkhead now"),
+    (
+        "bulkhead_rejections",
+        "counter",
+        "Calls refused because every slot of the bulkhead was taken (the function was not run)",
+    ),
+    ("timeouts", "counter", "Async calls cancelled for running past their timeout"),
 )

@@ -65,6 +65,10 @@ class Collector:
             slow_calls,
             window_tokens,
             paused,
+            retries,
+            bulkhead_in_flight,
+            bulkhead_rejections,
+            timeouts,
         ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
@@ -150,4 +154,16 @@ class Collector:
         ]
         n = paused.name
         paused.samples = [_sample(n, {"limiter": k}, v) for k, v in readings.paused.items()]
+        n = retries.name + "_total"
+        retries.samples = [_sample(n, {"operation": k}, v) for k, v in readings.retries.items()]
+        n = bulkhead_in_flight.name
+        bulkhead_in_flight.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.bulkhead_in_flight.items()
+        ]
+        n = bulkhead_rejections.name + "_total"
+        bulkhead_rejections.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.bulkhead_rejections.items()
+        ]
+        n = timeouts.name + "_total"
+        timeouts.samples = [_sample(n, {"operation": k}, v) for k, v in readings.timeouts.items()]
         return families

@@ -4,7 +4,8 @@ Nothing per call goes through prometheus-client. A read walks the live breakers 
 limiters (weakly held, so a dropped one disappears) and the operation registry, reads
 their atomics and merges what explicit ``metrics.record_*`` calls reported. Several
 objects may share a name: counters are then summed, the state gauge shows the worst state
-and the tokens gauge the emptiest bucket.
+and the tokens gauge the emptiest bucket. What dropped objects counted stays in their
+name's counters (``_instances.retired``), so that no counter ever goes down.
 """
 
 from __future__ import annotations
@@ -116,6 +117,13 @@ class Readings:
     window_tokens: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
     #: Seconds each limiter stays paused (0.0 when it is not).
     paused: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Retries made, by operation (operations with a retry policy).
+    retries: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Calls holding a bulkhead slot now, and calls refused for want of one, by bulkhead.
+    bulkhead_in_flight: dict[str, int] = dataclasses.field(default_factory=dict)
+    bulkhead_rejections: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Async calls cancelled by their timeout, by operation.
+    timeouts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -182,7 +190,23 @@ def read(
     slow_calls: dict[str, int] = {}
     refused: dict[str, int] = {}
     shared_breakers: set[Any] = set()
-    for breaker in _instances.alive(_instances.breakers):
+    with _instances.lock:  # the live objects and the dropped ones' counts, at one instant
+        live_breakers = _instances.alive(_instances.breakers)
+        live_limiters = _instances.alive(_instances.limiters)
+        retired_breakers = {n: dict(c) for n, c in _instances.retired.breakers.items()}
+        retired_buckets = {k: tuple(v) for k, v in _instances.retired.buckets.items()}
+    for name, kept in retired_breakers.items():
+        failures[name] = kept.get("failures", 0)
+        refused[name] = kept.get("rejections", 0)
+        if kept.get("would_reject"):
+            would_reject[name] = kept["would_reject"]
+        if kept.get("slow_calls"):
+            slow_calls[name] = kept["slow_calls"]
+        for key, count in kept.items():
+            if isinstance(key, tuple):
+                label = (name, STATE_LABELS[key[0]], STATE_LABELS[key[1]])
+                changes[label] = changes.get(label, 0) + count
+    for breaker in live_breakers:
         name = breaker.name
         code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
         if _SEVERITY[code] >= _SEVERITY[states.get(name, code)]:
@@ -222,7 +246,10 @@ def read(
     window_tokens: dict[tuple[str, str, str], float] = {}
     paused: dict[str, float] = {}
     shared_files: set[Any] = set()
-    for limiter in _instances.alive(_instances.limiters):
+    for bucket_key, (hits, rejected) in retired_buckets.items():
+        requests[bucket_key] = hits
+        rejections[bucket_key] = rejected
+    for limiter in live_limiters:
         name = limiter.name
         for endpoint, allowed, rejected, available, shared_file, extra in limiter._export():
             bucket_key = (name, endpoint)
@@ -242,6 +269,13 @@ def read(
         requests[bucket_key] = requests.get(bucket_key, 0) + hits
         rejected = reported_rejections.get(bucket_key, 0)
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
+
+    in_flight: dict[str, int] = {}
+    slots_refused: dict[str, int] = {}
+    for bulkhead in _instances.alive(_instances.bulkheads):
+        in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
+        slots_refused[bulkhead.name] = slots_refused.get(bulkhead.name, 0) + bulkhead.rejections
+    retries = {name: retry.retries for name, retry in dict(_instances.retries).items()}
 
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
     # Error types past the native table's size are counted as "other": folded values too.
@@ -268,4 +302,8 @@ def read(
         refused,
         window_tokens,
         paused,
+        retries,
+        in_flight,
+        slots_refused,
+        dict(_instances.timeouts),
     )

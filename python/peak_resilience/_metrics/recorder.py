@@ -22,7 +22,6 @@ import collections
 import functools
 import inspect
 import logging
-import os
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -35,7 +34,9 @@ from peak_resilience import _instances, _native
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._health import HealthCheckRegistry, health_check
+from peak_resilience._labels import label_value as _non_empty
 from peak_resilience._metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -68,12 +69,6 @@ DEFAULT_MAX_SERIES = 1000
 DEFAULT_SNAPSHOT_CAPACITY = 1000
 
 _STATES_BY_NAME = {state.name.lower(): state for state in CircuitState}
-
-
-def _non_empty(value: object, argument: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
-    return value
 
 
 def _circuit_state(value: object, argument: str) -> CircuitState:
@@ -184,6 +179,7 @@ class Metrics:
         self._events: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=DEFAULT_SNAPSHOT_CAPACITY
         )
+        self._events_lock = threading.Lock()
         # What explicit record_* calls reported, merged with the native counters on export.
         self._reported_transitions: dict[tuple[str, str, str], int] = {}
         self._reported_states: dict[str, int] = {}
@@ -262,7 +258,7 @@ class Metrics:
             self._max_series = max_series_per_family
         if snapshot_capacity is not None:
             capacity = snapshot_capacity
-            with self._lock:
+            with self._events_lock:
                 self._events = collections.deque(self._events, maxlen=capacity)
         if prefix is not None and prefix != self._prefix:
             self.set_prefix(prefix)
@@ -433,10 +429,13 @@ class Metrics:
     # -- events --------------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: str) -> None:
-        # deque.append with a maxlen is atomic: no lock, the oldest event drops out.
-        self._events.append(
-            {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
-        )
+        # The time is read and the event appended under one lock: otherwise a writer
+        # preempted between the two appends after a later one, and the ring is no longer
+        # oldest-first. Events are rare (transitions, refusals, failures), never per call.
+        with self._events_lock:
+            self._events.append(
+                {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
+            )
 
     def _on_breaker_transition(
         self, name: str, from_state: CircuitState, to_state: CircuitState
@@ -459,7 +458,8 @@ class Metrics:
             raise ValueError(f"limit must be a non-negative int, got {limit!r}")
         if limit == 0:
             return []
-        events = list(self._events)
+        with self._events_lock:
+            events = list(self._events)
         return [dict(event) for event in events[-limit:]]
 
     # -- reading -------------------------------------------------------------------------
@@ -520,10 +520,11 @@ def _after_fork_in_child() -> None:
     # A thread of the parent may have held the lock at the fork: it would stay held in
     # the child for ever. The counts themselves are the child's copy, like its budgets.
     metrics._lock = threading.Lock()
+    metrics._events_lock = threading.Lock()
     metrics.last_read_error = None
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+after_fork_in_child(_after_fork_in_child)
 
 
 class _FollowConfig:

@@ -10,12 +10,14 @@ leave a fail-safe function without a fallback, and applies the others in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from peak_resilience import _instances
 from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._bulkhead import Bulkhead
 from peak_resilience._config.active import active, add_listener, lock
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
@@ -23,6 +25,7 @@ from peak_resilience._config.parameters import Placement, breaker_parameters, li
 from peak_resilience._config.schema import TABLE
 from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
+from peak_resilience._labels import label_value
 from peak_resilience._limiter import RateLimiter
 
 # The guide's Debugging section turns these up: breaker events under "resilience", rate
@@ -35,8 +38,8 @@ from peak_resilience._modules.build import (
     update_breaker,
     update_limiter,
 )
-from peak_resilience._native import Guard, ManualClock, OperationStats
-from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+from peak_resilience._native import Guard, ManualClock, OperationStats, Retry
+from peak_resilience.errors import BulkheadFull, CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
     "ModuleRegistry",
@@ -69,14 +72,14 @@ def _rejection_log(
         elif isinstance(refusal, CircuitBreakerError):
             _breaker_log.debug("%s refused: %s", name, refusal)
             announce_refusal(refusal, None if breaker is None else breaker._listeners)
+        elif isinstance(refusal, BulkheadFull):
+            _breaker_log.debug("%s refused: %s", name, refusal)
 
     return on_reject
 
 
 def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
-    return value
+    return label_value(value, what)
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,7 @@ class ModuleRegistry:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, RateLimiter] = {}
+        self.bulkheads: dict[str, Bulkhead] = {}
         self._breaker_modules: dict[str, str] = {}
         #: Where each object's state lives, as built: a reload may not move it.
         self._placements: dict[tuple[str, str], Placement] = {}
@@ -130,6 +134,28 @@ class ModuleRegistry:
                 self.limiters[module] = found
                 self._placements[("limiter", module)] = limiter_parameters(settings).placement
         return found
+
+    def bulkhead(self, name: str, max_concurrent: int, max_wait: float) -> Bulkhead:
+        """The bulkhead of operation ``name``: every function decorated as the operation
+        shares its slots. Its cap is the first one asked for."""
+        with lock():
+            found = self.bulkheads.get(name)
+            if found is None:
+                found = Bulkhead(max_concurrent, name=name, max_wait=max_wait, clock=self.clock)
+                self.bulkheads[name] = found
+        return found
+
+    def retry(self, name: str, policy: Retry) -> Retry:
+        """``policy`` on the retry budget of operation ``name``: one budget per operation,
+        made on first use (on the registry's clock), shared by every function decorated
+        as it."""
+        with lock():
+            budget = _instances.retries.get(name)
+            if budget is None:
+                own = policy.with_own_budget(self.clock)
+                _instances.retries[name] = own
+                return own
+            return policy.sharing_budget_of(budget)
 
     def remember(self, decorated: _Decorated) -> None:
         with lock():
@@ -282,6 +308,9 @@ def with_resilience(
     cost: int = ...,
     fallback_on_failure: bool = ...,
     priority: str | None = ...,
+    max_concurrent: int | None = ...,
+    retry: Retry | None = ...,
+    timeout: float | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -297,6 +326,9 @@ def with_resilience(
     cost: int = ...,
     fallback_on_failure: bool = ...,
     priority: str | None = ...,
+    max_concurrent: int | None = ...,
+    retry: Retry | None = ...,
+    timeout: float | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]: ...
 
 
@@ -311,6 +343,9 @@ def with_resilience(
     cost: int = 1,
     fallback_on_failure: bool = False,
     priority: str | None = None,
+    max_concurrent: int | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]:
     """Guards a sync or async function (or method) with ``module``'s settings.
 
@@ -325,6 +360,15 @@ def with_resilience(
     ``"module.operation"`` unless ``metrics_enabled = false``. ``priority="high"`` (a
     cancel, a risk reduction) may use the limiter's ``rate_limit_reserve``; other calls
     may not.
+
+    ``max_concurrent`` (or the module's ``max_concurrent`` key) caps the calls of the
+    operation in flight at once: a call over the cap waits up to ``bulkhead_max_wait``
+    seconds for a slot, then is refused with ``BulkheadFull``. ``retry=Retry(...)`` tries
+    the exception classes it names again, within a retry budget of the operation's own.
+    ``timeout`` seconds cancels an ``async def`` call that runs longer (a failure,
+    raising ``TimeoutError``); a sync function cannot be cancelled, so it is refused
+    there: use ``circuit_breaker_slow_call_duration``. The order of these policies is the
+    README's: fallback, retry, breaker, limiter, bulkhead, timeout, the call.
 
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
@@ -356,6 +400,9 @@ def with_resilience(
         clock = registry.clock
         breaker = registry.breaker(module, operation) if use_circuit_breaker else None
         limiter = registry.limiter(module) if use_rate_limiter else None
+        cap = settings.max_concurrent if max_concurrent is None else max_concurrent
+        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
+        own_retry = None if retry is None else registry.retry(name, retry)
         decorated = guard(
             func,
             breaker=breaker,
@@ -370,6 +417,10 @@ def with_resilience(
             sleep=clock.sleep if clock is not None else None,
             async_sleep=_manual_async_sleep(clock) if clock is not None else None,
             on_reject=_rejection_log(name, breaker, limiter),
+            bulkhead=bulkhead,
+            retry=own_retry,
+            timeout=timeout,
+            on_timeout=functools.partial(_instances.count_timeout, name),
         )
         native = getattr(decorated, "guard", decorated)
         registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))

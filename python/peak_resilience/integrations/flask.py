@@ -8,6 +8,8 @@ Needs ``flask``: ``pip install peak-resilience[flask]``.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import flask
 
 from peak_resilience._http.endpoints import Response as Answer
@@ -42,16 +44,18 @@ def install(
         return
     endpoints = endpoints_for(token)
 
-    def serve() -> flask.Response:
-        request = flask.request
-        path = request.path[len(prefix) :] if prefix else request.path
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        return _answer(endpoints.handle(request.method, path, headers))
+    def route(path: str) -> Callable[[], flask.Response]:
+        def serve() -> flask.Response:
+            request = flask.request
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            return _answer(endpoints.handle(request.method, path, headers))
 
-    for path in endpoints.paths:
+        return serve
+
+    for mounted, path in endpoints.paths_under(prefix).items():
         app.add_url_rule(
-            prefix + path,
+            mounted,
             endpoint=f"peak_resilience:{path}",
-            view_func=serve,
+            view_func=route(path),
             methods=["GET", "HEAD"],
         )

@@ -8,6 +8,8 @@ Needs ``starlette`` (FastAPI brings it): ``pip install peak-resilience[starlette
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -48,11 +50,13 @@ def install(
         return
     endpoints = endpoints_for(token)
 
-    async def serve(request: Request) -> Response:
-        path = request.url.path[len(prefix) :] if prefix else request.url.path
-        headers = {name.lower(): value for name, value in request.headers.items()}
-        answer = await run_in_threadpool(endpoints.handle, request.method, path, headers)
-        return _answer(answer)
+    def route(path: str) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(request: Request) -> Response:
+            headers = {name.lower(): value for name, value in request.headers.items()}
+            answer = await run_in_threadpool(endpoints.handle, request.method, path, headers)
+            return _answer(answer)
 
-    for path in endpoints.paths:
-        app.add_route(prefix + path, serve, methods=["GET", "HEAD"], include_in_schema=False)
+        return serve
+
+    for mounted, path in endpoints.paths_under(prefix).items():
+        app.add_route(mounted, route(path), methods=["GET", "HEAD"], include_in_schema=False)

@@ -12,11 +12,12 @@ threads.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, TypeVar
+
+from peak_resilience._fork import after_fork_in_child
 
 __all__ = ["THREADS", "admission", "off_loop", "start_threads"]
 
@@ -90,4 +91,4 @@ def _forget_threads_after_fork() -> None:
     _lock = threading.Lock()
 
 
-os.register_at_fork(after_in_child=_forget_threads_after_fork)
+after_fork_in_child(_forget_threads_after_fork)

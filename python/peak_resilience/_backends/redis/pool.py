@@ -17,12 +17,13 @@ parent's).
 
 from __future__ import annotations
 
-import os
 import threading
 import weakref
 from collections import deque
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from peak_resilience._fork import after_fork_in_child
 
 __all__ = ["MAX_CONNECTIONS", "Pool"]
 
@@ -177,4 +178,4 @@ def _empty_after_fork() -> None:
         pool._empty()
 
 
-os.register_at_fork(after_in_child=_empty_after_fork)
+after_fork_in_child(_empty_after_fork)
