@@ -326,3 +326,23 @@ def test_a_trial_long_after_a_state_read_half_opened_the_circuit_is_the_only_one
         breaker.call(trial)()
     assert second == ["refused"]
     assert breaker.state is CircuitState.OPEN
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
+def test_a_success_recorded_by_hand_with_no_trial_permit_out_does_not_close_the_circuit(
+    backend: str, clock: ManualClock, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    where: dict[str, object] = {"backend": backend}
+    if backend == "shared":
+        where["shared_dir"] = str(tmp_path)
+    elif backend == "redis":
+        where["redis_url"] = request.getfixturevalue("redis_url")
+    breaker = CircuitBreaker(1, 10, name="by-hand", clock=clock, **where)  # type: ignore[arg-type]
+    breaker.record_failure()
+    clock.advance(10)
+    assert breaker.state is CircuitState.HALF_OPEN
+    breaker.record_success()  # no allow(): no trial permit taken
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED

@@ -54,7 +54,7 @@ class Engine:
         """A token's interval as the engine counts it."""
         if self.resolution_ns == 1:
             return native_ns
-        return round(native_ns / self.resolution_ns) * self.resolution_ns
+        return -(-native_ns // self.resolution_ns) * self.resolution_ns
 
 
 ENGINES = {
@@ -87,7 +87,7 @@ class ReferenceBucket:
     def __init__(
         self, max_requests: int, window_ns: int, burst: int, engine: Engine = ENGINES["memory"]
     ) -> None:
-        self.interval = engine.interval((window_ns + max_requests // 2) // max_requests)
+        self.interval = engine.interval(-(-window_ns // max_requests))
         self.capacity = self.interval * burst
         self.level = self.capacity
         self.burst = burst
