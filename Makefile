@@ -2,7 +2,7 @@
 .PHONY: dev test lint bench demo package-check
 
 dev:
-	PEAK_EXTRAS=dev bash scripts/setup
+	PEAK_GROUPS=dev bash scripts/setup
 
 test:
 	bash scripts/test

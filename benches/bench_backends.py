@@ -7,6 +7,10 @@ Groups (ours vs the floor / peers it is compared to):
   sends its script: what is left is the script's own time on the server), and against
   limits' RedisStorage moving window and pyrate-limiter's RedisBucket on the same server
   (bar: faster than both).
+- ``guarded-redis`` (issue 12): a call guarded by a Redis breaker and a Redis limiter,
+  admitted (the admission and the token waited for, the success sent without waiting for
+  its reply) and refused for want of a token (nothing given back to the breaker), against
+  the same PING (targets 1.3x and 1.2x of one PING).
 
 Every limiter has a budget it never exhausts, so each call does the full admit path.
 """
@@ -24,7 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from redis_server import RedisServer
 
-from peak_resilience import RateLimiter
+from peak_resilience import CircuitBreaker, RateLimiter
+from peak_resilience._guard import guard
 
 BIG = 10**9  # requests per second: never runs out during a benchmark
 REDIS_BIG = 10**6  # the finest rate Redis counts (one per microsecond), still never runs out
@@ -69,7 +74,7 @@ def test_redis_py_ping_floor(benchmark: Any, redis_url: str) -> None:
 @pytest.mark.benchmark(group="acquire-redis")
 def test_redis_bare_round_trip_floor(benchmark: Any, redis_url: str) -> None:
     limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-bare", backend="redis", redis_url=redis_url)
-    conn = limiter.store.link._pool.make_connection()
+    conn = limiter.store.link.pool.unconnected()
     ping = conn.pack_command("PING")
 
     def bare_ping() -> None:
@@ -109,3 +114,27 @@ def test_pyrate_limiter_redis_bucket(benchmark: Any, redis_url: str) -> None:
     limiter = Limiter(bucket)
     assert limiter.try_acquire("bench", blocking=False)
     benchmark(limiter.try_acquire, "bench", 1, False)
+
+
+# Guarded calls on Redis (issue 12) ------------------------------------------------------
+
+
+@pytest.mark.benchmark(group="guarded-redis")
+def test_redis_guarded_call_admitted(benchmark: Any, redis_url: str) -> None:
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(5, 60, "bench-guarded", **on_redis)
+    limiter = RateLimiter(REDIS_BIG, 1.0, name="bench-guarded", **on_redis)
+    call = guard(lambda: None, breaker=breaker, limiter=limiter)
+    call()
+    benchmark(call)
+
+
+@pytest.mark.benchmark(group="guarded-redis")
+def test_redis_guarded_call_refused(benchmark: Any, redis_url: str) -> None:
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(5, 60, "bench-refused", **on_redis)
+    limiter = RateLimiter(1, 3600, name="bench-refused", **on_redis)
+    call = guard(lambda: "sent", breaker=breaker, limiter=limiter, fallback="refused")
+    assert call() == "sent"
+    assert call() == "refused"
+    benchmark(call)

@@ -74,7 +74,7 @@ def _paths() -> dict[str, Callable[[], Any]]:
         return wrapper
 
     counter = itertools.count()
-    return {
+    paths: dict[str, Callable[[], Any]] = {
         "floor: next(count) (a C builtin call)": counter.__next__,
         "floor: a trivial *args/**kwargs decorator": decorator(_noop),
         "acquire()": limiter.acquire,
@@ -83,6 +83,19 @@ def _paths() -> dict[str, Callable[[], Any]]:
         "with_resilience (breaker, limiter, metrics)": resilient,
         "call refused by an open circuit (caught)": refusal,
     }
+    try:  # issue 16's policies, absent from older builds (--against one of them)
+        from peak_resilience.resilience import Retry
+    except ImportError:
+        return paths
+    create_module_rate_limiter("hot-policies").default_bucket.set_rate(10**9, 1.0)
+    paths["with_resilience + retry and bulkhead, not triggered"] = with_resilience(
+        "hot-policies",
+        "op",
+        use_rate_limiter=True,
+        retry=Retry(3, on=ConnectionError),
+        max_concurrent=1000,
+    )(_noop)
+    return paths
 
 
 def _time(func: Callable[[], Any], calls: int) -> float:

@@ -205,6 +205,22 @@ RATIOS = [
         1.0,
     ),
     Ratio(
+        12,
+        "redis-guarded call (breaker + limiter), admitted, vs one redis-py PING",
+        "test_redis_guarded_call_admitted",
+        "test_redis_py_ping_floor",
+        "at_most",
+        1.3,
+    ),
+    Ratio(
+        12,
+        "redis-guarded call refused for want of a token vs one redis-py PING",
+        "test_redis_guarded_call_refused",
+        "test_redis_py_ping_floor",
+        "at_most",
+        1.2,
+    ),
+    Ratio(
         8,
         "three-window acquire vs one-window acquire",
         "test_ours_acquire_three_windows",

@@ -1,9 +1,11 @@
 //! Time for the state machines: monotonic nanoseconds, never the wall clock.
 //!
-//! The system clock is `CLOCK_MONOTONIC`, which every process on a host reads alike, so a
-//! bucket kept in shared memory means the same instant to each of them. The manual clock is
-//! a shared atomic counter: every copy of it agrees, and tests advance it by hand instead of
-//! sleeping.
+//! The system clock is `CLOCK_MONOTONIC` on Unix, which every process on a host reads alike,
+//! so a bucket kept in shared memory means the same instant to each of them. Elsewhere
+//! (Windows, or any build with `--cfg peak_portable`, which is how CI runs this path on Linux)
+//! it is std's `Instant` from a process-wide origin: monotonic, but private to the process,
+//! which is why those builds have no shared backend. The manual clock is a shared atomic
+//! counter: every copy of it agrees, and tests advance it by hand instead of sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -34,6 +36,7 @@ impl Clock {
 
 /// `CLOCK_MONOTONIC` in nanoseconds: unaffected by wall-clock jumps, and the same for every
 /// process on the host (which the shared-memory backend relies on).
+#[cfg(all(unix, not(peak_portable)))]
 #[inline]
 pub fn monotonic_now() -> u64 {
     let mut ts = libc::timespec {
@@ -45,6 +48,20 @@ pub fn monotonic_now() -> u64 {
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
     (ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64
+}
+
+/// Nanoseconds of std's monotonic `Instant` (QueryPerformanceCounter on Windows) since the
+/// first reading in this process, plus a day, so that instants look like those of a host
+/// that has been up a while (no state machine ever sees a time near zero on either path).
+#[cfg(not(all(unix, not(peak_portable))))]
+#[inline]
+pub fn monotonic_now() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::Instant;
+    const ORIGIN_OFFSET: u64 = 86_400 * NANOS_PER_SECOND;
+    static ORIGIN: OnceLock<Instant> = OnceLock::new();
+    let origin = *ORIGIN.get_or_init(Instant::now);
+    ORIGIN_OFFSET + origin.elapsed().as_nanos() as u64
 }
 
 /// A clock that tests move by hand. Clones share the same instant.

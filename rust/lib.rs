@@ -6,13 +6,22 @@
 
 pub mod breaker;
 pub mod bucket;
+pub mod bulkhead;
 pub mod clock;
 pub mod files;
 pub mod guard;
 pub mod place;
 pub mod remote;
 pub mod reservation;
+pub mod retry;
+// The shared backend needs CLOCK_MONOTONIC and mmap: Unix, unless built as the portable
+// core (`--cfg peak_portable`, how CI builds the Windows code paths on Linux).
+#[cfg(all(unix, not(peak_portable)))]
 pub mod shared;
+#[cfg(not(all(unix, not(peak_portable))))]
+#[path = "shared_unsupported.rs"]
+pub mod shared;
+#[cfg(all(unix, not(peak_portable)))]
 mod sigbus;
 pub mod stats;
 pub mod sync;

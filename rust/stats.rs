@@ -66,6 +66,13 @@ pub struct OperationStats {
     successes: AtomicU64,
     failures: [FailureSlot; FAILURE_KINDS],
     other_failures: AtomicU64,
+    /// The shortest and longest call seen, so that a summary's quantiles (estimated from
+    /// the buckets) can be held within what really happened. `u64::MAX`/0 while empty.
+    min_nanos: AtomicU64,
+    max_nanos: AtomicU64,
+    /// This operation's own `metrics_enabled` (its module's): guards record into it only
+    /// while it is on.
+    enabled: AtomicBool,
 }
 
 impl Default for OperationStats {
@@ -76,6 +83,9 @@ impl Default for OperationStats {
             successes: AtomicU64::new(0),
             failures: std::array::from_fn(|_| FailureSlot::default()),
             other_failures: AtomicU64::new(0),
+            min_nanos: AtomicU64::new(u64::MAX),
+            max_nanos: AtomicU64::new(0),
+            enabled: AtomicBool::new(true),
         }
     }
 }
@@ -89,6 +99,11 @@ pub struct OperationSnapshot {
     pub successes: u64,
     /// Failures by exception type name; `"other"` holds types past the table's size.
     pub failures: Vec<(String, u64)>,
+    /// Failures counted under `"other"` because the table of types was full.
+    pub folded_failures: u64,
+    /// The shortest and longest recorded call; None before the first.
+    pub min_nanos: Option<u64>,
+    pub max_nanos: Option<u64>,
 }
 
 impl OperationStats {
@@ -98,6 +113,23 @@ impl OperationStats {
         let index = LATENCY_BOUNDS.partition_point(|bound| *bound < nanos);
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        // A load first: once the extremes are known, almost no call writes them.
+        if nanos < self.min_nanos.load(Ordering::Relaxed) {
+            self.min_nanos.fetch_min(nanos, Ordering::Relaxed);
+        }
+        if nanos > self.max_nanos.load(Ordering::Relaxed) {
+            self.max_nanos.fetch_max(nanos, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether guards record into these stats (the module's `metrics_enabled`).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.enabled.load(Ordering::Relaxed)
+    }
+
+    pub fn set_enabled(&self, enabled: bool) {
+        self.enabled.store(enabled, Ordering::Relaxed);
     }
 
     #[inline]
@@ -136,7 +168,7 @@ impl OperationStats {
 
     pub fn snapshot(&self) -> OperationSnapshot {
         let mut total = 0;
-        let cumulative = self
+        let cumulative: Vec<u64> = self
             .buckets
             .iter()
             .map(|count| {
@@ -156,11 +188,20 @@ impl OperationStats {
         if other > 0 {
             failures.push(("other".to_owned(), other));
         }
+        let count = *cumulative.last().unwrap_or(&0);
+        let (min, max) = (
+            self.min_nanos.load(Ordering::Relaxed),
+            self.max_nanos.load(Ordering::Relaxed),
+        );
+        let seen = count > 0 && min <= max;
         OperationSnapshot {
             cumulative,
             sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
             successes: self.successes.load(Ordering::Relaxed),
             failures,
+            folded_failures: other,
+            min_nanos: seen.then_some(min),
+            max_nanos: seen.then_some(max),
         }
     }
 }
@@ -168,6 +209,20 @@ impl OperationStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_shortest_and_longest_calls_are_kept_exactly() {
+        let stats = OperationStats::default();
+        assert_eq!(stats.snapshot().min_nanos, None);
+        stats.record_latency(10_100_000);
+        stats.record_latency(30_000_000_000);
+        stats.record_latency(2_000);
+        let snap = stats.snapshot();
+        assert_eq!(
+            (snap.min_nanos, snap.max_nanos),
+            (Some(2_000), Some(30_000_000_000))
+        );
+    }
 
     #[test]
     fn latencies_land_in_the_first_bucket_whose_bound_holds_them() {

@@ -12,6 +12,7 @@ import contextlib
 import subprocess
 import sys
 import sysconfig
+import tempfile
 from pathlib import Path
 
 import peak_resilience
@@ -61,6 +62,12 @@ def main(expected_version: str) -> None:
     ).stdout.strip()
     assert shown == f"peak-resilience {expected_version}", shown
     print(f"smoke: `peak-resilience --version` prints {shown!r}")
+
+    with tempfile.TemporaryDirectory() as where:
+        subprocess.run([str(cli), "config", "init", where], check=True, timeout=60)
+        written = (Path(where) / "config.toml").read_text(encoding="utf-8")
+    assert "[resilience]" in written and "[resilience.demo]" in written, written
+    print("smoke: `peak-resilience config init` writes the example config.toml from the wheel")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,24 @@ from typing import Any
 import pytest
 from redis_server import RedisServer
 
+from peak_resilience._native import SHARED_SUPPORTED
 from peak_resilience.testing import ManualClock, fresh_resilience
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On a build without the shared backend (Windows, scripts/test-portable), its tests
+    are skipped: every test of it says "shared" in its file, name or parameters, or is
+    marked ``shared_backend``. Tests marked ``without_shared_backend`` run only there."""
+    have = pytest.mark.skip(reason="this build has the shared backend")
+    lack = pytest.mark.skip(reason="this build has no shared backend (backend='shared')")
+    for item in items:
+        if item.get_closest_marker("without_shared_backend"):
+            if SHARED_SUPPORTED:
+                item.add_marker(have)
+        elif not SHARED_SUPPORTED and (
+            "shared" in item.nodeid.lower() or item.get_closest_marker("shared_backend")
+        ):
+            item.add_marker(lack)
 
 
 @pytest.fixture

@@ -31,6 +31,8 @@ FAMILIES: dict[str, Family] = {
         "counter", "name", "from_state", "to_state"
     ),
     # Every request, admitted or rejected (the guide: "Total requests").
+    # Calls an open breaker refused without running them.
+    "peak_trade_circuit_breaker_rejections_total": _family("counter", "name"),
     "peak_trade_rate_limit_hits_total": _family("counter", "limiter", "endpoint"),
     "peak_trade_rate_limit_rejections_total": _family("counter", "limiter", "endpoint"),
     "peak_trade_rate_limit_tokens_available": _family("gauge", "limiter", "endpoint"),
@@ -38,7 +40,7 @@ FAMILIES: dict[str, Family] = {
     "peak_trade_operation_failures_total": _family("counter", "operation", "error_type"),
     "peak_trade_operation_successes_total": _family("counter", "operation"),
     # 1 healthy, 0 not.
-    "peak_trade_health_check_status": _family("gauge", "check"),
+    "peak_trade_health_check_status": _family("gauge", "check", "critical"),
     # Failed calls to Redis, the backend of rate_limit_backend / circuit_breaker_backend.
     "peak_trade_backend_errors_total": _family("counter", "backend"),
     # Issue 8 (rate limiting): each window of a budget of several, and pauses (seconds).
@@ -46,6 +48,11 @@ FAMILIES: dict[str, Family] = {
         "gauge", "limiter", "endpoint", "window"
     ),
     "peak_trade_rate_limit_paused_seconds": _family("gauge", "limiter"),
+    # Issue 16 (the complete guard): retries and timeouts per operation, bulkhead slots.
+    "peak_trade_retries_total": _family("counter", "operation"),
+    "peak_trade_bulkhead_in_flight": _family("gauge", "name"),
+    "peak_trade_bulkhead_rejections_total": _family("counter", "name"),
+    "peak_trade_timeouts_total": _family("counter", "operation"),
 }
 
 # The values that the state labels (from_state, to_state) take.

@@ -7,6 +7,7 @@ in the middle of a run and bring it back.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,15 +23,35 @@ def free_port() -> int:
         return port
 
 
+def free_cluster_port() -> int:
+    """A free port whose cluster bus port (10000 above it) is free too, and exists."""
+    for _ in range(1000):  # bounded: most ports of the range are free
+        port = random.randrange(20000, 50000)
+        if all(_is_free(p) for p in (port, port + 10000)):
+            return port
+    raise RuntimeError("no free pair of ports for a cluster node")
+
+
+def _is_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 class RedisServer:
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *options: str, port: int | None = None) -> None:
+        """``options``: more redis-server arguments (``"--cluster-enabled", "yes"``)."""
         binary = shutil.which("redis-server")
         if binary is None:
             raise RuntimeError("redis-server is not installed: run `bash scripts/packages`")
         self.binary = binary
         self.workdir = workdir
-        self.port = free_port()
+        self.port = free_port() if port is None else port
         self.process: subprocess.Popen[bytes] | None = None
+        self.options = options
 
     @property
     def url(self) -> str:
@@ -50,6 +71,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(self.workdir),
+                *self.options,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

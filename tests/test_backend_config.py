@@ -3,9 +3,13 @@ per `[resilience.<module>]`, with `shared_dir`, `redis_url` and `on_backend_erro
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
+from peak_resilience import RateLimiter
 from peak_resilience.config import configure
 from peak_resilience.resilience_helpers import (
     create_module_circuit_breaker,
@@ -101,3 +105,28 @@ def test_a_disabled_redis_limiter_admits_everything(
     )
     limiter = create_module_rate_limiter("live", "orders")
     assert all(limiter.acquire() for _ in range(5))
+
+
+@pytest.mark.shared_backend
+def test_a_module_limiter_and_a_constructed_limiter_of_one_name_share_one_budget(
+    fresh: ManualClock, write_config: WriteConfig
+) -> None:
+    # Neither names a shared_dir: the config's default and the constructor's are one
+    # directory (/dev/shm/peak-resilience-<uid>), so both draw on one budget of 5.
+    module = f"live{os.getpid()}"
+    configure(
+        write_config(
+            f'[resilience.{module}]\nrate_limit_backend = "shared"\n'
+            "rate_limit_requests = 5\nrate_limit_window = 60.0\n"
+        )
+    )
+    from_config = create_module_rate_limiter(module, "orders")
+    constructed = RateLimiter(5, 60.0, name=from_config.name, backend="shared", clock=fresh)
+    path = from_config.default_bucket.shared_path
+    assert path is not None and path == constructed.default_bucket.shared_path
+    try:
+        admitted = [from_config.acquire() for _ in range(3)]
+        admitted += [constructed.acquire() for _ in range(5)]
+        assert admitted.count(True) == 5
+    finally:
+        path.unlink()

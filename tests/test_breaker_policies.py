@@ -395,6 +395,7 @@ def shared(tmp_path: Path) -> dict[str, Any]:
     return {"backend": "shared", "shared_dir": str(tmp_path / "shm")}
 
 
+@pytest.mark.shared_backend
 def test_failures_reported_by_several_processes_fill_one_failure_rate_window(
     shared: dict[str, Any],
 ) -> None:
@@ -405,6 +406,7 @@ def test_failures_reported_by_several_processes_fill_one_failure_rate_window(
     assert workers.rated_breaker("venue", shared).window_counts == (10, 7)
 
 
+@pytest.mark.shared_backend
 def test_a_breaker_forced_open_by_one_process_refuses_in_all(shared: dict[str, Any]) -> None:
     assert run_all(workers.force_open_breaker, [("venue", shared)]) == ["FORCED_OPEN"]
     reports = run_all(workers.report_breaker, [("venue", shared)] * 2)

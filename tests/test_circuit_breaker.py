@@ -193,6 +193,26 @@ def test_methods_can_be_decorated_and_receive_self(clock: ManualClock) -> None:
     assert Portfolio.calculate.__doc__ == "Calculate portfolio metrics."
 
 
+def test_a_guarded_method_read_without_calling_is_bound_to_its_instance(
+    clock: ManualClock,
+) -> None:
+    breaker = CircuitBreaker(clock=clock)
+
+    class Portfolio:
+        def __init__(self, value: int) -> None:
+            self.value = value
+
+        @breaker.call
+        def calculate(self, factor: int) -> int:
+            return self.value * factor
+
+    small, large = Portfolio(1), Portfolio(100)
+    bound = large.calculate  # kept for later, as a callback would be
+    assert bound.__self__ is large
+    assert [small.calculate(3), bound(3), Portfolio.calculate(small, 5)] == [3, 300, 5]
+    assert breaker.get_stats()["successes"] == 3
+
+
 def test_decoration_keeps_name_docstring_and_wrapped(clock: ManualClock) -> None:
     breaker = CircuitBreaker(clock=clock)
 

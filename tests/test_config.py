@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
@@ -50,7 +51,7 @@ def test_without_any_file_the_built_in_defaults_are_the_guides_values(fresh: obj
     assert defaults.burst == 100
     assert defaults.metrics_prefix == "peak_trade"
     assert defaults.rate_limit_backend == defaults.circuit_breaker_backend == "memory"
-    assert defaults.shared_dir == "/dev/shm/peak_resilience"
+    assert defaults.shared_dir == f"/dev/shm/peak-resilience-{os.geteuid()}"
     assert defaults.on_backend_error == "local"
     assert defaults.health_token is None and defaults.redis_url is None
 

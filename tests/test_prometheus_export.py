@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter
-from peak_resilience.resilience import CircuitBreaker, health_check
+from peak_resilience.resilience import CircuitBreaker, CircuitBreakerError, health_check
 from peak_resilience.testing import ManualClock
 
 GUIDE_FAMILIES = {
@@ -35,7 +35,7 @@ GUIDE_FAMILIES = {
     "peak_trade_request_duration_seconds": ("histogram", {"operation"}),
     "peak_trade_operation_failures": ("counter", {"operation", "error_type"}),
     "peak_trade_operation_successes": ("counter", {"operation"}),
-    "peak_trade_health_check_status": ("gauge", {"check"}),
+    "peak_trade_health_check_status": ("gauge", {"check", "critical"}),
 }
 
 _names = itertools.count()
@@ -173,10 +173,22 @@ def test_each_health_check_is_exported_as_1_healthy_or_0_failing_run_at_scrape()
     failing = [True]
     name = unique("exchange_link")
     health_check.register(name, lambda: not failing[0])
+    status = "peak_trade_health_check_status"
     try:
-        assert value(scrape(), "peak_trade_health_check_status", check=name) == 0
+        assert value(scrape(), status, check=name, critical="true") == 0
         failing[0] = False
-        assert value(scrape(), "peak_trade_health_check_status", check=name) == 1
+        assert value(scrape(), status, check=name, critical="true") == 1
+    finally:
+        health_check.unregister(name)
+
+
+def test_a_health_check_says_whether_it_is_critical_so_degraded_is_told_from_unhealthy() -> None:
+    name = unique("cache_warm")
+    health_check.register(name, lambda: False, critical=False)
+    try:
+        text = scrape()
+        assert value(text, "peak_trade_health_check_status", check=name, critical="false") == 0
+        assert value(text, "peak_trade_health_check_status", check=name, critical="true") is None
     finally:
         health_check.unregister(name)
 
@@ -311,3 +323,14 @@ def test_any_breaker_name_round_trips_through_both_formats(name: str) -> None:
     }
     assert states[name] == 3
     del breaker
+
+
+def test_calls_refused_by_an_open_breaker_are_exported(clock: ManualClock) -> None:
+    name = unique("refusing")
+    breaker = CircuitBreaker(failure_threshold=1, name=name, clock=clock)
+    breaker.record_failure()
+    for _ in range(3):
+        with pytest.raises(CircuitBreakerError):
+            breaker.call(lambda: None)()
+
+    assert value(scrape(), "peak_trade_circuit_breaker_rejections_total", name=name) == 3

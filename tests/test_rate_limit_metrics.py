@@ -8,8 +8,7 @@ import itertools
 from collections.abc import Callable, Iterator
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
+from metric_samples import ours, through_prometheus_client
 
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter
@@ -17,7 +16,6 @@ from peak_resilience.testing import ManualClock
 
 LONG = 10_000_000
 _names = itertools.count()
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 @pytest.fixture(autouse=True)
@@ -25,27 +23,6 @@ def fresh_metrics() -> Iterator[None]:
     metrics.reset()
     yield
     metrics.reset()
-
-
-def samples(text: str) -> Samples:
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def ours() -> Samples:
-    return samples(metrics.exposition(None)[0].decode())
-
-
-def through_prometheus_client() -> Samples:
-    registry = CollectorRegistry()
-    metrics.register_collector(registry)
-    try:
-        return samples(generate_latest(registry).decode())
-    finally:
-        metrics.unregister_collector(registry)
 
 
 def window_gauge(name: str, window: str, endpoint: str = "default") -> tuple[str, frozenset]:
@@ -107,3 +84,14 @@ def test_the_summary_lists_windows_and_the_pause(clock: ManualClock) -> None:
     entry = metrics.get_summary()["rate_limiters"][name]["default"]
     assert entry["windows"] == {"1s": 6.0, "60s": 96.0}
     assert entry["paused_seconds"] == 2.0
+
+
+def test_an_endpoint_named_default_is_refused_so_it_never_merges_with_the_own_bucket(
+    clock: ManualClock,
+) -> None:
+    limiter = RateLimiter(100, 60, clock=clock)
+
+    with pytest.raises(ValueError, match="endpoint name 'default'"):
+        limiter.add_endpoint("default", 5, 60)
+
+    assert limiter.endpoint_buckets() == {}

@@ -77,6 +77,7 @@ def test_a_negative_pause_is_refused() -> None:
         RateLimiter(10, 1).pause(-1)
 
 
+@pytest.mark.shared_backend
 def test_processes_see_a_pause_made_in_another_process(tmp_path: object) -> None:
     import backend_workers as workers
     from multiprocessing_helpers import run_all

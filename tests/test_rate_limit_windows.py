@@ -35,6 +35,7 @@ def test_a_weighted_call_is_refused_whole_when_one_window_lacks_the_weight(
     assert limiter.acquire(cost=10)
 
 
+@pytest.mark.shared_backend
 def test_processes_of_one_host_share_every_window(tmp_path: Any) -> None:
     import backend_workers as workers
     from multiprocessing_helpers import CONTEXT, run_all

@@ -7,6 +7,8 @@ import gc
 import logging
 import os
 import signal
+import subprocess
+import sys
 import time
 from typing import Any
 
@@ -217,18 +219,20 @@ def test_reset_and_force_open_act_for_every_host(on_redis: dict[str, Any]) -> No
     assert first.state is CircuitState.CLOSED
 
 
-def test_a_transition_reaches_the_hooks_of_the_process_that_caused_it(
+def test_a_transition_reaches_the_listeners_of_the_process_that_caused_it(
     on_redis: dict[str, Any],
 ) -> None:
-    from peak_resilience import _breaker
+    from peak_resilience.events import BreakerTransition, Event, add_listener, remove_listener
 
-    seen: list[tuple[str, CircuitState, CircuitState]] = []
-    _breaker.transition_hooks.append(lambda *t: seen.append(t))
+    seen: list[Event] = []
+    add_listener(seen.append)
     try:
         CircuitBreaker(1, 60, "exchange", **on_redis).record_failure()
     finally:
-        _breaker.transition_hooks.pop()
-    assert seen == [("exchange", CircuitState.CLOSED, CircuitState.OPEN)]
+        remove_listener(seen.append)
+    assert [
+        (e.breaker, e.from_state, e.to_state) for e in seen if isinstance(e, BreakerTransition)
+    ] == [("exchange", CircuitState.CLOSED, CircuitState.OPEN)]
 
 
 def test_the_factory_builds_a_redis_breaker(on_redis: dict[str, Any]) -> None:
@@ -373,18 +377,20 @@ def test_a_forked_child_opens_its_own_connection(on_redis: dict[str, Any]) -> No
     assert child.exitcode == 0
     assert admitted is True
     # Two processes on one socket would read each other's replies.
-    assert child_port != _local_port(limiter)
+    assert child_port not in _local_ports(limiter)
     assert [limiter.acquire(), limiter.acquire()] == [True, False]
 
 
-def _local_port(limiter: RateLimiter) -> int:
-    port: int = limiter.store.link._local.conn._sock.getsockname()[1]
-    return port
+def _local_ports(limiter: RateLimiter) -> set[int]:
+    """The local ports of the process' connections to Redis idle in its pool (the pool is
+    the process's for the URL: earlier tests' calls may have left more than one)."""
+    return {conn._sock.getsockname()[1] for conn in limiter.store.link.pool._idle}
 
 
 def _acquire_and_report(limiter: RateLimiter, results: Any) -> None:
     admitted = limiter.acquire()
-    results.put((admitted, _local_port(limiter)))
+    (port,) = _local_ports(limiter)  # the child's pool starts empty: its one connection
+    results.put((admitted, port))
 
 
 def test_a_refused_call_returns_the_fallback(on_redis: dict[str, Any]) -> None:
@@ -445,6 +451,9 @@ def test_backend_errors_are_exported_to_prometheus(own_redis: RedisServer) -> No
     def exported() -> float:
         return float(metrics.get_summary()["backend_errors"]["redis"])
 
+    # Objects of earlier tests not yet collected, on servers now stopped, would be read by
+    # each scrape below too (one failed call each): only this test's limiter may be alive.
+    gc.collect()
     limiter = outage_limiter(own_redis, "fail_open")
     before = exported()
     own_redis.stop()
@@ -459,9 +468,20 @@ def test_metrics_count_this_process_requests_to_a_redis_budget(on_redis: dict[st
     from peak_resilience.metrics import metrics
 
     here = RateLimiter(2, 3600, name="exported-redis", **on_redis)
-    elsewhere = RateLimiter(2, 3600, name="exported-redis", **on_redis)
-    elsewhere.acquire()  # stands for another host: in Redis, not in this one's counts
-    del elsewhere
+    # Another host: its request is in Redis, not in this process's counts.
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "import sys\n"
+            "from peak_resilience.rate_limiter import RateLimiter\n"
+            "RateLimiter(2, 3600, name='exported-redis', backend='redis',"
+            " redis_url=sys.argv[1]).acquire()\n",
+            on_redis["redis_url"],
+        ],
+        check=True,
+        timeout=60,
+    )
     here.acquire()
     here.acquire()
     exported = metrics.get_summary()["rate_limiters"]["exported-redis"]["default"]

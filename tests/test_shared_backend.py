@@ -277,3 +277,28 @@ def test_two_objects_on_one_shared_file_are_exported_once(shared: dict[str, Any]
     assert summary["rate_limiters"]["exported-once"]["default"]["requests"] == 2
     assert summary["circuit_breakers"]["exported-once"]["failures"] == 1
     assert breaker_b.failure_total == 1
+
+
+def test_a_shared_dir_writable_by_others_is_refused_by_name(tmp_path: Path) -> None:
+    open_dir = tmp_path / "open"
+    open_dir.mkdir()
+    open_dir.chmod(0o777)
+    with pytest.raises(PermissionError, match=rf"shared_dir '{open_dir}' is writable by its group"):
+        RateLimiter(3, 60, name="x", backend="shared", shared_dir=open_dir)
+    open_dir.chmod(0o770)
+    with pytest.raises(PermissionError, match="mode 770"):
+        CircuitBreaker(3, 60.0, "x", backend="shared", shared_dir=open_dir)
+
+
+@pytest.mark.without_shared_backend
+def test_a_build_without_the_shared_backend_refuses_it_naming_the_alternatives(
+    tmp_path: Path,
+) -> None:
+    # Windows, and the portable core CI builds on Linux (scripts/test-portable).
+    for make in (
+        lambda: RateLimiter(3, 60, name="x", backend="shared", shared_dir=tmp_path),
+        lambda: CircuitBreaker(3, 60.0, "x", backend="shared", shared_dir=tmp_path),
+    ):
+        with pytest.raises(ValueError, match=r"backend='memory'.*or backend='redis'"):
+            make()
+    assert RateLimiter(3, 60, name="x").acquire()  # memory stays available

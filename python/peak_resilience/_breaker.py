@@ -1,13 +1,16 @@
 """The circuit breaker's Python face over the native state machine.
 
-Every transition is logged, put in the metrics' event ring and told to the
-``transition_hooks``; the native breaker counts it for the state-changes family.
+Every transition is logged, put in the metrics' event ring and told to the event
+listeners (the breaker's own and the process-wide ones, see ``_events``); the native
+breaker counts it for the state-changes family.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import weakref
 from collections.abc import Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -15,31 +18,52 @@ from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
 from peak_resilience._circuit import CircuitState, WindowType
+from peak_resilience._events import (
+    BreakerTransition,
+    Listener,
+    Listeners,
+    announce_refusal,
+    everyone,
+    watch_outages,
+)
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
 from peak_resilience._metrics.recorder import metrics
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock
 
-__all__ = ["CircuitBreaker", "CircuitState", "ExceptionClasses", "WindowType", "transition_hooks"]
+__all__ = ["CircuitBreaker", "CircuitState", "ExceptionClasses", "WindowType"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
 
 ExceptionClasses = type[BaseException] | tuple[type[BaseException], ...]
 
-#: Called as hook(name, from_state, to_state) after every transition of every breaker.
-transition_hooks: list[Callable[[str, CircuitState, CircuitState], None]] = []
 
-
-def _on_transition(name: str, from_code: int, to_code: int) -> None:
+def _on_transition(name: str, from_code: int, to_code: int, own: Listeners | None = None) -> None:
     from_state, to_state = CircuitState(from_code), CircuitState(to_code)
     opened = to_state in (CircuitState.OPEN, CircuitState.FORCED_OPEN)
     level = logging.WARNING if opened else logging.INFO
     logger.log(level, "circuit breaker %r: %s -> %s", name, from_state.name, to_state.name)
     metrics._on_breaker_transition(name, from_state, to_state)
-    for hook in list(transition_hooks):
-        hook(name, from_state, to_state)
+    if own or everyone:
+        event = BreakerTransition(name, from_state, to_state)
+        if own:
+            own.tell(event)
+        everyone.tell(event)
+
+
+def _own_transitions(
+    breaker: weakref.ReferenceType[CircuitBreaker],
+) -> Callable[[str, int, int], None]:
+    """The native listener of a breaker with listeners of its own. Weak: the native
+    breaker holds its listener, which must not keep the breaker alive."""
+
+    def on_transition(name: str, from_code: int, to_code: int) -> None:
+        alive = breaker()
+        _on_transition(name, from_code, to_code, None if alive is None else alive._listeners)
+
+    return on_transition
 
 
 def _log_rejection(refusal: BaseException) -> None:
@@ -178,8 +202,39 @@ class CircuitBreaker(_NativeBreaker):
         # The native constructor has validated and stored everything, and put the state
         # where the backend says (a shared file mapped, a Redis store attached).
         self.backend = backend
+        self._listeners = Listeners()
         self.set_listener(_on_transition)
+        watch_outages(self, "breaker")
         _instances.breakers.add(self)
+        # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
+        # re-creates: its series may simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # What it counted stays counted under its name (see _instances). At interpreter
+        # exit the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_breaker(self)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Calls ``listener(event)`` on each of this breaker's events: every
+        ``BreakerTransition``, every ``CallRefused`` of a call it guards (through
+        ``call`` or ``with_resilience``) and its Redis' ``BackendOutage``. A listener
+        that raises is logged and skipped, never reaching the call."""
+        if not self._listeners:
+            self.set_listener(_own_transitions(weakref.ref(self)))
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stops telling ``listener``; ValueError if it was not listening."""
+        self._listeners.remove(listener)
+        if not self._listeners:
+            self.set_listener(_on_transition)
+
+    def _refused(self, refusal: BaseException) -> None:
+        _log_rejection(refusal)
+        announce_refusal(refusal, self._listeners)
 
     @property
     def redis_available(self) -> bool:
@@ -201,7 +256,7 @@ class CircuitBreaker(_NativeBreaker):
 
     def call(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorates a sync or async function (or method) with this breaker."""
-        return typed(guard(func, breaker=self, on_reject=_log_rejection), func)
+        return typed(guard(func, breaker=self, on_reject=self._refused), func)
 
     def get_stats(self) -> dict[str, Any]:
         """Counters since creation: calls that succeeded, failed and were rejected."""

@@ -1,4 +1,8 @@
-"""Wrapping a function in a breaker and/or a limiter, for sync and async functions alike.
+"""Wrapping a function in its policies, for sync and async functions alike.
+
+The policies apply in one order, outermost first: fallback, retry, breaker, limiter,
+bulkhead, timeout, the call. Every retry attempt passes the breaker, takes its tokens
+and a bulkhead slot.
 
 A sync function becomes a native ``Guard``: one call into Rust per invocation runs the
 breaker check, takes the token, times the call and records its outcome, whatever backend
@@ -15,8 +19,17 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
-from peak_resilience._native import CircuitBreaker, Guard, OperationStats, RateLimiter
-from peak_resilience.errors import RateLimitExceeded
+from peak_resilience import _async_policies as async_policies
+from peak_resilience._backends.redis import off_loop
+from peak_resilience._native import (
+    Bulkhead,
+    CircuitBreaker,
+    Guard,
+    OperationStats,
+    RateLimiter,
+    Retry,
+)
+from peak_resilience.errors import BulkheadFull, RateLimitExceeded
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,6 +53,10 @@ def guard(
     async_sleep: Callable[[float], Awaitable[Any]] | None = None,
     on_reject: Callable[[BaseException], Any] | None = None,
     priority: str | None = None,
+    bulkhead: Bulkhead | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
+    on_timeout: Callable[[], Any] | None = None,
 ) -> Any:
     """Returns ``func`` guarded; keeps its name, docstring and signature.
 
@@ -48,8 +65,13 @@ def guard(
     ``fallback_on_failure``. ``max_wait`` seconds may be spent waiting for a token.
     ``on_reject(exception)`` is told of each call refused (for the rejection log).
     ``priority="high"`` lets the calls use the limiter's priority reserve.
+    ``bulkhead`` caps the calls in flight; ``retry`` tries failures of its classes again;
+    ``timeout`` seconds cancels an ``async def`` call (``on_timeout()`` is told).
     """
     has_fallback = fallback is not MISSING
+    is_async = inspect.iscoroutinefunction(func)
+    if timeout is not None:
+        _check_timeout(func, timeout, is_async)
     native = Guard(
         func,
         breaker=breaker,
@@ -64,13 +86,112 @@ def guard(
         sleep=sleep,
         on_reject=on_reject,
         priority=priority,
+        bulkhead=bulkhead,
+        retry=retry,
     )
-    if not inspect.iscoroutinefunction(func):
+    if not is_async:
         functools.update_wrapper(native, func)
         return native
-    return _async_wrapper(
-        native, func, fallback, has_fallback, max_wait, async_sleep or asyncio.sleep, on_reject
+    # A breaker or limiter kept in Redis: its steps wait for the network, off the loop.
+    remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
+    if remote:
+        off_loop.start_threads()
+    if retry is None and timeout is None:
+        return _async_wrapper(
+            native,
+            func,
+            fallback,
+            has_fallback,
+            max_wait,
+            async_sleep or asyncio.sleep,
+            on_reject,
+            remote=remote,
+        )
+    return async_policies.async_wrapper(
+        native,
+        func,
+        _fallback_caller(fallback, has_fallback),
+        has_fallback,
+        _admitter(native, max_wait, async_sleep or asyncio.sleep, remote=remote),
+        on_reject,
+        retry=retry,
+        timeout=timeout,
+        on_timeout=on_timeout,
+        async_sleep=async_sleep or asyncio.sleep,
+        remote=remote,
     )
+
+
+def _check_timeout(func: Callable[..., Any], timeout: float, is_async: bool) -> None:
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+        raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+    if not is_async:
+        name = getattr(func, "__qualname__", repr(func))
+        raise ValueError(
+            f"timeout= applies to async def functions only, and {name} is not one: a "
+            "running Python thread cannot be cancelled, so a timeout could only abandon "
+            "the call while it goes on (an order would still be sent). Use the breaker's "
+            "slow_call_duration to count slow calls as failures instead"
+        )
+
+
+def _fallback_caller(
+    fallback: Any, has_fallback: bool
+) -> Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]]:
+    """The coroutine function giving the fallback for a call's arguments."""
+    fallback_is_callable = has_fallback and callable(fallback)
+
+    async def use_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not fallback_is_callable:
+            return fallback
+        result = fallback(*args, **kwargs)
+        return await result if inspect.isawaitable(result) else result
+
+    return use_fallback
+
+
+def _admitter(
+    native: Guard,
+    max_wait: float,
+    async_sleep: Callable[[float], Awaitable[Any]],
+    *,
+    remote: bool,
+) -> Callable[[], Awaitable[int]]:
+    """The coroutine function taking a call's admission: the breaker, tokens (waiting up
+    to ``max_wait`` for them) and a bulkhead slot (waiting up to its own ``max_wait``),
+    on the loop, never blocking it."""
+    admit_now, exit_now, started_now = native._admit, native._exit, native._started
+    bulkhead = native.bulkhead
+    slot_wait = 0.0 if bulkhead is None else bulkhead.max_wait
+
+    def give_back(admission: int) -> None:
+        exit_now(admission, started_now(), asyncio.CancelledError())
+
+    async def admit() -> int:
+        waited = slot_waited = 0.0
+        while True:
+            try:
+                return await off_loop.admission(admit_now, give_back) if remote else admit_now()
+            except RateLimitExceeded as exc:
+                if waited + exc.retry_after > max_wait:
+                    raise
+                await async_sleep(exc.retry_after)
+                waited += exc.retry_after
+            except BulkheadFull:
+                if bulkhead is None or slot_waited >= slot_wait:
+                    if bulkhead is not None and slot_wait > 0:
+                        # Without a wait the native step counted it already.
+                        bulkhead._count_refusal()
+                    raise
+                pause = min(_SLOT_POLL, slot_wait - slot_waited)
+                await async_sleep(pause)
+                slot_waited += pause
+
+    return admit
+
+
+#: Seconds between two looks for a free bulkhead slot while an async call waits for one.
+_SLOT_POLL = 0.005
 
 
 def _async_wrapper(
@@ -81,29 +202,15 @@ def _async_wrapper(
     max_wait: float,
     async_sleep: Callable[[float], Awaitable[Any]],
     on_reject: Callable[[BaseException], Any] | None,
+    *,
+    remote: bool,
 ) -> Callable[..., Awaitable[Any]]:
-    fallback_is_callable = has_fallback and callable(fallback)
-
-    async def use_fallback(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if not fallback_is_callable:
-            return fallback
-        result = fallback(*args, **kwargs)
-        return await result if inspect.isawaitable(result) else result
-
+    use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
-    waits = max_wait > 0
-
-    async def admit() -> int:
-        waited = 0.0
-        while True:
-            try:
-                return admit_now()
-            except RateLimitExceeded as exc:
-                if waited + exc.retry_after > max_wait:
-                    raise
-                await async_sleep(exc.retry_after)
-                waited += exc.retry_after
+    bulkhead = native.bulkhead
+    waits = max_wait > 0 or remote or (bulkhead is not None and bulkhead.max_wait > 0)
+    admit = _admitter(native, max_wait, async_sleep, remote=remote)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -120,10 +227,18 @@ def _async_wrapper(
             result = await func(*args, **kwargs)
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
-            if exit_now(admission, started, exc):
+            falls_back = (
+                await off_loop.off_loop(exit_now, admission, started, exc)
+                if remote
+                else exit_now(admission, started, exc)
+            )
+            if falls_back:
                 return await use_fallback(args, kwargs)
             raise
-        exit_now(admission, started, None, result)
+        if remote:
+            await off_loop.off_loop(exit_now, admission, started, None, result)
+        else:
+            exit_now(admission, started, None, result)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]

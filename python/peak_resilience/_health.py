@@ -19,12 +19,15 @@ import logging
 import queue
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
 
 from peak_resilience import _instances
 from peak_resilience._circuit import CircuitState
+from peak_resilience._fork import after_fork_in_child
+from peak_resilience._labels import label_value
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock, TokenBucket
 
@@ -112,6 +115,21 @@ class _Workers:
 
 
 _workers = _Workers()
+#: Every registry, for the fork handler.
+_registries: weakref.WeakSet[HealthCheckRegistry] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """A forked child (a gunicorn worker of a ``--preload`` app) has none of the parent's
+    threads: a pool that counted idle workers would hand every check to threads that do
+    not exist, and a run in flight at the fork would never finish. Start afresh."""
+    global _workers
+    _workers = _Workers()
+    for registry in list(_registries):
+        registry._after_fork()
+
+
+after_fork_in_child(_after_fork_in_child)
 
 
 class _Run:
@@ -166,6 +184,13 @@ class HealthCheckRegistry:
         self._checks: dict[str, _Check] = {}
         self._lock = threading.Lock()
         self._critical_breakers: set[str] = set()
+        _registries.add(self)
+
+    def _after_fork(self) -> None:
+        # The lock may have been held by a thread of the parent that the child lacks.
+        self._lock = threading.Lock()
+        for check in self._checks.values():
+            check.running = None
 
     def register(
         self,
@@ -178,8 +203,7 @@ class HealthCheckRegistry:
         """Adds (or replaces) the check ``name``. ``fn()`` returns ``(ok, message)`` or a
         bool (an async function is run to completion); one that raises or runs past
         ``timeout`` seconds is reported unhealthy."""
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"health check name must be a non-empty str, got {name!r}")
+        label_value(name, "health check name")
         if not callable(fn):
             raise ValueError(f"health check {name!r}: fn must be callable, got {fn!r}")
         if not isinstance(critical, bool):

@@ -1,7 +1,10 @@
 """The breakers and limiters alive in this process, for export and health checks.
 
 Held weakly: an object the user constructs is exported while the user holds it and
-forgotten once dropped. The module registries hold theirs strongly.
+forgotten once dropped. The module registries hold theirs strongly. What a dropped
+object counted is kept for its name (``retired``): counters of a name are summed over
+its objects, and must never go down when one of them goes (Prometheus would read the
+drop as a reset and count everything after it again).
 
 Breakers are typed as the native breaker, limiters as what export and health checks read
 of them (``Limiter``): both are below the Python classes that add themselves here.
@@ -14,9 +17,26 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
-from peak_resilience._native import CircuitBreaker, OperationStats, TokenBucket
+from peak_resilience._fork import after_fork_in_child
+from peak_resilience._native import Bulkhead, CircuitBreaker, OperationStats, Retry, TokenBucket
 
-__all__ = ["Limiter", "alive", "breakers", "limiters", "operation", "operations"]
+__all__ = [
+    "Limiter",
+    "Retired",
+    "alive",
+    "breakers",
+    "bulkheads",
+    "count_timeout",
+    "limiters",
+    "lock",
+    "operation",
+    "operations",
+    "retire_breaker",
+    "retire_limiter",
+    "retired",
+    "retries",
+    "timeouts",
+]
 
 T = TypeVar("T")
 
@@ -34,11 +54,83 @@ class Limiter(Protocol):
 
 breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
 limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
+bulkheads: weakref.WeakSet[Bulkhead] = weakref.WeakSet()
+
+#: The retry policy (and so the retry budget) of each operation that retries, by name.
+retries: dict[str, Retry] = {}
+#: Calls of each operation cancelled by their ``timeout``, by operation name.
+timeouts: dict[str, int] = {}
 
 #: Per-operation counters and latency histograms, by operation name. Held for the life of
 #: the process: an operation is a name in the code, not an object the user drops.
 operations: dict[str, OperationStats] = {}
 _operations_lock = threading.Lock()
+
+
+def count_timeout(name: str) -> None:
+    """Counts one call of operation ``name`` cancelled by its timeout (a rare path)."""
+    with _operations_lock:
+        timeouts[name] = timeouts.get(name, 0) + 1
+
+
+class Retired:
+    """The counts of dropped breakers and limiters, by name (only objects whose state
+    is in this process: a shared file keeps its own counts)."""
+
+    def __init__(self) -> None:
+        #: breaker name -> counter ("failures", "rejections", "would_reject",
+        #: "slow_calls") or (from_state_code, to_state_code) -> count
+        self.breakers: dict[str, dict[Any, int]] = {}
+        #: (limiter name, endpoint) -> [requests, rejections]
+        self.buckets: dict[tuple[str, str], list[int]] = {}
+
+
+retired = Retired()
+#: Held while a read takes the live objects and the retired counts, and while a dropped
+#: object moves from one to the other: no read sees an object's counts twice or never.
+lock = threading.RLock()
+
+
+def retire_breaker(breaker: CircuitBreaker) -> None:
+    """Keeps what ``breaker`` counted for its name (called as it is dropped)."""
+    with lock:
+        breakers.discard(breaker)
+        if breaker.shared_path is not None:
+            return
+        counts: dict[Any, int] = {
+            "failures": breaker.failure_total,
+            "rejections": breaker.rejection_total,
+            "would_reject": breaker.would_reject_total,
+            "slow_calls": breaker.slow_call_total,
+            **breaker.transition_counts(),
+        }
+        kept = retired.breakers.setdefault(breaker.name, {})
+        for key, count in counts.items():
+            if count:
+                kept[key] = kept.get(key, 0) + count
+
+
+def retire_limiter(limiter: Limiter) -> None:
+    """Keeps what ``limiter``'s buckets counted for its name (called as it is dropped)."""
+    with lock:
+        limiters.discard(limiter)
+        own = ("default", limiter.default_bucket)
+        for endpoint, bucket in (own, *limiter.endpoint_buckets().items()):
+            if bucket.shared_path is not None or not (bucket.allowed or bucket.rejected):
+                continue
+            kept = retired.buckets.setdefault((limiter.name, endpoint), [0, 0])
+            kept[0] += bucket.allowed + bucket.rejected
+            kept[1] += bucket.rejected
+
+
+def _after_fork_in_child() -> None:
+    # The locks may have been held by a thread of the parent that the child lacks.
+    global _operations_lock, lock
+    _operations_lock = threading.Lock()
+    lock = threading.RLock()
+
+
+after_fork_in_child(_after_fork_in_child)
 
 
 def alive(objects: Iterable[T]) -> list[T]:

@@ -25,18 +25,24 @@ What an exchange's budget needs beyond that (issue 8):
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import os
 import time
-from collections.abc import Sequence
-from typing import Any, cast
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
+from peak_resilience._backends.redis import off_loop
+from peak_resilience._events import Listener, Listeners, watch_outages
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
 from peak_resilience._windows import Limit, parse_limits, window_index
+
+T = TypeVar("T")
 
 __all__ = ["RateLimiter"]
 
@@ -188,7 +194,30 @@ class RateLimiter(_NativeLimiter):
         # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
         self.backend = backend
+        self._listeners = Listeners()
+        watch_outages(self, "limiter")
         _instances.limiters.add(self)
+        # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
+        # re-creates: its series may simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # What it counted stays counted under its name (see _instances). At interpreter
+        # exit the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_limiter(self)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Calls ``listener(event)`` on each of this limiter's events: every
+        ``CallRefused`` of a call it guards (``with_resilience(...,
+        use_rate_limiter=True)``) and its Redis' ``BackendOutage``. A listener that
+        raises is logged and skipped, never reaching the call."""
+        self._listeners.add(listener)
+
+    def remove_listener(self, listener: Listener) -> None:
+        """Stops telling ``listener``; ValueError if it was not listening."""
+        self._listeners.remove(listener)
 
     @property
     def redis_available(self) -> bool:
@@ -310,10 +339,11 @@ class RateLimiter(_NativeLimiter):
         timeout: float | None = None,
         priority: str | None = None,
     ) -> bool:
-        """``acquire_blocking`` for asyncio: awaits instead of blocking the loop."""
+        """``acquire_blocking`` for asyncio: awaits instead of blocking the loop (on Redis,
+        each round trip is awaited in a thread of its own, off the loop)."""
         deadline = None if timeout is None else self._now() + timeout
-        while not self.acquire(endpoint, cost, priority=priority):
-            wait = self.get_wait_time(endpoint, cost, priority=priority)
+        while not await self._on_loop_or_off(self.acquire, endpoint, cost, priority=priority):
+            wait = await self._on_loop_or_off(self.get_wait_time, endpoint, cost, priority=priority)
             if deadline is not None and self._now() + wait > deadline:
                 return False
             if self._clock is not None:
@@ -322,6 +352,13 @@ class RateLimiter(_NativeLimiter):
             else:
                 await asyncio.sleep(wait)
         return True
+
+    async def _on_loop_or_off(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``step(*args, **kwargs)``: at once in memory or in a shared file, awaited off the
+        loop when it waits for Redis."""
+        if self.store is None:
+            return step(*args, **kwargs)
+        return await off_loop.off_loop(functools.partial(step, *args, **kwargs))
 
     def __repr__(self) -> str:
         bucket = self.default_bucket

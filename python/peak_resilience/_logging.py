@@ -1,6 +1,6 @@
 """The package's loggers (silent unless the application sets logging up): those of the
-guide's Debugging section, and the switch that keeps the per-refusal DEBUG log free when
-nobody reads it.
+guide's Debugging section, and the switch that keeps the per-refusal DEBUG log (and the
+refusal events) free when nobody reads them.
 
 A refused call is logged at DEBUG under ``peak_resilience.resilience`` (breaker) or
 ``peak_resilience.rate_limiter`` (limiter). Calling into Python on every refusal just to
@@ -23,11 +23,24 @@ breaker_log = logging.getLogger("peak_resilience.resilience")
 limiter_log = logging.getLogger("peak_resilience.rate_limiter")
 
 
+#: Whether an event listener wants refusals (``_events`` keeps it).
+_refusals_wanted = False
+
+
 def refresh() -> None:
-    """Sets the native flag from the loggers' effective levels now."""
+    """Sets the native flag from the loggers' effective levels (and the listeners) now."""
     _native.set_rejection_log_enabled(
-        breaker_log.isEnabledFor(logging.DEBUG) or limiter_log.isEnabledFor(logging.DEBUG)
+        _refusals_wanted
+        or breaker_log.isEnabledFor(logging.DEBUG)
+        or limiter_log.isEnabledFor(logging.DEBUG)
     )
+
+
+def set_refusals_wanted(wanted: bool) -> None:
+    """Refusals reach Python while an event listener exists, whatever the log level."""
+    global _refusals_wanted
+    _refusals_wanted = wanted
+    refresh()
 
 
 class _LevelCache(dict[int, bool]):

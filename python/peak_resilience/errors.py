@@ -8,7 +8,7 @@ argument, they behave like any exception.
 
 from __future__ import annotations
 
-__all__ = ["CircuitBreakerError", "RateLimitExceeded", "ResilienceError"]
+__all__ = ["BulkheadFull", "CircuitBreakerError", "RateLimitExceeded", "ResilienceError"]
 
 
 class ResilienceError(Exception):
@@ -93,3 +93,40 @@ class RateLimitExceeded(ResilienceError):
         limiter, endpoint, retry_after = details
         where = f"'{limiter}'" if endpoint is None else f"'{limiter}' ({endpoint})"
         return f"rate limit of {where} exceeded: retry in {retry_after:.3f}s"
+
+
+class BulkheadFull(ResilienceError):
+    """The bulkhead's slots were all taken (for ``max_wait``): the call was not attempted.
+
+    Raised with ``args == (name, max_concurrent)``. Its ``retry_after`` is 0.0: a slot
+    comes back when a call in flight ends, which no one can foretell.
+    """
+
+    def _details(self) -> tuple[str, int] | None:
+        if len(self.args) == 2 and isinstance(self.args[1], int):
+            return str(self.args[0]), self.args[1]
+        return None
+
+    @property
+    def name(self) -> str:
+        """The name of the bulkhead that refused the call."""
+        details = self._details()
+        return details[0] if details else ""
+
+    @property
+    def max_concurrent(self) -> int:
+        """The calls it lets run at once."""
+        details = self._details()
+        return details[1] if details else 0
+
+    @property
+    def retry_after(self) -> float:
+        """Always 0.0: when a slot frees up is not known in advance."""
+        return 0.0
+
+    def __str__(self) -> str:
+        details = self._details()
+        if details is None:
+            return super().__str__()
+        name, max_concurrent = details
+        return f"bulkhead '{name}' is full ({max_concurrent} calls in flight): call not attempted"

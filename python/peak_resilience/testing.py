@@ -25,13 +25,18 @@ __all__ = ["ManualClock", "fresh_resilience"]
 @contextmanager
 def fresh_resilience(clock: ManualClock | None = None) -> Iterator[None]:
     """Within the block: no configuration loaded yet, no module breakers or limiters (the
-    ones made inside run on ``clock``) and no operation stats. Restored on exit."""
+    ones made inside run on ``clock``), no operation stats, retry budgets or timeout counts.
+    Restored on exit."""
     previous_registry = registry._use_registry(registry.ModuleRegistry(clock))
     previous_config = active._swap(None)
     previous_operations, _instances.operations = _instances.operations, {}
+    previous_retries, _instances.retries = _instances.retries, {}
+    previous_timeouts, _instances.timeouts = _instances.timeouts, {}
     try:
         yield
     finally:
         _instances.operations = previous_operations
+        _instances.retries = previous_retries
+        _instances.timeouts = previous_timeouts
         active._swap(previous_config)
         registry._use_registry(previous_registry)

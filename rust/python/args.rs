@@ -170,6 +170,31 @@ pub fn path_or_none(
     }
 }
 
+/// A name that can become a Prometheus label value: a non-empty str that encodes as
+/// UTF-8 (a lone surrogate would break every later scrape), or a ValueError naming
+/// `argument`.
+pub fn label<'a, 'py>(
+    value: &'a Bound<'py, PyAny>,
+    argument: &str,
+) -> PyResult<&'a Bound<'py, PyString>> {
+    let Ok(text) = value.cast::<PyString>() else {
+        return Err(PyValueError::new_err(format!(
+            "{argument} must be a non-empty str, got {}",
+            value.repr()?
+        )));
+    };
+    match text.to_str() {
+        Ok(s) if !s.is_empty() => Ok(text),
+        Ok(_) => Err(PyValueError::new_err(format!(
+            "{argument} must be a non-empty str, got ''"
+        ))),
+        Err(_) => Err(PyValueError::new_err(format!(
+            "{argument} must be text that encodes as UTF-8 (no lone surrogates), got {}",
+            value.repr()?
+        ))),
+    }
+}
+
 /// A user-given name, or `<prefix>-<n>` for an unnamed object.
 pub fn name_or(
     py: Python<'_>,
@@ -178,13 +203,7 @@ pub fn name_or(
     seq: &AtomicU64,
 ) -> PyResult<Py<PyString>> {
     match given(name) {
-        Some(n) => match n.cast::<PyString>() {
-            Ok(s) if !s.to_str()?.is_empty() => Ok(s.clone().unbind()),
-            _ => Err(PyValueError::new_err(format!(
-                "name must be a non-empty str, got {}",
-                n.repr()?
-            ))),
-        },
+        Some(n) => label(n, "name").map(|s| s.clone().unbind()),
         None => {
             let n = seq.fetch_add(1, Ordering::Relaxed) + 1;
             Ok(PyString::new(py, &format!("{prefix}-{n}")).unbind())

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use pyo3::exceptions::{PyException, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyDict, PyModule, PyTuple};
 
 use crate::breaker::Admission;
 use crate::clock::{nanos_to_seconds, Clock};
@@ -16,19 +17,34 @@ use crate::remote::Ticket;
 use crate::stats;
 
 use super::args::{cost_of, is_high, seconds};
+use super::bulkhead::PyBulkhead;
 use super::circuit_breaker::{ticket_from, PyCircuitBreaker};
 use super::errors::rate_limited;
 use super::operation_stats::PyOperationStats;
 use super::rate_limiter::PyRateLimiter;
 use super::recording::rejection_log_on;
+use super::retry::PyRetry;
 
-extern "C" {
-    // CPython's bound-method constructor (stable since 2.x, not wrapped by pyo3-ffi): the
-    // cheapest way to bind a guard to an instance.
-    fn PyMethod_New(
-        func: *mut pyo3::ffi::PyObject,
-        instance: *mut pyo3::ffi::PyObject,
-    ) -> *mut pyo3::ffi::PyObject;
+/// `types.MethodType`, looked up once: binds a guard to an instance when a method is read
+/// without being called (`f = obj.method`). Calls `obj.method(...)` never get here: the
+/// type is a method descriptor (see `add_to`).
+static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
+
+/// Adds `Guard` to the module as a method descriptor: like a Python function, a guard
+/// stored on a class is called as `guard(obj, *args)` by `obj.method(*args)`, with no bound
+/// method built per call (CPython's LOAD_ATTR method path; PEP 590). Only pyo3-ffi's
+/// declarations are used: no hand-declared CPython symbol, so it links wherever pyo3 does.
+pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let guard_type = m.py().get_type::<Guard>();
+    // SAFETY: the type object is alive (we hold it) and no instance has been created or
+    // looked up through a class yet, so no cache has seen the old flags; PyType_Modified
+    // clears any that did.
+    unsafe {
+        let raw = guard_type.as_type_ptr();
+        (*raw).tp_flags |= pyo3::ffi::Py_TPFLAGS_METHOD_DESCRIPTOR;
+        pyo3::ffi::PyType_Modified(raw);
+    }
+    m.add_class::<Guard>()
 }
 
 /// A function guarded by a breaker and/or a limiter, recording into an operation's stats.
@@ -51,15 +67,48 @@ pub struct Guard {
     clock: Clock,
     /// priority="high": the guarded calls may use the limiter's priority reserve.
     high: bool,
+    /// The cap on calls in flight: a slot is the last thing a call takes.
+    bulkhead: Option<Py<PyBulkhead>>,
+    /// Which failures and refusals are tried again, and the budget of those retries.
+    retry: Option<Py<PyRetry>>,
 }
 
 /// The ticket of a call guarded by no breaker: nothing reads it.
 const NO_BREAKER: Ticket = Ticket::Local(Admission::Normal { epoch: 0 });
 
 impl Guard {
-    /// Takes a breaker admission and a token; on refusal, the error to raise.
+    /// Takes a breaker admission, a token and a bulkhead slot, in that order; on refusal,
+    /// the error to raise (the admission is given back; the tokens stay spent, as the
+    /// exchange's budget would count a request sent).
+    /// `wait_for_slot`: false for the async wrapper, which waits for a slot on its loop.
     #[inline]
-    fn admit(&self, py: Python<'_>) -> PyResult<Ticket> {
+    fn admit(&self, py: Python<'_>, wait_for_slot: bool) -> PyResult<Ticket> {
+        let ticket = self.admit_breaker_and_limiter(py)?;
+        if let Some(bulkhead) = &self.bulkhead {
+            let bulkhead = bulkhead.get();
+            let entered = if wait_for_slot {
+                bulkhead.enter(py)
+            } else {
+                bulkhead.try_enter_counted()
+            };
+            if !entered {
+                self.release(py, ticket);
+                return Err(bulkhead.full(py));
+            }
+        }
+        Ok(ticket)
+    }
+
+    /// Gives back the bulkhead slot of a call that ended.
+    #[inline]
+    fn leave(&self) {
+        if let Some(bulkhead) = &self.bulkhead {
+            bulkhead.get().core.leave();
+        }
+    }
+
+    #[inline]
+    fn admit_breaker_and_limiter(&self, py: Python<'_>) -> PyResult<Ticket> {
         admit(
             || match &self.breaker {
                 Some(breaker) => {
@@ -120,7 +169,11 @@ impl Guard {
     /// When the call started, and who reads its duration (see `crate::guard::Timing`).
     #[inline]
     fn timing(&self) -> Timing {
-        let for_stats = self.operation.is_some() && stats::recording();
+        let for_stats = self
+            .operation
+            .as_ref()
+            .is_some_and(|operation| operation.get().stats.enabled())
+            && stats::recording();
         let for_breaker = self
             .breaker
             .as_ref()
@@ -173,6 +226,25 @@ impl Guard {
         }
     }
 
+    /// Whether the call is tried again after `err`: if the retry policy allows it, waits
+    /// its back-off first and counts the retry.
+    #[cold]
+    fn retried(&self, py: Python<'_>, err: &PyErr, retries: &mut u32) -> PyResult<bool> {
+        let Some(retry) = &self.retry else {
+            return Ok(false);
+        };
+        match retry.get().delay(py, err, *retries)? {
+            Some(delay) => {
+                if delay > 0 {
+                    self.sleep_for(py, delay)?;
+                }
+                *retries += 1;
+                Ok(true)
+            }
+            None => Ok(false),
+        }
+    }
+
     fn release(&self, py: Python<'_>, ticket: Ticket) {
         if let Some(breaker) = &self.breaker {
             breaker.get().release(py, ticket);
@@ -207,7 +279,7 @@ impl Guard {
     #[new]
     #[pyo3(signature = (func, *, breaker=None, limiter=None, endpoint=None, cost=1, operation=None,
                         fallback=None, has_fallback=false, fallback_on_failure=false, max_wait=None, sleep=None,
-                        on_reject=None, priority=None))]
+                        on_reject=None, priority=None, bulkhead=None, retry=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         func: Bound<'_, PyAny>,
@@ -223,6 +295,8 @@ impl Guard {
         sleep: Option<Py<PyAny>>,
         on_reject: Option<Py<PyAny>>,
         priority: Option<&Bound<'_, PyAny>>,
+        bulkhead: Option<Py<PyBulkhead>>,
+        retry: Option<Py<PyRetry>>,
     ) -> PyResult<Self> {
         let high = is_high(priority)?;
         if !func.is_callable() {
@@ -261,6 +335,8 @@ impl Guard {
             on_reject: on_reject.filter(|h| !h.is_none(py)),
             clock,
             high,
+            bulkhead,
+            retry,
         })
     }
 
@@ -271,37 +347,51 @@ impl Guard {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<PyAny>> {
-        let ticket = match self.admit(py) {
-            Ok(ticket) => ticket,
-            Err(rejection) => {
-                self.rejected(py, &rejection);
-                return match self.call_fallback(py, args, kwargs) {
-                    Some(result) => result,
-                    None => Err(rejection),
-                };
-            }
-        };
-        let timing = self.timing();
-        match self.func.bind(py).call(args, kwargs) {
-            Ok(value) => {
-                self.record(py, ticket, timing, Ok(&value));
-                Ok(value.unbind())
-            }
-            Err(err) => match ending_of(py, &err) {
-                Ending::Interrupted => {
-                    self.release(py, ticket);
-                    Err(err)
-                }
-                ending => {
-                    self.record(py, ticket, timing, Err(&err));
-                    if ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed)) {
-                        if let Some(result) = self.call_fallback(py, args, kwargs) {
-                            return result;
-                        }
+        if let Some(retry) = &self.retry {
+            retry.get().budget.deposit();
+        }
+        let mut retries = 0u32;
+        loop {
+            let ticket = match self.admit(py, true) {
+                Ok(ticket) => ticket,
+                Err(rejection) => {
+                    if self.retried(py, &rejection, &mut retries)? {
+                        continue;
                     }
-                    Err(err)
+                    self.rejected(py, &rejection);
+                    return match self.call_fallback(py, args, kwargs) {
+                        Some(result) => result,
+                        None => Err(rejection),
+                    };
                 }
-            },
+            };
+            let timing = self.timing();
+            let called = self.func.bind(py).call(args, kwargs);
+            self.leave();
+            return match called {
+                Ok(value) => {
+                    self.record(py, ticket, timing, Ok(&value));
+                    Ok(value.unbind())
+                }
+                Err(err) => match ending_of(py, &err) {
+                    Ending::Interrupted => {
+                        self.release(py, ticket);
+                        Err(err)
+                    }
+                    ending => {
+                        self.record(py, ticket, timing, Err(&err));
+                        if self.retried(py, &err, &mut retries)? {
+                            continue;
+                        }
+                        if ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed)) {
+                            if let Some(result) = self.call_fallback(py, args, kwargs) {
+                                return result;
+                            }
+                        }
+                        Err(err)
+                    }
+                },
+            };
         }
     }
 
@@ -313,14 +403,11 @@ impl Guard {
     ) -> PyResult<Bound<'py, PyAny>> {
         match instance {
             Some(instance) if !instance.is_none() => {
-                // SAFETY: both pointers are live objects; PyMethod_New returns a new
-                // reference or NULL with an exception set.
-                unsafe {
-                    Bound::from_owned_ptr_or_err(
-                        slf.py(),
-                        PyMethod_New(slf.as_ptr(), instance.as_ptr()),
-                    )
-                }
+                let py = slf.py();
+                let method_type = METHOD_TYPE.get_or_try_init(py, || {
+                    Ok::<_, PyErr>(py.import("types")?.getattr("MethodType")?.unbind())
+                })?;
+                method_type.bind(py).call1((slf, instance))
             }
             _ => Ok(slf.clone().into_any()),
         }
@@ -331,7 +418,7 @@ impl Guard {
     fn _admit(&self, py: Python<'_>) -> PyResult<u64> {
         // No on_reject here: the async wrapper may retry after a wait, and reports only
         // the refusal it finally gives its caller.
-        self.admit(py).map(Ticket::code)
+        self.admit(py, false).map(Ticket::code)
     }
 
     /// For async wrappers: the clock reading to pass back to `_exit`.
@@ -353,6 +440,7 @@ impl Guard {
     ) -> PyResult<bool> {
         let ticket = ticket_from(admission)?;
         let timing = Timing::from_code(started);
+        self.leave();
         match error {
             None => {
                 let value = result.unwrap_or_else(|| py.None().into_bound(py));
@@ -389,6 +477,16 @@ impl Guard {
     #[getter]
     fn limiter(&self, py: Python<'_>) -> Option<Py<PyRateLimiter>> {
         self.limiter.as_ref().map(|l| l.clone_ref(py))
+    }
+
+    #[getter]
+    fn retry(&self, py: Python<'_>) -> Option<Py<PyRetry>> {
+        self.retry.as_ref().map(|r| r.clone_ref(py))
+    }
+
+    #[getter]
+    fn bulkhead(&self, py: Python<'_>) -> Option<Py<PyBulkhead>> {
+        self.bulkhead.as_ref().map(|b| b.clone_ref(py))
     }
 
     #[getter]

@@ -5,6 +5,7 @@
 //! return plain values and never release the GIL: the work is nanoseconds.
 
 mod args;
+mod bulkhead;
 mod circuit_breaker;
 mod errors;
 mod guard;
@@ -13,6 +14,7 @@ mod operation_stats;
 mod rate_limiter;
 mod recording;
 mod reservation;
+mod retry;
 mod shared_files;
 mod store;
 mod token_bucket;
@@ -32,7 +34,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<reservation::Reservation>()?;
     m.add_class::<circuit_breaker::PyCircuitBreaker>()?;
     m.add_class::<operation_stats::PyOperationStats>()?;
-    m.add_class::<guard::Guard>()?;
+    m.add_class::<bulkhead::PyBulkhead>()?;
+    m.add_class::<retry::PyRetry>()?;
+    guard::add_to(m)?;
     recording::add_functions(m)?;
     shared_files::add_functions(m)?;
     let bounds: Vec<f64> = LATENCY_BOUNDS
@@ -41,5 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .collect();
     m.add("LATENCY_BOUNDS", PyTuple::new(m.py(), bounds)?)?;
     m.add("MAX_HALF_OPEN_CALLS", MAX_HALF_OPEN_CALLS)?;
+    // backend="shared" needs a host-wide clock and mmap: Unix builds, not `peak_portable`.
+    m.add("SHARED_SUPPORTED", cfg!(all(unix, not(peak_portable))))?;
     Ok(())
 }

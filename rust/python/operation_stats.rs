@@ -79,6 +79,16 @@ impl PyOperationStats {
         self.stats.record_success();
     }
 
+    /// Whether guards record into these stats (the module's `metrics_enabled`).
+    #[getter]
+    fn enabled(&self) -> bool {
+        self.stats.enabled()
+    }
+
+    fn set_enabled(&self, enabled: bool) {
+        self.stats.set_enabled(enabled);
+    }
+
     /// Counts one failure of the exception type named `error_type`.
     fn record_failure(&self, error_type: &str) {
         self.stats
@@ -86,7 +96,8 @@ impl PyOperationStats {
     }
 
     /// {"buckets": cumulative counts per bound (last +Inf), "sum": seconds,
-    ///  "successes": n, "failures": {error_type: n}}
+    ///  "successes": n, "failures": {error_type: n}, "folded_failures": n (in "other"),
+    ///  "min"/"max": seconds of the shortest/longest call, None before the first}
     fn snapshot<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snap = self.stats.snapshot();
         let out = PyDict::new(py);
@@ -104,6 +115,9 @@ impl PyOperationStats {
             failures.set_item(name, previous + count)?;
         }
         out.set_item("failures", failures)?;
+        out.set_item("folded_failures", snap.folded_failures)?;
+        out.set_item("min", snap.min_nanos.map(nanos_to_seconds))?;
+        out.set_item("max", snap.max_nanos.map(nanos_to_seconds))?;
         Ok(out)
     }
 }

@@ -3,7 +3,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -12,9 +11,13 @@ use crate::clock::Clock;
 use crate::files;
 
 use super::args::{
-    clock_from, cost_of, given, is_high, name_or, on_backend_error, path_or_none, windows_from,
+    clock_from, cost_of, given, is_high, label, name_or, on_backend_error, path_or_none,
+    windows_from,
 };
 use super::reservation::{reserve_on, Reservation};
+
+/// The `endpoint` label of a limiter's own bucket in the metrics (`_limiter._export`).
+const DEFAULT_ENDPOINT: &str = "default";
 use super::store::Store;
 use super::token_bucket::PyTokenBucket;
 
@@ -213,15 +216,15 @@ impl PyRateLimiter {
         windows: Option<&Bound<'_, PyAny>>,
         priority_reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let name = match name.cast::<PyString>() {
-            Ok(s) if !s.to_str()?.is_empty() => s,
-            _ => {
-                return Err(PyValueError::new_err(format!(
-                    "endpoint name must be a non-empty str, got {}",
-                    name.repr()?
-                )))
-            }
-        };
+        let name = label(name, "endpoint name")?;
+        if name.to_str()? == DEFAULT_ENDPOINT {
+            // The metrics label the limiter's own bucket "default": a bucket of that name
+            // would be merged with it in every family.
+            return Err(pyo3::exceptions::PyValueError::new_err(
+                "endpoint name 'default' is how the metrics label the limiter's own bucket: \
+                 choose another name",
+            ));
+        }
         let endpoints = self.endpoints.bind(py);
         if let Some(existing) = endpoints.get_item(name)? {
             return existing.cast::<PyTokenBucket>()?.get().set_windows(

@@ -25,6 +25,14 @@ from peak_resilience import (
     with_resilience,
 )
 from peak_resilience.config import Config, Settings
+from peak_resilience.events import (
+    BackendOutage,
+    BreakerTransition,
+    CallRefused,
+    Event,
+    add_listener,
+    remove_listener,
+)
 from peak_resilience.http import HealthServer, start_health_server
 from peak_resilience.metrics import metrics
 from peak_resilience.rate_limiter import RateLimiter as GuideRateLimiter
@@ -240,3 +248,23 @@ server = assert_type(start_health_server(port=0), HealthServer)
 assert_type(server.port, int)
 assert_type(server.url, str)
 server.stop()
+
+# Events: a listener takes the Event union and narrows it.
+seen_events: list[str] = []
+
+
+def on_event(event: Event) -> None:
+    if isinstance(event, BreakerTransition):
+        assert_type(event.to_state, CircuitState)
+    elif isinstance(event, CallRefused):
+        assert_type(event.retry_after, float)
+    else:
+        assert_type(event, BackendOutage)
+        assert_type(event.available, bool)
+
+
+add_listener(on_event)
+remove_listener(on_event)
+GuideCircuitBreaker(name="typed").add_listener(on_event)
+GuideRateLimiter(5, 1.0).add_listener(seen_events.append)  # type: ignore[arg-type]
+add_listener("not callable")  # type: ignore[arg-type]

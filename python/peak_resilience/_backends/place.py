@@ -16,6 +16,7 @@ from typing import Any, Literal
 from peak_resilience._backends import choice, shared
 from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
 from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
+from peak_resilience._backends.redis.connection import named_link
 from peak_resilience._native import ManualClock
 
 __all__ = ["Place", "place"]
@@ -50,7 +51,7 @@ def place(
     """Where the breaker or limiter (``kind``) named ``name`` keeps its state on
     ``backend``."""
     backend = choice.check_backend(backend)
-    choice.check_on_backend_error(on_backend_error)
+    policy = choice.check_on_backend_error(on_backend_error)
     if backend == "shared":
         return Place(shared_dir=shared.directory(name, shared_dir, kind))
     if backend == "redis":
@@ -58,5 +59,6 @@ def place(
         # A manual clock reaches the scripts only in tests: in production Redis' own clock
         # is the one every host agrees on.
         store_of = RedisBreakerStore if kind == "breaker" else RedisLimiterStore
-        return Place(store=store_of(name, redis_url, timeout=timeout, clock=clock))
+        named, link = named_link(kind, name, redis_url, timeout=timeout, policy=policy)
+        return Place(store=store_of(named, link, clock))
     return Place()

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._cli import arguments
 from peak_resilience._limiter import RateLimiter
 from peak_resilience.errors import CircuitBreakerError
 
@@ -54,6 +55,7 @@ def _decorated(func: Callable[..., Any]) -> Callable[..., Any]:
 
 def _ns(call: Callable[[], Any], number: int) -> float:
     """Best of 5 runs of ``number`` calls, in ns per call (the least disturbed run)."""
+    number = max(number, 1)  # the peers' share of a small --number may round to 0
     return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e9
 
 
@@ -132,6 +134,9 @@ def bench(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     parser = commands.add_parser("bench", help="the quick ratio table (timeit, a few seconds)")
     parser.add_argument(
-        "--number", type=int, default=200_000, help="calls per timing run (default: 200000)"
+        "--number",
+        type=arguments.count,
+        default=200_000,
+        help="calls per timing run (default: 200000)",
     )
     parser.set_defaults(handler=bench)

@@ -10,6 +10,7 @@ a terminal the view updates in place; otherwise each event is a plain line.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import random
 import sys
@@ -19,11 +20,12 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from peak_resilience import _breaker
 from peak_resilience._circuit import CircuitState
+from peak_resilience._cli import arguments
 from peak_resilience._config.active import configure
 from peak_resilience._config.environment import ENV_PREFIX, env_name
 from peak_resilience._config.load import load_config
+from peak_resilience._events import BreakerTransition, Event
 from peak_resilience._http.server import start_health_server
 from peak_resilience._modules.registry import (
     create_module_circuit_breaker,
@@ -43,6 +45,11 @@ DEMO_DEFAULTS = {
     "RATE_LIMIT_WINDOW": "1",
     "RATE_LIMIT_BURST": "10",
 }
+
+
+#: The simulated exchange's latency spikes: how often, how long.
+SPIKE_CHANCE = 0.05
+SPIKE_SECONDS = 0.02
 
 
 class ExchangeDown(ConnectionError):
@@ -76,8 +83,8 @@ class SimulatedExchange:
         elapsed = now - self.started
         if self.outage[0] <= elapsed < self.outage[1]:
             raise ExchangeDown("exchange unreachable")
-        if self.rng.random() < 0.05:
-            time.sleep(0.02)  # a latency spike
+        if self.rng.random() < SPIKE_CHANCE:
+            time.sleep(SPIKE_SECONDS)  # a latency spike
         return f"{side} {symbol} filled"
 
 
@@ -89,6 +96,8 @@ class Tally:
     rate_limited: int = 0
     exchange_429: int = 0
     last_wait: float = 0.0
+    spikes: int = 0
+    slowest: float = 0.0
     events: deque[str] = field(default_factory=lambda: deque(maxlen=6))
 
 
@@ -106,6 +115,31 @@ def _start_server(port: int | None) -> Any:
     return start_health_server(host="127.0.0.1", port=port)
 
 
+def _header(duration: float, exchange: SimulatedExchange, config: Any, server: Any) -> list[str]:
+    """What the demo will show, said before it starts."""
+    settings = config.module(MODULE)
+    down_from, down_to = exchange.outage
+    header = [
+        f"demo: {duration:g}s of orders at ~100/s against a simulated exchange that",
+        f"  - answers with latency spikes ({SPIKE_SECONDS * 1000:.0f} ms on ~"
+        f"{SPIKE_CHANCE:.0%} of orders): each one is shown",
+        f"  - is down from {down_from:.1f}s to {down_to:.1f}s: the breaker opens, fails fast, "
+        "half-opens and closes",
+        f"  - allows {exchange.limit} orders/s (429 past that): our limiter keeps the loop "
+        "under it",
+        f"[resilience.{MODULE}] from {config.source or 'built-in defaults'}: breaker opens after "
+        f"{settings.circuit_breaker_threshold} failures for {settings.circuit_breaker_timeout:g}s, "
+        f"limit {settings.rate_limit_requests}/{settings.rate_limit_window:g}s "
+        f"(burst {settings.burst})",
+    ]
+    if server is not None:
+        header.append(
+            f"health endpoints: {server.url}/health  {server.url}/health/prometheus "
+            "(until the demo exits; Ctrl-C stops it with a summary)"
+        )
+    return header
+
+
 def run(
     duration: float = 10.0,
     port: int | None = 0,
@@ -113,6 +147,7 @@ def run(
     live: bool | None = None,
     out: TextIO | None = None,
 ) -> int:
+    """Runs the demo for ``duration`` seconds (or until Ctrl-C: 130, after the summary)."""
     out = out or sys.stdout
     live = out.isatty() if live is None else live
     config = _settings_for_demo(config_path)
@@ -122,77 +157,93 @@ def run(
     tally = Tally()
     started = time.monotonic()
 
-    def on_transition(name: str, from_state: CircuitState, to_state: CircuitState) -> None:
-        if name == breaker.name:
-            line = f"{time.monotonic() - started:5.2f}s  breaker {name}: {from_state} -> {to_state}"
-            tally.events.append(line)
-            if not live:
-                print(line, file=out, flush=True)
+    def event(line: str) -> None:
+        line = f"{time.monotonic() - started:5.2f}s  {line}"
+        tally.events.append(line)
+        if not live:
+            print(line, file=out, flush=True)
 
-    _breaker.transition_hooks.append(on_transition)
+    def on_transition(seen: Event) -> None:
+        if isinstance(seen, BreakerTransition):
+            event(f"breaker {seen.breaker}: {seen.from_state} -> {seen.to_state}")
+
+    breaker.add_listener(on_transition)
 
     @with_resilience(MODULE, "submit_order", use_rate_limiter=True)
     def submit_order(symbol: str, side: str) -> str:
         return exchange.submit_order(symbol, side)
 
     server = _start_server(port)
-    settings = config.module(MODULE)
-    header = [
-        f"demo: {duration:.0f}s of orders at ~100/s; [resilience.{MODULE}] from "
-        f"{config.source or 'built-in defaults'}: breaker opens after "
-        f"{settings.circuit_breaker_threshold} failures for {settings.circuit_breaker_timeout:g}s, "
-        f"limit {settings.rate_limit_requests}/{settings.rate_limit_window:g}s "
-        f"(burst {settings.burst})",
-    ]
-    if server is not None:
-        header.append(f"health endpoints: {server.url}/health  {server.url}/health/prometheus")
-    print("\n".join(header), file=out)
-    rng = random.Random(11)
-    next_frame = next_line = 0.0
+    interrupted = False
     try:
-        while (now := time.monotonic()) - started < duration:
-            symbol = rng.choice(["BTC/EUR", "ETH/EUR", "SOL/EUR"])
-            try:
-                submit_order(symbol, rng.choice(["buy", "sell"]))
-                tally.filled += 1
-            except RateLimitExceeded as refused:
-                tally.rate_limited += 1
-                tally.last_wait = refused.retry_after
-            except CircuitBreakerError:
-                tally.fast_failed += 1
-            except ExchangeRateLimited:
-                tally.exchange_429 += 1
-            except ExchangeDown:
-                tally.failed += 1
-            if live and now >= next_frame:
-                _draw(
-                    out, header, tally, breaker.state, limiter.get_stats(), now - started, duration
-                )
-                next_frame = now + 0.2
-            elif not live and now >= next_line:
-                if next_line:
-                    print(f"{now - started:5.2f}s  {_counts(tally)}", file=out, flush=True)
-                next_line = now + 1.0
-            time.sleep(0.01)
+        header = _header(duration, exchange, config, server)
+        print("\n".join(header), file=out, flush=True)
+        rng = random.Random(11)
+        next_frame = next_line = 0.0
+        try:
+            while (now := time.monotonic()) - started < duration:
+                symbol = rng.choice(["BTC/EUR", "ETH/EUR", "SOL/EUR"])
+                sent = time.perf_counter()
+                try:
+                    submit_order(symbol, rng.choice(["buy", "sell"]))
+                    tally.filled += 1
+                    took = time.perf_counter() - sent
+                    if took >= SPIKE_SECONDS / 2:
+                        tally.spikes += 1
+                        tally.slowest = max(tally.slowest, took)
+                        event(f"latency spike: {symbol} filled in {took * 1000:.1f} ms")
+                except RateLimitExceeded as refused:
+                    tally.rate_limited += 1
+                    tally.last_wait = refused.retry_after
+                except CircuitBreakerError:
+                    tally.fast_failed += 1
+                except ExchangeRateLimited:
+                    tally.exchange_429 += 1
+                except ExchangeDown:
+                    tally.failed += 1
+                if live and now >= next_frame:
+                    _draw(
+                        out,
+                        header,
+                        tally,
+                        breaker.state,
+                        limiter.get_stats(),
+                        now - started,
+                        duration,
+                    )
+                    next_frame = now + 0.2
+                elif not live and now >= next_line:
+                    if next_line:
+                        print(f"{now - started:5.2f}s  {_counts(tally)}", file=out, flush=True)
+                    next_line = now + 1.0
+                time.sleep(0.01)
+        except KeyboardInterrupt:
+            interrupted = True
+        elapsed = min(time.monotonic() - started, duration)
+        if live:
+            _draw(out, header, tally, breaker.state, limiter.get_stats(), elapsed, duration)
+        if interrupted:
+            print(f"interrupted (Ctrl-C) after {elapsed:.2f}s of {duration:g}s", file=out)
+        stats = limiter.get_stats()
+        print(
+            f"done: {_counts(tally)}; limiter rejection rate {stats['rejection_rate']:.0%}, "
+            f"exchange 429s {tally.exchange_429}",
+            file=out,
+            flush=True,
+        )
     finally:
-        _breaker.transition_hooks.remove(on_transition)
+        breaker.remove_listener(on_transition)
+        # Last: the health endpoints answer for as long as the demo runs.
         if server is not None:
             server.stop()
-    if live:
-        _draw(out, header, tally, breaker.state, limiter.get_stats(), duration, duration)
-    stats = limiter.get_stats()
-    print(
-        f"done: {_counts(tally)}; limiter rejection rate {stats['rejection_rate']:.0%}, "
-        f"exchange 429s {tally.exchange_429}",
-        file=out,
-    )
-    return 0
+    return 130 if interrupted else 0
 
 
 def _counts(tally: Tally) -> str:
     return (
         f"filled {tally.filled}, failed {tally.failed}, fast-failed {tally.fast_failed}, "
-        f"rate-limited {tally.rate_limited} (next token in {tally.last_wait * 1000:.0f} ms)"
+        f"rate-limited {tally.rate_limited} (next token in {tally.last_wait * 1000:.0f} ms), "
+        f"latency spikes {tally.spikes} (slowest {tally.slowest * 1000:.0f} ms)"
     )
 
 
@@ -213,6 +264,7 @@ def _draw(
         f"limiter: {stats['tokens_available']:5.1f} tokens, rejection rate "
         f"{stats['rejection_rate']:4.0%}, last wait {tally.last_wait * 1000:4.0f} ms, "
         f"exchange 429s {tally.exchange_429}",
+        f"latency: {tally.spikes} spikes, slowest {tally.slowest * 1000:.1f} ms",
         "events:",
         *(f"  {event}" for event in tally.events),
     ]
@@ -222,17 +274,27 @@ def _draw(
 
 
 def _demo(args: argparse.Namespace) -> int:
-    return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
+    # The demo shows each transition itself: the breaker's own WARNING lines would only
+    # repeat them on stderr (and tear the live view).
+    breaker_log = logging.getLogger("peak_resilience.resilience")
+    level = breaker_log.level
+    breaker_log.setLevel(logging.ERROR)
+    try:
+        return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
+    finally:
+        breaker_log.setLevel(level)
 
 
 def add_commands(commands: Any) -> None:
     demo = commands.add_parser(
         "demo", help="an order loop against a simulated exchange, guarded by with_resilience"
     )
-    demo.add_argument("--duration", type=float, default=10.0, help="seconds to run (default: 10)")
+    demo.add_argument(
+        "--duration", type=arguments.seconds, default=10.0, help="seconds to run (default: 10)"
+    )
     demo.add_argument(
         "--port",
-        type=int,
+        type=arguments.port,
         default=0,
         help="port of the health endpoints on 127.0.0.1 meanwhile (default: a free one)",
     )

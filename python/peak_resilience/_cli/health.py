@@ -11,6 +11,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from peak_resilience._cli import arguments
 from peak_resilience._config.active import configure
 from peak_resilience._health import health_check
 from peak_resilience._http.endpoints import health_token
@@ -57,7 +58,14 @@ def _remote(url: str, token: str | None, timeout: float) -> dict[str, Any]:
         body = err.read()
     except urllib.error.URLError as err:
         raise OSError(f"cannot reach {url}: {err.reason}") from None
-    report: dict[str, Any] = json.loads(body)
+    except ValueError as err:  # http.client.InvalidURL: a URL the parser let through
+        raise OSError(f"cannot ask {url}: {err}") from None
+    try:
+        report = json.loads(body)
+    except ValueError:
+        report = None
+    if not isinstance(report, dict):
+        raise OSError(f"{url}/health/detailed did not answer a health report (is it ours?)")
     return report
 
 
@@ -92,15 +100,29 @@ def check(args: argparse.Namespace) -> int:
 def add_commands(commands: Any) -> None:
     serve_ = commands.add_parser("serve", help="serve the health and metrics endpoints")
     serve_.add_argument("--config", help="config.toml (default: $PEAK_TRADE_CONFIG, ./config.toml)")
-    serve_.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
-    serve_.add_argument("--port", type=int, default=9108, help="port (default: 9108)")
+    serve_.add_argument(
+        "--host",
+        type=arguments.host,
+        default="127.0.0.1",
+        help="address to bind (default: 127.0.0.1)",
+    )
+    serve_.add_argument(
+        "--port", type=arguments.port, default=9108, help="port (default: 9108; 0: a free one)"
+    )
     serve_.set_defaults(handler=serve)
     check_ = commands.add_parser(
         "check",
         help="run the health checks once: exit 0 healthy, 1 degraded, 2 unhealthy",
     )
     check_.add_argument("--config", help="config.toml (default: $PEAK_TRADE_CONFIG, ./config.toml)")
-    check_.add_argument("--url", help="ask a running server (e.g. http://127.0.0.1:9108) instead")
+    check_.add_argument(
+        "--url",
+        type=arguments.url,
+        help="ask a running server (e.g. http://127.0.0.1:9108) instead",
+    )
     check_.add_argument("--token", help="bearer token for --url (default: none)")
-    check_.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for --url")
-    check_.set_defaults(handler=check)
+    check_.add_argument(
+        "--timeout", type=arguments.seconds, default=10.0, help="seconds to wait for --url"
+    )
+    # Whatever goes wrong, a probe must not read it as "degraded" (1).
+    check_.set_defaults(handler=check, error_exit=EXIT_CODES["unhealthy"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 import typing
 from collections.abc import Sequence
@@ -37,8 +38,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+class _OneLine(logging.Formatter):
+    """``peak-resilience: warning: ...``, as the command's own errors read."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"peak-resilience: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def _show_warnings() -> logging.Handler | None:
+    """The command is the application: the package's warnings (a health server open to
+    the network without a token, a backend outage) go to stderr, one line each. Only
+    the package's loggers, and only if nobody set logging up before (a program calling
+    ``main`` may have): the handler, to remove when the command ends, or None."""
+    package = logging.getLogger("peak_resilience")
+    configured = logging.getLogger().handlers + package.handlers
+    if any(not isinstance(h, logging.NullHandler) for h in configured):
+        return None
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLine())
+    package.addHandler(handler)
+    return handler
+
+
+def _run(args: argparse.Namespace) -> int:
+    #: What a failure exits with: 1, or 2 for ``check`` (where 1 means "degraded").
+    failed = int(getattr(args, "error_exit", 1))
     try:
         return int(args.handler(args))
     except ConfigError as err:
@@ -47,6 +71,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except OSError as err:
         print(f"peak-resilience: error: {err.strerror or err}", file=sys.stderr)
-        return 1
+        return failed
     except KeyboardInterrupt:
         return 130
+    except Exception as err:
+        # A bug of ours still reaches the user as one line; the traceback is in the DEBUG
+        # log for whoever reports it.
+        logging.getLogger("peak_resilience.cli").debug("unexpected error", exc_info=True)
+        print(f"peak-resilience: error: {type(err).__name__}: {err}", file=sys.stderr)
+        return failed
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the command ``argv`` (default: the process' arguments); returns its exit code."""
+    args = build_parser().parse_args(argv)
+    handler = _show_warnings()
+    try:
+        return _run(args)
+    finally:
+        if handler is not None:
+            logging.getLogger("peak_resilience").removeHandler(handler)

@@ -30,6 +30,34 @@ def env_name(module: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", module.upper())
 
 
+#: What a mistyped PEAK_TRADE_CONFIG tends to look like (the part after the prefix).
+_CONFIG_PATH_MISSES = ("CONFIG", "CONFIG_FILE", "CONFIG_PATH", "CONFIGFILE", "CONFIG_TOML", "CONF")
+
+
+def _config_path_typo(variable: str, rest: str) -> None:
+    """Refuses a near miss of ``PEAK_TRADE_CONFIG``: without this, the file it names is
+    not read at all and the built-in defaults run without a word."""
+    if difflib.get_close_matches(rest.upper(), _CONFIG_PATH_MISSES, n=1, cutoff=0.8):
+        raise ConfigError(
+            f"{variable} is not read; did you mean {ENV_CONFIG_PATH}? (the variable that "
+            "names the configuration file)",
+            source=f"environment {variable}",
+        )
+
+
+def _one_underscore(variable: str, name: str, where: dict[str, str | None]) -> None:
+    """Refuses ``PEAK_TRADE_<MODULE>_<KEY>`` (one underscore): a module's key needs two,
+    and the variable would otherwise be ignored or taken for the global key."""
+    for key_name, spec in SCHEMA.items():
+        if spec.per_module and name.endswith("_" + key_name):
+            module = name[: -len(key_name) - 1].upper()
+            raise ConfigError(
+                f"unknown key; did you mean {ENV_PREFIX}{module}__{key_name.upper()}? "
+                "(two underscores between the module and the key)",
+                **where,
+            )
+
+
 def parse_env(
     environ: Mapping[str, str],
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]], dict[tuple[str | None, str], str]]:
@@ -42,9 +70,12 @@ def parse_env(
         if not variable.startswith(ENV_PREFIX) or variable == ENV_CONFIG_PATH:
             continue
         rest = variable[len(ENV_PREFIX) :]
+        _config_path_typo(variable, rest)
         module, sep, upper_key = rest.partition("__")
         if not sep:
             module, upper_key = "", rest
+        # Module names match case-insensitively: PEAK_TRADE_live__... is LIVE's.
+        module = env_name(module) if module else ""
         name = upper_key.lower()
         table = f"{TABLE}.{module.lower()}" if module else TABLE
         where: dict[str, str | None] = {
@@ -57,6 +88,7 @@ def parse_env(
             if module:
                 # The double underscore is our syntax: this variable was meant for us.
                 raise ConfigError("unknown key" + suggest(name), **where)
+            _one_underscore(variable, name, where)
             # Other PEAK_TRADE_* variables belong to the application; one that is a
             # near miss of a key is a typo that would otherwise be silently ignored.
             close = difflib.get_close_matches(name, SCHEMA, n=1, cutoff=0.85)

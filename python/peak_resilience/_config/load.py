@@ -9,6 +9,7 @@ from the file, built-in default. ``load_config(path)`` returns the validated set
 
 from __future__ import annotations
 
+import codecs
 import os
 import sys
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 from peak_resilience._config.environment import ENV_CONFIG_PATH, env_name, parse_env
 from peak_resilience._config.errors import ConfigError
+from peak_resilience._config.parameters import breaker_parameters, limiter_parameters
 from peak_resilience._config.schema import DEFAULTS, NATIVE_BREAKER_KEYS, SCHEMA, TABLE, Settings
 from peak_resilience._config.values import checked, suggest
 from peak_resilience._native import CircuitBreaker, TokenBucket
@@ -28,6 +30,9 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 __all__ = ["DEFAULT_PATH", "Config", "load_config"]
+
+#: The keys that give the rate as one window (``rate_limit_burst`` only shapes it).
+_RATE_PAIR = ("rate_limit_requests", "rate_limit_window")
 
 #: Where ``configure()`` looks when neither a path nor ``$PEAK_TRADE_CONFIG`` is given.
 DEFAULT_PATH = Path("config.toml")
@@ -48,13 +53,14 @@ class Config:
         #: The file the settings came from; None for built-in defaults only.
         self.source = source
         self._global_file = global_file
+        self._global_env = global_env
         self._global = {**DEFAULTS, **global_file, **global_env}
         self._module_file = module_file
         self._module_env = module_env
         self._env_sources = env_sources
         self._cache: dict[str, Settings] = {}
         self._lock = threading.Lock()
-        self.globals = self._build(None, self._global)
+        self.globals = self._build(None, self._rate_in_force(None, self._global))
 
     @property
     def modules(self) -> tuple[str, ...]:
@@ -71,18 +77,57 @@ class Config:
                 **self._module_file.get(name, {}),
                 **self._module_env.get(env_name(name), {}),
             }
-            settings = self._build(name, values)
+            settings = self._build(name, self._rate_in_force(name, values))
             with self._lock:
                 settings = self._cache.setdefault(name, settings)
         return settings
 
+    def _layers(self, module: str | None) -> list[Mapping[str, Any]]:
+        """The layers that set ``module``'s values, least specific first."""
+        layers: list[Mapping[str, Any]] = [self._global_file, self._global_env]
+        if module is not None:
+            layers.append(self._module_file.get(module, {}))
+            layers.append(self._module_env.get(env_name(module), {}))
+        return layers
+
+    def _rate_layer(self, module: str | None) -> Mapping[str, Any] | None:
+        """The most specific layer that sets the rate, as ``rate_limits`` or as the pair."""
+        for layer in self._layers(module)[::-1]:
+            if any(name in layer for name in ("rate_limits", *_RATE_PAIR)):
+                return layer
+        return None
+
+    def _rate_in_force(self, module: str | None, values: dict[str, Any]) -> dict[str, Any]:
+        """``values`` with ``rate_limits`` cleared when a more specific layer than the one
+        that set them gives the rate as ``rate_limit_requests``/``rate_limit_window``: the
+        most specific layer wins however the rate is written."""
+        layer = self._rate_layer(module)
+        if values["rate_limits"] and layer is not None and "rate_limits" not in layer:
+            return {**values, "rate_limits": ()}
+        return values
+
     def _build(self, module: str | None, values: dict[str, Any]) -> Settings:
         settings = Settings(**values)
         table = TABLE if module is None else f"{TABLE}.{module}"
+        uses_redis = "redis" in (settings.circuit_breaker_backend, settings.rate_limit_backend)
+        sentinels, master = settings.redis_sentinels, settings.redis_sentinel_master
+        if uses_redis and bool(sentinels) != (master is not None):
+            needed, given = (
+                ("redis_sentinel_master", "redis_sentinels")
+                if sentinels
+                else ("redis_sentinels", "redis_sentinel_master")
+            )
+            raise ConfigError(
+                f"{given} needs {needed}: the sentinels and the name of the master they watch",
+                source=self._where(module, given),
+                table=table,
+                key=needed,
+            )
         for backend_key in ("circuit_breaker_backend", "rate_limit_backend"):
-            if getattr(settings, backend_key) == "redis" and settings.redis_url is None:
+            if getattr(settings, backend_key) == "redis" and settings.redis_location is None:
                 raise ConfigError(
-                    f"{backend_key} = 'redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0')",
+                    f"{backend_key} = 'redis' needs redis_url (e.g. 'redis://127.0.0.1:6379/0')"
+                    " or redis_sentinels and redis_sentinel_master",
                     source=self._where(module, backend_key),
                     table=table,
                     key="redis_url",
@@ -94,13 +139,16 @@ class Config:
         if settings.rate_limit_enabled:
             problem = _quota_problem(settings)
             if problem is not None:
-                raise ConfigError(
-                    problem,
-                    source=self._where(module, "rate_limit_requests"),
-                    table=table,
-                    key="rate_limit_requests",
-                )
+                keys, reason = problem
+                name = next((k for k in keys if self._from_env(module, k)), keys[0])
+                raise ConfigError(reason, source=self._where(module, name), table=table, key=name)
         return settings
+
+    def _from_env(self, module: str | None, name: str) -> bool:
+        found = self._env_sources.get((None, name))
+        if module is not None:
+            found = self._env_sources.get((env_name(module), name), found)
+        return found is not None
 
     def _where(self, module: str | None, name: str) -> str | None:
         """Which source set ``name`` for ``module`` (for error messages)."""
@@ -118,6 +166,17 @@ class Config:
     def origin(self, module: str | None, name: str) -> str:
         """Where the value in force for key ``name`` comes from: ``environment VAR``,
         ``FILE [resilience.module]``, ``FILE [resilience]`` or ``default``."""
+        if name == "rate_limits" and self.rate_replaced(module):
+            pair = next(k for k in _RATE_PAIR if k in (self._rate_layer(module) or {}))
+            return f"replaced by {pair} ({self._written(module, pair)})"
+        return self._written(module, name)
+
+    def budget(self, module: str | None) -> str:
+        """The budget ``module``'s limiter enforces, in a line (``"30/60s"``)."""
+        settings = self.globals if module is None else self.module(module)
+        return limiter_parameters(settings).describe()
+
+    def _written(self, module: str | None, name: str) -> str:
         if module is not None:
             env = self._env_sources.get((env_name(module), name))
             if env is not None:
@@ -131,6 +190,13 @@ class Config:
             return f"{self.source} [{TABLE}]"
         return "default"
 
+    def rate_replaced(self, module: str | None) -> bool:
+        """Whether ``rate_limits`` set in a less specific layer give way, for ``module``,
+        to ``rate_limit_requests``/``rate_limit_window`` set in a more specific one."""
+        settings = self.globals if module is None else self.module(module)
+        written = [layer["rate_limits"] for layer in self._layers(module) if "rate_limits" in layer]
+        return bool(written and written[-1]) and not settings.rate_limits
+
     def __repr__(self) -> str:
         return f"Config(source={self.source!r}, modules={list(self.modules)!r})"
 
@@ -139,13 +205,14 @@ def _breaker_problem(settings: Settings) -> tuple[str, str] | None:
     """The native breaker's own verdict on the settings (it refuses a duration it cannot
     represent in nanoseconds, e.g. 1e308 or 1e-300 seconds, and thresholds past
     2**64 - 1): refused here, not when the first breaker is built from them."""
+    wanted = breaker_parameters(settings)
     try:
         CircuitBreaker(
-            settings.circuit_breaker_threshold,
-            settings.circuit_breaker_timeout,
+            wanted.failure_threshold,
+            wanted.recovery_timeout,
             "config-check",
-            settings.half_open_max_calls,
-            **settings.breaker_policy,
+            wanted.half_open_max_calls,
+            **wanted.policy,
         )
     except (ValueError, OverflowError) as err:
         native = str(err).split(" ", 1)[0]
@@ -153,20 +220,21 @@ def _breaker_problem(settings: Settings) -> tuple[str, str] | None:
     return None
 
 
-def _quota_problem(settings: Settings) -> str | None:
-    """The native bucket's own verdict on the rate (it refuses rates it cannot represent)."""
+def _quota_problem(settings: Settings) -> tuple[tuple[str, ...], str] | None:
+    """The native bucket's own verdict on the budget the limiter would get (it refuses
+    rates it cannot represent): the keys to blame and why."""
+    wanted = limiter_parameters(settings)
+    first = wanted.first
+    keys = ("rate_limits",) if settings.rate_limits else _RATE_PAIR
     try:
-        TokenBucket(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
+        bucket = TokenBucket(first.requests, first.seconds, first.burst)
     except (ValueError, OverflowError) as err:
-        return f"rate_limit_requests/rate_limit_window/rate_limit_burst: {err}"
-    (first, length, burst), rest = settings.windows
+        return keys, f"{'/'.join(keys)}: {err}"
     try:
-        TokenBucket(first, length, burst).set_windows(
-            first, length, burst, windows=rest, priority_reserve=settings.rate_limit_reserve
-        )
+        wanted.set_on(bucket)
     except ValueError as err:
-        keys = "rate_limits/rate_limit_reserve" if settings.rate_limits else "rate_limit_reserve"
-        return f"{keys}: {err}"
+        shown = "rate_limits/rate_limit_reserve" if settings.rate_limits else "rate_limit_reserve"
+        return ("rate_limit_reserve", *keys), f"{shown}: {err}"
     return None
 
 
@@ -185,6 +253,19 @@ def _parse_table(
             )
         parsed[name] = checked(name, value, from_env=False, where=where)
     return parsed
+
+
+def _text(data: bytes, source: str) -> str:
+    """The file's text. A UTF-8 byte-order mark (which editors on Windows write) is
+    accepted; TOML itself has no place for one."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8) :]
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"not valid TOML: the file is not UTF-8 (byte {err.start})", source=source
+        ) from err
 
 
 def _find_path(path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
@@ -219,7 +300,9 @@ def load_config(
         source = str(found)
         try:
             with open(found, "rb") as handle:
-                document = tomllib.load(handle)
+                document = tomllib.loads(_text(handle.read(), source))
+        except ConfigError:
+            raise
         except OSError as err:
             raise ConfigError(f"cannot read the file: {err.strerror}", source=source) from err
         except tomllib.TOMLDecodeError as err:
@@ -251,4 +334,10 @@ def load_config(
     config = Config(source, global_file, global_env, module_file, module_env, env_sources)
     for module in module_file:
         config.module(module)  # validates each module's combined settings now
+    in_file = {env_name(module) for module in module_file}
+    for variable_module in module_env:
+        if variable_module not in in_file:
+            # A module known only from the environment: its settings are checked now too,
+            # not when its first function is decorated (or while a reload is applied).
+            config.module(variable_module.lower())
     return config

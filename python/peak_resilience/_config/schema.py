@@ -2,9 +2,8 @@
 
 A field's annotation is the key's type; ``key()`` gives its default, its check of the
 value and whether ``[resilience.<module>]`` may override it. ``SCHEMA`` and ``DEFAULTS``
-are read from the fields. ``Settings`` also says what its keys mean to the objects built
-from them: the windows of the rate budget, and the native breaker's policy keywords
-(which the builder passes and the loader checks against the native breaker).
+are read from the fields. ``Settings`` also gives the native breaker's policy keywords
+(``parameters`` turns settings into what the objects are built with).
 """
 
 from __future__ import annotations
@@ -15,10 +14,12 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.redis.sentinel import sentinel_url
+from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
 from peak_resilience._native import MAX_HALF_OPEN_CALLS
-from peak_resilience._windows import parse_limit, parse_limits
+from peak_resilience._windows import parse_limit
 
 __all__ = [
     "DEFAULTS",
@@ -32,6 +33,7 @@ __all__ = [
     "at_least",
     "at_most",
     "fraction",
+    "host_ports",
     "key",
     "metric_prefix",
     "non_empty",
@@ -94,6 +96,14 @@ def rate_limit_specs(value: tuple[str, ...]) -> str | None:
     return None
 
 
+def host_ports(value: tuple[str, ...]) -> str | None:
+    for entry in value:
+        host, colon, port = entry.rpartition(":")
+        if not (colon and host and port.isdigit() and 0 < int(port) < 65536):
+            return f"each entry must be 'host:port', got {entry!r}"
+    return None
+
+
 def metric_prefix(value: str) -> str | None:
     if PREFIX_PATTERN.fullmatch(value):
         return None
@@ -114,7 +124,8 @@ class Settings:
     #: Tokens a full bucket holds; None means ``rate_limit_requests``.
     rate_limit_burst: int | None = key(None, optional(at_least(1)))
     #: Several windows, all or nothing ("1200/60s", "50/10s", "160000/1d"; units s/m/h/d).
-    #: When set, they are the budget and rate_limit_requests/_window/_burst are not used.
+    #: The most specific layer that sets either form wins: rate_limits set in [resilience]
+    #: give way to rate_limit_requests/_window/_burst set for a module, and the reverse.
     rate_limits: tuple[str, ...] = key((), rate_limit_specs)
     #: Tokens of every window kept for priority="high" calls (cancels, risk reductions).
     rate_limit_reserve: int = key(0, at_least(0))
@@ -124,7 +135,13 @@ class Settings:
     circuit_breaker_backend: Backend = key("memory")
     rate_limit_backend: Backend = key("memory")
     redis_url: str | None = key(None, optional(non_empty))
-    shared_dir: str = key("/dev/shm/peak_resilience", non_empty)
+    #: Redis Sentinel: the sentinels that say where the master is ("host:port" each)...
+    redis_sentinels: tuple[str, ...] = key((), host_ports)
+    #: ...and the name of the master they watch (``redis_url``, if set, then gives only
+    #: the user, password, database and TLS).
+    redis_sentinel_master: str | None = key(None, optional(non_empty))
+    #: Default: /dev/shm/peak-resilience-<uid> (the constructors' default too).
+    shared_dir: str = key(str(default_shared_dir()), non_empty)
     on_backend_error: OnBackendError = key("local")
     health_token: str | None = key(None, optional(non_empty), per_module=False)
     metrics_prefix: str = key(DEFAULT_PREFIX, metric_prefix, per_module=False)
@@ -147,20 +164,24 @@ class Settings:
     circuit_breaker_max_timeout: float = key(600.0, positive)
     #: Decide but do not enforce: every call runs, would-be refusals are counted.
     circuit_breaker_metrics_only: bool = key(False)
+    # Issue 16, the bulkhead (off unless set).
+    #: Calls of one operation that may run at once; None: no cap.
+    max_concurrent: int | None = key(None, optional(at_least(1)))
+    #: Seconds a call over the cap waits for a slot before it is refused.
+    bulkhead_max_wait: float = key(0.0, at_least(0))
+
+    @property
+    def redis_location(self) -> str | None:
+        """Where the Redis backend connects: ``redis_url``, or with ``redis_sentinels``
+        the master they name (a ``redis+sentinel://`` URL)."""
+        if not self.redis_sentinels or self.redis_sentinel_master is None:
+            return self.redis_url  # (half a Sentinel setup is refused where Redis is used)
+        return sentinel_url(self.redis_sentinels, self.redis_sentinel_master, self.redis_url)
 
     @property
     def burst(self) -> int:
         """Tokens a full bucket holds (``rate_limit_burst``, else ``rate_limit_requests``)."""
         return self.rate_limit_requests if self.rate_limit_burst is None else self.rate_limit_burst
-
-    @property
-    def windows(self) -> tuple[tuple[int, float, int], list[tuple[int, float]]]:
-        """The budget's first window as (max_requests, window_seconds, burst) and the
-        others as (max_requests, window_seconds): ``rate_limits`` when set, else the pair."""
-        if not self.rate_limits:
-            return (self.rate_limit_requests, self.rate_limit_window, self.burst), []
-        (first, length), *rest = parse_limits(self.rate_limits)
-        return (first, length, first), rest
 
     @property
     def breaker_policy(self) -> dict[str, Any]:

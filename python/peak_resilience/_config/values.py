@@ -55,6 +55,8 @@ def _typed(value: Any, tp: Any) -> tuple[Any, str | None]:
     if tp is str:
         return value, None if isinstance(value, str) else f"must be {_describe(tp)}"
     if typing.get_origin(tp) is Literal:
+        # Trimmed as numbers are: " shared" is "shared", as " 8 " is 8.
+        value = value.strip() if isinstance(value, str) else value
         return value, None if value in typing.get_args(tp) else f"must be {_describe(tp)}"
     if tp == tuple[str, ...]:
         ok = isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value)
@@ -88,7 +90,7 @@ def _from_text(text: str, tp: Any) -> tuple[Any, str | None]:
     if tp == tuple[str, ...]:
         # PEAK_TRADE_RATE_LIMITS="1200/60s,50/10s"
         return tuple(part.strip() for part in text.split(",") if part.strip()), None
-    return _typed(text, tp)
+    return _typed(text, tp)  # a choice is trimmed there; other strings are taken as they are
 
 
 def checked(name: str, value: Any, *, from_env: bool, where: dict[str, str | None]) -> Any:

@@ -92,6 +92,14 @@ class HealthEndpoints:
             "/readyz": self._readyz,
         }
 
+    def paths_under(self, prefix: str) -> dict[str, str]:
+        """Where a framework mounts each endpoint: the path under ``prefix`` ("" or, e.g.,
+        "/ops") -> the endpoint's own path, which ``handle`` answers."""
+        if not isinstance(prefix, str) or (prefix and not prefix.startswith("/")):
+            raise ValueError(f"prefix must be '' or start with '/', got {prefix!r}")
+        prefix = prefix.rstrip("/")
+        return {prefix + path: path for path in self._routes}
+
     @property
     def guarded(self) -> bool:
         """Whether a bearer token is required for the detailed endpoints."""

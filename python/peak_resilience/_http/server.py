@@ -9,6 +9,7 @@ import contextlib
 import ipaddress
 import logging
 import math
+import os
 import socket
 import sys
 import threading
@@ -221,6 +222,8 @@ class HealthServer:
             daemon=True,
         )
         self._thread.start()
+        #: The process whose thread serves: a forked child has the object, not the thread.
+        self._pid = os.getpid()
 
     @property
     def open_connections(self) -> int:
@@ -234,7 +237,12 @@ class HealthServer:
         return f"http://{host}:{self.port}"
 
     def stop(self) -> None:
-        """Stops serving and closes the socket; returns once the server thread ended."""
+        """Stops serving and closes the socket; returns once the server thread ended.
+        In a forked child (whose copy of the server has no thread to wait for) it closes
+        the child's copy of the socket only; the parent keeps serving."""
+        if os.getpid() != self._pid:
+            self._server.server_close()
+            return
         self._server.shutdown()
         self._server.server_close()
         self._server.close_connections()

@@ -77,6 +77,10 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
             for k, v in readings.state_changes.items()
         ]
     )
+    name = family("circuit_breaker_rejections") + "_total"
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.breaker_rejections.items()]
+    )
     name = family("rate_limit_hits") + "_total"
     out.extend(
         [
@@ -129,7 +133,10 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     )
     name = family("health_check_status")
     out.extend(
-        [f'{name}{{check="{_label(k)}"}} {1 if ok else 0}\n' for k, ok in readings.health.items()]
+        [
+            f'{name}{{check="{_label(k)}",critical="{str(critical).lower()}"}} {int(ok)}\n'
+            for k, (ok, critical) in readings.health.items()
+        ]
     )
     name = family("metrics_label_values_folded") + "_total"
     out.extend([f'{name}{{family="{k}"}} {v}\n' for k, v in readings.folded.items()])
@@ -159,6 +166,19 @@ def render(readings: Readings, prefix: str, *, openmetrics: bool = False) -> byt
     out.extend(
         [f'{name}{{limiter="{_label(k)}"}} {_gauge_value(v)}\n' for k, v in readings.paused.items()]
     )
+    name = family("retries") + "_total"
+    out.extend([f'{name}{{operation="{_label(k)}"}} {v}\n' for k, v in readings.retries.items()])
+    name = family("bulkhead_in_flight")
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.bulkhead_in_flight.items()]
+    )
+    name = family("bulkhead_rejections") + "_total"
+    out.extend(
+        [f'{name}{{name="{_label(k)}"}} {v}\n' for k, v in readings.bulkhead_rejections.items()]
+    )
+    name = family("timeouts") + "_total"
+    out.extend([f'{name}{{operation="{_label(k)}"}} {v}\n' for k, v in readings.timeouts.items()])
     if openmetrics:
         out.append("# EOF\n")
-    return "".join(out).encode()
+    # Every name was checked on the way in; escaping here keeps a scrape whole regardless.
+    return "".join(out).encode("utf-8", "backslashreplace")

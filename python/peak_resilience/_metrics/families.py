@@ -43,13 +43,22 @@ FAMILIES = (
     ),
     ("circuit_breaker_failures", "counter", "Failures recorded by the circuit breaker"),
     ("circuit_breaker_state_changes", "counter", "Circuit breaker state transitions"),
+    (
+        "circuit_breaker_rejections",
+        "counter",
+        "Calls refused by an open circuit breaker (the function was not run)",
+    ),
     ("rate_limit_hits", "counter", "Requests to the rate limiter, allowed and rejected"),
     ("rate_limit_rejections", "counter", "Requests rejected by the rate limiter"),
     ("rate_limit_tokens_available", "gauge", "Tokens available in the rate limiter's bucket"),
     ("request_duration_seconds", "histogram", "Operation latency in seconds"),
     ("operation_failures", "counter", "Failed operations by exception type"),
     ("operation_successes", "counter", "Successful operations"),
-    ("health_check_status", "gauge", "Health check outcome (1 healthy, 0 failing)"),
+    (
+        "health_check_status",
+        "gauge",
+        'Health check outcome (1 healthy, 0 failing); critical="true" checks decide /health',
+    ),
     (
         "metrics_label_values_folded",
         "counter",
@@ -88,4 +97,13 @@ FAMILIES = (
         "gauge",
         "Seconds a paused rate limiter still refuses every request (0: not paused)",
     ),
+    # Issue 16, the complete guard: exported for the operations and bulkheads that use it.
+    ("retries", "counter", "Attempts of an operation's calls made again after a failure"),
+    ("bulkhead_in_flight", "gauge", "Calls holding a slot of the bulkhead now"),
+    (
+        "bulkhead_rejections",
+        "counter",
+        "Calls refused because every slot of the bulkhead was taken (the function was not run)",
+    ),
+    ("timeouts", "counter", "Async calls cancelled for running past their timeout"),
 )

@@ -50,6 +50,7 @@ class Collector:
             state,
             failures,
             changes,
+            refusals,
             hits,
             rejections,
             tokens,
@@ -64,6 +65,10 @@ class Collector:
             slow_calls,
             window_tokens,
             paused,
+            retries,
+            bulkhead_in_flight,
+            bulkhead_rejections,
+            timeouts,
         ) = families = self.describe()
         n = state.name
         state.samples = [_sample(n, {"name": k}, v) for k, v in readings.breaker_states.items()]
@@ -75,6 +80,10 @@ class Collector:
         changes.samples = [
             _sample(n, {"name": k[0], "from_state": k[1], "to_state": k[2]}, v)
             for k, v in readings.state_changes.items()
+        ]
+        n = refusals.name + "_total"
+        refusals.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.breaker_rejections.items()
         ]
         n = hits.name + "_total"
         hits.samples = [
@@ -117,7 +126,8 @@ class Collector:
         ]
         n = health.name
         health.samples = [
-            _sample(n, {"check": k}, 1 if ok else 0) for k, ok in readings.health.items()
+            _sample(n, {"check": k, "critical": str(critical).lower()}, int(ok))
+            for k, (ok, critical) in readings.health.items()
         ]
         n = folded.name + "_total"
         folded.samples = [_sample(n, {"family": k}, v) for k, v in readings.folded.items()]
@@ -144,4 +154,16 @@ class Collector:
         ]
         n = paused.name
         paused.samples = [_sample(n, {"limiter": k}, v) for k, v in readings.paused.items()]
+        n = retries.name + "_total"
+        retries.samples = [_sample(n, {"operation": k}, v) for k, v in readings.retries.items()]
+        n = bulkhead_in_flight.name
+        bulkhead_in_flight.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.bulkhead_in_flight.items()
+        ]
+        n = bulkhead_rejections.name + "_total"
+        bulkhead_rejections.samples = [
+            _sample(n, {"name": k}, v) for k, v in readings.bulkhead_rejections.items()
+        ]
+        n = timeouts.name + "_total"
+        timeouts.samples = [_sample(n, {"operation": k}, v) for k, v in readings.timeouts.items()]
         return families

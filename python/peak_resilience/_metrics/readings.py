@@ -4,7 +4,8 @@ Nothing per call goes through prometheus-client. A read walks the live breakers 
 limiters (weakly held, so a dropped one disappears) and the operation registry, reads
 their atomics and merges what explicit ``metrics.record_*`` calls reported. Several
 objects may share a name: counters are then summed, the state gauge shows the worst state
-and the tokens gauge the emptiest bucket.
+and the tokens gauge the emptiest bucket. What dropped objects counted stays in their
+name's counters (``_instances.retired``), so that no counter ever goes down.
 """
 
 from __future__ import annotations
@@ -51,6 +52,42 @@ def _quantile(q: float, cumulative: list[int]) -> float | None:
     return LATENCY_BOUNDS[-1]
 
 
+def _operation_summary(snap: dict[str, Any]) -> dict[str, Any]:
+    """One operation in the JSON summary: exact counts, sum, min and max; quantiles
+    estimated from the buckets (``quantiles_estimated``) but never outside [min, max],
+    and exact when every call took the same time."""
+    cumulative: list[int] = snap["buckets"]
+    timed = cumulative[-1]
+    failures: dict[str, int] = snap["failures"]
+    failed = sum(failures.values())
+    low: float | None = snap["min"]
+    high: float | None = snap["max"]
+
+    def quantile(q: float) -> float | None:
+        estimate = _quantile(q, cumulative)
+        if estimate is None or low is None or high is None:
+            return estimate
+        return min(max(estimate, low), high)
+
+    return {
+        "count": snap["successes"] + failed,
+        "successes": snap["successes"],
+        "failures": failed,
+        "failures_by_type": dict(failures),
+        "latency_seconds": {
+            "count": timed,
+            "sum": snap["sum"],
+            "min": low,
+            "max": high,
+            "mean": snap["sum"] / timed if timed else None,
+            "p50": quantile(0.50),
+            "p95": quantile(0.95),
+            "p99": quantile(0.99),
+            "quantiles_estimated": timed > 0 and low != high,
+        },
+    }
+
+
 @dataclass(frozen=True)
 class Readings:
     """Every exported value at one instant, keyed by label values."""
@@ -63,8 +100,9 @@ class Readings:
     tokens: dict[tuple[str, str], float]
     operations: dict[str, dict[str, Any]]
     folded: dict[str, int]
-    #: Each health check's outcome (True healthy); empty when the read skipped them.
-    health: dict[str, bool]
+    #: Each health check's outcome and whether it is critical, as (healthy, critical);
+    #: empty when the read skipped them.
+    health: dict[str, tuple[bool, bool]]
     #: Failed backend calls by backend (``{"redis": n}``, once a Redis object exists).
     backend_errors: dict[str, int] = dataclasses.field(default_factory=dict)
     #: The machine's own state of breakers in metrics_only mode.
@@ -73,10 +111,19 @@ class Readings:
     breaker_would_reject: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Slow calls of breakers with a slow_call_duration (or that counted some).
     breaker_slow_calls: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Calls refused by an open breaker (the function not run), by breaker name.
+    breaker_rejections: dict[str, int] = dataclasses.field(default_factory=dict)
     #: Tokens per window of the buckets of several windows: (limiter, endpoint, window).
     window_tokens: dict[tuple[str, str, str], float] = dataclasses.field(default_factory=dict)
     #: Seconds each limiter stays paused (0.0 when it is not).
     paused: dict[str, float] = dataclasses.field(default_factory=dict)
+    #: Retries made, by operation (operations with a retry policy).
+    retries: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Calls holding a bulkhead slot now, and calls refused for want of one, by bulkhead.
+    bulkhead_in_flight: dict[str, int] = dataclasses.field(default_factory=dict)
+    bulkhead_rejections: dict[str, int] = dataclasses.field(default_factory=dict)
+    #: Async calls cancelled by their timeout, by operation.
+    timeouts: dict[str, int] = dataclasses.field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """The JSON form: breakers, limiters by endpoint, operations with latency."""
@@ -116,24 +163,7 @@ class Readings:
         for name, paused in self.paused.items():
             for entry in limiters.get(name, {}).values():
                 entry["paused_seconds"] = paused
-        operations: dict[str, dict[str, Any]] = {}
-        for name, snap in self.operations.items():
-            cumulative: list[int] = snap["buckets"]
-            count = cumulative[-1]
-            failures: dict[str, int] = snap["failures"]
-            operations[name] = {
-                "count": count,
-                "successes": snap["successes"],
-                "failures": sum(failures.values()),
-                "failures_by_type": dict(failures),
-                "latency_seconds": {
-                    "sum": snap["sum"],
-                    "mean": snap["sum"] / count if count else None,
-                    "p50": _quantile(0.50, cumulative),
-                    "p95": _quantile(0.95, cumulative),
-                    "p99": _quantile(0.99, cumulative),
-                },
-            }
+        operations = {name: _operation_summary(snap) for name, snap in self.operations.items()}
         return {
             "circuit_breakers": breakers,
             "rate_limiters": limiters,
@@ -149,7 +179,7 @@ def read(
     reported_hits: dict[tuple[str, str], int],
     reported_rejections: dict[tuple[str, str], int],
     folded: dict[str, int],
-    health: dict[str, bool],
+    health: dict[str, tuple[bool, bool]],
 ) -> Readings:
     """Reads every live breaker, limiter and operation, merged with what was reported."""
     states: dict[str, int] = {}
@@ -158,8 +188,25 @@ def read(
     shadow_states: dict[str, int] = {}
     would_reject: dict[str, int] = {}
     slow_calls: dict[str, int] = {}
+    refused: dict[str, int] = {}
     shared_breakers: set[Any] = set()
-    for breaker in _instances.alive(_instances.breakers):
+    with _instances.lock:  # the live objects and the dropped ones' counts, at one instant
+        live_breakers = _instances.alive(_instances.breakers)
+        live_limiters = _instances.alive(_instances.limiters)
+        retired_breakers = {n: dict(c) for n, c in _instances.retired.breakers.items()}
+        retired_buckets = {k: tuple(v) for k, v in _instances.retired.buckets.items()}
+    for name, kept in retired_breakers.items():
+        failures[name] = kept.get("failures", 0)
+        refused[name] = kept.get("rejections", 0)
+        if kept.get("would_reject"):
+            would_reject[name] = kept["would_reject"]
+        if kept.get("slow_calls"):
+            slow_calls[name] = kept["slow_calls"]
+        for key, count in kept.items():
+            if isinstance(key, tuple):
+                label = (name, STATE_LABELS[key[0]], STATE_LABELS[key[1]])
+                changes[label] = changes.get(label, 0) + count
+    for breaker in live_breakers:
         name = breaker.name
         code = breaker.state_code  # HALF_OPEN once the recovery timeout has passed
         if _SEVERITY[code] >= _SEVERITY[states.get(name, code)]:
@@ -174,6 +221,7 @@ def read(
                 continue  # the host's counts, already read through another object
             shared_breakers.add(shared_file)
         failures[name] = failures.get(name, 0) + breaker.failure_total
+        refused[name] = refused.get(name, 0) + breaker.rejection_total
         counts = breaker.transition_counts()
         for before, after, always in _TRANSITIONS:
             count = counts.pop((before, after), 0)
@@ -198,7 +246,10 @@ def read(
     window_tokens: dict[tuple[str, str, str], float] = {}
     paused: dict[str, float] = {}
     shared_files: set[Any] = set()
-    for limiter in _instances.alive(_instances.limiters):
+    for bucket_key, (hits, rejected) in retired_buckets.items():
+        requests[bucket_key] = hits
+        rejections[bucket_key] = rejected
+    for limiter in live_limiters:
         name = limiter.name
         for endpoint, allowed, rejected, available, shared_file, extra in limiter._export():
             bucket_key = (name, endpoint)
@@ -219,7 +270,21 @@ def read(
         rejected = reported_rejections.get(bucket_key, 0)
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
+    in_flight: dict[str, int] = {}
+    slots_refused: dict[str, int] = {}
+    for bulkhead in _instances.alive(_instances.bulkheads):
+        in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
+        slots_refused[bulkhead.name] = slots_refused.get(bulkhead.name, 0) + bulkhead.rejections
+    retries = {name: retry.retries for name, retry in dict(_instances.retries).items()}
+
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
+    # Error types past the native table's size are counted as "other": folded values too.
+    folded_types = sum(snap["folded_failures"] for snap in operations.values())
+    if folded_types:
+        folded = {
+            **folded,
+            "operation_failures": folded.get("operation_failures", 0) + folded_types,
+        }
     return Readings(
         states,
         failures,
@@ -234,6 +299,11 @@ def read(
         shadow_states,
         would_reject,
         slow_calls,
+        refused,
         window_tokens,
         paused,
+        retries,
+        in_flight,
+        slots_refused,
+        dict(_instances.timeouts),
     )

@@ -34,7 +34,9 @@ from peak_resilience import _instances, _native
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
+from peak_resilience._fork import after_fork_in_child
 from peak_resilience._health import HealthCheckRegistry, health_check
+from peak_resilience._labels import label_value as _non_empty
 from peak_resilience._metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -67,12 +69,6 @@ DEFAULT_MAX_SERIES = 1000
 DEFAULT_SNAPSHOT_CAPACITY = 1000
 
 _STATES_BY_NAME = {state.name.lower(): state for state in CircuitState}
-
-
-def _non_empty(value: object, argument: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{argument} must be a non-empty str, got {value!r}")
-    return value
 
 
 def _circuit_state(value: object, argument: str) -> CircuitState:
@@ -183,6 +179,7 @@ class Metrics:
         self._events: collections.deque[dict[str, Any]] = collections.deque(
             maxlen=DEFAULT_SNAPSHOT_CAPACITY
         )
+        self._events_lock = threading.Lock()
         # What explicit record_* calls reported, merged with the native counters on export.
         self._reported_transitions: dict[tuple[str, str, str], int] = {}
         self._reported_states: dict[str, int] = {}
@@ -261,12 +258,21 @@ class Metrics:
             self._max_series = max_series_per_family
         if snapshot_capacity is not None:
             capacity = snapshot_capacity
-            with self._lock:
+            with self._events_lock:
                 self._events = collections.deque(self._events, maxlen=capacity)
         if prefix is not None and prefix != self._prefix:
             self.set_prefix(prefix)
         if enabled is not None:
             self.set_enabled(enabled)
+
+    def follow(self, enabled: bool, prefix: str) -> None:
+        """The configuration's switches: ``[resilience] metrics_enabled`` for explicit
+        calls (``record_*``, ``track_latency``); a guarded function follows its own
+        module's ``metrics_enabled`` (set on its operation by the module registry), so
+        the process-wide native switch stays on."""
+        self.configure(prefix=prefix)
+        self._enabled = enabled
+        _native.set_recording_enabled(True)
 
     # -- Prometheus ----------------------------------------------------------------------
 
@@ -423,10 +429,13 @@ class Metrics:
     # -- events --------------------------------------------------------------------------
 
     def _event(self, kind: str, **fields: str) -> None:
-        # deque.append with a maxlen is atomic: no lock, the oldest event drops out.
-        self._events.append(
-            {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
-        )
+        # The time is read and the event appended under one lock: otherwise a writer
+        # preempted between the two appends after a later one, and the ring is no longer
+        # oldest-first. Events are rare (transitions, refusals, failures), never per call.
+        with self._events_lock:
+            self._events.append(
+                {"event": kind, **fields, "monotonic": time.monotonic(), "timestamp": time.time()}
+            )
 
     def _on_breaker_transition(
         self, name: str, from_state: CircuitState, to_state: CircuitState
@@ -449,7 +458,8 @@ class Metrics:
             raise ValueError(f"limit must be a non-negative int, got {limit!r}")
         if limit == 0:
             return []
-        events = list(self._events)
+        with self._events_lock:
+            events = list(self._events)
         return [dict(event) for event in events[-limit:]]
 
     # -- reading -------------------------------------------------------------------------
@@ -458,7 +468,11 @@ class Metrics:
         """Every exported value, as the collector reads it at scrape time; with
         ``health``, that registry's checks are run too (a scrape does, the summary does
         not: a check may take up to its timeout)."""
-        outcomes = {} if health is None else {n: r["healthy"] for n, r in health.run_all().items()}
+        outcomes = (
+            {}
+            if health is None
+            else {n: (r["healthy"], r["critical"]) for n, r in health.run_all().items()}
+        )
         with self._lock:
             reported = (
                 dict(self._reported_transitions),
@@ -502,6 +516,17 @@ metrics = Metrics()
 metrics.register_collector()
 
 
+def _after_fork_in_child() -> None:
+    # A thread of the parent may have held the lock at the fork: it would stay held in
+    # the child for ever. The counts themselves are the child's copy, like its budgets.
+    metrics._lock = threading.Lock()
+    metrics._events_lock = threading.Lock()
+    metrics.last_read_error = None
+
+
+after_fork_in_child(_after_fork_in_child)
+
+
 class _FollowConfig:
     """Keeps the process-wide switch and the prefix in line with ``configure()``."""
 
@@ -509,7 +534,7 @@ class _FollowConfig:
         """Both keys are validated by the config loader: nothing more to refuse."""
 
     def apply(self, new: Config) -> None:
-        metrics.configure(enabled=new.globals.metrics_enabled, prefix=new.globals.metrics_prefix)
+        metrics.follow(new.globals.metrics_enabled, new.globals.metrics_prefix)
 
 
 add_listener(_FollowConfig())

@@ -18,6 +18,11 @@ from typing import Any
 from peak_resilience._backends.choice import DEFAULT_REDIS_TIMEOUT, Backend, OnBackendError
 from peak_resilience._breaker import CircuitBreaker
 from peak_resilience._circuit import CircuitState
+from peak_resilience._config.parameters import (
+    Placement,
+    breaker_parameters,
+    limiter_parameters,
+)
 from peak_resilience._config.schema import Settings
 from peak_resilience._limiter import RateLimiter
 from peak_resilience._native import ManualClock
@@ -32,14 +37,14 @@ __all__ = [
 ]
 
 
-def _backend(backend: str, settings: Settings, clock: ManualClock | None) -> dict[str, Any]:
-    """The constructor arguments that place an object on ``backend``. A test's manual
-    clock (``fresh_resilience(clock)``) reaches every backend, Redis' scripts included."""
+def _backend(placement: Placement, clock: ManualClock | None) -> dict[str, Any]:
+    """The constructor arguments that place an object. A test's manual clock
+    (``fresh_resilience(clock)``) reaches every backend, Redis' scripts included."""
     return {
-        "backend": backend,
-        "shared_dir": settings.shared_dir,
-        "redis_url": settings.redis_url,
-        "on_backend_error": settings.on_backend_error,
+        "backend": placement.backend,
+        "shared_dir": placement.shared_dir,
+        "redis_url": placement.redis_url,
+        "on_backend_error": placement.on_backend_error,
         "clock": clock,
     }
 
@@ -48,13 +53,14 @@ def build_breaker(
     name: str, module: str, settings: Settings, clock: ManualClock | None = None
 ) -> CircuitBreaker:
     """A new breaker named ``name`` with ``module``'s settings."""
+    wanted = breaker_parameters(settings)
     breaker = CircuitBreaker(
-        settings.circuit_breaker_threshold,
-        settings.circuit_breaker_timeout,
+        wanted.failure_threshold,
+        wanted.recovery_timeout,
         name=name,
-        half_open_max_calls=settings.half_open_max_calls,
-        **_backend(settings.circuit_breaker_backend, settings, clock),
-        **settings.breaker_policy,
+        half_open_max_calls=wanted.half_open_max_calls,
+        **_backend(wanted.placement, clock),
+        **wanted.policy,
     )
     update_breaker(breaker, settings)
     return breaker
@@ -64,18 +70,19 @@ def update_breaker(breaker: CircuitBreaker, settings: Settings) -> None:
     """Applies ``settings`` to ``breaker`` in place. ``circuit_breaker_enabled = false`` is
     the breaker's DISABLED state (every call passes, outcomes still counted, the gauge
     reads 4); enabling it again closes it."""
-    if breaker.metrics_only != settings.circuit_breaker_metrics_only:
-        breaker.set_metrics_only(settings.circuit_breaker_metrics_only)
+    wanted = breaker_parameters(settings)
+    if breaker.metrics_only != wanted.metrics_only:
+        breaker.set_metrics_only(wanted.metrics_only)
     breaker.set_settings(
-        settings.circuit_breaker_threshold,
-        settings.circuit_breaker_timeout,
-        settings.half_open_max_calls,
-        **settings.breaker_policy,
+        wanted.failure_threshold,
+        wanted.recovery_timeout,
+        wanted.half_open_max_calls,
+        **wanted.policy,
     )
     disabled = breaker.state is CircuitState.DISABLED
-    if not settings.circuit_breaker_enabled and not disabled:
+    if not wanted.enabled and not disabled:
         breaker.disable()
-    elif settings.circuit_breaker_enabled and disabled:
+    elif wanted.enabled and disabled:
         breaker.reset()
 
 
@@ -83,15 +90,15 @@ def build_limiter(
     name: str, module: str, settings: Settings, clock: ManualClock | None = None
 ) -> RateLimiter:
     """A new limiter named ``name`` with ``module``'s settings."""
-    (first, length, burst), rest = settings.windows
+    wanted = limiter_parameters(settings)
     limiter = RateLimiter(
-        first,
-        length,
-        burst=burst,
+        wanted.first.requests,
+        wanted.first.seconds,
+        burst=wanted.first.burst,
         name=name,
-        limits=rest,
-        priority_reserve=settings.rate_limit_reserve,
-        **_backend(settings.rate_limit_backend, settings, clock),
+        limits=wanted.others,
+        priority_reserve=wanted.reserve,
+        **_backend(wanted.placement, clock),
     )
     update_limiter(limiter, settings)
     return limiter
@@ -101,14 +108,11 @@ def update_limiter(limiter: RateLimiter, settings: Settings) -> None:
     """Applies ``settings`` to ``limiter``'s default bucket in place (tokens already spent
     stay spent); ``rate_limit_enabled`` switches every bucket of the limiter."""
     bucket = limiter.default_bucket
-    (first, length, burst), rest = settings.windows
-    wanted = [(first, length, burst), *((m, w, m) for m, w in rest)]
-    if bucket.windows != wanted or bucket.priority_reserve != settings.rate_limit_reserve:
-        bucket.set_windows(
-            first, length, burst, windows=rest, priority_reserve=settings.rate_limit_reserve
-        )
+    wanted = limiter_parameters(settings)
+    if bucket.windows != wanted.native_windows or bucket.priority_reserve != wanted.reserve:
+        wanted.set_on(bucket)
     for each in (bucket, *limiter.endpoint_buckets().values()):
-        each.set_enabled(settings.rate_limit_enabled)
+        each.set_enabled(wanted.enabled)
 
 
 def make_rate_limiter(

@@ -10,17 +10,22 @@ leave a fail-safe function without a fallback, and applies the others in place.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, ParamSpec, TypeVar, overload
 
 from peak_resilience import _instances
 from peak_resilience._breaker import CircuitBreaker
+from peak_resilience._bulkhead import Bulkhead
 from peak_resilience._config.active import active, add_listener, lock
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
+from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
 from peak_resilience._config.schema import TABLE
+from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
+from peak_resilience._labels import label_value
 from peak_resilience._limiter import RateLimiter
 
 # The guide's Debugging section turns these up: breaker events under "resilience", rate
@@ -33,8 +38,8 @@ from peak_resilience._modules.build import (
     update_breaker,
     update_limiter,
 )
-from peak_resilience._native import Guard, ManualClock
-from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+from peak_resilience._native import Guard, ManualClock, OperationStats, Retry
+from peak_resilience.errors import BulkheadFull, CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
     "ModuleRegistry",
@@ -49,8 +54,11 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def _rejection_log(name: str) -> Callable[[BaseException], None]:
-    """Logs each refused call of operation ``name`` at DEBUG (called on refusals only)."""
+def _rejection_log(
+    name: str, breaker: CircuitBreaker | None, limiter: RateLimiter | None
+) -> Callable[[BaseException], None]:
+    """Logs each refused call of operation ``name`` at DEBUG and tells the event listeners
+    of the breaker or limiter that refused it (called on refusals only)."""
 
     def on_reject(refusal: BaseException) -> None:
         if isinstance(refusal, RateLimitExceeded):
@@ -60,16 +68,18 @@ def _rejection_log(name: str) -> Callable[[BaseException], None]:
                 refusal.limiter,
                 refusal.retry_after,
             )
+            announce_refusal(refusal, None if limiter is None else limiter._listeners)
         elif isinstance(refusal, CircuitBreakerError):
+            _breaker_log.debug("%s refused: %s", name, refusal)
+            announce_refusal(refusal, None if breaker is None else breaker._listeners)
+        elif isinstance(refusal, BulkheadFull):
             _breaker_log.debug("%s refused: %s", name, refusal)
 
     return on_reject
 
 
 def _name(value: object, what: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{what} must be a non-empty str, got {value!r}")
-    return value
+    return label_value(value, what)
 
 
 @dataclass(frozen=True)
@@ -91,7 +101,10 @@ class ModuleRegistry:
         self.clock = clock
         self.breakers: dict[str, CircuitBreaker] = {}
         self.limiters: dict[str, RateLimiter] = {}
+        self.bulkheads: dict[str, Bulkhead] = {}
         self._breaker_modules: dict[str, str] = {}
+        #: Where each object's state lives, as built: a reload may not move it.
+        self._placements: dict[tuple[str, str], Placement] = {}
         self._decorated: list[_Decorated] = []
 
     def breaker(self, module: str, operation: str) -> CircuitBreaker:
@@ -106,6 +119,7 @@ class ModuleRegistry:
                 found = build_breaker(name, module, settings, self.clock)
                 self.breakers[name] = found
                 self._breaker_modules[name] = module
+                self._placements[("breaker", name)] = breaker_parameters(settings).placement
         return found
 
     def limiter(self, module: str) -> RateLimiter:
@@ -118,20 +132,58 @@ class ModuleRegistry:
                 settings = active().module(module)
                 found = build_limiter(module, module, settings, self.clock)
                 self.limiters[module] = found
+                self._placements[("limiter", module)] = limiter_parameters(settings).placement
         return found
+
+    def bulkhead(self, name: str, max_concurrent: int, max_wait: float) -> Bulkhead:
+        """The bulkhead of operation ``name``: every function decorated as the operation
+        shares its slots. Its cap is the first one asked for."""
+        with lock():
+            found = self.bulkheads.get(name)
+            if found is None:
+                found = Bulkhead(max_concurrent, name=name, max_wait=max_wait, clock=self.clock)
+                self.bulkheads[name] = found
+        return found
+
+    def retry(self, name: str, policy: Retry) -> Retry:
+        """``policy`` on the retry budget of operation ``name``: one budget per operation,
+        made on first use (on the registry's clock), shared by every function decorated
+        as it."""
+        with lock():
+            budget = _instances.retries.get(name)
+            if budget is None:
+                own = policy.with_own_budget(self.clock)
+                _instances.retries[name] = own
+                return own
+            return policy.sharing_budget_of(budget)
 
     def remember(self, decorated: _Decorated) -> None:
         with lock():
             self._decorated.append(decorated)
 
     def check(self, new: Config) -> None:
-        """Refuses a configuration that would make a decorated function without a fallback
-        fail-safe (it would have nothing to return)."""
+        """Refuses a configuration that cannot be applied whole: one that would make a
+        decorated function without a fallback fail-safe (it would have nothing to
+        return), or move a breaker's or limiter's state to another backend (its state
+        lives where it was built). Every module's settings are resolved here, so that
+        nothing can fail once applying has begun."""
         with lock():
+            breakers = list(self._breaker_modules.items())
+            limiters = list(self.limiters)
             decorated = list(self._decorated)
         for each in decorated:
             if not each.has_fallback and new.module(each.module).fail_safe_defaults:
                 raise _fail_safe_without_fallback(new, each.module, each.qualname)
+        for name, module in breakers:
+            wanted = breaker_parameters(new.module(module)).placement
+            built = self._placements[("breaker", name)]
+            _refuse_a_move(
+                new, module, f"breaker {name!r}", built, wanted, "circuit_breaker_backend"
+            )
+        for module in limiters:
+            wanted = limiter_parameters(new.module(module)).placement
+            built = self._placements[("limiter", module)]
+            _refuse_a_move(new, module, f"limiter {module!r}", built, wanted, "rate_limit_backend")
 
     def apply(self, new: Config) -> None:
         """Brings every breaker, limiter and decorated function in line with ``new``."""
@@ -144,8 +196,29 @@ class ModuleRegistry:
         for module, limiter in limiters:
             update_limiter(limiter, new.module(module))
         for each in decorated:
-            fail_safe = new.module(each.module).fail_safe_defaults
+            settings = new.module(each.module)
+            fail_safe = settings.fail_safe_defaults
             each.guard.set_fallback_on_failure(each.fallback_on_failure or fail_safe)
+            operation = each.guard.operation
+            if operation is not None:
+                operation.set_enabled(settings.metrics_enabled)
+
+
+def _refuse_a_move(
+    new: Config, module: str, what: str, built: Placement, wanted: Placement, backend_key: str
+) -> None:
+    """A reload cannot move an object's state: it would split one budget (or one
+    breaker) in two while the configuration says otherwise. Refused, never ignored."""
+    changed = built.differences(wanted, backend_key)
+    if changed:
+        key, was, asked = changed[0]
+        raise ConfigError(
+            f"the {what} already lives on {built.backend!r} with {key} = {was!r}; a running "
+            f"process cannot move it to {asked!r} (restart the process to change {key})",
+            source=new._where(module, key),
+            table=f"{TABLE}.{module}",
+            key=key,
+        )
 
 
 def _fail_safe_without_fallback(new: Config, module: str, qualname: str) -> ConfigError:
@@ -208,6 +281,14 @@ def get_all_rate_limiters() -> dict[str, RateLimiter]:
     return dict(_registry.limiters)
 
 
+def _operation_stats(name: str, enabled: bool) -> OperationStats:
+    """The stats a guarded function records into, switched by its module's
+    ``metrics_enabled`` (a reload switches them again)."""
+    stats = _instances.operation(name)
+    stats.set_enabled(enabled)
+    return stats
+
+
 def _manual_async_sleep(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
     async def sleep(seconds: float) -> None:
         clock.advance(seconds)
@@ -227,6 +308,9 @@ def with_resilience(
     cost: int = ...,
     fallback_on_failure: bool = ...,
     priority: str | None = ...,
+    max_concurrent: int | None = ...,
+    retry: Retry | None = ...,
+    timeout: float | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, R]]: ...
 
 
@@ -242,6 +326,9 @@ def with_resilience(
     cost: int = ...,
     fallback_on_failure: bool = ...,
     priority: str | None = ...,
+    max_concurrent: int | None = ...,
+    retry: Retry | None = ...,
+    timeout: float | None = ...,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]: ...
 
 
@@ -256,6 +343,9 @@ def with_resilience(
     cost: int = 1,
     fallback_on_failure: bool = False,
     priority: str | None = None,
+    max_concurrent: int | None = None,
+    retry: Retry | None = None,
+    timeout: float | None = None,
 ) -> Callable[[Callable[P, R]], Callable[P, Any]]:
     """Guards a sync or async function (or method) with ``module``'s settings.
 
@@ -271,10 +361,19 @@ def with_resilience(
     cancel, a risk reduction) may use the limiter's ``rate_limit_reserve``; other calls
     may not.
 
+    ``max_concurrent`` (or the module's ``max_concurrent`` key) caps the calls of the
+    operation in flight at once: a call over the cap waits up to ``bulkhead_max_wait``
+    seconds for a slot, then is refused with ``BulkheadFull``. ``retry=Retry(...)`` tries
+    the exception classes it names again, within a retry budget of the operation's own.
+    ``timeout`` seconds cancels an ``async def`` call that runs longer (a failure,
+    raising ``TimeoutError``); a sync function cannot be cancelled, so it is refused
+    there: use ``circuit_breaker_slow_call_duration``. The order of these policies is the
+    README's: fallback, retry, breaker, limiter, bulkhead, timeout, the call.
+
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
     ``configure()`` updates the breaker, the limiter, the enabled switches and the
-    fail-safe behaviour in place. ``metrics_enabled`` is decided at decoration.
+    fail-safe behaviour and ``metrics_enabled`` in place.
     """
     _name(module, "module")
     _name(operation, "operation")
@@ -299,20 +398,29 @@ def with_resilience(
         registry = _registry
         name = f"{module}.{operation}"
         clock = registry.clock
+        breaker = registry.breaker(module, operation) if use_circuit_breaker else None
+        limiter = registry.limiter(module) if use_rate_limiter else None
+        cap = settings.max_concurrent if max_concurrent is None else max_concurrent
+        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
+        own_retry = None if retry is None else registry.retry(name, retry)
         decorated = guard(
             func,
-            breaker=registry.breaker(module, operation) if use_circuit_breaker else None,
-            limiter=registry.limiter(module) if use_rate_limiter else None,
+            breaker=breaker,
+            limiter=limiter,
             cost=cost,
             priority=priority,
-            operation=_instances.operation(name) if settings.metrics_enabled else None,
+            operation=_operation_stats(name, settings.metrics_enabled),
             fallback=fallback,
             fallback_on_failure=has_fallback
             and (fallback_on_failure or settings.fail_safe_defaults),
             max_wait=max_wait,
             sleep=clock.sleep if clock is not None else None,
             async_sleep=_manual_async_sleep(clock) if clock is not None else None,
-            on_reject=_rejection_log(name),
+            on_reject=_rejection_log(name, breaker, limiter),
+            bulkhead=bulkhead,
+            retry=own_retry,
+            timeout=timeout,
+            on_timeout=functools.partial(_instances.count_timeout, name),
         )
         native = getattr(decorated, "guard", decorated)
         registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))

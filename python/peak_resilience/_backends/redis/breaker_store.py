@@ -25,6 +25,14 @@ BREAKER = Script.load("breaker.lua")
 #: The admission the native breaker sends for an outcome recorded by hand.
 _INFERRED = -1
 _NS_PER_US = 1000
+#: The kind of a half-open trial's admission (kind + 4 * period), the one whose outcome
+#: can move the circuit.
+_TRIAL = 2
+_NO_TRANSITION = ("ok", "release")
+#: Packed successes kept, at most (one per admission code: a few closed periods).
+_PACKED_SUCCESSES = 16
+#: An exit's reply when no transition happened: (from, to).
+_NOTHING_CHANGED = (-1, -1)
 
 
 def _key(name: str) -> str:
@@ -38,17 +46,16 @@ def _us(nanos: int) -> int:
 class RedisBreakerStore(RedisStore):
     """One breaker's state in Redis (see ``rust/python/store.rs`` for the protocol)."""
 
-    def __init__(
-        self, name: str | None, url: str | None, *, timeout: float, clock: ManualClock | None
-    ) -> None:
-        if not name:
-            raise ValueError(
-                "backend='redis' needs a name for the breaker: hosts find the same state by name"
-            )
-        super().__init__(RedisLink(url, timeout=timeout, what=f"circuit breaker {name!r}"), clock)
+    def __init__(self, name: str, link: RedisLink, clock: ManualClock | None) -> None:
+        super().__init__(link, clock)
         self.key = _key(name)
         self._settings: tuple[bytes, ...] = ()
         self._policy: tuple[bytes, ...] = ()
+        #: The packed commands almost every call sends (packing fourteen arguments costs
+        #: more than the script runs on the server): "enter", and the success of a call
+        #: admitted with a given code (one code per closed period: a few at most).
+        self._enter: Any = None
+        self._successes: dict[int, Any] = {}
 
     def configure(
         self,
@@ -68,6 +75,8 @@ class RedisBreakerStore(RedisStore):
             str(_us(recovery_timeout)).encode(),
             str(half_open_max_calls).encode(),
         )
+        self._enter = None
+        self._successes = {}
         self._policy = (
             str(failure_rate_ppm).encode(),
             str(minimum_calls).encode(),
@@ -77,9 +86,10 @@ class RedisBreakerStore(RedisStore):
             str(_us(max_recovery_timeout)).encode(),
         )
 
-    def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
-        return self.link.run(
-            BREAKER,
+    def _arguments(
+        self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0
+    ) -> tuple[Any, ...]:
+        return (
             self.key,
             op,
             *self._settings,
@@ -90,14 +100,43 @@ class RedisBreakerStore(RedisStore):
             self.now(),
         )
 
+    def _success(self, code: int) -> Any:
+        """The packed "exit ok" of a call admitted with ``code``."""
+        if self._clock is not None:
+            return self.link.pack(BREAKER, *self._arguments(b"exit", code, b"ok"))
+        packed = self._successes.get(code)
+        if packed is None:
+            if len(self._successes) > _PACKED_SUCCESSES:
+                self._successes.clear()
+            packed = self.link.pack(BREAKER, *self._arguments(b"exit", code, b"ok"))
+            self._successes[code] = packed
+        return packed
+
+    def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
+        return self.link.run(BREAKER, *self._arguments(op, admission, outcome, argument))
+
     def enter(self) -> tuple[int, int, int, int] | None:
-        reply = self._run(b"enter")
+        if self._clock is not None:
+            reply = self._run(b"enter")
+        else:
+            if self._enter is None:
+                self._enter = self.link.pack(BREAKER, *self._arguments(b"enter"))
+            reply = self.link.run_packed(BREAKER, self._enter)
         if reply is UNAVAILABLE:
             return None
         return int(reply[0]), int(reply[1]) * _NS_PER_US, int(reply[2]), int(reply[3])
 
     def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
         code = -1 if admission == _INFERRED else admission
+        if code >= 0 and code % 4 != _TRIAL and outcome in _NO_TRANSITION:
+            # A call admitted in a closed circuit (or outside the machine) that succeeded
+            # or never ran changes no state that anyone waits on: a success is counted
+            # without waiting for the reply, and a release has nothing to give back
+            # (only a trial holds a permit).
+            if outcome == "release":
+                return _NOTHING_CHANGED
+            posted = self.link.post_packed(BREAKER, self._success(code))
+            return None if posted is UNAVAILABLE else _NOTHING_CHANGED
         reply = self._run(b"exit", code, outcome.encode())
         if reply is UNAVAILABLE:
             return None

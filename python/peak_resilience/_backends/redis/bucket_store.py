@@ -30,14 +30,8 @@ _PEEK = b"peek"
 class RedisLimiterStore(RedisStore):
     """A limiter's budgets in Redis: makes the store of each of its buckets."""
 
-    def __init__(
-        self, name: str | None, url: str | None, *, timeout: float, clock: ManualClock | None
-    ) -> None:
-        if not name:
-            raise ValueError(
-                "backend='redis' needs a name for the limiter: hosts find the same budget by name"
-            )
-        super().__init__(RedisLink(url, timeout=timeout, what=f"rate limiter {name!r}"), clock)
+    def __init__(self, name: str, link: RedisLink, clock: ManualClock | None) -> None:
+        super().__init__(link, clock)
         self.name = name
 
     def bucket(self, endpoint: str | None) -> RedisBucketStore:

@@ -1,14 +1,17 @@
-"""One connection to Redis for a limiter or breaker, and what happens when it is gone.
+"""A limiter's or breaker's way to Redis, and what happens when Redis fails it.
 
 Every call is one ``EVALSHA`` of a server-side script (loaded once, reloaded after a
-Redis restart flushed it), sent pre-packed on a connection of the calling thread's own:
-packing seven arguments and going through redis-py's pool cost more than the script runs
-on the server. Socket and connect timeouts are always set and redis-py's own
-retries are off, so a call never blocks longer than ``timeout``. When Redis cannot be
-reached the call is counted (``peak_trade_backend_errors_total{backend="redis"}``), the
-outage is logged once, and Redis is left alone for ``retry_interval`` seconds (the
-caller applies its ``on_backend_error`` policy meanwhile); the next call after that tries
-again, and the first one that succeeds logs the recovery.
+Redis restart flushed it), sent pre-packed (packing seven arguments costs more than the
+script runs on the server) on a connection taken from the process' one pool for that
+Redis (``pool``) and given back after. Socket and connect timeouts are always set and
+redis-py's own retries are off, so a call never blocks longer than ``timeout``. When
+Redis fails a call in any way (unreachable, too slow, or refusing it: READONLY after a
+failover, LOADING, MASTERDOWN, OOM, BUSY, NOPERM, CLUSTERDOWN, TRYAGAIN, a script
+error) the call is counted (``peak_trade_backend_errors_total{backend="redis"}``), the
+outage is logged once with the policy being applied, and Redis is left alone for
+``retry_interval`` seconds (the caller applies its ``on_backend_error`` policy
+meanwhile); the next call after that tries again, and the first one that succeeds logs
+the recovery.
 """
 
 from __future__ import annotations
@@ -16,20 +19,22 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
-import os
 import threading
 import time
-import weakref
+from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
 
 from peak_resilience._backends import choice
+from peak_resilience._backends.redis import sentinel
+from peak_resilience._backends.redis.pool import MAX_CONNECTIONS, Pool
 from peak_resilience._config.secrets import redact_url
 
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
 
-__all__ = ["UNAVAILABLE", "RedisLink", "RedisStore", "Script"]
+__all__ = ["UNAVAILABLE", "RedisLink", "RedisStore", "Script", "named_link"]
 
 logger = logging.getLogger("peak_resilience.redis")
 
@@ -65,21 +70,57 @@ class Script:
         return cls(importlib.resources.files(__package__).joinpath(name).read_text())
 
 
-#: Every link, so that a forked child drops the connections it inherited (their sockets
-#: belong to the parent).
-_links: weakref.WeakSet[RedisLink] = weakref.WeakSet()
+#: The pool of each Redis this process talks to, by URL and timeout, with the client it
+#: was made from (for its connection settings: host, TLS, ACL user, database).
+_shared: dict[tuple[str, float], tuple[Any, Pool]] = {}
+_shared_lock = threading.Lock()
 
 
-def _forget_connections_after_fork() -> None:
-    for link in list(_links):
-        link._local = threading.local()
+def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
+    """The one client and pool of this process for ``url`` with ``timeout``."""
+    with _shared_lock:
+        found = _shared.get((url, timeout))
+        if found is not None:
+            return found
+        redis = _redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
 
-
-os.register_at_fork(after_in_child=_forget_connections_after_fork)
+        options: dict[str, Any] = {
+            "socket_timeout": timeout,
+            "socket_connect_timeout": timeout,
+            # A peer gone without a word (a host down, a NAT entry dropped) is found by
+            # the kernel, not by a call waiting for a reply that never comes.
+            "socket_keepalive": True,
+            "retry": Retry(NoBackoff(), 0),
+            "retry_on_timeout": False,
+            "health_check_interval": 0,
+        }
+        try:
+            if sentinel.is_sentinel_url(url):
+                client = sentinel.master_client(url, **options)
+            else:
+                client = redis.Redis.from_url(url, **options)
+        except ValueError as exc:
+            raise ValueError(f"redis_url {redact_url(url)!r} is not a Redis URL: {exc}") from exc
+        settings = client.connection_pool
+        pool = Pool(
+            # Made here, not by redis-py's pool: it counts each one it makes against its
+            # own limit and never learns that ours gave it back.
+            lambda: settings.connection_class(**settings.connection_kwargs),
+            size=MAX_CONNECTIONS,
+            wait=timeout,
+            closed=(redis.ConnectionError,),
+            answered=(redis.ResponseError,),
+            exhausted=redis.ConnectionError,
+        )
+        _shared[(url, timeout)] = (client, pool)
+        return client, pool
 
 
 class RedisLink:
-    """A redis-py client with fixed timeouts and an outage policy."""
+    """One limiter's or breaker's way to Redis: the process' pool for its URL, and the
+    outage policy."""
 
     def __init__(
         self,
@@ -87,6 +128,7 @@ class RedisLink:
         *,
         timeout: float,
         what: str,
+        policy: str = "local",
         retry_interval: float = DEFAULT_RETRY_INTERVAL,
     ) -> None:
         if not isinstance(url, str) or not url:
@@ -95,38 +137,38 @@ class RedisLink:
             )
         timeout = choice.check_timeout(timeout)
         redis = _redis()
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        # Failures of the link, not of the script: anything else (a script error) is a
-        # bug and is raised.
-        self._unreachable = (redis.ConnectionError, redis.TimeoutError, OSError)
+        # Every way Redis can fail to serve a call, as the caller's on_backend_error
+        # sees it: unreachable, too slow, or refusing (READONLY after a failover, LOADING,
+        # MASTERDOWN, OOM, BUSY, NOPERM, CLUSTERDOWN, TRYAGAIN, a script error).
+        self._failures = (redis.RedisError, OSError)
+        #: Answers from a Redis that is up but will not serve (LOADING is a
+        #: ConnectionError to redis-py).
+        self._refusing = (redis.ResponseError, redis.exceptions.BusyLoadingError)
         self._no_script = redis.exceptions.NoScriptError
-        try:
-            self.client = redis.Redis.from_url(
-                url,
-                socket_timeout=timeout,
-                socket_connect_timeout=timeout,
-                retry=Retry(NoBackoff(), 0),
-                retry_on_timeout=False,
-                health_check_interval=0,
-            )
-        except ValueError as exc:
-            shown = redact_url(url)
-            raise ValueError(f"redis_url {shown!r} is not a Redis URL: {exc}") from exc
+        self._refused = redis.ResponseError
+        self.client, self._pool = _pool_for(url, timeout)
+        self._seed_url = url
+        self._seed_pool = self._pool
+        self._moved = redis.exceptions.MovedError
         #: For log lines and errors: the password masked.
         self.url = redact_url(url)
         self.timeout = timeout
         self.what = what
+        self.policy = policy
         self.retry_interval = retry_interval
         self._down_until = 0.0
         self._outage = False
+        self._lost_logged_at = -_LOST_LOGGED_EVERY
         self._lock = threading.Lock()
-        self._pool = self.client.connection_pool
         # Packs commands only; never connected.
-        self._packer = self._pool.make_connection()
-        self._local = threading.local()
-        _links.add(self)
+        self._packer = self._pool.unconnected()
+        #: Told ``(available, error)`` when an outage starts and when it ends (events).
+        self.on_change: Callable[[bool, str | None], object] | None = None
+
+    @property
+    def pool(self) -> Pool:
+        """The connections this link shares with every link of the process to its Redis."""
+        return self._pool
 
     def pack(self, script: Script, key: str, *args: Any) -> Any:
         """The wire form of running ``script`` on ``key`` with ``args``, for ``run_packed``."""
@@ -138,29 +180,109 @@ class RedisLink:
 
     def run_packed(self, script: Script, command: Any) -> Any:
         """Sends a command made by ``pack``: the script's reply, or ``UNAVAILABLE``."""
+        return self._call(script, command, answered=True)
+
+    def post_packed(self, script: Script, command: Any) -> Any:
+        """Sends a command made by ``pack`` without waiting for its reply (read by the next
+        call on the same connection): None, or ``UNAVAILABLE`` if it could not be sent.
+        For a record whose reply nobody needs (a success in a closed circuit)."""
+        return self._call(script, command, answered=False)
+
+    def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
         if self._down_until and time.monotonic() < self._down_until:
             return UNAVAILABLE
-        try:
-            conn = self._local.conn
-        except AttributeError:
-            conn = self._local.conn = self._pool.make_connection()
+
+        def send(conn: Any) -> Any:
+            posted = _posted(conn)
+            if conn._sock is None:
+                # Closed since: their replies went with the socket. connect() (not the
+                # implicit connect of a send): a Sentinel connection asks for the master.
+                posted.clear()
+                conn.connect()
+            conn.send_packed_command(command, check_health=False)
+            if not answered and len(posted) < _POSTED_AT_MOST:
+                posted.append((script, command))
+                return None
+            # The replies of the posted commands come first (read while this command is
+            # on its way: no wait of their own), then this command's.
+            earlier, posted[:] = list(posted), []
+            if not answered:
+                earlier.append((script, command))
+            return self._read_replies(conn, earlier, script if answered else None, command)
+
         try:
             try:
-                conn.send_packed_command(command, check_health=False)
-                reply = conn.read_response()
-            except self._no_script:
-                # A fresh or restarted Redis: load the script once and run it again.
-                conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
-                conn.read_response()
-                conn.send_packed_command(command, check_health=False)
-                reply = conn.read_response()
-        except self._unreachable as exc:
-            # redis-py has closed the connection; the next call opens a new one.
+                reply = self._pool.call(send)
+            except self._moved as moved:
+                # Redis Cluster: another node serves this key's slot. Ask it, now and
+                # from now on (every key of this link has one hash tag: one slot).
+                self._pool = self._node_pool(moved.host, moved.port)
+                reply = self._pool.call(send)
+        except self._failures as exc:
+            if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
+                # The node is gone (a failover?): the next call asks the node of
+                # redis_url again which node serves the slot now.
+                self._pool = self._seed_pool
             self._failed(exc)
             return UNAVAILABLE
         if self._outage:
             self._recovered()
         return reply
+
+    def _read_replies(
+        self, conn: Any, earlier: list[tuple[Script, Any]], script: Script | None, command: Any
+    ) -> Any:
+        """Reads the replies of the ``earlier`` commands posted on ``conn`` (by any link of
+        the pool), then (``script`` not None) the reply of ``command``, sent after them.
+        A posted command the server refused is lost bookkeeping, counted and logged: this
+        command's own reply stands. One sent before its script was loaded is sent again."""
+        unloaded: list[tuple[Script, Any]] = []
+        for posted_script, posted in earlier:
+            try:
+                conn.read_response()
+            except self._no_script:
+                unloaded.append((posted_script, posted))
+            except self._refused as exc:
+                self._lost(exc)
+        reply = None if script is None else self._read_reply(conn, script, command)
+        for posted_script, posted in unloaded:
+            conn.send_packed_command(posted, check_health=False)
+            self._read_reply(conn, posted_script, posted)
+        return reply
+
+    def _node_pool(self, host: str, port: int) -> Pool:
+        """The pool of the cluster node at ``host:port``, reached as ``redis_url`` says
+        (its user, password and TLS)."""
+        parts = urlsplit(self._seed_url)
+        user = parts.netloc.rpartition("@")[0]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        netloc = f"{user}@{where}" if user else where
+        return _pool_for(urlunsplit(parts._replace(netloc=netloc)), self.timeout)[1]
+
+    def _lost(self, exc: BaseException) -> None:
+        """An outcome sent without waiting that Redis refused: counted, and logged (at
+        most once a minute: during an outage every call's would be)."""
+        choice.count_backend_error("redis")
+        now = time.monotonic()
+        if now - self._lost_logged_at >= _LOST_LOGGED_EVERY:
+            self._lost_logged_at = now
+            logger.warning(
+                "Redis at %s refused a record of a call's outcome sent without waiting, "
+                "now lost (%s: %s); each one is counted in peak_trade_backend_errors_total",
+                self.url,
+                type(exc).__name__,
+                str(exc),
+            )
+
+    def _read_reply(self, conn: Any, script: Script, command: Any) -> Any:
+        try:
+            return conn.read_response()
+        except self._no_script:
+            # A fresh or restarted Redis: load the script once and run the command again.
+            conn.send_command("SCRIPT", "LOAD", script.source, check_health=False)
+            conn.read_response()
+            conn.send_packed_command(command, check_health=False)
+            return conn.read_response()
 
     def _failed(self, exc: BaseException) -> None:
         choice.count_backend_error("redis")
@@ -170,14 +292,18 @@ class RedisLink:
             self._outage = True
         if first:
             logger.warning(
-                "%s: Redis at %s unreachable (%s: %s); applying on_backend_error until it is back",
+                "%s: Redis at %s %s (%s: %s); applying on_backend_error=%r until it answers",
                 self.what,
                 self.url,
+                "refused the call" if isinstance(exc, self._refusing) else "unreachable",
                 type(exc).__name__,
                 # A str, not the exception: a kept log record must not keep its traceback
                 # (and through it the limiter or breaker) alive.
                 str(exc),
+                self.policy,
             )
+            if self.on_change is not None:
+                self.on_change(False, f"{type(exc).__name__}: {exc}")
 
     def _recovered(self) -> None:
         with self._lock:
@@ -186,11 +312,43 @@ class RedisLink:
             self._down_until = 0.0
         if was_down:
             logger.warning("%s: Redis at %s is reachable again", self.what, self.url)
+            if self.on_change is not None:
+                self.on_change(True, None)
 
     @property
     def available(self) -> bool:
         """False during an outage (until a call succeeds again)."""
         return not self._outage
+
+
+#: Commands posted on one connection whose replies are left unread, at most: the next
+#: one reads them all.
+_POSTED_AT_MOST = 16
+
+
+def _posted(conn: Any) -> list[tuple[Script, Any]]:
+    """The commands sent on ``conn`` whose replies are still to be read."""
+    posted: list[tuple[Script, Any]] | None = getattr(conn, "_peak_posted", None)
+    if posted is None:
+        posted = conn._peak_posted = []
+    return posted
+
+
+#: Seconds between two log lines of one link about lost bookkeeping (each loss is counted).
+_LOST_LOGGED_EVERY = 60.0
+
+
+def named_link(
+    kind: str, name: str | None, url: str | None, *, timeout: float, policy: str
+) -> tuple[str, RedisLink]:
+    """The name and the link of the ``kind`` ("breaker" or "limiter") called ``name``."""
+    if not name:
+        shares = "state" if kind == "breaker" else "budget"
+        raise ValueError(
+            f"backend='redis' needs a name for the {kind}: hosts find the same {shares} by name"
+        )
+    what = "circuit breaker" if kind == "breaker" else "rate limiter"
+    return name, RedisLink(url, timeout=timeout, what=f"{what} {name!r}", policy=policy)
 
 
 class RedisStore:

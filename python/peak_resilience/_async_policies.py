@@ -1,0 +1,119 @@
+"""The coroutine wrapper of an ``async def`` function with a retry policy or a timeout.
+
+Kept apart from the plain async wrapper so that a guard without these policies pays
+nothing for them. The order is the guard's: the fallback outermost, then the retries,
+each attempt taking the breaker's admission, its tokens and a bulkhead slot, then the
+timeout around the call alone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from peak_resilience._backends.redis import off_loop
+from peak_resilience._native import Guard, Retry
+
+__all__ = ["async_wrapper", "within"]
+
+
+async def within(seconds: float, call: Awaitable[Any]) -> Any:
+    """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
+    ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
+    failure, not a timeout (``asyncio.wait_for`` could not tell them apart on 3.10)."""
+    task = asyncio.ensure_future(call)
+    try:
+        done, _ = await asyncio.wait((task,), timeout=seconds)
+    except BaseException:
+        task.cancel()
+        raise
+    if not done:
+        task.cancel()
+        # Waits for the call to unwind; whatever it raises while cancelled is the timeout.
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await task
+        raise _TimedOut(seconds)
+    return task.result()
+
+
+class _TimedOut(TimeoutError):
+    """The call ran past its ``timeout`` and was cancelled."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(f"the call did not finish within its timeout of {seconds:g}s")
+
+
+def async_wrapper(
+    native: Guard,
+    func: Callable[..., Awaitable[Any]],
+    use_fallback: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+    has_fallback: bool,
+    admit: Callable[[], Awaitable[int]],
+    on_reject: Callable[[BaseException], Any] | None,
+    *,
+    retry: Retry | None,
+    timeout: float | None,
+    on_timeout: Callable[[], Any] | None,
+    async_sleep: Callable[[float], Awaitable[Any]],
+    remote: bool,
+) -> Callable[..., Awaitable[Any]]:
+    started_now, exit_now = native._started, native._exit
+
+    async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
+        if remote:
+            return bool(await off_loop.off_loop(exit_now, admission, started, error, result))
+        return exit_now(admission, started, error, result)
+
+    async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if timeout is None:
+            return await func(*args, **kwargs)
+        try:
+            return await within(timeout, func(*args, **kwargs))
+        except _TimedOut:
+            if on_timeout is not None:
+                on_timeout()
+            raise
+
+    async def retried(error: BaseException, retries: int) -> bool:
+        delay = None if retry is None else retry._delay(error, retries)
+        if delay is None:
+            return False
+        await async_sleep(delay)
+        return True
+
+    @functools.wraps(func)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if retry is not None:
+            retry._called()
+        retries = 0
+        while True:
+            try:
+                admission = await admit()
+            except Exception as refusal:
+                if await retried(refusal, retries):
+                    retries += 1
+                    continue
+                if on_reject is not None:
+                    on_reject(refusal)
+                if has_fallback:
+                    return await use_fallback(args, kwargs)
+                raise
+            started = started_now()
+            try:
+                result = await run(args, kwargs)
+            except BaseException as exc:
+                falls_back = await exit_call(admission, started, exc)
+                if isinstance(exc, Exception) and await retried(exc, retries):
+                    retries += 1
+                    continue
+                if falls_back:
+                    return await use_fallback(args, kwargs)
+                raise
+            await exit_call(admission, started, None, result)
+            return result
+
+    wrapper.guard = native  # type: ignore[attr-defined]
+    return wrapper

@@ -1,0 +1,77 @@
+"""Redis Sentinel: the master that a set of sentinels names, followed through failovers.
+
+In ``config.toml``, ``redis_sentinels = ["host:port", ...]`` and ``redis_sentinel_master =
+"name"`` (with ``redis_url`` for the user, password and database, if any) become one
+``redis+sentinel://user:password@host:port,host:port/name/db`` URL (``rediss+sentinel``:
+TLS), which a constructor's ``redis_url`` also takes. Its connections ask a sentinel for
+the master's address each time they connect; one still open to a master demoted by a
+failover is closed at its first ``READONLY`` reply and the call sent again, to the new
+master (see ``pool``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+__all__ = ["is_sentinel_url", "master_client", "sentinel_url"]
+
+_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
+
+
+def is_sentinel_url(url: str) -> bool:
+    return url.partition("://")[0] in _SCHEMES
+
+
+def sentinel_url(sentinels: Sequence[str], master: str | None, url: str | None) -> str:
+    """The URL of ``master`` as ``sentinels`` name it; ``url`` (a ``redis://`` or
+    ``rediss://`` URL, optional) gives the user, password, database and TLS."""
+    if not master:
+        raise ValueError("redis_sentinels needs redis_sentinel_master: the name of the master")
+    scheme, user, database = "redis", "", ""
+    if url:
+        parts = urlsplit(url)
+        scheme = parts.scheme
+        user = parts.netloc.rpartition("@")[0]
+        database = parts.path.strip("/")
+    at = "@" if user else ""
+    path = f"/{master}/{database}" if database else f"/{master}"
+    return f"{scheme}+sentinel://{user}{at}{','.join(sentinels)}{path}"
+
+
+def master_client(url: str, **options: Any) -> Any:
+    """A redis-py client of the master that ``url`` (``redis+sentinel://``) names, its
+    connections made with ``options``."""
+    from redis import sentinel
+
+    # Untyped in redis-py.
+    make_sentinels: Any = sentinel.Sentinel
+    scheme, _, rest = url.partition("://")
+    authority, _, path = rest.partition("/")
+    userinfo, _, hosts = authority.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    master, _, database = path.partition("/")
+    if not hosts or not master:
+        raise ValueError(
+            "a Sentinel URL is redis+sentinel://[user:password@]host:port,.../master[/db]"
+        )
+    addresses = []
+    for host_port in hosts.split(","):
+        host, colon, port = host_port.rpartition(":")
+        if not colon or not port.isdigit():
+            raise ValueError(f"each sentinel must be host:port, got {host_port!r}")
+        addresses.append((host.strip("[]"), int(port)))
+    timeouts = {
+        "socket_timeout": options["socket_timeout"],
+        "socket_connect_timeout": options["socket_connect_timeout"],
+    }
+    sentinels = make_sentinels(addresses, sentinel_kwargs=timeouts, **timeouts)
+    return sentinels.master_for(
+        unquote(master),
+        db=int(database or 0),
+        username=unquote(user) or None,
+        password=unquote(password) or None,
+        ssl=_SCHEMES[scheme],
+        **options,
+    )

@@ -1,0 +1,110 @@
+"""The bulkhead's Python face: a cap on the calls in flight at once, usable on its own
+(decorator, ``with``, ``async with``) or through ``with_resilience(max_concurrent=...)``.
+
+The in-flight count is one native atomic, taken by compare-and-swap: the cap holds
+however many threads race for the last slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from types import TracebackType
+from typing import ParamSpec, TypeVar, cast
+
+from peak_resilience import _instances
+from peak_resilience._guard import guard, typed
+from peak_resilience._native import Bulkhead as _NativeBulkhead
+from peak_resilience._native import ManualClock
+
+__all__ = ["Bulkhead"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+#: Seconds between two looks for a free slot while an ``async with`` waits for one.
+_ASYNC_POLL = 0.005
+
+
+class Bulkhead(_NativeBulkhead):
+    """Lets at most ``max_concurrent`` calls run at once.
+
+    A call over the cap waits up to ``max_wait`` seconds (0: not at all) for a slot, then
+    is refused with ``BulkheadFull`` (the function is not run; ``with_resilience``'s
+    fallback is returned instead, as for the other refusals). ``in_flight`` and
+    ``rejections`` are exported as ``peak_trade_bulkhead_in_flight`` and
+    ``peak_trade_bulkhead_rejections_total``. The count lives in this process: a cap
+    across the processes of a host is not built yet.
+    """
+
+    def __new__(
+        cls,
+        max_concurrent: int,
+        *,
+        name: str | None = None,
+        max_wait: float = 0.0,
+        clock: ManualClock | None = None,
+    ) -> Bulkhead:
+        instance = super().__new__(cls, max_concurrent, name=name, max_wait=max_wait, clock=clock)
+        return cast("Bulkhead", instance)
+
+    def __init__(
+        self,
+        max_concurrent: int,
+        *,
+        name: str | None = None,
+        max_wait: float = 0.0,
+        clock: ManualClock | None = None,
+    ) -> None:
+        _instances.bulkheads.add(self)
+
+    def call(self, func: Callable[P, R]) -> Callable[P, R]:
+        """Decorates a sync or async function (or method) with this bulkhead."""
+        return typed(guard(func, bulkhead=self), func)
+
+    def __enter__(self) -> Bulkhead:
+        if not self.acquire():
+            self._full()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    async def __aenter__(self) -> Bulkhead:
+        # Polled on the event loop: waiting in native code would block every other task.
+        deadline = time.monotonic() + self.max_wait
+        while not self.try_acquire():
+            if time.monotonic() >= deadline:
+                self._count_refusal()
+                self._full()
+            await asyncio.sleep(min(_ASYNC_POLL, max(0.0, deadline - time.monotonic())))
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def get_stats(self) -> dict[str, object]:
+        """The cap, the calls in flight now and the calls refused so far."""
+        return {
+            "name": self.name,
+            "max_concurrent": self.max_concurrent,
+            "in_flight": self.in_flight,
+            "rejections": self.rejections,
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"Bulkhead(name={self.name!r}, max_concurrent={self.max_concurrent}, "
+            f"in_flight={self.in_flight})"
+        )

@@ -1,0 +1,160 @@
+//! `Bulkhead`: the cap on calls in flight as a Python class (subclassed in
+//! `peak_resilience._bulkhead`), and the wait for a slot, which the guard uses too.
+
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::{PyString, PyType};
+
+use crate::bulkhead::{next_poll, Bulkhead};
+use crate::clock::{nanos_to_seconds, Clock};
+
+use super::args::{clock_from, given, name_or, positive_int, seconds};
+
+static BULKHEAD_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
+static UNNAMED: AtomicU64 = AtomicU64::new(0);
+
+/// At most `max_concurrent` calls in flight at once; a call over the cap waits up to
+/// `max_wait` seconds for a slot, then is refused with `BulkheadFull`.
+#[pyclass(
+    frozen,
+    subclass,
+    module = "peak_resilience._native",
+    name = "Bulkhead"
+)]
+pub struct PyBulkhead {
+    pub core: Bulkhead,
+    #[pyo3(get)]
+    pub name: Py<PyString>,
+    max_wait: u64,
+    clock: Clock,
+}
+
+impl PyBulkhead {
+    /// Takes a slot, waiting up to `max_wait` for one (a manual clock is advanced instead
+    /// of waiting). False: no slot came, and the refusal is counted.
+    #[inline]
+    pub fn enter(&self, py: Python<'_>) -> bool {
+        if self.core.try_enter() {
+            return true;
+        }
+        self.wait_for_slot(py)
+    }
+
+    /// Takes a slot if one is free, never waiting. A refusal is counted only when the
+    /// bulkhead has no `max_wait`: otherwise the async wrapper waits on its loop and
+    /// counts the refusal it finally gives.
+    #[inline]
+    pub fn try_enter_counted(&self) -> bool {
+        if self.core.try_enter() {
+            return true;
+        }
+        if self.max_wait == 0 {
+            self.core.refused();
+        }
+        false
+    }
+
+    #[cold]
+    fn wait_for_slot(&self, py: Python<'_>) -> bool {
+        let (mut waited, mut poll) = (0u64, 0u64);
+        while waited < self.max_wait {
+            poll = next_poll(poll).min(self.max_wait - waited);
+            match &self.clock {
+                Clock::Manual(manual) => manual.advance(poll),
+                _ => py.detach(|| std::thread::sleep(Duration::from_nanos(poll))),
+            }
+            waited += poll;
+            if self.core.try_enter() {
+                return true;
+            }
+        }
+        self.core.refused();
+        false
+    }
+
+    /// The `BulkheadFull(name, max_concurrent)` for a refused call.
+    #[cold]
+    pub fn full(&self, py: Python<'_>) -> PyErr {
+        let details = (self.name.clone_ref(py), self.core.max_concurrent());
+        match BULKHEAD_FULL.import(py, "peak_resilience.errors", "BulkheadFull") {
+            Ok(ty) => PyErr::from_type(ty.clone(), details),
+            Err(err) => err,
+        }
+    }
+}
+
+#[pymethods]
+impl PyBulkhead {
+    #[new]
+    #[pyo3(signature = (max_concurrent, *, name=None, max_wait=None, clock=None))]
+    fn new(
+        py: Python<'_>,
+        max_concurrent: &Bound<'_, PyAny>,
+        name: Option<&Bound<'_, PyAny>>,
+        max_wait: Option<&Bound<'_, PyAny>>,
+        clock: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
+        Ok(PyBulkhead {
+            core: Bulkhead::new(positive_int(max_concurrent, "max_concurrent")?),
+            name: name_or(py, name, "bulkhead", &UNNAMED)?,
+            max_wait: match given(max_wait) {
+                Some(w) => seconds(w, "max_wait", true)?,
+                None => 0,
+            },
+            clock: clock_from(clock)?,
+        })
+    }
+
+    /// Takes a slot, waiting up to `max_wait` seconds; False when none came (counted as
+    /// a rejection). Every True must be followed by one `release()`.
+    fn acquire(&self, py: Python<'_>) -> bool {
+        self.enter(py)
+    }
+
+    /// Takes a slot if one is free now, never waiting and counting no rejection.
+    fn try_acquire(&self) -> bool {
+        self.core.try_enter()
+    }
+
+    /// Gives back a slot taken by `acquire` or `try_acquire`.
+    fn release(&self) {
+        self.core.leave();
+    }
+
+    /// Raises `BulkheadFull` for this bulkhead (the Python class's refusals use it).
+    fn _full(&self, py: Python<'_>) -> PyResult<()> {
+        Err(self.full(py))
+    }
+
+    /// Counts a refusal decided outside `acquire` (an `async with` that polled in vain).
+    fn _count_refusal(&self) {
+        self.core.refused();
+    }
+
+    /// Calls that may run at once.
+    #[getter]
+    fn max_concurrent(&self) -> u64 {
+        self.core.max_concurrent()
+    }
+
+    /// Calls holding a slot now.
+    #[getter]
+    fn in_flight(&self) -> u64 {
+        self.core.in_flight()
+    }
+
+    /// Calls refused for want of a slot since the bulkhead was made.
+    #[getter]
+    fn rejections(&self) -> u64 {
+        self.core.rejections()
+    }
+
+    /// Seconds a call waits for a slot before it is refused.
+    #[getter]
+    fn max_wait(&self) -> f64 {
+        nanos_to_seconds(self.max_wait)
+    }
+}

@@ -1,0 +1,186 @@
+"""The bulkhead: a cap on calls in flight, on its own and through with_resilience."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+from typing import Any
+
+import pytest
+
+from peak_resilience.errors import BulkheadFull
+from peak_resilience.resilience import Bulkhead
+from peak_resilience.resilience_helpers import with_resilience
+from peak_resilience.testing import ManualClock
+
+
+def test_a_call_over_the_cap_is_refused_without_running() -> None:
+    bulkhead = Bulkhead(1, name="orders")
+    ran: list[str] = []
+
+    @bulkhead.call
+    def inner() -> str:
+        ran.append("inner")
+        return "ran"
+
+    @bulkhead.call
+    def outer() -> str:
+        return inner()
+
+    with pytest.raises(BulkheadFull) as refused:
+        outer()
+    assert ran == []
+    assert refused.value.name == "orders"
+    assert "bulkhead 'orders' is full (1 calls in flight)" in str(refused.value)
+    assert bulkhead.rejections == 1
+    assert bulkhead.in_flight == 0
+
+
+def test_a_slot_is_given_back_when_the_call_raises() -> None:
+    bulkhead = Bulkhead(1)
+
+    @bulkhead.call
+    def failing() -> None:
+        raise ConnectionError("exchange down")
+
+    for _ in range(3):
+        with pytest.raises(ConnectionError):
+            failing()
+    assert bulkhead.in_flight == 0
+    assert bulkhead.rejections == 0
+
+
+def test_the_context_manager_holds_a_slot_for_its_block() -> None:
+    bulkhead = Bulkhead(2)
+    with bulkhead, bulkhead:
+        assert bulkhead.in_flight == 2
+        with pytest.raises(BulkheadFull), bulkhead:
+            pass
+    assert bulkhead.in_flight == 0
+
+
+def test_a_full_bulkhead_waits_max_wait_on_the_manual_clock_then_refuses() -> None:
+    clock = ManualClock(start=100.0)
+    bulkhead = Bulkhead(1, max_wait=0.5, clock=clock)
+    assert bulkhead.acquire()
+    assert not bulkhead.acquire()
+    assert clock.now() == pytest.approx(100.5)
+    assert bulkhead.rejections == 1
+
+
+def test_a_slot_freed_while_waiting_is_taken() -> None:
+    bulkhead = Bulkhead(1, max_wait=30.0)
+    assert bulkhead.acquire()
+    freed = threading.Timer(0.05, bulkhead.release)
+    freed.start()
+    try:
+        assert bulkhead.acquire()
+    finally:
+        freed.cancel()
+    assert bulkhead.in_flight == 1
+    assert bulkhead.rejections == 0
+
+
+def test_threads_never_hold_more_slots_than_the_cap() -> None:
+    bulkhead = Bulkhead(3)
+    most = 0
+    lock = threading.Lock()
+    gate = threading.Barrier(8)
+
+    @bulkhead.call
+    def work() -> None:
+        nonlocal most
+        with lock:
+            most = max(most, bulkhead.in_flight)
+
+    def worker() -> None:
+        gate.wait()
+        for _ in range(2000):
+            with contextlib.suppress(BulkheadFull):
+                work()
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert 1 <= most <= 3
+    assert bulkhead.in_flight == 0
+
+
+def test_async_calls_over_the_cap_are_refused_and_slots_come_back() -> None:
+    bulkhead = Bulkhead(2)
+    release = asyncio.Event()
+
+    @bulkhead.call
+    async def held() -> str:
+        await release.wait()
+        return "done"
+
+    async def scenario() -> tuple[list[Any], int]:
+        first = asyncio.ensure_future(held())
+        second = asyncio.ensure_future(held())
+        await asyncio.sleep(0)
+        with pytest.raises(BulkheadFull):
+            await held()
+        in_flight = bulkhead.in_flight
+        release.set()
+        return list(await asyncio.gather(first, second)), in_flight
+
+    results, in_flight = asyncio.run(scenario())
+    assert results == ["done", "done"]
+    assert in_flight == 2
+    assert bulkhead.in_flight == 0
+    assert bulkhead.rejections == 1
+
+
+def test_async_with_refuses_after_max_wait_without_blocking_the_loop() -> None:
+    bulkhead = Bulkhead(1, max_wait=0.02)
+
+    async def scenario() -> None:
+        async with bulkhead:
+            with pytest.raises(BulkheadFull):
+                async with bulkhead:
+                    pass
+
+    asyncio.run(scenario())
+    assert bulkhead.rejections == 1
+    assert bulkhead.in_flight == 0
+
+
+def test_with_resilience_max_concurrent_refuses_with_the_fallback(fresh: ManualClock) -> None:
+    @with_resilience("exchange", "submit_order", max_concurrent=1, fallback="busy")
+    def submit(nested: bool) -> str:
+        return submit(False) if nested else "sent"
+
+    assert submit(True) == "busy"
+    assert submit(False) == "sent"
+
+
+def test_the_max_concurrent_key_caps_every_operation_of_the_module(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(
+        write_config(
+            """
+            [resilience.exchange]
+            max_concurrent = 1
+            """
+        )
+    )
+
+    @with_resilience("exchange", "cancel")
+    def cancel(nested: bool) -> str:
+        return cancel(False) if nested else "cancelled"
+
+    with pytest.raises(BulkheadFull) as refused:
+        cancel(True)
+    assert refused.value.name == "exchange.cancel"
+
+
+def test_a_cap_below_one_is_refused_naming_max_concurrent() -> None:
+    with pytest.raises(ValueError, match="max_concurrent must be a positive integer, got 0"):
+        Bulkhead(0)

@@ -1,0 +1,113 @@
+"""backend="redis" on a Redis Cluster of 3 masters: redis_url names any node."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis_server import RedisServer, free_cluster_port
+
+from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
+
+NAMES = [f"venue-{n}" for n in range(12)]  # their hash tags fall on every master
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """Three masters, slots split by ``redis-cli --cluster create``."""
+    cli = shutil.which("redis-cli")
+    if cli is None:
+        raise RuntimeError("redis-cli is not installed: run `bash scripts/packages`")
+    nodes = [
+        RedisServer(
+            tmp_path_factory.mktemp(f"cluster-{n}"),
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            port=free_cluster_port(),
+        )
+        for n in range(3)
+    ]
+    try:
+        for node in nodes:
+            node.start()
+        subprocess.run(
+            [
+                cli,
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{n.port}" for n in nodes),
+                "--cluster-replicas",
+                "0",
+                "--cluster-yes",
+            ],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+        for node in nodes:
+            _wait_for_cluster_ok(node)
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+def _wait_for_cluster_ok(node: RedisServer) -> None:
+    client = redis.Redis.from_url(node.url, socket_timeout=5)
+    deadline = time.monotonic() + 30
+    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the cluster is not ok on port {node.port} within 30 s")
+        time.sleep(0.05)
+
+
+def url(node: RedisServer) -> str:
+    return f"redis://127.0.0.1:{node.port}"
+
+
+def on(node: RedisServer) -> dict[str, Any]:
+    return {"backend": "redis", "redis_url": url(node), "on_backend_error": "fail_closed"}
+
+
+def keys_per_node(cluster: list[RedisServer], pattern: str) -> list[int]:
+    clients = [redis.Redis.from_url(url(n), socket_timeout=5) for n in cluster]
+    return [len(list(client.scan_iter(match=pattern))) for client in clients]
+
+
+def test_budgets_on_a_cluster_are_exact_whichever_node_the_url_names(
+    cluster: list[RedisServer],
+) -> None:
+    first, second, third = cluster
+    for name in NAMES:
+        here = RateLimiter(3, 3600, name=f"budget-{name}", **on(first))
+        there = RateLimiter(3, 3600, name=f"budget-{name}", **on(second))
+        elsewhere = RateLimiter(3, 3600, name=f"budget-{name}", **on(third))
+        taken = [here.acquire(), there.acquire(), elsewhere.acquire(), here.acquire()]
+        assert taken == [True, True, True, False], name
+        assert there.get_stats()["allowed"] == 3
+    # The budgets live on every master, not on the one the URL names.
+    assert all(count > 0 for count in keys_per_node(cluster, "*limiter:budget-*"))
+
+
+def test_a_breaker_opened_through_one_node_is_open_through_the_others(
+    cluster: list[RedisServer],
+) -> None:
+    first, second, third = cluster
+    for name in NAMES:
+        opener = CircuitBreaker(2, 60, f"breaker-{name}", **on(first))
+        watcher = CircuitBreaker(2, 60, f"breaker-{name}", **on(third))
+        opener.record_failure()
+        assert watcher.state is CircuitState.CLOSED
+        CircuitBreaker(2, 60, f"breaker-{name}", **on(second)).record_failure()
+        assert watcher.state is CircuitState.OPEN, name
+        assert not opener.allow()
+    # A breaker's state is one key, in one slot: on whichever master serves it.
+    per_node = keys_per_node(cluster, "*breaker:breaker-*")
+    assert sum(per_node) == len(NAMES) and all(count > 0 for count in per_node)
