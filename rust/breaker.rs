@@ -597,6 +597,12 @@ impl Breaker {
             let next = match admission {
                 // A success ends a failure streak; skip the write when there is none.
                 Admission::Normal { epoch } if streak_of(word) != 0 => closed(epoch, 0),
+                // Only a trial holding a permit counts: a success recorded by hand while
+                // half-open with no permit out (none taken, or given back) proves nothing
+                // and must not close the circuit under a real trial still running.
+                Admission::Trial { .. } if trials_admitted(word) <= trials_succeeded(word) => {
+                    return None
+                }
                 Admission::Trial { .. } => {
                     let succeeded = trials_succeeded(word) + 1;
                     if succeeded >= s.half_open_max_calls.load(Ordering::Relaxed) {
@@ -1171,6 +1177,27 @@ mod tests {
             Some(Transition {
                 from: HALF_OPEN,
                 to: OPEN
+            })
+        );
+    }
+
+    #[test]
+    fn a_success_recorded_by_hand_with_no_trial_permit_out_does_not_close_the_circuit() {
+        // A state read half-opens the circuit; `record_success()` with no `allow()` before
+        // it (so no permit taken) must not close it.
+        let (breaker, clock) = breaker(1, 10 * SECOND, 1);
+        fail(&breaker);
+        clock.advance(10 * SECOND);
+        assert_eq!(breaker.current_state().0, HALF_OPEN);
+        assert_eq!(breaker.on_success(breaker.admission_now()), None);
+        assert_eq!(breaker.current_state().0, HALF_OPEN);
+        // The real trial still decides.
+        let (trial, _) = breaker.enter();
+        assert_eq!(
+            breaker.on_success(trial),
+            Some(Transition {
+                from: HALF_OPEN,
+                to: CLOSED
             })
         );
     }

@@ -316,17 +316,25 @@ def test_a_refusal_by_hand_reads_like_any_exception() -> None:
     assert CircuitBreakerError("custom").name == ""
 
 
+def backend_arguments(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> dict[str, object]:
+    """A breaker's keyword arguments for `backend` (a real redis-server for "redis")."""
+    where: dict[str, object] = {"backend": backend}
+    if backend == "shared":
+        where["shared_dir"] = str(tmp_path)
+    elif backend == "redis":
+        where["redis_url"] = request.getfixturevalue("redis_url")
+    return where
+
+
 @pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
 def test_a_trial_long_after_a_state_read_half_opened_the_circuit_is_the_only_one(
     backend: str, clock: ManualClock, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # A scrape reads HALF_OPEN as the timeout passes; the first real call comes a minute
     # later. A second call during that trial is refused, and the trial's failure reopens.
-    where: dict[str, object] = {"backend": backend}
-    if backend == "shared":
-        where["shared_dir"] = str(tmp_path)
-    elif backend == "redis":
-        where["redis_url"] = request.getfixturevalue("redis_url")
+    where = backend_arguments(backend, tmp_path, request)
     breaker = CircuitBreaker(1, 10, name="scraped", clock=clock, **where)  # type: ignore[arg-type]
     with pytest.raises(Boom):
         breaker.call(failing)()
@@ -346,3 +354,19 @@ def test_a_trial_long_after_a_state_read_half_opened_the_circuit_is_the_only_one
         breaker.call(trial)()
     assert second == ["refused"]
     assert breaker.state is CircuitState.OPEN
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
+def test_a_success_recorded_by_hand_with_no_trial_permit_out_does_not_close_the_circuit(
+    backend: str, clock: ManualClock, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    where = backend_arguments(backend, tmp_path, request)
+    breaker = CircuitBreaker(1, 10, name="by-hand", clock=clock, **where)  # type: ignore[arg-type]
+    breaker.record_failure()
+    clock.advance(10)
+    assert breaker.state is CircuitState.HALF_OPEN
+    breaker.record_success()  # no allow(): no trial permit taken
+    assert breaker.state is CircuitState.HALF_OPEN
+    assert breaker.allow()
+    breaker.record_success()
+    assert breaker.state is CircuitState.CLOSED

@@ -152,6 +152,8 @@ def test_two_breakers_of_one_name_share_the_circuit(
     assert second.failure_total == 2
     clock.advance(30)
     assert first.state is CircuitState.HALF_OPEN
+    assert second.allow()  # the trial permit, taken through the other opening
+    assert not first.allow()
     second.record_success()
     assert first.state is CircuitState.CLOSED
 

@@ -194,7 +194,9 @@ elseif op == 'exit' then
     if normal and streak > 0 then
       streak = 0
       redis.call('HSET', k, 'streak', 0)
-    elseif trial then
+    elseif trial and trials > passed then
+      -- Only a trial holding a permit closes: a success recorded by hand while half-open
+      -- with no permit out (none taken, or given back) proves nothing.
       passed = passed + 1
       if passed >= max_trials then close() else redis.call('HSET', k, 'passed', passed) end
     end

@@ -63,8 +63,8 @@ class RedisBucketStore(RedisStore):
         encoded: list[bytes] = []
         intervals: list[int] = []
         for interval, burst in windows:
-            interval_us = round(interval / _NS_PER_US)
-            if interval_us < 1:
+            interval_us = -(-interval // _NS_PER_US)  # up: never faster than the rate
+            if interval < _NS_PER_US // 2:
                 raise ValueError(
                     f"a window of one request every {interval} ns is finer than "
                     "backend='redis' counts (one request per microsecond at most)"
