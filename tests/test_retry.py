@@ -4,11 +4,13 @@ a budget that keeps an outage from multiplying the load, every attempt guarded."
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
 from peak_resilience import _instances
 from peak_resilience._guard import guard
+from peak_resilience.config import ConfigError, configure
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import Bulkhead, CircuitBreaker, Retry
@@ -185,3 +187,42 @@ def test_a_bad_retry_setting_is_an_error_naming_it() -> None:
         Retry(3, budget=1.5)
     with pytest.raises(ValueError, match="attempts must be a positive integer"):
         Retry(0)
+
+
+def test_the_retry_keys_of_a_module_retry_its_operations(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(
+        write_config(
+            """
+            [resilience.exchange]
+            retry_attempts = 3
+            retry_on = ["ConnectionError", "socket.timeout"]
+            retry_backoff = 0
+            """
+        )
+    )
+    flaky = Flaky(2, ConnectionError("reset"))
+    assert with_resilience("exchange", "fetch")(flaky)() == "filled"
+    assert flaky.calls == 3
+
+
+def test_without_retry_on_the_retry_keys_retry_nothing(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(write_config("[resilience.exchange]\nretry_attempts = 3\n"))
+    flaky = Flaky(1, ConnectionError("reset"))
+    with pytest.raises(ConnectionError):
+        with_resilience("exchange", "fetch")(flaky)()
+    assert flaky.calls == 1
+
+
+def test_a_retry_on_that_names_no_exception_class_is_a_config_error(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    path = write_config('[resilience.exchange]\nretry_on = ["ConectionError"]\n')
+    with pytest.raises(ConfigError, match=r"retry_on.*'ConectionError' is not a builtin"):
+        configure(path)
+    path = write_config('[resilience]\nretry_on = ["json.dumps"]\n')
+    with pytest.raises(ConfigError, match=r"retry_on.*'json.dumps' is not an exception class"):
+        configure(path)
