@@ -34,8 +34,9 @@ pub enum QuotaError {
 impl Quota {
     /// `max_requests` tokens per `window` nanoseconds, holding `burst` tokens when full.
     ///
-    /// The interval is rounded to the nanosecond (as governor does): 3 per second refills
-    /// one token every 333,333,333 ns.
+    /// The interval is rounded up to the nanosecond: 3 per second refills one token every
+    /// 333,333,334 ns, never faster than the rate the exchange enforces (rounded to the
+    /// nearest, 333,333,333 ns, a bucket would admit a call too many every 333 s).
     pub fn per_window(max_requests: u64, window: u64, burst: u64) -> Result<Quota, QuotaError> {
         if max_requests == 0 {
             return Err(QuotaError::ZeroRequests);
@@ -43,10 +44,13 @@ impl Quota {
         if window == 0 {
             return Err(QuotaError::ZeroWindow);
         }
+        if max_requests > window {
+            return Err(QuotaError::OutOfRange);
+        }
         if burst == 0 {
             return Err(QuotaError::ZeroBurst);
         }
-        let interval = ((window as u128 + max_requests as u128 / 2) / max_requests as u128) as u64;
+        let interval = (window as u128).div_ceil(max_requests as u128) as u64;
         if interval == 0 || interval.checked_mul(burst).is_none() {
             return Err(QuotaError::OutOfRange);
         }
@@ -829,6 +833,21 @@ mod tests {
     }
 
     #[test]
+    fn a_rate_that_does_not_divide_its_window_never_refills_faster_than_the_rate() {
+        // 3 per second: a token every 333,333,334 ns; at 333,333,333 ns, 3 tokens would
+        // refill in 999,999,999 ns, faster than the exchange's 3 per second.
+        assert_eq!(
+            Quota::per_window(3, SECOND, 3).unwrap().interval,
+            333_333_334
+        );
+        for (max, window) in [(3, SECOND), (7, 60 * SECOND), (1_200, 60 * SECOND), (9, 1)] {
+            if let Ok(quota) = Quota::per_window(max, window, 1) {
+                assert!(quota.interval * max >= window, "{max} per {window} ns");
+            }
+        }
+    }
+
+    #[test]
     fn quota_rejects_zero_and_overflowing_parameters() {
         assert_eq!(
             Quota::per_window(0, SECOND, 1),
@@ -887,9 +906,9 @@ mod tests {
         let tokens = bucket.window_tokens();
         assert!((tokens[0] - 7.0).abs() < 1e-9, "{tokens:?}");
         assert_eq!(tokens[1], 0.0);
-        clock.advance(SECOND / 10);
+        clock.advance(SECOND / 10 + 2); // 3 tokens of 33,333,334 ns (rounded up)
         assert_eq!(bucket.try_acquire(3), Decision::Admitted);
-        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-9);
+        assert!((bucket.window_tokens()[0] - 5.0).abs() < 1e-6);
     }
 
     #[test]

@@ -54,7 +54,32 @@ struct Header {
     /// The parameters every process must agree on (see `Layout::PARAM_NAMES`); updated
     /// in place when one process changes the rate or the settings.
     params: [AtomicU64; PARAMS],
-    _reserved: AtomicU64,
+    /// The boot the file's instants belong to (`boot_id`; 0: unknown). The state holds
+    /// absolute `CLOCK_MONOTONIC` instants, which restart from zero at every boot: a file
+    /// kept on disk across a reboot would otherwise hold a breaker open, or a bucket
+    /// empty, for as long as the old boot had been up.
+    boot: AtomicU64,
+}
+
+/// `boot` while one process resets a file from another boot: others wait for it.
+const RESETTING: u64 = u64::MAX;
+/// How long a process waits for another to reset a file from another boot (1 ms turns).
+const RESET_WAIT_TURNS: usize = 2_000;
+
+/// This boot's identity: a hash of `/proc/sys/kernel/random/boot_id` (0 when unreadable:
+/// files are then never judged by their boot).
+fn boot_id() -> u64 {
+    static BOOT: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *BOOT.get_or_init(|| {
+        let Ok(text) = std::fs::read_to_string("/proc/sys/kernel/random/boot_id") else {
+            return 0;
+        };
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for byte in text.trim().bytes() {
+            hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);
+        }
+        hash.clamp(1, RESETTING - 1)
+    })
 }
 
 const _: () = assert!(std::mem::size_of::<Header>() == HEADER_SIZE);
@@ -330,7 +355,7 @@ impl<T: Layout> Region<T> {
     ) -> Result<Region<T>, SharedError> {
         let mut last = None;
         for _ in 0..OPEN_ATTEMPTS {
-            match open_existing::<T>(path) {
+            match open_existing::<T>(path, params, &fresh) {
                 Ok(region) => {
                     region.check_params(params)?;
                     return Ok(region);
@@ -438,7 +463,11 @@ fn file_size<T>() -> usize {
     HEADER_SIZE + std::mem::size_of::<T>()
 }
 
-fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
+fn open_existing<T: Layout>(
+    path: &Path,
+    params: [u64; PARAMS],
+    fresh: &impl Fn() -> T,
+) -> Result<Region<T>, SharedError> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -501,12 +530,54 @@ fn open_existing<T: Layout>(path: &Path) -> Result<Region<T>, SharedError> {
     {
         return Err(truncated());
     }
+    same_boot::<T>(&mapping, params, fresh);
     Ok(Region {
         mapping: Arc::new(mapping),
         path: path.to_owned(),
         identity: (meta.dev(), meta.ino()),
         _state: PhantomData,
     })
+}
+
+/// Makes a file written during another boot fresh (`fresh()`, our parameters) before it
+/// is used: its instants mean nothing on this boot's clock. Exactly one process resets
+/// it (a CAS of the header's boot to `RESETTING`); the others wait for it, a bounded
+/// while. Every process of this boot opens the file through here, so none can be using
+/// the old state while it is reset.
+fn same_boot<T: Layout>(mapping: &Mapping, params: [u64; PARAMS], fresh: &impl Fn() -> T) {
+    let ours = boot_id();
+    let header = mapping.header();
+    for _ in 0..RESET_WAIT_TURNS {
+        let theirs = header.boot.load(Ordering::Acquire);
+        if ours == 0 || theirs == ours {
+            return;
+        }
+        if theirs == RESETTING {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+            continue;
+        }
+        if header
+            .boot
+            .compare_exchange(theirs, RESETTING, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // SAFETY: the block was checked to be a `T` of this layout, 8-aligned; no
+            // process of this boot uses it until `boot` says ours (see above).
+            unsafe {
+                mapping
+                    .ptr
+                    .as_ptr()
+                    .add(HEADER_SIZE)
+                    .cast::<T>()
+                    .write(fresh());
+            }
+            for (slot, value) in header.params.iter().zip(params) {
+                slot.store(value, Ordering::Relaxed);
+            }
+            header.boot.store(ours, Ordering::Release);
+            return;
+        }
+    }
 }
 
 /// Creates the file complete where no other process can see it and links it into place.
@@ -658,6 +729,7 @@ fn initialise<T: Layout>(
     for (slot, value) in header.params.iter().zip(params) {
         slot.store(value, Ordering::Relaxed);
     }
+    header.boot.store(boot_id(), Ordering::Relaxed);
     // The magic last: a file with the magic is a complete file (link publishes it anyway).
     header.magic.store(MAGIC, Ordering::Release);
     Ok(Region {
@@ -1074,6 +1146,38 @@ mod tests {
         let named = temporary_name(&path);
         assert_ne!(named, temporary_name(&path));
         assert!(!named.exists());
+    }
+
+    /// Writes `boot` into the header of the file at `path`, as another boot would have.
+    fn stamp_boot(path: &Path, boot: u64) {
+        use std::os::unix::fs::FileExt;
+        let file = OpenOptions::new().write(true).open(path).unwrap();
+        file.write_all_at(&boot.to_le_bytes(), 56).unwrap();
+    }
+
+    #[test]
+    fn a_file_from_another_boot_starts_fresh_and_one_from_this_boot_keeps_its_state() {
+        // Absolute CLOCK_MONOTONIC instants restart at boot: an exhausted bucket and an
+        // open breaker kept on disk must not stay so for as long as the old boot was up.
+        let dir = TempDir::new("boot");
+        let path = dir.file("api.bucket");
+        let (bucket, region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        drop((bucket, region));
+        let (again, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert!(matches!(again.try_acquire(1), Decision::Rejected { .. }));
+        stamp_boot(&path, 0x5eed);
+        let (rebooted, _region) = shared_bucket(&path, quota(2), Clock::Monotonic).unwrap();
+        assert_eq!(rebooted.try_acquire(2), Decision::Admitted);
+        // Still the one file: the other opening sees the fresh state spent.
+        assert!(matches!(again.try_acquire(1), Decision::Rejected { .. }));
+
+        let path = dir.file("x.breaker");
+        let (breaker, _region) = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        breaker.force_open();
+        stamp_boot(&path, 0x5eed);
+        let (rebooted, _region) = shared_breaker(&path, settings(), Clock::Monotonic).unwrap();
+        assert!(!rebooted.enter().0.is_rejected());
     }
 
     #[test]

@@ -252,7 +252,8 @@ def test_new_operations_past_the_bound_fold_into_other_and_are_counted() -> None
     operations = metrics.get_summary()["operations"]
     assert [name in operations for name in names] == [True, True, False, False, False]
     assert operations["other"]["successes"] >= 3
-    assert metrics.get_summary()["folded_label_values"] == {"request_duration_seconds": 3}
+    # (error types folded natively, by other tests' operations, are counted beside it)
+    assert metrics.get_summary()["folded_label_values"]["request_duration_seconds"] == 3
 
 
 def test_reported_label_values_past_the_bound_fold_into_other() -> None:

@@ -520,6 +520,7 @@ def _after_fork_in_child() -> None:
     # A thread of the parent may have held the lock at the fork: it would stay held in
     # the child for ever. The counts themselves are the child's copy, like its budgets.
     metrics._lock = threading.Lock()
+    metrics._events_lock = threading.Lock()
     metrics.last_read_error = None
 
 
