@@ -7,9 +7,11 @@ import contextlib
 import threading
 from typing import Any
 
+import flask
 import pytest
 
 from peak_resilience.errors import BulkheadFull
+from peak_resilience.integrations.flask import install
 from peak_resilience.resilience import Bulkhead
 from peak_resilience.resilience_helpers import with_resilience
 from peak_resilience.testing import ManualClock
@@ -184,3 +186,20 @@ def test_the_max_concurrent_key_caps_every_operation_of_the_module(
 def test_a_cap_below_one_is_refused_naming_max_concurrent() -> None:
     with pytest.raises(ValueError, match="max_concurrent must be a positive integer, got 0"):
         Bulkhead(0)
+
+
+def test_a_full_bulkhead_answers_503_with_retry_after_through_flask() -> None:
+    app = flask.Flask("bulkhead_app")
+    install(app)
+    bulkhead = Bulkhead(1, name="quotes")
+
+    @app.get("/quote")
+    def quote() -> str:
+        with bulkhead:
+            return "ok"
+
+    with bulkhead:
+        answer = app.test_client().get("/quote")
+    assert answer.status_code == 503
+    assert answer.headers["Retry-After"] == "1"
+    assert answer.get_json() == {"error": "bulkhead full", "retry_after": 1, "bulkhead": "quotes"}

@@ -368,8 +368,17 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     # Valid only below every window's burst, which other keys decide: 0 is always valid
     # (the random documents above try the others).
     "rate_limit_reserve": st.just(0),
+    # Issue 16: the bulkhead and the retries.
     "max_concurrent": st.integers(1, 10_000),
     "bulkhead_max_wait": st.floats(0.0, 3_600.0),
+    "retry_attempts": st.integers(1, 100),
+    "retry_on": st.lists(
+        st.sampled_from(["ConnectionError", "TimeoutError", "socket.timeout"]), max_size=3
+    ),
+    "retry_backoff": st.floats(0.0, 60.0),
+    "retry_max_backoff": st.floats(0.0, 3_600.0),
+    "retry_budget": st.floats(0.01, 1.0),
+    "retry_min_per_second": st.integers(0, 1_000),
 }
 assert set(valid_values) == set(SCHEMA), "every key has a valid-value strategy"
 module_names = st.text(min_size=1, max_size=12).filter(lambda m: "\x00" not in m)
@@ -425,13 +434,10 @@ def test_a_valid_random_document_is_accepted_with_every_value(
 @settings(max_examples=scaled(200, slow=False), **SETTINGS)  # type: ignore[arg-type]
 @given(data=st.data())
 def test_valid_environment_values_are_accepted_as_typed(data: st.DataObject) -> None:
-    # (rate_limits and redis_sentinels have their own list syntax in the environment,
-    # tested in test_config)
-    name = data.draw(
-        st.sampled_from(
-            [k for k in KEYS if k not in ("rate_limit_burst", "rate_limits", "redis_sentinels")]
-        )
-    )
+    # (rate_limits, redis_sentinels and retry_on have their own list syntax in the
+    # environment, tested in test_config)
+    lists = ("rate_limit_burst", "rate_limits", "redis_sentinels", "retry_on")
+    name = data.draw(st.sampled_from([k for k in KEYS if k not in lists]))
     value = data.draw(valid_values[name])
     text = ("true" if value else "false") if isinstance(value, bool) else str(value)
     if isinstance(value, float):

@@ -4,6 +4,7 @@ both exposition writers."""
 from __future__ import annotations
 
 import asyncio
+import gc
 from collections.abc import Iterator
 
 import pytest
@@ -75,3 +76,14 @@ def test_timeouts_of_an_operation_are_counted(fresh: ManualClock, read: object) 
         asyncio.run(guarded())
     exported = read()  # type: ignore[operator]
     assert exported[sample("peak_trade_timeouts_total", operation="exchange.stream")] == 1
+
+
+def test_the_refusals_of_a_dropped_bulkhead_stay_counted_under_its_name() -> None:
+    bulkhead = Bulkhead(1, name="dropped-bulkhead")
+    with bulkhead:
+        assert not bulkhead.try_acquire() and not bulkhead.acquire()
+    del bulkhead
+    gc.collect()
+    exported = ours()
+    assert exported[sample("peak_trade_bulkhead_rejections_total", name="dropped-bulkhead")] == 1
+    assert sample("peak_trade_bulkhead_in_flight", name="dropped-bulkhead") not in exported

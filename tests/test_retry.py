@@ -9,6 +9,8 @@ from typing import Any
 import pytest
 
 from peak_resilience import _instances
+from peak_resilience._guard import guard
+from peak_resilience.config import ConfigError, configure
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import Bulkhead, CircuitBreaker, Retry
@@ -75,16 +77,10 @@ def test_a_retry_waits_at_least_the_retry_after_the_exception_carries(
         calls.append(fresh.now())
         return "ticker"
 
-    guarded = limiter_guard(fetch, limiter, retry, fresh)
+    guarded = guard(fetch, limiter=limiter, retry=retry, sleep=fresh.sleep)
     assert guarded() == "ticker"
     assert guarded() == "ticker"
     assert calls[1] - calls[0] == pytest.approx(10.0)
-
-
-def limiter_guard(func: Any, limiter: RateLimiter, retry: Retry, clock: ManualClock) -> Any:
-    from peak_resilience._guard import guard
-
-    return guard(func, limiter=limiter, retry=retry, sleep=clock.sleep)
 
 
 def test_a_hook_extracts_the_wait_from_an_exchange_error(fresh: ManualClock) -> None:
@@ -123,11 +119,7 @@ def test_with_a_budget_of_20_percent_an_outage_of_10000_calls_makes_about_2000_r
 def test_every_attempt_passes_the_breaker(fresh: ManualClock) -> None:
     breaker = CircuitBreaker(2, 60.0, clock=fresh)
     outage = Flaky(10**9, ConnectionError("down"))
-    fetch = breaker.call(outage)
-    from peak_resilience._guard import guard
-
     guarded = guard(outage, breaker=breaker, retry=Retry(5, on=ConnectionError), sleep=fresh.sleep)
-    del fetch
     with pytest.raises(CircuitBreakerError):
         guarded()
     assert outage.calls == 2
@@ -136,8 +128,6 @@ def test_every_attempt_passes_the_breaker(fresh: ManualClock) -> None:
 def test_every_attempt_takes_its_tokens(fresh: ManualClock) -> None:
     limiter = RateLimiter(3, 3600.0, clock=fresh)
     outage = Flaky(10**9, ConnectionError("down"))
-    from peak_resilience._guard import guard
-
     guarded = guard(outage, limiter=limiter, retry=Retry(3, on=ConnectionError), sleep=fresh.sleep)
     with pytest.raises(ConnectionError):
         guarded()
@@ -152,8 +142,6 @@ def test_every_attempt_takes_a_bulkhead_slot_and_gives_it_back(fresh: ManualCloc
     def failing() -> None:
         seen.append(bulkhead.in_flight)
         raise ConnectionError("down")
-
-    from peak_resilience._guard import guard
 
     guarded = guard(
         failing, bulkhead=bulkhead, retry=Retry(3, on=ConnectionError), sleep=fresh.sleep
@@ -199,3 +187,42 @@ def test_a_bad_retry_setting_is_an_error_naming_it() -> None:
         Retry(3, budget=1.5)
     with pytest.raises(ValueError, match="attempts must be a positive integer"):
         Retry(0)
+
+
+def test_the_retry_keys_of_a_module_retry_its_operations(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(
+        write_config(
+            """
+            [resilience.exchange]
+            retry_attempts = 3
+            retry_on = ["ConnectionError", "socket.timeout"]
+            retry_backoff = 0
+            """
+        )
+    )
+    flaky = Flaky(2, ConnectionError("reset"))
+    assert with_resilience("exchange", "fetch")(flaky)() == "filled"
+    assert flaky.calls == 3
+
+
+def test_without_retry_on_the_retry_keys_retry_nothing(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(write_config("[resilience.exchange]\nretry_attempts = 3\n"))
+    flaky = Flaky(1, ConnectionError("reset"))
+    with pytest.raises(ConnectionError):
+        with_resilience("exchange", "fetch")(flaky)()
+    assert flaky.calls == 1
+
+
+def test_a_retry_on_that_names_no_exception_class_is_a_config_error(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    path = write_config('[resilience.exchange]\nretry_on = ["ConectionError"]\n')
+    with pytest.raises(ConfigError, match=r"retry_on.*'ConectionError' is not a builtin"):
+        configure(path)
+    path = write_config('[resilience]\nretry_on = ["json.dumps"]\n')
+    with pytest.raises(ConfigError, match=r"retry_on.*'json.dumps' is not an exception class"):
+        configure(path)

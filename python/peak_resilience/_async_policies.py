@@ -23,7 +23,17 @@ __all__ = ["async_wrapper", "within"]
 async def within(seconds: float, call: Awaitable[Any]) -> Any:
     """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
     ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
-    failure, not a timeout (``asyncio.wait_for`` could not tell them apart on 3.10)."""
+    failure, not a timeout."""
+    if _TIMEOUT is not None:  # 3.11+: cancels in place, no task of its own
+        scope = _TIMEOUT(seconds)
+        try:
+            async with scope:
+                return await call
+        except TimeoutError:
+            if scope.expired():
+                raise _TimedOut(seconds) from None
+            raise
+    # 3.10: asyncio.wait_for could not tell its timeout from the call's own.
     task = asyncio.ensure_future(call)
     try:
         done, _ = await asyncio.wait((task,), timeout=seconds)
@@ -37,6 +47,10 @@ async def within(seconds: float, call: Awaitable[Any]) -> Any:
             await task
         raise _TimedOut(seconds)
     return task.result()
+
+
+#: ``asyncio.timeout`` where the Python has it (3.11+).
+_TIMEOUT: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 
 class _TimedOut(TimeoutError):
@@ -54,28 +68,23 @@ def async_wrapper(
     admit: Callable[[], Awaitable[int]],
     on_reject: Callable[[BaseException], Any] | None,
     *,
+    max_wait: float,
     retry: Retry | None,
     timeout: float | None,
     on_timeout: Callable[[], Any] | None,
     async_sleep: Callable[[float], Awaitable[Any]],
     remote: bool,
 ) -> Callable[..., Awaitable[Any]]:
-    started_now, exit_now = native._started, native._exit
+    # Bound once: each attribute lookup on the per-call path costs as much as a call.
+    started_now, exit_now, admit_now = native._started, native._exit, native._admit
+    called = None if retry is None else retry._called
+    bulkhead = native.bulkhead
+    waits = remote or max_wait > 0 or (bulkhead is not None and bulkhead.max_wait > 0)
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
             return bool(await off_loop.off_loop(exit_now, admission, started, error, result))
         return exit_now(admission, started, error, result)
-
-    async def run(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if timeout is None:
-            return await func(*args, **kwargs)
-        try:
-            return await within(timeout, func(*args, **kwargs))
-        except _TimedOut:
-            if on_timeout is not None:
-                on_timeout()
-            raise
 
     async def retried(error: BaseException, retries: int) -> bool:
         delay = None if retry is None else retry._delay(error, retries)
@@ -84,14 +93,18 @@ def async_wrapper(
         await async_sleep(delay)
         return True
 
+    async def timed_out(error: BaseException) -> None:
+        if on_timeout is not None and isinstance(error, _TimedOut):
+            on_timeout()
+
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
-        if retry is not None:
-            retry._called()
+        if called is not None:
+            called()
         retries = 0
         while True:
             try:
-                admission = await admit()
+                admission = await admit() if waits else admit_now()
             except Exception as refusal:
                 if await retried(refusal, retries):
                     retries += 1
@@ -103,8 +116,12 @@ def async_wrapper(
                 raise
             started = started_now()
             try:
-                result = await run(args, kwargs)
+                if timeout is None:
+                    result = await func(*args, **kwargs)
+                else:
+                    result = await within(timeout, func(*args, **kwargs))
             except BaseException as exc:
+                await timed_out(exc)
                 falls_back = await exit_call(admission, started, exc)
                 if isinstance(exc, Exception) and await retried(exc, retries):
                     retries += 1
@@ -112,7 +129,10 @@ def async_wrapper(
                 if falls_back:
                     return await use_fallback(args, kwargs)
                 raise
-            await exit_call(admission, started, None, result)
+            if remote:
+                await off_loop.off_loop(exit_now, admission, started, None, result)
+            else:
+                exit_now(admission, started, None, result)
             return result
 
     wrapper.guard = native  # type: ignore[attr-defined]

@@ -8,6 +8,7 @@ however many threads race for the last slot.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -58,6 +59,16 @@ class Bulkhead(_NativeBulkhead):
         clock: ManualClock | None = None,
     ) -> None:
         _instances.bulkheads.add(self)
+        # An unnamed one has a name of its own that nothing else shares: its series may
+        # simply go with it.
+        self._keeps_counts = name is not None
+
+    def __del__(self) -> None:
+        # Its refusals stay counted under its name (see _instances). At interpreter exit
+        # the module may be gone: nothing is left to export then.
+        if getattr(self, "_keeps_counts", False):
+            with contextlib.suppress(Exception):
+                _instances.retire_bulkhead(self)
 
     def call(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorates a sync or async function (or method) with this bulkhead."""

@@ -114,6 +114,7 @@ def guard(
         has_fallback,
         _admitter(native, max_wait, async_sleep or asyncio.sleep, remote=remote),
         on_reject,
+        max_wait=max_wait,
         retry=retry,
         timeout=timeout,
         on_timeout=on_timeout,

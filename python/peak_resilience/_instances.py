@@ -32,6 +32,7 @@ __all__ = [
     "operation",
     "operations",
     "retire_breaker",
+    "retire_bulkhead",
     "retire_limiter",
     "retired",
     "retries",
@@ -83,6 +84,8 @@ class Retired:
         self.breakers: dict[str, dict[Any, int]] = {}
         #: (limiter name, endpoint) -> [requests, rejections]
         self.buckets: dict[tuple[str, str], list[int]] = {}
+        #: bulkhead name -> calls it refused
+        self.bulkheads: dict[str, int] = {}
 
 
 retired = Retired()
@@ -108,6 +111,15 @@ def retire_breaker(breaker: CircuitBreaker) -> None:
         for key, count in counts.items():
             if count:
                 kept[key] = kept.get(key, 0) + count
+
+
+def retire_bulkhead(bulkhead: Bulkhead) -> None:
+    """Keeps the refusals of ``bulkhead`` for its name (called as it is dropped)."""
+    with lock:
+        bulkheads.discard(bulkhead)
+        if bulkhead.rejections:
+            kept = retired.bulkheads
+            kept[bulkhead.name] = kept.get(bulkhead.name, 0) + bulkhead.rejections
 
 
 def retire_limiter(limiter: Limiter) -> None:

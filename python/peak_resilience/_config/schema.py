@@ -17,6 +17,7 @@ from peak_resilience._backends.choice import Backend, OnBackendError
 from peak_resilience._backends.redis.sentinel import sentinel_url
 from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
+from peak_resilience._config.exception_names import exception_names
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
 from peak_resilience._native import MAX_HALF_OPEN_CALLS
 from peak_resilience._windows import parse_limit
@@ -169,6 +170,19 @@ class Settings:
     max_concurrent: int | None = key(None, optional(at_least(1)))
     #: Seconds a call over the cap waits for a slot before it is refused.
     bulkhead_max_wait: float = key(0.0, at_least(0))
+    # Issue 16, retries (off unless retry_attempts > 1 and retry_on names a class).
+    #: Attempts in all, the first included (1: no retries).
+    retry_attempts: int = key(1, at_least(1))
+    #: The exception classes that may be retried: builtins by name, others dotted.
+    retry_on: tuple[str, ...] = key((), exception_names)
+    #: Seconds before the first retry at most, multiplied by 2 for each next one...
+    retry_backoff: float = key(0.1, at_least(0))
+    #: ...up to this many seconds.
+    retry_max_backoff: float = key(10.0, at_least(0))
+    #: Retries at most this fraction of the operation's recent calls...
+    retry_budget: float = key(0.2, fraction)
+    #: ...plus this many a second.
+    retry_min_per_second: int = key(10, at_least(0))
 
     @property
     def redis_location(self) -> str | None:

@@ -195,6 +195,8 @@ def read(
         live_limiters = _instances.alive(_instances.limiters)
         retired_breakers = {n: dict(c) for n, c in _instances.retired.breakers.items()}
         retired_buckets = {k: tuple(v) for k, v in _instances.retired.buckets.items()}
+        live_bulkheads = _instances.alive(_instances.bulkheads)
+        slots_refused = dict(_instances.retired.bulkheads)
     for name, kept in retired_breakers.items():
         failures[name] = kept.get("failures", 0)
         refused[name] = kept.get("rejections", 0)
@@ -271,8 +273,7 @@ def read(
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
     in_flight: dict[str, int] = {}
-    slots_refused: dict[str, int] = {}
-    for bulkhead in _instances.alive(_instances.bulkheads):
+    for bulkhead in live_bulkheads:
         in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
         slots_refused[bulkhead.name] = slots_refused.get(bulkhead.name, 0) + bulkhead.rejections
     retries = {name: retry.retries for name, retry in dict(_instances.retries).items()}

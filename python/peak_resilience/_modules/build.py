@@ -18,6 +18,7 @@ from typing import Any
 from peak_resilience._backends.choice import DEFAULT_REDIS_TIMEOUT, Backend, OnBackendError
 from peak_resilience._breaker import CircuitBreaker
 from peak_resilience._circuit import CircuitState
+from peak_resilience._config.exception_names import exception_class
 from peak_resilience._config.parameters import (
     Placement,
     breaker_parameters,
@@ -25,11 +26,12 @@ from peak_resilience._config.parameters import (
 )
 from peak_resilience._config.schema import Settings
 from peak_resilience._limiter import RateLimiter
-from peak_resilience._native import ManualClock
+from peak_resilience._native import ManualClock, Retry
 
 __all__ = [
     "build_breaker",
     "build_limiter",
+    "build_retry",
     "make_circuit_breaker",
     "make_rate_limiter",
     "update_breaker",
@@ -168,4 +170,19 @@ def make_circuit_breaker(
         redis_url=redis_url,
         on_backend_error=on_backend_error,
         redis_timeout=redis_timeout,
+    )
+
+
+def build_retry(settings: Settings) -> Retry | None:
+    """The retry policy of a module's settings, or None when they retry nothing
+    (``retry_attempts = 1`` or no ``retry_on``). The names were checked at load."""
+    if settings.retry_attempts < 2 or not settings.retry_on:
+        return None
+    return Retry(
+        settings.retry_attempts,
+        on=tuple(exception_class(name) for name in settings.retry_on),
+        backoff=settings.retry_backoff,
+        max_backoff=settings.retry_max_backoff,
+        budget=settings.retry_budget,
+        min_retries_per_second=settings.retry_min_per_second,
     )

@@ -35,6 +35,7 @@ from peak_resilience._logging import limiter_log as _limiter_log
 from peak_resilience._modules.build import (
     build_breaker,
     build_limiter,
+    build_retry,
     update_breaker,
     update_limiter,
 )
@@ -363,8 +364,9 @@ def with_resilience(
 
     ``max_concurrent`` (or the module's ``max_concurrent`` key) caps the calls of the
     operation in flight at once: a call over the cap waits up to ``bulkhead_max_wait``
-    seconds for a slot, then is refused with ``BulkheadFull``. ``retry=Retry(...)`` tries
-    the exception classes it names again, within a retry budget of the operation's own.
+    seconds for a slot, then is refused with ``BulkheadFull``. ``retry=Retry(...)`` (else
+    the module's ``retry_*`` keys) tries the exception classes it names again, within a
+    retry budget of the operation's own. Both are read when the function is decorated.
     ``timeout`` seconds cancels an ``async def`` call that runs longer (a failure,
     raising ``TimeoutError``); a sync function cannot be cancelled, so it is refused
     there: use ``circuit_breaker_slow_call_duration``. The order of these policies is the
@@ -402,7 +404,8 @@ def with_resilience(
         limiter = registry.limiter(module) if use_rate_limiter else None
         cap = settings.max_concurrent if max_concurrent is None else max_concurrent
         bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
-        own_retry = None if retry is None else registry.retry(name, retry)
+        policy = build_retry(settings) if retry is None else retry
+        own_retry = None if policy is None else registry.retry(name, policy)
         decorated = guard(
             func,
             breaker=breaker,
