@@ -1,0 +1,150 @@
+"""Async waits on the loop's terms, in real time: while many tasks wait for tokens, a
+1 ms ticker on the same loop keeps ticking, the rate is held, and waiters queue.
+
+The manual clock cannot show a frozen loop (its sleep advances time at once), so these
+tests run on the real clock. The bound on a ticker gap is generous (a shared, loaded
+machine may pause any process for a while); a thread sleep in the waiting path would
+freeze the loop for the whole wait, far beyond it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from peak_resilience import RateLimiter, configure
+from peak_resilience.resilience_helpers import get_all_rate_limiters, with_resilience
+from peak_resilience.testing import fresh_resilience
+
+#: 400 tokens a second, a burst of 20: 120 waiting tasks take about 0.25 s.
+RATE, WINDOW, BURST, TASKS = 400, 1.0, 20, 120
+#: Far below the wait a blocked loop would show (the whole 0.25 s), far above a tick.
+GAP_BOUND = 0.15
+#: A tick is due every 1 ms.
+TICK = 0.001
+
+
+async def _ticker(stop: asyncio.Event, gaps: list[float]) -> None:
+    last = time.perf_counter()
+    while not stop.is_set():
+        await asyncio.sleep(TICK)
+        now = time.perf_counter()
+        gaps.append(now - last)
+        last = now
+
+
+async def _while_ticking(
+    waiters: Callable[[], Awaitable[list[Any]]],
+) -> tuple[list[Any], list[float], float]:
+    """Runs ``waiters()`` beside a 1 ms ticker: (their results, the gaps, seconds taken)."""
+    stop, gaps = asyncio.Event(), list[float]()
+    ticking = asyncio.ensure_future(_ticker(stop, gaps))
+    await asyncio.sleep(TICK)  # the ticker's first tick is taken before the waiters
+    started = time.perf_counter()
+    try:
+        results = await waiters()
+    finally:
+        taken = time.perf_counter() - started
+        stop.set()
+        await ticking
+    return results, gaps, taken
+
+
+@pytest.fixture
+def real_time_module(tmp_path: Path) -> Iterator[None]:
+    """The module ``feed`` on the real clock: RATE per WINDOW with a burst of BURST."""
+    config = tmp_path / "resilience.toml"
+    config.write_text(
+        "[resilience.feed]\n"
+        f"rate_limit_requests = {RATE}\nrate_limit_window = {WINDOW}\n"
+        f"rate_limit_burst = {BURST}\n"
+    )
+    with fresh_resilience(None):
+        configure(config)
+        yield
+
+
+def _attempts_per_admission(limiter: RateLimiter, admitted: int) -> float:
+    stats = limiter.get_stats()
+    return float(stats["total_requests"]) / admitted
+
+
+def _report(name: str, gaps: list[float], taken: float) -> None:
+    ordered = sorted(gaps)
+    p99 = ordered[int(len(ordered) * 0.99) - 1]
+    print(
+        f"{name}: {len(gaps)} ticks in {taken:.3f}s, max gap {max(gaps) * 1e3:.2f} ms, "
+        f"p99 {p99 * 1e3:.2f} ms"
+    )
+
+
+@pytest.mark.parametrize("policies", [{}, {"timeout": 5.0}], ids=["plain", "with_timeout"])
+def test_with_resilience_max_wait_on_an_async_def_keeps_the_loop_ticking(
+    real_time_module: None, policies: dict[str, Any]
+) -> None:
+    @with_resilience("feed", "ticker", use_rate_limiter=True, max_wait=5.0, **policies)
+    async def ticker() -> str:
+        return "tick"
+
+    async def waiters() -> list[Any]:
+        return await asyncio.gather(*(ticker() for _ in range(TASKS + BURST)))
+
+    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+
+    _report("with_resilience", gaps, taken)
+    assert results == ["tick"] * (TASKS + BURST)
+    assert max(gaps) < GAP_BOUND
+    # The rate is held: TASKS tokens had to be refilled.
+    assert taken >= TASKS / RATE * 0.95
+    (limiter,) = get_all_rate_limiters().values()
+    assert _attempts_per_admission(limiter, TASKS + BURST) <= 1.5
+
+
+def test_acquire_async_at_the_limit_keeps_the_loop_ticking_and_tries_about_once() -> None:
+    limiter = RateLimiter(RATE, WINDOW, burst=BURST)
+
+    async def waiters() -> list[Any]:
+        return await asyncio.gather(
+            *(limiter.acquire_async(timeout=5.0) for _ in range(TASKS + BURST))
+        )
+
+    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+
+    _report("acquire_async", gaps, taken)
+    assert results == [True] * (TASKS + BURST)
+    assert max(gaps) < GAP_BOUND
+    assert taken >= TASKS / RATE * 0.95
+    assert _attempts_per_admission(limiter, TASKS + BURST) <= 1.5
+
+
+def test_acquire_async_serves_waiters_in_arrival_order_high_priority_first() -> None:
+    limiter = RateLimiter(RATE, WINDOW, burst=1, priority_reserve=0)
+    order: list[str] = []
+
+    async def wait(name: str, priority: str | None) -> None:
+        assert await limiter.acquire_async(timeout=5.0, priority=priority)
+        order.append(name)
+
+    async def scenario() -> None:
+        assert limiter.acquire()  # the bucket is empty: everyone below waits
+        first = asyncio.ensure_future(wait("normal-1", None))
+        await asyncio.sleep(0)  # normal-1 is the first in line
+        rest = [
+            asyncio.ensure_future(wait(name, priority))
+            for name, priority in [
+                ("normal-2", None),
+                ("high-1", "high"),
+                ("normal-3", None),
+                ("high-2", "high"),
+            ]
+        ]
+        await asyncio.gather(first, *rest)
+
+    asyncio.run(scenario())
+
+    assert order == ["normal-1", "high-1", "high-2", "normal-2", "normal-3"]
