@@ -62,7 +62,7 @@ def real_time_module(tmp_path: Path) -> Iterator[None]:
     config.write_text(
         "[resilience.feed]\n"
         f"rate_limit_requests = {RATE}\nrate_limit_window = {WINDOW}\n"
-        f"rate_limit_burst = {BURST}\n"
+        f"rate_limit_burst = {BURST}\nbulkhead_max_wait = 5.0\n"
     )
     with fresh_resilience(None):
         configure(config)
@@ -78,8 +78,8 @@ def _report(name: str, gaps: list[float], taken: float) -> None:
     ordered = sorted(gaps)
     p99 = ordered[int(len(ordered) * 0.99) - 1]
     print(
-        f"{name}: {len(gaps)} ticks in {taken:.3f}s, max gap {max(gaps) * 1e3:.2f} ms, "
-        f"p99 {p99 * 1e3:.2f} ms"
+        f"{name}: {len(gaps)} ticks in {taken:.3f}s, max gap {max(gaps) * 1e3:.2f} ms "
+        f"(tick {gaps.index(max(gaps))}), p99 {p99 * 1e3:.2f} ms"
     )
 
 
@@ -148,3 +148,28 @@ def test_acquire_async_serves_waiters_in_arrival_order_high_priority_first() -> 
     asyncio.run(scenario())
 
     assert order == ["normal-1", "high-1", "high-2", "normal-2", "normal-3"]
+
+
+def test_an_async_def_waiting_for_a_bulkhead_slot_keeps_the_loop_ticking(
+    real_time_module: None,
+) -> None:
+    in_flight, most = 0, 0
+
+    @with_resilience("feed", "depth", max_concurrent=2)
+    async def depth() -> str:
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        await asyncio.sleep(TICK)
+        in_flight -= 1
+        return "depth"
+
+    async def waiters() -> list[Any]:
+        return await asyncio.gather(*(depth() for _ in range(40)))
+
+    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+
+    _report("bulkhead", gaps, taken)
+    assert results == ["depth"] * 40
+    assert most == 2
+    assert max(gaps) < GAP_BOUND
