@@ -8,7 +8,6 @@ timeout around the call alone.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
@@ -24,6 +23,8 @@ async def within(seconds: float, call: Awaitable[Any]) -> Any:
     """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
     ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
     failure, not a timeout (``asyncio.wait_for`` could not tell them apart on 3.10)."""
+    import asyncio  # here: a caller that never awaits need not import it
+
     task = asyncio.ensure_future(call)
     try:
         done, _ = await asyncio.wait((task,), timeout=seconds)

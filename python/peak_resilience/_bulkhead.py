@@ -7,7 +7,6 @@ however many threads race for the last slot.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from types import TracebackType
@@ -77,6 +76,8 @@ class Bulkhead(_NativeBulkhead):
         self.release()
 
     async def __aenter__(self) -> Bulkhead:
+        import asyncio  # here: a caller that never awaits need not import it
+
         # Polled on the event loop: waiting in native code would block every other task.
         deadline = time.monotonic() + self.max_wait
         while not self.try_acquire():

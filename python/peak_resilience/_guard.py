@@ -13,7 +13,6 @@ Which wrapper is chosen at decoration time, as stamina does.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
@@ -98,6 +97,8 @@ def guard(
     remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
     if remote:
         off_loop.start_threads()
+    import asyncio  # here: a caller that never awaits need not import it
+
     async_sleep = async_sleep or asyncio.sleep
     take_tokens = _token_taker(
         limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
@@ -171,6 +172,8 @@ def _admitter(
     slot_wait = 0.0 if bulkhead is None else bulkhead.max_wait
 
     def give_back(admission: int) -> None:
+        import asyncio  # here: a caller that never awaits need not import it
+
         exit_now(admission, started_now(), asyncio.CancelledError())
 
     async def admit_once() -> int:

@@ -24,7 +24,6 @@ What an exchange's budget needs beyond that (issue 8):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -372,6 +371,8 @@ class RateLimiter(_NativeLimiter):
 
     async def _sleep_on_loop(self, seconds: float) -> None:
         """Awaits ``seconds``: on the loop's timer, or advancing the test clock."""
+        import asyncio  # here: a caller that never awaits need not import it
+
         if self._clock is not None:
             self._clock.advance(seconds)
             await asyncio.sleep(0)

@@ -10,11 +10,13 @@ free; a waiter whose tokens cannot come within its ``max_wait`` leaves the line.
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import weakref
 from collections.abc import Awaitable, Callable
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+if TYPE_CHECKING:
+    import asyncio
 
 T = TypeVar("T")
 
@@ -80,6 +82,8 @@ class Line:
         ``real_time``: False when ``sleep`` advances a test clock, so that the time spent
         in line is counted by ``now`` alone."""
         start = now()
+        import asyncio  # here: a caller that never awaits need not import it
+
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         lane = self._lanes[0 if high else 1]
         try:
