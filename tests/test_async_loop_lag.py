@@ -10,6 +10,7 @@ freeze the loop for the whole wait, far beyond it.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
@@ -173,3 +174,22 @@ def test_an_async_def_waiting_for_a_bulkhead_slot_keeps_the_loop_ticking(
     assert results == ["depth"] * 40
     assert most == 2
     assert max(gaps) < GAP_BOUND
+
+
+def test_waiters_on_two_event_loops_in_two_threads_all_get_their_tokens() -> None:
+    limiter = RateLimiter(RATE, WINDOW, burst=1)
+    results: dict[str, list[bool]] = {}
+
+    def run(name: str) -> None:
+        async def waiters() -> list[bool]:
+            return await asyncio.gather(*(limiter.acquire_async(timeout=5.0) for _ in range(40)))
+
+        results[name] = asyncio.run(waiters())
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+
+    assert results == {"a": [True] * 40, "b": [True] * 40}

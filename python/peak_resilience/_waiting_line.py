@@ -6,6 +6,8 @@ a line only the first waiter tries: it sleeps on the loop until its tokens are d
 them, then hands its turn on. High-priority waiters go before normal ones, each lane
 first come, first served. So an admission costs about one attempt and the loop stays
 free; a waiter whose tokens cannot come within its ``max_wait`` leaves the line.
+Each event loop has its own line (a future is woken from its loop's thread only); the
+callers of one loop are served in order, those of several loops share the tokens.
 """
 
 from __future__ import annotations
@@ -113,13 +115,22 @@ class Line:
                 lane.remove(turn)
 
 
-#: The line of each budget (a token bucket), for as long as the budget lives.
-_lines: weakref.WeakKeyDictionary[Any, Line] = weakref.WeakKeyDictionary()
+#: The lines of each budget (a token bucket), one per event loop, for as long as both
+#: live: a loop's futures may only be woken from its own thread.
+_lines: weakref.WeakKeyDictionary[Any, weakref.WeakKeyDictionary[Any, Line]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def line_for(bucket: Any) -> Line:
-    """The line of ``bucket``'s waiters (made on first use)."""
-    line = _lines.get(bucket)
+    """The line of ``bucket``'s waiters on the running loop (made on first use)."""
+    import asyncio  # here: a caller that never awaits need not import it
+
+    loop = asyncio.get_running_loop()
+    per_loop = _lines.get(bucket)
+    if per_loop is None:
+        per_loop = _lines.setdefault(bucket, weakref.WeakKeyDictionary())
+    line = per_loop.get(loop)
     if line is None:
-        line = _lines[bucket] = Line()
+        line = per_loop[loop] = Line()
     return line
