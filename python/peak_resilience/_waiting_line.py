@@ -86,18 +86,25 @@ class Line:
         start = now()
         import asyncio  # here: a caller that never awaits need not import it
 
-        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        turn: asyncio.Future[None] = loop.create_future()
         lane = self._lanes[0 if high else 1]
         try:
             if self._serving is None:
                 self._serving = turn
             else:
                 lane.append(turn)
+                # A timer rather than asyncio.wait: a thousand waiters arriving at once
+                # must not hold the loop (asyncio.wait costs several times as much).
+                timer = None
                 if real_time and max_wait is not None:
-                    await asyncio.wait((turn,), timeout=max(max_wait - (now() - start), 0.0))
-                else:
+                    timer = loop.call_later(max(max_wait - (now() - start), 0.0), _wake, turn)
+                try:
                     await turn
-                if self._serving is not turn:
+                finally:
+                    if timer is not None:
+                        timer.cancel()
+                if self._serving is not turn:  # woken by the timer: out of time
                     return Attempt(False, wait=await due_in())
             while True:
                 wait = await due_in()
@@ -113,6 +120,11 @@ class Line:
                 self._hand_on()
             elif turn in lane:
                 lane.remove(turn)
+
+
+def _wake(turn: asyncio.Future[None]) -> None:
+    if not turn.done():
+        turn.set_result(None)
 
 
 #: The lines of each budget (a token bucket), one per event loop, for as long as both
