@@ -12,13 +12,15 @@ call (each refused attempt is counted by the limiter).
 from __future__ import annotations
 
 import asyncio
-import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+
+from loop_lag import p99, while_ticking
 
 from peak_resilience import RateLimiter
 from peak_resilience.config import configure
@@ -26,34 +28,19 @@ from peak_resilience.resilience_helpers import get_all_rate_limiters, with_resil
 from peak_resilience.testing import fresh_resilience
 
 RATE = 1_000  # per second, burst 1
-TICK = 0.001
-
-
-async def _ticker(stop: asyncio.Event, gaps: list[float]) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(TICK)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
 
 
 async def _measure(tasks: int, one: Callable[[], Awaitable[Any]]) -> tuple[list[float], float]:
-    stop, gaps = asyncio.Event(), list[float]()
-    ticking = asyncio.ensure_future(_ticker(stop, gaps))
-    await asyncio.sleep(TICK)
-    started = time.perf_counter()
-    await asyncio.gather(*(one() for _ in range(tasks)))
-    taken = time.perf_counter() - started
-    stop.set()
-    await ticking
+    async def everyone() -> None:
+        await asyncio.gather(*(one() for _ in range(tasks)))
+
+    _, gaps, taken = await while_ticking(everyone)
     return gaps, taken
 
 
 def _row(name: str, tasks: int, gaps: list[float], taken: float, attempts: str) -> None:
-    p99 = statistics.quantiles(gaps, n=100)[98]
     print(
-        f"{name:34s} max gap {max(gaps) * 1e3:7.2f} ms (#{gaps.index(max(gaps))})  p99 {p99 * 1e3:5.2f} ms  "
+        f"{name:34s} max gap {max(gaps) * 1e3:7.2f} ms  p99 {p99(gaps) * 1e3:5.2f} ms  "
         f"rate {(tasks - 1) / taken:7.1f}/s  attempts/call {attempts}"
     )
 

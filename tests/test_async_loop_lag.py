@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from loop_lag import TICK, p99, while_ticking
 
 from peak_resilience import RateLimiter, configure
 from peak_resilience.resilience_helpers import get_all_rate_limiters, with_resilience
@@ -26,34 +26,6 @@ from peak_resilience.testing import fresh_resilience
 RATE, WINDOW, BURST, TASKS = 400, 1.0, 20, 120
 #: Far below the wait a blocked loop would show (the whole 0.25 s), far above a tick.
 GAP_BOUND = 0.15
-#: A tick is due every 1 ms.
-TICK = 0.001
-
-
-async def _ticker(stop: asyncio.Event, gaps: list[float]) -> None:
-    last = time.perf_counter()
-    while not stop.is_set():
-        await asyncio.sleep(TICK)
-        now = time.perf_counter()
-        gaps.append(now - last)
-        last = now
-
-
-async def _while_ticking(
-    waiters: Callable[[], Awaitable[list[Any]]],
-) -> tuple[list[Any], list[float], float]:
-    """Runs ``waiters()`` beside a 1 ms ticker: (their results, the gaps, seconds taken)."""
-    stop, gaps = asyncio.Event(), list[float]()
-    ticking = asyncio.ensure_future(_ticker(stop, gaps))
-    await asyncio.sleep(TICK)  # the ticker's first tick is taken before the waiters
-    started = time.perf_counter()
-    try:
-        results = await waiters()
-    finally:
-        taken = time.perf_counter() - started
-        stop.set()
-        await ticking
-    return results, gaps, taken
 
 
 @pytest.fixture
@@ -76,11 +48,9 @@ def _attempts_per_admission(limiter: RateLimiter, admitted: int) -> float:
 
 
 def _report(name: str, gaps: list[float], taken: float) -> None:
-    ordered = sorted(gaps)
-    p99 = ordered[int(len(ordered) * 0.99) - 1]
     print(
         f"{name}: {len(gaps)} ticks in {taken:.3f}s, max gap {max(gaps) * 1e3:.2f} ms "
-        f"(tick {gaps.index(max(gaps))}), p99 {p99 * 1e3:.2f} ms"
+        f"(tick {gaps.index(max(gaps))}), p99 {p99(gaps) * 1e3:.2f} ms"
     )
 
 
@@ -95,7 +65,7 @@ def test_with_resilience_max_wait_on_an_async_def_keeps_the_loop_ticking(
     async def waiters() -> list[Any]:
         return await asyncio.gather(*(ticker() for _ in range(TASKS + BURST)))
 
-    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+    results, gaps, taken = asyncio.run(while_ticking(waiters))
 
     _report("with_resilience", gaps, taken)
     assert results == ["tick"] * (TASKS + BURST)
@@ -114,7 +84,7 @@ def test_acquire_async_at_the_limit_keeps_the_loop_ticking_and_tries_about_once(
             *(limiter.acquire_async(timeout=5.0) for _ in range(TASKS + BURST))
         )
 
-    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+    results, gaps, taken = asyncio.run(while_ticking(waiters))
 
     _report("acquire_async", gaps, taken)
     assert results == [True] * (TASKS + BURST)
@@ -168,7 +138,7 @@ def test_an_async_def_waiting_for_a_bulkhead_slot_keeps_the_loop_ticking(
     async def waiters() -> list[Any]:
         return await asyncio.gather(*(depth() for _ in range(40)))
 
-    results, gaps, taken = asyncio.run(_while_ticking(waiters))
+    results, gaps, taken = asyncio.run(while_ticking(waiters))
 
     _report("bulkhead", gaps, taken)
     assert results == ["depth"] * 40
