@@ -368,6 +368,8 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     # Valid only below every window's burst, which other keys decide: 0 is always valid
     # (the random documents above try the others).
     "rate_limit_reserve": st.just(0),
+    "max_concurrent": st.integers(1, 10_000),
+    "bulkhead_max_wait": st.floats(0.0, 3_600.0),
 }
 assert set(valid_values) == set(SCHEMA), "every key has a valid-value strategy"
 module_names = st.text(min_size=1, max_size=12).filter(lambda m: "\x00" not in m)
