@@ -163,3 +163,29 @@ def test_waiters_on_two_event_loops_in_two_threads_all_get_their_tokens() -> Non
         thread.join(timeout=60)
 
     assert results == {"a": [True] * 40, "b": [True] * 40}
+
+
+def test_an_async_def_waiting_for_a_slot_spends_no_tokens_while_every_slot_is_taken(
+    real_time_module: None,
+) -> None:
+    release = asyncio.Event()
+
+    @with_resilience("feed", "orders", use_rate_limiter=True, max_concurrent=1)
+    async def order(hold: bool) -> str:
+        if hold:
+            await release.wait()
+        return "sent"
+
+    async def scenario() -> list[str]:
+        first = asyncio.ensure_future(order(True))
+        await asyncio.sleep(0)  # the first call holds the only slot
+        second = asyncio.ensure_future(order(False))
+        await asyncio.sleep(0.1)  # the second looks for a slot about 20 times meanwhile
+        release.set()
+        return list(await asyncio.gather(first, second))
+
+    assert asyncio.run(scenario()) == ["sent", "sent"]
+    (limiter,) = get_all_rate_limiters().values()
+    # The first call's token, the second's first try (refused by the bulkhead after its
+    # token, the limiter coming first) and its admission once the slot came back.
+    assert limiter.get_stats()["allowed"] == 3

@@ -190,9 +190,14 @@ def _admitter(
                         # Without a wait the native step counted it already.
                         bulkhead._count_refusal()
                     raise
+            # Look before trying again: a try while every slot is taken would spend the
+            # breaker's admission and tokens on a call that cannot run.
+            while True:
                 pause = min(_SLOT_POLL, slot_wait - slot_waited)
                 await async_sleep(pause)
                 slot_waited += pause
+                if bulkhead.in_flight < bulkhead.max_concurrent or slot_waited >= slot_wait:
+                    break
 
     return admit
 
