@@ -189,3 +189,20 @@ def test_an_async_def_waiting_for_a_slot_spends_no_tokens_while_every_slot_is_ta
     # The first call's token, the second's first try (refused by the bulkhead after its
     # token, the limiter coming first) and its admission once the slot came back.
     assert limiter.get_stats()["allowed"] == 3
+
+
+def test_a_cancelled_waiter_hands_its_turn_on_and_leaves_the_line() -> None:
+    limiter = RateLimiter(RATE, WINDOW, burst=1)
+
+    async def scenario() -> list[bool]:
+        assert limiter.acquire()  # the bucket is empty: everyone below waits
+        first = asyncio.ensure_future(limiter.acquire_async(timeout=5.0))
+        await asyncio.sleep(0)  # the first in line, sleeping until its token is due
+        middle = asyncio.ensure_future(limiter.acquire_async(timeout=5.0))
+        last = asyncio.ensure_future(limiter.acquire_async(timeout=5.0))
+        await asyncio.sleep(0)
+        first.cancel()
+        middle.cancel()
+        return [await asyncio.wait_for(last, timeout=30), first.cancelled(), middle.cancelled()]
+
+    assert asyncio.run(scenario()) == [True, True, True]
