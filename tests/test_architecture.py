@@ -154,27 +154,69 @@ def test_no_module_of_the_package_is_imported_inside_a_function() -> None:
     assert inside == []
 
 
+def _lazy_table(statement: ast.stmt) -> dict[str, list[str]] | None:
+    """The table of ``__getattr__ = lazy(__name__, {module: (names...)})``, else None."""
+    if not (
+        isinstance(statement, ast.Assign)
+        and [getattr(t, "id", None) for t in statement.targets] == ["__getattr__"]
+        and isinstance(statement.value, ast.Call)
+        and getattr(statement.value.func, "id", None) == "lazy"
+        and len(statement.value.args) == 2
+        and getattr(statement.value.args[0], "id", None) == "__name__"
+    ):
+        return None
+    return {m: list(names) for m, names in ast.literal_eval(statement.value.args[1]).items()}
+
+
+def _is_type_checking_block(statement: ast.stmt) -> bool:
+    return (
+        isinstance(statement, ast.If)
+        and getattr(statement.test, "id", None) == "TYPE_CHECKING"
+        and not statement.orelse
+        and all(isinstance(s, ast.ImportFrom) for s in statement.body)
+    )
+
+
+#: What makes a facade lazy, imported beside its names but not exported.
+_LAZY_MACHINERY = {"TYPE_CHECKING", "lazy"}
+
+
 @pytest.mark.parametrize("name", sorted(FACADES))
 def test_a_guide_module_is_only_imports_and_all(name: str) -> None:
+    # One exception, for import time (issue 19): a facade may import its names on first
+    # use. It then lists them under ``if TYPE_CHECKING:`` and gives exactly the same
+    # names, by module, to ``__getattr__ = lazy(__name__, {...})``.
     body = MODULES[name].tree.body
     if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
         body = body[1:]  # the docstring
     imported: set[str] = set()
+    deferred: dict[str, list[str]] = {}
     exported: list[str] | None = None
+    table: dict[str, list[str]] | None = None
     for statement in body:
         if isinstance(statement, ast.ImportFrom) and statement.module != "__future__":
             imported |= {alias.asname or alias.name for alias in statement.names}
         elif isinstance(statement, ast.ImportFrom):
             continue
+        elif _is_type_checking_block(statement):
+            for imports in statement.body:
+                assert isinstance(imports, ast.ImportFrom) and imports.module
+                deferred.setdefault(imports.module, []).extend(a.name for a in imports.names)
+                imported |= {alias.asname or alias.name for alias in imports.names}
         elif (
             isinstance(statement, ast.Assign)
             and [getattr(t, "id", None) for t in statement.targets] == ["__all__"]
             and exported is None
         ):
             exported = list(ast.literal_eval(statement.value))
+        elif table is None and (table := _lazy_table(statement)) is not None:
+            continue
         else:
             pytest.fail(f"{name} line {statement.lineno}: a facade holds imports and __all__")
     assert exported is not None, f"{name} has no __all__"
+    if table is not None or deferred:
+        assert table == deferred, "the lazy table is what the facade imports for typing"
+        imported -= _LAZY_MACHINERY
     assert sorted(exported) == sorted(imported), "__all__ is what the facade imports"
 
 

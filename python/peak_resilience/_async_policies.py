@@ -8,7 +8,6 @@ timeout around the call alone.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 from collections.abc import Awaitable, Callable
@@ -24,8 +23,11 @@ async def within(seconds: float, call: Awaitable[Any]) -> Any:
     """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
     ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
     failure, not a timeout."""
-    if _TIMEOUT is not None:  # 3.11+: cancels in place, no task of its own
-        scope = _TIMEOUT(seconds)
+    import asyncio  # here: a caller that never awaits need not import it
+
+    timeout: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
+    if timeout is not None:  # 3.11+: cancels in place, no task of its own
+        scope = timeout(seconds)
         try:
             async with scope:
                 return await call
@@ -47,10 +49,6 @@ async def within(seconds: float, call: Awaitable[Any]) -> Any:
             await task
         raise _TimedOut(seconds)
     return task.result()
-
-
-#: ``asyncio.timeout`` where the Python has it (3.11+).
-_TIMEOUT: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
 
 
 class _TimedOut(TimeoutError):

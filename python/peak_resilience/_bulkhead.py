@@ -7,7 +7,6 @@ however many threads race for the last slot.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 from collections.abc import Callable
@@ -88,6 +87,8 @@ class Bulkhead(_NativeBulkhead):
         self.release()
 
     async def __aenter__(self) -> Bulkhead:
+        import asyncio  # here: a caller that never awaits need not import it
+
         # Polled on the event loop: waiting in native code would block every other task.
         deadline = time.monotonic() + self.max_wait
         while not self.try_acquire():

@@ -13,9 +13,9 @@ Which wrapper is chosen at decoration time, as stamina does.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -29,6 +29,7 @@ from peak_resilience._native import (
     RateLimiter,
     Retry,
 )
+from peak_resilience._waiting_line import Attempt, line_for
 from peak_resilience.errors import BulkheadFull, RateLimitExceeded
 
 P = ParamSpec("P")
@@ -96,6 +97,12 @@ def guard(
     remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
     if remote:
         off_loop.start_threads()
+    import asyncio  # here: a caller that never awaits need not import it
+
+    async_sleep = async_sleep or asyncio.sleep
+    take_tokens = _token_taker(
+        limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
+    )
     if retry is None and timeout is None:
         return _async_wrapper(
             native,
@@ -103,7 +110,7 @@ def guard(
             fallback,
             has_fallback,
             max_wait,
-            async_sleep or asyncio.sleep,
+            _admitter(native, take_tokens, async_sleep, remote=remote),
             on_reject,
             remote=remote,
         )
@@ -112,13 +119,13 @@ def guard(
         func,
         _fallback_caller(fallback, has_fallback),
         has_fallback,
-        _admitter(native, max_wait, async_sleep or asyncio.sleep, remote=remote),
+        _admitter(native, take_tokens, async_sleep, remote=remote),
         on_reject,
         max_wait=max_wait,
         retry=retry,
         timeout=timeout,
         on_timeout=on_timeout,
-        async_sleep=async_sleep or asyncio.sleep,
+        async_sleep=async_sleep,
         remote=remote,
     )
 
@@ -153,42 +160,109 @@ def _fallback_caller(
 
 def _admitter(
     native: Guard,
-    max_wait: float,
+    take_tokens: TokenTaker,
     async_sleep: Callable[[float], Awaitable[Any]],
     *,
     remote: bool,
 ) -> Callable[[], Awaitable[int]]:
     """The coroutine function taking a call's admission: the breaker, tokens (waiting up
-    to ``max_wait`` for them) and a bulkhead slot (waiting up to its own ``max_wait``),
-    on the loop, never blocking it."""
+    to ``max_wait`` for them, in the budget's line) and a bulkhead slot (waiting up to
+    its own ``max_wait``), on the loop, never blocking it."""
     admit_now, exit_now, started_now = native._admit, native._exit, native._started
     bulkhead = native.bulkhead
     slot_wait = 0.0 if bulkhead is None else bulkhead.max_wait
 
     def give_back(admission: int) -> None:
+        import asyncio  # here: a caller that never awaits need not import it
+
         exit_now(admission, started_now(), asyncio.CancelledError())
 
+    async def admit_once() -> int:
+        return await off_loop.admission(admit_now, give_back) if remote else admit_now()
+
     async def admit() -> int:
-        waited = slot_waited = 0.0
+        slot_waited = 0.0
         while True:
             try:
-                return await off_loop.admission(admit_now, give_back) if remote else admit_now()
-            except RateLimitExceeded as exc:
-                if waited + exc.retry_after > max_wait:
-                    raise
-                await async_sleep(exc.retry_after)
-                waited += exc.retry_after
+                return await take_tokens(admit_once)
             except BulkheadFull:
                 if bulkhead is None or slot_waited >= slot_wait:
                     if bulkhead is not None and slot_wait > 0:
                         # Without a wait the native step counted it already.
                         bulkhead._count_refusal()
                     raise
+            # Look before trying again: a try while every slot is taken would spend the
+            # breaker's admission and tokens on a call that cannot run.
+            while True:
                 pause = min(_SLOT_POLL, slot_wait - slot_waited)
                 await async_sleep(pause)
                 slot_waited += pause
+                if bulkhead.in_flight < bulkhead.max_concurrent or slot_waited >= slot_wait:
+                    break
 
     return admit
+
+
+#: Takes an admission with the function trying once, waiting for tokens as it may.
+TokenTaker = Callable[[Callable[[], Awaitable[int]]], Awaitable[int]]
+
+
+def _token_taker(
+    limiter: RateLimiter | None,
+    endpoint: str | None,
+    cost: int,
+    priority: str | None,
+    max_wait: float,
+    async_sleep: Callable[[float], Awaitable[Any]],
+    *,
+    remote: bool,
+) -> TokenTaker:
+    """Takes an admission with ``admit_once``; when the tokens are missing and may come
+    within ``max_wait``, waits for them in the budget's line (see ``_waiting_line``)."""
+    now = getattr(limiter, "_now", time.monotonic)
+    real_time = getattr(limiter, "_clock", None) is None
+
+    async def due_in() -> float:
+        assert limiter is not None
+        if remote:
+            return await off_loop.off_loop(
+                functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority)
+            )
+        return limiter.get_wait_time(endpoint, cost, priority=priority)
+
+    async def take(admit_once: Callable[[], Awaitable[int]]) -> int:
+        if limiter is None or max_wait <= 0:
+            return await admit_once()
+
+        async def attempt() -> Attempt[int]:
+            try:
+                return Attempt(True, await admit_once())
+            except RateLimitExceeded as refusal:
+                return Attempt(False, wait=refusal.retry_after)
+
+        line = line_for(limiter.bucket_for(endpoint))
+        if line.empty():
+            try:
+                return await admit_once()
+            except RateLimitExceeded as refusal:
+                if refusal.retry_after > max_wait:
+                    raise
+        taken = await line.take(
+            attempt,
+            due_in,
+            high=priority == "high",
+            max_wait=max_wait,
+            now=now,
+            sleep=async_sleep,
+            real_time=real_time,
+        )
+        if taken.taken:
+            return cast("int", taken.value)
+        # Out of time: one last try raises the refusal the caller is given (or takes
+        # tokens that came meanwhile).
+        return await admit_once()
+
+    return take
 
 
 #: Seconds between two looks for a free bulkhead slot while an async call waits for one.
@@ -201,7 +275,7 @@ def _async_wrapper(
     fallback: Any,
     has_fallback: bool,
     max_wait: float,
-    async_sleep: Callable[[float], Awaitable[Any]],
+    admit: Callable[[], Awaitable[int]],
     on_reject: Callable[[BaseException], Any] | None,
     *,
     remote: bool,
@@ -211,7 +285,6 @@ def _async_wrapper(
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
     bulkhead = native.bulkhead
     waits = max_wait > 0 or remote or (bulkhead is not None and bulkhead.max_wait > 0)
-    admit = _admitter(native, max_wait, async_sleep, remote=remote)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:

@@ -13,7 +13,6 @@ thread, never one per request, and is reported as timed out until it returns.
 
 from __future__ import annotations
 
-import asyncio
 import inspect
 import logging
 import queue
@@ -149,6 +148,8 @@ class _Run:
         try:
             outcome = self._fn()
             if inspect.isawaitable(outcome):
+                import asyncio  # here: a caller that never awaits need not import it
+
                 outcome = asyncio.run(_awaited(outcome))
             self.healthy, self.message = _interpret(outcome)
         except BaseException as exc:

@@ -24,7 +24,6 @@ What an exchange's budget needs beyond that (issue 8):
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import os
@@ -40,6 +39,7 @@ from peak_resilience._events import Listener, Listeners, watch_outages
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._waiting_line import Attempt, line_for
 from peak_resilience._windows import Limit, parse_limits, window_index
 
 T = TypeVar("T")
@@ -340,18 +340,44 @@ class RateLimiter(_NativeLimiter):
         priority: str | None = None,
     ) -> bool:
         """``acquire_blocking`` for asyncio: awaits instead of blocking the loop (on Redis,
-        each round trip is awaited in a thread of its own, off the loop)."""
-        deadline = None if timeout is None else self._now() + timeout
-        while not await self._on_loop_or_off(self.acquire, endpoint, cost, priority=priority):
-            wait = await self._on_loop_or_off(self.get_wait_time, endpoint, cost, priority=priority)
-            if deadline is not None and self._now() + wait > deadline:
-                return False
-            if self._clock is not None:
-                self._clock.advance(wait)
-                await asyncio.sleep(0)
-            else:
-                await asyncio.sleep(wait)
-        return True
+        each round trip is awaited in a thread of its own, off the loop). Waiters of a
+        budget queue: high priority first, then first come, first served, each trying
+        only when its tokens are due."""
+        take = functools.partial(self.acquire, endpoint, cost, priority=priority)
+        line = line_for(self.bucket_for(endpoint))
+        # Nobody waiting: try at once; else behind those who came first.
+        if line.empty() and await self._on_loop_or_off(take):
+            return True
+        due_in = functools.partial(
+            self._on_loop_or_off, self.get_wait_time, endpoint, cost, priority=priority
+        )
+
+        async def attempt() -> Attempt[bool]:
+            taken = await self._on_loop_or_off(take)
+            return Attempt(taken, taken, 0.0 if taken else await due_in())
+
+        waited = await line.take(
+            attempt,
+            due_in,
+            high=priority == "high",
+            max_wait=timeout,
+            now=self._now,
+            sleep=self._sleep_on_loop,
+            real_time=self._clock is None,
+        )
+        if not waited.taken:
+            logger.debug("rate limiter %r: no token within %ss", self.name, timeout)
+        return waited.taken
+
+    async def _sleep_on_loop(self, seconds: float) -> None:
+        """Awaits ``seconds``: on the loop's timer, or advancing the test clock."""
+        import asyncio  # here: a caller that never awaits need not import it
+
+        if self._clock is not None:
+            self._clock.advance(seconds)
+            await asyncio.sleep(0)
+        else:
+            await asyncio.sleep(seconds)
 
     async def _on_loop_or_off(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """``step(*args, **kwargs)``: at once in memory or in a shared file, awaited off the

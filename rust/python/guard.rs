@@ -81,13 +81,15 @@ impl Guard {
     /// Takes a breaker admission, a token and a bulkhead slot, in that order; on refusal,
     /// the error to raise (the admission is given back; the tokens stay spent, as the
     /// exchange's budget would count a request sent).
-    /// `wait_for_slot`: false for the async wrapper, which waits for a slot on its loop.
+    /// `waits`: false for the async wrapper, which waits for tokens and slots on its loop
+    /// (a thread sleep here would freeze the event loop).
     #[inline]
-    fn admit(&self, py: Python<'_>, wait_for_slot: bool) -> PyResult<Ticket> {
-        let ticket = self.admit_breaker_and_limiter(py)?;
+    fn admit(&self, py: Python<'_>, waits: bool) -> PyResult<Ticket> {
+        let max_wait = if waits { self.max_wait } else { 0 };
+        let ticket = self.admit_breaker_and_limiter(py, max_wait)?;
         if let Some(bulkhead) = &self.bulkhead {
             let bulkhead = bulkhead.get();
-            let entered = if wait_for_slot {
+            let entered = if waits {
                 bulkhead.enter(py)
             } else {
                 bulkhead.try_enter_counted()
@@ -109,8 +111,9 @@ impl Guard {
     }
 
     #[inline]
-    fn admit_breaker_and_limiter(&self, py: Python<'_>) -> PyResult<Ticket> {
-        if self.max_wait == 0 {
+    fn admit_breaker_and_limiter(&self, py: Python<'_>, max_wait: u64) -> PyResult<Ticket> {
+        // One round trip when nothing waits (the async wrapper waits on its own line).
+        if max_wait == 0 {
             if let Some(admitted) = self.admit_in_one_call(py) {
                 return admitted;
             }
@@ -129,7 +132,7 @@ impl Guard {
                 None => Ok(NO_BREAKER),
             },
             || match &self.limiter {
-                Some(limiter) => self.take_token(py, limiter.get()),
+                Some(limiter) => self.take_token(py, limiter.get(), max_wait),
                 None => Ok(()),
             },
             |ticket| self.release(py, ticket),
@@ -168,12 +171,12 @@ impl Guard {
     }
 
     #[inline]
-    fn take_token(&self, py: Python<'_>, limiter: &PyRateLimiter) -> PyResult<()> {
+    fn take_token(&self, py: Python<'_>, limiter: &PyRateLimiter, max_wait: u64) -> PyResult<()> {
         let endpoint = self.endpoint.as_ref().map(|e| e.bind(py));
         let bucket = limiter.bucket(py, endpoint)?;
         let bucket = bucket.get();
         match take_within(
-            self.max_wait,
+            max_wait,
             || bucket.decide_lane(py, self.cost, self.high),
             |nanos| self.sleep_for(py, nanos),
         )? {
@@ -450,8 +453,9 @@ impl Guard {
         }
     }
 
-    /// For async wrappers: takes the breaker admission and a token (no waiting), returns
-    /// the admission code, or raises CircuitBreakerError / RateLimitExceeded.
+    /// For async wrappers: takes the breaker admission and a token, never waiting (the
+    /// wrapper awaits on its loop, then tries again); returns the admission code, or
+    /// raises CircuitBreakerError / RateLimitExceeded.
     fn _admit(&self, py: Python<'_>) -> PyResult<u64> {
         // No on_reject here: the async wrapper may retry after a wait, and reports only
         // the refusal it finally gives its caller.

@@ -9,7 +9,6 @@ leave a fail-safe function without a fallback, and applies the others in place.
 
 from __future__ import annotations
 
-import asyncio
 import functools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -292,6 +291,8 @@ def _operation_stats(name: str, enabled: bool) -> OperationStats:
 
 def _manual_async_sleep(clock: ManualClock) -> Callable[[float], Awaitable[None]]:
     async def sleep(seconds: float) -> None:
+        import asyncio  # here: a caller that never awaits need not import it
+
         clock.advance(seconds)
         await asyncio.sleep(0)
 

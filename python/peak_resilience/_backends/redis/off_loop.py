@@ -11,7 +11,6 @@ threads.
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,6 +64,8 @@ def start_threads() -> None:
 async def off_loop(call: Callable[..., T], *args: Any) -> T:
     """``call(*args)`` in a thread of the pool, awaited. A task cancelled meanwhile does not
     stop it: an outcome being recorded is recorded."""
+    import asyncio  # here: a caller that never awaits need not import it
+
     return await asyncio.wrap_future(_threads().submit(call, *args))
 
 
@@ -72,6 +73,8 @@ async def admission(admit: Callable[[], int], give_back: Callable[[int], object]
     """``admit()`` off the loop; an admission granted after its task was cancelled is
     given back with ``give_back(admission)`` (off the loop too), so that no trial permit
     is lost with the task."""
+    import asyncio  # here: a caller that never awaits need not import it
+
     granted = _threads().submit(admit)
     try:
         return await asyncio.wrap_future(granted)

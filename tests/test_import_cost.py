@@ -1,0 +1,94 @@
+"""Importing one part of the package pays for that part alone (issue 19): the package's
+names come on first use, the version is not read from the installed metadata, and
+asyncio is imported only by a path that awaits.
+
+Each import is checked in a fresh interpreter (a real process), since this test
+process has imported everything long before.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import peak_resilience
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _modules_after(code: str) -> set[str]:
+    """The modules a fresh interpreter holds after running ``code``."""
+    shown = "import json, sys; print(json.dumps(sorted(sys.modules)))"
+    ran = subprocess.run(
+        [sys.executable, "-c", f"{code}\n{shown}"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
+    return set(json.loads(ran.stdout.splitlines()[-1]))
+
+
+def test_importing_the_decorator_module_imports_neither_asyncio_nor_the_other_guide_modules() -> (
+    None
+):
+    loaded = _modules_after("import peak_resilience.resilience_helpers")
+
+    assert "peak_resilience._modules.registry" in loaded
+    assert "asyncio" not in loaded
+    assert "importlib.metadata" not in loaded
+    assert not {"peak_resilience.http", "peak_resilience.config", "peak_resilience.resilience"} & (
+        loaded
+    )
+
+
+def test_importing_the_package_alone_imports_none_of_its_parts() -> None:
+    loaded = _modules_after("import peak_resilience")
+
+    parts = {m for m in loaded if m.startswith("peak_resilience.")}
+    assert parts == {"peak_resilience._lazy", "peak_resilience._version"}
+
+
+def test_an_async_wait_runs_in_a_fresh_process_whatever_asyncio_was_imported_after() -> None:
+    loaded = _modules_after(
+        "import asyncio\n"
+        "from peak_resilience import RateLimiter, with_resilience\n"
+        "limiter = RateLimiter(1, 60.0)\n"
+        "assert asyncio.run(limiter.acquire_async(timeout=0))\n"
+        "assert not asyncio.run(limiter.acquire_async(timeout=0))\n"
+    )
+
+    assert "peak_resilience._limiter" in loaded
+
+
+def test_the_package_names_are_the_guide_modules_objects_on_first_use() -> None:
+    from peak_resilience import rate_limiter, resilience, resilience_helpers
+
+    assert peak_resilience.RateLimiter is rate_limiter.RateLimiter
+    assert peak_resilience.CircuitBreaker is resilience.CircuitBreaker
+    assert peak_resilience.with_resilience is resilience_helpers.with_resilience
+    star: dict[str, object] = {}
+    exec("from peak_resilience import *", star)
+    assert set(peak_resilience.__all__) <= set(star)
+
+
+def test_a_name_the_package_does_not_have_is_an_attribute_error_naming_it() -> None:
+    with pytest.raises(AttributeError, match="'peak_resilience' has no attribute 'Breaker'"):
+        _ = peak_resilience.Breaker  # type: ignore[attr-defined]
+
+
+def test_the_version_is_the_installed_distributions_and_pyprojects() -> None:
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    declared = next(
+        line.split("=", 1)[1].strip().strip('"')
+        for line in pyproject.splitlines()
+        if line.startswith("version = ")
+    )
+
+    assert peak_resilience.__version__ == importlib.metadata.version("peak-resilience")
+    assert peak_resilience.__version__ == declared
