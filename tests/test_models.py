@@ -51,10 +51,9 @@ class Engine:
         return {"name": name}
 
     def interval(self, native_ns: int) -> int:
-        """A token's interval as the engine counts it."""
-        if self.resolution_ns == 1:
-            return native_ns
-        return round(native_ns / self.resolution_ns) * self.resolution_ns
+        """A token's interval as the engine counts it: rounded up to its time step, as the
+        Redis store does (never refilling faster than the rate)."""
+        return -(-native_ns // self.resolution_ns) * self.resolution_ns
 
 
 ENGINES = {

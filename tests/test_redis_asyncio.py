@@ -87,10 +87,13 @@ def test_fifty_async_guarded_calls_through_a_slow_link_leave_the_loop_running(
         results, gap = asyncio.run(with_heartbeat(lambda: batch(order, range(CALLS))))
         elapsed = time.monotonic() - started
         assert breaker.get_stats()["successes"] == THREADS + CALLS
+    # What this machine's own load does to a loop that only sleeps as long: a loaded CI
+    # machine stalls every loop now and then; the calls must add no more than 50 ms to it.
+    _, idle_gap = asyncio.run(with_heartbeat(lambda: asyncio.sleep(elapsed)))
     assert results == list(range(CALLS))
     print(f"\none round trip {trip * 1000:.0f} ms; {CALLS} guarded calls {elapsed * 1000:.0f} ms")
-    print(f"longest heartbeat gap {gap * 1000:.1f} ms")
-    assert gap < 0.05
+    print(f"longest heartbeat gap {gap * 1000:.1f} ms (idle loop: {idle_gap * 1000:.1f} ms)")
+    assert gap < 0.05 + idle_gap
     # Three round trips each (breaker, token, outcome), 16 calls at once: a small multiple
     # of one round trip (11 measured), not 50 x 3 of them one after the other.
     assert elapsed < 20 * trip
