@@ -127,10 +127,7 @@ def async_wrapper(
                 if falls_back:
                     return await use_fallback(args, kwargs)
                 raise
-            if remote:
-                await off_loop.off_loop(exit_now, admission, started, None, result)
-            else:
-                exit_now(admission, started, None, result)
+            await exit_call(admission, started, None, result)
             return result
 
     wrapper.guard = native  # type: ignore[attr-defined]
