@@ -499,7 +499,9 @@ impl BucketState {
         state.reserve.store(reserve, Ordering::Relaxed);
         let offsets = log_offsets(quotas);
         for (i, quota) in quotas.iter().enumerate() {
-            state.window(i).init(*quota, reserve, &state.log, offsets[i]);
+            state
+                .window(i)
+                .init(*quota, reserve, &state.log, offsets[i]);
         }
         state.windows.store(windows_word(quotas), Ordering::Release);
         state
@@ -684,7 +686,14 @@ impl TokenBucket {
     /// take needs (a GCRA window's TAT, a fixed window's interval, a sliding window's
     /// entries).
     #[inline(always)]
-    fn take_one(&self, i: usize, kind: Kind, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
+    fn take_one(
+        &self,
+        i: usize,
+        kind: Kind,
+        cost: u64,
+        now: u64,
+        high: bool,
+    ) -> Result<u64, Decision> {
         let state = &*self.state;
         let window = state.window(i);
         match kind {

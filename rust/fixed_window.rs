@@ -46,7 +46,13 @@ fn taken_in(period: u64) -> u64 {
 }
 
 #[inline(always)]
-fn decide(word: u64, cost: u64, wall: u64, length: u64, limit: u64) -> Result<(u64, u64), Decision> {
+fn decide(
+    word: u64,
+    cost: u64,
+    wall: u64,
+    length: u64,
+    limit: u64,
+) -> Result<(u64, u64), Decision> {
     if cost > limit {
         return Err(Decision::Impossible);
     }
@@ -191,7 +197,10 @@ mod tests {
             clock.advance(SECOND / 7);
         }
         assert!(per_second.values().all(|n| *n <= 3));
-        assert_eq!(per_second.values().sum::<u64>(), 3 * per_second.len() as u64);
+        assert_eq!(
+            per_second.values().sum::<u64>(),
+            3 * per_second.len() as u64
+        );
     }
 
     #[test]
@@ -217,10 +226,7 @@ mod tests {
         bucket.sync(0, 9);
         assert_eq!(admitted(&bucket, 5), 1);
         bucket.adjust(3, true);
-        assert_eq!(
-            bucket.try_acquire(1),
-            Decision::Rejected { wait: SECOND }
-        );
+        assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND });
         bucket.adjust(5, false);
         assert_eq!(bucket.window_tokens(), vec![2.0]);
     }
@@ -233,7 +239,10 @@ mod tests {
         assert_eq!(bucket.try_acquire(11), Decision::Impossible);
         assert_eq!(bucket.acquire_at(8, 0, false), Decision::Impossible);
         assert_eq!(bucket.acquire_at(7, 0, false), Decision::Admitted);
-        assert!(matches!(bucket.acquire_at(1, 0, false), Decision::Rejected { .. }));
+        assert!(matches!(
+            bucket.acquire_at(1, 0, false),
+            Decision::Rejected { .. }
+        ));
         assert_eq!(bucket.acquire_at(3, 0, true), Decision::Admitted);
     }
 

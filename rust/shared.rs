@@ -114,7 +114,7 @@ impl Layout for BucketState {
     const PARAM_NAMES: [&'static str; PARAMS] = [
         "refill interval (ns per token)",
         "burst",
-        "other windows, kinds and priority reserve (fingerprint)",
+        "other windows and priority reserve (fingerprint, with the kinds of every window)",
     ];
 
     fn lost() -> Self {

@@ -330,7 +330,10 @@ mod tests {
         clock.set(1_001 * SECOND - 1).unwrap();
         assert_eq!(bucket.try_acquire(10), Decision::Admitted);
         clock.advance(2);
-        assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND - 2 });
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected { wait: SECOND - 2 }
+        );
     }
 
     #[test]

@@ -27,9 +27,7 @@ Kind: TypeAlias = Literal["bucket", "fixed", "sliding"]
 MAX_SLIDING = 128
 
 _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_SPEC = re.compile(
-    r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*([smhd])(?:\s+([A-Za-z_]+))?\s*\Z"
-)
+_SPEC = re.compile(r"\s*(\d+)\s*/\s*(\d+(?:\.\d+)?|\.\d+)?\s*([smhd])(?:\s+([A-Za-z_]+))?\s*\Z")
 _KINDS: dict[str, Kind] = {"fixed": "fixed", "sliding": "sliding"}
 
 

@@ -8,7 +8,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString, PyTuple};
 
-use crate::bucket::{check_windows, Kind, Quota, QuotaError, WindowsError, MAX_SLIDING, MAX_WINDOWS};
+use crate::bucket::{
+    check_windows, Kind, Quota, QuotaError, WindowsError, MAX_SLIDING, MAX_WINDOWS,
+};
 use crate::clock::{duration_label, seconds_to_nanos, Clock};
 use crate::remote::OnBackendError;
 
