@@ -120,7 +120,7 @@ def _rate_arguments(
     else:
         all_windows = [Window(max_requests, window_seconds), *(windows or [])]
     pairs = None if windows is None else [(w.requests, w.seconds) for w in windows]
-    return max_requests, window_seconds, pairs, native_kinds(all_windows)
+    return max_requests, window_seconds, pairs, native_kinds([w.kind for w in all_windows])
 
 
 class RateLimiter(_NativeLimiter):
@@ -304,15 +304,23 @@ class RateLimiter(_NativeLimiter):
         if windows is not None and not any(isinstance(w, str) for w in windows):
             # Pairs and (max_requests, window_seconds, burst) triples: token buckets, as
             # the native method takes them.
-            first, length, more, kinds = max_requests, window_seconds, windows, None
-        else:
-            first, length, more, kinds = _rate_arguments(
-                max_requests, window_seconds, cast("Sequence[Limit] | None", windows)
+            tuples = cast("Sequence[tuple[int, float] | tuple[int, float, int]]", windows)
+            super().add_endpoint(
+                name,
+                max_requests,  # type: ignore[arg-type]  # the native method names a None
+                window_seconds,  # type: ignore[arg-type]
+                burst=burst,
+                windows=tuples,
+                priority_reserve=priority_reserve,
             )
+            return
+        first, length, more, kinds = _rate_arguments(
+            max_requests, window_seconds, cast("Sequence[Limit] | None", windows)
+        )
         super().add_endpoint(
             name,
-            first,  # type: ignore[arg-type]
-            length,  # type: ignore[arg-type]
+            first,
+            length,
             burst=burst,
             windows=more,
             kinds=kinds,

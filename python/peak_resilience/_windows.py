@@ -94,11 +94,10 @@ def parse_limits(specs: Sequence[Limit]) -> list[Window]:
     return [parse_window(spec) for spec in specs]
 
 
-def native_kinds(windows: Sequence[Window]) -> list[Kind] | None:
+def native_kinds(kinds: Sequence[Kind]) -> list[Kind] | None:
     """The ``kinds=`` argument of the native constructors: None when every window is a
     token bucket (the call it always was)."""
-    kinds = [w.kind for w in windows]
-    return kinds if any(k != "bucket" for k in kinds) else None
+    return list(kinds) if any(k != "bucket" for k in kinds) else None
 
 
 def window_index(labels: Sequence[str], windows: Sequence[float], window: str | int | None) -> int:

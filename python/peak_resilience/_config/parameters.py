@@ -116,7 +116,7 @@ class LimiterParameters:
             first.seconds,
             first.burst,
             windows=self.others,
-            kinds=native_kinds(self.windows),
+            kinds=native_kinds([w.kind for w in self.windows]),
             priority_reserve=self.reserve,
         )
 
