@@ -258,3 +258,55 @@ mod tests {
         assert_eq!(total, 1_000);
     }
 }
+
+/// Every interleaving of the compare-and-swap (loom): `scripts/test-loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use crate::bucket::{Decision, Kind, Quota, TokenBucket};
+    use crate::clock::{Clock, ManualClock};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn loom_three_threads_share_a_fixed_budget_of_two_exactly() {
+        crate::sync::model(
+            "loom_three_threads_share_a_fixed_budget_of_two_exactly",
+            || {
+                let quota = Quota::counted(Kind::Fixed, 2, SECOND).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
+                let handles: Vec<_> = (0..3)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                    })
+                    .collect();
+                let admitted = handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|ok| *ok)
+                    .count();
+                assert_eq!(admitted, 2);
+            },
+        );
+    }
+
+    #[test]
+    fn loom_a_clock_behind_the_boundary_never_reopens_the_interval_that_is_over() {
+        // 1 per second, the interval [0, 1 s) already spent. A reads 1 s - 1 ns, B reads
+        // 1 s: whatever the order, exactly one call (B's interval's) is admitted.
+        crate::sync::model(
+            "loom_a_clock_behind_the_boundary_never_reopens_the_interval_that_is_over",
+            || {
+                let quota = Quota::counted(Kind::Fixed, 1, SECOND).unwrap();
+                let early = TokenBucket::new(quota, Clock::Manual(ManualClock::new(SECOND - 1)));
+                assert_eq!(early.try_acquire(1), Decision::Admitted);
+                let late =
+                    TokenBucket::over(early.state_place(), Clock::Manual(ManualClock::new(SECOND)));
+                let a = loom::thread::spawn(move || early.try_acquire(1) == Decision::Admitted);
+                let b = loom::thread::spawn(move || late.try_acquire(1) == Decision::Admitted);
+                let admitted = [a.join().unwrap(), b.join().unwrap()];
+                assert_eq!(admitted, [false, true]);
+            },
+        );
+    }
+}

@@ -427,3 +427,68 @@ mod tests {
         }
     }
 }
+
+/// Every interleaving of the critical section's entry and exit (loom): `scripts/test-loom`.
+#[cfg(all(test, loom))]
+mod loom_tests {
+    use crate::bucket::{Decision, Kind, Quota, TokenBucket};
+    use crate::clock::{Clock, ManualClock};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    #[test]
+    fn loom_three_threads_share_a_sliding_budget_of_two_exactly() {
+        crate::sync::model(
+            "loom_three_threads_share_a_sliding_budget_of_two_exactly",
+            || {
+                let quota = Quota::counted(Kind::Sliding, 2, SECOND).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(SECOND)));
+                let handles: Vec<_> = (0..3)
+                    .map(|_| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+                    })
+                    .collect();
+                let admitted = handles
+                    .into_iter()
+                    .map(|h| h.join().unwrap())
+                    .filter(|ok| *ok)
+                    .count();
+                assert_eq!(admitted, 2);
+                assert_eq!(bucket.window_tokens(), vec![0.0]);
+            },
+        );
+    }
+
+    #[test]
+    fn loom_a_refund_racing_takes_gives_back_exactly_its_own_entries() {
+        // A reservation of 2 (the whole budget) is given back while another thread tries
+        // two calls: they are admitted only once the refund is in, and whatever the order
+        // the window holds exactly the budget less what they took.
+        crate::sync::model(
+            "loom_a_refund_racing_takes_gives_back_exactly_its_own_entries",
+            || {
+                let quota = Quota::counted(Kind::Sliding, 2, SECOND).unwrap();
+                let clock = ManualClock::new(SECOND);
+                let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
+                let taken = bucket.reserve_at(2, clock.now(), false).unwrap();
+                let refund = {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || bucket.give_back(2, &taken))
+                };
+                let take = {
+                    let bucket = bucket.clone();
+                    loom::thread::spawn(move || {
+                        (0..2)
+                            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                            .count()
+                    })
+                };
+                refund.join().unwrap();
+                let admitted = take.join().unwrap();
+                assert!(admitted <= 2);
+                assert_eq!(bucket.window_tokens(), vec![2.0 - admitted as f64]);
+            },
+        );
+    }
+}
