@@ -970,7 +970,7 @@ impl TokenBucket {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::{ManualClock, NANOS_PER_SECOND};
     use proptest::prelude::*;
@@ -1151,21 +1151,24 @@ mod tests {
     fn eight_threads_admit_exactly_the_burst_between_them() {
         let quota = Quota::per_window(1_000, 3600 * SECOND, 1_000).unwrap();
         let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
-        let admitted: usize = std::thread::scope(|scope| {
+        assert_eq!(admitted_by_eight_threads(&bucket, 10_000), 1_000);
+        assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+    }
+
+    /// What 8 threads admit between them, each trying `attempts` acquires of 1 at once.
+    pub(crate) fn admitted_by_eight_threads(bucket: &TokenBucket, attempts: usize) -> usize {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    let bucket = bucket.clone();
                     scope.spawn(move || {
-                        (0..10_000)
+                        (0..attempts)
                             .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
                             .count()
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(admitted, 1_000);
-        assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+        })
     }
 
     fn windows(specs: &[(u64, u64)], reserve: u64) -> (TokenBucket, ManualClock) {
@@ -1474,26 +1477,50 @@ mod tests {
 
 /// Every interleaving of the CAS loop (loom): `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
 #[cfg(all(test, loom))]
-mod loom_tests {
+pub(crate) mod loom_tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    /// What `threads` threads admit between them, one acquire of 1 each.
+    pub(crate) fn admitted_by_threads(bucket: &TokenBucket, threads: usize) -> usize {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// A refund of `taken` (`cost`) racing a thread that tries two acquires of 1: what
+    /// that thread admitted.
+    pub(crate) fn admitted_beside_a_refund(bucket: &TokenBucket, cost: u64, taken: Taken) -> usize {
+        let refund = {
+            let bucket = bucket.clone();
+            loom::thread::spawn(move || bucket.give_back(cost, &taken))
+        };
+        let take = {
+            let bucket = bucket.clone();
+            loom::thread::spawn(move || {
+                (0..2)
+                    .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                    .count()
+            })
+        };
+        refund.join().unwrap();
+        take.join().unwrap()
+    }
 
     #[test]
     fn loom_three_threads_share_a_budget_of_two_exactly() {
         crate::sync::model("loom_three_threads_share_a_budget_of_two_exactly", || {
             let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
             let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
-            let handles: Vec<_> = (0..3)
-                .map(|_| {
-                    let bucket = bucket.clone();
-                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
-                })
-                .collect();
-            let admitted = handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|ok| *ok)
-                .count();
+            let admitted = admitted_by_threads(&bucket, 3);
             assert_eq!(admitted, 2);
             assert_eq!(bucket.allowed(), 2);
             assert_eq!(bucket.rejected(), 1);
@@ -1597,20 +1624,7 @@ mod loom_tests {
             let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
             let taken = bucket.reserve_at(2, 0, false).unwrap();
             clock.set(2_000_000_000).unwrap();
-            let refund = {
-                let bucket = bucket.clone();
-                loom::thread::spawn(move || bucket.give_back(2, &taken))
-            };
-            let take = {
-                let bucket = bucket.clone();
-                loom::thread::spawn(move || {
-                    (0..2)
-                        .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
-                        .count()
-                })
-            };
-            refund.join().unwrap();
-            let admitted = take.join().unwrap();
+            let admitted = admitted_beside_a_refund(&bucket, 2, taken);
             assert_eq!(admitted, 2);
             assert_eq!(
                 bucket.try_acquire(1),

@@ -152,6 +152,7 @@ pub fn tokens_at(window: &Window, wall: u64) -> f64 {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use crate::bucket::tests::admitted_by_eight_threads;
     use crate::bucket::{Decision, Kind, Quota, TokenBucket};
     use crate::clock::{Clock, ManualClock, NANOS_PER_SECOND};
 
@@ -249,19 +250,14 @@ mod tests {
     #[test]
     fn eight_threads_admit_exactly_the_count_of_a_fixed_window() {
         let (bucket, _clock) = fixed(1_000, 3600 * SECOND, 0);
-        let total: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| scope.spawn(|| admitted(&bucket, 10_000)))
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(total, 1_000);
+        assert_eq!(admitted_by_eight_threads(&bucket, 10_000), 1_000);
     }
 }
 
 /// Every interleaving of the compare-and-swap (loom): `scripts/test-loom`.
 #[cfg(all(test, loom))]
 mod loom_tests {
+    use crate::bucket::loom_tests::admitted_by_threads;
     use crate::bucket::{Decision, Kind, Quota, TokenBucket};
     use crate::clock::{Clock, ManualClock};
 
@@ -274,17 +270,7 @@ mod loom_tests {
             || {
                 let quota = Quota::counted(Kind::Fixed, 2, SECOND).unwrap();
                 let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
-                let handles: Vec<_> = (0..3)
-                    .map(|_| {
-                        let bucket = bucket.clone();
-                        loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
-                    })
-                    .collect();
-                let admitted = handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .filter(|ok| *ok)
-                    .count();
+                let admitted = admitted_by_threads(&bucket, 3);
                 assert_eq!(admitted, 2);
             },
         );

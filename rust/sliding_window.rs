@@ -294,6 +294,7 @@ pub fn tokens_at(window: &Window, log: &SlidingLog, now: u64) -> f64 {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
+    use crate::bucket::tests::admitted_by_eight_threads;
     use crate::bucket::{check_windows, Decision, Kind, Quota, TokenBucket, WindowsError};
     use crate::clock::{Clock, ManualClock, NANOS_PER_SECOND};
     use proptest::prelude::*;
@@ -384,19 +385,7 @@ mod tests {
     #[test]
     fn eight_threads_admit_exactly_the_limit_of_a_sliding_window() {
         let (bucket, _clock) = sliding(100, 3600 * SECOND);
-        let total: usize = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..8)
-                .map(|_| {
-                    scope.spawn(|| {
-                        (0..5_000)
-                            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
-                            .count()
-                    })
-                })
-                .collect();
-            handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(total, 100);
+        assert_eq!(admitted_by_eight_threads(&bucket, 5_000), 100);
     }
 
     proptest! {
@@ -431,7 +420,8 @@ mod tests {
 /// Every interleaving of the critical section's entry and exit (loom): `scripts/test-loom`.
 #[cfg(all(test, loom))]
 mod loom_tests {
-    use crate::bucket::{Decision, Kind, Quota, TokenBucket};
+    use crate::bucket::loom_tests::{admitted_beside_a_refund, admitted_by_threads};
+    use crate::bucket::{Kind, Quota, TokenBucket};
     use crate::clock::{Clock, ManualClock};
 
     const SECOND: u64 = 1_000_000_000;
@@ -443,17 +433,7 @@ mod loom_tests {
             || {
                 let quota = Quota::counted(Kind::Sliding, 2, SECOND).unwrap();
                 let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(SECOND)));
-                let handles: Vec<_> = (0..3)
-                    .map(|_| {
-                        let bucket = bucket.clone();
-                        loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
-                    })
-                    .collect();
-                let admitted = handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap())
-                    .filter(|ok| *ok)
-                    .count();
+                let admitted = admitted_by_threads(&bucket, 3);
                 assert_eq!(admitted, 2);
                 assert_eq!(bucket.window_tokens(), vec![0.0]);
             },
@@ -472,20 +452,7 @@ mod loom_tests {
                 let clock = ManualClock::new(SECOND);
                 let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
                 let taken = bucket.reserve_at(2, clock.now(), false).unwrap();
-                let refund = {
-                    let bucket = bucket.clone();
-                    loom::thread::spawn(move || bucket.give_back(2, &taken))
-                };
-                let take = {
-                    let bucket = bucket.clone();
-                    loom::thread::spawn(move || {
-                        (0..2)
-                            .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
-                            .count()
-                    })
-                };
-                refund.join().unwrap();
-                let admitted = take.join().unwrap();
+                let admitted = admitted_beside_a_refund(&bucket, 2, taken);
                 assert!(admitted <= 2);
                 assert_eq!(bucket.window_tokens(), vec![2.0 - admitted as f64]);
             },
