@@ -32,6 +32,31 @@ impl Clock {
             Clock::Manual(manual) => manual.now(),
         }
     }
+
+    /// `now` (an instant on this clock) as nanoseconds since the Unix epoch, for windows
+    /// counted per calendar interval. A manual clock's reading is taken as epoch time; the
+    /// monotonic clock is offset by the wall clock once per process.
+    #[inline]
+    pub fn wall(&self, now: u64) -> u64 {
+        match self {
+            Clock::Monotonic => now.wrapping_add(epoch_offset()),
+            Clock::Manual(_) => now,
+        }
+    }
+}
+
+/// Epoch time less monotonic time, read once: calendar intervals then follow the
+/// monotonic clock (never jumping back with an NTP step), aligned as the wall clock was.
+fn epoch_offset() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static OFFSET: OnceLock<u64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        wall.wrapping_sub(monotonic_now())
+    })
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: unaffected by wall-clock jumps, and the same for every

@@ -263,7 +263,10 @@ impl Store {
     // --- a bucket's store ----------------------------------------------------------------
 
     pub fn configure_bucket(&self, py: Python<'_>, quotas: &[Quota], reserve: u64) -> PyResult<()> {
-        let windows: Vec<(u64, u64)> = quotas.iter().map(|q| (q.interval, q.burst)).collect();
+        let windows: Vec<(u64, u64, &str)> = quotas
+            .iter()
+            .map(|q| (q.interval, q.burst, q.kind.name()))
+            .collect();
         self.object.bind(py).call_method1(
             intern!(py, "configure"),
             (PyList::new(py, windows)?, reserve),
