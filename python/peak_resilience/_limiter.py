@@ -28,7 +28,7 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from peak_resilience import _instances
@@ -39,6 +39,7 @@ from peak_resilience._events import Listener, Listeners, watch_outages
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._observe import Observer, ReplyHeaders, reply_headers
 from peak_resilience._waiting_line import Attempt, line_for
 from peak_resilience._windows import Limit, parse_limits, window_index
 
@@ -200,6 +201,7 @@ class RateLimiter(_NativeLimiter):
         # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
         # re-creates: its series may simply go with it.
         self._keeps_counts = name is not None
+        self._observer: Observer | None = None
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -273,6 +275,62 @@ class RateLimiter(_NativeLimiter):
                 )
             )
         return rows
+
+    def add_endpoint(
+        self,
+        name: str,
+        max_requests: int,
+        window_seconds: float,
+        *,
+        burst: int | None = None,
+        windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
+        priority_reserve: int | None = None,
+    ) -> None:
+        """Gives endpoint ``name`` its own bucket of ``max_requests`` per
+        ``window_seconds`` (``windows``: more windows, all or nothing), standing on its own
+        beside the default one. Adding it again changes its rate in place."""
+        super().add_endpoint(
+            name,
+            max_requests,
+            window_seconds,
+            burst=burst,
+            windows=windows,
+            priority_reserve=priority_reserve,
+        )
+        if self._observer is not None:
+            self._observer.forget()
+
+    # --- issue 13: budgets fed by the exchange's replies ---------------------------------
+
+    def set_reply_headers(
+        self,
+        preset: str | ReplyHeaders = "auto",
+        *,
+        used: Mapping[str, str | int | tuple[str | None, str | int]] | None = None,
+        orders_endpoint: str | None = "orders",
+        retry_after: float = 1.0,
+    ) -> None:
+        """Says which headers ``observe`` reads: a preset (``"binance"``, ``"generic"``,
+        ``"auto"``: both, the default; ``"none"``), more headers by name (``used=
+        {"x-my-weight": "1m"}``, or ``(endpoint, window)``), the endpoint whose budget
+        Binance's order counts go to, and how long a 429 without ``Retry-After`` pauses."""
+        self._observer = Observer(
+            reply_headers(
+                preset, used=used, orders_endpoint=orders_endpoint, retry_after=retry_after
+            )
+        )
+
+    def observe(self, status: int, headers: Any, endpoint: str | None = None) -> None:
+        """Applies what an exchange's reply says about the budget of ``endpoint``: a
+        used-weight or order-count header makes its window count exactly that much
+        (``sync``); a 429 pauses for its ``Retry-After`` (seconds or an HTTP date), a 418
+        (an IP ban) for at least 2 minutes, twice as long for each 418 in a row. Header
+        names are matched whatever their case. Never raises: a header that cannot be read
+        is logged (at most once a minute each) and ignored."""
+        observer = self._observer
+        if observer is None:
+            observer = self._observer = Observer(ReplyHeaders())
+        observer.observe(self, status, headers, endpoint)
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 
