@@ -81,6 +81,14 @@ _CASE_INSENSITIVE_MODULES = (
 )
 
 
+class _Pausable(Protocol):
+    """A limiter or one of its buckets."""
+
+    def pause(self, seconds: float) -> None: ...
+    @property
+    def paused_for(self) -> float: ...
+
+
 class _Limiter(Protocol):
     """What the observer uses of a limiter."""
 
@@ -223,8 +231,17 @@ class Observer:
 
     # -- the reply ----------------------------------------------------------------------
 
-    def observe(self, limiter: _Limiter, status: int, headers: Any, endpoint: str | None) -> None:
-        """Applies one reply; never raises (what it cannot read is logged)."""
+    def observe(
+        self,
+        limiter: _Limiter,
+        status: int,
+        headers: Any,
+        endpoint: str | None,
+        pause_endpoint_only: bool = False,
+    ) -> None:
+        """Applies one reply; never raises (what it cannot read is logged). A refusal
+        pauses the whole limiter, or with ``pause_endpoint_only`` the endpoint's bucket
+        (a per-key budget: one key's 429 stops that key)."""
         # One frame for the common reply (a few used counts, status 2xx): each call saved
         # here is a tenth of the microsecond a reply may cost.
         try:
@@ -258,7 +275,8 @@ class Observer:
                 if plan.generic:
                     self._apply_generic(limiter, plan, lowered.get)
             if status >= 400:
-                self._refused(limiter, status, headers)
+                paused = limiter.bucket_for(endpoint) if pause_endpoint_only else limiter
+                self._refused(limiter, paused, status, headers)
             elif self.bans_in_a_row:
                 self.bans_in_a_row = 0
         except Exception as exc:  # the order path must go on whatever a reply holds
@@ -314,7 +332,7 @@ class Observer:
                 self._complain(prefix, f"{prefix}* headers not read: {exc}", limiter)
         return found
 
-    def _refused(self, limiter: _Limiter, status: int, headers: Any) -> None:
+    def _refused(self, limiter: _Limiter, paused: _Pausable, status: int, headers: Any) -> None:
         """A 429, a 418 or another refusal with a ``Retry-After``: pause."""
         value = _get_any(headers, "retry-after")
         retry_after = None
@@ -338,8 +356,8 @@ class Observer:
             return
         # A pause as long is already running (the replies of calls sent before it): no
         # second log line or round trip to the store.
-        if seconds > 0 and limiter.paused_for < seconds - 0.5:
-            limiter.pause(seconds)
+        if seconds > 0 and paused.paused_for < seconds - 0.5:
+            paused.pause(seconds)
 
     # -- which headers, for which bucket ------------------------------------------------
 
