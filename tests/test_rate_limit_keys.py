@@ -90,10 +90,10 @@ def test_a_key_forgotten_while_held_comes_back_when_used(clock: ManualClock) -> 
 
 
 def test_a_keys_budget_is_shared_by_every_process_of_the_limiters_name(
-    make_shared_limiter: Callable[..., RateLimiter],
+    make_shared_limiter: Callable[..., RateLimiter], clock: ManualClock
 ) -> None:
-    first = make_shared_limiter(limits=["3/1h"], name="per-account")
-    second = make_shared_limiter(limits=["3/1h"], name="per-account")
+    first = make_shared_limiter(limits=["3/1h"], name="per-account", clock=clock)
+    second = make_shared_limiter(limits=["3/1h"], name="per-account", clock=clock)
     assert first.for_key("acct-7").acquire(cost=2)
     assert second.for_key("acct-7").acquire()
     assert not second.for_key("acct-7").acquire()

@@ -42,9 +42,9 @@ BINANCE_REPLY = {
 
 
 def test_binance_used_weight_and_order_counts_set_their_windows(
-    make_limiter: Callable[..., RateLimiter],
+    make_limiter: Callable[..., RateLimiter], clock: ManualClock
 ) -> None:
-    limiter = binance_limiter(make_limiter)
+    limiter = binance_limiter(make_limiter, clock=clock)
     limiter.observe(200, BINANCE_REPLY)
     assert tokens(limiter) == [10]
     assert tokens(limiter, "orders") == [2, 159_000]
@@ -63,6 +63,15 @@ def test_header_names_are_matched_whatever_their_case(clock: ManualClock) -> Non
         limiter.observe(200, headers)
         assert tokens(limiter) == [10], type(headers)
         assert tokens(limiter, "orders") == [2, 159_000], type(headers)
+
+
+def test_a_dict_spelled_otherwise_is_read_on_every_reply(clock: ManualClock) -> None:
+    limiter = binance_limiter(clock=clock)
+    for used in (100, 5990, 2000):
+        limiter.observe(200, {"X-MBX-USED-WEIGHT-1M": str(used), "Content-Type": "json"})
+        assert tokens(limiter) == [6000 - used]
+    limiter.observe(200, {"x-mbx-used-weight-1m": "10"})  # another spelling again
+    assert tokens(limiter) == [5990]
 
 
 def test_without_an_orders_endpoint_order_counts_go_to_the_observed_budget(
@@ -208,10 +217,10 @@ def test_an_endpoint_added_after_a_reply_gets_the_next_replies(clock: ManualCloc
 
 
 def test_a_reply_reaches_every_process_sharing_the_budget(
-    make_shared_limiter: Callable[..., RateLimiter],
+    make_shared_limiter: Callable[..., RateLimiter], clock: ManualClock
 ) -> None:
-    observing = binance_limiter(make_shared_limiter)
-    other = binance_limiter(make_shared_limiter)
+    observing = binance_limiter(make_shared_limiter, clock=clock)
+    other = binance_limiter(make_shared_limiter, clock=clock)
     observing.observe(200, BINANCE_REPLY)
     assert sum(other.acquire() for _ in range(20)) == 10
     observing.observe(429, {"Retry-After": "60"})

@@ -15,6 +15,7 @@ that changes the windows is followed): the common reply costs a few dict lookups
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import math
 import threading
@@ -205,7 +206,8 @@ class ReplyHeaders:
 class _Plan:
     """The headers to look for on replies about one bucket."""
 
-    #: (lowercase header name, bucket, window index): the header's value is the count used.
+    #: (header name, bucket, window index): the header's value is the count used. The
+    #: name is in lower case, or as a plain dict of the server's replies spells it.
     used: tuple[tuple[str, TokenBucket, int], ...]
     #: (prefix, bucket, {max_requests: window index}, only window or None) per generic
     #: family ("ratelimit-", "x-ratelimit-").
@@ -265,15 +267,7 @@ class Observer:
             if plan.generic:
                 found |= self._apply_generic(limiter, plan, get)
             if not found and _needs_scan(headers):
-                # A plain dict spelled some other way than in lower case: read it again
-                # with lowercase names (only replies that carry none of the headers pay).
-                lowered = {str(k).lower(): v for k, v in headers.items()}
-                for name, target, index in plan.used:
-                    value = lowered.get(name)
-                    if value is not None:
-                        self._used_otherwise(limiter, name, value, target, index)
-                if plan.generic:
-                    self._apply_generic(limiter, plan, lowered.get)
+                self._scan(limiter, plan, headers, endpoint)
             if status >= 400:
                 paused = limiter.bucket_for(endpoint) if pause_endpoint_only else limiter
                 self._refused(limiter, paused, status, headers)
@@ -281,6 +275,25 @@ class Observer:
                 self.bans_in_a_row = 0
         except Exception as exc:  # the order path must go on whatever a reply holds
             self._complain("reply", f"reply not applied ({type(exc).__name__}: {exc})", limiter)
+
+    def _scan(self, limiter: _Limiter, plan: _Plan, headers: Any, endpoint: str | None) -> None:
+        """Reads a plain dict spelled otherwise than the plan looks up (``"X-MBX-..."``),
+        whatever the case, and makes the plan look up the spellings it found first: the
+        next reply from the same server is a few lookups again."""
+        spelled = {str(k).lower(): k for k in headers}
+        learned = []
+        for name, target, index in plan.used:
+            original = spelled.get(name.lower())
+            if original is not None:
+                self._used_otherwise(limiter, name, headers[original], target, index)
+                name = original
+            learned.append((name, target, index))
+        if plan.generic:
+            lowered = {lower: headers[k] for lower, k in spelled.items()}
+            self._apply_generic(limiter, plan, lowered.get)
+        plans = dict(self._plans)
+        plans[endpoint] = dataclasses.replace(plan, used=tuple(learned))
+        self._plans = plans
 
     def _used_otherwise(
         self, limiter: _Limiter, name: str, value: Any, bucket: TokenBucket, index: int
