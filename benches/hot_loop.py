@@ -83,6 +83,15 @@ def _paths() -> dict[str, Callable[[], Any]]:
         "with_resilience (breaker, limiter, metrics)": resilient,
         "call refused by an open circuit (caught)": refusal,
     }
+    try:  # issue 13's observe(), absent from older builds
+        from bench_observe import BINANCE_REPLY, binance_limiter
+    except ImportError:
+        pass
+    else:
+        observing = binance_limiter()
+        paths["observe() of a Binance reply's headers"] = functools.partial(
+            observing.observe, 200, BINANCE_REPLY
+        )
     try:  # issue 16's policies, absent from older builds (--against one of them)
         from peak_resilience.resilience import Retry
     except ImportError:

@@ -284,6 +284,22 @@ RATIOS = [
         "info",
         0.0,
     ),
+    Ratio(
+        13,
+        "observe() of a Binance reply's headers (plain dict)",
+        "test_ours_observe_binance_reply",
+        "",
+        "bound",
+        1e-6,
+    ),
+    Ratio(
+        13,
+        "observe() of a Binance reply's headers (requests' headers) vs an acquire",
+        "test_ours_observe_binance_reply_requests_headers",
+        "test_ours_acquire_for_scale",
+        "info",
+        0.0,
+    ),
 ]
 
 

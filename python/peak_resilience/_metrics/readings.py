@@ -16,6 +16,7 @@ from typing import Any
 
 from peak_resilience import _instances
 from peak_resilience._backends.choice import backend_error_counts
+from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._metrics.families import STATE_LABELS
 from peak_resilience._native import LATENCY_BOUNDS
 
@@ -267,6 +268,12 @@ def read(
                 shared_files.add(shared_file)
             requests[bucket_key] = requests.get(bucket_key, 0) + allowed + rejected
             rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
+    # Pairs no longer exported free their places; buckets past the bound are folded.
+    bucket_series.keep_only(set(requests))
+    if bucket_series.folded:
+        folded = dict(folded)
+        for family in ("rate_limit_hits", "rate_limit_rejections", "rate_limit_tokens_available"):
+            folded[family] = folded.get(family, 0) + bucket_series.folded
     for bucket_key, hits in reported_hits.items():
         requests[bucket_key] = requests.get(bucket_key, 0) + hits
         rejected = reported_rejections.get(bucket_key, 0)

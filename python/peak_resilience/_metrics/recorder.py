@@ -31,6 +31,7 @@ from typing import Any, ParamSpec, TypeVar, cast
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from peak_resilience import _instances, _native
+from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
@@ -256,6 +257,7 @@ class Metrics:
             _positive_int(snapshot_capacity, "snapshot_capacity")
         if max_series_per_family is not None:
             self._max_series = max_series_per_family
+            bucket_series.bound = max_series_per_family
         if snapshot_capacity is not None:
             capacity = snapshot_capacity
             with self._events_lock:
