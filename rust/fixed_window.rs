@@ -17,17 +17,25 @@ const COUNT_BITS: u32 = 32;
 /// idleness a stale count could be taken for the current one: 68 years of seconds).
 const PERIOD_MASK: u64 = (1 << 31) - 1;
 
+/// How far ahead of ours another process's calendar may run: each process aligns its
+/// monotonic clock to the wall clock once (`Clock::wall`), so their readings differ by
+/// the error of that one reading, far below a second.
+const SKEW_NANOS: u64 = 1_000_000_000;
+
 /// The interval in force at `wall` and the count in it.
 ///
-/// A word whose interval is a little ahead of ours was written by a thread or process
-/// whose clock already passed the boundary: we count in that interval too, never reset it
-/// back to one that is over (which would admit its budget a second time).
+/// A word whose interval is a little ahead of ours (at most `SKEW_NANOS`, and at least
+/// the next interval) was written by a thread or process whose clock already passed the
+/// boundary: we count in that interval too, never reset it back to one that is over
+/// (which would admit its budget a second time). Any other interval is over, and a fresh
+/// word (0) holds none: its 31 bits of interval must not pass for one far ahead.
 #[inline(always)]
 fn current(word: u64, wall: u64, length: u64) -> (u64, u64) {
-    let ours = wall / length.max(1);
+    let length = length.max(1);
+    let ours = wall / length;
     let stored = (word >> COUNT_BITS) & PERIOD_MASK;
     let ahead = stored.wrapping_sub(ours) & PERIOD_MASK;
-    if ahead < PERIOD_MASK / 2 {
+    if word != 0 && ahead <= (SKEW_NANOS / length).max(1) {
         (ours + ahead, word & MAX_COUNT)
     } else {
         (ours, 0)
@@ -169,6 +177,27 @@ mod tests {
         (0..calls)
             .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
             .count()
+    }
+
+    #[test]
+    fn a_fresh_one_second_window_counts_in_the_current_second_of_2026_not_one_far_ahead() {
+        // 2026-12-02 in seconds: the low 31 bits of the second's number are above 2^30,
+        // where a fresh (zero) word once read as an interval 14 years ahead.
+        let start = 1_796_200_000 * SECOND;
+        let (bucket, clock) = fixed(1, SECOND, start);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND });
+        clock.advance(SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+    }
+
+    #[test]
+    fn a_count_of_an_interval_long_over_is_not_taken_for_one_ahead() {
+        let start = 1_796_200_000 * SECOND;
+        let (bucket, clock) = fixed(1, SECOND, start);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        clock.advance(3 * SECOND); // the stored interval is 3 behind: over
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
     }
 
     #[test]
