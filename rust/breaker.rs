@@ -6,10 +6,10 @@
 //!
 //! ```text
 //!   bits 61..63  state: CLOSED, HALF_OPEN, OPEN, FORCED_OPEN or DISABLED
-//!   CLOSED       bits 0..32  consecutive failures, bits 32..61 epoch
+//!   CLOSED       bits 0..24  consecutive failures, bits 24..61 epoch
 //!   OPEN         bits 0..61  the instant (ns) at which a trial becomes due
-//!   HALF_OPEN    bits 0..20  trial calls admitted, bits 20..40 trial calls that succeeded,
-//!                bits 40..61 epoch
+//!   HALF_OPEN    bits 0..12  trial calls admitted, bits 12..24 trial calls that succeeded,
+//!                bits 24..61 epoch
 //!   FORCED_OPEN  (no payload) refuses every call until reset
 //!   DISABLED     (no payload) admits every call, counts outcomes, never changes state
 //! ```
@@ -26,7 +26,11 @@
 //! half-open period that admitted it. Every entry into CLOSED or HALF_OPEN starts a new
 //! epoch, so a slow call's verdict only counts in the period that let it through: a call
 //! admitted before the circuit opened cannot reopen it after a trial closed it, nor be
-//! mistaken for a half-open trial. (loom found the first of these.)
+//! mistaken for a half-open trial. (loom found the first of these.) An epoch is drawn from
+//! a counter before the compare-and-swap that installs it, so a caller that loses the
+//! race burns one: the 37 bits an epoch keeps in the word (not 21, as once) are what makes
+//! a stale verdict meeting a later period of the same number impossible in practice, as
+//! that takes 2^37 transitions and lost races while one call is outstanding.
 
 use crate::sync::{AtomicU64, Ordering};
 
@@ -48,11 +52,14 @@ const ROLLING_BUCKETS: usize = 10;
 
 const STATE_SHIFT: u32 = 61;
 const PAYLOAD: u64 = (1 << STATE_SHIFT) - 1;
-const TRIAL_BITS: u32 = 20;
+/// Trial calls admitted and succeeded: 4,095 at once is far more than anyone half-opens
+/// with, and the bits left give the epoch 37.
+const TRIAL_BITS: u32 = 12;
 const TRIAL_FIELD: u64 = (1 << TRIAL_BITS) - 1;
 /// The most trial calls a half-open circuit can admit at once.
 pub const MAX_HALF_OPEN_CALLS: u64 = TRIAL_FIELD;
-const STREAK_BITS: u32 = 32;
+/// Consecutive failures: a threshold up to 16.7 million, the rest of the word the epoch.
+const STREAK_BITS: u32 = 24;
 const STREAK_FIELD: u64 = (1 << STREAK_BITS) - 1;
 /// The largest failure threshold (the streak field's size).
 pub const MAX_FAILURE_THRESHOLD: u64 = STREAK_FIELD;
@@ -1007,6 +1014,35 @@ mod tests {
     fn fail(breaker: &Breaker) -> Option<Transition> {
         let (admission, _) = breaker.enter();
         breaker.on_failure(admission)
+    }
+
+    #[test]
+    fn a_stale_trial_verdict_2_pow_21_epochs_later_does_not_reopen_a_new_half_open_period() {
+        let (breaker, clock) = breaker(1, SECOND, 1);
+        fail(&breaker);
+        clock.advance(SECOND);
+        let (stale, _) = breaker.enter();
+        let Admission::Trial { epoch } = stale else {
+            panic!("expected a trial, got {stale:?}");
+        };
+        // Lost races burned epochs (each caller draws one before its CAS) until the next
+        // half-open period draws the stale trial's number plus 2^21.
+        breaker
+            .state
+            .epoch
+            .store(epoch + (1 << 21) - 1, Ordering::Relaxed);
+        clock.advance(2 * SECOND); // the stale trial's permit is presumed lost
+        let (fresh, _) = breaker.enter();
+        assert_eq!(
+            fresh,
+            Admission::Trial {
+                epoch: epoch + (1 << 21)
+            }
+        );
+        assert_eq!(breaker.on_failure(stale), None);
+        assert_eq!(breaker.current_state().0, HALF_OPEN);
+        assert!(breaker.on_success(fresh).is_some());
+        assert_eq!(breaker.current_state().0, CLOSED);
     }
 
     #[test]

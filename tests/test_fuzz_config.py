@@ -22,7 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stress import scaled
 
-from peak_resilience.config import SCHEMA, ConfigError, configure, env_name, load_config
+from peak_resilience.config import (
+    MAX_FAILURE_THRESHOLD,
+    SCHEMA,
+    ConfigError,
+    configure,
+    env_name,
+    load_config,
+)
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.resilience_helpers import with_resilience
 from peak_resilience.testing import ManualClock, fresh_resilience
@@ -324,7 +331,7 @@ def test_any_config_path_gives_a_config_error_or_a_config(path: str) -> None:
 
 valid_values: dict[str, st.SearchStrategy[Any]] = {
     "circuit_breaker_enabled": st.booleans(),
-    "circuit_breaker_threshold": st.integers(1, 2**63 - 1),
+    "circuit_breaker_threshold": st.integers(1, MAX_FAILURE_THRESHOLD),
     "circuit_breaker_timeout": st.floats(1e-6, 1e6),
     "half_open_max_calls": st.integers(1, 1_000),
     "rate_limit_enabled": st.booleans(),

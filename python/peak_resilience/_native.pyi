@@ -9,6 +9,7 @@ from typing_extensions import disjoint_base
 
 __all__ = [
     "LATENCY_BOUNDS",
+    "MAX_FAILURE_THRESHOLD",
     "MAX_HALF_OPEN_CALLS",
     "SHARED_SUPPORTED",
     "Bulkhead",
@@ -31,6 +32,7 @@ __all__ = [
 ]
 
 LATENCY_BOUNDS: tuple[float, ...]
+MAX_FAILURE_THRESHOLD: int
 MAX_HALF_OPEN_CALLS: int
 #: Whether this build has backend="shared" (Unix; not Windows nor a peak_portable build).
 SHARED_SUPPORTED: bool

@@ -9,8 +9,8 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyString, PyTuple, PyType};
 
 use crate::breaker::{
-    Admission, Breaker, BreakerSettings, BreakerState, Transition, Window, MAX_HALF_OPEN_CALLS,
-    STATES,
+    Admission, Breaker, BreakerSettings, BreakerState, Transition, Window, MAX_FAILURE_THRESHOLD,
+    MAX_HALF_OPEN_CALLS, STATES,
 };
 use crate::clock::nanos_to_seconds;
 use crate::files;
@@ -124,7 +124,13 @@ struct Keywords<'a, 'py> {
 impl Keywords<'_, '_> {
     fn apply(&self, mut settings: BreakerSettings) -> PyResult<BreakerSettings> {
         if let Some(n) = given(self.failure_threshold) {
-            settings.failure_threshold = positive_int(n, "failure_threshold")?;
+            let threshold = positive_int(n, "failure_threshold")?;
+            if threshold > MAX_FAILURE_THRESHOLD {
+                return Err(PyValueError::new_err(format!(
+                    "failure_threshold must be at most {MAX_FAILURE_THRESHOLD}, got {threshold}"
+                )));
+            }
+            settings.failure_threshold = threshold;
         }
         if let Some(t) = given(self.recovery_timeout) {
             settings.recovery_timeout = seconds(t, "recovery_timeout", false)?;

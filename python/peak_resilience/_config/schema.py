@@ -19,11 +19,12 @@ from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._config.exception_names import exception_names
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
-from peak_resilience._native import MAX_HALF_OPEN_CALLS
+from peak_resilience._native import MAX_FAILURE_THRESHOLD, MAX_HALF_OPEN_CALLS
 from peak_resilience._windows import parse_limit
 
 __all__ = [
     "DEFAULTS",
+    "MAX_FAILURE_THRESHOLD",
     "MAX_HALF_OPEN_CALLS",
     "NATIVE_BREAKER_KEYS",
     "SCHEMA",
@@ -116,7 +117,7 @@ class Settings:
     """The settings in force for one module (or, for ``Config.globals``, for all)."""
 
     circuit_breaker_enabled: bool = key(True)
-    circuit_breaker_threshold: int = key(5, at_least(1))
+    circuit_breaker_threshold: int = key(5, at_most(MAX_FAILURE_THRESHOLD))
     circuit_breaker_timeout: float = key(60.0, positive)
     half_open_max_calls: int = key(1, at_most(MAX_HALF_OPEN_CALLS))
     rate_limit_enabled: bool = key(True)
