@@ -532,6 +532,12 @@ impl BucketState {
         count_of(self.windows.load(Ordering::Acquire))
     }
 
+    /// Window `i`, for the tests of the kinds' own files.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn window_for_tests(&self, i: usize) -> &Window {
+        self.window(i)
+    }
+
     /// The kind of window `i`.
     #[inline(always)]
     fn kind(&self, i: usize) -> Kind {

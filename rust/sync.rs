@@ -20,12 +20,34 @@ pub fn model<F>(name: &str, body: F)
 where
     F: Fn() + Sync + Send + 'static,
 {
+    check(name, loom::model::Builder::new(), body);
+}
+
+/// `model` with at most `preemptions` forced switches per interleaving: for a short
+/// critical section that waiters spin on (`sliding_window`), whose unbounded schedules
+/// include a waiter spinning for ever; every interleaving within the bound is explored.
+#[cfg(all(test, loom))]
+pub fn model_bounded<F>(name: &str, preemptions: usize, body: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(preemptions);
+    builder.max_branches = 100_000;
+    check(name, builder, body);
+}
+
+#[cfg(all(test, loom))]
+fn check<F>(name: &str, builder: loom::model::Builder, body: F)
+where
+    F: Fn() + Sync + Send + 'static,
+{
     use std::sync::atomic::AtomicUsize;
     use std::sync::Arc;
 
     let runs = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&runs);
-    loom::model(move || {
+    builder.check(move || {
         counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         body();
     });

@@ -148,7 +148,10 @@ class RateLimiter(_NativeLimiter):
 
     ``limits`` gives the budget several windows (``["1200/60s", "50/10s"]``, or
     ``(max_requests, window_seconds)`` pairs), all or nothing, beside or instead of the
-    ``max_requests``/``window_seconds`` pair (which, when given, is the first window).
+    ``max_requests``/``window_seconds`` pair (which, when given, is the first window). A
+    window written ``"1200/1m fixed"`` counts per calendar interval aligned to UTC, one
+    written ``"10/1s sliding"`` never admits more than 10 in any interval of 1 s; the
+    others are token buckets.
     ``priority_reserve`` tokens of every window are kept for ``priority="high"``.
 
     ``for_key(key)`` is the budget of one key (a symbol, an account, an IP) with these
