@@ -221,6 +221,22 @@ RATIOS = [
         1.2,
     ),
     Ratio(
+        13,
+        "fixed-window acquire vs a GCRA acquire",
+        "test_ours_acquire_fixed_window",
+        "test_ours_acquire_gcra_window",
+        "at_most",
+        1.5,
+    ),
+    Ratio(
+        13,
+        "sliding-window acquire (N = 100) vs a GCRA acquire",
+        "test_ours_acquire_sliding_window",
+        "test_ours_acquire_gcra_window",
+        "at_most",
+        1.5,
+    ),
+    Ratio(
         8,
         "three-window acquire vs one-window acquire",
         "test_ours_acquire_three_windows",

@@ -11,14 +11,57 @@ use crate::sync::{AtomicU64, Ordering};
 
 use crate::clock::Clock;
 use crate::place::Place;
+use crate::{fixed_window, sliding_window};
+
+/// How a window counts: a token bucket (GCRA, the default), per calendar interval
+/// (`fixed`, as exchanges count), or over every interval of its length (`sliding`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Kind {
+    #[default]
+    Bucket = 0,
+    Fixed = 1,
+    Sliding = 2,
+}
+
+impl Kind {
+    /// The kind's name as a window spec writes it (`"1200/1m fixed"`); "bucket" for GCRA.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Bucket => "bucket",
+            Kind::Fixed => "fixed",
+            Kind::Sliding => "sliding",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Kind> {
+        match name {
+            "bucket" => Some(Kind::Bucket),
+            "fixed" => Some(Kind::Fixed),
+            "sliding" => Some(Kind::Sliding),
+            _ => None,
+        }
+    }
+
+    fn from_bits(bits: u64) -> Kind {
+        match bits & KIND_MASK {
+            1 => Kind::Fixed,
+            2 => Kind::Sliding,
+            _ => Kind::Bucket,
+        }
+    }
+}
 
 /// How fast a bucket refills and how much it holds.
+///
+/// For a `Fixed` or `Sliding` window, `interval` is the window's length in nanoseconds and
+/// `burst` the requests it admits per window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Quota {
     /// Nanoseconds per token (the refill interval), at least 1.
     pub interval: u64,
     /// Tokens the bucket holds when full, at least 1.
     pub burst: u64,
+    pub kind: Kind,
 }
 
 /// Why a quota cannot be built.
@@ -29,6 +72,8 @@ pub enum QuotaError {
     ZeroBurst,
     /// More than one token per nanosecond, or a burst so large the arithmetic overflows.
     OutOfRange,
+    /// A sliding window admitting more than `MAX_SLIDING` requests (its log is that long).
+    SlidingTooLarge,
 }
 
 impl Quota {
@@ -54,7 +99,36 @@ impl Quota {
         if interval == 0 || interval.checked_mul(burst).is_none() {
             return Err(QuotaError::OutOfRange);
         }
-        Ok(Quota { interval, burst })
+        Ok(Quota {
+            interval,
+            burst,
+            kind: Kind::Bucket,
+        })
+    }
+
+    /// A `Fixed` or `Sliding` window: `max_requests` per `window` nanoseconds, counted
+    /// (never more than `max_requests`, no burst of its own).
+    pub fn counted(kind: Kind, max_requests: u64, window: u64) -> Result<Quota, QuotaError> {
+        if kind == Kind::Bucket {
+            return Quota::per_window(max_requests, window, max_requests);
+        }
+        if max_requests == 0 {
+            return Err(QuotaError::ZeroRequests);
+        }
+        if window == 0 {
+            return Err(QuotaError::ZeroWindow);
+        }
+        if kind == Kind::Sliding && max_requests > MAX_SLIDING {
+            return Err(QuotaError::SlidingTooLarge);
+        }
+        if max_requests > fixed_window::MAX_COUNT {
+            return Err(QuotaError::OutOfRange);
+        }
+        Ok(Quota {
+            interval: window,
+            burst: max_requests,
+            kind,
+        })
     }
 
     /// How far ahead of now the theoretical arrival time may run.
@@ -79,6 +153,15 @@ pub enum Decision {
 /// Most windows one bucket holds (an exchange publishes two or three).
 pub const MAX_WINDOWS: usize = 4;
 
+/// Requests the sliding windows of one bucket admit between them: the length of the log
+/// of admission times they share (8 bytes an entry, in every bucket, shared ones too).
+pub const MAX_SLIDING: u64 = 128;
+
+/// The `windows` word: the count in its low byte, each window's `Kind` in a byte above,
+/// so that a bucket of one GCRA window reads as 1 (the hot path's single comparison).
+const KIND_SHIFT: u64 = 8;
+const KIND_MASK: u64 = 0xff;
+
 /// The TAT one take left in each window (0 past the bucket's windows): the instant until
 /// which that take's tokens are owed, which bounds what its refund may give back.
 pub type Taken = [u64; MAX_WINDOWS];
@@ -91,13 +174,14 @@ const TAT_BITS: u64 = SLOT_BIT - 1;
 /// A window's rate: one of its two parameter slots.
 #[repr(C)]
 #[derive(Debug, Default)]
-struct Params {
-    /// Nanoseconds per token.
-    interval: AtomicU64,
-    /// How far ahead of now the TAT may run for a high-priority acquire (the whole burst).
-    tolerance: AtomicU64,
+pub(crate) struct Params {
+    /// Nanoseconds per token (a counted window: its length).
+    pub(crate) interval: AtomicU64,
+    /// How far ahead of now the TAT may run for a high-priority acquire (the whole burst;
+    /// a counted window: the requests it admits).
+    pub(crate) tolerance: AtomicU64,
     /// The same for a normal acquire: the burst less the priority reserve.
-    normal_tolerance: AtomicU64,
+    pub(crate) normal_tolerance: AtomicU64,
 }
 
 impl Params {
@@ -108,8 +192,16 @@ impl Params {
         self.tolerance.store(quota.tolerance(), Ordering::Relaxed);
     }
 
+    /// A counted window's length and limits (requests, not nanoseconds).
+    pub(crate) fn store_counted(&self, quota: Quota, reserve: u64) {
+        self.interval.store(quota.interval, Ordering::Relaxed);
+        let normal = quota.burst.saturating_sub(reserve);
+        self.normal_tolerance.store(normal, Ordering::Relaxed);
+        self.tolerance.store(quota.burst, Ordering::Relaxed);
+    }
+
     #[inline(always)]
-    fn tolerance(&self, high: bool) -> u64 {
+    pub(crate) fn tolerance(&self, high: bool) -> u64 {
         if high {
             self.tolerance.load(Ordering::Relaxed)
         } else {
@@ -130,9 +222,10 @@ impl Params {
 #[derive(Debug, Default)]
 pub struct Window {
     /// Theoretical arrival time (when this window will be full again, ns on the clock)
-    /// and the slot in force (`SLOT_BIT`).
-    word: AtomicU64,
-    slots: [Params; 2],
+    /// and the slot in force (`SLOT_BIT`). A `Fixed` or `Sliding` window keeps its own
+    /// word here instead (see their files), and its limits in `slots[0]`.
+    pub(crate) word: AtomicU64,
+    pub(crate) slots: [Params; 2],
 }
 
 impl Window {
@@ -142,9 +235,19 @@ impl Window {
     }
 
     /// Sets the rate of a window nobody reads yet (a new bucket, an added window): slot 0,
-    /// full.
-    fn init(&self, quota: Quota, reserve: u64) {
-        self.slots[0].store(quota, reserve);
+    /// full. A sliding window's log starts at `offset` of the bucket's log (cleared).
+    fn init(&self, quota: Quota, reserve: u64, log: &SlidingLog, offset: u64) {
+        match quota.kind {
+            Kind::Bucket => self.slots[0].store(quota, reserve),
+            Kind::Fixed => self.slots[0].store_counted(quota, reserve),
+            Kind::Sliding => {
+                self.slots[0].store_counted(quota, reserve);
+                self.slots[1].interval.store(offset, Ordering::Relaxed);
+                for entry in log.range(offset, quota.burst) {
+                    entry.store(0, Ordering::Relaxed);
+                }
+            }
+        }
         self.word.store(0, Ordering::Release);
     }
 
@@ -234,6 +337,7 @@ impl Window {
         Quota {
             interval,
             burst: params.tolerance.load(Ordering::Relaxed) / interval.max(1),
+            kind: Kind::Bucket,
         }
     }
 
@@ -297,6 +401,31 @@ pub struct BucketState {
     /// Tokens of every window kept for high-priority acquires.
     reserve: AtomicU64,
     _spare: [AtomicU64; 3],
+    /// When the sliding windows' last requests were admitted (each window its range).
+    log: SlidingLog,
+}
+
+/// The admission log of a bucket's sliding windows: `MAX_SLIDING` instants, each
+/// window's entries a contiguous range of it (see `sliding_window`).
+#[repr(C)]
+#[derive(Debug)]
+pub struct SlidingLog([AtomicU64; MAX_SLIDING as usize]);
+
+impl Default for SlidingLog {
+    fn default() -> Self {
+        SlidingLog(std::array::from_fn(|_| AtomicU64::new(0)))
+    }
+}
+
+impl SlidingLog {
+    /// The `len` entries from `offset` (clamped to the log: a corrupt offset in a shared
+    /// file reads a shorter range, never out of bounds).
+    #[inline(always)]
+    pub(crate) fn range(&self, offset: u64, len: u64) -> &[AtomicU64] {
+        let start = (offset as usize).min(self.0.len());
+        let end = start.saturating_add(len as usize).min(self.0.len());
+        &self.0[start..end]
+    }
 }
 
 /// Why a set of windows cannot be a bucket.
@@ -306,6 +435,8 @@ pub enum WindowsError {
     Count(usize),
     /// The priority reserve leaves normal acquires no token in the window at this index.
     ReserveTooLarge { window: usize, burst: u64 },
+    /// The sliding windows admit this many requests between them, more than `MAX_SLIDING`.
+    SlidingTooLarge(u64),
 }
 
 /// Checks a bucket's windows and its priority reserve.
@@ -321,7 +452,39 @@ pub fn check_windows(quotas: &[Quota], reserve: u64) -> Result<(), WindowsError>
             });
         }
     }
+    let sliding: u64 = quotas
+        .iter()
+        .filter(|q| q.kind == Kind::Sliding)
+        .map(|q| q.burst)
+        .sum();
+    if sliding > MAX_SLIDING {
+        return Err(WindowsError::SlidingTooLarge(sliding));
+    }
     Ok(())
+}
+
+/// The `windows` word of these quotas: their count and kinds.
+fn windows_word(quotas: &[Quota]) -> u64 {
+    quotas
+        .iter()
+        .enumerate()
+        .fold(quotas.len() as u64, |word, (i, q)| {
+            word | (q.kind as u64) << (KIND_SHIFT * (i as u64 + 1))
+        })
+}
+
+/// Where each sliding window's entries start in the log: after those of the sliding
+/// windows before it.
+fn log_offsets(quotas: &[Quota]) -> [u64; MAX_WINDOWS] {
+    let mut offsets = [0; MAX_WINDOWS];
+    let mut next = 0;
+    for (i, q) in quotas.iter().enumerate().take(MAX_WINDOWS) {
+        offsets[i] = next;
+        if q.kind == Kind::Sliding {
+            next += q.burst;
+        }
+    }
+    offsets
 }
 
 impl BucketState {
@@ -334,10 +497,13 @@ impl BucketState {
     pub fn with_windows(quotas: &[Quota], reserve: u64) -> Self {
         let state = BucketState::default();
         state.reserve.store(reserve, Ordering::Relaxed);
+        let offsets = log_offsets(quotas);
         for (i, quota) in quotas.iter().enumerate() {
-            state.window(i).init(*quota, reserve);
+            state
+                .window(i)
+                .init(*quota, reserve, &state.log, offsets[i]);
         }
-        state.windows.store(quotas.len() as u64, Ordering::Release);
+        state.windows.store(windows_word(quotas), Ordering::Release);
         state
     }
 
@@ -363,8 +529,24 @@ impl BucketState {
 
     #[inline(always)]
     fn count(&self) -> usize {
-        (self.windows.load(Ordering::Acquire) as usize).clamp(1, MAX_WINDOWS)
+        count_of(self.windows.load(Ordering::Acquire))
     }
+
+    /// The kind of window `i`.
+    #[inline(always)]
+    fn kind(&self, i: usize) -> Kind {
+        kind_of(self.windows.load(Ordering::Acquire), i)
+    }
+}
+
+#[inline(always)]
+fn count_of(word: u64) -> usize {
+    ((word & KIND_MASK) as usize).clamp(1, MAX_WINDOWS)
+}
+
+#[inline(always)]
+fn kind_of(word: u64, i: usize) -> Kind {
+    Kind::from_bits(word >> (KIND_SHIFT * (i as u64 + 1)))
 }
 
 /// The pure decision: from the current TAT, admit `cost` tokens at `now` or say how long
@@ -416,6 +598,11 @@ impl TokenBucket {
 
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The state this bucket reads, for another view of it (another clock, in tests).
+    pub fn state_place(&self) -> Place<BucketState> {
+        self.state.clone()
     }
 
     /// Takes `cost` tokens if the bucket holds them now; never waits.
@@ -478,21 +665,65 @@ impl TokenBucket {
     /// it would have fit (a conservative, transient error).
     #[inline(never)]
     fn take_all(&self, cost: u64, now: u64, high: bool) -> Result<Taken, Decision> {
-        let state = &*self.state;
-        let count = state.count();
+        let word = self.state.windows.load(Ordering::Acquire);
+        let count = count_of(word);
         let mut taken = [0u64; MAX_WINDOWS];
         for i in 0..count {
-            match state.window(i).take(cost, now, high) {
-                Ok(tat) => taken[i] = tat,
+            match self.take_one(i, kind_of(word, i), cost, now, high) {
+                Ok(own) => taken[i] = own,
                 Err(decision) => {
-                    for (j, own_tat) in taken.iter().enumerate().take(i) {
-                        state.window(j).give_back(cost, *own_tat, &self.clock);
+                    for (j, own) in taken.iter().enumerate().take(i) {
+                        self.give_back_one(j, kind_of(word, j), cost, *own);
                     }
                     return Err(self.worst(decision, i + 1, count, cost, now, high));
                 }
             }
         }
         Ok(taken)
+    }
+
+    /// Takes `cost` from window `i` as its kind counts; `Ok` holds what a refund of this
+    /// take needs (a GCRA window's TAT, a fixed window's interval, a sliding window's
+    /// entries).
+    #[inline(always)]
+    fn take_one(
+        &self,
+        i: usize,
+        kind: Kind,
+        cost: u64,
+        now: u64,
+        high: bool,
+    ) -> Result<u64, Decision> {
+        let state = &*self.state;
+        let window = state.window(i);
+        match kind {
+            Kind::Bucket => window.take(cost, now, high),
+            Kind::Fixed => fixed_window::take(window, cost, self.clock.wall(now), high),
+            Kind::Sliding => sliding_window::take(window, &state.log, cost, now, high),
+        }
+    }
+
+    /// What `take_one` would decide now, without taking anything.
+    fn peek_one(&self, i: usize, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
+        let state = &*self.state;
+        let window = state.window(i);
+        match state.kind(i) {
+            Kind::Bucket => window.peek(cost, now, high),
+            Kind::Fixed => fixed_window::peek(window, cost, self.clock.wall(now), high),
+            Kind::Sliding => sliding_window::peek(window, &state.log, cost, now, high),
+        }
+    }
+
+    /// Gives back at most `cost` of what one take of window `i` (which returned `own`)
+    /// still owes.
+    fn give_back_one(&self, i: usize, kind: Kind, cost: u64, own: u64) {
+        let state = &*self.state;
+        let window = state.window(i);
+        match kind {
+            Kind::Bucket => window.give_back(cost, own, &self.clock),
+            Kind::Fixed => fixed_window::give_back(window, cost, own),
+            Kind::Sliding => sliding_window::give_back(window, &state.log, cost, own),
+        }
     }
 
     /// The refusal to report: impossible if any window can never fit the cost, else the
@@ -508,7 +739,7 @@ impl TokenBucket {
     ) -> Decision {
         let mut worst = first;
         for i in from..count {
-            match (worst, self.state.window(i).peek(cost, now, high)) {
+            match (worst, self.peek_one(i, cost, now, high)) {
                 (Decision::Impossible, _) | (_, Ok(_)) => {}
                 (_, Err(Decision::Impossible)) => worst = Decision::Impossible,
                 (Decision::Rejected { wait: a }, Err(Decision::Rejected { wait: b })) => {
@@ -536,7 +767,7 @@ impl TokenBucket {
             .saturating_sub(now);
         let mut wait = 0;
         for i in 0..state.count() {
-            match state.window(i).peek(cost, now, high) {
+            match self.peek_one(i, cost, now, high) {
                 Ok(_) => {}
                 Err(Decision::Rejected { wait: w }) => wait = wait.max(w),
                 Err(_) => return None,
@@ -562,15 +793,27 @@ impl TokenBucket {
     fn window_tokens_at(&self, now: u64) -> Vec<f64> {
         let state = &*self.state;
         (0..state.count())
-            .map(|i| state.window(i).tokens_at(now))
+            .map(|i| {
+                let window = state.window(i);
+                match state.kind(i) {
+                    Kind::Bucket => window.tokens_at(now),
+                    Kind::Fixed => fixed_window::tokens_at(window, self.clock.wall(now)),
+                    Kind::Sliding => sliding_window::tokens_at(window, &state.log, now),
+                }
+            })
             .collect()
     }
 
     /// Refills the bucket to full at once (an operator's reset).
     pub fn refill(&self) {
         let state = &*self.state;
+        let count = state.count();
         for i in 0..MAX_WINDOWS {
-            state.window(i).update(|_, _| Some(0));
+            let window = state.window(i);
+            match state.kind(i) {
+                Kind::Sliding if i < count => sliding_window::refill(window, &state.log),
+                _ => window.update(|_, _| Some(0)),
+            }
         }
     }
 
@@ -580,37 +823,70 @@ impl TokenBucket {
     pub fn set_quota(&self, quota: Quota) {
         let state = &*self.state;
         let reserve = state.reserve.load(Ordering::Relaxed);
-        state.first.switch(quota, reserve, self.clock.now());
+        if quota.kind == Kind::Bucket && state.kind(0) == Kind::Bucket {
+            state.first.switch(quota, reserve, self.clock.now());
+        } else {
+            let mut quotas = self.quotas();
+            quotas[0] = quota;
+            self.set_windows(&quotas, reserve);
+        }
     }
 
     /// Replaces every window and the reserve (checked by `check_windows`). A window that
     /// stays at its index keeps its spent tokens (rescaled); a new window starts full.
+    ///
+    /// A fixed window of the same length keeps its count; a window that changes kind, a
+    /// fixed window that changes length and a sliding window that changes at all start
+    /// afresh (full).
     pub fn set_windows(&self, quotas: &[Quota], reserve: u64) {
         let state = &*self.state;
         let now = self.clock.now();
-        let old_count = state.count();
+        let old = self.quotas();
+        let offsets = log_offsets(quotas);
         state.reserve.store(reserve, Ordering::Relaxed);
         for (i, quota) in quotas.iter().enumerate() {
             let window = state.window(i);
-            if i < old_count {
-                window.switch(*quota, reserve, now);
-            } else {
-                window.init(*quota, reserve);
+            let before = old.get(i);
+            match (quota.kind, before) {
+                (Kind::Bucket, Some(b)) if b.kind == Kind::Bucket => {
+                    window.switch(*quota, reserve, now)
+                }
+                (Kind::Fixed, Some(b)) if b.kind == Kind::Fixed && b.interval == quota.interval => {
+                    window.slots[0].store_counted(*quota, reserve)
+                }
+                (Kind::Sliding, Some(b))
+                    if *b == *quota
+                        && window.slots[1].interval.load(Ordering::Relaxed) == offsets[i] =>
+                {
+                    window.slots[0].store_counted(*quota, reserve)
+                }
+                _ => window.init(*quota, reserve, &state.log, offsets[i]),
             }
         }
-        state.windows.store(quotas.len() as u64, Ordering::Release);
+        state.windows.store(windows_word(quotas), Ordering::Release);
     }
 
     /// The first window's quota.
     pub fn quota(&self) -> Quota {
-        self.state.first.quota()
+        self.quotas()[0]
     }
 
     /// Every window's quota, the first first.
     pub fn quotas(&self) -> Vec<Quota> {
         let state = &*self.state;
-        (0..state.count())
-            .map(|i| state.window(i).quota())
+        let word = state.windows.load(Ordering::Acquire);
+        (0..count_of(word))
+            .map(|i| {
+                let window = state.window(i);
+                match kind_of(word, i) {
+                    Kind::Bucket => window.quota(),
+                    kind => Quota {
+                        interval: window.slots[0].interval.load(Ordering::Relaxed),
+                        burst: window.slots[0].tolerance.load(Ordering::Relaxed),
+                        kind,
+                    },
+                }
+            })
             .collect()
     }
 
@@ -627,10 +903,13 @@ impl TokenBucket {
         let now = self.clock.now();
         for i in 0..state.count() {
             let window = state.window(i);
-            if more {
-                window.charge(cost, now);
-            } else {
-                window.refund(cost);
+            match (state.kind(i), more) {
+                (Kind::Bucket, true) => window.charge(cost, now),
+                (Kind::Bucket, false) => window.refund(cost),
+                (Kind::Fixed, true) => fixed_window::charge(window, cost, self.clock.wall(now)),
+                (Kind::Fixed, false) => fixed_window::refund(window, cost, self.clock.wall(now)),
+                (Kind::Sliding, true) => sliding_window::charge(window, &state.log, cost, now),
+                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost),
             }
         }
     }
@@ -640,8 +919,8 @@ impl TokenBucket {
     /// arriving after the window refilled and other calls took it gives nothing back.
     pub fn give_back(&self, cost: u64, taken: &Taken) {
         let state = &*self.state;
-        for (i, own_tat) in taken.iter().enumerate().take(state.count()) {
-            state.window(i).give_back(cost, *own_tat, &self.clock);
+        for (i, own) in taken.iter().enumerate().take(state.count()) {
+            self.give_back_one(i, state.kind(i), cost, *own);
         }
     }
 
@@ -649,8 +928,14 @@ impl TokenBucket {
     /// an exchange reports): `burst - used` remain, or a debt when `used` exceeds the burst.
     pub fn sync(&self, index: usize, used: u64) {
         let state = &*self.state;
-        let window = state.window(index.min(MAX_WINDOWS - 1));
-        window.sync(used, self.clock.now());
+        let index = index.min(MAX_WINDOWS - 1);
+        let window = state.window(index);
+        let now = self.clock.now();
+        match state.kind(index) {
+            Kind::Bucket => window.sync(used, now),
+            Kind::Fixed => fixed_window::sync(window, used, self.clock.wall(now)),
+            Kind::Sliding => sliding_window::sync(window, &state.log, used, now),
+        }
     }
 
     /// Refuses every acquire for `nanos` from now (never shortens a longer pause);
@@ -685,7 +970,7 @@ impl TokenBucket {
 }
 
 #[cfg(all(test, not(loom)))]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::clock::{ManualClock, NANOS_PER_SECOND};
     use proptest::prelude::*;
@@ -866,21 +1151,24 @@ mod tests {
     fn eight_threads_admit_exactly_the_burst_between_them() {
         let quota = Quota::per_window(1_000, 3600 * SECOND, 1_000).unwrap();
         let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
-        let admitted: usize = std::thread::scope(|scope| {
+        assert_eq!(admitted_by_eight_threads(&bucket, 10_000), 1_000);
+        assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+    }
+
+    /// What 8 threads admit between them, each trying `attempts` acquires of 1 at once.
+    pub(crate) fn admitted_by_eight_threads(bucket: &TokenBucket, attempts: usize) -> usize {
+        std::thread::scope(|scope| {
             let handles: Vec<_> = (0..8)
                 .map(|_| {
-                    let bucket = bucket.clone();
                     scope.spawn(move || {
-                        (0..10_000)
+                        (0..attempts)
                             .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
                             .count()
                     })
                 })
                 .collect();
             handles.into_iter().map(|h| h.join().unwrap()).sum()
-        });
-        assert_eq!(admitted, 1_000);
-        assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+        })
     }
 
     fn windows(specs: &[(u64, u64)], reserve: u64) -> (TokenBucket, ManualClock) {
@@ -1065,7 +1353,11 @@ mod tests {
         assert_eq!(std::mem::offset_of!(BucketState, windows), 56);
         assert_eq!(std::mem::offset_of!(BucketState, paused_until), 64);
         assert_eq!(std::mem::offset_of!(BucketState, rejected), 80);
-        assert_eq!(std::mem::size_of::<BucketState>(), 288);
+        assert_eq!(std::mem::offset_of!(BucketState, log), 288);
+        assert_eq!(
+            std::mem::size_of::<BucketState>(),
+            288 + 8 * MAX_SLIDING as usize
+        );
     }
 
     /// A plain token bucket counting tokens in units of 1/interval ns: the reference model.
@@ -1185,26 +1477,50 @@ mod tests {
 
 /// Every interleaving of the CAS loop (loom): `RUSTFLAGS="--cfg loom" cargo test --release --lib loom_`.
 #[cfg(all(test, loom))]
-mod loom_tests {
+pub(crate) mod loom_tests {
     use super::*;
     use crate::clock::ManualClock;
+
+    /// What `threads` threads admit between them, one acquire of 1 each.
+    pub(crate) fn admitted_by_threads(bucket: &TokenBucket, threads: usize) -> usize {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                let bucket = bucket.clone();
+                loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    /// A refund of `taken` (`cost`) racing a thread that tries two acquires of 1: what
+    /// that thread admitted.
+    pub(crate) fn admitted_beside_a_refund(bucket: &TokenBucket, cost: u64, taken: Taken) -> usize {
+        let refund = {
+            let bucket = bucket.clone();
+            loom::thread::spawn(move || bucket.give_back(cost, &taken))
+        };
+        let take = {
+            let bucket = bucket.clone();
+            loom::thread::spawn(move || {
+                (0..2)
+                    .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
+                    .count()
+            })
+        };
+        refund.join().unwrap();
+        take.join().unwrap()
+    }
 
     #[test]
     fn loom_three_threads_share_a_budget_of_two_exactly() {
         crate::sync::model("loom_three_threads_share_a_budget_of_two_exactly", || {
             let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
             let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
-            let handles: Vec<_> = (0..3)
-                .map(|_| {
-                    let bucket = bucket.clone();
-                    loom::thread::spawn(move || bucket.try_acquire(1) == Decision::Admitted)
-                })
-                .collect();
-            let admitted = handles
-                .into_iter()
-                .map(|h| h.join().unwrap())
-                .filter(|ok| *ok)
-                .count();
+            let admitted = admitted_by_threads(&bucket, 3);
             assert_eq!(admitted, 2);
             assert_eq!(bucket.allowed(), 2);
             assert_eq!(bucket.rejected(), 1);
@@ -1308,20 +1624,7 @@ mod loom_tests {
             let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
             let taken = bucket.reserve_at(2, 0, false).unwrap();
             clock.set(2_000_000_000).unwrap();
-            let refund = {
-                let bucket = bucket.clone();
-                loom::thread::spawn(move || bucket.give_back(2, &taken))
-            };
-            let take = {
-                let bucket = bucket.clone();
-                loom::thread::spawn(move || {
-                    (0..2)
-                        .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
-                        .count()
-                })
-            };
-            refund.join().unwrap();
-            let admitted = take.join().unwrap();
+            let admitted = admitted_beside_a_refund(&bucket, 2, taken);
             assert_eq!(admitted, 2);
             assert_eq!(
                 bucket.try_acquire(1),

@@ -32,6 +32,31 @@ impl Clock {
             Clock::Manual(manual) => manual.now(),
         }
     }
+
+    /// `now` (an instant on this clock) as nanoseconds since the Unix epoch, for windows
+    /// counted per calendar interval. A manual clock's reading is taken as epoch time; the
+    /// monotonic clock is offset by the wall clock once per process.
+    #[inline]
+    pub fn wall(&self, now: u64) -> u64 {
+        match self {
+            Clock::Monotonic => now.wrapping_add(epoch_offset()),
+            Clock::Manual(_) => now,
+        }
+    }
+}
+
+/// Epoch time less monotonic time, read once: calendar intervals then follow the
+/// monotonic clock (never jumping back with an NTP step), aligned as the wall clock was.
+fn epoch_offset() -> u64 {
+    use std::sync::OnceLock;
+    use std::time::{SystemTime, UNIX_EPOCH};
+    static OFFSET: OnceLock<u64> = OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        wall.wrapping_sub(monotonic_now())
+    })
 }
 
 /// `CLOCK_MONOTONIC` in nanoseconds: unaffected by wall-clock jumps, and the same for every
@@ -47,7 +72,45 @@ pub fn monotonic_now() -> u64 {
     // platforms we build for, and clock_gettime only writes through the pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
-    (ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64
+    ((ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64).wrapping_sub(namespace_offset())
+}
+
+/// How far this process's time namespace moves `CLOCK_MONOTONIC` from the host's, in
+/// nanoseconds (two's complement: it may be negative). A container started in a time
+/// namespace (`unshare --time`, CRIU restores) reads the host's monotonic clock plus this
+/// offset; subtracted, every process on the host reads the same instants again, which a
+/// bucket or breaker in a shared file needs: one ahead by an hour would see every bucket
+/// refilled and every open circuit due for a trial. A process's namespace is fixed once it
+/// runs (it can only join one for its children), so the offset is read once.
+#[cfg(all(unix, not(peak_portable)))]
+#[inline]
+fn namespace_offset() -> u64 {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .map_or(0, |text| parse_namespace_offset(&text))
+    })
+}
+
+/// The `monotonic` line of `/proc/self/timens_offsets` ("monotonic <seconds> <nanoseconds>",
+/// Linux 5.6 and later) in nanoseconds; 0 when absent or unreadable (no time namespaces).
+#[cfg(all(unix, not(peak_portable)))]
+fn parse_namespace_offset(text: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next()? != "monotonic" {
+                return None;
+            }
+            let seconds: i64 = fields.next()?.parse().ok()?;
+            let nanos: i64 = fields.next()?.parse().ok()?;
+            Some(
+                seconds
+                    .wrapping_mul(NANOS_PER_SECOND as i64)
+                    .wrapping_add(nanos) as u64,
+            )
+        })
+        .unwrap_or(0)
 }
 
 /// Nanoseconds of std's monotonic `Instant` (QueryPerformanceCounter on Windows) since the
@@ -131,6 +194,21 @@ pub fn duration_label(nanos: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[cfg(all(unix, not(peak_portable)))]
+    #[test]
+    fn a_time_namespace_offset_is_read_in_nanoseconds_and_may_be_negative() {
+        let ahead = "monotonic        3600         5\nboottime            0         0\n";
+        assert_eq!(parse_namespace_offset(ahead), 3_600 * NANOS_PER_SECOND + 5);
+        let behind = "boottime 0 0\nmonotonic -2 0\n";
+        let reading = 10 * NANOS_PER_SECOND;
+        assert_eq!(
+            reading.wrapping_sub(parse_namespace_offset(behind)),
+            12 * NANOS_PER_SECOND
+        );
+        assert_eq!(parse_namespace_offset(""), 0);
+        assert_eq!(parse_namespace_offset("monotonic x y\n"), 0);
+    }
 
     #[test]
     fn monotonic_clock_never_goes_backwards() {

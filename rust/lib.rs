@@ -9,6 +9,7 @@ pub mod bucket;
 pub mod bulkhead;
 pub mod clock;
 pub mod files;
+pub mod fixed_window;
 pub mod guard;
 pub mod place;
 pub mod remote;
@@ -23,6 +24,7 @@ pub mod shared;
 pub mod shared;
 #[cfg(all(unix, not(peak_portable)))]
 mod sigbus;
+pub mod sliding_window;
 pub mod stats;
 pub mod sync;
 

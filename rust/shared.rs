@@ -34,8 +34,8 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
 /// Bumped whenever the header or a state block changes shape (3: the breaker's failure-rate
 /// window, back-off, slow calls and manual states; 4: a bucket holds up to four windows, a
 /// pause and a priority reserve; 5: two parameter slots per window, switched with the TAT
-/// in one CAS).
-pub const LAYOUT_VERSION: u64 = 5;
+/// in one CAS; 6: window kinds in the windows word and the sliding windows' log).
+pub const LAYOUT_VERSION: u64 = 6;
 const HEADER_SIZE: usize = 64;
 const PARAMS: usize = 3;
 /// How many times an open retries when the file vanishes between `link` and `open`
@@ -114,7 +114,7 @@ impl Layout for BucketState {
     const PARAM_NAMES: [&'static str; PARAMS] = [
         "refill interval (ns per token)",
         "burst",
-        "other windows and priority reserve (fingerprint)",
+        "other windows and priority reserve (fingerprint, with the kinds of every window)",
     ];
 
     fn lost() -> Self {
@@ -765,15 +765,22 @@ fn bucket_params(quotas: &[Quota], reserve: u64) -> [u64; PARAMS] {
     // The header has three slots: the first window's rate and burst, and a fingerprint
     // (FNV-1a) of everything else every process must agree on. 0 for one window and no
     // reserve, as layout 1 wrote.
+    // The kinds of every window, the first's included, join the fingerprint only when
+    // one is not a token bucket, so that files of token buckets keep their fingerprint.
     let rest = &quotas[1..];
-    let fingerprint = if rest.is_empty() && reserve == 0 {
+    let kinds = quotas
+        .iter()
+        .enumerate()
+        .fold(0u64, |k, (i, q)| k | (q.kind as u64) << (8 * i));
+    let fingerprint = if rest.is_empty() && reserve == 0 && kinds == 0 {
         0
     } else {
         let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
         let words = rest
             .iter()
             .flat_map(|q| [q.interval, q.burst])
-            .chain([reserve, rest.len() as u64]);
+            .chain([reserve, rest.len() as u64])
+            .chain((kinds != 0).then_some(kinds));
         for word in words {
             for byte in word.to_le_bytes() {
                 hash = (hash ^ byte as u64).wrapping_mul(0x0100_0000_01b3);

@@ -6,6 +6,12 @@ pub use loom::sync::atomic::{AtomicU64, Ordering};
 #[cfg(not(loom))]
 pub use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Lets another thread run while this one waits for a short critical section.
+#[cfg(loom)]
+pub use loom::thread::yield_now;
+#[cfg(not(loom))]
+pub use std::thread::yield_now;
+
 /// `loom::model`, counting the interleavings it explores (one run of `body` each) and
 /// printing the count, for the README's reliability numbers
 /// (`scripts/test-loom` runs with `--nocapture`).

@@ -28,6 +28,16 @@ def test_each_key_has_a_budget_of_the_limiters_windows_of_its_own(clock: ManualC
     assert btc.get_stats()["windows"][1]["tokens_available"] < 1
 
 
+def test_a_keys_windows_are_counted_as_the_limiters_are(clock: ManualClock) -> None:
+    limiter = RateLimiter(limits=["3/1m fixed"], clock=clock)
+    budget = limiter.for_key("BTCUSDT")
+    assert budget.get_stats()["windows"][0]["window"] == limiter.get_stats()["windows"][0]["window"]
+    clock.advance(60 - clock.now() % 60 + 59)  # the last second of a calendar minute
+    assert sum(budget.acquire() for _ in range(5)) == 3
+    clock.advance(1)  # a new minute: the fixed window starts afresh (a bucket would not)
+    assert sum(budget.acquire() for _ in range(5)) == 3
+
+
 def test_a_key_unused_for_its_longest_window_is_forgotten_and_comes_back_full(
     clock: ManualClock,
 ) -> None:

@@ -17,7 +17,7 @@ import collections
 import math
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from peak_resilience import _instances
@@ -35,8 +35,7 @@ class RateLimiter(Protocol):
     def default_bucket(self) -> TokenBucket: ...
     def _now(self) -> float: ...
     def remove_endpoint(self, name: str) -> TokenBucket | None: ...
-
-    add_endpoint: Callable[..., None]
+    def _add_like_default(self, name: str) -> None: ...
 
 
 #: Keys a limiter keeps at most unless told otherwise.
@@ -95,16 +94,7 @@ class Keys:
                 self._forget(limiter, oldest)
                 self.evicted_busy += 1
                 self._warn(limiter)
-            bucket = limiter.default_bucket
-            (requests, seconds, burst), *others = bucket.windows
-            limiter.add_endpoint(
-                endpoint,
-                requests,
-                seconds,
-                burst=burst,
-                windows=others,
-                priority_reserve=bucket.priority_reserve,
-            )
+            limiter._add_like_default(endpoint)
             last_used[key] = now
         return endpoint
 

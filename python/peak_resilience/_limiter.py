@@ -48,7 +48,14 @@ from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
 from peak_resilience._observe import Observer, ReplyHeaders, reply_headers
 from peak_resilience._waiting_line import Attempt, line_for
-from peak_resilience._windows import Limit, parse_limits, window_index
+from peak_resilience._windows import (
+    Kind,
+    Limit,
+    Window,
+    native_kinds,
+    parse_limits,
+    window_index,
+)
 
 T = TypeVar("T")
 
@@ -105,18 +112,23 @@ def _several_windows(labels: list[str], tokens: list[float]) -> list[tuple[str, 
 
 def _rate_arguments(
     max_requests: int | None, window_seconds: float | None, limits: Sequence[Limit] | None
-) -> tuple[int, float, list[tuple[int, float]] | None]:
-    """The first window and the others, from the guide's pair and/or ``limits``."""
+) -> tuple[int, float, list[tuple[int, float]] | None, list[Kind] | None]:
+    """The first window, the others (as pairs) and every window's kind (None: all token
+    buckets), from the guide's pair and/or ``limits``."""
     windows = None if limits is None else parse_limits(limits)
     if max_requests is None and window_seconds is None:
         if not windows:
             raise TypeError(
                 "RateLimiter needs max_requests and window_seconds, or limits=['1200/60s', ...]"
             )
-        (max_requests, window_seconds), windows = windows[0], windows[1:]
+        all_windows = windows
+        (max_requests, window_seconds, _), windows = windows[0], windows[1:]
     elif max_requests is None or window_seconds is None:
         raise TypeError("RateLimiter needs both max_requests and window_seconds (or limits=)")
-    return max_requests, window_seconds, windows
+    else:
+        all_windows = [Window(max_requests, window_seconds), *(windows or [])]
+    pairs = None if windows is None else [(w.requests, w.seconds) for w in windows]
+    return max_requests, window_seconds, pairs, native_kinds([w.kind for w in all_windows])
 
 
 class RateLimiter(_NativeLimiter):
@@ -175,7 +187,7 @@ class RateLimiter(_NativeLimiter):
             on_backend_error=on_backend_error,
             clock=clock,
         )
-        first, length, windows = _rate_arguments(max_requests, window_seconds, limits)
+        first, length, windows, kinds = _rate_arguments(max_requests, window_seconds, limits)
         instance = super().__new__(
             cls,
             first,
@@ -184,6 +196,7 @@ class RateLimiter(_NativeLimiter):
             clock=clock,
             name=name,
             windows=windows,
+            kinds=kinds,
             priority_reserve=priority_reserve,
             **where.keywords(on_backend_error),
         )
@@ -294,29 +307,62 @@ class RateLimiter(_NativeLimiter):
             )
         return rows
 
-    def add_endpoint(
+    def add_endpoint(  # type: ignore[override]
         self,
         name: str,
-        max_requests: int,
-        window_seconds: float,
+        max_requests: int | None = None,
+        window_seconds: float | None = None,
         *,
         burst: int | None = None,
-        windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
+        windows: Sequence[Limit | tuple[int, float, int]] | None = None,
         priority_reserve: int | None = None,
     ) -> None:
-        """Gives endpoint ``name`` its own bucket of ``max_requests`` per
-        ``window_seconds`` (``windows``: more windows, all or nothing), standing on its own
-        beside the default one. Adding it again changes its rate in place."""
+        """Gives ``name`` its own bucket, standing on its own beside the default one;
+        adding it again changes its windows in place. ``windows`` are written as for
+        ``limits=`` (``["1200/1m fixed", "10/1s sliding"]``), after or instead of the
+        ``max_requests``/``window_seconds`` pair."""
+        if windows is not None and not any(isinstance(w, str) for w in windows):
+            # Pairs and (max_requests, window_seconds, burst) triples: token buckets, as
+            # the native method takes them.
+            tuples = cast("Sequence[tuple[int, float] | tuple[int, float, int]]", windows)
+            super().add_endpoint(
+                name,
+                max_requests,  # type: ignore[arg-type]  # the native method names a None
+                window_seconds,  # type: ignore[arg-type]
+                burst=burst,
+                windows=tuples,
+                priority_reserve=priority_reserve,
+            )
+        else:
+            first, length, more, kinds = _rate_arguments(
+                max_requests, window_seconds, cast("Sequence[Limit] | None", windows)
+            )
+            super().add_endpoint(
+                name,
+                first,
+                length,
+                burst=burst,
+                windows=more,
+                kinds=kinds,
+                priority_reserve=priority_reserve,
+            )
+        if self._observer is not None:
+            self._observer.forget()  # the headers to look for follow the windows
+
+    def _add_like_default(self, name: str) -> None:
+        """Gives endpoint ``name`` a bucket of the default bucket's windows, counted
+        the same ways (a key's budget)."""
+        bucket = self.default_bucket
+        (requests, seconds, burst), *others = bucket.windows
         super().add_endpoint(
             name,
-            max_requests,
-            window_seconds,
+            requests,
+            seconds,
             burst=burst,
-            windows=windows,
-            priority_reserve=priority_reserve,
+            windows=others,
+            kinds=bucket.window_kinds,
+            priority_reserve=bucket.priority_reserve,
         )
-        if self._observer is not None:
-            self._observer.forget()
 
     # --- issue 13: budgets fed by the exchange's replies ---------------------------------
 

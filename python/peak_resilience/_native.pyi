@@ -96,6 +96,8 @@ class TokenBucket:
     def windows(self) -> list[tuple[int, float, int]]: ...
     @property
     def window_labels(self) -> list[str]: ...
+    @property
+    def window_kinds(self) -> list[str]: ...
     def window_tokens(self) -> list[float]: ...
     @property
     def priority_reserve(self) -> int: ...
@@ -106,6 +108,7 @@ class TokenBucket:
         burst: int | None = None,
         *,
         windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
+        kinds: Sequence[str] | None = None,
         priority_reserve: int | None = None,
     ) -> None: ...
     def sync(self, used: int, window: int = 0) -> None: ...
@@ -138,6 +141,7 @@ class RateLimiter:
         name: str | None = None,
         shared_dir: str | os.PathLike[str] | None = None,
         windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
+        kinds: Sequence[str] | None = None,
         priority_reserve: int | None = None,
         store: Any = None,
         on_backend_error: str | None = None,
@@ -159,6 +163,7 @@ class RateLimiter:
         *,
         burst: int | None = None,
         windows: Sequence[tuple[int, float] | tuple[int, float, int]] | None = None,
+        kinds: Sequence[str] | None = None,
         priority_reserve: int | None = None,
     ) -> None: ...
     def remove_endpoint(self, name: str) -> TokenBucket | None: ...

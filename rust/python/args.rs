@@ -8,7 +8,9 @@ use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyFloat, PyInt, PyString, PyTuple};
 
-use crate::bucket::{check_windows, Quota, QuotaError, WindowsError, MAX_WINDOWS};
+use crate::bucket::{
+    check_windows, Kind, Quota, QuotaError, WindowsError, MAX_SLIDING, MAX_WINDOWS,
+};
 use crate::clock::{duration_label, seconds_to_nanos, Clock};
 use crate::remote::OnBackendError;
 
@@ -211,10 +213,25 @@ pub fn name_or(
     }
 }
 
+/// A window's kind by name: "bucket" (GCRA), "fixed" or "sliding".
+pub fn kind_from(value: &Bound<'_, PyAny>) -> PyResult<Kind> {
+    value
+        .cast::<PyString>()
+        .ok()
+        .and_then(|s| s.to_str().ok().and_then(Kind::parse))
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "a window's kind must be 'bucket', 'fixed' or 'sliding', got {}",
+                value.repr().map(|r| r.to_string()).unwrap_or_default()
+            ))
+        })
+}
+
 pub fn quota_from(
     max_requests: &Bound<'_, PyAny>,
     window_seconds: &Bound<'_, PyAny>,
     burst: Option<&Bound<'_, PyAny>>,
+    kind: Kind,
 ) -> PyResult<Quota> {
     let max = positive_int(max_requests, "max_requests")?;
     let window = seconds(window_seconds, "window_seconds", false)?;
@@ -222,6 +239,26 @@ pub fn quota_from(
         Some(b) => positive_int(b, "burst")?,
         None => max,
     };
+    if kind != Kind::Bucket {
+        if burst != max {
+            return Err(PyValueError::new_err(format!(
+                "a {} window admits max_requests={max} per window and has no burst of its \
+                 own: burst={burst} applies to token-bucket windows only",
+                kind.name()
+            )));
+        }
+        return Quota::counted(kind, max, window).map_err(|err| match err {
+            QuotaError::SlidingTooLarge => PyValueError::new_err(format!(
+                "a sliding window admits at most {MAX_SLIDING} requests (it logs each one), \
+                 got {max} per {}: use a fixed window or a token bucket for larger budgets",
+                duration_label(window)
+            )),
+            _ => PyValueError::new_err(format!(
+                "max_requests={max} is out of range for a {} window",
+                kind.name()
+            )),
+        });
+    }
     Quota::per_window(max, window, burst).map_err(|err| match err {
         QuotaError::OutOfRange => PyValueError::new_err(format!(
             "max_requests={max} per window_seconds={} with burst={burst} is out of range: \
@@ -244,17 +281,36 @@ pub struct Windows {
     pub reserve: u64,
 }
 
+/// Each window's kind from `kinds` (a sequence of "bucket" | "fixed" | "sliding", the
+/// first window's first), or every window a token bucket when None.
+fn kinds_from(kinds: Option<&Bound<'_, PyAny>>) -> PyResult<Vec<Kind>> {
+    let Some(kinds) = given(kinds) else {
+        return Ok(Vec::new());
+    };
+    if kinds.is_instance_of::<PyString>() {
+        return Err(PyTypeError::new_err(format!(
+            "kinds must be a list of window kinds like ['fixed'], got {}",
+            kinds.repr()?
+        )));
+    }
+    kinds.try_iter()?.map(|k| kind_from(&k?)).collect()
+}
+
 /// The first window from `max_requests`/`window_seconds`/`burst`, the others from
 /// `windows` (a sequence of `(max_requests, window_seconds)` or
-/// `(max_requests, window_seconds, burst)`), and the priority reserve.
+/// `(max_requests, window_seconds, burst)`), how each counts from `kinds` (one per
+/// window; None: every one a token bucket), and the priority reserve.
 pub fn windows_from(
     max_requests: &Bound<'_, PyAny>,
     window_seconds: &Bound<'_, PyAny>,
     burst: Option<&Bound<'_, PyAny>>,
     more: Option<&Bound<'_, PyAny>>,
+    kinds: Option<&Bound<'_, PyAny>>,
     reserve: Option<&Bound<'_, PyAny>>,
 ) -> PyResult<Windows> {
-    let mut quotas = vec![quota_from(max_requests, window_seconds, burst)?];
+    let kinds = kinds_from(kinds)?;
+    let kind = |i: usize| kinds.get(i).copied().unwrap_or_default();
+    let mut quotas = vec![quota_from(max_requests, window_seconds, burst, kind(0))?];
     let mut limits = vec![(
         positive_int(max_requests, "max_requests")?,
         seconds(window_seconds, "window_seconds", false)?,
@@ -281,12 +337,20 @@ pub fn windows_from(
                 &parts.get_item(0)?,
                 &parts.get_item(1)?,
                 burst.as_ref(),
+                kind(quotas.len()),
             )?);
             limits.push((
                 positive_int(&parts.get_item(0)?, "max_requests")?,
                 seconds(&parts.get_item(1)?, "window_seconds", false)?,
             ));
         }
+    }
+    if !kinds.is_empty() && kinds.len() != quotas.len() {
+        return Err(PyValueError::new_err(format!(
+            "kinds names {} window kind(s) for {} window(s): give one per window",
+            kinds.len(),
+            quotas.len()
+        )));
     }
     let reserve = match given(reserve) {
         None => 0,
@@ -311,6 +375,10 @@ pub fn checked_windows(
             "priority_reserve={reserve} leaves normal calls no token in window {} \
              (burst {burst}): it must be smaller than every window's burst",
             duration_label(limits[window].1)
+        )),
+        WindowsError::SlidingTooLarge(total) => PyValueError::new_err(format!(
+            "the sliding windows of one budget admit at most {MAX_SLIDING} requests between \
+             them (each one is logged), got {total}"
         )),
     })?;
     Ok(Windows {

@@ -20,7 +20,9 @@ use crate::shared::{self, Region};
 use super::args::{
     clock_from, given, name_or, number, on_backend_error, path_or_none, positive_int, seconds,
 };
-use super::errors::{circuit_open, lost_error, shared_error, shared_file_problem};
+use super::errors::{
+    circuit_open, lost_error, report_unraisable, shared_error, shared_file_problem,
+};
 use super::store::Store;
 
 static BREAKER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
@@ -211,7 +213,7 @@ impl PyCircuitBreaker {
         };
         if let Some(listener) = listener {
             if let Err(err) = listener.call1(py, (self.name.clone_ref(py), t.from, t.to)) {
-                err.write_unraisable(py, Some(listener.bind(py)));
+                report_unraisable(py, err, listener.bind(py));
             }
         }
     }
@@ -305,7 +307,7 @@ impl PyCircuitBreaker {
                 Ok(true) => Verdict::Failure,
                 Ok(false) => Verdict::Success,
                 Err(err) => {
-                    err.write_unraisable(py, Some(predicate.bind(py)));
+                    report_unraisable(py, err, predicate.bind(py));
                     Verdict::Success
                 }
             },

@@ -20,7 +20,7 @@ use crate::stats;
 use super::args::{cost_of, is_high, seconds};
 use super::bulkhead::PyBulkhead;
 use super::circuit_breaker::{ticket_from, PyCircuitBreaker};
-use super::errors::rate_limited;
+use super::errors::{rate_limited, report_unraisable};
 use super::operation_stats::PyOperationStats;
 use super::rate_limiter::PyRateLimiter;
 use super::recording::rejection_log_on;
@@ -261,7 +261,7 @@ impl Guard {
         }
         if let Some(hook) = &self.on_reject {
             if let Err(err) = hook.call1(py, (rejection.value(py),)) {
-                err.write_unraisable(py, Some(hook.bind(py)));
+                report_unraisable(py, err, hook.bind(py));
             }
         }
     }

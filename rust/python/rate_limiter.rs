@@ -96,7 +96,7 @@ fn place(
 impl PyRateLimiter {
     #[new]
     #[pyo3(signature = (max_requests, window_seconds, *, burst=None, clock=None, name=None, shared_dir=None,
-                        windows=None, priority_reserve=None, store=None, on_backend_error=None))]
+                        windows=None, kinds=None, priority_reserve=None, store=None, on_backend_error=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -107,6 +107,7 @@ impl PyRateLimiter {
         name: Option<&Bound<'_, PyAny>>,
         shared_dir: Option<&Bound<'_, PyAny>>,
         windows: Option<&Bound<'_, PyAny>>,
+        kinds: Option<&Bound<'_, PyAny>>,
         priority_reserve: Option<&Bound<'_, PyAny>>,
         store: Option<&Bound<'_, PyAny>>,
         on_backend_error: Option<&Bound<'_, PyAny>>,
@@ -117,6 +118,7 @@ impl PyRateLimiter {
             window_seconds,
             burst,
             windows,
+            kinds,
             priority_reserve,
         )?;
         let shared_dir = path_or_none(
@@ -204,7 +206,7 @@ impl PyRateLimiter {
 
     /// Gives `name` its own bucket of `max_requests` per `window_seconds`, standing on its
     /// own beside the default one. Adding it again changes its rate in place.
-    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None, windows=None, priority_reserve=None))]
+    #[pyo3(signature = (name, max_requests, window_seconds, *, burst=None, windows=None, kinds=None, priority_reserve=None))]
     #[allow(clippy::too_many_arguments)]
     fn add_endpoint(
         &self,
@@ -214,6 +216,7 @@ impl PyRateLimiter {
         window_seconds: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
         windows: Option<&Bound<'_, PyAny>>,
+        kinds: Option<&Bound<'_, PyAny>>,
         priority_reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let name = label(name, "endpoint name")?;
@@ -233,6 +236,7 @@ impl PyRateLimiter {
                 window_seconds,
                 burst,
                 windows,
+                kinds,
                 priority_reserve,
             );
         }
@@ -241,6 +245,7 @@ impl PyRateLimiter {
             window_seconds,
             burst,
             windows,
+            kinds,
             priority_reserve,
         )?;
         let (file, remote) = self.place_of(py, Some(name.to_str()?))?;

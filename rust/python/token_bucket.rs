@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::bucket::{BucketState, Decision, Taken, TokenBucket, MAX_WINDOWS};
+use crate::bucket::{BucketState, Decision, Kind, Taken, TokenBucket, MAX_WINDOWS};
 use crate::clock::{duration_label, nanos_to_seconds, Clock};
 use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
@@ -333,7 +333,7 @@ impl PyTokenBucket {
         clock: Option<&Bound<'_, PyAny>>,
         shared: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
-        let windows = windows_from(max_requests, window_seconds, burst, None, None)?;
+        let windows = windows_from(max_requests, window_seconds, burst, None, None, None)?;
         let shared = path_or_none(shared, "shared", "the path of the bucket's shared file")?;
         PyTokenBucket::build(py, &windows, clock_from(clock)?, shared.as_deref(), None)
     }
@@ -458,7 +458,7 @@ impl PyTokenBucket {
         window_seconds: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
-        let quota = quota_from(max_requests, window_seconds, burst)?;
+        let quota = quota_from(max_requests, window_seconds, burst, self.core.quota().kind)?;
         let first = (
             positive_int(max_requests, "max_requests")?,
             seconds(window_seconds, "window_seconds", false)?,
@@ -497,13 +497,24 @@ impl PyTokenBucket {
             .collect()
     }
 
-    /// Each window's name ("60s"), the first first: the `window` label of the metrics.
+    /// Each window's name ("60s", "60s fixed", "1s sliding"), the first first: the
+    /// `window` label of the metrics.
     #[getter]
     fn window_labels(&self) -> Vec<String> {
         self.limits()
             .iter()
-            .map(|(_, w)| duration_label(*w))
+            .zip(self.core.quotas())
+            .map(|((_, w), quota)| match quota.kind {
+                Kind::Bucket => duration_label(*w),
+                kind => format!("{} {}", duration_label(*w), kind.name()),
+            })
             .collect()
+    }
+
+    /// How each window counts ("bucket", "fixed" or "sliding"), the first first.
+    #[getter]
+    fn window_kinds(&self) -> Vec<&'static str> {
+        self.core.quotas().iter().map(|q| q.kind.name()).collect()
     }
 
     /// Tokens available now in each window (the reserve included), the first first.
@@ -519,7 +530,8 @@ impl PyTokenBucket {
 
     /// Replaces every window and the priority reserve in place. Windows that stay keep
     /// their spent tokens (rescaled); added windows start full.
-    #[pyo3(signature = (max_requests, window_seconds, burst=None, *, windows=None, priority_reserve=None))]
+    #[pyo3(signature = (max_requests, window_seconds, burst=None, *, windows=None, kinds=None, priority_reserve=None))]
+    #[allow(clippy::too_many_arguments)]
     pub fn set_windows(
         &self,
         py: Python<'_>,
@@ -527,6 +539,7 @@ impl PyTokenBucket {
         window_seconds: &Bound<'_, PyAny>,
         burst: Option<&Bound<'_, PyAny>>,
         windows: Option<&Bound<'_, PyAny>>,
+        kinds: Option<&Bound<'_, PyAny>>,
         priority_reserve: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<()> {
         let w = windows_from(
@@ -534,6 +547,7 @@ impl PyTokenBucket {
             window_seconds,
             burst,
             windows,
+            kinds,
             priority_reserve,
         )?;
         self.set_windows_checked(py, w)

@@ -13,7 +13,7 @@ from typing import Any
 
 from peak_resilience._config.schema import Settings
 from peak_resilience._native import TokenBucket
-from peak_resilience._windows import parse_limits
+from peak_resilience._windows import Kind, Limit, native_kinds, parse_limits
 
 __all__ = [
     "BreakerParameters",
@@ -27,15 +27,26 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Window:
-    """One window of a rate budget: ``requests`` per ``seconds``, ``burst`` tokens full."""
+    """One window of a rate budget: ``requests`` per ``seconds``, ``burst`` tokens full,
+    counted as ``kind`` says ("bucket", "fixed" or "sliding")."""
 
     requests: int
     seconds: float
     burst: int
+    kind: Kind = "bucket"
 
     def __str__(self) -> str:
         shown = f"{self.requests}/{self.seconds:g}s"
+        if self.kind != "bucket":
+            return f"{shown} {self.kind}"
         return shown if self.burst == self.requests else f"{shown} (burst {self.burst})"
+
+    @property
+    def limit(self) -> Limit:
+        """The window as ``limits=`` takes it: a pair for a token bucket, else its text."""
+        if self.kind == "bucket":
+            return (self.requests, self.seconds)
+        return f"{self.requests}/{self.seconds!r}s {self.kind}"
 
 
 @dataclass(frozen=True)
@@ -83,6 +94,16 @@ class LimiterParameters:
         return [(w.requests, w.seconds) for w in self.windows[1:]]
 
     @property
+    def limits(self) -> list[Limit]:
+        """Every window as ``RateLimiter(limits=...)`` takes it, kinds included."""
+        return [w.limit for w in self.windows]
+
+    @property
+    def kinds(self) -> list[str]:
+        """How each window counts, as ``TokenBucket.window_kinds`` reports it."""
+        return [w.kind for w in self.windows]
+
+    @property
     def native_windows(self) -> list[tuple[int, float, int]]:
         """The windows as a native bucket reports them (``TokenBucket.windows``)."""
         return [(w.requests, w.seconds, w.burst) for w in self.windows]
@@ -95,6 +116,7 @@ class LimiterParameters:
             first.seconds,
             first.burst,
             windows=self.others,
+            kinds=native_kinds([w.kind for w in self.windows]),
             priority_reserve=self.reserve,
         )
 
@@ -130,7 +152,7 @@ def limiter_parameters(settings: Settings) -> LimiterParameters:
     (the loader clears them where a more specific layer set the pair instead), else
     ``rate_limit_requests`` per ``rate_limit_window`` with ``rate_limit_burst``."""
     if settings.rate_limits:
-        windows = tuple(Window(n, s, n) for n, s in parse_limits(settings.rate_limits))
+        windows = tuple(Window(n, s, n, kind) for n, s, kind in parse_limits(settings.rate_limits))
     else:
         pair = Window(settings.rate_limit_requests, settings.rate_limit_window, settings.burst)
         windows = (pair,)

@@ -94,11 +94,9 @@ def build_limiter(
     """A new limiter named ``name`` with ``module``'s settings."""
     wanted = limiter_parameters(settings)
     limiter = RateLimiter(
-        wanted.first.requests,
-        wanted.first.seconds,
         burst=wanted.first.burst,
         name=name,
-        limits=wanted.others,
+        limits=wanted.limits,
         priority_reserve=wanted.reserve,
         **_backend(wanted.placement, clock),
     )
@@ -111,7 +109,11 @@ def update_limiter(limiter: RateLimiter, settings: Settings) -> None:
     stay spent); ``rate_limit_enabled`` switches every bucket of the limiter."""
     bucket = limiter.default_bucket
     wanted = limiter_parameters(settings)
-    if bucket.windows != wanted.native_windows or bucket.priority_reserve != wanted.reserve:
+    if (
+        bucket.windows != wanted.native_windows
+        or bucket.window_kinds != wanted.kinds
+        or bucket.priority_reserve != wanted.reserve
+    ):
         wanted.set_on(bucket)
     for each in (bucket, *limiter.endpoint_buckets().values()):
         each.set_enabled(wanted.enabled)

@@ -23,6 +23,8 @@ __all__ = ["BUCKET", "RedisBucketStore", "RedisLimiterStore", "taken"]
 BUCKET = Script.load("bucket.lua")
 
 _NS_PER_US = 1000
+#: How bucket.lua names each kind of window.
+_KIND_CODES = {"fixed": b"f", "sliding": b"s"}
 _TAKE = b"take"
 _PEEK = b"peek"
 
@@ -58,18 +60,28 @@ class RedisBucketStore(RedisStore):
         #: acquire sends: packing costs more than the script runs on the server.
         self._take_one: tuple[Any, Any] | None = None
 
-    def configure(self, windows: list[tuple[int, int]], reserve: int) -> None:
-        """Encodes the native bucket's windows ((interval ns, burst) each) once."""
+    def configure(self, windows: list[tuple[int, int, str]], reserve: int) -> None:
+        """Encodes the native bucket's windows once: (interval ns, burst, "bucket") for a
+        token bucket, (length ns, requests, "fixed" | "sliding") for the others."""
         encoded: list[bytes] = []
         intervals: list[int] = []
-        for interval, burst in windows:
+        for interval, burst, kind in windows:
             interval_us = -(-interval // _NS_PER_US)  # up: never faster than the rate
+            if kind != "bucket":
+                if interval % _NS_PER_US:
+                    raise ValueError(
+                        f"a {kind} window of {interval} ns is not a whole number of "
+                        "microseconds, which backend='redis' counts in"
+                    )
+                encoded += [_KIND_CODES[kind], str(interval_us).encode(), str(burst).encode()]
+                intervals.append(1)  # 'peek' reports these windows' requests as they are
+                continue
             if interval < _NS_PER_US // 2:
                 raise ValueError(
                     f"a window of one request every {interval} ns is finer than "
                     "backend='redis' counts (one request per microsecond at most)"
                 )
-            encoded += [str(interval_us).encode(), str(interval_us * burst).encode()]
+            encoded += [b"b", str(interval_us).encode(), str(interval_us * burst).encode()]
             intervals.append(interval_us)
         self._windows = tuple(encoded)
         self._intervals = tuple(intervals)
