@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from peak_resilience import _instances
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import Reservation, TokenBucket
+from peak_resilience._windows import window_index
 
 
 class RateLimiter(Protocol):
@@ -34,6 +35,7 @@ class RateLimiter(Protocol):
     @property
     def default_bucket(self) -> TokenBucket: ...
     def remove_endpoint(self, name: str) -> TokenBucket | None: ...
+    def bucket_for(self, endpoint: str | None = None) -> TokenBucket: ...
     def _add_like_default(self, name: str) -> None: ...
 
 
@@ -87,23 +89,27 @@ class Keys:
     def __contains__(self, key: str) -> bool:
         return key in self._last_used
 
-    def touch(self, limiter: RateLimiter, key: str) -> None:
-        """Marks ``key`` used now, giving it a bucket first if it has none."""
+    def touch(self, limiter: RateLimiter, key: str) -> TokenBucket:
+        """Marks ``key`` used now, giving it a bucket first if it has none; its bucket
+        (read under the lock: one that another thread forgets at once is still this
+        key's, never the limiter's own)."""
         now = self._now()
         last_used = self._last_used
+        endpoint = KEY_PREFIX + key
         with self._lock:
             if key in last_used:
                 last_used.move_to_end(key)
                 last_used[key] = now
-                return
+                return limiter.bucket_for(endpoint)
             self._forget_idle(limiter, now)
             while len(last_used) >= self.max_keys:
                 oldest, _ = last_used.popitem(last=False)
                 self._forget(limiter, oldest)
                 self.evicted_busy += 1
                 self._warn(limiter)
-            limiter._add_like_default(KEY_PREFIX + key)
+            limiter._add_like_default(endpoint)
             last_used[key] = now
+            return limiter.bucket_for(endpoint)
 
     def idle_after(self, limiter: RateLimiter) -> float:
         """Seconds unused after which a key is forgotten (its longest window unless set)."""
@@ -163,20 +169,22 @@ class KeyBudget:
         self._keys.touch(self.limiter, self.key)
         return self.endpoint
 
+    @property
+    def bucket(self) -> TokenBucket:
+        """This key's bucket now (made again if it had been forgotten)."""
+        return self._keys.touch(self.limiter, self.key)
+
     def acquire(self, cost: int = 1, *, priority: str | None = None) -> bool:
         """Takes ``cost`` tokens of this key's budget now, or returns False (never waits)."""
-        return bool(self.limiter.acquire(self._used(), cost, priority=priority))
+        return self.bucket.acquire(cost, priority=priority)
 
     def get_wait_time(self, cost: int = 1, *, priority: str | None = None) -> float:
         """Seconds until ``cost`` tokens of this key's budget are available."""
-        return float(self.limiter.get_wait_time(self._used(), cost, priority=priority))
+        return self.bucket.wait_time(cost, priority=priority)
 
     def reserve(self, cost: int = 1, *, priority: str | None = None) -> Reservation | None:
         """``RateLimiter.reserve`` on this key's budget."""
-        reservation: Reservation | None = self.limiter.reserve(
-            cost, self._used(), priority=priority
-        )
-        return reservation
+        return self.bucket.reserve(cost, priority=priority)
 
     def acquire_blocking(
         self, *, cost: int = 1, timeout: float | None = None, priority: str | None = None
@@ -200,7 +208,10 @@ class KeyBudget:
 
     def sync(self, used: int, window: str | int | None = None) -> None:
         """``RateLimiter.sync`` on this key's budget."""
-        self.limiter.sync(used, window, endpoint=self._used())
+        bucket = self.bucket
+        bucket.sync(
+            used, window_index(bucket.window_labels, [w[1] for w in bucket.windows], window)
+        )
 
     def observe(self, status: int, headers: Mapping[str, Any]) -> None:
         """``RateLimiter.observe`` of a reply about this key's budget; a refusal pauses
