@@ -8,8 +8,9 @@ keeps the server's spelling).
 
 Ratios (for `benches/ratios.py`):
 - "observe": test_ours_observe_binance_reply <= 1 us (a bound, issue 13).
-- "observe": test_ours_observe_binance_reply_requests_headers / test_ours_acquire_for_scale
-  (for information).
+- "observe": test_ours_observe_binance_reply_in_the_servers_case and
+  test_ours_observe_binance_reply_requests_headers / test_ours_acquire_for_scale (for
+  information).
 """
 
 from __future__ import annotations

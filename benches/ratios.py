@@ -294,6 +294,14 @@ RATIOS = [
     ),
     Ratio(
         13,
+        "observe() of a Binance reply's headers (a dict in the server's case) vs an acquire",
+        "test_ours_observe_binance_reply_in_the_servers_case",
+        "test_ours_acquire_for_scale",
+        "info",
+        0.0,
+    ),
+    Ratio(
+        13,
         "observe() of a Binance reply's headers (requests' headers) vs an acquire",
         "test_ours_observe_binance_reply_requests_headers",
         "test_ours_acquire_for_scale",

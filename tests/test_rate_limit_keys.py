@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
+import threading
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -26,6 +28,16 @@ def test_each_key_has_a_budget_of_the_limiters_windows_of_its_own(clock: ManualC
     assert btc.acquire(cost=2)
     assert not btc.acquire()  # 5 a minute
     assert btc.get_stats()["windows"][1]["tokens_available"] < 1
+
+
+def test_a_keys_windows_are_counted_as_the_limiters_are(clock: ManualClock) -> None:
+    limiter = RateLimiter(limits=["3/1m fixed"], clock=clock)
+    budget = limiter.for_key("BTCUSDT")
+    assert budget.get_stats()["windows"][0]["window"] == limiter.get_stats()["windows"][0]["window"]
+    clock.advance(60 - clock.now() % 60 + 59)  # the last second of a calendar minute
+    assert sum(budget.acquire() for _ in range(5)) == 3
+    clock.advance(1)  # a new minute: the fixed window starts afresh (a bucket would not)
+    assert sum(budget.acquire() for _ in range(5)) == 3
 
 
 def test_a_key_unused_for_its_longest_window_is_forgotten_and_comes_back_full(
@@ -87,6 +99,56 @@ def test_a_key_forgotten_while_held_comes_back_when_used(clock: ManualClock) -> 
     assert "key:a" not in limiter.endpoint_buckets()
     assert held.acquire()  # a's own budget again (a full one), never the default bucket
     assert limiter.acquire()
+
+
+def in_threads(work: Callable[[int], None], threads: int = 8) -> None:
+    """``work(i)`` in ``threads`` threads at once, switching every microsecond (so that
+    they interleave between any two steps)."""
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        try:
+            work(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    started = [threading.Thread(target=run, args=(i,)) for i in range(threads)]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for thread in started:
+            thread.start()
+        for thread in started:
+            thread.join(10)
+    finally:
+        sys.setswitchinterval(interval)
+    assert not errors
+
+
+def test_eight_threads_on_one_key_take_exactly_its_budget(clock: ManualClock) -> None:
+    limiter = RateLimiter(limits=["100/1h"], clock=clock)
+    admitted = [0] * 8
+
+    def work(i: int) -> None:
+        for _ in range(50):
+            admitted[i] += limiter.for_key("shared-key").acquire()
+
+    in_threads(work)
+    assert sum(admitted) == 100
+
+
+def test_keys_forgotten_by_other_threads_never_draw_on_the_limiters_own_budget(
+    clock: ManualClock,
+) -> None:
+    limiter = RateLimiter(limits=["100/1h"], clock=clock, max_keys=4)
+
+    def work(i: int) -> None:
+        for n in range(300):  # 8 threads x 3 keys each through 4 places: constant eviction
+            limiter.for_key(f"churn-{i}-{n % 3}").acquire()
+
+    in_threads(work)
+    assert len(limiter.endpoint_buckets()) <= 4
+    assert limiter.default_bucket.allowed + limiter.default_bucket.rejected == 0
 
 
 def test_a_keys_budget_is_shared_by_every_process_of_the_limiters_name(

@@ -65,6 +65,12 @@ def test_header_names_are_matched_whatever_their_case(clock: ManualClock) -> Non
         assert tokens(limiter, "orders") == [2, 159_000], type(headers)
 
 
+def test_a_used_weight_sets_a_fixed_window_of_that_length_too(clock: ManualClock) -> None:
+    limiter = RateLimiter(limits=["6000/1m fixed", "50/10s sliding"], clock=clock)
+    limiter.observe(200, {"x-mbx-used-weight-1m": "5990", "x-mbx-order-count-10s": "49"})
+    assert tokens(limiter) == [10, 1]
+
+
 def test_a_dict_spelled_otherwise_is_read_on_every_reply(clock: ManualClock) -> None:
     limiter = binance_limiter(clock=clock)
     for used in (100, 5990, 2000):

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 from peak_resilience import _instances
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import Reservation, TokenBucket
+from peak_resilience._windows import window_index
 
 
 class RateLimiter(Protocol):
@@ -33,10 +34,9 @@ class RateLimiter(Protocol):
     def name(self) -> str: ...
     @property
     def default_bucket(self) -> TokenBucket: ...
-    def _now(self) -> float: ...
     def remove_endpoint(self, name: str) -> TokenBucket | None: ...
-
-    add_endpoint: Callable[..., None]
+    def bucket_for(self, endpoint: str | None = None) -> TokenBucket: ...
+    def _add_like_default(self, name: str) -> None: ...
 
 
 #: Keys a limiter keeps at most unless told otherwise.
@@ -65,9 +65,16 @@ def _checked_bounds(max_keys: object, idle_after: object) -> tuple[int, float | 
 class Keys:
     """The key budgets of one limiter, least recently used first."""
 
-    def __init__(self, max_keys: object = DEFAULT_MAX_KEYS, idle_after: object = None) -> None:
+    def __init__(
+        self,
+        max_keys: object = DEFAULT_MAX_KEYS,
+        idle_after: object = None,
+        now: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.max_keys, self._idle_after = _checked_bounds(max_keys, idle_after)
-        #: key -> when it was last used (the limiter's clock)
+        #: The limiter's clock (its ManualClock in tests).
+        self._now = now
+        #: key -> when it was last used
         self._last_used: collections.OrderedDict[str, float] = collections.OrderedDict()
         self._lock = threading.Lock()
         #: Keys forgotten while their budget was still in use (past ``max_keys``).
@@ -79,34 +86,30 @@ class Keys:
     def __len__(self) -> int:
         return len(self._last_used)
 
-    def endpoint(self, limiter: RateLimiter, key: str) -> str:
-        """The endpoint of ``key``'s bucket, made now if it has none; marks it used."""
-        endpoint = KEY_PREFIX + key
-        now = limiter._now()
+    def __contains__(self, key: str) -> bool:
+        return key in self._last_used
+
+    def touch(self, limiter: RateLimiter, key: str) -> TokenBucket:
+        """Marks ``key`` used now, giving it a bucket first if it has none; its bucket
+        (read under the lock: one that another thread forgets at once is still this
+        key's, never the limiter's own)."""
+        now = self._now()
         last_used = self._last_used
+        endpoint = KEY_PREFIX + key
         with self._lock:
             if key in last_used:
                 last_used.move_to_end(key)
                 last_used[key] = now
-                return endpoint
+                return limiter.bucket_for(endpoint)
             self._forget_idle(limiter, now)
             while len(last_used) >= self.max_keys:
                 oldest, _ = last_used.popitem(last=False)
                 self._forget(limiter, oldest)
                 self.evicted_busy += 1
                 self._warn(limiter)
-            bucket = limiter.default_bucket
-            (requests, seconds, burst), *others = bucket.windows
-            limiter.add_endpoint(
-                endpoint,
-                requests,
-                seconds,
-                burst=burst,
-                windows=others,
-                priority_reserve=bucket.priority_reserve,
-            )
+            limiter._add_like_default(endpoint)
             last_used[key] = now
-        return endpoint
+            return limiter.bucket_for(endpoint)
 
     def idle_after(self, limiter: RateLimiter) -> float:
         """Seconds unused after which a key is forgotten (its longest window unless set)."""
@@ -151,7 +154,7 @@ class KeyBudget:
     Every method is the limiter's of the same name for this key's bucket; each use marks
     the key used (and brings its bucket back if it had been forgotten meanwhile)."""
 
-    __slots__ = ("_keys", "key", "limiter")
+    __slots__ = ("_keys", "endpoint", "key", "limiter")
 
     def __init__(self, limiter: Any, keys: Keys, key: str) -> None:
         # Any: the limiter's class imports this module (its methods are the documented
@@ -159,26 +162,29 @@ class KeyBudget:
         self.limiter = limiter
         self._keys = keys
         self.key = key
+        #: The limiter's endpoint this key's bucket is (``"key:<key>"``).
+        self.endpoint = KEY_PREFIX + key
+
+    def _used(self) -> str:
+        self._keys.touch(self.limiter, self.key)
+        return self.endpoint
 
     @property
-    def endpoint(self) -> str:
-        """The limiter's endpoint this key's bucket is (``"key:<key>"``)."""
-        return self._keys.endpoint(self.limiter, self.key)
+    def bucket(self) -> TokenBucket:
+        """This key's bucket now (made again if it had been forgotten)."""
+        return self._keys.touch(self.limiter, self.key)
 
     def acquire(self, cost: int = 1, *, priority: str | None = None) -> bool:
         """Takes ``cost`` tokens of this key's budget now, or returns False (never waits)."""
-        return bool(self.limiter.acquire(self.endpoint, cost, priority=priority))
+        return self.bucket.acquire(cost, priority=priority)
 
     def get_wait_time(self, cost: int = 1, *, priority: str | None = None) -> float:
         """Seconds until ``cost`` tokens of this key's budget are available."""
-        return float(self.limiter.get_wait_time(self.endpoint, cost, priority=priority))
+        return self.bucket.wait_time(cost, priority=priority)
 
     def reserve(self, cost: int = 1, *, priority: str | None = None) -> Reservation | None:
         """``RateLimiter.reserve`` on this key's budget."""
-        reservation: Reservation | None = self.limiter.reserve(
-            cost, self.endpoint, priority=priority
-        )
-        return reservation
+        return self.bucket.reserve(cost, priority=priority)
 
     def acquire_blocking(
         self, *, cost: int = 1, timeout: float | None = None, priority: str | None = None
@@ -186,7 +192,7 @@ class KeyBudget:
         """``RateLimiter.acquire_blocking`` on this key's budget."""
         return bool(
             self.limiter.acquire_blocking(
-                self.endpoint, cost=cost, timeout=timeout, priority=priority
+                self._used(), cost=cost, timeout=timeout, priority=priority
             )
         )
 
@@ -196,22 +202,25 @@ class KeyBudget:
         """``RateLimiter.acquire_async`` on this key's budget."""
         return bool(
             await self.limiter.acquire_async(
-                self.endpoint, cost=cost, timeout=timeout, priority=priority
+                self._used(), cost=cost, timeout=timeout, priority=priority
             )
         )
 
     def sync(self, used: int, window: str | int | None = None) -> None:
         """``RateLimiter.sync`` on this key's budget."""
-        self.limiter.sync(used, window, endpoint=self.endpoint)
+        bucket = self.bucket
+        bucket.sync(
+            used, window_index(bucket.window_labels, [w[1] for w in bucket.windows], window)
+        )
 
     def observe(self, status: int, headers: Mapping[str, Any]) -> None:
         """``RateLimiter.observe`` of a reply about this key's budget; a refusal pauses
         this key only."""
-        self.limiter._observe_reply(status, headers, self.endpoint, True)
+        self.limiter._observe_reply(status, headers, self._used(), True)
 
     def get_stats(self) -> dict[str, Any]:
         """``RateLimiter.get_stats`` of this key's budget."""
-        stats: dict[str, Any] = self.limiter.get_stats(self.endpoint)
+        stats: dict[str, Any] = self.limiter.get_stats(self._used())
         return stats
 
     def __repr__(self) -> str:

@@ -234,7 +234,7 @@ class RateLimiter(_NativeLimiter):
         # re-creates: its series may simply go with it.
         self._keeps_counts = name is not None
         self._observer: Observer | None = None
-        self._keys = Keys(max_keys, key_idle_after)
+        self._keys = Keys(max_keys, key_idle_after, time.monotonic if clock is None else clock.now)
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -350,7 +350,22 @@ class RateLimiter(_NativeLimiter):
                 priority_reserve=priority_reserve,
             )
         if self._observer is not None:
-            self._observer.forget()
+            self._observer.forget()  # the headers to look for follow the windows
+
+    def _add_like_default(self, name: str) -> None:
+        """Gives endpoint ``name`` a bucket of the default bucket's windows, counted
+        the same ways (a key's budget)."""
+        bucket = self.default_bucket
+        (requests, seconds, burst), *others = bucket.windows
+        super().add_endpoint(
+            name,
+            requests,
+            seconds,
+            burst=burst,
+            windows=others,
+            kinds=bucket.window_kinds,
+            priority_reserve=bucket.priority_reserve,
+        )
 
     # --- issue 13: budgets fed by the exchange's replies ---------------------------------
 
@@ -395,7 +410,9 @@ class RateLimiter(_NativeLimiter):
         """The budget of ``key`` (a symbol, an account, an IP): a bucket with this
         limiter's windows, made on first use, on this limiter's backend. At most
         ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
-        return KeyBudget(self, self._keys, label_value(key, "key"))
+        keys = self._keys
+        known = isinstance(key, str) and key in keys  # a known key was checked already
+        return KeyBudget(self, keys, key if known else label_value(key, "key"))
 
     def remove_endpoint(self, name: str) -> TokenBucket | None:
         """Drops the bucket of endpoint ``name`` and returns it (None if there was none):
