@@ -28,6 +28,7 @@ from peak_resilience._events import (
 )
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
+from peak_resilience._logging import log_refusal
 from peak_resilience._metrics.recorder import metrics
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock
@@ -64,10 +65,6 @@ def _own_transitions(
         _on_transition(name, from_code, to_code, None if alive is None else alive._listeners)
 
     return on_transition
-
-
-def _log_rejection(refusal: BaseException) -> None:
-    logger.debug("call refused: %s", refusal)
 
 
 class CircuitBreaker(_NativeBreaker):
@@ -233,7 +230,7 @@ class CircuitBreaker(_NativeBreaker):
             self.set_listener(_on_transition)
 
     def _refused(self, refusal: BaseException) -> None:
-        _log_rejection(refusal)
+        log_refusal(logger, self.name, "call refused: %s", refusal)
         announce_refusal(refusal, self._listeners)
 
     @property

@@ -183,6 +183,8 @@ def refusal_event(refusal: BaseException) -> CallRefused | None:
 def announce_refusal(refusal: BaseException, own: Listeners | None) -> None:
     """Tells ``own`` listeners (those of the breaker or limiter that refused) and the
     process-wide ones of a refused call; called by the guards' ``on_reject``."""
+    if not _logging.refusals_wanted():  # no listener anywhere: the common case, cheaply
+        return
     if not (own or everyone):
         return
     event = refusal_event(refusal)
