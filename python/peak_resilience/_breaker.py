@@ -19,6 +19,7 @@ from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
 from peak_resilience._circuit import CircuitState, WindowType
 from peak_resilience._events import (
+    NO_LISTENERS,
     BreakerTransition,
     Listener,
     Listeners,
@@ -112,7 +113,12 @@ class CircuitBreaker(_NativeBreaker):
       ``would_reject_total`` counts the calls it would have refused.
     """
 
-    backend: choice.Backend = "memory"
+    # No instance dict, and no listeners until one is added: a process may hold 100,000
+    # breakers (one per symbol), each a few hundred bytes (issue 19).
+    __slots__ = ("_keeps_counts", "_listeners", "backend")
+
+    backend: choice.Backend
+    _listeners: Listeners
 
     def __new__(
         cls,
@@ -199,7 +205,7 @@ class CircuitBreaker(_NativeBreaker):
         # The native constructor has validated and stored everything, and put the state
         # where the backend says (a shared file mapped, a Redis store attached).
         self.backend = backend
-        self._listeners = Listeners()
+        self._listeners = NO_LISTENERS
         self.set_listener(_on_transition)
         watch_outages(self, "breaker")
         _instances.breakers.add(self)
@@ -220,6 +226,8 @@ class CircuitBreaker(_NativeBreaker):
         ``call`` or ``with_resilience``) and its Redis' ``BackendOutage``. A listener
         that raises is logged and skipped, never reaching the call."""
         if not self._listeners:
+            if self._listeners is NO_LISTENERS:
+                self._listeners = Listeners()
             self.set_listener(_own_transitions(weakref.ref(self)))
         self._listeners.add(listener)
 
