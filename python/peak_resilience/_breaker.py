@@ -115,9 +115,8 @@ class CircuitBreaker(_NativeBreaker):
 
     # No instance dict, and no listeners until one is added: a process may hold 100,000
     # breakers (one per symbol), each a few hundred bytes (issue 19).
-    __slots__ = ("_keeps_counts", "_listeners", "backend")
+    __slots__ = ("_keeps_counts", "_listeners")
 
-    backend: choice.Backend
     _listeners: Listeners
 
     def __new__(
@@ -204,7 +203,6 @@ class CircuitBreaker(_NativeBreaker):
     ) -> None:
         # The native constructor has validated and stored everything, and put the state
         # where the backend says (a shared file mapped, a Redis store attached).
-        self.backend = backend
         self._listeners = NO_LISTENERS
         self.set_listener(_on_transition)
         watch_outages(self, "breaker")
@@ -219,6 +217,13 @@ class CircuitBreaker(_NativeBreaker):
         if getattr(self, "_keeps_counts", False):
             with contextlib.suppress(Exception):
                 _instances.retire_breaker(self)
+
+    @property
+    def backend(self) -> choice.Backend:
+        """Where the state lives: ``"memory"``, ``"shared"`` or ``"redis"``."""
+        if self.store is not None:
+            return "redis"
+        return "memory" if self.shared_path is None else "shared"
 
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this breaker's events: every
