@@ -36,6 +36,7 @@ use crate::sync::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, NANOS_PER_SECOND};
 use crate::place::Place;
+use std::ptr::NonNull;
 
 pub const CLOSED: u8 = 0;
 pub const HALF_OPEN: u8 = 1;
@@ -327,10 +328,39 @@ impl FailureWindow {
     }
 }
 
-/// The atomics of one breaker, laid out for shared memory as well as for this process.
+/// The atomics of one breaker, laid out for shared memory as well as for this process:
+/// the state machine's, then what only a breaker that transitioned or counts a failure
+/// rate needs. A breaker of this process allocates the second part on first use (most
+/// never transition: 456 bytes of zeros each, issue 19); a shared file holds both.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct BreakerState {
+    pub core: BreakerCore,
+    pub extras: BreakerExtras,
+}
+
+/// The failure-rate window and the transition counters.
 #[repr(C)]
 #[derive(Debug)]
-pub struct BreakerState {
+pub struct BreakerExtras {
+    window: FailureWindow,
+    /// Transitions by `from * STATES + to`.
+    transitions: [std::sync::atomic::AtomicU64; STATES * STATES],
+}
+
+impl Default for BreakerExtras {
+    fn default() -> Self {
+        BreakerExtras {
+            window: FailureWindow::default(),
+            transitions: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The state machine's atomics.
+#[repr(C)]
+#[derive(Debug)]
+pub struct BreakerCore {
     word: AtomicU64,
     failure_threshold: AtomicU64,
     recovery_timeout: AtomicU64,
@@ -368,15 +398,12 @@ pub struct BreakerState {
     slow_calls: std::sync::atomic::AtomicU64,
     /// Calls admitted in METRICS_ONLY mode that the state machine would have refused.
     would_reject: std::sync::atomic::AtomicU64,
-    window: FailureWindow,
-    /// Transitions by `from * STATES + to`.
-    transitions: [std::sync::atomic::AtomicU64; STATES * STATES],
 }
 
-impl Default for BreakerState {
+impl Default for BreakerCore {
     fn default() -> Self {
         use std::sync::atomic::AtomicU64 as Std;
-        BreakerState {
+        BreakerCore {
             word: AtomicU64::new(0),
             failure_threshold: AtomicU64::new(0),
             recovery_timeout: AtomicU64::new(0),
@@ -398,8 +425,6 @@ impl Default for BreakerState {
             metrics_only: Std::new(0),
             slow_calls: Std::new(0),
             would_reject: Std::new(0),
-            window: FailureWindow::default(),
-            transitions: std::array::from_fn(|_| Std::new(0)),
         }
     }
 }
@@ -407,9 +432,10 @@ impl Default for BreakerState {
 impl BreakerState {
     /// A closed breaker with these settings.
     pub fn new(settings: BreakerSettings) -> Self {
-        let state = BreakerState::default();
-        state.set_settings(settings);
-        state
+        BreakerState {
+            core: BreakerCore::new(settings),
+            extras: BreakerExtras::default(),
+        }
     }
 
     /// A breaker held open (FORCED_OPEN) with the default settings: what a shared
@@ -417,12 +443,24 @@ impl BreakerState {
     /// `sigbus`), so that every call is refused. Plain stores, no allocation.
     pub fn refusing() -> Self {
         let state = BreakerState::new(BreakerSettings::default());
-        state.word.store(pack(FORCED_OPEN, 0), Ordering::Relaxed);
+        state
+            .core
+            .word
+            .store(pack(FORCED_OPEN, 0), Ordering::Relaxed);
         state
     }
+}
 
-    /// Changes thresholds in place; the current state and its counts stay.
-    pub fn set_settings(&self, settings: BreakerSettings) {
+impl BreakerCore {
+    fn new(settings: BreakerSettings) -> Self {
+        let core = BreakerCore::default();
+        core.set_settings(settings);
+        core
+    }
+
+    /// Changes thresholds in place; the current state and its counts stay. True when the
+    /// failure-rate window changed kind or size: its slices would then be misread.
+    fn set_settings(&self, settings: BreakerSettings) -> bool {
         self.failure_threshold.store(
             settings.failure_threshold.clamp(1, MAX_FAILURE_THRESHOLD),
             Ordering::Relaxed,
@@ -440,10 +478,6 @@ impl BreakerState {
         let relaxed = Ordering::Relaxed;
         let kind_changed = self.window_is_time.swap(is_time, relaxed) != is_time;
         let size_changed = self.window_size.swap(size, relaxed) != size;
-        if kind_changed || size_changed {
-            // Slices of another width would be misread.
-            self.window.clear();
-        }
         self.minimum_calls
             .store(settings.minimum_calls.max(1), relaxed);
         self.failure_rate_ppm
@@ -460,28 +494,78 @@ impl BreakerState {
             settings.max_recovery_timeout.max(settings.recovery_timeout),
             relaxed,
         );
+        kind_changed || size_changed
     }
 }
+
+/// A breaker of this process: its core, and its extras once one is needed.
+struct LocalBreaker {
+    core: BreakerCore,
+    extras: std::sync::OnceLock<Box<BreakerExtras>>,
+}
+
+/// Where a breaker's extras are: in the memory its `state` place keeps alive (a plain
+/// pointer, not a second place: one owner handle per breaker is enough).
+#[derive(Clone, Copy)]
+enum Extras {
+    /// Beside the core (a shared file).
+    Within(NonNull<BreakerExtras>),
+    /// Made on first use (this process).
+    Lazy(NonNull<std::sync::OnceLock<Box<BreakerExtras>>>),
+}
+
+// SAFETY: both point to atomics or a OnceLock (Sync) that the breaker's `state` place
+// keeps alive; only shared references are handed out.
+unsafe impl Send for Extras {}
+unsafe impl Sync for Extras {}
 
 /// A circuit breaker: its state (local or shared) and the clock it reads.
 #[derive(Clone)]
 pub struct Breaker {
-    state: Place<BreakerState>,
+    state: Place<BreakerCore>,
+    extras: Extras,
     clock: Clock,
 }
 
 impl Breaker {
     /// A closed breaker owned by this process.
     pub fn new(settings: BreakerSettings, clock: Clock) -> Self {
+        let local = Place::local(LocalBreaker {
+            core: BreakerCore::new(settings),
+            extras: std::sync::OnceLock::new(),
+        });
         Breaker {
-            state: Place::local(BreakerState::new(settings)),
+            state: local.project(|l| &l.core),
+            extras: Extras::Lazy(NonNull::from(&local.extras)),
             clock,
         }
     }
 
     /// A breaker over existing state (for example in a shared mapping).
     pub fn over(state: Place<BreakerState>, clock: Clock) -> Self {
-        Breaker { state, clock }
+        Breaker {
+            state: state.project(|s| &s.core),
+            extras: Extras::Within(NonNull::from(&state.extras)),
+            clock,
+        }
+    }
+
+    /// The window and the transition counters, made now if they were not yet.
+    fn extras(&self) -> &BreakerExtras {
+        // SAFETY (both): `self.state` keeps the memory behind the pointer alive (see Extras).
+        match self.extras {
+            Extras::Within(extras) => unsafe { extras.as_ref() },
+            Extras::Lazy(cell) => unsafe { cell.as_ref() }.get_or_init(Box::default),
+        }
+    }
+
+    /// The window and the transition counters if they exist (all zero otherwise).
+    fn extras_if_made(&self) -> Option<&BreakerExtras> {
+        // SAFETY (both): `self.state` keeps the memory behind the pointer alive (see Extras).
+        match self.extras {
+            Extras::Within(extras) => Some(unsafe { extras.as_ref() }),
+            Extras::Lazy(cell) => unsafe { cell.as_ref() }.get().map(|extras| &**extras),
+        }
     }
 
     pub fn clock(&self) -> &Clock {
@@ -517,7 +601,11 @@ impl Breaker {
     }
 
     pub fn set_settings(&self, settings: BreakerSettings) {
-        self.state.set_settings(settings);
+        if self.state.set_settings(settings) {
+            if let Some(extras) = self.extras_if_made() {
+                extras.window.clear();
+            }
+        }
     }
 
     /// Asks to run one call. In CLOSED this reads nothing but the state word.
@@ -827,8 +915,11 @@ impl Breaker {
         if s.failure_rate_ppm.load(Ordering::Relaxed) == 0 {
             return (0, 0);
         }
+        let Some(extras) = self.extras_if_made() else {
+            return (0, 0);
+        };
         let (slice, span) = self.slice_now(false);
-        s.window.totals(slice, span)
+        extras.window.totals(slice, span)
     }
 
     /// A successful call that lasted `slow_call_duration` or longer: counted as a slow
@@ -863,7 +954,9 @@ impl Breaker {
 
     /// How many times the circuit went from `from` to `to`.
     pub fn transitions(&self, from: u8, to: u8) -> u64 {
-        self.state.transitions[from as usize * STATES + to as usize].load(Ordering::Relaxed)
+        self.extras_if_made().map_or(0, |extras| {
+            extras.transitions[from as usize * STATES + to as usize].load(Ordering::Relaxed)
+        })
     }
 
     /// Whether `word` is still in the closed or half-open period that made `admission`.
@@ -888,10 +981,11 @@ impl Breaker {
         let size = s.window_size.load(Ordering::Relaxed).max(1);
         let width = size.div_ceil(ROLLING_BUCKETS as u64);
         if s.window_is_time.load(Ordering::Relaxed) == 0 {
+            let window = &self.extras().window;
             let n = if take {
-                s.window.sequence.fetch_add(1, Ordering::Relaxed)
+                window.sequence.fetch_add(1, Ordering::Relaxed)
             } else {
-                s.window.sequence.load(Ordering::Relaxed).saturating_sub(1)
+                window.sequence.load(Ordering::Relaxed).saturating_sub(1)
             };
             (n / width, size.div_ceil(width))
         } else {
@@ -908,11 +1002,12 @@ impl Breaker {
         }
         let s = &*self.state;
         let (slice, span) = self.slice_now(true);
-        s.window.record(slice, failed);
+        let window = &self.extras().window;
+        window.record(slice, failed);
         if !failed {
             return false;
         }
-        let (calls, failures) = s.window.totals(slice, span);
+        let (calls, failures) = window.totals(slice, span);
         let ppm = s.failure_rate_ppm.load(Ordering::Relaxed);
         calls >= s.minimum_calls.load(Ordering::Relaxed)
             && failures as u128 * 1_000_000 >= ppm as u128 * calls as u128
@@ -935,7 +1030,9 @@ impl Breaker {
         let s = &*self.state;
         s.failed_trials.store(0, Ordering::Relaxed);
         if s.failure_rate_ppm.load(Ordering::Relaxed) != 0 {
-            s.window.clear();
+            if let Some(extras) = self.extras_if_made() {
+                extras.window.clear();
+            }
         }
     }
 
@@ -986,7 +1083,7 @@ impl Breaker {
         if from == to {
             return None;
         }
-        self.state.transitions[from as usize * STATES + to as usize]
+        self.extras().transitions[from as usize * STATES + to as usize]
             .fetch_add(1, Ordering::Relaxed);
         Some(Transition { from, to })
     }

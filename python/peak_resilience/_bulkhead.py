@@ -17,6 +17,7 @@ from peak_resilience import _instances
 from peak_resilience._guard import guard, typed
 from peak_resilience._native import Bulkhead as _NativeBulkhead
 from peak_resilience._native import ManualClock
+from peak_resilience._waiting_line import Attempt, line_for
 
 __all__ = ["Bulkhead"]
 
@@ -89,13 +90,39 @@ class Bulkhead(_NativeBulkhead):
     async def __aenter__(self) -> Bulkhead:
         import asyncio  # here: a caller that never awaits need not import it
 
-        # Polled on the event loop: waiting in native code would block every other task.
+        line = line_for(self)
+        if (line.empty() or self.max_wait <= 0) and self.try_acquire():
+            return self
+        if self.max_wait <= 0:
+            self._count_refusal()
+            self._full()
+        # Waiters queue in arrival order and only the first looks for a slot (polled on
+        # the loop: a slot frees when a call ends, in native code or on another thread,
+        # which the line cannot hear), so a freed slot goes to the longest waiting and a
+        # crowd of waiters does not try all at once.
         deadline = time.monotonic() + self.max_wait
-        while not self.try_acquire():
-            if time.monotonic() >= deadline:
-                self._count_refusal()
-                self._full()
-            await asyncio.sleep(min(_ASYNC_POLL, max(0.0, deadline - time.monotonic())))
+
+        async def due_in() -> float:
+            if self.in_flight < self.max_concurrent:
+                return 0.0
+            left = deadline - time.monotonic()
+            return min(_ASYNC_POLL, left) if left > 0 else _ASYNC_POLL
+
+        async def attempt() -> Attempt[bool]:
+            return Attempt(self.try_acquire(), True)
+
+        got = await line.take(
+            attempt,
+            due_in,
+            high=False,
+            max_wait=self.max_wait,
+            now=time.monotonic,
+            sleep=asyncio.sleep,
+            real_time=True,
+        )
+        if not got.taken:
+            self._count_refusal()
+            self._full()
         return self
 
     async def __aexit__(

@@ -109,10 +109,12 @@ def retire_breaker(breaker: CircuitBreaker) -> None:
             "slow_calls": breaker.slow_call_total,
             **breaker.transition_counts(),
         }
+        counted = {key: count for key, count in counts.items() if count}
+        if not counted:
+            return  # nothing to keep: a name that never counted is not exported for ever
         kept = retired.breakers.setdefault(breaker.name, {})
-        for key, count in counts.items():
-            if count:
-                kept[key] = kept.get(key, 0) + count
+        for key, count in counted.items():
+            kept[key] = kept.get(key, 0) + count
 
 
 def retire_bulkhead(bulkhead: Bulkhead) -> None:

@@ -38,7 +38,8 @@ static BREAKER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 pub struct PyCircuitBreaker {
     pub core: Breaker,
     /// The shared file the state lives in (None: in this process); not read per call.
-    shared: Option<Region<BreakerState>>,
+    /// Boxed: 8 bytes in every breaker rather than the region's 48 (issue 19).
+    shared: Option<Box<Region<BreakerState>>>,
     /// The remote store the state lives in (None: `core` is the state). `core` then holds
     /// the same settings and stands in during an outage (`on_backend_error="local"`).
     remote: Option<Store>,
@@ -588,7 +589,7 @@ impl PyCircuitBreaker {
                 let path = files::breaker_file(&dir, name.bind(py).to_str()?);
                 let (core, region) =
                     shared::shared_breaker(&path, settings, clock).map_err(shared_error)?;
-                (core, Some(region))
+                (core, Some(Box::new(region)))
             }
         };
         let policy = self::on_backend_error(on_backend_error)?;
@@ -902,7 +903,7 @@ impl PyCircuitBreaker {
     /// shared); else what happened to it (truncated, deleted or replaced). Stats the
     /// file: for health checks.
     fn shared_file_problem(&self) -> Option<String> {
-        shared_file_problem(self.shared.as_ref(), "circuit breaker")
+        shared_file_problem(self.shared.as_deref(), "circuit breaker")
     }
 
     /// The remote store this breaker's state lives in, or None.

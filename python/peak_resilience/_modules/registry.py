@@ -31,6 +31,7 @@ from peak_resilience._limiter import RateLimiter
 # limiting under "rate_limiter".
 from peak_resilience._logging import breaker_log as _breaker_log
 from peak_resilience._logging import limiter_log as _limiter_log
+from peak_resilience._logging import log_refusal
 from peak_resilience._modules.build import (
     build_breaker,
     build_limiter,
@@ -62,7 +63,9 @@ def _rejection_log(
 
     def on_reject(refusal: BaseException) -> None:
         if isinstance(refusal, RateLimitExceeded):
-            _limiter_log.debug(
+            log_refusal(
+                _limiter_log,
+                name,
                 "%s refused by rate limiter %r: retry in %.3fs",
                 name,
                 refusal.limiter,
@@ -70,10 +73,10 @@ def _rejection_log(
             )
             announce_refusal(refusal, None if limiter is None else limiter._listeners)
         elif isinstance(refusal, CircuitBreakerError):
-            _breaker_log.debug("%s refused: %s", name, refusal)
+            log_refusal(_breaker_log, name, "%s refused: %s", name, refusal)
             announce_refusal(refusal, None if breaker is None else breaker._listeners)
         elif isinstance(refusal, BulkheadFull):
-            _breaker_log.debug("%s refused: %s", name, refusal)
+            log_refusal(_breaker_log, name, "%s refused: %s", name, refusal)
 
     return on_reject
 
