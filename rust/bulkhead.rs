@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// The in-flight count of one bulkhead and how many calls it refused.
 #[derive(Debug)]
 pub struct Bulkhead {
-    max_concurrent: u64,
+    /// Settable: a configuration reload changes the cap of a live bulkhead.
+    max_concurrent: AtomicU64,
     in_flight: AtomicU64,
     rejections: AtomicU64,
 }
@@ -17,7 +18,7 @@ impl Bulkhead {
     /// A bulkhead that lets `max_concurrent` calls (at least 1) run at once.
     pub fn new(max_concurrent: u64) -> Self {
         Bulkhead {
-            max_concurrent: max_concurrent.max(1),
+            max_concurrent: AtomicU64::new(max_concurrent.max(1)),
             in_flight: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
         }
@@ -27,9 +28,10 @@ impl Bulkhead {
     /// for a slot counts only the refusal it finally gives up on (`refused`).
     #[inline]
     pub fn try_enter(&self) -> bool {
+        let cap = self.max_concurrent.load(Ordering::Relaxed);
         self.in_flight
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
-                (taken < self.max_concurrent).then_some(taken + 1)
+                (taken < cap).then_some(taken + 1)
             })
             .is_ok()
     }
@@ -52,7 +54,14 @@ impl Bulkhead {
     }
 
     pub fn max_concurrent(&self) -> u64 {
+        self.max_concurrent.load(Ordering::Relaxed)
+    }
+
+    /// A new cap (at least 1). Calls in flight keep their slots: a lower cap refuses new
+    /// calls until enough of them have left.
+    pub fn set_max_concurrent(&self, max_concurrent: u64) {
         self.max_concurrent
+            .store(max_concurrent.max(1), Ordering::Relaxed);
     }
 
     pub fn in_flight(&self) -> u64 {
@@ -120,6 +129,27 @@ mod tests {
             .sum();
         assert_eq!(taken, 3);
         assert_eq!(bulkhead.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_lower_cap_refuses_new_calls_until_enough_have_left() {
+        let bulkhead = Bulkhead::new(3);
+        assert!(bulkhead.try_enter() && bulkhead.try_enter() && bulkhead.try_enter());
+        bulkhead.set_max_concurrent(2);
+        assert!(!bulkhead.try_enter());
+        bulkhead.leave();
+        assert!(!bulkhead.try_enter());
+        bulkhead.leave();
+        assert!(bulkhead.try_enter());
+    }
+
+    #[test]
+    fn a_higher_cap_lets_more_calls_in_at_once() {
+        let bulkhead = Bulkhead::new(1);
+        assert!(bulkhead.try_enter());
+        bulkhead.set_max_concurrent(2);
+        assert!(bulkhead.try_enter());
+        assert!(!bulkhead.try_enter());
     }
 
     #[test]

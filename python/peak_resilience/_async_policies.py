@@ -15,8 +15,9 @@ from typing import Any
 
 from peak_resilience._backends.redis import off_loop
 from peak_resilience._native import Guard, Retry
+from peak_resilience.errors import BulkheadFull
 
-__all__ = ["async_wrapper", "within"]
+__all__ = ["async_wrapper", "readmitter", "waits_on_loop", "within"]
 
 
 async def within(seconds: float, call: Awaitable[Any]) -> Any:
@@ -58,6 +59,31 @@ class _TimedOut(TimeoutError):
         super().__init__(f"the call did not finish within its timeout of {seconds:g}s")
 
 
+def waits_on_loop(native: Guard, max_wait: float, remote: bool) -> bool:
+    """Whether an async call's admission must be awaited (it may wait for tokens, a
+    slot or the network) rather than taken in one native step."""
+    bulkhead = native.bulkhead
+    return max_wait > 0 or remote or (bulkhead is not None and bulkhead.max_wait > 0)
+
+
+def readmitter(
+    native: Guard, admit: Callable[[], Awaitable[int]], waits: bool
+) -> Callable[[BaseException], Awaitable[int]]:
+    """What follows a refused one-step admission: the refusal again, unless it was a
+    full bulkhead that a configuration reload has since given a wait (the wrapper was
+    made when it had none): then the call waits for its slot as if made with it."""
+    bulkhead = native.bulkhead
+
+    async def readmit(refusal: BaseException) -> int:
+        if waits or bulkhead is None or not isinstance(refusal, BulkheadFull):
+            raise refusal
+        if bulkhead.max_wait <= 0:
+            raise refusal
+        return await admit()
+
+    return readmit
+
+
 def async_wrapper(
     native: Guard,
     func: Callable[..., Awaitable[Any]],
@@ -76,8 +102,8 @@ def async_wrapper(
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     started_now, exit_now, admit_now = native._started, native._exit, native._admit
     called = None if retry is None else retry._called
-    bulkhead = native.bulkhead
-    waits = remote or max_wait > 0 or (bulkhead is not None and bulkhead.max_wait > 0)
+    waits = waits_on_loop(native, max_wait, remote)
+    readmit = readmitter(native, admit, waits)
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
@@ -102,7 +128,10 @@ def async_wrapper(
         retries = 0
         while True:
             try:
-                admission = await admit() if waits else admit_now()
+                try:
+                    admission = await admit() if waits else admit_now()
+                except Exception as first:
+                    admission = await readmit(first)
             except Exception as refusal:
                 if await retried(refusal, retries):
                     retries += 1

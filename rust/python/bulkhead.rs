@@ -1,7 +1,7 @@
 //! `Bulkhead`: the cap on calls in flight as a Python class (subclassed in
 //! `peak_resilience._bulkhead`), and the wait for a slot, which the guard uses too.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
@@ -28,7 +28,8 @@ pub struct PyBulkhead {
     pub core: Bulkhead,
     #[pyo3(get)]
     pub name: Py<PyString>,
-    max_wait: u64,
+    /// Settable: a configuration reload changes it in place.
+    max_wait: AtomicU64,
     clock: Clock,
 }
 
@@ -51,7 +52,7 @@ impl PyBulkhead {
         if self.core.try_enter() {
             return true;
         }
-        if self.max_wait == 0 {
+        if self.max_wait.load(Ordering::Relaxed) == 0 {
             self.core.refused();
         }
         false
@@ -59,9 +60,10 @@ impl PyBulkhead {
 
     #[cold]
     fn wait_for_slot(&self, py: Python<'_>) -> bool {
+        let max_wait = self.max_wait.load(Ordering::Relaxed);
         let (mut waited, mut poll) = (0u64, 0u64);
-        while waited < self.max_wait {
-            poll = next_poll(poll).min(self.max_wait - waited);
+        while waited < max_wait {
+            poll = next_poll(poll).min(max_wait - waited);
             match &self.clock {
                 Clock::Manual(manual) => manual.advance(poll),
                 _ => py.detach(|| std::thread::sleep(Duration::from_nanos(poll))),
@@ -100,10 +102,10 @@ impl PyBulkhead {
         Ok(PyBulkhead {
             core: Bulkhead::new(positive_int(max_concurrent, "max_concurrent")?),
             name: name_or(py, name, "bulkhead", &UNNAMED)?,
-            max_wait: match given(max_wait) {
+            max_wait: AtomicU64::new(match given(max_wait) {
                 Some(w) => seconds(w, "max_wait", true)?,
                 None => 0,
-            },
+            }),
             clock: clock_from(clock)?,
         })
     }
@@ -155,6 +157,21 @@ impl PyBulkhead {
     /// Seconds a call waits for a slot before it is refused.
     #[getter]
     fn max_wait(&self) -> f64 {
-        nanos_to_seconds(self.max_wait)
+        nanos_to_seconds(self.max_wait.load(Ordering::Relaxed))
+    }
+
+    /// A new cap and wait for a live bulkhead (a configuration reload). Calls in flight
+    /// keep their slots: a lower cap refuses new calls until enough of them have left.
+    #[pyo3(signature = (max_concurrent, max_wait))]
+    fn _update(
+        &self,
+        max_concurrent: &Bound<'_, PyAny>,
+        max_wait: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let cap = positive_int(max_concurrent, "max_concurrent")?;
+        let wait = seconds(max_wait, "max_wait", true)?;
+        self.core.set_max_concurrent(cap);
+        self.max_wait.store(wait, Ordering::Relaxed);
+        Ok(())
     }
 }

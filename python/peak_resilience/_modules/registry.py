@@ -92,6 +92,10 @@ class _Decorated:
     guard: Guard
     has_fallback: bool
     fallback_on_failure: bool
+    #: Whether its bulkhead and its retries follow the module's keys (else the
+    #: decorator's own ``max_concurrent=`` / ``retry=`` hold, whatever a reload says).
+    bulkhead_from_config: bool = False
+    retry_from_config: bool = False
 
 
 class ModuleRegistry:
@@ -174,6 +178,7 @@ class ModuleRegistry:
         for each in decorated:
             if not each.has_fallback and new.module(each.module).fail_safe_defaults:
                 raise _fail_safe_without_fallback(new, each.module, each.qualname)
+            _refuse_a_new_policy(new, each)
         for name, module in breakers:
             wanted = breaker_parameters(new.module(module)).placement
             built = self._placements[("breaker", name)]
@@ -202,6 +207,15 @@ class ModuleRegistry:
             operation = each.guard.operation
             if operation is not None:
                 operation.set_enabled(settings.metrics_enabled)
+            bulkhead = each.guard.bulkhead
+            if each.bulkhead_from_config and bulkhead is not None:
+                # (check() refused a configuration that drops the cap.)
+                assert settings.max_concurrent is not None
+                bulkhead._update(settings.max_concurrent, settings.bulkhead_max_wait)
+            retry = each.guard.retry
+            if each.retry_from_config and retry is not None:
+                # retry_attempts = 1 (or no retry_on) turns retries off: one attempt.
+                retry._update_from(build_retry(settings) or Retry(1))
 
 
 def _refuse_a_move(
@@ -218,6 +232,33 @@ def _refuse_a_move(
             source=new._where(module, key),
             table=f"{TABLE}.{module}",
             key=key,
+        )
+
+
+def _refuse_a_new_policy(new: Config, each: _Decorated) -> None:
+    """A reload changes a decorated function's bulkhead and retries in place, and turns
+    retries off, but cannot add a policy the function was decorated without, nor take its
+    bulkhead away: its wrapper was built without (or around) it. Refused, never ignored."""
+    settings = new.module(each.module)
+    if each.bulkhead_from_config and (each.guard.bulkhead is None) != (
+        settings.max_concurrent is None
+    ):
+        what = "add a bulkhead to" if each.guard.bulkhead is None else "remove the bulkhead of"
+        raise ConfigError(
+            f"a running process cannot {what} {each.qualname}, decorated "
+            f"{'without' if each.guard.bulkhead is None else 'with'} one (restart the "
+            "process to change whether max_concurrent is set)",
+            source=new._where(each.module, "max_concurrent"),
+            table=f"{TABLE}.{each.module}",
+            key="max_concurrent",
+        )
+    if each.retry_from_config and each.guard.retry is None and build_retry(settings) is not None:
+        raise ConfigError(
+            f"a running process cannot add retries to {each.qualname}, decorated without "
+            "them (restart the process to turn retries on)",
+            source=new._where(each.module, "retry_attempts"),
+            table=f"{TABLE}.{each.module}",
+            key="retry_attempts",
         )
 
 
@@ -376,7 +417,7 @@ def with_resilience(
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
     ``configure()`` updates the breaker, the limiter, the enabled switches and the
-    fail-safe behaviour and ``metrics_enabled`` in place.
+    fail-safe behaviour, ``metrics_enabled``, the bulkhead and the retries in place.
     """
     _name(module, "module")
     _name(operation, "operation")
@@ -427,7 +468,17 @@ def with_resilience(
             on_timeout=functools.partial(_instances.count_timeout, name),
         )
         native = getattr(decorated, "guard", decorated)
-        registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))
+        registry.remember(
+            _Decorated(
+                module,
+                qualname,
+                native,
+                has_fallback,
+                fallback_on_failure,
+                bulkhead_from_config=max_concurrent is None,
+                retry_from_config=retry is None,
+            )
+        )
         return typed(decorated, func)
 
     return decorate
