@@ -22,6 +22,8 @@ pub mod shared;
 #[path = "shared_unsupported.rs"]
 pub mod shared;
 #[cfg(all(unix, not(peak_portable)))]
+pub mod shared_bulkhead;
+#[cfg(all(unix, not(peak_portable)))]
 mod sigbus;
 pub mod stats;
 pub mod sync;

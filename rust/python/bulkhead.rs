@@ -8,10 +8,14 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyValueError;
+
 use crate::bulkhead::{next_poll, Bulkhead};
 use crate::clock::{nanos_to_seconds, Clock};
 
-use super::args::{clock_from, given, name_or, positive_int, seconds};
+use super::args::{clock_from, given, name_or, path_or_none, positive_int, seconds};
 
 static BULKHEAD_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static UNNAMED: AtomicU64 = AtomicU64::new(0);
@@ -88,20 +92,64 @@ impl PyBulkhead {
     }
 }
 
+/// A bulkhead over the shared file of `name` in `dir`: one cap for the host's processes.
+#[cfg(all(unix, not(peak_portable)))]
+fn shared_core(dir: &std::path::Path, name: &str, cap: u64) -> PyResult<Bulkhead> {
+    use crate::shared_bulkhead::{SharedSlots, MAX_SHARED_SLOTS};
+    if cap > MAX_SHARED_SLOTS as u64 {
+        return Err(PyValueError::new_err(format!(
+            "max_concurrent must be at most {MAX_SHARED_SLOTS} on the shared backend \
+             (the slots of a shared file), got {cap}"
+        )));
+    }
+    let path = crate::files::bulkhead_file(dir, name);
+    let slots = SharedSlots::open(&path, cap).map_err(super::errors::shared_error)?;
+    Ok(Bulkhead::over(slots))
+}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+fn shared_core(_dir: &std::path::Path, _name: &str, _cap: u64) -> PyResult<Bulkhead> {
+    Err(PyValueError::new_err(
+        "backend='shared' is not supported in this build: use backend='memory'",
+    ))
+}
+
+#[cfg(all(unix, not(peak_portable)))]
+fn shared_path(core: &Bulkhead) -> Option<PathBuf> {
+    core.shared().map(|slots| slots.path().to_owned())
+}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+fn shared_path(_core: &Bulkhead) -> Option<PathBuf> {
+    None
+}
+
 #[pymethods]
 impl PyBulkhead {
     #[new]
-    #[pyo3(signature = (max_concurrent, *, name=None, max_wait=None, clock=None))]
+    #[pyo3(signature = (max_concurrent, *, name=None, max_wait=None, clock=None, shared_dir=None))]
     fn new(
         py: Python<'_>,
         max_concurrent: &Bound<'_, PyAny>,
         name: Option<&Bound<'_, PyAny>>,
         max_wait: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        shared_dir: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let cap = positive_int(max_concurrent, "max_concurrent")?;
+        let name = name_or(py, name, "bulkhead", &UNNAMED)?;
+        let shared_dir = path_or_none(
+            shared_dir,
+            "shared_dir",
+            "the directory of the bulkhead's shared file",
+        )?;
+        let core = match shared_dir {
+            None => Bulkhead::new(cap),
+            Some(dir) => shared_core(&dir, name.bind(py).to_str()?, cap)?,
+        };
         Ok(PyBulkhead {
-            core: Bulkhead::new(positive_int(max_concurrent, "max_concurrent")?),
-            name: name_or(py, name, "bulkhead", &UNNAMED)?,
+            core,
+            name,
             max_wait: AtomicU64::new(match given(max_wait) {
                 Some(w) => seconds(w, "max_wait", true)?,
                 None => 0,
@@ -134,6 +182,12 @@ impl PyBulkhead {
     /// Counts a refusal decided outside `acquire` (an `async with` that polled in vain).
     fn _count_refusal(&self) {
         self.core.refused();
+    }
+
+    /// The file the slots are kept in (backend "shared"), else None.
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        shared_path(&self.core)
     }
 
     /// Calls that may run at once.

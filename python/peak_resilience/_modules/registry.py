@@ -21,7 +21,7 @@ from peak_resilience._config.active import active, add_listener, lock
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
 from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
-from peak_resilience._config.schema import TABLE
+from peak_resilience._config.schema import TABLE, Settings
 from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
 from peak_resilience._labels import label_value
@@ -139,13 +139,21 @@ class ModuleRegistry:
                 self._placements[("limiter", module)] = limiter_parameters(settings).placement
         return found
 
-    def bulkhead(self, name: str, max_concurrent: int, max_wait: float) -> Bulkhead:
+    def bulkhead(self, name: str, max_concurrent: int, settings: Settings) -> Bulkhead:
         """The bulkhead of operation ``name``: every function decorated as the operation
-        shares its slots. Its cap is the first one asked for."""
+        shares its slots. Its cap is the first one asked for; its wait and backend are
+        the module's ``settings``."""
         with lock():
             found = self.bulkheads.get(name)
             if found is None:
-                found = Bulkhead(max_concurrent, name=name, max_wait=max_wait, clock=self.clock)
+                found = Bulkhead(
+                    max_concurrent,
+                    name=name,
+                    max_wait=settings.bulkhead_max_wait,
+                    clock=self.clock,
+                    backend=settings.bulkhead_backend,
+                    shared_dir=settings.shared_dir,
+                )
                 self.bulkheads[name] = found
         return found
 
@@ -238,27 +246,45 @@ def _refuse_a_move(
 def _refuse_a_new_policy(new: Config, each: _Decorated) -> None:
     """A reload changes a decorated function's bulkhead and retries in place, and turns
     retries off, but cannot add a policy the function was decorated without, nor take its
-    bulkhead away: its wrapper was built without (or around) it. Refused, never ignored."""
+    bulkhead away or move its slots: its wrapper was built without (or around) it.
+    Refused, never ignored."""
     settings = new.module(each.module)
-    if each.bulkhead_from_config and (each.guard.bulkhead is None) != (
-        settings.max_concurrent is None
-    ):
-        what = "add a bulkhead to" if each.guard.bulkhead is None else "remove the bulkhead of"
-        raise ConfigError(
-            f"a running process cannot {what} {each.qualname}, decorated "
-            f"{'without' if each.guard.bulkhead is None else 'with'} one (restart the "
-            "process to change whether max_concurrent is set)",
-            source=new._where(each.module, "max_concurrent"),
-            table=f"{TABLE}.{each.module}",
-            key="max_concurrent",
+    bulkhead = each.guard.bulkhead
+    problem: tuple[str, str] | None = None
+    if each.bulkhead_from_config and (bulkhead is None) != (settings.max_concurrent is None):
+        what = "add a bulkhead to" if bulkhead is None else "remove the bulkhead of"
+        problem = (
+            "max_concurrent",
+            (
+                f"a running process cannot {what} {each.qualname}, decorated "
+                f"{'without' if bulkhead is None else 'with'} one (restart the process to "
+                "change whether max_concurrent is set)"
+            ),
         )
-    if each.retry_from_config and each.guard.retry is None and build_retry(settings) is not None:
+    elif each.bulkhead_from_config and bulkhead is not None:
+        backend = getattr(bulkhead, "backend", "memory")
+        if settings.bulkhead_backend != backend:
+            problem = (
+                "bulkhead_backend",
+                (
+                    f"the bulkhead of {each.qualname} already keeps its slots on {backend!r}; "
+                    f"a running process cannot move them to {settings.bulkhead_backend!r} "
+                    "(restart the process to change bulkhead_backend)"
+                ),
+            )
+    adds_retries = each.guard.retry is None and build_retry(settings) is not None
+    if problem is None and each.retry_from_config and adds_retries:
+        problem = (
+            "retry_attempts",
+            (
+                f"a running process cannot add retries to {each.qualname}, decorated "
+                "without them (restart the process to turn retries on)"
+            ),
+        )
+    if problem is not None:
+        key, message = problem
         raise ConfigError(
-            f"a running process cannot add retries to {each.qualname}, decorated without "
-            "them (restart the process to turn retries on)",
-            source=new._where(each.module, "retry_attempts"),
-            table=f"{TABLE}.{each.module}",
-            key="retry_attempts",
+            message, source=new._where(each.module, key), table=f"{TABLE}.{each.module}", key=key
         )
 
 
@@ -445,7 +471,7 @@ def with_resilience(
         breaker = registry.breaker(module, operation) if use_circuit_breaker else None
         limiter = registry.limiter(module) if use_rate_limiter else None
         cap = settings.max_concurrent if max_concurrent is None else max_concurrent
-        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
+        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings)
         policy = build_retry(settings) if retry is None else retry
         own_retry = None if policy is None else registry.retry(name, policy)
         decorated = guard(
