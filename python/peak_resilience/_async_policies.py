@@ -8,55 +8,16 @@ timeout around the call alone.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peak_resilience._backends.redis import off_loop
+from peak_resilience._deadlines import Deadlines, TimedOut
 from peak_resilience._native import Guard, Retry
 from peak_resilience.errors import BulkheadFull
 
-__all__ = ["async_wrapper", "readmitter", "waits_on_loop", "within"]
-
-
-async def within(seconds: float, call: Awaitable[Any]) -> Any:
-    """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
-    ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
-    failure, not a timeout."""
-    import asyncio  # here: a caller that never awaits need not import it
-
-    timeout: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
-    if timeout is not None:  # 3.11+: cancels in place, no task of its own
-        scope = timeout(seconds)
-        try:
-            async with scope:
-                return await call
-        except TimeoutError:
-            if scope.expired():
-                raise _TimedOut(seconds) from None
-            raise
-    # 3.10: asyncio.wait_for could not tell its timeout from the call's own.
-    task = asyncio.ensure_future(call)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=seconds)
-    except BaseException:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        # Waits for the call to unwind; whatever it raises while cancelled is the timeout.
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise _TimedOut(seconds)
-    return task.result()
-
-
-class _TimedOut(TimeoutError):
-    """The call ran past its ``timeout`` and was cancelled."""
-
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"the call did not finish within its timeout of {seconds:g}s")
+__all__ = ["async_wrapper", "readmitter", "waits_on_loop"]
 
 
 def waits_on_loop(native: Guard, max_wait: float, remote: bool) -> bool:
@@ -117,8 +78,10 @@ def async_wrapper(
         await async_sleep(delay)
         return True
 
+    deadlines = None if timeout is None else Deadlines(timeout)
+
     async def timed_out(error: BaseException) -> None:
-        if on_timeout is not None and isinstance(error, _TimedOut):
+        if on_timeout is not None and isinstance(error, TimedOut):
             on_timeout()
 
     @functools.wraps(func)
@@ -143,10 +106,18 @@ def async_wrapper(
                 raise
             started = started_now()
             try:
-                if timeout is None:
+                if deadlines is None:
                     result = await func(*args, **kwargs)
                 else:
-                    result = await within(timeout, func(*args, **kwargs))
+                    entry = deadlines.start()
+                    try:
+                        result = await func(*args, **kwargs)
+                    except BaseException as error:
+                        given = deadlines.failed(entry, error)
+                        if given is error:
+                            raise
+                        raise given from None
+                    deadlines.ended(entry)
             except BaseException as exc:
                 await timed_out(exc)
                 falls_back = await exit_call(admission, started, exc)
