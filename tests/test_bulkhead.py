@@ -268,3 +268,82 @@ def test_an_async_waiter_out_of_time_leaves_the_line_and_the_next_is_served() ->
 async def _enter(bulkhead: Bulkhead) -> None:
     async with bulkhead:
         return None
+
+
+def test_a_reload_changes_the_cap_of_a_decorated_operation_in_place(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+
+    @with_resilience("exchange", "cancel", fallback="busy")
+    def cancel(depth: int) -> str:
+        return cancel(depth - 1) if depth else "cancelled"
+
+    assert cancel(1) == "busy"
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 2\n", name="wider.toml"))
+    assert cancel(1) == "cancelled"
+    assert cancel(2) == "busy"
+    assert cancel.bulkhead.max_concurrent == 2  # type: ignore[attr-defined]
+
+
+def test_a_reload_gives_an_async_operation_the_new_slot_wait(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+
+    @with_resilience("exchange", "fetch")
+    async def fetch(release: asyncio.Event) -> str:
+        await release.wait()
+        return "fetched"
+
+    async def second_call_while_the_first_holds_the_slot() -> str:
+        release = asyncio.Event()
+        first = asyncio.ensure_future(fetch(release))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(fetch(release))
+        await asyncio.sleep(0)
+        release.set()
+        await first
+        return await second
+
+    with pytest.raises(BulkheadFull):
+        asyncio.run(second_call_while_the_first_holds_the_slot())
+    configure(
+        write_config(
+            "[resilience.exchange]\nmax_concurrent = 1\nbulkhead_max_wait = 5\n",
+            name="patient.toml",
+        )
+    )
+    assert asyncio.run(second_call_while_the_first_holds_the_slot()) == "fetched"
+
+
+def test_a_reload_that_adds_or_removes_a_bulkhead_is_refused_naming_max_concurrent(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import ConfigError, configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+    with_resilience("exchange", "cancel")(lambda: "cancelled")
+    with_resilience("backtest", "fetch")(lambda: "fetched")
+
+    with pytest.raises(ConfigError, match="cannot remove the bulkhead") as removed:
+        configure(write_config("[resilience]\n", name="none.toml"))
+    assert removed.value.key == "max_concurrent"
+    with pytest.raises(ConfigError, match="cannot add a bulkhead") as added:
+        configure(write_config("[resilience]\nmax_concurrent = 3\n", name="all.toml"))
+    assert added.value.key == "max_concurrent"
+
+
+def test_a_reload_leaves_a_cap_given_to_the_decorator_alone(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+    cancel = with_resilience("exchange", "cancel", max_concurrent=4)(lambda: "cancelled")
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 2\n", name="b.toml"))
+    assert cancel.bulkhead.max_concurrent == 4  # type: ignore[attr-defined]

@@ -235,10 +235,9 @@ impl Guard {
             (&self.operation, elapsed, timing.for_stats())
         {
             let operation = operation.get();
-            operation.stats.record_latency(elapsed);
             match outcome {
-                Ok(_) => operation.stats.record_success(),
-                Err(err) => operation.record_exception(py, err),
+                Ok(_) => operation.stats.record_succeeded_call(elapsed),
+                Err(err) => operation.record_failed_call(py, elapsed, err),
             }
         }
         if let Some(breaker) = &self.breaker {
@@ -357,6 +356,8 @@ impl Guard {
             None
         };
         let fallback_is_callable = fallback.as_ref().is_some_and(|f| f.bind(py).is_callable());
+        // Calibrated here, once per process, rather than in the first guarded call.
+        crate::clock::stopwatch();
         Ok(Guard {
             func: func.unbind(),
             breaker,

@@ -13,7 +13,7 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.choice import Backend, BulkheadBackend, OnBackendError
 from peak_resilience._backends.redis.sentinel import sentinel_url
 from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
@@ -171,6 +171,8 @@ class Settings:
     max_concurrent: int | None = key(None, optional(at_least(1)))
     #: Seconds a call over the cap waits for a slot before it is refused.
     bulkhead_max_wait: float = key(0.0, at_least(0))
+    #: "shared": one cap across the processes of the host (slots in ``shared_dir``).
+    bulkhead_backend: BulkheadBackend = key("memory")
     # Issue 16, retries (off unless retry_attempts > 1 and retry_on names a class).
     #: Attempts in all, the first included (1: no retries).
     retry_attempts: int = key(1, at_least(1))
