@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peak_resilience._backends.redis import off_loop
+from peak_resilience._deadlines import Deadlines, TimedOut
 from peak_resilience._native import Guard, Retry
 from peak_resilience.errors import BulkheadFull
 
@@ -76,9 +77,6 @@ def async_wrapper(
             return False
         await async_sleep(delay)
         return True
-
-    # Here, not at the top: _deadlines imports asyncio, which a sync-only program never needs.
-    from peak_resilience._deadlines import Deadlines, TimedOut
 
     deadlines = None if timeout is None else Deadlines(timeout)
 

@@ -14,11 +14,16 @@ per call.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
+
+# asyncio is imported where a deadline is first made, not here: the guard imports this
+# module, and a program without async calls never needs asyncio (11 ms of import).
 
 __all__ = ["Deadlines", "TimedOut"]
 
@@ -36,16 +41,19 @@ class TimedOut(TimeoutError):
 class Deadlines:
     """The deadlines of one guarded function's calls (``seconds`` each), per event loop."""
 
-    __slots__ = ("_queues", "seconds")
+    __slots__ = ("_queues", "_running_loop", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        import asyncio
+
         self.seconds = seconds
         self._queues: dict[asyncio.AbstractEventLoop, _Queue] = {}
+        self._running_loop = asyncio.get_running_loop
 
     def start(self) -> list[Any]:
         """Starts the clock of the call running in the current task; pass what it returns
         to ``ended`` (or ``failed``) when the call ends."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         queue = self._queues.get(loop)
         if queue is None or queue.closed():
             queue = self._queues[loop] = _Queue(loop, self.seconds)
@@ -68,7 +76,9 @@ class Deadlines:
         uncancel = getattr(entry[1], "uncancel", None)  # 3.11+: the request is ours
         if uncancel is not None:
             uncancel()
-        if isinstance(error, asyncio.CancelledError):
+        from asyncio import CancelledError
+
+        if isinstance(error, CancelledError):
             return TimedOut(self.seconds)
         return error
 
@@ -82,9 +92,12 @@ class Deadlines:
 class _Queue:
     """The running calls of one function on one loop, oldest deadline first."""
 
-    __slots__ = ("_entries", "_loop", "_now", "_seconds", "_timer")
+    __slots__ = ("_current_task", "_entries", "_loop", "_now", "_seconds", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        import asyncio
+
+        self._current_task = asyncio.current_task
         self._loop = loop
         # The loop's clock, read without a method call where it is time.monotonic.
         self._now: Callable[[], float] = (
@@ -101,7 +114,7 @@ class _Queue:
         # [deadline, task, state, queue]. The loop given: current_task() would look it up
         # again, and each lookup checks the pid, a syscall.
         loop = self._loop
-        entry: list[Any] = [self._now() + self._seconds, asyncio.current_task(loop), _RUNNING, self]
+        entry: list[Any] = [self._now() + self._seconds, self._current_task(loop), _RUNNING, self]
         self._entries.append(entry)
         if self._timer is None:
             self._timer = self._loop.call_at(entry[0], self._expire)
