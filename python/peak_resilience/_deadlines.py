@@ -14,11 +14,13 @@ per call.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Deadlines", "TimedOut"]
 
@@ -36,16 +38,22 @@ class TimedOut(TimeoutError):
 class Deadlines:
     """The deadlines of one guarded function's calls (``seconds`` each), per event loop."""
 
-    __slots__ = ("_queues", "seconds")
+    __slots__ = ("_cancelled", "_queues", "_running_loop", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        # Here, when an async def function is given a timeout: importing the decorator
+        # module alone must not import asyncio (see tests/test_import_cost.py).
+        import asyncio
+
         self.seconds = seconds
         self._queues: dict[asyncio.AbstractEventLoop, _Queue] = {}
+        self._running_loop = asyncio.get_running_loop
+        self._cancelled = asyncio.CancelledError
 
     def start(self) -> list[Any]:
         """Starts the clock of the call running in the current task; pass what it returns
         to ``ended`` (or ``failed``) when the call ends."""
-        loop = asyncio.get_running_loop()
+        loop = self._running_loop()
         queue = self._queues.get(loop)
         if queue is None or queue.closed():
             queue = self._queues[loop] = _Queue(loop, self.seconds)
@@ -68,7 +76,7 @@ class Deadlines:
         uncancel = getattr(entry[1], "uncancel", None)  # 3.11+: the request is ours
         if uncancel is not None:
             uncancel()
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, self._cancelled):
             return TimedOut(self.seconds)
         return error
 
@@ -82,10 +90,13 @@ class Deadlines:
 class _Queue:
     """The running calls of one function on one loop, oldest deadline first."""
 
-    __slots__ = ("_entries", "_loop", "_now", "_seconds", "_timer")
+    __slots__ = ("_current_task", "_entries", "_loop", "_now", "_seconds", "_timer")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+        import asyncio
+
         self._loop = loop
+        self._current_task = asyncio.current_task
         # The loop's clock, read without a method call where it is time.monotonic.
         self._now: Callable[[], float] = (
             time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
@@ -101,7 +112,8 @@ class _Queue:
         # [deadline, task, state, queue]. The loop given: current_task() would look it up
         # again, and each lookup checks the pid, a syscall.
         loop = self._loop
-        entry: list[Any] = [self._now() + self._seconds, asyncio.current_task(loop), _RUNNING, self]
+        task = self._current_task(loop)
+        entry: list[Any] = [self._now() + self._seconds, task, _RUNNING, self]
         self._entries.append(entry)
         if self._timer is None:
             self._timer = self._loop.call_at(entry[0], self._expire)
