@@ -60,10 +60,11 @@ class Deadlines:
             queue = self._queue_for(loop)
         # [deadline, task, state, the queue's entries]. current_task(loop): without the
         # loop it would look it up again, and each lookup checks the pid (a syscall).
-        entry = [queue.now() + self.seconds, self._current_task(loop), _RUNNING, queue.entries]
+        deadline = queue.now() + self.seconds
+        entry: list[Any] = [deadline, self._current_task(loop), _RUNNING, queue.entries]
         queue.entries.append(entry)
         if queue.timer is None:
-            queue.arm(entry[0])
+            queue.arm(deadline)
         return entry
 
     @staticmethod
