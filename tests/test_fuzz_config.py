@@ -384,6 +384,7 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     # Issue 16: the bulkhead and the retries.
     "max_concurrent": st.integers(1, 10_000),
     "bulkhead_max_wait": st.floats(0.0, 3_600.0),
+    "bulkhead_backend": st.sampled_from(["memory", "shared"]),
     "retry_attempts": st.integers(1, 100),
     "retry_on": st.lists(
         st.sampled_from(["ConnectionError", "TimeoutError", "socket.timeout"]), max_size=3
