@@ -188,7 +188,7 @@ def read(
     bound: int = 0,
 ) -> Readings:
     """Reads every live breaker, limiter and operation, merged with what was reported;
-    with ``names``, at most ``bound`` breaker names, buckets and bulkhead names keep
+    with ``names``, at most ``bound`` breaker, limiter and bulkhead names keep
     their own series (the others are exported as "other", see ``bound``)."""
     states: dict[str, int] = {}
     failures: dict[str, int] = {}
@@ -358,17 +358,18 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
         breaker_would_reject=fold(r.breaker_would_reject, keeps, same, lambda k: OTHER, _add),
         breaker_slow_calls=fold(r.breaker_slow_calls, keeps, same, lambda k: OTHER, _add),
     )
-    pair = (OTHER, OTHER)
-    keeps = names.buckets.choose([*r.requests, *r.tokens], bound, pair)
-    kept_limiters = {key[0] for key in r.requests if keeps(key)}
+    # Limiters by name: a limiter past the bound is exported as limiter "other", its
+    # endpoints' labels kept (they are bounded on their own, see _bucket_series).
+    keeps = names.buckets.choose([*(k[0] for k in r.requests), *(k[0] for k in r.tokens)], bound)
     buckets = dataclasses.replace(
         breakers,
-        requests=fold(r.requests, keeps, same, lambda k: pair, _add),
-        rejections=fold(r.rejections, keeps, same, lambda k: pair, _add),
-        tokens=fold(r.tokens, keeps, same, lambda k: pair, min),
-        window_tokens=fold(r.window_tokens, keeps, lambda k: k[:2], lambda k: (*pair, k[2]), min),
-        # By limiter: one with a bucket of its own keeps its own series.
-        paused=fold(r.paused, kept_limiters.__contains__, same, lambda k: OTHER, max),
+        requests=fold(r.requests, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), _add),
+        rejections=fold(r.rejections, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), _add),
+        tokens=fold(r.tokens, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), min),
+        window_tokens=fold(
+            r.window_tokens, keeps, lambda k: k[0], lambda k: (OTHER, k[1], k[2]), min
+        ),
+        paused=fold(r.paused, keeps, same, lambda k: OTHER, max),
     )
     keeps = names.bulkheads.choose([*r.bulkhead_in_flight, *r.bulkhead_rejections], bound)
     bulkheads = dataclasses.replace(
@@ -380,6 +381,8 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
     for family, group in (
         ("circuit_breaker_state", names.breakers),
         ("rate_limit_hits", names.buckets),
+        ("rate_limit_rejections", names.buckets),
+        ("rate_limit_tokens_available", names.buckets),
         ("bulkhead_in_flight", names.bulkheads),
     ):
         if group.folded:
