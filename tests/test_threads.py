@@ -60,7 +60,7 @@ def test_a_budget_of_k_admits_exactly_k_across_eight_threads(switch_interval: No
 
 
 def test_breaker_counters_lose_no_update_across_eight_threads(switch_interval: None) -> None:
-    breaker = CircuitBreaker(failure_threshold=10**9, clock=ManualClock())
+    breaker = CircuitBreaker(failure_threshold=16_777_215, clock=ManualClock())
     per_thread = 5_000
 
     @breaker.call

@@ -360,7 +360,8 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
     )
     # Limiters by name: a limiter past the bound is exported as limiter "other", its
     # endpoints' labels kept (they are bounded on their own, see _bucket_series).
-    keeps = names.buckets.choose([*(k[0] for k in r.requests), *(k[0] for k in r.tokens)], bound)
+    # Live limiters (those with tokens) first, then names kept for what dropped ones counted.
+    keeps = names.buckets.choose([*(k[0] for k in r.tokens), *(k[0] for k in r.requests)], bound)
     buckets = dataclasses.replace(
         breakers,
         requests=fold(r.requests, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), _add),
