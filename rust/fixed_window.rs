@@ -155,6 +155,7 @@ mod tests {
     use crate::bucket::tests::admitted_by_eight_threads;
     use crate::bucket::{Decision, Kind, Quota, TokenBucket};
     use crate::clock::{Clock, ManualClock, NANOS_PER_SECOND};
+    use proptest::prelude::*;
 
     const SECOND: u64 = NANOS_PER_SECOND;
     const MINUTE: u64 = 60 * SECOND;
@@ -245,6 +246,34 @@ mod tests {
             Decision::Rejected { .. }
         ));
         assert_eq!(bucket.acquire_at(3, 0, true), Decision::Admitted);
+    }
+
+    proptest! {
+        #[test]
+        fn a_fixed_window_agrees_with_a_plain_count_per_calendar_interval(
+            max in 1u64..20,
+            length_ms in 1u64..2_000,
+            ops in proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200),
+        ) {
+            let length = length_ms * 1_000_000;
+            let (bucket, clock) = fixed(max, length, 1_000 * SECOND + 123);
+            let mut counts = std::collections::HashMap::new();
+            for (advance, cost) in ops {
+                clock.advance(advance);
+                let interval = clock.now() / length;
+                let used = counts.get(&interval).copied().unwrap_or(0);
+                let expected = if cost > max { None } else { Some(used + cost <= max) };
+                let actual = match bucket.try_acquire(cost) {
+                    Decision::Admitted => Some(true),
+                    Decision::Rejected { .. } => Some(false),
+                    Decision::Impossible => None,
+                };
+                prop_assert_eq!(actual, expected);
+                if actual == Some(true) {
+                    *counts.entry(interval).or_insert(0) += cost;
+                }
+            }
+        }
     }
 
     #[test]

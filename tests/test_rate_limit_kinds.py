@@ -321,3 +321,20 @@ def test_a_config_budget_may_mix_kinds(fresh: ManualClock, write_config: Any) ->
     limiter = create_module_rate_limiter("binance", "orders")
     assert limiter.default_bucket.window_kinds == ["fixed", "sliding"]
     assert burst(limiter, 20) == 10
+
+
+def test_a_guarded_call_on_redis_is_admitted_by_every_kind_in_one_script(redis_url: str) -> None:
+    from peak_resilience import CircuitBreaker
+    from peak_resilience._guard import guard
+    from peak_resilience.errors import RateLimitExceeded
+
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(3, 60, "venue", **on_redis)
+    limiter = RateLimiter(limits=["5/1d fixed", "1/1h sliding"], name="venue", **on_redis)
+    order = guard(lambda: "filled", breaker=breaker, limiter=limiter)
+    assert order() == "filled"
+    with pytest.raises(RateLimitExceeded) as refused:
+        order()
+    # Redis' own clock: the sliding window's request leaves it an hour after it came.
+    assert refused.value.retry_after == pytest.approx(3600, abs=5)
+    assert tokens(limiter) == [4, 0]
