@@ -2,9 +2,9 @@
 //! 1,200 in each minute that starts at a multiple of 60 s since the Unix epoch, and its
 //! count starts again at 0 when the next one begins.
 //!
-//! The whole state is the window's one word: the interval's number (its low 31 bits) and
-//! the count in it, so an acquire is a load, a division and a compare-and-swap, as GCRA's.
-//! Time is epoch nanoseconds (`Clock::wall`).
+//! The whole state is the window's one word: whether it has counted anything, the
+//! interval's number (its low 31 bits) and the count in it, so an acquire is a load, a
+//! division and a compare-and-swap, as GCRA's. Time is epoch nanoseconds (`Clock::wall`).
 
 use crate::bucket::{Decision, Window};
 use crate::sync::Ordering;
@@ -13,9 +13,16 @@ use crate::sync::Ordering;
 pub const MAX_COUNT: u64 = u32::MAX as u64;
 
 const COUNT_BITS: u32 = 32;
-/// The interval's number kept in the word: 31 bits, wrapping (after 2^31 intervals of
-/// idleness a stale count could be taken for the current one: 68 years of seconds).
+/// The interval's number kept in the word: 31 bits, wrapping.
 const PERIOD_MASK: u64 = (1 << 31) - 1;
+/// Set in every word a count was written to (0: a new or refilled window, empty).
+const COUNTED: u64 = 1 << 63;
+/// How many intervals ahead of ours a word may be and still be the one in force: clocks
+/// of threads and processes disagree by a hair, a caller descheduled between its clock
+/// read and its compare-and-swap by a few intervals of a short window. Anything else is a
+/// stale word: a window idle for 2^31 intervals less this many could be taken for one
+/// ahead (a 1 ms window idle for exactly 24.8 days, to the millisecond).
+const AHEAD: u64 = 1 << 10;
 
 /// The interval in force at `wall` and the count in it.
 ///
@@ -27,7 +34,7 @@ fn current(word: u64, wall: u64, length: u64) -> (u64, u64) {
     let ours = wall / length.max(1);
     let stored = (word >> COUNT_BITS) & PERIOD_MASK;
     let ahead = stored.wrapping_sub(ours) & PERIOD_MASK;
-    if ahead < PERIOD_MASK / 2 {
+    if word & COUNTED != 0 && ahead <= AHEAD {
         (ours + ahead, word & MAX_COUNT)
     } else {
         (ours, 0)
@@ -36,7 +43,7 @@ fn current(word: u64, wall: u64, length: u64) -> (u64, u64) {
 
 #[inline(always)]
 fn word_of(period: u64, count: u64) -> u64 {
-    (period & PERIOD_MASK) << COUNT_BITS | count.min(MAX_COUNT)
+    COUNTED | (period & PERIOD_MASK) << COUNT_BITS | count.min(MAX_COUNT)
 }
 
 /// What a refund of a take needs: the interval it counted in (never 0).
@@ -119,7 +126,8 @@ pub fn give_back(window: &Window, cost: u64, taken: u64) {
     let _ = window
         .word
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-            let same = (word >> COUNT_BITS) & PERIOD_MASK == taken & PERIOD_MASK;
+            let same =
+                word & COUNTED != 0 && (word >> COUNT_BITS) & PERIOD_MASK == taken & PERIOD_MASK;
             (same && taken != 0).then(|| word_of(taken, (word & MAX_COUNT).saturating_sub(cost)))
         });
 }
@@ -248,6 +256,20 @@ mod tests {
         assert_eq!(bucket.acquire_at(3, 0, true), Decision::Admitted);
     }
 
+    #[test]
+    fn a_short_window_at_an_epoch_time_starts_empty_and_counts_in_its_own_millisecond() {
+        // 1 ms windows at today's epoch time: interval numbers beyond the word's 31 bits.
+        let (bucket, clock) = fixed(1, SECOND / 1_000, 1_699_956_000 * SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(bucket.window_tokens(), vec![0.0]);
+        clock.advance(SECOND / 1_000);
+        assert_eq!(bucket.window_tokens(), vec![1.0]);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        // Idle for 2^31 ms and 5 more (25 days): the stale count is not taken for now.
+        clock.advance((1 << 31) * SECOND / 1_000 + 5 * SECOND / 1_000);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+    }
+
     proptest! {
         #[test]
         fn a_fixed_window_agrees_with_a_plain_count_per_calendar_interval(
@@ -256,7 +278,7 @@ mod tests {
             ops in proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200),
         ) {
             let length = length_ms * 1_000_000;
-            let (bucket, clock) = fixed(max, length, 1_000 * SECOND + 123);
+            let (bucket, clock) = fixed(max, length, 1_699_956_000 * SECOND + 123);
             let mut counts = std::collections::HashMap::new();
             for (advance, cost) in ops {
                 clock.advance(advance);

@@ -220,17 +220,45 @@ def test_eight_threads_admit_exactly_the_count(spec: str) -> None:
     assert sum(admitted) == int(spec.split("/")[0])
 
 
-@pytest.mark.shared_backend
+@pytest.mark.parametrize("spec", ["40/1h fixed", "40/1h sliding"])
+def test_eight_threads_admit_exactly_the_count_on_every_backend(
+    spec: str, make_limiter: Callable[..., RateLimiter]
+) -> None:
+    limiter = make_limiter(limits=[spec])
+    admitted = [0] * 8
+    start = threading.Barrier(8)
+
+    def take(i: int) -> None:
+        start.wait()
+        admitted[i] = burst(limiter, 10)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sum(admitted) == 40
+
+
 @pytest.mark.parametrize("spec", ["25/1d fixed", "25/1h sliding"])
-def test_four_processes_admit_exactly_the_count(spec: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "where", [pytest.param("shared", marks=pytest.mark.shared_backend), "redis"]
+)
+def test_four_processes_admit_exactly_the_count(
+    spec: str, where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     import backend_workers as workers
     from multiprocessing_helpers import CONTEXT, run_all
 
-    shared = {"backend": "shared", "shared_dir": str(tmp_path / "shm")}
+    backend = {"backend": where}
+    if where == "shared":
+        backend["shared_dir"] = str(tmp_path / "shm")
+    else:
+        backend["redis_url"] = request.getfixturevalue("redis_url")
     start = CONTEXT.Barrier(5)
     reports = run_all(
         workers.take_all_windows,
-        [("binance", [spec], shared, start, 40) for _ in range(4)],
+        [("binance", [spec], backend, start, 40) for _ in range(4)],
         start,
     )
     assert sum(reports) == 25
