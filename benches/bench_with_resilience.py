@@ -134,3 +134,64 @@ def test_ours_with_resilience_async(benchmark: Any) -> None:
     benchmark(driven(guarded))
 
     assert _instances.operation("bench.async_noop").snapshot()["successes"] > 0
+
+
+# --- retry, bulkhead and timeout configured but not triggered (issue 16) -------------------
+
+
+def policies() -> dict[str, Any]:
+    """Retries for a class the call never raises, a cap it never reaches."""
+    from peak_resilience.resilience import Retry
+
+    return {"retry": Retry(3, on=ConnectionError), "max_concurrent": 1000}
+
+
+@pytest.mark.benchmark(group="with-resilience-policies")
+def test_ours_with_resilience_without_policies(benchmark: Any) -> None:
+    benchmark(with_resilience("bench", "plain", use_rate_limiter=True)(noop))
+
+
+@pytest.mark.benchmark(group="with-resilience-policies")
+def test_ours_with_resilience_policies_not_triggered(benchmark: Any) -> None:
+    guarded = with_resilience("bench", "policies", use_rate_limiter=True, **policies())(noop)
+
+    benchmark(guarded)
+
+    assert guarded.retry.retries == 0  # type: ignore[attr-defined]
+
+
+#: Calls awaited per run of the event loop in the looped benchmarks.
+BATCH = 100
+
+
+def looped(async_func: Callable[[], Coroutine[Any, Any, Any]]) -> Callable[[], Any]:
+    """Awaits ``BATCH`` calls of ``async_func`` in one task on a running loop (a timeout
+    needs one), then lets the loop run once: per-call ratios, the loop's turn shared."""
+    import asyncio
+
+    loop = asyncio.new_event_loop()
+
+    async def batch() -> None:
+        for _ in range(BATCH):
+            await async_func()
+
+    def run() -> Any:
+        return loop.run_until_complete(batch())
+
+    return run
+
+
+@pytest.mark.benchmark(group="with-resilience-policies-async")
+def test_ours_async_without_policies_in_a_loop(benchmark: Any) -> None:
+    benchmark(looped(with_resilience("bench", "async_plain", use_rate_limiter=True)(async_noop)))
+
+
+@pytest.mark.benchmark(group="with-resilience-policies-async")
+def test_ours_async_policies_not_triggered_in_a_loop(benchmark: Any) -> None:
+    guarded = with_resilience(
+        "bench", "async_policies", use_rate_limiter=True, timeout=60.0, **policies()
+    )(async_noop)
+
+    benchmark(looped(guarded))
+
+    assert _instances.operation("bench.async_policies").snapshot()["failures"] == {}

@@ -83,6 +83,30 @@ def _paths() -> dict[str, Callable[[], Any]]:
         "with_resilience (breaker, limiter, metrics)": resilient,
         "call refused by an open circuit (caught)": refusal,
     }
+    try:  # issue 13's observe(), absent from older builds
+        from bench_observe import BINANCE_REPLY, binance_limiter
+    except ImportError:
+        pass
+    else:
+        observing = binance_limiter()
+        paths["observe() of a Binance reply's headers"] = functools.partial(
+            observing.observe, 200, BINANCE_REPLY
+        )
+
+    async def async_noop() -> None:
+        return None
+
+    def async_decorator(func: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(func)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return await func(*args, **kwargs)
+
+        return wrapper
+
+    paths["floor: a trivial async wrapper (driven)"] = _driven(async_decorator(async_noop))
+    paths["with_resilience async (breaker, limiter, metrics; driven)"] = _driven(
+        with_resilience("hot", "async_op", use_rate_limiter=True)(async_noop)
+    )
     try:  # issue 16's policies, absent from older builds (--against one of them)
         from peak_resilience.resilience import Retry
     except ImportError:
@@ -96,6 +120,21 @@ def _paths() -> dict[str, Callable[[], Any]]:
         max_concurrent=1000,
     )(_noop)
     return paths
+
+
+def _driven(async_func: Callable[[], Any]) -> Callable[[], Any]:
+    """One call of ``async_func`` run to completion by hand, without an event loop (as
+    benches/bench_with_resilience.py drives its async group)."""
+
+    def run() -> Any:
+        coroutine = async_func()
+        try:
+            coroutine.send(None)
+        except StopIteration as done:
+            return done.value
+        raise AssertionError("the coroutine suspended")
+
+    return run
 
 
 def _time(func: Callable[[], Any], calls: int) -> float:
@@ -137,12 +176,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.against is None:
         medians = {k: statistics.median(v) for k, v in _rounds(args.rounds, args.calls).items()}
         floor = medians["floor: a trivial *args/**kwargs decorator"]
+        async_floor = medians["floor: a trivial async wrapper (driven)"]
         print(
             f"| path (plain loop, median of {args.rounds} x {args.calls}) | time | vs decorator |"
         )
         print("|---|---|---|")
         for name, seconds in medians.items():
-            print(f"| {name} | {_ns(seconds)} | {seconds / floor:.2f}x |")
+            # An async path is compared with the trivial async wrapper.
+            reference = async_floor if "async" in name else floor
+            print(f"| {name} | {_ns(seconds)} | {seconds / reference:.2f}x |")
         return 0
     ours: dict[str, list[float]] = {}
     theirs: dict[str, list[float]] = {}

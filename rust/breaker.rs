@@ -6,10 +6,10 @@
 //!
 //! ```text
 //!   bits 61..63  state: CLOSED, HALF_OPEN, OPEN, FORCED_OPEN or DISABLED
-//!   CLOSED       bits 0..32  consecutive failures, bits 32..61 epoch
+//!   CLOSED       bits 0..24  consecutive failures, bits 24..61 epoch
 //!   OPEN         bits 0..61  the instant (ns) at which a trial becomes due
-//!   HALF_OPEN    bits 0..20  trial calls admitted, bits 20..40 trial calls that succeeded,
-//!                bits 40..61 epoch
+//!   HALF_OPEN    bits 0..12  trial calls admitted, bits 12..24 trial calls that succeeded,
+//!                bits 24..61 epoch
 //!   FORCED_OPEN  (no payload) refuses every call until reset
 //!   DISABLED     (no payload) admits every call, counts outcomes, never changes state
 //! ```
@@ -26,12 +26,17 @@
 //! half-open period that admitted it. Every entry into CLOSED or HALF_OPEN starts a new
 //! epoch, so a slow call's verdict only counts in the period that let it through: a call
 //! admitted before the circuit opened cannot reopen it after a trial closed it, nor be
-//! mistaken for a half-open trial. (loom found the first of these.)
+//! mistaken for a half-open trial. (loom found the first of these.) An epoch is drawn from
+//! a counter before the compare-and-swap that installs it, so a caller that loses the
+//! race burns one: the 37 bits an epoch keeps in the word (not 21, as once) are what makes
+//! a stale verdict meeting a later period of the same number impossible in practice, as
+//! that takes 2^37 transitions and lost races while one call is outstanding.
 
 use crate::sync::{AtomicU64, Ordering};
 
 use crate::clock::{Clock, NANOS_PER_SECOND};
 use crate::place::Place;
+use std::ptr::NonNull;
 
 pub const CLOSED: u8 = 0;
 pub const HALF_OPEN: u8 = 1;
@@ -48,11 +53,14 @@ const ROLLING_BUCKETS: usize = 10;
 
 const STATE_SHIFT: u32 = 61;
 const PAYLOAD: u64 = (1 << STATE_SHIFT) - 1;
-const TRIAL_BITS: u32 = 20;
+/// Trial calls admitted and succeeded: 4,095 at once is far more than anyone half-opens
+/// with, and the bits left give the epoch 37.
+const TRIAL_BITS: u32 = 12;
 const TRIAL_FIELD: u64 = (1 << TRIAL_BITS) - 1;
 /// The most trial calls a half-open circuit can admit at once.
 pub const MAX_HALF_OPEN_CALLS: u64 = TRIAL_FIELD;
-const STREAK_BITS: u32 = 32;
+/// Consecutive failures: a threshold up to 16.7 million, the rest of the word the epoch.
+const STREAK_BITS: u32 = 24;
 const STREAK_FIELD: u64 = (1 << STREAK_BITS) - 1;
 /// The largest failure threshold (the streak field's size).
 pub const MAX_FAILURE_THRESHOLD: u64 = STREAK_FIELD;
@@ -320,10 +328,39 @@ impl FailureWindow {
     }
 }
 
-/// The atomics of one breaker, laid out for shared memory as well as for this process.
+/// The atomics of one breaker, laid out for shared memory as well as for this process:
+/// the state machine's, then what only a breaker that transitioned or counts a failure
+/// rate needs. A breaker of this process allocates the second part on first use (most
+/// never transition: 456 bytes of zeros each, issue 19); a shared file holds both.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct BreakerState {
+    pub core: BreakerCore,
+    pub extras: BreakerExtras,
+}
+
+/// The failure-rate window and the transition counters.
 #[repr(C)]
 #[derive(Debug)]
-pub struct BreakerState {
+pub struct BreakerExtras {
+    window: FailureWindow,
+    /// Transitions by `from * STATES + to`.
+    transitions: [std::sync::atomic::AtomicU64; STATES * STATES],
+}
+
+impl Default for BreakerExtras {
+    fn default() -> Self {
+        BreakerExtras {
+            window: FailureWindow::default(),
+            transitions: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+        }
+    }
+}
+
+/// The state machine's atomics.
+#[repr(C)]
+#[derive(Debug)]
+pub struct BreakerCore {
     word: AtomicU64,
     failure_threshold: AtomicU64,
     recovery_timeout: AtomicU64,
@@ -361,15 +398,12 @@ pub struct BreakerState {
     slow_calls: std::sync::atomic::AtomicU64,
     /// Calls admitted in METRICS_ONLY mode that the state machine would have refused.
     would_reject: std::sync::atomic::AtomicU64,
-    window: FailureWindow,
-    /// Transitions by `from * STATES + to`.
-    transitions: [std::sync::atomic::AtomicU64; STATES * STATES],
 }
 
-impl Default for BreakerState {
+impl Default for BreakerCore {
     fn default() -> Self {
         use std::sync::atomic::AtomicU64 as Std;
-        BreakerState {
+        BreakerCore {
             word: AtomicU64::new(0),
             failure_threshold: AtomicU64::new(0),
             recovery_timeout: AtomicU64::new(0),
@@ -391,8 +425,6 @@ impl Default for BreakerState {
             metrics_only: Std::new(0),
             slow_calls: Std::new(0),
             would_reject: Std::new(0),
-            window: FailureWindow::default(),
-            transitions: std::array::from_fn(|_| Std::new(0)),
         }
     }
 }
@@ -400,9 +432,10 @@ impl Default for BreakerState {
 impl BreakerState {
     /// A closed breaker with these settings.
     pub fn new(settings: BreakerSettings) -> Self {
-        let state = BreakerState::default();
-        state.set_settings(settings);
-        state
+        BreakerState {
+            core: BreakerCore::new(settings),
+            extras: BreakerExtras::default(),
+        }
     }
 
     /// A breaker held open (FORCED_OPEN) with the default settings: what a shared
@@ -410,12 +443,24 @@ impl BreakerState {
     /// `sigbus`), so that every call is refused. Plain stores, no allocation.
     pub fn refusing() -> Self {
         let state = BreakerState::new(BreakerSettings::default());
-        state.word.store(pack(FORCED_OPEN, 0), Ordering::Relaxed);
+        state
+            .core
+            .word
+            .store(pack(FORCED_OPEN, 0), Ordering::Relaxed);
         state
     }
+}
 
-    /// Changes thresholds in place; the current state and its counts stay.
-    pub fn set_settings(&self, settings: BreakerSettings) {
+impl BreakerCore {
+    fn new(settings: BreakerSettings) -> Self {
+        let core = BreakerCore::default();
+        core.set_settings(settings);
+        core
+    }
+
+    /// Changes thresholds in place; the current state and its counts stay. True when the
+    /// failure-rate window changed kind or size: its slices would then be misread.
+    fn set_settings(&self, settings: BreakerSettings) -> bool {
         self.failure_threshold.store(
             settings.failure_threshold.clamp(1, MAX_FAILURE_THRESHOLD),
             Ordering::Relaxed,
@@ -433,10 +478,6 @@ impl BreakerState {
         let relaxed = Ordering::Relaxed;
         let kind_changed = self.window_is_time.swap(is_time, relaxed) != is_time;
         let size_changed = self.window_size.swap(size, relaxed) != size;
-        if kind_changed || size_changed {
-            // Slices of another width would be misread.
-            self.window.clear();
-        }
         self.minimum_calls
             .store(settings.minimum_calls.max(1), relaxed);
         self.failure_rate_ppm
@@ -453,28 +494,78 @@ impl BreakerState {
             settings.max_recovery_timeout.max(settings.recovery_timeout),
             relaxed,
         );
+        kind_changed || size_changed
     }
 }
+
+/// A breaker of this process: its core, and its extras once one is needed.
+struct LocalBreaker {
+    core: BreakerCore,
+    extras: std::sync::OnceLock<Box<BreakerExtras>>,
+}
+
+/// Where a breaker's extras are: in the memory its `state` place keeps alive (a plain
+/// pointer, not a second place: one owner handle per breaker is enough).
+#[derive(Clone, Copy)]
+enum Extras {
+    /// Beside the core (a shared file).
+    Within(NonNull<BreakerExtras>),
+    /// Made on first use (this process).
+    Lazy(NonNull<std::sync::OnceLock<Box<BreakerExtras>>>),
+}
+
+// SAFETY: both point to atomics or a OnceLock (Sync) that the breaker's `state` place
+// keeps alive; only shared references are handed out.
+unsafe impl Send for Extras {}
+unsafe impl Sync for Extras {}
 
 /// A circuit breaker: its state (local or shared) and the clock it reads.
 #[derive(Clone)]
 pub struct Breaker {
-    state: Place<BreakerState>,
+    state: Place<BreakerCore>,
+    extras: Extras,
     clock: Clock,
 }
 
 impl Breaker {
     /// A closed breaker owned by this process.
     pub fn new(settings: BreakerSettings, clock: Clock) -> Self {
+        let local = Place::local(LocalBreaker {
+            core: BreakerCore::new(settings),
+            extras: std::sync::OnceLock::new(),
+        });
         Breaker {
-            state: Place::local(BreakerState::new(settings)),
+            state: local.project(|l| &l.core),
+            extras: Extras::Lazy(NonNull::from(&local.extras)),
             clock,
         }
     }
 
     /// A breaker over existing state (for example in a shared mapping).
     pub fn over(state: Place<BreakerState>, clock: Clock) -> Self {
-        Breaker { state, clock }
+        Breaker {
+            state: state.project(|s| &s.core),
+            extras: Extras::Within(NonNull::from(&state.extras)),
+            clock,
+        }
+    }
+
+    /// The window and the transition counters, made now if they were not yet.
+    fn extras(&self) -> &BreakerExtras {
+        // SAFETY (both): `self.state` keeps the memory behind the pointer alive (see Extras).
+        match self.extras {
+            Extras::Within(extras) => unsafe { extras.as_ref() },
+            Extras::Lazy(cell) => unsafe { cell.as_ref() }.get_or_init(Box::default),
+        }
+    }
+
+    /// The window and the transition counters if they exist (all zero otherwise).
+    fn extras_if_made(&self) -> Option<&BreakerExtras> {
+        // SAFETY (both): `self.state` keeps the memory behind the pointer alive (see Extras).
+        match self.extras {
+            Extras::Within(extras) => Some(unsafe { extras.as_ref() }),
+            Extras::Lazy(cell) => unsafe { cell.as_ref() }.get().map(|extras| &**extras),
+        }
     }
 
     pub fn clock(&self) -> &Clock {
@@ -510,7 +601,11 @@ impl Breaker {
     }
 
     pub fn set_settings(&self, settings: BreakerSettings) {
-        self.state.set_settings(settings);
+        if self.state.set_settings(settings) {
+            if let Some(extras) = self.extras_if_made() {
+                extras.window.clear();
+            }
+        }
     }
 
     /// Asks to run one call. In CLOSED this reads nothing but the state word.
@@ -820,8 +915,11 @@ impl Breaker {
         if s.failure_rate_ppm.load(Ordering::Relaxed) == 0 {
             return (0, 0);
         }
+        let Some(extras) = self.extras_if_made() else {
+            return (0, 0);
+        };
         let (slice, span) = self.slice_now(false);
-        s.window.totals(slice, span)
+        extras.window.totals(slice, span)
     }
 
     /// A successful call that lasted `slow_call_duration` or longer: counted as a slow
@@ -856,7 +954,9 @@ impl Breaker {
 
     /// How many times the circuit went from `from` to `to`.
     pub fn transitions(&self, from: u8, to: u8) -> u64 {
-        self.state.transitions[from as usize * STATES + to as usize].load(Ordering::Relaxed)
+        self.extras_if_made().map_or(0, |extras| {
+            extras.transitions[from as usize * STATES + to as usize].load(Ordering::Relaxed)
+        })
     }
 
     /// Whether `word` is still in the closed or half-open period that made `admission`.
@@ -881,10 +981,11 @@ impl Breaker {
         let size = s.window_size.load(Ordering::Relaxed).max(1);
         let width = size.div_ceil(ROLLING_BUCKETS as u64);
         if s.window_is_time.load(Ordering::Relaxed) == 0 {
+            let window = &self.extras().window;
             let n = if take {
-                s.window.sequence.fetch_add(1, Ordering::Relaxed)
+                window.sequence.fetch_add(1, Ordering::Relaxed)
             } else {
-                s.window.sequence.load(Ordering::Relaxed).saturating_sub(1)
+                window.sequence.load(Ordering::Relaxed).saturating_sub(1)
             };
             (n / width, size.div_ceil(width))
         } else {
@@ -901,11 +1002,12 @@ impl Breaker {
         }
         let s = &*self.state;
         let (slice, span) = self.slice_now(true);
-        s.window.record(slice, failed);
+        let window = &self.extras().window;
+        window.record(slice, failed);
         if !failed {
             return false;
         }
-        let (calls, failures) = s.window.totals(slice, span);
+        let (calls, failures) = window.totals(slice, span);
         let ppm = s.failure_rate_ppm.load(Ordering::Relaxed);
         calls >= s.minimum_calls.load(Ordering::Relaxed)
             && failures as u128 * 1_000_000 >= ppm as u128 * calls as u128
@@ -928,7 +1030,9 @@ impl Breaker {
         let s = &*self.state;
         s.failed_trials.store(0, Ordering::Relaxed);
         if s.failure_rate_ppm.load(Ordering::Relaxed) != 0 {
-            s.window.clear();
+            if let Some(extras) = self.extras_if_made() {
+                extras.window.clear();
+            }
         }
     }
 
@@ -979,7 +1083,7 @@ impl Breaker {
         if from == to {
             return None;
         }
-        self.state.transitions[from as usize * STATES + to as usize]
+        self.extras().transitions[from as usize * STATES + to as usize]
             .fetch_add(1, Ordering::Relaxed);
         Some(Transition { from, to })
     }
@@ -1007,6 +1111,35 @@ mod tests {
     fn fail(breaker: &Breaker) -> Option<Transition> {
         let (admission, _) = breaker.enter();
         breaker.on_failure(admission)
+    }
+
+    #[test]
+    fn a_stale_trial_verdict_2_pow_21_epochs_later_does_not_reopen_a_new_half_open_period() {
+        let (breaker, clock) = breaker(1, SECOND, 1);
+        fail(&breaker);
+        clock.advance(SECOND);
+        let (stale, _) = breaker.enter();
+        let Admission::Trial { epoch } = stale else {
+            panic!("expected a trial, got {stale:?}");
+        };
+        // Lost races burned epochs (each caller draws one before its CAS) until the next
+        // half-open period draws the stale trial's number plus 2^21.
+        breaker
+            .state
+            .epoch
+            .store(epoch + (1 << 21) - 1, Ordering::Relaxed);
+        clock.advance(2 * SECOND); // the stale trial's permit is presumed lost
+        let (fresh, _) = breaker.enter();
+        assert_eq!(
+            fresh,
+            Admission::Trial {
+                epoch: epoch + (1 << 21)
+            }
+        );
+        assert_eq!(breaker.on_failure(stale), None);
+        assert_eq!(breaker.current_state().0, HALF_OPEN);
+        assert!(breaker.on_success(fresh).is_some());
+        assert_eq!(breaker.current_state().0, CLOSED);
     }
 
     #[test]

@@ -2,34 +2,84 @@
 //!
 //! One atomic count of the slots taken, changed by compare-and-swap so that it never
 //! passes the cap, however many threads race for the last slot; no lock, no allocation.
+//! On the shared backend the slots are in a file that every process of the host maps
+//! instead (`shared_bulkhead`), so that the cap holds across them.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+
+#[cfg(all(unix, not(peak_portable)))]
+pub use crate::shared_bulkhead::SharedSlots;
+
+/// Builds without the shared backend have no shared slots (none can be made).
+#[cfg(not(all(unix, not(peak_portable))))]
+#[derive(Debug)]
+pub enum SharedSlots {}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+impl SharedSlots {
+    fn try_enter(&self) -> bool {
+        match *self {}
+    }
+    fn leave(&self) {
+        match *self {}
+    }
+    fn in_flight(&self) -> u64 {
+        match *self {}
+    }
+    fn max_concurrent(&self) -> u64 {
+        match *self {}
+    }
+    fn set_max_concurrent(&self, _: u64) {
+        match *self {}
+    }
+}
 
 /// The in-flight count of one bulkhead and how many calls it refused.
 #[derive(Debug)]
 pub struct Bulkhead {
-    max_concurrent: u64,
+    /// Settable: a configuration reload changes the cap of a live bulkhead.
+    max_concurrent: AtomicU64,
     in_flight: AtomicU64,
     rejections: AtomicU64,
+    /// The slots of the shared backend (then `max_concurrent` and `in_flight` are theirs).
+    shared: Option<SharedSlots>,
 }
 
 impl Bulkhead {
     /// A bulkhead that lets `max_concurrent` calls (at least 1) run at once.
     pub fn new(max_concurrent: u64) -> Self {
         Bulkhead {
-            max_concurrent: max_concurrent.max(1),
+            max_concurrent: AtomicU64::new(max_concurrent.max(1)),
             in_flight: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            shared: None,
         }
+    }
+
+    /// A bulkhead whose slots are `shared` by the processes of the host.
+    pub fn over(shared: SharedSlots) -> Self {
+        Bulkhead {
+            shared: Some(shared),
+            ..Bulkhead::new(1)
+        }
+    }
+
+    /// The shared slots, if the bulkhead is on the shared backend.
+    pub fn shared(&self) -> Option<&SharedSlots> {
+        self.shared.as_ref()
     }
 
     /// Takes a slot if one is free. A refusal is not counted here: a caller that waits
     /// for a slot counts only the refusal it finally gives up on (`refused`).
     #[inline]
     pub fn try_enter(&self) -> bool {
+        if let Some(shared) = &self.shared {
+            return shared.try_enter();
+        }
+        let cap = self.max_concurrent.load(Ordering::Relaxed);
         self.in_flight
             .fetch_update(Ordering::Acquire, Ordering::Relaxed, |taken| {
-                (taken < self.max_concurrent).then_some(taken + 1)
+                (taken < cap).then_some(taken + 1)
             })
             .is_ok()
     }
@@ -38,6 +88,9 @@ impl Bulkhead {
     /// slot beyond the cap.
     #[inline]
     pub fn leave(&self) {
+        if let Some(shared) = &self.shared {
+            return shared.leave();
+        }
         let _ = self
             .in_flight
             .fetch_update(Ordering::Release, Ordering::Relaxed, |taken| {
@@ -52,11 +105,28 @@ impl Bulkhead {
     }
 
     pub fn max_concurrent(&self) -> u64 {
-        self.max_concurrent
+        match &self.shared {
+            Some(shared) => shared.max_concurrent(),
+            None => self.max_concurrent.load(Ordering::Relaxed),
+        }
+    }
+
+    /// A new cap (at least 1). Calls in flight keep their slots: a lower cap refuses new
+    /// calls until enough of them have left.
+    pub fn set_max_concurrent(&self, max_concurrent: u64) {
+        match &self.shared {
+            Some(shared) => shared.set_max_concurrent(max_concurrent.max(1)),
+            None => self
+                .max_concurrent
+                .store(max_concurrent.max(1), Ordering::Relaxed),
+        }
     }
 
     pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
+        match &self.shared {
+            Some(shared) => shared.in_flight(),
+            None => self.in_flight.load(Ordering::Relaxed),
+        }
     }
 
     pub fn rejections(&self) -> u64 {
@@ -120,6 +190,27 @@ mod tests {
             .sum();
         assert_eq!(taken, 3);
         assert_eq!(bulkhead.in_flight(), 3);
+    }
+
+    #[test]
+    fn a_lower_cap_refuses_new_calls_until_enough_have_left() {
+        let bulkhead = Bulkhead::new(3);
+        assert!(bulkhead.try_enter() && bulkhead.try_enter() && bulkhead.try_enter());
+        bulkhead.set_max_concurrent(2);
+        assert!(!bulkhead.try_enter());
+        bulkhead.leave();
+        assert!(!bulkhead.try_enter());
+        bulkhead.leave();
+        assert!(bulkhead.try_enter());
+    }
+
+    #[test]
+    fn a_higher_cap_lets_more_calls_in_at_once() {
+        let bulkhead = Bulkhead::new(1);
+        assert!(bulkhead.try_enter());
+        bulkhead.set_max_concurrent(2);
+        assert!(bulkhead.try_enter());
+        assert!(!bulkhead.try_enter());
     }
 
     #[test]

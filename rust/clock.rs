@@ -8,7 +8,7 @@
 //! counter: every copy of it agrees, and tests advance it by hand instead of sleeping.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Nanoseconds per second, for the conversions at the boundary.
 pub const NANOS_PER_SECOND: u64 = 1_000_000_000;
@@ -43,6 +43,30 @@ impl Clock {
             Clock::Manual(_) => now,
         }
     }
+
+    /// A reading to time a call with: pass it to `nanos_since` when the call ends. It is
+    /// not an instant: on the monotonic clock it is the raw TSC (see `stopwatch`), which
+    /// no other process or state machine compares with anything; below 2^63 either way.
+    #[inline(always)]
+    pub fn stopwatch_start(&self) -> u64 {
+        match self {
+            Clock::Monotonic => stopwatch().raw(),
+            Clock::Manual(manual) => manual.now(),
+        }
+    }
+
+    /// Nanoseconds since `start`, a `stopwatch_start` reading of this clock (0 if the
+    /// reading is later than now).
+    #[inline(always)]
+    pub fn nanos_since(&self, start: u64) -> u64 {
+        match self {
+            Clock::Monotonic => {
+                let stopwatch = stopwatch();
+                stopwatch.delta_as_nanos(start, stopwatch.raw())
+            }
+            Clock::Manual(manual) => manual.now().saturating_sub(start),
+        }
+    }
 }
 
 /// Epoch time less monotonic time, read once: calendar intervals then follow the
@@ -59,6 +83,18 @@ fn epoch_offset() -> u64 {
     })
 }
 
+/// The clock that times calls for the latency histogram and the slow-call rule: quanta's
+/// TSC reading (`rdtsc`, ~7 ns here against ~18 ns for `clock_gettime` through the vDSO),
+/// scaled to nanoseconds by a ratio calibrated against `CLOCK_MONOTONIC` once per process
+/// (to within ~10 ns); quanta uses the monotonic clock itself where the TSC is not
+/// invariant (or not there). Durations only: a coarse clock (CLOCK_MONOTONIC_COARSE, ticks
+/// of 1-4 ms) would put every sub-millisecond call in one bucket, where an order path lives.
+#[inline(always)]
+pub fn stopwatch() -> &'static quanta::Clock {
+    static STOPWATCH: OnceLock<quanta::Clock> = OnceLock::new();
+    STOPWATCH.get_or_init(quanta::Clock::new)
+}
+
 /// `CLOCK_MONOTONIC` in nanoseconds: unaffected by wall-clock jumps, and the same for every
 /// process on the host (which the shared-memory backend relies on).
 #[cfg(all(unix, not(peak_portable)))]
@@ -72,7 +108,45 @@ pub fn monotonic_now() -> u64 {
     // platforms we build for, and clock_gettime only writes through the pointer.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     debug_assert_eq!(rc, 0);
-    (ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64
+    ((ts.tv_sec as u64) * NANOS_PER_SECOND + ts.tv_nsec as u64).wrapping_sub(namespace_offset())
+}
+
+/// How far this process's time namespace moves `CLOCK_MONOTONIC` from the host's, in
+/// nanoseconds (two's complement: it may be negative). A container started in a time
+/// namespace (`unshare --time`, CRIU restores) reads the host's monotonic clock plus this
+/// offset; subtracted, every process on the host reads the same instants again, which a
+/// bucket or breaker in a shared file needs: one ahead by an hour would see every bucket
+/// refilled and every open circuit due for a trial. A process's namespace is fixed once it
+/// runs (it can only join one for its children), so the offset is read once.
+#[cfg(all(unix, not(peak_portable)))]
+#[inline]
+fn namespace_offset() -> u64 {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *OFFSET.get_or_init(|| {
+        std::fs::read_to_string("/proc/self/timens_offsets")
+            .map_or(0, |text| parse_namespace_offset(&text))
+    })
+}
+
+/// The `monotonic` line of `/proc/self/timens_offsets` ("monotonic <seconds> <nanoseconds>",
+/// Linux 5.6 and later) in nanoseconds; 0 when absent or unreadable (no time namespaces).
+#[cfg(all(unix, not(peak_portable)))]
+fn parse_namespace_offset(text: &str) -> u64 {
+    text.lines()
+        .find_map(|line| {
+            let mut fields = line.split_whitespace();
+            if fields.next()? != "monotonic" {
+                return None;
+            }
+            let seconds: i64 = fields.next()?.parse().ok()?;
+            let nanos: i64 = fields.next()?.parse().ok()?;
+            Some(
+                seconds
+                    .wrapping_mul(NANOS_PER_SECOND as i64)
+                    .wrapping_add(nanos) as u64,
+            )
+        })
+        .unwrap_or(0)
 }
 
 /// Nanoseconds of std's monotonic `Instant` (QueryPerformanceCounter on Windows) since the
@@ -157,6 +231,21 @@ pub fn duration_label(nanos: u64) -> String {
 mod tests {
     use super::*;
 
+    #[cfg(all(unix, not(peak_portable)))]
+    #[test]
+    fn a_time_namespace_offset_is_read_in_nanoseconds_and_may_be_negative() {
+        let ahead = "monotonic        3600         5\nboottime            0         0\n";
+        assert_eq!(parse_namespace_offset(ahead), 3_600 * NANOS_PER_SECOND + 5);
+        let behind = "boottime 0 0\nmonotonic -2 0\n";
+        let reading = 10 * NANOS_PER_SECOND;
+        assert_eq!(
+            reading.wrapping_sub(parse_namespace_offset(behind)),
+            12 * NANOS_PER_SECOND
+        );
+        assert_eq!(parse_namespace_offset(""), 0);
+        assert_eq!(parse_namespace_offset("monotonic x y\n"), 0);
+    }
+
     #[test]
     fn monotonic_clock_never_goes_backwards() {
         let mut last = monotonic_now();
@@ -165,6 +254,27 @@ mod tests {
             assert!(now >= last);
             last = now;
         }
+    }
+
+    #[test]
+    fn the_stopwatch_times_a_sleep_within_a_millisecond_of_the_monotonic_clock() {
+        let clock = Clock::Monotonic;
+        let (start, reference) = (clock.stopwatch_start(), monotonic_now());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let (timed, expected) = (clock.nanos_since(start), monotonic_now() - reference);
+        assert!(
+            timed.abs_diff(expected) < 1_000_000,
+            "{timed} vs {expected}"
+        );
+    }
+
+    #[test]
+    fn the_manual_clock_times_what_a_test_advanced() {
+        let manual = ManualClock::new(1_000);
+        let clock = Clock::Manual(manual.clone());
+        let start = clock.stopwatch_start();
+        manual.advance(250);
+        assert_eq!(clock.nanos_since(start), 250);
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! - a limiter's default bucket: `limiter.<name>.default.bucket`
 //! - an endpoint's bucket: `limiter.<name>.endpoint.<endpoint>.bucket`
 //! - a breaker: `breaker.<name>.breaker`
+//! - a bulkhead: `bulkhead.<name>.bulkhead`
 
 use std::path::{Path, PathBuf};
 
@@ -60,6 +61,11 @@ pub fn breaker_file(dir: &Path, name: &str) -> PathBuf {
         "{BREAKER_PREFIX}{}{BREAKER_SUFFIX}",
         file_component(name)
     ))
+}
+
+/// The file of a bulkhead's slots.
+pub fn bulkhead_file(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("bulkhead.{}.bulkhead", file_component(name)))
 }
 
 /// Whether `dir` holds a bucket file of the limiter `name`.

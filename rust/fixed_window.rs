@@ -2,9 +2,9 @@
 //! 1,200 in each minute that starts at a multiple of 60 s since the Unix epoch, and its
 //! count starts again at 0 when the next one begins.
 //!
-//! The whole state is the window's one word: whether it has counted anything, the
-//! interval's number (its low 31 bits) and the count in it, so an acquire is a load, a
-//! division and a compare-and-swap, as GCRA's. Time is epoch nanoseconds (`Clock::wall`).
+//! The whole state is the window's one word: the interval's number (its low 31 bits) and
+//! the count in it, so an acquire is a load, a division and a compare-and-swap, as GCRA's.
+//! Time is epoch nanoseconds (`Clock::wall`).
 
 use crate::bucket::{Decision, Window};
 use crate::sync::Ordering;
@@ -13,28 +13,29 @@ use crate::sync::Ordering;
 pub const MAX_COUNT: u64 = u32::MAX as u64;
 
 const COUNT_BITS: u32 = 32;
-/// The interval's number kept in the word: 31 bits, wrapping.
+/// The interval's number kept in the word: 31 bits, wrapping (after 2^31 intervals of
+/// idleness a stale count could be taken for the current one: 68 years of seconds).
 const PERIOD_MASK: u64 = (1 << 31) - 1;
-/// Set in every word a count was written to (0: a new or refilled window, empty).
-const COUNTED: u64 = 1 << 63;
-/// How many intervals ahead of ours a word may be and still be the one in force: clocks
-/// of threads and processes disagree by a hair, a caller descheduled between its clock
-/// read and its compare-and-swap by a few intervals of a short window. Anything else is a
-/// stale word: a window idle for 2^31 intervals less this many could be taken for one
-/// ahead (a 1 ms window idle for exactly 24.8 days, to the millisecond).
-const AHEAD: u64 = 1 << 10;
+
+/// How far ahead of ours another process's calendar may run: each process aligns its
+/// monotonic clock to the wall clock once (`Clock::wall`), so their readings differ by
+/// the error of that one reading, far below a second.
+const SKEW_NANOS: u64 = 1_000_000_000;
 
 /// The interval in force at `wall` and the count in it.
 ///
-/// A word whose interval is a little ahead of ours was written by a thread or process
-/// whose clock already passed the boundary: we count in that interval too, never reset it
-/// back to one that is over (which would admit its budget a second time).
+/// A word whose interval is a little ahead of ours (at most `SKEW_NANOS`, and at least
+/// the next interval) was written by a thread or process whose clock already passed the
+/// boundary: we count in that interval too, never reset it back to one that is over
+/// (which would admit its budget a second time). Any other interval is over, and a fresh
+/// word (0) holds none: its 31 bits of interval must not pass for one far ahead.
 #[inline(always)]
 fn current(word: u64, wall: u64, length: u64) -> (u64, u64) {
-    let ours = wall / length.max(1);
+    let length = length.max(1);
+    let ours = wall / length;
     let stored = (word >> COUNT_BITS) & PERIOD_MASK;
     let ahead = stored.wrapping_sub(ours) & PERIOD_MASK;
-    if word & COUNTED != 0 && ahead <= AHEAD {
+    if word != 0 && ahead <= (SKEW_NANOS / length).max(1) {
         (ours + ahead, word & MAX_COUNT)
     } else {
         (ours, 0)
@@ -43,7 +44,7 @@ fn current(word: u64, wall: u64, length: u64) -> (u64, u64) {
 
 #[inline(always)]
 fn word_of(period: u64, count: u64) -> u64 {
-    COUNTED | (period & PERIOD_MASK) << COUNT_BITS | count.min(MAX_COUNT)
+    (period & PERIOD_MASK) << COUNT_BITS | count.min(MAX_COUNT)
 }
 
 /// What a refund of a take needs: the interval it counted in (never 0).
@@ -126,8 +127,7 @@ pub fn give_back(window: &Window, cost: u64, taken: u64) {
     let _ = window
         .word
         .fetch_update(Ordering::AcqRel, Ordering::Acquire, |word| {
-            let same =
-                word & COUNTED != 0 && (word >> COUNT_BITS) & PERIOD_MASK == taken & PERIOD_MASK;
+            let same = (word >> COUNT_BITS) & PERIOD_MASK == taken & PERIOD_MASK;
             (same && taken != 0).then(|| word_of(taken, (word & MAX_COUNT).saturating_sub(cost)))
         });
 }
@@ -178,6 +178,27 @@ mod tests {
         (0..calls)
             .filter(|_| bucket.try_acquire(1) == Decision::Admitted)
             .count()
+    }
+
+    #[test]
+    fn a_fresh_one_second_window_counts_in_the_current_second_of_2026_not_one_far_ahead() {
+        // 2026-12-02 in seconds: the low 31 bits of the second's number are above 2^30,
+        // where a fresh (zero) word once read as an interval 14 years ahead.
+        let start = 1_796_200_000 * SECOND;
+        let (bucket, clock) = fixed(1, SECOND, start);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND });
+        clock.advance(SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+    }
+
+    #[test]
+    fn a_count_of_an_interval_long_over_is_not_taken_for_one_ahead() {
+        let start = 1_796_200_000 * SECOND;
+        let (bucket, clock) = fixed(1, SECOND, start);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        clock.advance(3 * SECOND); // the stored interval is 3 behind: over
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
     }
 
     #[test]

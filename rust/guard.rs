@@ -93,8 +93,8 @@ impl Timing {
     #[inline(always)]
     pub fn start(clock: &Clock, for_stats: bool, for_breaker: bool) -> Timing {
         match (for_stats, for_breaker) {
-            (true, _) => Timing(clock.now() & !BREAKER_ONLY),
-            (false, true) => Timing(clock.now() | BREAKER_ONLY),
+            (true, _) => Timing(clock.stopwatch_start() & !BREAKER_ONLY),
+            (false, true) => Timing(clock.stopwatch_start() | BREAKER_ONLY),
             (false, false) => Timing(NOT_TIMED),
         }
     }
@@ -102,7 +102,7 @@ impl Timing {
     /// The call's duration so far, if anyone reads it.
     #[inline(always)]
     pub fn elapsed(self, clock: &Clock) -> Option<u64> {
-        (self.0 != NOT_TIMED).then(|| clock.now().saturating_sub(self.0 & !BREAKER_ONLY))
+        (self.0 != NOT_TIMED).then(|| clock.nanos_since(self.0 & !BREAKER_ONLY))
     }
 
     /// Whether the operation's stats record this call.

@@ -23,6 +23,8 @@ pub mod shared;
 #[path = "shared_unsupported.rs"]
 pub mod shared;
 #[cfg(all(unix, not(peak_portable)))]
+pub mod shared_bulkhead;
+#[cfg(all(unix, not(peak_portable)))]
 mod sigbus;
 pub mod sliding_window;
 pub mod stats;

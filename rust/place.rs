@@ -38,6 +38,16 @@ impl<T: Send + Sync + 'static> Place<T> {
     }
 }
 
+impl<T> Place<T> {
+    /// The place of a part of `T` (a field), kept alive by the same owner.
+    pub fn project<U>(&self, part: impl FnOnce(&T) -> &U) -> Place<U> {
+        Place {
+            ptr: NonNull::from(part(self)),
+            _owner: Arc::clone(&self._owner),
+        }
+    }
+}
+
 impl<T> Deref for Place<T> {
     type Target = T;
 

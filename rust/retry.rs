@@ -45,12 +45,13 @@ pub fn random_fraction() -> f64 {
 /// The retries an operation may still make.
 #[derive(Debug)]
 pub struct RetryBudget {
-    deposit: i64,
-    cap: i64,
+    /// The rates are atomics so that a configuration reload changes them in place.
+    deposit: AtomicI64,
+    cap: AtomicI64,
     balance: AtomicI64,
     /// The floor's GCRA state: when its next retry is due (0: never used).
     floor_due: AtomicU64,
-    floor_interval: u64,
+    floor_interval: AtomicU64,
     retries: AtomicU64,
     exhausted: AtomicU64,
     clock: Clock,
@@ -59,27 +60,60 @@ pub struct RetryBudget {
 impl RetryBudget {
     /// `fraction` of the calls (0.2 = one retry per five calls) plus `min_per_second`.
     pub fn new(fraction: f64, min_per_second: u64, clock: Clock) -> Self {
-        let deposit = (fraction.clamp(0.0, 1.0) * ONE as f64).round() as i64;
-        RetryBudget {
-            deposit,
-            cap: deposit * REMEMBERED_CALLS,
+        let budget = RetryBudget {
+            deposit: AtomicI64::new(0),
+            cap: AtomicI64::new(0),
             balance: AtomicI64::new(0),
             floor_due: AtomicU64::new(0),
-            floor_interval: SECOND.checked_div(min_per_second).unwrap_or(0),
+            floor_interval: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             exhausted: AtomicU64::new(0),
             clock,
-        }
+        };
+        budget.set_rates(fraction, min_per_second);
+        budget
+    }
+
+    /// New rates for a live budget (a configuration reload): the balance saved so far
+    /// stays, cut to the new cap.
+    pub fn set_rates(&self, fraction: f64, min_per_second: u64) {
+        let deposit = (fraction.clamp(0.0, 1.0) * ONE as f64).round() as i64;
+        let cap = deposit * REMEMBERED_CALLS;
+        self.deposit.store(deposit, Ordering::Relaxed);
+        self.cap.store(cap, Ordering::Relaxed);
+        self.floor_interval.store(
+            SECOND.checked_div(min_per_second).unwrap_or(0),
+            Ordering::Relaxed,
+        );
+        let _ = self
+            .balance
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
+                (b > cap).then_some(cap)
+            });
+    }
+
+    /// The fraction of the calls that may be retried.
+    pub fn fraction(&self) -> f64 {
+        self.deposit.load(Ordering::Relaxed) as f64 / ONE as f64
+    }
+
+    /// Retries a second allowed however few the calls.
+    pub fn min_per_second(&self) -> u64 {
+        SECOND
+            .checked_div(self.floor_interval.load(Ordering::Relaxed))
+            .unwrap_or(0)
     }
 
     /// Counts a call (not a retry): it earns `fraction` of a retry.
     #[inline]
     pub fn deposit(&self) {
-        if self.balance.load(Ordering::Relaxed) < self.cap {
+        let cap = self.cap.load(Ordering::Relaxed);
+        if self.balance.load(Ordering::Relaxed) < cap {
+            let deposit = self.deposit.load(Ordering::Relaxed);
             let _ = self
                 .balance
                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| {
-                    (b < self.cap).then(|| (b + self.deposit).min(self.cap))
+                    (b < cap).then(|| (b + deposit).min(cap))
                 });
         }
     }
@@ -104,15 +138,16 @@ impl RetryBudget {
 
     /// GCRA with a burst of one second's worth of the floor.
     fn take_floor(&self) -> bool {
-        if self.floor_interval == 0 {
+        let interval = self.floor_interval.load(Ordering::Relaxed);
+        if interval == 0 {
             return false;
         }
         let now = self.clock.now();
-        let tolerance = SECOND - self.floor_interval;
+        let tolerance = SECOND - interval;
         self.floor_due
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |due| {
                 let due = due.max(now);
-                (due - now <= tolerance).then(|| due + self.floor_interval)
+                (due - now <= tolerance).then(|| due + interval)
             })
             .is_ok()
     }
@@ -180,6 +215,27 @@ mod tests {
         }
         let retries = (0..10_000).filter(|_| budget.withdraw()).count();
         assert_eq!(retries, 200);
+    }
+
+    #[test]
+    fn new_rates_apply_to_the_calls_that_follow() {
+        let (budget, _) = budget(0.2, 0);
+        budget.set_rates(0.5, 0);
+        for _ in 0..10 {
+            budget.deposit();
+        }
+        assert_eq!((0..100).filter(|_| budget.withdraw()).count(), 5);
+        assert_eq!(budget.fraction(), 0.5);
+    }
+
+    #[test]
+    fn a_smaller_fraction_cuts_the_saved_balance_to_its_cap() {
+        let (budget, _) = budget(1.0, 0);
+        for _ in 0..5_000 {
+            budget.deposit();
+        }
+        budget.set_rates(0.1, 0);
+        assert_eq!((0..10_000).filter(|_| budget.withdraw()).count(), 100);
     }
 
     #[test]

@@ -34,8 +34,9 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"PEAKRSL\0");
 /// Bumped whenever the header or a state block changes shape (3: the breaker's failure-rate
 /// window, back-off, slow calls and manual states; 4: a bucket holds up to four windows, a
 /// pause and a priority reserve; 5: two parameter slots per window, switched with the TAT
-/// in one CAS; 6: window kinds in the windows word and the sliding windows' log).
-pub const LAYOUT_VERSION: u64 = 6;
+/// in one CAS; 6: window kinds in the windows word and the sliding windows' log; 7: the
+/// breaker word's epochs widened to 37 bits).
+pub const LAYOUT_VERSION: u64 = 7;
 const HEADER_SIZE: usize = 64;
 const PARAMS: usize = 3;
 /// How many times an open retries when the file vanishes between `link` and `open`

@@ -21,7 +21,7 @@
 //! the fault as fatal before we see it.
 //!
 //! The handler does only what is async-signal-safe: atomic loads and stores, `mremap`,
-//! `sched_yield`, `sigaction`, and it keeps `errno` as it found it. No allocation, no
+//! `sched_yield`, `sigaction`, `pthread_sigmask`, and it keeps `errno` as it found it. No allocation, no
 //! lock.
 
 use std::cell::UnsafeCell;
@@ -286,26 +286,53 @@ fn replace_faulting(info: *mut libc::siginfo_t) -> bool {
     false
 }
 
-/// Not one of ours: whatever handled SIGBUS before us decides.
+/// Set when a previous handler installed with `SA_RESETHAND` has been called once: the
+/// kernel would have put SIG_DFL back after that delivery, so later ones take the default.
+static PREVIOUS_SPENT: AtomicBool = AtomicBool::new(false);
+
+/// Not one of ours: whatever handled SIGBUS before us decides, as the kernel would have
+/// delivered it to that handler: its `sa_mask` (and the signal itself, unless
+/// `SA_NODEFER`) blocked while it runs, `SA_RESETHAND` honoured, SIG_IGN ignoring a signal
+/// sent by `kill` (a real fault cannot be ignored: the kernel kills the process then).
 fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_void) {
     // SAFETY: PREVIOUS was written before this handler was installed.
     let previous = unsafe { (*PREVIOUS.0.get()).assume_init_ref() };
-    let action = previous.sa_sigaction;
+    // SAFETY: the kernel passes a valid siginfo for an SA_SIGINFO handler.
+    let sent = unsafe { (*info).si_code } <= 0;
+    let mut action = previous.sa_sigaction;
+    let resets = previous.sa_flags & libc::SA_RESETHAND != 0;
+    if resets && PREVIOUS_SPENT.swap(true, Ordering::AcqRel) {
+        action = libc::SIG_DFL;
+    }
+    if action == libc::SIG_IGN && sent {
+        return;
+    }
     if action == libc::SIG_DFL || action == libc::SIG_IGN {
         // Back to the default, as without us. A fault: return, the instruction faults
-        // again and the process dies of SIGBUS. A signal sent by kill/raise (si_code <= 0)
-        // would not come again: send it again (blocked until we return).
+        // again and the process dies of SIGBUS. A signal sent by kill/raise would not come
+        // again: send it again (blocked until we return).
         // SAFETY: a zeroed sigaction with SIG_DFL (0) is valid; sigaction and raise are
-        // async-signal-safe; `info` is the kernel's.
+        // async-signal-safe.
         unsafe {
             let mut default: libc::sigaction = std::mem::zeroed();
             default.sa_sigaction = libc::SIG_DFL;
             libc::sigaction(signal, &default, std::ptr::null_mut());
-            if (*info).si_code <= 0 {
+            if sent {
                 libc::raise(signal);
             }
         }
-    } else if previous.sa_flags & libc::SA_SIGINFO != 0 {
+        return;
+    }
+    // SAFETY: sigset operations on local sets and pthread_sigmask are async-signal-safe.
+    let mut before: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        let mut blocked = previous.sa_mask;
+        if previous.sa_flags & libc::SA_NODEFER == 0 {
+            libc::sigaddset(&mut blocked, signal);
+        }
+        libc::pthread_sigmask(libc::SIG_BLOCK, &blocked, &mut before);
+    }
+    if previous.sa_flags & libc::SA_SIGINFO != 0 {
         // SAFETY: an SA_SIGINFO handler has this signature.
         let handler = unsafe {
             std::mem::transmute::<
@@ -319,4 +346,6 @@ fn chain(signal: libc::c_int, info: *mut libc::siginfo_t, context: *mut libc::c_
         let handler = unsafe { std::mem::transmute::<usize, extern "C" fn(libc::c_int)>(action) };
         handler(signal);
     }
+    // SAFETY: restores the mask this handler ran with.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &before, std::ptr::null_mut()) };
 }

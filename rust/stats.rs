@@ -3,6 +3,10 @@
 //! Recording is a few relaxed atomic adds: no lock, no allocation. Failures are counted by
 //! exception type in a small open-addressed table keyed by the type's identity; the type's
 //! name is stored once, by the thread that claims the slot.
+//!
+//! A guarded call that succeeds costs two atomic adds (its bucket and the sum): the
+//! successes are derived, every timed call being a success or a failure, as the
+//! histogram's count less the failures (see `successes`).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::OnceLock;
@@ -63,7 +67,14 @@ pub struct OperationStats {
     /// Non-cumulative counts per bucket; the last one is +Inf.
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
     sum_nanos: AtomicU64,
-    successes: AtomicU64,
+    /// Recorded apart from a call's duration (`record_success`, `record_failure`,
+    /// `record_latency` of the Python API), so that the derivation can allow for them.
+    successes_apart: AtomicU64,
+    failures_apart: AtomicU64,
+    durations_apart: AtomicU64,
+    /// The most successes a snapshot has reported: a scrape racing a failure between
+    /// its two counts could derive one fewer, and a counter must never go down.
+    reported_successes: AtomicU64,
     failures: [FailureSlot; FAILURE_KINDS],
     other_failures: AtomicU64,
     /// The shortest and longest call seen, so that a summary's quantiles (estimated from
@@ -80,7 +91,10 @@ impl Default for OperationStats {
         OperationStats {
             buckets: Default::default(),
             sum_nanos: AtomicU64::new(0),
-            successes: AtomicU64::new(0),
+            successes_apart: AtomicU64::new(0),
+            failures_apart: AtomicU64::new(0),
+            durations_apart: AtomicU64::new(0),
+            reported_successes: AtomicU64::new(0),
             failures: std::array::from_fn(|_| FailureSlot::default()),
             other_failures: AtomicU64::new(0),
             min_nanos: AtomicU64::new(u64::MAX),
@@ -107,11 +121,44 @@ pub struct OperationSnapshot {
 }
 
 impl OperationStats {
-    /// Records how long one call took.
+    /// Records a guarded call that returned after `nanos`: a success, by derivation.
     #[inline]
+    pub fn record_succeeded_call(&self, nanos: u64) {
+        self.record_duration(nanos);
+    }
+
+    /// Records a guarded call that failed after `nanos` with the exception type `key`.
+    #[inline]
+    pub fn record_failed_call(&self, nanos: u64, key: usize, name: impl FnOnce() -> String) {
+        // The failure before its duration (see `successes`).
+        self.count_failure(key, name);
+        self.record_duration(nanos);
+    }
+
+    /// Records a duration alone, whose outcome is recorded apart or not at all.
     pub fn record_latency(&self, nanos: u64) {
+        self.durations_apart.fetch_add(1, Ordering::Relaxed);
+        self.record_duration(nanos);
+    }
+
+    /// Counts a success whose duration is recorded apart or not at all.
+    pub fn record_success(&self) {
+        self.successes_apart.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a failure of the exception type identified by `key` (non-zero) whose
+    /// duration is recorded apart or not at all; `name` is asked for only the first time
+    /// that type is seen.
+    pub fn record_failure(&self, key: usize, name: impl FnOnce() -> String) {
+        self.failures_apart.fetch_add(1, Ordering::Relaxed);
+        self.count_failure(key, name);
+    }
+
+    #[inline(always)]
+    fn record_duration(&self, nanos: u64) {
         let index = LATENCY_BOUNDS.partition_point(|bound| *bound < nanos);
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
+        // Release: whoever reads this count sees the failure counted before it.
+        self.buckets[index].fetch_add(1, Ordering::Release);
         self.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
         // A load first: once the extremes are known, almost no call writes them.
         if nanos < self.min_nanos.load(Ordering::Relaxed) {
@@ -132,14 +179,7 @@ impl OperationStats {
         self.enabled.store(enabled, Ordering::Relaxed);
     }
 
-    #[inline]
-    pub fn record_success(&self) {
-        self.successes.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Counts a failure of the exception type identified by `key` (non-zero); `name` is
-    /// asked for only the first time that type is seen.
-    pub fn record_failure(&self, key: usize, name: impl FnOnce() -> String) {
+    fn count_failure(&self, key: usize, name: impl FnOnce() -> String) {
         debug_assert_ne!(key, 0);
         let start = (key >> 4) % FAILURE_KINDS;
         for probe in 0..FAILURE_KINDS {
@@ -166,13 +206,30 @@ impl OperationStats {
         self.other_failures.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The successes, from the histogram's `count` and `all_failures` read after it:
+    /// every duration recorded is a call's that succeeded or failed, but for those
+    /// recorded apart. A failure is counted before its duration, so a count read first
+    /// never holds a failure that the failures read after it miss: at worst the
+    /// derivation comes out short for a moment, and the highest value reported stands.
+    fn successes(&self, count: u64, all_failures: u64) -> u64 {
+        let timed_failures =
+            all_failures.saturating_sub(self.failures_apart.load(Ordering::Relaxed));
+        let derived = count
+            .saturating_sub(timed_failures)
+            .saturating_sub(self.durations_apart.load(Ordering::Relaxed))
+            .saturating_add(self.successes_apart.load(Ordering::Relaxed));
+        self.reported_successes
+            .fetch_max(derived, Ordering::Relaxed)
+            .max(derived)
+    }
+
     pub fn snapshot(&self) -> OperationSnapshot {
         let mut total = 0;
         let cumulative: Vec<u64> = self
             .buckets
             .iter()
             .map(|count| {
-                total += count.load(Ordering::Relaxed);
+                total += count.load(Ordering::Acquire);
                 total
             })
             .collect();
@@ -189,6 +246,8 @@ impl OperationStats {
             failures.push(("other".to_owned(), other));
         }
         let count = *cumulative.last().unwrap_or(&0);
+        let all_failures: u64 = failures.iter().map(|(_, n)| n).sum();
+        let successes = self.successes(count, all_failures);
         let (min, max) = (
             self.min_nanos.load(Ordering::Relaxed),
             self.max_nanos.load(Ordering::Relaxed),
@@ -197,7 +256,7 @@ impl OperationStats {
         OperationSnapshot {
             cumulative,
             sum_nanos: self.sum_nanos.load(Ordering::Relaxed),
-            successes: self.successes.load(Ordering::Relaxed),
+            successes,
             failures,
             folded_failures: other,
             min_nanos: seen.then_some(min),
@@ -236,6 +295,68 @@ mod tests {
         assert_eq!(snap.cumulative[LATENCY_BOUNDS.len() - 1], 2);
         assert_eq!(*snap.cumulative.last().unwrap(), 3);
         assert_eq!(snap.sum_nanos, 20_000_020_001);
+    }
+
+    #[test]
+    fn a_call_is_a_success_or_a_failure_by_type_and_one_duration() {
+        let stats = OperationStats::default();
+        stats.record_succeeded_call(1_000);
+        stats.record_succeeded_call(2_000);
+        stats.record_failed_call(3_000, 0x1000, || "ValueError".into());
+        let snap = stats.snapshot();
+        assert_eq!(snap.successes, 2);
+        assert_eq!(snap.failures, vec![("ValueError".into(), 1)]);
+        assert_eq!(*snap.cumulative.last().unwrap(), 3);
+        assert_eq!(snap.sum_nanos, 6_000);
+    }
+
+    #[test]
+    fn outcomes_and_durations_recorded_apart_count_as_given() {
+        let stats = OperationStats::default();
+        stats.record_latency(1_000);
+        stats.record_latency(1_000);
+        stats.record_success();
+        stats.record_failure(0x1000, || "ValueError".into());
+        stats.record_succeeded_call(500);
+        let snap = stats.snapshot();
+        assert_eq!(snap.successes, 2);
+        assert_eq!(snap.failures, vec![("ValueError".into(), 1)]);
+        assert_eq!(*snap.cumulative.last().unwrap(), 3);
+    }
+
+    #[test]
+    fn successes_read_while_threads_record_never_go_down() {
+        let stats = OperationStats::default();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            let reader = scope.spawn(|| {
+                let mut last = 0;
+                while !done.load(Ordering::Relaxed) {
+                    let now = stats.snapshot().successes;
+                    assert!(now >= last, "{now} < {last}");
+                    last = now;
+                }
+            });
+            let writers: Vec<_> = (0..3)
+                .map(|_| {
+                    scope.spawn(|| {
+                        for i in 0..20_000u64 {
+                            if i % 3 == 0 {
+                                stats.record_failed_call(i, 0x1000, || "E".into());
+                            } else {
+                                stats.record_succeeded_call(i);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for writer in writers {
+                writer.join().unwrap();
+            }
+            done.store(true, Ordering::Relaxed);
+            reader.join().unwrap();
+        });
+        assert_eq!(stats.snapshot().successes, 3 * 13_333);
     }
 
     #[test]

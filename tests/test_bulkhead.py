@@ -203,3 +203,147 @@ def test_a_full_bulkhead_answers_503_with_retry_after_through_flask() -> None:
     assert answer.status_code == 503
     assert answer.headers["Retry-After"] == "1"
     assert answer.get_json() == {"error": "bulkhead full", "retry_after": 1, "bulkhead": "quotes"}
+
+
+class _CountingBulkhead(Bulkhead):
+    """Counts the looks for a free slot."""
+
+    attempts = 0
+
+    def try_acquire(self) -> bool:
+        type(self).attempts += 1
+        return super().try_acquire()
+
+
+def test_async_waiters_get_slots_in_arrival_order_and_only_the_first_looks() -> None:
+    bulkhead = _CountingBulkhead(1, max_wait=5.0)
+    admitted: list[int] = []
+
+    async def scenario() -> None:
+        release = asyncio.Event()
+
+        async def holder() -> None:
+            async with bulkhead:
+                await release.wait()
+
+        async def waiter(i: int) -> None:
+            async with bulkhead:
+                admitted.append(i)
+                await asyncio.sleep(0.002)
+
+        held = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        waiters = []
+        for i in range(20):
+            waiters.append(asyncio.create_task(waiter(i)))
+            await asyncio.sleep(0.001)  # arrivals spread over the polls
+        _CountingBulkhead.attempts = 0
+        await asyncio.sleep(0.05)
+        release.set()
+        await asyncio.gather(held, *waiters)
+
+    asyncio.run(scenario())
+    assert admitted == list(range(20))
+    # Polling waiters would look 20 at a time every 5 ms (over 200 looks here); in line
+    # only the first does: about one look per poll while held, and one per admission.
+    assert _CountingBulkhead.attempts < 4 * 20
+    assert bulkhead.in_flight == 0 and bulkhead.rejections == 0
+
+
+def test_an_async_waiter_out_of_time_leaves_the_line_and_the_next_is_served() -> None:
+    bulkhead = Bulkhead(1, max_wait=0.03)
+
+    async def scenario() -> tuple[bool, bool]:
+        async with bulkhead:
+            impatient = asyncio.create_task(_enter(bulkhead))
+            await asyncio.sleep(0.06)
+            refused = impatient.done() and isinstance(impatient.exception(), BulkheadFull)
+        return refused, await _enter(bulkhead) is None
+
+    refused, served = asyncio.run(scenario())
+    assert refused and served
+    assert bulkhead.rejections == 1 and bulkhead.in_flight == 0
+
+
+async def _enter(bulkhead: Bulkhead) -> None:
+    async with bulkhead:
+        return None
+
+
+def test_a_reload_changes_the_cap_of_a_decorated_operation_in_place(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+
+    @with_resilience("exchange", "cancel", fallback="busy")
+    def cancel(depth: int) -> str:
+        return cancel(depth - 1) if depth else "cancelled"
+
+    assert cancel(1) == "busy"
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 2\n", name="wider.toml"))
+    assert cancel(1) == "cancelled"
+    assert cancel(2) == "busy"
+    assert cancel.bulkhead.max_concurrent == 2  # type: ignore[attr-defined]
+
+
+def test_a_reload_gives_an_async_operation_the_new_slot_wait(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+
+    @with_resilience("exchange", "fetch")
+    async def fetch(release: asyncio.Event) -> str:
+        await release.wait()
+        return "fetched"
+
+    async def second_call_while_the_first_holds_the_slot() -> str:
+        release = asyncio.Event()
+        first = asyncio.ensure_future(fetch(release))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(fetch(release))
+        await asyncio.sleep(0)
+        release.set()
+        await first
+        return await second
+
+    with pytest.raises(BulkheadFull):
+        asyncio.run(second_call_while_the_first_holds_the_slot())
+    configure(
+        write_config(
+            "[resilience.exchange]\nmax_concurrent = 1\nbulkhead_max_wait = 5\n",
+            name="patient.toml",
+        )
+    )
+    assert asyncio.run(second_call_while_the_first_holds_the_slot()) == "fetched"
+
+
+def test_a_reload_that_adds_or_removes_a_bulkhead_is_refused_naming_max_concurrent(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import ConfigError, configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+    with_resilience("exchange", "cancel")(lambda: "cancelled")
+    with_resilience("backtest", "fetch")(lambda: "fetched")
+
+    with pytest.raises(ConfigError, match="cannot remove the bulkhead") as removed:
+        configure(write_config("[resilience]\n", name="none.toml"))
+    assert removed.value.key == "max_concurrent"
+    with pytest.raises(ConfigError, match="cannot add a bulkhead") as added:
+        configure(write_config("[resilience]\nmax_concurrent = 3\n", name="all.toml"))
+    assert added.value.key == "max_concurrent"
+
+
+def test_a_reload_leaves_a_cap_given_to_the_decorator_alone(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    from peak_resilience.config import configure
+
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 1\n"))
+    cancel = with_resilience("exchange", "cancel", max_concurrent=4)(lambda: "cancelled")
+    configure(write_config("[resilience.exchange]\nmax_concurrent = 2\n", name="b.toml"))
+    assert cancel.bulkhead.max_concurrent == 4  # type: ignore[attr-defined]

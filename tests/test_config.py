@@ -190,7 +190,7 @@ def test_numbers_from_the_environment_are_parsed_to_the_keys_type() -> None:
     ("variable", "value", "problem"),
     [
         ("PEAK_TRADE_RATE_LIMIT_REQUESTS", "lots", "must be an integer, got 'lots'"),
-        ("PEAK_TRADE_CIRCUIT_BREAKER_THRESHOLD", "0", "must be at least 1, got 0"),
+        ("PEAK_TRADE_CIRCUIT_BREAKER_THRESHOLD", "0", "must be between 1 and 16777215, got 0"),
         ("PEAK_TRADE_RATE_LIMIT_WINDOW", "-5", "must be greater than 0, got -5.0"),
         ("PEAK_TRADE_CIRCUIT_BREAKER_TIMEOUT", "nan", "must be a finite number"),
         ("PEAK_TRADE_METRICS_ENABLED", "maybe", "must be a boolean"),
@@ -266,12 +266,13 @@ def test_a_typo_in_the_file_names_the_file_table_and_key_and_suggests_the_right_
         ("circuit_breaker_threshold = true", "must be an integer, got True"),
         ('circuit_breaker_enabled = "yes"', "must be a boolean (true or false), got 'yes'"),
         ("rate_limit_window = false", "must be a number, got False"),
-        ("circuit_breaker_threshold = 0", "must be at least 1, got 0"),
+        ("circuit_breaker_threshold = 0", "must be between 1 and 16777215, got 0"),
+        ("circuit_breaker_threshold = 16777216", "must be between 1 and 16777215, got 16777216"),
         ("rate_limit_window = -1", "must be greater than 0, got -1.0"),
         ("circuit_breaker_timeout = 0", "must be greater than 0, got 0.0"),
         ("rate_limit_requests = 0", "must be at least 1, got 0"),
         ("rate_limit_burst = 0", "must be at least 1, got 0"),
-        ("half_open_max_calls = 0", "must be between 1 and 1048575, got 0"),
+        ("half_open_max_calls = 0", "must be between 1 and 4095, got 0"),
         ('rate_limit_backend = "disk"', "must be one of 'memory', 'shared', 'redis', got 'disk'"),
         ('on_backend_error = "ignore"', "must be one of 'fail_closed', 'fail_open', 'local'"),
     ],
@@ -287,6 +288,14 @@ def test_a_wrong_type_or_impossible_value_is_an_error_naming_the_key(
 
     assert str(raised.value).startswith(f"{path} [resilience.portfolio] {key}: ")
     assert problem in str(raised.value)
+
+
+def test_the_failure_threshold_limit_the_config_checks_is_the_native_breakers() -> None:
+    limit = config.MAX_FAILURE_THRESHOLD
+    NativeBreaker(limit, 1.0, "threshold-at-the-limit")
+
+    with pytest.raises(ValueError, match=f"failure_threshold must be at most {limit}"):
+        NativeBreaker(limit + 1, 1.0, "threshold-past-the-limit")
 
 
 def test_the_half_open_limit_the_config_checks_is_the_native_breakers() -> None:

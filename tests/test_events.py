@@ -132,6 +132,39 @@ def test_a_raising_listener_never_breaks_the_call_and_the_next_listener_still_he
     assert all("RuntimeError: listener bug" in r.getMessage() for r in logged)
 
 
+def test_a_ctrl_c_that_lands_in_a_listener_still_interrupts_the_program(
+    clock: ManualClock,
+) -> None:
+    # A SIGINT is handled where the main thread happens to be: in a transition listener,
+    # which the breaker calls from its native code, it must not be swallowed with the
+    # listener's other errors (the demo once kept running after Ctrl-C this way).
+    import signal
+
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    breaker = CircuitBreaker(1, 5.0, name="ctrl-c-listener", clock=clock)
+
+    def interrupted(event: Event) -> None:
+        raise KeyboardInterrupt
+
+    breaker.add_listener(interrupted)
+
+    @breaker.call
+    def submit() -> str:
+        raise TimeoutError("exchange timeout")
+
+    reached_after: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            submit()  # opens the circuit: the listener raises KeyboardInterrupt
+        except TimeoutError:
+            reached_after.append("the call's own error")
+        for _ in range(1_000):  # the interrupt is delivered at the next bytecodes
+            reached_after.append("more work")
+    assert reached_after[0] == "the call's own error"
+    assert len(reached_after) < 10
+    assert breaker.state is OPEN
+
+
 def test_refusals_reach_python_only_while_someone_listens(clock: ManualClock) -> None:
     gc.collect()  # the breakers (and listeners) of earlier tests are gone
     logging.getLogger("peak_resilience").setLevel(logging.INFO)  # DEBUG off

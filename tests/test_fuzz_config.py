@@ -22,7 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from stress import scaled
 
-from peak_resilience.config import SCHEMA, ConfigError, configure, env_name, load_config
+from peak_resilience.config import (
+    MAX_FAILURE_THRESHOLD,
+    SCHEMA,
+    ConfigError,
+    configure,
+    env_name,
+    load_config,
+)
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.resilience_helpers import with_resilience
 from peak_resilience.testing import ManualClock, fresh_resilience
@@ -253,7 +260,12 @@ def build_every_module(path: Path | None, environ: Mapping[str, str]) -> None:
         loaded = configure(path, environ=environ)
         for module in (*loaded.modules, "unlisted"):
             settings_ = loaded.module(module)
-            if {settings_.circuit_breaker_backend, settings_.rate_limit_backend} != {"memory"}:
+            backends = {
+                settings_.circuit_breaker_backend,
+                settings_.rate_limit_backend,
+                settings_.bulkhead_backend,
+            }
+            if backends != {"memory"}:
                 continue  # no shared file or Redis connection from random settings
             if settings_.fail_safe_defaults:
                 continue  # needs a fallback: its own test
@@ -324,7 +336,7 @@ def test_any_config_path_gives_a_config_error_or_a_config(path: str) -> None:
 
 valid_values: dict[str, st.SearchStrategy[Any]] = {
     "circuit_breaker_enabled": st.booleans(),
-    "circuit_breaker_threshold": st.integers(1, 2**63 - 1),
+    "circuit_breaker_threshold": st.integers(1, MAX_FAILURE_THRESHOLD),
     "circuit_breaker_timeout": st.floats(1e-6, 1e6),
     "half_open_max_calls": st.integers(1, 1_000),
     "rate_limit_enabled": st.booleans(),
@@ -334,6 +346,7 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     "metrics_enabled": st.booleans(),
     "fail_safe_defaults": st.booleans(),
     "circuit_breaker_backend": st.sampled_from(["memory", "shared"]),
+    "bulkhead_backend": st.sampled_from(["memory", "shared"]),
     "rate_limit_backend": st.sampled_from(["memory", "shared"]),
     "redis_url": st.text(min_size=1, max_size=30),
     "redis_sentinels": st.lists(

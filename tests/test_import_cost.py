@@ -34,17 +34,60 @@ def _modules_after(code: str) -> set[str]:
     return set(json.loads(ran.stdout.splitlines()[-1]))
 
 
-def test_importing_the_decorator_module_imports_neither_asyncio_nor_the_other_guide_modules() -> (
-    None
-):
+def test_importing_the_decorator_module_imports_none_of_its_parts_until_a_name_is_used() -> None:
     loaded = _modules_after("import peak_resilience.resilience_helpers")
 
-    assert "peak_resilience._modules.registry" in loaded
-    assert "asyncio" not in loaded
-    assert "importlib.metadata" not in loaded
-    assert not {"peak_resilience.http", "peak_resilience.config", "peak_resilience.resilience"} & (
-        loaded
+    parts = {m for m in loaded if m.startswith("peak_resilience.")}
+    assert parts == {
+        "peak_resilience._lazy",
+        "peak_resilience._version",
+        "peak_resilience.resilience_helpers",
+    }
+
+
+def test_using_the_decorator_imports_neither_redis_nor_asyncio_nor_the_cli_nor_http() -> None:
+    loaded = _modules_after(
+        "from peak_resilience.resilience_helpers import with_resilience\n"
+        "from peak_resilience.rate_limiter import RateLimiter\n"
+        "from peak_resilience.resilience import CircuitBreaker\n"
+        "guarded = with_resilience('exchange', 'fetch', use_rate_limiter=True)(len)\n"
+        "assert guarded('ab') == 2\n"
+        "assert RateLimiter(5, 1.0).acquire()\n"
+        "assert CircuitBreaker(name='orders').call(len)('x') == 1\n"
     )
+
+    assert "peak_resilience._modules.registry" in loaded
+    assert not {"asyncio", "redis", "importlib.metadata"} & loaded
+    ours = {m for m in loaded if m.startswith("peak_resilience.")}
+    assert not {m for m in ours if m.startswith(("peak_resilience._cli", "peak_resilience._http"))}
+    assert not {m for m in ours if m.startswith("peak_resilience._backends.redis.")} - {
+        "peak_resilience._backends.redis.off_loop",  # the async steps' threads, none started
+        "peak_resilience._backends.redis.sentinel",  # the schema's check of a sentinel URL
+    }
+    assert not {"peak_resilience.http", "peak_resilience.config"} & loaded
+
+
+def test_the_version_command_imports_the_command_line_alone() -> None:
+    loaded = _modules_after(
+        "import contextlib, io\n"
+        "from peak_resilience.__main__ import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "    main(['--version'])\n"
+    )
+
+    ours = {m for m in loaded if m.startswith("peak_resilience.")}
+    assert ours <= {
+        "peak_resilience.__main__",
+        "peak_resilience._cli",
+        "peak_resilience._cli.arguments",
+        "peak_resilience._cli.commands",
+        "peak_resilience._cli.main",
+        "peak_resilience._config",
+        "peak_resilience._config.errors",
+        "peak_resilience._lazy",
+        "peak_resilience._version",
+    }
+    assert "peak_resilience._native" not in loaded
 
 
 def test_importing_the_package_alone_imports_none_of_its_parts() -> None:

@@ -226,3 +226,68 @@ def test_a_retry_on_that_names_no_exception_class_is_a_config_error(
     path = write_config('[resilience]\nretry_on = ["json.dumps"]\n')
     with pytest.raises(ConfigError, match=r"retry_on.*'json.dumps' is not an exception class"):
         configure(path)
+
+
+#: A module retrying ConnectionError at once; its attempts are added per test.
+RETRYING_CONNECTION_ERRORS = (
+    '[resilience.exchange]\nretry_on = ["ConnectionError"]\nretry_backoff = 0\n'
+)
+
+
+def test_a_reload_changes_the_retry_keys_of_a_decorated_operation_in_place(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(write_config(RETRYING_CONNECTION_ERRORS + "retry_attempts = 2\n"))
+    flaky = Flaky(2, ConnectionError("reset"))
+    fetch = with_resilience("exchange", "fetch")(flaky)
+    with pytest.raises(ConnectionError):
+        fetch()
+
+    configure(
+        write_config(
+            RETRYING_CONNECTION_ERRORS + "retry_attempts = 4\nretry_budget = 0.5\n", name="b.toml"
+        )
+    )
+    flaky.calls = 0
+    assert fetch() == "filled"
+    assert flaky.calls == 3
+    retry = fetch.retry  # type: ignore[attr-defined]
+    assert (retry.attempts, retry.budget) == (4, 0.5)
+
+
+def test_a_reload_with_one_attempt_turns_the_retries_off(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    configure(write_config(RETRYING_CONNECTION_ERRORS + "retry_attempts = 3\n"))
+    flaky = Flaky(1, ConnectionError("reset"))
+
+    @with_resilience("exchange", "fetch")
+    async def fetch() -> str:
+        return flaky()
+
+    configure(write_config(RETRYING_CONNECTION_ERRORS + "retry_attempts = 1\n", name="off.toml"))
+    with pytest.raises(ConnectionError):
+        asyncio.run(fetch())
+    assert flaky.calls == 1
+
+
+def test_a_reload_that_adds_retries_to_an_operation_decorated_without_is_refused(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    with_resilience("exchange", "fetch")(Flaky(0, ConnectionError()))
+    path = write_config(
+        '[resilience.exchange]\nretry_attempts = 3\nretry_on = ["ConnectionError"]\n'
+    )
+    with pytest.raises(ConfigError, match="cannot add retries") as refused:
+        configure(path)
+    assert refused.value.key == "retry_attempts"
+
+
+def test_a_reload_leaves_a_retry_given_to_the_decorator_alone(
+    fresh: ManualClock, write_config: Any
+) -> None:
+    fetch = with_resilience("exchange", "fetch", retry=Retry(5, on=ConnectionError))(
+        Flaky(0, ConnectionError())
+    )
+    configure(write_config("[resilience.exchange]\nretry_attempts = 2\n"))
+    assert fetch.retry.attempts == 5  # type: ignore[attr-defined]

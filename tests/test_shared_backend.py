@@ -304,3 +304,49 @@ def test_a_build_without_the_shared_backend_refuses_it_naming_the_alternatives(
         with pytest.raises(ValueError, match=r"backend='memory'.*or backend='redis'"):
             make()
     assert RateLimiter(3, 60, name="x").acquire()  # memory stays available
+
+
+def test_a_process_in_a_time_namespace_reads_the_shared_budget_and_circuit_as_the_host_does(
+    shared: dict[str, Any],
+) -> None:
+    # A container in a time namespace reads CLOCK_MONOTONIC an hour ahead of the host. The
+    # shared file holds absolute instants: unless the offset is taken out, that process sees
+    # the bucket refilled and the circuit due for a trial.
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    unshare = shutil.which("unshare")
+    probe = (
+        subprocess.run(
+            [unshare or "unshare", "--time", "--monotonic", "3600", "true"], capture_output=True
+        )
+        if unshare
+        else None
+    )
+    if probe is None or probe.returncode != 0:
+        pytest.skip("no time namespaces here (unshare --time needs CAP_SYS_ADMIN, Linux 5.6+)")
+    limiter = RateLimiter(2, 3600, name="namespaced", **shared)
+    assert [limiter.acquire(), limiter.acquire()] == [True, True]
+    breaker = CircuitBreaker(1, 600.0, "namespaced", **shared)
+    breaker.record_failure()
+    assert breaker.state is CircuitState.OPEN
+    child = f"""
+import json
+from pathlib import Path
+from peak_resilience import CircuitBreaker, RateLimiter
+shared = {shared!r}
+limiter = RateLimiter(2, 3600, name="namespaced", **shared)
+breaker = CircuitBreaker(1, 600.0, "namespaced", **shared)
+offsets = Path("/proc/self/timens_offsets").read_text().split()
+print(json.dumps([offsets[offsets.index("monotonic") + 1], limiter.acquire(), breaker.state.name]))
+"""
+    ran = subprocess.run(
+        [unshare, "--time", "--monotonic", "3600", sys.executable, "-c", child],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout) == ["3600", False, "OPEN"]

@@ -5,6 +5,7 @@ child keeps drawing on the one budget, unlike an in-process limiter's copy)."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -225,3 +226,64 @@ def test_an_update_that_first_touches_a_truncated_file_does_not_revive_it(
     update, outcomes = child.stdout.splitlines()
     assert update.startswith("error:") and "truncated" in update
     assert outcomes == "['error', 'error', 'error']"
+
+
+IGNORED = textwrap.dedent(
+    """
+    import os, signal, sys
+    from peak_resilience import RateLimiter
+
+    signal.signal(signal.SIGBUS, signal.SIG_IGN)
+    limiter = RateLimiter(2, 60, name="exchange", backend="shared", shared_dir=sys.argv[1])
+    os.kill(os.getpid(), signal.SIGBUS)  # the library's handler is in place by now
+    print("alive", limiter.acquire())
+    """
+)
+
+
+def test_a_sigbus_sent_by_kill_stays_ignored_once_shared_files_are_mapped(
+    shared_dir: str,
+) -> None:
+    # The SIGBUS handler of the shared backend passes on what is not a fault on its
+    # mappings; a process that ignores SIGBUS must not die of one sent by `kill`.
+    child = subprocess.run(
+        [sys.executable, "-c", IGNORED, shared_dir], capture_output=True, text=True, timeout=60
+    )
+    assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
+    assert child.stdout.split() == ["alive", "True"]
+
+
+RESET_HAND = textwrap.dedent(
+    """
+    import ctypes, os, signal, sys
+    from peak_resilience import RateLimiter
+
+    class SigAction(ctypes.Structure):  # glibc's struct sigaction on Linux
+        _fields_ = [("handler", ctypes.c_void_p), ("mask", ctypes.c_ulong * 16),
+                    ("flags", ctypes.c_int), ("restorer", ctypes.c_void_p)]
+
+    SA_RESETHAND = 0x80000000
+    calls = []
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(lambda signum: calls.append(signum))
+    action = SigAction(ctypes.cast(handler, ctypes.c_void_p), (ctypes.c_ulong * 16)(),
+                       ctypes.c_int(SA_RESETHAND - (1 << 32)).value, None)
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.sigaction(signal.SIGBUS, ctypes.byref(action), None) == 0
+    limiter = RateLimiter(2, 60, name="exchange", backend="shared", shared_dir=sys.argv[1])
+    os.kill(os.getpid(), signal.SIGBUS)  # to the one-shot handler, through the library's
+    print("calls", len(calls), flush=True)
+    os.kill(os.getpid(), signal.SIGBUS)  # the one shot is spent: the default action
+    print("calls", len(calls), flush=True)
+    """
+)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's struct sigaction")
+def test_a_one_shot_sigbus_handler_installed_before_shared_files_runs_once_then_the_default(
+    shared_dir: str,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", RESET_HAND, shared_dir], capture_output=True, text=True, timeout=60
+    )
+    assert child.stdout.splitlines() == ["calls 1"], child.stderr[-500:]
+    assert child.returncode == -signal.SIGBUS

@@ -4,6 +4,7 @@ refused for a sync function, which no timeout can cancel."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import pytest
 
@@ -37,17 +38,22 @@ def test_an_async_call_past_its_timeout_is_cancelled_and_raises_timeout_error(
     assert _instances.timeouts["exchange.fetch"] == 1
 
 
-def test_a_timeout_counts_as_a_failure_of_the_breaker(fresh: ManualClock) -> None:
-    async def hanging() -> None:
-        await asyncio.Event().wait()
+async def hanging() -> None:
+    await asyncio.Event().wait()
 
-    guarded = with_resilience("exchange", "fetch", timeout=0.01)(hanging)
+
+def run_into_the_timeout(guarded: Any) -> None:
+    """Runs one call of ``guarded`` on a loop of its own; it must raise TimeoutError."""
 
     async def scenario() -> None:
         with pytest.raises(TimeoutError):
             await guarded()
 
     asyncio.run(scenario())
+
+
+def test_a_timeout_counts_as_a_failure_of_the_breaker(fresh: ManualClock) -> None:
+    run_into_the_timeout(with_resilience("exchange", "fetch", timeout=0.01)(hanging))
     breaker = get_all_circuit_breakers()["exchange.fetch"]
     assert breaker.failure_count == 1
 
@@ -109,3 +115,43 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused(fresh: ManualClock) 
 
     with pytest.raises(ValueError, match="timeout must be a positive number of seconds, got 0"):
         with_resilience("exchange", "fetch", timeout=0)(fetch)
+
+
+def test_among_many_calls_only_the_one_past_its_deadline_is_cancelled(
+    fresh: ManualClock,
+) -> None:
+    async def call(seconds: float) -> float:
+        await asyncio.sleep(seconds)
+        return seconds
+
+    guarded = with_resilience("exchange", "fetch", timeout=0.05)(call)
+
+    async def scenario() -> list[Any]:
+        calls = [guarded(0.001 * (i % 5)) for i in range(50)] + [guarded(1.0)]
+        return await asyncio.gather(*calls, return_exceptions=True)
+
+    outcomes = asyncio.run(scenario())
+    assert all(isinstance(o, float) for o in outcomes[:50])
+    assert isinstance(outcomes[50], TimeoutError)
+    assert _instances.timeouts["exchange.fetch"] == 1
+
+
+def test_a_cancellation_from_outside_is_not_a_timeout(fresh: ManualClock) -> None:
+    guarded = with_resilience("exchange", "fetch", timeout=30.0)(hanging)
+
+    async def scenario() -> None:
+        task = asyncio.ensure_future(guarded())
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert _instances.timeouts.get("exchange.fetch", 0) == 0
+
+
+def test_one_function_times_out_on_two_event_loops_in_turn(fresh: ManualClock) -> None:
+    guarded = with_resilience("exchange", "fetch", timeout=0.01)(hanging)
+    run_into_the_timeout(guarded)
+    run_into_the_timeout(guarded)
+    assert _instances.timeouts["exchange.fetch"] == 2

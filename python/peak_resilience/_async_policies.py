@@ -8,54 +8,40 @@ timeout around the call alone.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from peak_resilience._backends.redis import off_loop
 from peak_resilience._native import Guard, Retry
+from peak_resilience.errors import BulkheadFull
 
-__all__ = ["async_wrapper", "within"]
-
-
-async def within(seconds: float, call: Awaitable[Any]) -> Any:
-    """Awaits ``call`` for at most ``seconds``; past that it is cancelled and
-    ``TimeoutError`` raised. A ``TimeoutError`` the call raises itself is its own
-    failure, not a timeout."""
-    import asyncio  # here: a caller that never awaits need not import it
-
-    timeout: Callable[[float], Any] | None = getattr(asyncio, "timeout", None)
-    if timeout is not None:  # 3.11+: cancels in place, no task of its own
-        scope = timeout(seconds)
-        try:
-            async with scope:
-                return await call
-        except TimeoutError:
-            if scope.expired():
-                raise _TimedOut(seconds) from None
-            raise
-    # 3.10: asyncio.wait_for could not tell its timeout from the call's own.
-    task = asyncio.ensure_future(call)
-    try:
-        done, _ = await asyncio.wait((task,), timeout=seconds)
-    except BaseException:
-        task.cancel()
-        raise
-    if not done:
-        task.cancel()
-        # Waits for the call to unwind; whatever it raises while cancelled is the timeout.
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
-        raise _TimedOut(seconds)
-    return task.result()
+__all__ = ["async_wrapper", "readmitter", "waits_on_loop"]
 
 
-class _TimedOut(TimeoutError):
-    """The call ran past its ``timeout`` and was cancelled."""
+def waits_on_loop(native: Guard, max_wait: float, remote: bool) -> bool:
+    """Whether an async call's admission must be awaited (it may wait for tokens, a
+    slot or the network) rather than taken in one native step."""
+    bulkhead = native.bulkhead
+    return max_wait > 0 or remote or (bulkhead is not None and bulkhead.max_wait > 0)
 
-    def __init__(self, seconds: float) -> None:
-        super().__init__(f"the call did not finish within its timeout of {seconds:g}s")
+
+def readmitter(
+    native: Guard, admit: Callable[[], Awaitable[int]], waits: bool
+) -> Callable[[BaseException], Awaitable[int]]:
+    """What follows a refused one-step admission: the refusal again, unless it was a
+    full bulkhead that a configuration reload has since given a wait (the wrapper was
+    made when it had none): then the call waits for its slot as if made with it."""
+    bulkhead = native.bulkhead
+
+    async def readmit(refusal: BaseException) -> int:
+        if waits or bulkhead is None or not isinstance(refusal, BulkheadFull):
+            raise refusal
+        if bulkhead.max_wait <= 0:
+            raise refusal
+        return await admit()
+
+    return readmit
 
 
 def async_wrapper(
@@ -76,8 +62,8 @@ def async_wrapper(
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     started_now, exit_now, admit_now = native._started, native._exit, native._admit
     called = None if retry is None else retry._called
-    bulkhead = native.bulkhead
-    waits = remote or max_wait > 0 or (bulkhead is not None and bulkhead.max_wait > 0)
+    waits = waits_on_loop(native, max_wait, remote)
+    readmit = readmitter(native, admit, waits)
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
@@ -91,8 +77,13 @@ def async_wrapper(
         await async_sleep(delay)
         return True
 
+    # Here, not at the top: _deadlines imports asyncio, which a sync-only program never needs.
+    from peak_resilience._deadlines import Deadlines, TimedOut
+
+    deadlines = None if timeout is None else Deadlines(timeout)
+
     async def timed_out(error: BaseException) -> None:
-        if on_timeout is not None and isinstance(error, _TimedOut):
+        if on_timeout is not None and isinstance(error, TimedOut):
             on_timeout()
 
     @functools.wraps(func)
@@ -102,7 +93,10 @@ def async_wrapper(
         retries = 0
         while True:
             try:
-                admission = await admit() if waits else admit_now()
+                try:
+                    admission = await admit() if waits else admit_now()
+                except Exception as first:
+                    admission = await readmit(first)
             except Exception as refusal:
                 if await retried(refusal, retries):
                     retries += 1
@@ -114,10 +108,18 @@ def async_wrapper(
                 raise
             started = started_now()
             try:
-                if timeout is None:
+                if deadlines is None:
                     result = await func(*args, **kwargs)
                 else:
-                    result = await within(timeout, func(*args, **kwargs))
+                    entry = deadlines.start()
+                    try:
+                        result = await func(*args, **kwargs)
+                    except BaseException as error:
+                        given = deadlines.failed(entry, error)
+                        if given is error:
+                            raise
+                        raise given from None
+                    deadlines.ended(entry)
             except BaseException as exc:
                 await timed_out(exc)
                 falls_back = await exit_call(admission, started, exc)

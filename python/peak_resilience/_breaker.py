@@ -19,6 +19,7 @@ from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
 from peak_resilience._circuit import CircuitState, WindowType
 from peak_resilience._events import (
+    NO_LISTENERS,
     BreakerTransition,
     Listener,
     Listeners,
@@ -28,6 +29,7 @@ from peak_resilience._events import (
 )
 from peak_resilience._guard import guard, typed
 from peak_resilience._logging import breaker_log as logger
+from peak_resilience._logging import log_refusal
 from peak_resilience._metrics.recorder import metrics
 from peak_resilience._native import CircuitBreaker as _NativeBreaker
 from peak_resilience._native import ManualClock
@@ -64,10 +66,6 @@ def _own_transitions(
         _on_transition(name, from_code, to_code, None if alive is None else alive._listeners)
 
     return on_transition
-
-
-def _log_rejection(refusal: BaseException) -> None:
-    logger.debug("call refused: %s", refusal)
 
 
 class CircuitBreaker(_NativeBreaker):
@@ -115,7 +113,11 @@ class CircuitBreaker(_NativeBreaker):
       ``would_reject_total`` counts the calls it would have refused.
     """
 
-    backend: choice.Backend = "memory"
+    # No instance dict, and no listeners until one is added: a process may hold 100,000
+    # breakers (one per symbol), each a few hundred bytes (issue 19).
+    __slots__ = ("_keeps_counts", "_listeners")
+
+    _listeners: Listeners
 
     def __new__(
         cls,
@@ -201,8 +203,7 @@ class CircuitBreaker(_NativeBreaker):
     ) -> None:
         # The native constructor has validated and stored everything, and put the state
         # where the backend says (a shared file mapped, a Redis store attached).
-        self.backend = backend
-        self._listeners = Listeners()
+        self._listeners = NO_LISTENERS
         self.set_listener(_on_transition)
         watch_outages(self, "breaker")
         _instances.breakers.add(self)
@@ -217,12 +218,21 @@ class CircuitBreaker(_NativeBreaker):
             with contextlib.suppress(Exception):
                 _instances.retire_breaker(self)
 
+    @property
+    def backend(self) -> choice.Backend:
+        """Where the state lives: ``"memory"``, ``"shared"`` or ``"redis"``."""
+        if self.store is not None:
+            return "redis"
+        return "memory" if self.shared_path is None else "shared"
+
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this breaker's events: every
         ``BreakerTransition``, every ``CallRefused`` of a call it guards (through
         ``call`` or ``with_resilience``) and its Redis' ``BackendOutage``. A listener
         that raises is logged and skipped, never reaching the call."""
         if not self._listeners:
+            if self._listeners is NO_LISTENERS:
+                self._listeners = Listeners()
             self.set_listener(_own_transitions(weakref.ref(self)))
         self._listeners.add(listener)
 
@@ -233,7 +243,7 @@ class CircuitBreaker(_NativeBreaker):
             self.set_listener(_on_transition)
 
     def _refused(self, refusal: BaseException) -> None:
-        _log_rejection(refusal)
+        log_refusal(logger, self.name, "call refused: %s", refusal)
         announce_refusal(refusal, self._listeners)
 
     @property

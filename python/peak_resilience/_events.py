@@ -29,6 +29,7 @@ from peak_resilience._fork import after_fork_in_child
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
+    "NO_LISTENERS",
     "BackendOutage",
     "BreakerTransition",
     "CallRefused",
@@ -158,6 +159,9 @@ class Listeners:
 
 #: The process-wide listeners: told of every breaker's and limiter's events.
 everyone = Listeners()
+#: The listeners of an object that has none yet, shared (never added to): its own are
+#: made by its first ``add_listener``.
+NO_LISTENERS = Listeners()
 
 
 def add_listener(listener: Listener) -> None:
@@ -183,6 +187,8 @@ def refusal_event(refusal: BaseException) -> CallRefused | None:
 def announce_refusal(refusal: BaseException, own: Listeners | None) -> None:
     """Tells ``own`` listeners (those of the breaker or limiter that refused) and the
     process-wide ones of a refused call; called by the guards' ``on_reject``."""
+    if not _logging.refusals_wanted():  # no listener anywhere: the common case, cheaply
+        return
     if not (own or everyone):
         return
     event = refusal_event(refusal)

@@ -103,6 +103,7 @@ def guard(
     take_tokens = _token_taker(
         limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
     )
+    admit = _admitter(native, take_tokens, async_sleep, remote=remote)
     if retry is None and timeout is None:
         return _async_wrapper(
             native,
@@ -110,7 +111,7 @@ def guard(
             fallback,
             has_fallback,
             max_wait,
-            _admitter(native, take_tokens, async_sleep, remote=remote),
+            admit,
             on_reject,
             remote=remote,
         )
@@ -119,7 +120,7 @@ def guard(
         func,
         _fallback_caller(fallback, has_fallback),
         has_fallback,
-        _admitter(native, take_tokens, async_sleep, remote=remote),
+        admit,
         on_reject,
         max_wait=max_wait,
         retry=retry,
@@ -170,7 +171,6 @@ def _admitter(
     its own ``max_wait``), on the loop, never blocking it."""
     admit_now, exit_now, started_now = native._admit, native._exit, native._started
     bulkhead = native.bulkhead
-    slot_wait = 0.0 if bulkhead is None else bulkhead.max_wait
 
     def give_back(admission: int) -> None:
         import asyncio  # here: a caller that never awaits need not import it
@@ -181,6 +181,8 @@ def _admitter(
         return await off_loop.admission(admit_now, give_back) if remote else admit_now()
 
     async def admit() -> int:
+        # Read per admission: a configuration reload may change it.
+        slot_wait = 0.0 if bulkhead is None else bulkhead.max_wait
         slot_waited = 0.0
         while True:
             try:
@@ -283,19 +285,22 @@ def _async_wrapper(
     use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
-    bulkhead = native.bulkhead
-    waits = max_wait > 0 or remote or (bulkhead is not None and bulkhead.max_wait > 0)
+    waits = async_policies.waits_on_loop(native, max_wait, remote)
+    readmit = async_policies.readmitter(native, admit, waits)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             admission = await admit() if waits else admit_now()
-        except Exception as refusal:
-            if on_reject is not None:
-                on_reject(refusal)
-            if has_fallback:
-                return await use_fallback(args, kwargs)
-            raise
+        except Exception as first:
+            try:
+                admission = await readmit(first)
+            except Exception as refusal:
+                if on_reject is not None:
+                    on_reject(refusal)
+                if has_fallback:
+                    return await use_fallback(args, kwargs)
+                raise
         started = started_now()
         try:
             result = await func(*args, **kwargs)

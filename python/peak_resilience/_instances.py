@@ -17,6 +17,7 @@ import weakref
 from collections.abc import Iterable
 from typing import Any, Protocol, TypeVar
 
+from peak_resilience._bucket_series import DEFAULT_ENDPOINT, series
 from peak_resilience._fork import after_fork_in_child
 from peak_resilience._native import Bulkhead, CircuitBreaker, OperationStats, Retry, TokenBucket
 
@@ -32,6 +33,7 @@ __all__ = [
     "operation",
     "operations",
     "retire_breaker",
+    "retire_bucket",
     "retire_bulkhead",
     "retire_limiter",
     "retired",
@@ -107,10 +109,12 @@ def retire_breaker(breaker: CircuitBreaker) -> None:
             "slow_calls": breaker.slow_call_total,
             **breaker.transition_counts(),
         }
+        counted = {key: count for key, count in counts.items() if count}
+        if not counted:
+            return  # nothing to keep: a name that never counted is not exported for ever
         kept = retired.breakers.setdefault(breaker.name, {})
-        for key, count in counts.items():
-            if count:
-                kept[key] = kept.get(key, 0) + count
+        for key, count in counted.items():
+            kept[key] = kept.get(key, 0) + count
 
 
 def retire_bulkhead(bulkhead: Bulkhead) -> None:
@@ -126,13 +130,21 @@ def retire_limiter(limiter: Limiter) -> None:
     """Keeps what ``limiter``'s buckets counted for its name (called as it is dropped)."""
     with lock:
         limiters.discard(limiter)
-        own = ("default", limiter.default_bucket)
+        own = (DEFAULT_ENDPOINT, limiter.default_bucket)
         for endpoint, bucket in (own, *limiter.endpoint_buckets().items()):
-            if bucket.shared_path is not None or not (bucket.allowed or bucket.rejected):
-                continue
-            kept = retired.buckets.setdefault((limiter.name, endpoint), [0, 0])
-            kept[0] += bucket.allowed + bucket.rejected
-            kept[1] += bucket.rejected
+            retire_bucket(limiter.name, endpoint, bucket)
+
+
+def retire_bucket(limiter: str, endpoint: str, bucket: TokenBucket) -> None:
+    """Keeps what one bucket counted under its series (a limiter dropped, or one key of a
+    per-key budget evicted): its own, or its limiter's "other" past the bound."""
+    if bucket.shared_path is not None or not (bucket.allowed or bucket.rejected):
+        return
+    with lock:
+        label = series.label(limiter, endpoint, bucket)
+        kept = retired.buckets.setdefault((limiter, label), [0, 0])
+        kept[0] += bucket.allowed + bucket.rejected
+        kept[1] += bucket.rejected
 
 
 def _after_fork_in_child() -> None:

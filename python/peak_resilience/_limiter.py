@@ -20,6 +20,9 @@ What an exchange's budget needs beyond that (issue 8):
   (cancels, risk reductions): normal calls cannot use them;
 - ``pause(seconds)`` (a 429's Retry-After) refuses everything, in every process sharing the
   budget, until then.
+
+Issue 13: ``observe(status, headers)`` feeds ``sync`` and ``pause`` from an exchange's
+reply (``_observe``); ``for_key(key)`` gives each key a budget of its own (``_keyed``).
 """
 
 from __future__ import annotations
@@ -28,17 +31,22 @@ import contextlib
 import functools
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
 
 from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
 from peak_resilience._backends.redis import off_loop
+from peak_resilience._bucket_series import DEFAULT_ENDPOINT
+from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._events import Listener, Listeners, watch_outages
+from peak_resilience._keyed import DEFAULT_MAX_KEYS, KeyBudget, Keys
+from peak_resilience._labels import label_value
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
 from peak_resilience._native import RateLimiter as _NativeLimiter
+from peak_resilience._observe import Observer, ReplyHeaders, reply_headers
 from peak_resilience._waiting_line import Attempt, line_for
 from peak_resilience._windows import (
     Kind,
@@ -145,6 +153,11 @@ class RateLimiter(_NativeLimiter):
     written ``"10/1s sliding"`` never admits more than 10 in any interval of 1 s; the
     others are token buckets.
     ``priority_reserve`` tokens of every window are kept for ``priority="high"``.
+
+    ``for_key(key)`` is the budget of one key (a symbol, an account, an IP) with these
+    windows, made on first use; at most ``max_keys`` are kept, and one unused for
+    ``key_idle_after`` seconds (default: its longest window) is forgotten.
+    ``observe(status, headers)`` applies an exchange's reply to the budget.
     """
 
     backend: choice.Backend = "memory"
@@ -164,6 +177,8 @@ class RateLimiter(_NativeLimiter):
         redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
         limits: Sequence[Limit] | None = None,
         priority_reserve: int = 0,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        key_idle_after: float | None = None,
     ) -> RateLimiter:
         where = place(
             "limiter",
@@ -205,6 +220,8 @@ class RateLimiter(_NativeLimiter):
         redis_timeout: float = choice.DEFAULT_REDIS_TIMEOUT,
         limits: Sequence[Limit] | None = None,
         priority_reserve: int = 0,
+        max_keys: int = DEFAULT_MAX_KEYS,
+        key_idle_after: float | None = None,
     ) -> None:
         # The native constructor has validated and stored the rate, and put the budget
         # where the backend says (shared files mapped, a Redis store attached).
@@ -216,6 +233,8 @@ class RateLimiter(_NativeLimiter):
         # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
         # re-creates: its series may simply go with it.
         self._keeps_counts = name is not None
+        self._observer: Observer | None = None
+        self._keys = Keys(max_keys, key_idle_after, time.monotonic if clock is None else clock.now)
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -265,13 +284,14 @@ class RateLimiter(_NativeLimiter):
         return stats
 
     def _export(self) -> list[tuple[str, int, int, float, Any, Any]]:
-        """For the metrics collector: (endpoint, allowed, rejected, tokens available,
+        """For the metrics collector: (endpoint label, allowed, rejected, tokens available,
         shared file or None, (seconds paused, [(window, tokens)] for a bucket of several
         windows)) per bucket. A shared bucket counts the whole host, so the collector
         counts each shared file once however many objects map it."""
         rows = []
+        name = self.name
         for endpoint, bucket in (
-            ("default", self.default_bucket),
+            (DEFAULT_ENDPOINT, self.default_bucket),
             *self.endpoint_buckets().items(),
         ):
             # One read of the budget (one trip to Redis); the counts are this process's
@@ -280,7 +300,7 @@ class RateLimiter(_NativeLimiter):
             _, _, tokens, paused, _ = bucket.read()
             rows.append(
                 (
-                    endpoint,
+                    bucket_series.label(name, endpoint, bucket),
                     bucket.allowed,
                     bucket.rejected,
                     min(tokens),
@@ -316,19 +336,92 @@ class RateLimiter(_NativeLimiter):
                 windows=tuples,
                 priority_reserve=priority_reserve,
             )
-            return
-        first, length, more, kinds = _rate_arguments(
-            max_requests, window_seconds, cast("Sequence[Limit] | None", windows)
-        )
+        else:
+            first, length, more, kinds = _rate_arguments(
+                max_requests, window_seconds, cast("Sequence[Limit] | None", windows)
+            )
+            super().add_endpoint(
+                name,
+                first,
+                length,
+                burst=burst,
+                windows=more,
+                kinds=kinds,
+                priority_reserve=priority_reserve,
+            )
+        if self._observer is not None:
+            self._observer.forget()  # the headers to look for follow the windows
+
+    def _add_like_default(self, name: str) -> None:
+        """Gives endpoint ``name`` a bucket of the default bucket's windows, counted
+        the same ways (a key's budget)."""
+        bucket = self.default_bucket
+        (requests, seconds, burst), *others = bucket.windows
         super().add_endpoint(
             name,
-            first,
-            length,
+            requests,
+            seconds,
             burst=burst,
-            windows=more,
-            kinds=kinds,
-            priority_reserve=priority_reserve,
+            windows=others,
+            kinds=bucket.window_kinds,
+            priority_reserve=bucket.priority_reserve,
         )
+
+    # --- issue 13: budgets fed by the exchange's replies ---------------------------------
+
+    def set_reply_headers(
+        self,
+        preset: str | ReplyHeaders = "auto",
+        *,
+        used: Mapping[str, str | int | tuple[str | None, str | int]] | None = None,
+        orders_endpoint: str | None = "orders",
+        retry_after: float = 1.0,
+    ) -> None:
+        """Says which headers ``observe`` reads: a preset (``"binance"``, ``"generic"``,
+        ``"auto"``: both, the default; ``"none"``), more headers by name (``used=
+        {"x-my-weight": "1m"}``, or ``(endpoint, window)``), the endpoint whose budget
+        Binance's order counts go to, and how long a 429 without ``Retry-After`` pauses."""
+        self._observer = Observer(
+            reply_headers(
+                preset, used=used, orders_endpoint=orders_endpoint, retry_after=retry_after
+            )
+        )
+
+    def observe(self, status: int, headers: Any, endpoint: str | None = None) -> None:
+        """Applies what an exchange's reply says about the budget of ``endpoint``: a
+        used-weight or order-count header makes its window count exactly that much
+        (``sync``); a 429 pauses for its ``Retry-After`` (seconds or an HTTP date), a 418
+        (an IP ban) for at least 2 minutes, twice as long for each 418 in a row. Header
+        names are matched whatever their case. Never raises: a header that cannot be read
+        is logged (at most once a minute each) and ignored."""
+        self._observe_reply(status, headers, endpoint, False)
+
+    def _observe_reply(
+        self, status: int, headers: Any, endpoint: str | None, endpoint_only: bool
+    ) -> None:
+        observer = self._observer
+        if observer is None:
+            observer = self._observer = Observer(ReplyHeaders())
+        observer.observe(self, status, headers, endpoint, endpoint_only)
+
+    # --- issue 13: per-key budgets -------------------------------------------------------
+
+    def for_key(self, key: str) -> KeyBudget:
+        """The budget of ``key`` (a symbol, an account, an IP): a bucket with this
+        limiter's windows, made on first use, on this limiter's backend. At most
+        ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
+        keys = self._keys
+        known = isinstance(key, str) and key in keys  # a known key was checked already
+        return KeyBudget(self, keys, key if known else label_value(key, "key"))
+
+    def remove_endpoint(self, name: str) -> TokenBucket | None:
+        """Drops the bucket of endpoint ``name`` and returns it (None if there was none):
+        calls naming it draw on the default bucket again. A shared file or Redis key
+        stays: the budget is found again when the endpoint is added anew."""
+        bucket = super().remove_endpoint(name)
+        if self._observer is not None:
+            self._observer.forget()
+        return bucket
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 

@@ -24,6 +24,7 @@ from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import DEFAULT_PATH, Config, load_config
 from peak_resilience._config.schema import (
     DEFAULTS,
+    MAX_FAILURE_THRESHOLD,
     MAX_HALF_OPEN_CALLS,
     SCHEMA,
     TABLE,
@@ -46,6 +47,7 @@ __all__ = [
     "DEFAULT_PATH",
     "ENV_CONFIG_PATH",
     "ENV_PREFIX",
+    "MAX_FAILURE_THRESHOLD",
     "MAX_HALF_OPEN_CALLS",
     "SCHEMA",
     "SECRET_KEYS",

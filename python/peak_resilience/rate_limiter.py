@@ -11,9 +11,24 @@ starting full; beyond the guide it takes several windows (``limits=``), reservat
 
 from __future__ import annotations
 
-from peak_resilience._limiter import RateLimiter
-from peak_resilience._native import Reservation, TokenBucket
-from peak_resilience._windows import Limit
-from peak_resilience.errors import RateLimitExceeded
+from typing import TYPE_CHECKING
+
+from peak_resilience._lazy import lazy
+
+if TYPE_CHECKING:
+    from peak_resilience._limiter import RateLimiter
+    from peak_resilience._native import Reservation, TokenBucket
+    from peak_resilience._windows import Limit
+    from peak_resilience.errors import RateLimitExceeded
 
 __all__ = ["Limit", "RateLimitExceeded", "RateLimiter", "Reservation", "TokenBucket"]
+
+__getattr__ = lazy(
+    __name__,
+    {
+        "peak_resilience._limiter": ["RateLimiter"],
+        "peak_resilience._native": ["Reservation", "TokenBucket"],
+        "peak_resilience._windows": ["Limit"],
+        "peak_resilience.errors": ["RateLimitExceeded"],
+    },
+)

@@ -6,12 +6,17 @@
 
 from __future__ import annotations
 
-from peak_resilience._breaker import CircuitBreaker
-from peak_resilience._bulkhead import Bulkhead
-from peak_resilience._circuit import CircuitState
-from peak_resilience._health import HealthCheckRegistry, health_check
-from peak_resilience._native import Retry
-from peak_resilience.errors import BulkheadFull, CircuitBreakerError
+from typing import TYPE_CHECKING
+
+from peak_resilience._lazy import lazy
+
+if TYPE_CHECKING:
+    from peak_resilience._breaker import CircuitBreaker
+    from peak_resilience._bulkhead import Bulkhead
+    from peak_resilience._circuit import CircuitState
+    from peak_resilience._health import HealthCheckRegistry, health_check
+    from peak_resilience._native import Retry
+    from peak_resilience.errors import BulkheadFull, CircuitBreakerError
 
 __all__ = [
     "Bulkhead",
@@ -23,3 +28,15 @@ __all__ = [
     "Retry",
     "health_check",
 ]
+
+__getattr__ = lazy(
+    __name__,
+    {
+        "peak_resilience._breaker": ["CircuitBreaker"],
+        "peak_resilience._bulkhead": ["Bulkhead"],
+        "peak_resilience._circuit": ["CircuitState"],
+        "peak_resilience._health": ["HealthCheckRegistry", "health_check"],
+        "peak_resilience._native": ["Retry"],
+        "peak_resilience.errors": ["BulkheadFull", "CircuitBreakerError"],
+    },
+)

@@ -11,15 +11,20 @@ the whole module, shared by its operations) and one breaker per operation, regis
 
 from __future__ import annotations
 
-from peak_resilience._modules.registry import (
-    ModuleRegistry,
-    create_module_circuit_breaker,
-    create_module_rate_limiter,
-    get_all_circuit_breakers,
-    get_all_rate_limiters,
-    with_resilience,
-)
-from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
+from typing import TYPE_CHECKING
+
+from peak_resilience._lazy import lazy
+
+if TYPE_CHECKING:
+    from peak_resilience._modules.registry import (
+        ModuleRegistry,
+        create_module_circuit_breaker,
+        create_module_rate_limiter,
+        get_all_circuit_breakers,
+        get_all_rate_limiters,
+        with_resilience,
+    )
+    from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
 __all__ = [
     "CircuitBreakerError",
@@ -31,3 +36,18 @@ __all__ = [
     "get_all_rate_limiters",
     "with_resilience",
 ]
+
+__getattr__ = lazy(
+    __name__,
+    {
+        "peak_resilience._modules.registry": [
+            "ModuleRegistry",
+            "create_module_circuit_breaker",
+            "create_module_rate_limiter",
+            "get_all_circuit_breakers",
+            "get_all_rate_limiters",
+            "with_resilience",
+        ],
+        "peak_resilience.errors": ["CircuitBreakerError", "RateLimitExceeded"],
+    },
+)

@@ -1,17 +1,21 @@
 //! `Bulkhead`: the cap on calls in flight as a Python class (subclassed in
 //! `peak_resilience._bulkhead`), and the wait for a slot, which the guard uses too.
 
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyType};
 
+use std::path::PathBuf;
+
+use pyo3::exceptions::PyValueError;
+
 use crate::bulkhead::{next_poll, Bulkhead};
 use crate::clock::{nanos_to_seconds, Clock};
 
-use super::args::{clock_from, given, name_or, positive_int, seconds};
+use super::args::{clock_from, given, name_or, path_or_none, positive_int, seconds};
 
 static BULKHEAD_FULL: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static UNNAMED: AtomicU64 = AtomicU64::new(0);
@@ -28,7 +32,8 @@ pub struct PyBulkhead {
     pub core: Bulkhead,
     #[pyo3(get)]
     pub name: Py<PyString>,
-    max_wait: u64,
+    /// Settable: a configuration reload changes it in place.
+    max_wait: AtomicU64,
     clock: Clock,
 }
 
@@ -51,7 +56,7 @@ impl PyBulkhead {
         if self.core.try_enter() {
             return true;
         }
-        if self.max_wait == 0 {
+        if self.max_wait.load(Ordering::Relaxed) == 0 {
             self.core.refused();
         }
         false
@@ -59,9 +64,10 @@ impl PyBulkhead {
 
     #[cold]
     fn wait_for_slot(&self, py: Python<'_>) -> bool {
+        let max_wait = self.max_wait.load(Ordering::Relaxed);
         let (mut waited, mut poll) = (0u64, 0u64);
-        while waited < self.max_wait {
-            poll = next_poll(poll).min(self.max_wait - waited);
+        while waited < max_wait {
+            poll = next_poll(poll).min(max_wait - waited);
             match &self.clock {
                 Clock::Manual(manual) => manual.advance(poll),
                 _ => py.detach(|| std::thread::sleep(Duration::from_nanos(poll))),
@@ -86,24 +92,68 @@ impl PyBulkhead {
     }
 }
 
+/// A bulkhead over the shared file of `name` in `dir`: one cap for the host's processes.
+#[cfg(all(unix, not(peak_portable)))]
+fn shared_core(dir: &std::path::Path, name: &str, cap: u64) -> PyResult<Bulkhead> {
+    use crate::shared_bulkhead::{SharedSlots, MAX_SHARED_SLOTS};
+    if cap > MAX_SHARED_SLOTS as u64 {
+        return Err(PyValueError::new_err(format!(
+            "max_concurrent must be at most {MAX_SHARED_SLOTS} on the shared backend \
+             (the slots of a shared file), got {cap}"
+        )));
+    }
+    let path = crate::files::bulkhead_file(dir, name);
+    let slots = SharedSlots::open(&path, cap).map_err(super::errors::shared_error)?;
+    Ok(Bulkhead::over(slots))
+}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+fn shared_core(_dir: &std::path::Path, _name: &str, _cap: u64) -> PyResult<Bulkhead> {
+    Err(PyValueError::new_err(
+        "backend='shared' is not supported in this build: use backend='memory'",
+    ))
+}
+
+#[cfg(all(unix, not(peak_portable)))]
+fn shared_path(core: &Bulkhead) -> Option<PathBuf> {
+    core.shared().map(|slots| slots.path().to_owned())
+}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+fn shared_path(_core: &Bulkhead) -> Option<PathBuf> {
+    None
+}
+
 #[pymethods]
 impl PyBulkhead {
     #[new]
-    #[pyo3(signature = (max_concurrent, *, name=None, max_wait=None, clock=None))]
+    #[pyo3(signature = (max_concurrent, *, name=None, max_wait=None, clock=None, shared_dir=None))]
     fn new(
         py: Python<'_>,
         max_concurrent: &Bound<'_, PyAny>,
         name: Option<&Bound<'_, PyAny>>,
         max_wait: Option<&Bound<'_, PyAny>>,
         clock: Option<&Bound<'_, PyAny>>,
+        shared_dir: Option<&Bound<'_, PyAny>>,
     ) -> PyResult<Self> {
+        let cap = positive_int(max_concurrent, "max_concurrent")?;
+        let name = name_or(py, name, "bulkhead", &UNNAMED)?;
+        let shared_dir = path_or_none(
+            shared_dir,
+            "shared_dir",
+            "the directory of the bulkhead's shared file",
+        )?;
+        let core = match shared_dir {
+            None => Bulkhead::new(cap),
+            Some(dir) => shared_core(&dir, name.bind(py).to_str()?, cap)?,
+        };
         Ok(PyBulkhead {
-            core: Bulkhead::new(positive_int(max_concurrent, "max_concurrent")?),
-            name: name_or(py, name, "bulkhead", &UNNAMED)?,
-            max_wait: match given(max_wait) {
+            core,
+            name,
+            max_wait: AtomicU64::new(match given(max_wait) {
                 Some(w) => seconds(w, "max_wait", true)?,
                 None => 0,
-            },
+            }),
             clock: clock_from(clock)?,
         })
     }
@@ -134,6 +184,12 @@ impl PyBulkhead {
         self.core.refused();
     }
 
+    /// The file the slots are kept in (backend "shared"), else None.
+    #[getter]
+    fn shared_path(&self) -> Option<PathBuf> {
+        shared_path(&self.core)
+    }
+
     /// Calls that may run at once.
     #[getter]
     fn max_concurrent(&self) -> u64 {
@@ -155,6 +211,21 @@ impl PyBulkhead {
     /// Seconds a call waits for a slot before it is refused.
     #[getter]
     fn max_wait(&self) -> f64 {
-        nanos_to_seconds(self.max_wait)
+        nanos_to_seconds(self.max_wait.load(Ordering::Relaxed))
+    }
+
+    /// A new cap and wait for a live bulkhead (a configuration reload). Calls in flight
+    /// keep their slots: a lower cap refuses new calls until enough of them have left.
+    #[pyo3(signature = (max_concurrent, max_wait))]
+    fn _update(
+        &self,
+        max_concurrent: &Bound<'_, PyAny>,
+        max_wait: &Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let cap = positive_int(max_concurrent, "max_concurrent")?;
+        let wait = seconds(max_wait, "max_wait", true)?;
+        self.core.set_max_concurrent(cap);
+        self.max_wait.store(wait, Ordering::Relaxed);
+        Ok(())
     }
 }

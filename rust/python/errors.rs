@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use pyo3::exceptions::{PyOSError, PyPermissionError, PyValueError};
+use pyo3::exceptions::{PyKeyboardInterrupt, PyOSError, PyPermissionError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyType;
@@ -14,6 +14,21 @@ use crate::shared::{self, Region, SharedError};
 static CIRCUIT_BREAKER_ERROR: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 static RATE_LIMIT_EXCEEDED: PyOnceLock<Py<PyType>> = PyOnceLock::new();
 const ERRORS_MODULE: &str = "peak_resilience.errors";
+
+/// Reports the error of a callback whose failure must not break the call around it (a
+/// listener, a predicate, a hook, a remote store's bookkeeping) as unraisable; but a Ctrl-C
+/// that landed while the callback ran is not swallowed with it: the KeyboardInterrupt is
+/// delivered again as a fresh SIGINT, and reaches the program at its next bytecode.
+#[cold]
+pub fn report_unraisable(py: Python<'_>, err: PyErr, callback: &Bound<'_, PyAny>) {
+    if err.is_instance_of::<PyKeyboardInterrupt>(py) {
+        // SAFETY: only sets the flag that the eval loop checks (async-signal-safe); the
+        // SIGINT handler in force (Python's default one raises KeyboardInterrupt) runs then.
+        unsafe { pyo3::ffi::PyErr_SetInterrupt() };
+        return;
+    }
+    err.write_unraisable(py, Some(callback));
+}
 
 /// A `CircuitBreakerError(name, retry_after)`. Its message is formatted by the Python class
 /// only when asked for: a refusal costs little more than a plain raise.

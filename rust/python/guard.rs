@@ -20,7 +20,7 @@ use crate::stats;
 use super::args::{cost_of, is_high, seconds};
 use super::bulkhead::PyBulkhead;
 use super::circuit_breaker::{ticket_from, PyCircuitBreaker};
-use super::errors::rate_limited;
+use super::errors::{rate_limited, report_unraisable};
 use super::operation_stats::PyOperationStats;
 use super::rate_limiter::PyRateLimiter;
 use super::recording::rejection_log_on;
@@ -235,10 +235,9 @@ impl Guard {
             (&self.operation, elapsed, timing.for_stats())
         {
             let operation = operation.get();
-            operation.stats.record_latency(elapsed);
             match outcome {
-                Ok(_) => operation.stats.record_success(),
-                Err(err) => operation.record_exception(py, err),
+                Ok(_) => operation.stats.record_succeeded_call(elapsed),
+                Err(err) => operation.record_failed_call(py, elapsed, err),
             }
         }
         if let Some(breaker) = &self.breaker {
@@ -261,7 +260,7 @@ impl Guard {
         }
         if let Some(hook) = &self.on_reject {
             if let Err(err) = hook.call1(py, (rejection.value(py),)) {
-                err.write_unraisable(py, Some(hook.bind(py)));
+                report_unraisable(py, err, hook.bind(py));
             }
         }
     }
@@ -357,6 +356,8 @@ impl Guard {
             None
         };
         let fallback_is_callable = fallback.as_ref().is_some_and(|f| f.bind(py).is_callable());
+        // Calibrated here, once per process, rather than in the first guarded call.
+        crate::clock::stopwatch();
         Ok(Guard {
             func: func.unbind(),
             breaker,

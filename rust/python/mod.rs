@@ -22,7 +22,7 @@ mod token_bucket;
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 
-use crate::breaker::MAX_HALF_OPEN_CALLS;
+use crate::breaker::{MAX_FAILURE_THRESHOLD, MAX_HALF_OPEN_CALLS};
 use crate::clock::nanos_to_seconds;
 use crate::stats::LATENCY_BOUNDS;
 
@@ -45,6 +45,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
         .collect();
     m.add("LATENCY_BOUNDS", PyTuple::new(m.py(), bounds)?)?;
     m.add("MAX_HALF_OPEN_CALLS", MAX_HALF_OPEN_CALLS)?;
+    m.add("MAX_FAILURE_THRESHOLD", MAX_FAILURE_THRESHOLD)?;
     // backend="shared" needs a host-wide clock and mmap: Unix builds, not `peak_portable`.
     m.add("SHARED_SUPPORTED", cfg!(all(unix, not(peak_portable))))?;
     Ok(())

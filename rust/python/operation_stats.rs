@@ -26,17 +26,19 @@ pub struct PyOperationStats {
 }
 
 impl PyOperationStats {
-    pub fn record_exception(&self, py: Python<'_>, err: &PyErr) {
+    /// Records a guarded call that raised `err` after `nanos`.
+    pub fn record_failed_call(&self, py: Python<'_>, nanos: u64, err: &PyErr) {
         let ty = err.get_type(py);
-        self.stats.record_failure(ty.as_ptr() as usize, || {
-            self.named_types
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(ty.clone().unbind());
-            ty.name()
-                .map(|n| n.to_string())
-                .unwrap_or_else(|_| "Exception".to_owned())
-        });
+        self.stats
+            .record_failed_call(nanos, ty.as_ptr() as usize, || {
+                self.named_types
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push(ty.clone().unbind());
+                ty.name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|_| "Exception".to_owned())
+            });
     }
 }
 

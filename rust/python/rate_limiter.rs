@@ -261,6 +261,26 @@ impl PyRateLimiter {
         Ok(())
     }
 
+    /// Drops the bucket of endpoint `name` and returns it (None if there was none): calls
+    /// naming it draw on the default bucket again. A shared file or Redis key stays, so
+    /// the budget is found again if the endpoint is added anew (per-key budgets evict
+    /// their idle keys this way).
+    fn remove_endpoint<'py>(
+        &self,
+        py: Python<'py>,
+        name: &Bound<'py, PyAny>,
+    ) -> PyResult<Option<Bound<'py, PyTokenBucket>>> {
+        // pop: atomic under the GIL, so two threads removing the same endpoint get one bucket.
+        let removed = self
+            .endpoints
+            .bind(py)
+            .call_method1("pop", (name, py.None()))?;
+        if removed.is_none() {
+            return Ok(None);
+        }
+        Ok(Some(removed.cast_into::<PyTokenBucket>()?))
+    }
+
     /// The bucket that `endpoint` draws on.
     #[pyo3(signature = (endpoint=None))]
     fn bucket_for<'py>(

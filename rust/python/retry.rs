@@ -1,7 +1,7 @@
 //! `Retry`: which failures a guarded call may retry, how long it waits between attempts,
 //! and the budget that bounds the retries of the calls that share it.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use pyo3::exceptions::{PyBaseException, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -21,79 +21,89 @@ use super::args::{clock_from, count, given, number, positive_int, seconds};
 /// `min_retries_per_second`.
 #[pyclass(frozen, module = "peak_resilience._native", name = "Retry")]
 pub struct PyRetry {
+    /// Read only when a call failed or was refused; a configuration reload replaces it.
+    policy: RwLock<Policy>,
+    pub budget: Arc<RetryBudget>,
+    clock: Clock,
+}
+
+/// What is retried and how long to wait: everything of a `Retry` but its budget.
+struct Policy {
     attempts: u32,
     on: Py<PyTuple>,
     base: u64,
     multiplier: f64,
     cap: u64,
-    fraction: f64,
-    min_per_second: u64,
     hook: Option<Py<PyAny>>,
-    pub budget: Arc<RetryBudget>,
-    clock: Clock,
 }
 
-impl PyRetry {
-    /// The wait before retry `retries` (0: the first retry) of a call that failed with
-    /// `err`, or None when it is not retried: the class is not retryable, the attempts are
-    /// used up or the budget is spent.
-    pub fn delay(&self, py: Python<'_>, err: &PyErr, retries: u32) -> PyResult<Option<u64>> {
-        if retries.saturating_add(1) >= self.attempts
-            || !err.value(py).is_instance(self.on.bind(py))?
-            || !self.budget.withdraw()
-        {
-            return Ok(None);
-        }
-        let jittered = backoff(
-            self.base,
-            self.multiplier,
-            self.cap,
-            retries,
-            random_fraction(),
-        );
-        Ok(Some(jittered.max(self.retry_after(py, err)?)))
-    }
-
-    /// The wait the exception asks for: the hook's answer, else its `retry_after`
-    /// attribute (ours carry one), else none.
-    fn retry_after(&self, py: Python<'_>, err: &PyErr) -> PyResult<u64> {
-        let value = err.value(py);
-        let asked = match &self.hook {
-            Some(hook) => hook.bind(py).call1((value,))?,
-            None => match value.getattr("retry_after") {
-                Ok(attr) => attr,
-                Err(_) => return Ok(0),
-            },
-        };
-        if asked.is_none()
-            || !(asked.is_instance_of::<PyFloat>() || asked.is_instance_of::<PyInt>())
-        {
-            return Ok(0);
-        }
-        let secs: f64 = asked.extract()?;
-        Ok(seconds_to_nanos(secs.max(0.0)).unwrap_or(self.cap))
-    }
-}
-
-impl PyRetry {
-    /// This policy over `budget` (made with `fraction`, `min_per_second` and `clock`).
-    fn with_budget(
-        &self,
-        py: Python<'_>,
-        budget: Arc<RetryBudget>,
-        fraction: f64,
-        min_per_second: u64,
-        clock: Clock,
-    ) -> Self {
-        PyRetry {
+impl Policy {
+    fn clone_ref(&self, py: Python<'_>) -> Policy {
+        Policy {
             attempts: self.attempts,
             on: self.on.clone_ref(py),
             base: self.base,
             multiplier: self.multiplier,
             cap: self.cap,
-            fraction,
-            min_per_second,
             hook: self.hook.as_ref().map(|h| h.clone_ref(py)),
+        }
+    }
+}
+
+impl PyRetry {
+    /// The policy in force (a copy: the lock is not held while Python code runs).
+    fn policy(&self, py: Python<'_>) -> Policy {
+        self.policy
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone_ref(py)
+    }
+
+    /// The wait before retry `retries` (0: the first retry) of a call that failed with
+    /// `err`, or None when it is not retried: the class is not retryable, the attempts are
+    /// used up or the budget is spent.
+    pub fn delay(&self, py: Python<'_>, err: &PyErr, retries: u32) -> PyResult<Option<u64>> {
+        let policy = self.policy(py);
+        if retries.saturating_add(1) >= policy.attempts
+            || !err.value(py).is_instance(policy.on.bind(py))?
+            || !self.budget.withdraw()
+        {
+            return Ok(None);
+        }
+        let jittered = backoff(
+            policy.base,
+            policy.multiplier,
+            policy.cap,
+            retries,
+            random_fraction(),
+        );
+        Ok(Some(jittered.max(retry_after(py, &policy, err)?)))
+    }
+}
+
+/// The wait the exception asks for: the hook's answer, else its `retry_after` attribute
+/// (ours carry one), else none.
+fn retry_after(py: Python<'_>, policy: &Policy, err: &PyErr) -> PyResult<u64> {
+    let value = err.value(py);
+    let asked = match &policy.hook {
+        Some(hook) => hook.bind(py).call1((value,))?,
+        None => match value.getattr("retry_after") {
+            Ok(attr) => attr,
+            Err(_) => return Ok(0),
+        },
+    };
+    if asked.is_none() || !(asked.is_instance_of::<PyFloat>() || asked.is_instance_of::<PyInt>()) {
+        return Ok(0);
+    }
+    let secs: f64 = asked.extract()?;
+    Ok(seconds_to_nanos(secs.max(0.0)).unwrap_or(policy.cap))
+}
+
+impl PyRetry {
+    /// This policy over `budget`, whose clock is `clock`.
+    fn with_budget(&self, py: Python<'_>, budget: Arc<RetryBudget>, clock: Clock) -> Self {
+        PyRetry {
+            policy: RwLock::new(self.policy(py)),
             budget,
             clock,
         }
@@ -177,7 +187,7 @@ impl PyRetry {
             }
         }
         let clock = clock_from(clock)?;
-        Ok(PyRetry {
+        let policy = Policy {
             attempts,
             on,
             base: match given(backoff) {
@@ -189,9 +199,10 @@ impl PyRetry {
                 Some(c) => seconds(c, "max_backoff", true)?,
                 None => 10_000_000_000,
             },
-            fraction,
-            min_per_second,
             hook: retry_after.filter(|h| !h.bind(py).is_none()),
+        };
+        Ok(PyRetry {
+            policy: RwLock::new(policy),
             budget: Arc::new(RetryBudget::new(fraction, min_per_second, clock.clone())),
             clock,
         })
@@ -206,56 +217,69 @@ impl PyRetry {
             None => self.clock.clone(),
         };
         let budget = Arc::new(RetryBudget::new(
-            self.fraction,
-            self.min_per_second,
+            self.budget.fraction(),
+            self.budget.min_per_second(),
             clock.clone(),
         ));
-        Ok(self.with_budget(py, budget, self.fraction, self.min_per_second, clock))
+        Ok(self.with_budget(py, budget, clock))
     }
 
     /// This policy drawing on `other`'s budget: the functions decorated as one
     /// operation share its retry budget, whatever their own policies.
     fn sharing_budget_of(&self, py: Python<'_>, other: &Bound<'_, PyRetry>) -> Self {
         let other = other.get();
-        self.with_budget(
-            py,
-            Arc::clone(&other.budget),
-            other.fraction,
-            other.min_per_second,
-            other.clock.clone(),
-        )
+        self.with_budget(py, Arc::clone(&other.budget), other.clock.clone())
+    }
+
+    /// Takes `other`'s settings in place, its budget's rates included (the balance and
+    /// counts stay): how a configuration reload reaches a decorated function's retries.
+    fn _update_from(&self, py: Python<'_>, other: &Bound<'_, PyRetry>) {
+        let other = other.get();
+        let policy = other.policy(py);
+        *self
+            .policy
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = policy;
+        self.budget
+            .set_rates(other.budget.fraction(), other.budget.min_per_second());
     }
 
     /// Attempts in all, the first included.
     #[getter]
-    fn attempts(&self) -> u32 {
-        self.attempts
+    fn attempts(&self, py: Python<'_>) -> u32 {
+        self.policy(py).attempts
     }
 
     /// The exception classes that may be retried.
     #[getter]
     fn on(&self, py: Python<'_>) -> Py<PyTuple> {
-        self.on.clone_ref(py)
+        self.policy(py).on
     }
 
     #[getter]
-    fn backoff(&self) -> f64 {
-        nanos_to_seconds(self.base)
+    fn backoff(&self, py: Python<'_>) -> f64 {
+        nanos_to_seconds(self.policy(py).base)
     }
 
     #[getter]
-    fn max_backoff(&self) -> f64 {
-        nanos_to_seconds(self.cap)
+    fn max_backoff(&self, py: Python<'_>) -> f64 {
+        nanos_to_seconds(self.policy(py).cap)
     }
 
     #[getter]
-    fn multiplier(&self) -> f64 {
-        self.multiplier
+    fn multiplier(&self, py: Python<'_>) -> f64 {
+        self.policy(py).multiplier
     }
 
     #[getter]
     fn budget(&self) -> f64 {
-        self.fraction
+        self.budget.fraction()
+    }
+
+    /// Retries a second allowed however few the calls.
+    #[getter]
+    fn min_retries_per_second(&self) -> u64 {
+        self.budget.min_per_second()
     }
 
     /// Retries made under this budget.
@@ -288,14 +312,15 @@ impl PyRetry {
     }
 
     fn __repr__(&self, py: Python<'_>) -> PyResult<String> {
+        let policy = self.policy(py);
         Ok(format!(
             "Retry(attempts={}, on={}, backoff={}, multiplier={}, max_backoff={}, budget={})",
-            self.attempts,
-            self.on.bind(py).repr()?,
-            nanos_to_seconds(self.base),
-            self.multiplier,
-            nanos_to_seconds(self.cap),
-            self.fraction
+            policy.attempts,
+            policy.on.bind(py).repr()?,
+            nanos_to_seconds(policy.base),
+            policy.multiplier,
+            nanos_to_seconds(policy.cap),
+            self.budget.fraction()
         ))
     }
 }

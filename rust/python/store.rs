@@ -36,6 +36,8 @@ use crate::bucket::{Decision, Quota};
 use crate::clock::seconds_to_nanos;
 use crate::remote::OnBackendError;
 
+use super::errors::report_unraisable;
+
 /// A remote store and the policy for its outages.
 pub struct Store {
     object: Py<PyAny>,
@@ -182,7 +184,7 @@ impl Store {
         match reply {
             Ok(reply) => reply.map(|(from, to)| transition(from, to)),
             Err(err) => {
-                err.write_unraisable(py, Some(self.object.bind(py)));
+                report_unraisable(py, err, self.object.bind(py));
                 None
             }
         }
@@ -301,7 +303,7 @@ impl Store {
         match self.call(py, intern!(py, "adjust"), (amount, charge)) {
             Ok(reply) => reply.map(|_| ()),
             Err(err) => {
-                err.write_unraisable(py, Some(self.object.bind(py)));
+                report_unraisable(py, err, self.object.bind(py));
                 None
             }
         }

@@ -35,7 +35,8 @@ pub struct PyTokenBucket {
     enabled: AtomicBool,
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
-    shared: Option<Region<BucketState>>,
+    /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
+    shared: Option<Box<Region<BucketState>>>,
     /// Every window as given (max_requests, window ns), the first first. Never read per call.
     limits: Mutex<Vec<(u64, u64)>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
@@ -76,7 +77,7 @@ impl PyTokenBucket {
                 let (core, region) =
                     shared::shared_windows(path, &windows.quotas, windows.reserve, clock)
                         .map_err(shared_error)?;
-                (core, Some(region))
+                (core, Some(Box::new(region)))
             }
         };
         if let Some(store) = &remote {
@@ -348,7 +349,7 @@ impl PyTokenBucket {
     /// shared); else what happened to it (truncated, deleted or replaced). Stats the
     /// file: for health checks.
     fn shared_file_problem(&self) -> Option<String> {
-        shared_file_problem(self.shared.as_ref(), "rate limiter")
+        shared_file_problem(self.shared.as_deref(), "rate limiter")
     }
 
     /// The remote store this budget lives in, or None.

@@ -25,6 +25,7 @@ __all__ = [
     "DEFAULT_REDIS_TIMEOUT",
     "ON_BACKEND_ERROR",
     "Backend",
+    "BulkheadBackend",
     "OnBackendError",
     "backend_error_counts",
     "check_backend",
@@ -34,6 +35,8 @@ __all__ = [
 ]
 
 Backend = Literal["memory", "shared", "redis"]
+#: A bulkhead's slots are held for a call's whole duration: this process, or the host.
+BulkheadBackend = Literal["memory", "shared"]
 OnBackendError = Literal["fail_closed", "fail_open", "local"]
 
 BACKENDS: tuple[str, ...] = typing.get_args(Backend)

@@ -13,10 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from peak_resilience._backends import choice, shared
-from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
-from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
-from peak_resilience._backends.redis.connection import named_link
+from peak_resilience._backends import choice
 from peak_resilience._native import ManualClock
 
 __all__ = ["Place", "place"]
@@ -52,9 +49,17 @@ def place(
     ``backend``."""
     backend = choice.check_backend(backend)
     policy = choice.check_on_backend_error(on_backend_error)
+    # Each backend's machinery is imported by the branch that uses it: a memory object
+    # (the default) pays for neither the Redis client nor the shared files' paths.
     if backend == "shared":
+        from peak_resilience._backends import shared
+
         return Place(shared_dir=shared.directory(name, shared_dir, kind))
     if backend == "redis":
+        from peak_resilience._backends.redis.breaker_store import RedisBreakerStore
+        from peak_resilience._backends.redis.bucket_store import RedisLimiterStore
+        from peak_resilience._backends.redis.connection import named_link
+
         timeout = choice.check_timeout(redis_timeout)
         # A manual clock reaches the scripts only in tests: in production Redis' own clock
         # is the one every host agrees on.

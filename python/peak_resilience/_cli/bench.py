@@ -15,11 +15,10 @@ from collections.abc import Callable
 from typing import Any
 
 from peak_resilience._breaker import CircuitBreaker
-from peak_resilience._cli import arguments
 from peak_resilience._limiter import RateLimiter
 from peak_resilience.errors import CircuitBreakerError
 
-__all__ = ["add_commands", "bench", "run"]
+__all__ = ["bench", "run"]
 
 
 def _noop() -> None:
@@ -129,14 +128,3 @@ def bench(args: argparse.Namespace) -> int:
         print(f"{mine:<32} {mine_ns:7.1f}   {ref:<28} {ref_ns:7.1f}   {mine_ns / ref_ns:5.2f}x")
     print("ratio = ours / reference (below 1: ours is cheaper). Full suite: scripts/bench")
     return 0
-
-
-def add_commands(commands: Any) -> None:
-    parser = commands.add_parser("bench", help="the quick ratio table (timeit, a few seconds)")
-    parser.add_argument(
-        "--number",
-        type=arguments.count,
-        default=200_000,
-        help="calls per timing run (default: 200000)",
-    )
-    parser.set_defaults(handler=bench)

@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from peak_resilience._cli.commands import EXAMPLE
 from peak_resilience._config.load import Config, load_config
 from peak_resilience._config.schema import SCHEMA, TABLE
 from peak_resilience._config.secrets import redact
@@ -25,10 +26,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
-__all__ = ["EXAMPLE", "add_commands", "effective", "example_config"]
-
-#: The example configuration shipped in the package.
-EXAMPLE = "config.toml"
+__all__ = ["effective", "example_config", "init", "show", "validate"]
 
 
 def effective(config: Config) -> dict[str, dict[str, dict[str, Any]]]:
@@ -148,34 +146,3 @@ def init(args: argparse.Namespace) -> int:
         raise OSError(f"cannot write {path}: {err.strerror or err}") from None
     print(f"wrote {path}; check it with: peak-resilience config validate {path}")
     return 0
-
-
-def add_commands(commands: Any) -> None:
-    config = commands.add_parser("config", help="check, show or write a configuration file")
-    sub = config.add_subparsers(dest="config_command", metavar="ACTION", required=True)
-    check = sub.add_parser(
-        "validate",
-        help="exit 0 if the file is valid (warning on tables it ignores), 2 with the error if not",
-    )
-    check.add_argument("path", help="the config.toml to check")
-    check.set_defaults(handler=validate)
-    show_ = sub.add_parser(
-        "show", help="the effective settings of every module, with each value's source"
-    )
-    show_.add_argument("path", help="the config.toml to read")
-    show_.add_argument(
-        "--format", choices=("toml", "json"), default="toml", help="toml (default) or json"
-    )
-    show_.add_argument(
-        "--json", dest="format", action="store_const", const="json", help="--format json"
-    )
-    show_.set_defaults(handler=show)
-    init_ = sub.add_parser("init", help="write the documented example config.toml")
-    init_.add_argument(
-        "path",
-        nargs="?",
-        default=EXAMPLE,
-        help="where (default: ./config.toml; a directory: in it)",
-    )
-    init_.add_argument("--force", action="store_true", help="overwrite an existing file")
-    init_.set_defaults(handler=init)

@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from peak_resilience._circuit import CircuitState
-from peak_resilience._cli import arguments
 from peak_resilience._config.active import configure
 from peak_resilience._config.environment import ENV_PREFIX, env_name
 from peak_resilience._config.load import load_config
@@ -34,7 +33,7 @@ from peak_resilience._modules.registry import (
 )
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 
-__all__ = ["add_commands", "run"]
+__all__ = ["demo", "run"]
 
 MODULE = "demo"
 #: Used when the configuration in force has no [resilience.demo] table.
@@ -273,7 +272,7 @@ def _draw(
     out.flush()
 
 
-def _demo(args: argparse.Namespace) -> int:
+def demo(args: argparse.Namespace) -> int:
     # The demo shows each transition itself: the breaker's own WARNING lines would only
     # repeat them on stderr (and tear the live view).
     breaker_log = logging.getLogger("peak_resilience.resilience")
@@ -283,36 +282,3 @@ def _demo(args: argparse.Namespace) -> int:
         return run(duration=args.duration, port=args.port, config_path=args.config, live=args.live)
     finally:
         breaker_log.setLevel(level)
-
-
-def add_commands(commands: Any) -> None:
-    demo = commands.add_parser(
-        "demo", help="an order loop against a simulated exchange, guarded by with_resilience"
-    )
-    demo.add_argument(
-        "--duration", type=arguments.seconds, default=10.0, help="seconds to run (default: 10)"
-    )
-    demo.add_argument(
-        "--port",
-        type=arguments.port,
-        default=0,
-        help="port of the health endpoints on 127.0.0.1 meanwhile (default: a free one)",
-    )
-    demo.add_argument(
-        "--config", help="config.toml to use (default: $PEAK_TRADE_CONFIG, then ./config.toml)"
-    )
-    view = demo.add_mutually_exclusive_group()
-    view.add_argument(
-        "--live",
-        dest="live",
-        action="store_true",
-        default=None,
-        help="redraw a live view in place (the default on a terminal)",
-    )
-    view.add_argument(
-        "--plain",
-        dest="live",
-        action="store_false",
-        help="print plain lines (the default when not on a terminal)",
-    )
-    demo.set_defaults(handler=_demo)

@@ -11,17 +11,14 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from peak_resilience._cli import arguments
+from peak_resilience._cli.commands import EXIT_CODES
 from peak_resilience._config.active import configure
 from peak_resilience._health import health_check
 from peak_resilience._http.endpoints import health_token
 from peak_resilience._http.server import start_health_server
 from peak_resilience._modules.host_state import attach_shared_state
 
-__all__ = ["EXIT_CODES", "add_commands", "check", "serve"]
-
-#: Exit codes of ``check``, by status.
-EXIT_CODES = {"healthy": 0, "degraded": 1, "unhealthy": 2}
+__all__ = ["check", "serve"]
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -95,34 +92,3 @@ def check(args: argparse.Namespace) -> int:
     status = str(report.get("status", "unhealthy"))
     print(f"status: {status}")
     return EXIT_CODES.get(status, 2)
-
-
-def add_commands(commands: Any) -> None:
-    serve_ = commands.add_parser("serve", help="serve the health and metrics endpoints")
-    serve_.add_argument("--config", help="config.toml (default: $PEAK_TRADE_CONFIG, ./config.toml)")
-    serve_.add_argument(
-        "--host",
-        type=arguments.host,
-        default="127.0.0.1",
-        help="address to bind (default: 127.0.0.1)",
-    )
-    serve_.add_argument(
-        "--port", type=arguments.port, default=9108, help="port (default: 9108; 0: a free one)"
-    )
-    serve_.set_defaults(handler=serve)
-    check_ = commands.add_parser(
-        "check",
-        help="run the health checks once: exit 0 healthy, 1 degraded, 2 unhealthy",
-    )
-    check_.add_argument("--config", help="config.toml (default: $PEAK_TRADE_CONFIG, ./config.toml)")
-    check_.add_argument(
-        "--url",
-        type=arguments.url,
-        help="ask a running server (e.g. http://127.0.0.1:9108) instead",
-    )
-    check_.add_argument("--token", help="bearer token for --url (default: none)")
-    check_.add_argument(
-        "--timeout", type=arguments.seconds, default=10.0, help="seconds to wait for --url"
-    )
-    # Whatever goes wrong, a probe must not read it as "degraded" (1).
-    check_.set_defaults(handler=check, error_exit=EXIT_CODES["unhealthy"])

@@ -8,7 +8,7 @@ import sys
 import typing
 from collections.abc import Sequence
 
-from peak_resilience._cli import bench, config, demo, health
+from peak_resilience._cli.commands import add_commands
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._version import __version__
 
@@ -31,10 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(
         dest="command", metavar="COMMAND", parser_class=_Parser, required=True
     )
-    demo.add_commands(commands)
-    health.add_commands(commands)
-    config.add_commands(commands)
-    bench.add_commands(commands)
+    add_commands(commands)
     return parser
 
 

@@ -13,17 +13,18 @@ import typing
 from collections.abc import Callable
 from typing import Any
 
-from peak_resilience._backends.choice import Backend, OnBackendError
+from peak_resilience._backends.choice import Backend, BulkheadBackend, OnBackendError
 from peak_resilience._backends.redis.sentinel import sentinel_url
 from peak_resilience._backends.shared import default_shared_dir
 from peak_resilience._circuit import WindowType
 from peak_resilience._config.exception_names import exception_names
 from peak_resilience._metrics.families import DEFAULT_PREFIX, PREFIX_PATTERN
-from peak_resilience._native import MAX_HALF_OPEN_CALLS
+from peak_resilience._native import MAX_FAILURE_THRESHOLD, MAX_HALF_OPEN_CALLS
 from peak_resilience._windows import parse_limit
 
 __all__ = [
     "DEFAULTS",
+    "MAX_FAILURE_THRESHOLD",
     "MAX_HALF_OPEN_CALLS",
     "NATIVE_BREAKER_KEYS",
     "SCHEMA",
@@ -116,7 +117,7 @@ class Settings:
     """The settings in force for one module (or, for ``Config.globals``, for all)."""
 
     circuit_breaker_enabled: bool = key(True)
-    circuit_breaker_threshold: int = key(5, at_least(1))
+    circuit_breaker_threshold: int = key(5, at_most(MAX_FAILURE_THRESHOLD))
     circuit_breaker_timeout: float = key(60.0, positive)
     half_open_max_calls: int = key(1, at_most(MAX_HALF_OPEN_CALLS))
     rate_limit_enabled: bool = key(True)
@@ -170,6 +171,8 @@ class Settings:
     max_concurrent: int | None = key(None, optional(at_least(1)))
     #: Seconds a call over the cap waits for a slot before it is refused.
     bulkhead_max_wait: float = key(0.0, at_least(0))
+    #: "shared": one cap across the processes of the host (slots in ``shared_dir``).
+    bulkhead_backend: BulkheadBackend = key("memory")
     # Issue 16, retries (off unless retry_attempts > 1 and retry_on names a class).
     #: Attempts in all, the first included (1: no retries).
     retry_attempts: int = key(1, at_least(1))

@@ -31,12 +31,14 @@ from typing import Any, ParamSpec, TypeVar, cast
 from prometheus_client import REGISTRY, CollectorRegistry
 
 from peak_resilience import _instances, _native
+from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._circuit import CircuitState
 from peak_resilience._config.active import add_listener, current
 from peak_resilience._config.load import Config
 from peak_resilience._fork import after_fork_in_child
 from peak_resilience._health import HealthCheckRegistry, health_check
 from peak_resilience._labels import label_value as _non_empty
+from peak_resilience._metrics.bound import ObjectNames
 from peak_resilience._metrics.exposition import (
     OPENMETRICS_CONTENT_TYPE,
     TEXT_CONTENT_TYPE,
@@ -168,7 +170,8 @@ class Metrics:
 
     ``enabled`` (config ``metrics_enabled``) switches all recording, native included, on
     or off; ``prefix`` (config ``metrics_prefix``, default ``peak_trade``) starts every
-    family name; ``max_series_per_family`` bounds the label values explicit calls create.
+    family name; ``max_series_per_family`` bounds the label values of each family, those
+    explicit calls create and the names of live breakers, limiters and bulkheads alike.
     """
 
     def __init__(self) -> None:
@@ -186,6 +189,8 @@ class Metrics:
         self._reported_hits: dict[tuple[str, str], int] = {}
         self._reported_rejections: dict[tuple[str, str], int] = {}
         self._folded: dict[str, int] = {}
+        #: The names of constructed objects each scrape exports, bounded like the above.
+        self._object_names = ObjectNames()
         self._collector = Collector(self)
         self._registries: list[CollectorRegistry] = []
         #: The exception type of the last failed read (scrape or summary), None after a
@@ -233,7 +238,8 @@ class Metrics:
 
     @property
     def max_series_per_family(self) -> int:
-        """Label values explicit calls may create per family before folding into "other"."""
+        """Label values a family exports (from explicit calls, or the names of live objects)
+        before new ones are folded into "other"."""
         return self._max_series
 
     def configure(
@@ -256,6 +262,7 @@ class Metrics:
             _positive_int(snapshot_capacity, "snapshot_capacity")
         if max_series_per_family is not None:
             self._max_series = max_series_per_family
+            bucket_series.bound = max_series_per_family
         if snapshot_capacity is not None:
             capacity = snapshot_capacity
             with self._events_lock:
@@ -482,7 +489,7 @@ class Metrics:
                 dict(self._folded),
             )
         try:
-            readings = read(*reported, outcomes)
+            readings = read(*reported, outcomes, self._object_names, self._max_series)
         except Exception as exc:
             self.last_read_error = type(exc).__name__
             raise
@@ -509,6 +516,7 @@ class Metrics:
             self._reported_rejections.clear()
             self._folded.clear()
             self._events.clear()
+        self._object_names.clear()
 
 
 #: The process-wide metrics object of the guide.

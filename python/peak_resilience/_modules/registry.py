@@ -21,7 +21,7 @@ from peak_resilience._config.active import active, add_listener, lock
 from peak_resilience._config.errors import ConfigError
 from peak_resilience._config.load import Config
 from peak_resilience._config.parameters import Placement, breaker_parameters, limiter_parameters
-from peak_resilience._config.schema import TABLE
+from peak_resilience._config.schema import TABLE, Settings
 from peak_resilience._events import announce_refusal
 from peak_resilience._guard import MISSING, guard, typed
 from peak_resilience._labels import label_value
@@ -31,6 +31,7 @@ from peak_resilience._limiter import RateLimiter
 # limiting under "rate_limiter".
 from peak_resilience._logging import breaker_log as _breaker_log
 from peak_resilience._logging import limiter_log as _limiter_log
+from peak_resilience._logging import log_refusal
 from peak_resilience._modules.build import (
     build_breaker,
     build_limiter,
@@ -62,7 +63,9 @@ def _rejection_log(
 
     def on_reject(refusal: BaseException) -> None:
         if isinstance(refusal, RateLimitExceeded):
-            _limiter_log.debug(
+            log_refusal(
+                _limiter_log,
+                name,
                 "%s refused by rate limiter %r: retry in %.3fs",
                 name,
                 refusal.limiter,
@@ -70,10 +73,10 @@ def _rejection_log(
             )
             announce_refusal(refusal, None if limiter is None else limiter._listeners)
         elif isinstance(refusal, CircuitBreakerError):
-            _breaker_log.debug("%s refused: %s", name, refusal)
+            log_refusal(_breaker_log, name, "%s refused: %s", name, refusal)
             announce_refusal(refusal, None if breaker is None else breaker._listeners)
         elif isinstance(refusal, BulkheadFull):
-            _breaker_log.debug("%s refused: %s", name, refusal)
+            log_refusal(_breaker_log, name, "%s refused: %s", name, refusal)
 
     return on_reject
 
@@ -92,6 +95,10 @@ class _Decorated:
     guard: Guard
     has_fallback: bool
     fallback_on_failure: bool
+    #: Whether its bulkhead and its retries follow the module's keys (else the
+    #: decorator's own ``max_concurrent=`` / ``retry=`` hold, whatever a reload says).
+    bulkhead_from_config: bool = False
+    retry_from_config: bool = False
 
 
 class ModuleRegistry:
@@ -135,13 +142,21 @@ class ModuleRegistry:
                 self._placements[("limiter", module)] = limiter_parameters(settings).placement
         return found
 
-    def bulkhead(self, name: str, max_concurrent: int, max_wait: float) -> Bulkhead:
+    def bulkhead(self, name: str, max_concurrent: int, settings: Settings) -> Bulkhead:
         """The bulkhead of operation ``name``: every function decorated as the operation
-        shares its slots. Its cap is the first one asked for."""
+        shares its slots. Its cap is the first one asked for; its wait and backend are
+        the module's ``settings``."""
         with lock():
             found = self.bulkheads.get(name)
             if found is None:
-                found = Bulkhead(max_concurrent, name=name, max_wait=max_wait, clock=self.clock)
+                found = Bulkhead(
+                    max_concurrent,
+                    name=name,
+                    max_wait=settings.bulkhead_max_wait,
+                    clock=self.clock,
+                    backend=settings.bulkhead_backend,
+                    shared_dir=settings.shared_dir,
+                )
                 self.bulkheads[name] = found
         return found
 
@@ -174,6 +189,7 @@ class ModuleRegistry:
         for each in decorated:
             if not each.has_fallback and new.module(each.module).fail_safe_defaults:
                 raise _fail_safe_without_fallback(new, each.module, each.qualname)
+            _refuse_a_new_policy(new, each)
         for name, module in breakers:
             wanted = breaker_parameters(new.module(module)).placement
             built = self._placements[("breaker", name)]
@@ -202,6 +218,15 @@ class ModuleRegistry:
             operation = each.guard.operation
             if operation is not None:
                 operation.set_enabled(settings.metrics_enabled)
+            bulkhead = each.guard.bulkhead
+            if each.bulkhead_from_config and bulkhead is not None:
+                # (check() refused a configuration that drops the cap.)
+                assert settings.max_concurrent is not None
+                bulkhead._update(settings.max_concurrent, settings.bulkhead_max_wait)
+            retry = each.guard.retry
+            if each.retry_from_config and retry is not None:
+                # retry_attempts = 1 (or no retry_on) turns retries off: one attempt.
+                retry._update_from(build_retry(settings) or Retry(1))
 
 
 def _refuse_a_move(
@@ -218,6 +243,51 @@ def _refuse_a_move(
             source=new._where(module, key),
             table=f"{TABLE}.{module}",
             key=key,
+        )
+
+
+def _refuse_a_new_policy(new: Config, each: _Decorated) -> None:
+    """A reload changes a decorated function's bulkhead and retries in place, and turns
+    retries off, but cannot add a policy the function was decorated without, nor take its
+    bulkhead away or move its slots: its wrapper was built without (or around) it.
+    Refused, never ignored."""
+    settings = new.module(each.module)
+    bulkhead = each.guard.bulkhead
+    problem: tuple[str, str] | None = None
+    if each.bulkhead_from_config and (bulkhead is None) != (settings.max_concurrent is None):
+        what = "add a bulkhead to" if bulkhead is None else "remove the bulkhead of"
+        problem = (
+            "max_concurrent",
+            (
+                f"a running process cannot {what} {each.qualname}, decorated "
+                f"{'without' if bulkhead is None else 'with'} one (restart the process to "
+                "change whether max_concurrent is set)"
+            ),
+        )
+    elif each.bulkhead_from_config and bulkhead is not None:
+        backend = getattr(bulkhead, "backend", "memory")
+        if settings.bulkhead_backend != backend:
+            problem = (
+                "bulkhead_backend",
+                (
+                    f"the bulkhead of {each.qualname} already keeps its slots on {backend!r}; "
+                    f"a running process cannot move them to {settings.bulkhead_backend!r} "
+                    "(restart the process to change bulkhead_backend)"
+                ),
+            )
+    adds_retries = each.guard.retry is None and build_retry(settings) is not None
+    if problem is None and each.retry_from_config and adds_retries:
+        problem = (
+            "retry_attempts",
+            (
+                f"a running process cannot add retries to {each.qualname}, decorated "
+                "without them (restart the process to turn retries on)"
+            ),
+        )
+    if problem is not None:
+        key, message = problem
+        raise ConfigError(
+            message, source=new._where(each.module, key), table=f"{TABLE}.{each.module}", key=key
         )
 
 
@@ -376,7 +446,7 @@ def with_resilience(
     The module's settings are read when the function is decorated (loading them as
     ``configure()`` without a path would, if nothing was configured yet); a later
     ``configure()`` updates the breaker, the limiter, the enabled switches and the
-    fail-safe behaviour and ``metrics_enabled`` in place.
+    fail-safe behaviour, ``metrics_enabled``, the bulkhead and the retries in place.
     """
     _name(module, "module")
     _name(operation, "operation")
@@ -404,7 +474,7 @@ def with_resilience(
         breaker = registry.breaker(module, operation) if use_circuit_breaker else None
         limiter = registry.limiter(module) if use_rate_limiter else None
         cap = settings.max_concurrent if max_concurrent is None else max_concurrent
-        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings.bulkhead_max_wait)
+        bulkhead = None if cap is None else registry.bulkhead(name, cap, settings)
         policy = build_retry(settings) if retry is None else retry
         own_retry = None if policy is None else registry.retry(name, policy)
         decorated = guard(
@@ -427,7 +497,17 @@ def with_resilience(
             on_timeout=functools.partial(_instances.count_timeout, name),
         )
         native = getattr(decorated, "guard", decorated)
-        registry.remember(_Decorated(module, qualname, native, has_fallback, fallback_on_failure))
+        registry.remember(
+            _Decorated(
+                module,
+                qualname,
+                native,
+                has_fallback,
+                fallback_on_failure,
+                bulkhead_from_config=max_concurrent is None,
+                retry_from_config=retry is None,
+            )
+        )
         return typed(decorated, func)
 
     return decorate

@@ -5,4 +5,6 @@ optional dependency (``pip install peak-resilience[starlette]``, ``[flask]``,
 - ``starlette``: ``install(app)`` for FastAPI and Starlette.
 - ``flask``: ``install(app)`` for Flask.
 - ``otel``: ``install(meter_provider=None)``, the metric families for OpenTelemetry.
+- ``ccxt``: ``install(exchange, limiter, breaker=None)``, a limiter fed by the exchange's
+  replies in front of a ccxt exchange (sync or async).
 """
