@@ -1161,6 +1161,21 @@ pub(crate) mod tests {
         assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
     }
 
+    /// Clock advances (ns, up to 1.5 s) and costs (1 to 3): what the counted windows'
+    /// properties are driven by.
+    pub(crate) fn advances_and_costs() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200)
+    }
+
+    /// An acquire's outcome as a model states it: admitted, refused, or never (None).
+    pub(crate) fn outcome(decision: Decision) -> Option<bool> {
+        match decision {
+            Decision::Admitted => Some(true),
+            Decision::Rejected { .. } => Some(false),
+            Decision::Impossible => None,
+        }
+    }
+
     /// What 8 threads admit between them, each trying `attempts` acquires of 1 at once.
     pub(crate) fn admitted_by_eight_threads(bucket: &TokenBucket, attempts: usize) -> usize {
         std::thread::scope(|scope| {
