@@ -915,7 +915,7 @@ impl TokenBucket {
                 (Kind::Fixed, true) => fixed_window::charge(window, cost, self.clock.wall(now)),
                 (Kind::Fixed, false) => fixed_window::refund(window, cost, self.clock.wall(now)),
                 (Kind::Sliding, true) => sliding_window::charge(window, &state.log, cost, now),
-                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost),
+                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost, now),
             }
         }
     }

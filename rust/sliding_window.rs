@@ -252,14 +252,21 @@ pub fn give_back(window: &Window, log: &SlidingLog, cost: u64, taken: u64) {
     held.release(head);
 }
 
-/// Removes the `cost` newest entries (an operator's refund, no take to bound it).
-pub fn refund(window: &Window, log: &SlidingLog, cost: u64) {
+/// Removes `cost` of the oldest entries still in the window (an operator's refund, or a
+/// remote budget's stand-in refunding as its store does: no take to bound it).
+pub fn refund(window: &Window, log: &SlidingLog, cost: u64, now: u64) {
     let Some(entries) = Log::of(window, log, true) else {
         return;
     };
     let held = hold(window);
     let head = held.head;
-    entries.remove(head, head.saturating_sub(cost), head);
+    // The oldest live entries: whoever's they are, they leave the window first (removing
+    // the newest would let a later interval hold more than the limit).
+    let oldest = head.saturating_sub(entries.size());
+    let live = (oldest..head)
+        .find(|unit| entries.entry(*unit).load(Ordering::Relaxed) > now)
+        .unwrap_or(head);
+    entries.remove(head, live, live.saturating_add(cost).min(head));
     held.release(head);
 }
 
@@ -427,6 +434,26 @@ mod tests {
         bucket.refill();
         assert_eq!(bucket.window_tokens(), vec![0.0]);
         assert_eq!(bucket.wait_time(1), None);
+    }
+
+    #[test]
+    fn a_refund_without_a_take_removes_the_oldest_live_entries_never_letting_more_in() {
+        // 2 per second: one at t, one at t + 0.9 s, then a refund of 1. At t + 1 s the
+        // entry of t + 0.9 s still counts: one more fits, not two (3 in 0.9 s to 1.9 s).
+        let (bucket, clock) = sliding(2, SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        clock.advance(SECOND * 9 / 10);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        bucket.adjust(1, false);
+        assert_eq!(bucket.window_tokens(), vec![1.0]);
+        clock.advance(SECOND / 10);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected {
+                wait: SECOND * 9 / 10
+            }
+        );
     }
 
     #[test]

@@ -283,6 +283,21 @@ def test_settling_for_less_refunds_and_cancelling_refunds_all(
     assert tokens(limiter) == [18]
 
 
+def test_a_sliding_refund_never_lets_a_later_interval_hold_more_than_the_limit(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    clock = ManualClock(MINUTE_START)
+    limiter = make_limiter(limits=["2/1s sliding"], clock=clock)
+    reservation = limiter.reserve(1)
+    assert reservation is not None
+    clock.advance(0.9)
+    assert limiter.acquire()
+    reservation.settle(0)
+    clock.advance(0.1)
+    # The call at 0.9 s still counts until 1.9 s: one more fits, not two.
+    assert [limiter.acquire(), limiter.acquire()] == [True, False]
+
+
 @pytest.mark.parametrize("kind", ["fixed", "sliding"])
 def test_settling_for_more_charges_beyond_the_limit(
     kind: str, make_limiter: Callable[..., RateLimiter]
