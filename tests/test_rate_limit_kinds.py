@@ -256,6 +256,7 @@ def test_four_processes_admit_exactly_the_count(
     assert sum(reports) == 25
 
 
+@pytest.mark.shared_backend
 def test_processes_counting_a_window_another_way_are_refused_a_shared_budget(
     tmp_path: Path,
 ) -> None:
