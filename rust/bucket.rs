@@ -915,7 +915,7 @@ impl TokenBucket {
                 (Kind::Fixed, true) => fixed_window::charge(window, cost, self.clock.wall(now)),
                 (Kind::Fixed, false) => fixed_window::refund(window, cost, self.clock.wall(now)),
                 (Kind::Sliding, true) => sliding_window::charge(window, &state.log, cost, now),
-                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost),
+                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost, now),
             }
         }
     }
@@ -1159,6 +1159,21 @@ pub(crate) mod tests {
         let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
         assert_eq!(admitted_by_eight_threads(&bucket, 10_000), 1_000);
         assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+    }
+
+    /// Clock advances (ns, up to 1.5 s) and costs (1 to 3): what the counted windows'
+    /// properties are driven by.
+    pub(crate) fn advances_and_costs() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200)
+    }
+
+    /// An acquire's outcome as a model states it: admitted, refused, or never (None).
+    pub(crate) fn outcome(decision: Decision) -> Option<bool> {
+        match decision {
+            Decision::Admitted => Some(true),
+            Decision::Rejected { .. } => Some(false),
+            Decision::Impossible => None,
+        }
     }
 
     /// What 8 threads admit between them, each trying `attempts` acquires of 1 at once.

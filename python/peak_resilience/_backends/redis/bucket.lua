@@ -113,13 +113,15 @@ local function add(i)
   end
   store(i)
 end
--- Uncounts `amount` in window i (never beyond empty).
+-- Uncounts `amount` in window i (never beyond empty). A sliding window has no record of
+-- whose entries are whose here: it drops its oldest live ones, which leave the window
+-- first anyway (dropping the newest could admit more than its limit in a later interval).
 local function remove(i)
   if kinds[i] == 'f' then
     counts[i] = math.max(counts[i] - amount, 0)
   elseif kinds[i] == 's' then
     local log = logs[i]
-    for _ = 1, math.min(amount, #log) do table.remove(log) end
+    for _ = 1, math.min(amount, #log) do table.remove(log, 1) end
   else
     tats[i] = math.max(tats[i] - amount * intervals[i], 0)
   end
