@@ -369,6 +369,35 @@ mod tests {
     }
 
     #[test]
+    fn only_a_bucket_with_a_sliding_window_makes_a_log() {
+        let clock = Clock::Manual(ManualClock::new(SECOND));
+        let gcra = TokenBucket::new(Quota::per_window(5, SECOND, 5).unwrap(), clock.clone());
+        let fixed = Quota::counted(Kind::Fixed, 5, SECOND).unwrap();
+        let fixed = TokenBucket::new(fixed, clock);
+        assert_eq!(gcra.try_acquire(1), Decision::Admitted);
+        assert_eq!(fixed.try_acquire(1), Decision::Admitted);
+        assert!(!gcra.log_made() && !fixed.log_made());
+        assert!(sliding(5, SECOND).0.log_made());
+    }
+
+    #[test]
+    fn a_bucket_switched_to_a_sliding_window_makes_its_log_and_every_view_counts_in_it() {
+        let clock = ManualClock::new(1_000 * SECOND);
+        let quota = Quota::per_window(5, SECOND, 5).unwrap();
+        let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
+        let view = TokenBucket::over(bucket.state_place(), Clock::Manual(clock.clone()));
+        let slide = Quota::counted(Kind::Sliding, 2, SECOND).unwrap();
+        bucket.set_windows(&[quota, slide], 0);
+        assert!(view.log_made());
+        assert_eq!(view.try_acquire(1), Decision::Admitted);
+        clock.advance(SECOND / 2);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(view.try_acquire(1), Decision::Rejected { wait: SECOND / 2 });
+        clock.advance(SECOND / 2);
+        assert_eq!(view.try_acquire(1), Decision::Admitted);
+    }
+
+    #[test]
     fn too_large_sliding_windows_are_refused_naming_the_total() {
         assert_eq!(
             Quota::counted(Kind::Sliding, 129, SECOND),

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::bucket::{BucketState, Decision, Kind, Taken, TokenBucket, MAX_WINDOWS};
+use crate::bucket::{Decision, Kind, SharedBucketState, Taken, TokenBucket, MAX_WINDOWS};
 use crate::clock::{duration_label, nanos_to_seconds, Clock};
 use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
@@ -36,7 +36,7 @@ pub struct PyTokenBucket {
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
     /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
-    shared: Option<Box<Region<BucketState>>>,
+    shared: Option<Box<Region<SharedBucketState>>>,
     /// Every window as given (max_requests, window ns), the first first. Never read per call.
     limits: Mutex<Vec<(u64, u64)>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
