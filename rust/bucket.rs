@@ -9,7 +9,7 @@
 
 use std::sync::OnceLock;
 
-use crate::sync::{AtomicU64, Ordering};
+use crate::sync::{yield_now, AtomicU64, Ordering};
 
 use crate::clock::Clock;
 use crate::place::Place;
@@ -408,7 +408,9 @@ pub struct BucketState {
     more: [Window; MAX_WINDOWS - 1],
     /// Tokens of every window kept for high-priority acquires.
     reserve: AtomicU64,
-    _spare: [AtomicU64; 3],
+    /// Who is changing the windows (0: nobody; see `Changing`).
+    changing: AtomicU64,
+    _spare: [AtomicU64; 2],
 }
 
 /// A bucket as a shared file holds it: its atomics, then its sliding windows' log (when
@@ -653,6 +655,71 @@ fn decide(tat: u64, now: u64, cost: u64, interval: u64, tolerance: u64) -> Resul
             wait: new_tat - limit,
         })
     }
+}
+
+/// Turns (each a yield) that a rate change waits seeing the same change in progress
+/// before taking it over: seconds, against the microseconds a change holds it.
+#[cfg(not(any(test, loom)))]
+const CHANGE_STEAL_AFTER: u32 = 1 << 24;
+#[cfg(all(test, not(loom)))]
+const CHANGE_STEAL_AFTER: u32 = 1 << 12;
+#[cfg(loom)]
+const CHANGE_STEAL_AFTER: u32 = u32::MAX;
+
+/// Rate changes of one bucket, one at a time, between processes as between threads. A
+/// change fills each window's spare parameter slot before switching to it in one CAS;
+/// two changes to different rates filling it together could leave one rate's interval
+/// with the other's burst in force, or rescale the debt from an interval the other one
+/// wrote (loom shows both). Held for the few stores of one change, in the bucket's own
+/// word (a shared file's too); a holder killed inside it (its process gone) is taken over
+/// after `CHANGE_STEAL_AFTER` turns of seeing that same holder.
+struct Changing<'a> {
+    word: &'a AtomicU64,
+    token: u64,
+}
+
+impl<'a> Changing<'a> {
+    fn hold(word: &'a AtomicU64) -> Self {
+        let token = change_token();
+        let (mut seen, mut turns) = (0, 0u32);
+        loop {
+            match word.compare_exchange(0, token, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Changing { word, token },
+                Err(holder) => {
+                    if holder == seen {
+                        turns = turns.saturating_add(1);
+                    } else {
+                        (seen, turns) = (holder, 0);
+                    }
+                    if turns >= CHANGE_STEAL_AFTER
+                        && word
+                            .compare_exchange(holder, token, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        return Changing { word, token };
+                    }
+                    yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        // Not ours any more if it was taken over (we were presumed gone): leave it.
+        let _ = self
+            .word
+            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+/// A token no other change holds at once: the process id and a count of this process's
+/// changes (never 0).
+fn change_token() -> u64 {
+    static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (u64::from(std::process::id()) << 32) | (n & 0xffff_ffff).max(1)
 }
 
 /// A token bucket: its state (local or shared) and the clock it reads.
@@ -915,6 +982,7 @@ impl TokenBucket {
         let state = &*self.state;
         let reserve = state.reserve.load(Ordering::Relaxed);
         if quota.kind == Kind::Bucket && state.kind(0) == Kind::Bucket {
+            let _change = Changing::hold(&state.changing);
             state.first.switch(quota, reserve, self.clock.now());
         } else {
             let mut quotas = self.quotas();
@@ -931,6 +999,7 @@ impl TokenBucket {
     /// afresh (full).
     pub fn set_windows(&self, quotas: &[Quota], reserve: u64) {
         let state = &*self.state;
+        let _change = Changing::hold(&state.changing);
         let now = self.clock.now();
         let old = self.quotas();
         let offsets = log_offsets(quotas);
@@ -1210,6 +1279,18 @@ pub(crate) mod tests {
             });
         });
         assert_eq!(impossible.into_inner(), 0);
+    }
+
+    #[test]
+    fn a_rate_change_left_half_done_by_a_killed_process_is_taken_over() {
+        let (bucket, _clock) = bucket(2, SECOND, 2);
+        // A process killed inside its change: its token stays in the bucket's word.
+        let gone = (u64::from(u32::MAX) << 32) | 7;
+        bucket.state.changing.store(gone, Ordering::Relaxed);
+        let slower = Quota::per_window(2, 4 * SECOND, 2).unwrap();
+        bucket.set_quota(slower);
+        assert_eq!(bucket.quota(), slower);
+        assert_eq!(bucket.state.changing.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -1787,11 +1868,45 @@ pub(crate) mod loom_tests {
     }
 
     #[test]
+    fn loom_two_different_rate_changes_at_once_leave_one_rate_whole_and_the_debt_in_it() {
+        // Two processes applying two different reloads at the same instant: 2/s with one
+        // token spent, changed to 2 per 4 s by one and to 2 per 8 s by the other. Whichever
+        // lands last is in force whole, with the one token still owed in its units (2 s
+        // or 4 s), never a mix of the two rates nor the debt scaled by the other's.
+        crate::sync::model_bounded(
+            "loom_two_different_rate_changes_at_once_leave_one_rate_whole_and_the_debt_in_it",
+            2,
+            || {
+                let clock = ManualClock::new(0);
+                let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(clock));
+                assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+                let four = Quota::per_window(2, 4_000_000_000, 2).unwrap();
+                let eight = Quota::per_window(2, 8_000_000_000, 2).unwrap();
+                let handles: Vec<_> = [four, eight]
+                    .into_iter()
+                    .map(|quota| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.set_quota(quota))
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                let now = bucket.quota();
+                assert!(now == four || now == eight, "a mix of two rates: {now:?}");
+                assert_eq!(bucket.wait_time(2), Some(now.interval));
+            },
+        );
+    }
+
+    #[test]
     fn loom_the_same_rate_change_from_two_threads_rescales_once() {
         // Two processes loading one reload: 2/s -> 2 per 4 s with one token spent. Owed:
         // one token of the new rate (2 s), never two rescales (8 s).
-        crate::sync::model(
+        crate::sync::model_bounded(
             "loom_the_same_rate_change_from_two_threads_rescales_once",
+            2,
             || {
                 let clock = ManualClock::new(0);
                 let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
