@@ -160,7 +160,8 @@ def test_a_ctrl_c_that_lands_in_a_listener_still_interrupts_the_program(
             reached_after.append("the call's own error")
         for _ in range(1_000):  # the interrupt is delivered at the next bytecodes
             reached_after.append("more work")
-    assert reached_after[0] == "the call's own error"
+    # Delivered within a few bytecodes (3.10 raises it while the call's own error is
+    # still unwinding, later versions just after the except clause).
     assert len(reached_after) < 10
     assert breaker.state is OPEN
 
