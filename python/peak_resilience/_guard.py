@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _async_policies as async_policies
-from peak_resilience._backends.redis import off_loop
+from peak_resilience._backends.redis import off_loop, on_loop
 from peak_resilience._native import (
     Bulkhead,
     CircuitBreaker,
@@ -93,9 +93,11 @@ def guard(
     if not is_async:
         functools.update_wrapper(native, func)
         return native
-    # A breaker or limiter kept in Redis: its steps wait for the network, off the loop.
-    remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
-    if remote:
+    # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio (in
+    # threads for Cluster and Sentinel, see on_loop).
+    stores = [guard.store for guard in (breaker, limiter) if guard is not None]
+    remote = any(store is not None for store in stores)
+    if any(store is not None and on_loop.uses_threads(store.link) for store in stores):
         off_loop.start_threads()
     import asyncio  # here: a caller that never awaits need not import it
 
@@ -170,7 +172,7 @@ def _admitter(
     to ``max_wait`` for them, in the budget's line) and a bulkhead slot (waiting up to
     its own ``max_wait``), on the loop, never blocking it."""
     admit_now, exit_now, started_now = native._admit, native._exit, native._started
-    bulkhead = native.bulkhead
+    bulkhead, breaker = native.bulkhead, native.breaker
 
     def give_back(admission: int) -> None:
         import asyncio  # here: a caller that never awaits need not import it
@@ -178,7 +180,7 @@ def _admitter(
         exit_now(admission, started_now(), asyncio.CancelledError())
 
     async def admit_once() -> int:
-        return await off_loop.admission(admit_now, give_back) if remote else admit_now()
+        return await on_loop.admission(admit_now, give_back, breaker) if remote else admit_now()
 
     async def admit() -> int:
         # Read per admission: a configuration reload may change it.
@@ -227,7 +229,7 @@ def _token_taker(
     async def due_in() -> float:
         assert limiter is not None
         if remote:
-            return await off_loop.off_loop(
+            return await on_loop.step(
                 functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority)
             )
         return limiter.get_wait_time(endpoint, cost, priority=priority)
@@ -285,6 +287,7 @@ def _async_wrapper(
     use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
+    breaker = native.breaker
     waits = async_policies.waits_on_loop(native, max_wait, remote)
     readmit = async_policies.readmitter(native, admit, waits)
 
@@ -307,7 +310,7 @@ def _async_wrapper(
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
             falls_back = (
-                await off_loop.off_loop(exit_now, admission, started, exc)
+                await on_loop.outcome(breaker, exit_now, admission, started, exc)
                 if remote
                 else exit_now(admission, started, exc)
             )
@@ -315,7 +318,7 @@ def _async_wrapper(
                 return await use_fallback(args, kwargs)
             raise
         if remote:
-            await off_loop.off_loop(exit_now, admission, started, None, result)
+            await on_loop.outcome(breaker, exit_now, admission, started, None, result)
         else:
             exit_now(admission, started, None, result)
         return result

@@ -1,0 +1,178 @@
+"""One redis.asyncio connection per event loop and Redis, shared by every call on it.
+
+The async counterpart of ``pool``: commands from every task of a loop are written on one
+connection as they come, without waiting for each other, and one reader hands each reply
+to its command in order (Redis answers in the order it was asked). Fifty concurrent
+guarded calls thus cost one round trip together, not fifty, and a process holds one
+connection per loop and Redis.
+
+A connection that fails or times out is dropped with every command still waiting on it
+(a late reply must never answer the wrong command); a cancelled caller's reply is read
+and answers nobody. A connection the server or a proxy
+closed while idle is found closed before the command is written, or fails it at once;
+then the command is sent once more on a new connection (it never reached Redis). A
+command that timed out is never sent again: it may have run. A forked child, or another
+loop, makes its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+__all__ = ["Multiplexed"]
+
+
+class _Wire:
+    """One open connection, the commands written on it whose replies are still due, and
+    the task reading them."""
+
+    __slots__ = ("conn", "due", "reader")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.due: deque[asyncio.Future[Any]] = deque()
+        self.reader: asyncio.Task[None] | None = None
+
+
+class Multiplexed:
+    """Commands to one Redis from one loop, on one connection made by ``make``."""
+
+    def __init__(
+        self,
+        make: Callable[[], Any],
+        *,
+        refused: type[BaseException],
+        closed: tuple[type[BaseException], ...],
+        timeout: float,
+    ) -> None:
+        self._make = make
+        self._timeout = timeout
+        #: The server's error replies (the connection is fine).
+        self._refused = refused
+        #: A connection the other end closed (worth one more try on a new one).
+        self._closed: tuple[type[BaseException], ...] = (*closed, ConnectionError)
+        self._wire: _Wire | None = None
+        self._connecting: asyncio.Lock | None = None
+        self.pid = os.getpid()
+
+    async def request(self, *commands: Any) -> Any:
+        """Writes ``commands`` (packed) back to back and awaits their replies, at most
+        ``timeout``: the last one's; raises what redis-py raises (an error reply, a lost
+        connection) or TimeoutError. A cancelled caller's reply answers nobody."""
+        for attempt in (0, 1):
+            wire = await self._open()
+            idle = not wire.due
+            loop = asyncio.get_running_loop()
+            replies: list[asyncio.Future[Any]] = []
+            for command in commands:
+                reply = loop.create_future()
+                # Retrieved even when an earlier reply's error is raised instead.
+                reply.add_done_callback(_retrieved)
+                self._write(wire, command, reply)
+                replies.append(reply)
+            try:
+                return (await asyncio.wait_for(asyncio.gather(*replies), self._timeout))[-1]
+            except self._refused:
+                raise
+            except self._closed:
+                # Closed while idle: the command never reached Redis, and goes once more.
+                if attempt or not idle:
+                    raise
+            except TimeoutError:
+                # A connection that stopped answering is left: a new one next time.
+                self._drop(wire, ConnectionError("a command on this connection timed out"))
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write(self, wire: _Wire, command: Any, waiter: asyncio.Future[Any]) -> None:
+        # Written and queued in one step, with no await between: replies come back in the
+        # order the commands went out.
+        wire.conn._writer.writelines([command] if isinstance(command, bytes) else command)
+        wire.due.append(waiter)
+        if wire.reader is None or wire.reader.done():
+            wire.reader = asyncio.ensure_future(self._read(wire))
+
+    async def _open(self) -> _Wire:
+        wire = self._wire
+        if wire is not None and not _closed(wire.conn):
+            return wire
+        if self._connecting is None:
+            self._connecting = asyncio.Lock()
+        async with self._connecting:
+            wire = self._wire
+            if wire is not None and not _closed(wire.conn):
+                return wire
+            if wire is not None:
+                self._drop(wire, ConnectionError("the connection was closed by the server"))
+            conn = self._make()
+            try:
+                await conn.connect()
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            wire = self._wire = _Wire(conn)
+            return wire
+
+    async def _read(self, wire: _Wire) -> None:
+        try:
+            while wire.due:
+                try:
+                    reply = await wire.conn.read_response(timeout=math.inf)
+                except self._refused as refused:
+                    reply = refused
+                _deliver(wire.due.popleft(), reply)
+        except BaseException as exc:
+            error = exc if isinstance(exc, Exception) else ConnectionError("the loop ended")
+            self._drop(wire, error)
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _drop(self, wire: _Wire, error: BaseException) -> None:
+        """Closes ``wire`` and fails every command still waiting on it."""
+        if self._wire is wire:
+            self._wire = None
+        due, wire.due = wire.due, deque()
+        for waiter in due:
+            _deliver(waiter, error)
+        reader = wire.reader
+        if reader is not None and not reader.done() and reader is not asyncio.current_task():
+            reader.cancel()
+        closing = asyncio.ensure_future(_close(wire.conn))
+        _closing.add(closing)
+        closing.add_done_callback(_closing.discard)
+
+
+def _deliver(waiter: asyncio.Future[Any], reply: Any) -> None:
+    if waiter.done():
+        return
+    if isinstance(reply, BaseException):
+        waiter.set_exception(reply)
+    else:
+        waiter.set_result(reply)
+
+
+def _retrieved(reply: asyncio.Future[Any]) -> None:
+    if not reply.cancelled():
+        reply.exception()
+
+
+def _closed(conn: Any) -> bool:
+    """Whether ``conn`` is closed, or its other end has closed it."""
+    reader = conn._reader
+    return reader is None or reader.at_eof() or reader.exception() is not None
+
+
+#: The connections being closed (a task nobody holds may be collected before it ends).
+_closing: set[asyncio.Task[None]] = set()
+
+
+async def _close(conn: Any) -> None:
+    # A broken socket being closed: nothing is left to do if that fails too.
+    with contextlib.suppress(Exception):
+        await conn.disconnect(nowait=True)

@@ -1,0 +1,310 @@
+"""The Redis steps of async calls, on redis.asyncio: asked on the loop, applied natively.
+
+The native breaker and bucket ask their Redis store synchronously (Rust cannot await).
+An ``async def`` guarded call or ``acquire_async`` splits each step in two:
+
+- **ask**: the native step runs until its store sends its first command; that command
+  (the very script and arguments a sync call sends) is caught before anything has
+  changed (``Ask``), and sent with redis.asyncio on the loop's one connection to that
+  Redis (``multiplexed``), awaited, bounded by ``redis_timeout``. A failure goes
+  through the link's own bookkeeping (counted, logged once, ``retry_interval``).
+- **apply**: the native step runs again, and the store's command is answered with that
+  reply (or UNAVAILABLE: the native ``on_backend_error`` policy applies), so that the
+  breaker and the bucket do with it exactly what they do on the sync path.
+
+A step that asks a second time (the limiter's take after the breaker's enter found its
+Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step (the
+sync path would wait for it once more), else asked synchronously on the loop (a case no
+guarded call on one Redis reaches). An outcome is recorded in one native step whose
+command is sent after it (``DEFERRED``): its transition, if any, is told to the
+breaker's listeners when the reply comes, before the call returns (a success in a closed
+circuit too is awaited, on the loop: an outcome left unread when its loop ends, as
+``asyncio.run`` ends, would be lost with the connection). An outcome whose Redis failed is lost
+bookkeeping, counted and logged (the sync path's stand-in would count it locally).
+
+Redis Cluster and Sentinel steps still run in the thread pool of ``off_loop`` (the sync
+link follows MOVED replies and asks sentinels for the master): a link on a Sentinel URL,
+or one that has seen a MOVED or CROSSSLOT reply, hands its steps there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from peak_resilience._backends.redis import off_loop, sentinel
+from peak_resilience._backends.redis.breaker_store import BREAKER, transition
+from peak_resilience._backends.redis.connection import (
+    DEFERRED,
+    UNAVAILABLE,
+    RedisLink,
+    Script,
+    _redis,
+    steps,
+)
+from peak_resilience._backends.redis.multiplexed import Multiplexed
+
+__all__ = ["admission", "outcome", "step", "uses_threads"]
+
+T = TypeVar("T")
+
+
+class Ask(BaseException):
+    """The first command of a native step being asked: nothing has changed yet.
+    A BaseException: no ``except Exception`` on the way may take it for a failure."""
+
+    def __init__(self, link: RedisLink, script: Script, command: Any) -> None:
+        super().__init__()
+        self.link = link
+        self.script = script
+        self.command = command
+
+
+class UseThreads(Exception):
+    """This link's Redis is a Cluster or behind Sentinel: its steps run in threads."""
+
+
+class Step:
+    """Answers the Redis calls of one native step run on the loop (see the module)."""
+
+    __slots__ = ("asking", "deferred", "deferring", "failed", "posts", "replies")
+
+    def __init__(self, *, asking: bool = False, deferring: bool = False) -> None:
+        self.asking = asking
+        self.deferring = deferring
+        #: (link, command, reply) read for this step.
+        self.replies: list[tuple[RedisLink, Any, Any]] = []
+        #: The pools that failed within this step, and how.
+        self.failed: dict[Any, BaseException] = {}
+        self.posts: list[tuple[RedisLink, Script, Any]] = []
+        self.deferred: list[tuple[RedisLink, Script, Any]] = []
+
+    def answer(self, link: RedisLink, script: Script, command: Any, answered: bool) -> Any:
+        if not answered:
+            self.posts.append((link, script, command))
+            return None
+        for i, (asked, sent, reply) in enumerate(self.replies):
+            if asked is link and (sent is command or sent == command):
+                del self.replies[i]
+                return reply
+        if self.deferring:
+            self.deferred.append((link, script, command))
+            return DEFERRED
+        if self.asking:
+            raise Ask(link, script, command)
+        failure = self.failed.get(link.pool)
+        if failure is not None:
+            link._failed(failure)
+            return UNAVAILABLE
+        return link.call_now(script, command, answered=True)
+
+    def run(self, native: Callable[..., T], *args: Any) -> T:
+        steps.current = self
+        try:
+            return native(*args)
+        finally:
+            steps.current = None
+
+
+def uses_threads(link: RedisLink) -> bool:
+    """Whether ``link``'s steps run in threads (Cluster, Sentinel)."""
+    return (
+        link.clustered
+        or link.pool is not link._seed_pool
+        or sentinel.is_sentinel_url(link._seed_url)
+    )
+
+
+#: The one connection of each loop to each Redis (URL and timeout).
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Multiplexed]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _multiplexed(link: RedisLink) -> Multiplexed:
+    if uses_threads(link):
+        raise UseThreads
+    loop = asyncio.get_running_loop()
+    own = _by_loop.get(loop)
+    if own is None:
+        own = _by_loop[loop] = {}
+    key = (link._seed_url, link.timeout)
+    found = own.get(key)
+    if found is not None and found.pid == os.getpid():
+        return found
+    redis = _redis()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    client = redis.asyncio.Redis.from_url(
+        link._seed_url,
+        socket_timeout=link.timeout,
+        socket_connect_timeout=link.timeout,
+        # A peer gone without a word is found by the kernel, as on the sync path.
+        socket_keepalive=True,
+        retry=Retry(NoBackoff(), 0),
+        health_check_interval=0,
+    )
+    settings = client.connection_pool
+    made = own[key] = Multiplexed(
+        lambda: settings.connection_class(**settings.connection_kwargs),
+        refused=redis.ResponseError,
+        closed=(redis.ConnectionError,),
+        timeout=link.timeout,
+    )
+    return made
+
+
+async def _request(link: RedisLink, script: Script, command: Any) -> Any:
+    """``command``'s reply; a script Redis does not have yet is loaded and run again."""
+    mux = _multiplexed(link)
+    try:
+        return await mux.request(command)
+    except link._no_script:
+        return await mux.request(_load(link, script), command)
+
+
+def _load(link: RedisLink, script: Script) -> Any:
+    return link._packer.pack_command("SCRIPT", "LOAD", script.source)
+
+
+async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, Any]) -> Any:
+    """``command``'s reply from redis.asyncio, or UNAVAILABLE (the failure noted in
+    ``failed``, counted and logged by the link); UseThreads for Cluster and Sentinel."""
+    if link._down_until and time.monotonic() < link._down_until:
+        return UNAVAILABLE
+    try:
+        reply = await _request(link, script, command)
+    except (link._moved, link._cross_slot) as exc:
+        # A Cluster: the sync link follows MOVED and splits two slots, in threads.
+        if isinstance(exc, link._cross_slot):
+            link.pool.clustered = True
+        raise UseThreads from None
+    except link._failures as exc:
+        failed[link.pool] = exc
+        link._failed(exc)
+        return UNAVAILABLE
+    if link._outage:
+        link._recovered()
+    return reply
+
+
+async def step(native: Callable[[], T]) -> T:
+    """``native()``, a native step that sends one Redis command, asked and applied."""
+    return await admission(native, None, None)
+
+
+async def admission(
+    native: Callable[[], T],
+    give_back: Callable[[T], object] | None,
+    breaker: Any,
+) -> T:
+    """``native()`` asked on redis.asyncio and applied; an admission granted after its task
+    was cancelled is given back with ``give_back(admission)``, so that no trial permit
+    is lost with the task."""
+    asking = Step(asking=True)
+    try:
+        return asking.run(native)
+    except Ask as first:
+        asked = first
+    reading = asyncio.ensure_future(ask(asked.link, asked.script, asked.command, asking.failed))
+    try:
+        reply = await asyncio.shield(reading)
+    except UseThreads:
+        if give_back is None:
+            return await off_loop.off_loop(native)
+        return cast("T", await off_loop.admission(native, give_back))  # type: ignore[arg-type]
+    except asyncio.CancelledError:
+        reading.add_done_callback(
+            lambda done: _apply_cancelled(done, asked, asking.failed, native, give_back, breaker)
+        )
+        raise
+    return _apply(asked, reply, asking.failed, native)
+
+
+def _apply(ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T]) -> T:
+    applying = Step()
+    applying.replies.append((ask.link, ask.command, reply))
+    applying.failed = failed
+    try:
+        return applying.run(native)
+    finally:
+        _send_later(applying, None)
+
+
+def _apply_cancelled(
+    done: asyncio.Future[Any],
+    ask: Ask,
+    failed: dict[Any, Any],
+    native: Callable[[], T],
+    give_back: Callable[[T], object] | None,
+    breaker: Any,
+) -> None:
+    """Applies the reply an admission's cancelled task did not wait for, and gives back
+    what it granted."""
+    if done.cancelled() or done.exception() is not None or give_back is None:
+        return
+    try:
+        granted = _apply(ask, done.result(), failed, native)
+    except Exception:  # refused: nothing to give back
+        return
+    giving = Step(deferring=True)
+    giving.run(give_back, granted)
+    _send_later(giving, breaker)
+
+
+#: The tasks sending what steps left to send (kept: a task nobody holds may be lost).
+_sending: set[asyncio.Task[Any]] = set()
+
+
+def _send_later(done: Step, breaker: Any) -> None:
+    if done.posts or done.deferred:
+        task = asyncio.ensure_future(_send(done, breaker))
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
+
+
+async def outcome(breaker: Any, native: Callable[..., T], *args: Any) -> T:
+    """``native(*args)``, a native step recording an outcome: its command sent after it,
+    its transition told when the reply comes. A task cancelled meanwhile does not stop
+    it: an outcome being recorded is recorded."""
+    recording = Step(deferring=True)
+    result = recording.run(native, *args)
+    if recording.posts or recording.deferred:
+        await asyncio.shield(_send(recording, breaker))
+    return result
+
+
+async def _send(done: Step, breaker: Any) -> None:
+    """Writes ``done``'s posted commands, then asks its deferred ones and tells their
+    transitions to ``breaker``'s listeners."""
+    for link, script, command in done.posts:
+        await _post(link, script, command)
+    for link, script, command in done.deferred:
+        try:
+            reply = await ask(link, script, command, {})
+        except UseThreads:
+            reply = await off_loop.off_loop(link.run_packed, script, command)
+        if reply is UNAVAILABLE or script is not BREAKER or breaker is None:
+            continue
+        was, now = transition(reply)
+        breaker._transitioned(was, now)
+
+
+async def _post(link: RedisLink, script: Script, command: Any) -> None:
+    """Sends ``command``, whose reply changes nothing, and awaits that reply: a refusal in
+    it, or a Redis gone meanwhile, is lost bookkeeping (counted and logged by the link).
+    Awaited, not left to be read later: an outcome left unread when its loop ends (as
+    ``asyncio.run`` ends) would be lost with the connection."""
+    if link._down_until and time.monotonic() < link._down_until:
+        return
+    try:
+        await _request(link, script, command)
+    except UseThreads:
+        await off_loop.off_loop(link.post_packed, script, command)
+    except link._failures as exc:
+        link._lost(exc)
