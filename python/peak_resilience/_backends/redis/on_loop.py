@@ -210,7 +210,9 @@ async def admission(
     try:
         return asking.run(native)
     except Ask as first:
-        asked = first
+        # Without its traceback: its frames (this one too) would keep it, the native
+        # step and the breaker alive in a cycle until the garbage collector ran.
+        asked = first.with_traceback(None)
     reading = asyncio.ensure_future(ask(asked.link, asked.script, asked.command, asking.failed))
     try:
         reply = await asyncio.shield(reading)
