@@ -12,7 +12,6 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from peak_resilience._backends.redis import on_loop
 from peak_resilience._deadlines import Deadlines, TimedOut
 from peak_resilience._native import Guard, Retry
 from peak_resilience.errors import BulkheadFull
@@ -69,6 +68,8 @@ def async_wrapper(
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
+            from peak_resilience._backends.redis import on_loop  # here: Redis is in use
+
             return bool(await on_loop.outcome(breaker, exit_now, admission, started, error, result))
         return exit_now(admission, started, error, result)
 
