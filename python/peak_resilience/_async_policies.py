@@ -12,6 +12,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from peak_resilience._backends.redis import awaited
 from peak_resilience._deadlines import Deadlines, TimedOut
 from peak_resilience._native import Guard, Retry
 from peak_resilience.errors import BulkheadFull
@@ -68,9 +69,7 @@ def async_wrapper(
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
-            from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-            return bool(await on_loop.outcome(breaker, exit_now, admission, started, error, result))
+            return bool(await awaited.outcome(breaker, exit_now, admission, started, error, result))
         return exit_now(admission, started, error, result)
 
     async def retried(error: BaseException, retries: int) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _async_policies as async_policies
-from peak_resilience._backends.redis import off_loop
+from peak_resilience._backends.redis import awaited, off_loop
 from peak_resilience._native import (
     Bulkhead,
     CircuitBreaker,
@@ -94,14 +94,11 @@ def guard(
         functools.update_wrapper(native, func)
         return native
     # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio (in
-    # threads for Cluster and Sentinel, see on_loop).
+    # threads for Cluster and Sentinel, see on_loop: started now for Sentinel).
     stores = [guard.store for guard in (breaker, limiter) if guard is not None]
     remote = any(store is not None for store in stores)
-    if remote:
-        from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-        if any(store is not None and on_loop.uses_threads(store.link) for store in stores):
-            off_loop.start_threads()
+    if any(store is not None and awaited.uses_threads(store) for store in stores):
+        off_loop.start_threads()
     import asyncio  # here: a caller that never awaits need not import it
 
     async_sleep = async_sleep or asyncio.sleep
@@ -185,9 +182,7 @@ def _admitter(
     async def admit_once() -> int:
         if not remote:
             return admit_now()
-        from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-        return await on_loop.admission(admit_now, give_back, breaker)
+        return await awaited.admission(admit_now, give_back, breaker)
 
     async def admit() -> int:
         # Read per admission: a configuration reload may change it.
@@ -236,9 +231,7 @@ def _token_taker(
     async def due_in() -> float:
         assert limiter is not None
         if remote:
-            from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-            return await on_loop.step(
+            return await awaited.step(
                 functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority)
             )
         return limiter.get_wait_time(endpoint, cost, priority=priority)
@@ -319,7 +312,7 @@ def _async_wrapper(
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
             falls_back = (
-                await _outcome(breaker, exit_now, admission, started, exc)
+                await awaited.outcome(breaker, exit_now, admission, started, exc)
                 if remote
                 else exit_now(admission, started, exc)
             )
@@ -327,20 +320,13 @@ def _async_wrapper(
                 return await use_fallback(args, kwargs)
             raise
         if remote:
-            await _outcome(breaker, exit_now, admission, started, None, result)
+            await awaited.outcome(breaker, exit_now, admission, started, None, result)
         else:
             exit_now(admission, started, None, result)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]
     return wrapper
-
-
-async def _outcome(breaker: CircuitBreaker | None, exit_now: Callable[..., R], *args: Any) -> R:
-    """An outcome recorded in Redis, on the loop (see ``on_loop``)."""
-    from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-    return await on_loop.outcome(breaker, exit_now, *args)
 
 
 def typed(decorated: Any, func: Callable[P, R]) -> Callable[P, R]:

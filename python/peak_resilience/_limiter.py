@@ -37,6 +37,7 @@ from typing import Any, TypeVar, cast
 from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
+from peak_resilience._backends.redis import awaited
 from peak_resilience._bucket_series import DEFAULT_ENDPOINT
 from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._events import Listener, Listeners, watch_outages
@@ -532,9 +533,7 @@ class RateLimiter(_NativeLimiter):
         command awaited on redis.asyncio when it waits for Redis (see ``on_loop``)."""
         if self.store is None:
             return step(*args, **kwargs)
-        from peak_resilience._backends.redis import on_loop  # here: Redis is in use
-
-        return await on_loop.step(functools.partial(step, *args, **kwargs))
+        return await awaited.step(functools.partial(step, *args, **kwargs))
 
     def __repr__(self) -> str:
         bucket = self.default_bucket
