@@ -260,7 +260,12 @@ def build_every_module(path: Path | None, environ: Mapping[str, str]) -> None:
         loaded = configure(path, environ=environ)
         for module in (*loaded.modules, "unlisted"):
             settings_ = loaded.module(module)
-            if {settings_.circuit_breaker_backend, settings_.rate_limit_backend} != {"memory"}:
+            backends = {
+                settings_.circuit_breaker_backend,
+                settings_.rate_limit_backend,
+                settings_.bulkhead_backend,
+            }
+            if backends != {"memory"}:
                 continue  # no shared file or Redis connection from random settings
             if settings_.fail_safe_defaults:
                 continue  # needs a fallback: its own test
@@ -341,6 +346,7 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     "metrics_enabled": st.booleans(),
     "fail_safe_defaults": st.booleans(),
     "circuit_breaker_backend": st.sampled_from(["memory", "shared"]),
+    "bulkhead_backend": st.sampled_from(["memory", "shared"]),
     "rate_limit_backend": st.sampled_from(["memory", "shared"]),
     "redis_url": st.text(min_size=1, max_size=30),
     "redis_sentinels": st.lists(
@@ -378,6 +384,7 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     # Issue 16: the bulkhead and the retries.
     "max_concurrent": st.integers(1, 10_000),
     "bulkhead_max_wait": st.floats(0.0, 3_600.0),
+    "bulkhead_backend": st.sampled_from(["memory", "shared"]),
     "retry_attempts": st.integers(1, 100),
     "retry_on": st.lists(
         st.sampled_from(["ConnectionError", "TimeoutError", "socket.timeout"]), max_size=3

@@ -130,3 +130,21 @@ def test_a_reload_that_moves_a_bulkhead_to_shared_memory_is_refused_naming_the_k
     with pytest.raises(ConfigError, match="cannot move them to 'shared'") as refused:
         configure(moved)
     assert refused.value.key == "bulkhead_backend"
+
+
+def test_a_forked_child_holds_slots_of_its_own_taken_back_when_it_dies(tmp_path: Path) -> None:
+    here = Bulkhead(2, name="orders", backend="shared", shared_dir=tmp_path)
+    assert here.try_acquire()
+    child = os.fork()
+    if child == 0:  # the child: takes the last slot and dies without giving it back
+        os._exit(0 if here.try_acquire() else 1)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    time.sleep(0.005)  # past the interval between two looks for dead owners
+
+    # The child's slot was its own, not this process's: taken back, while ours stays.
+    assert here.try_acquire()
+    assert not here.try_acquire()
+    here.release()
+    here.release()
+    assert here.in_flight == 0

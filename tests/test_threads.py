@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from peak_resilience.config import MAX_FAILURE_THRESHOLD
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 from peak_resilience.testing import ManualClock
@@ -60,7 +61,7 @@ def test_a_budget_of_k_admits_exactly_k_across_eight_threads(switch_interval: No
 
 
 def test_breaker_counters_lose_no_update_across_eight_threads(switch_interval: None) -> None:
-    breaker = CircuitBreaker(failure_threshold=10**9, clock=ManualClock())
+    breaker = CircuitBreaker(failure_threshold=MAX_FAILURE_THRESHOLD, clock=ManualClock())
     per_thread = 5_000
 
     @breaker.call

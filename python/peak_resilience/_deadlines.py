@@ -14,11 +14,13 @@ per call.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = ["Deadlines", "TimedOut"]
 
@@ -36,28 +38,43 @@ class TimedOut(TimeoutError):
 class Deadlines:
     """The deadlines of one guarded function's calls (``seconds`` each), per event loop."""
 
-    __slots__ = ("_queues", "seconds")
+    __slots__ = ("_cancelled", "_current_task", "_queues", "_running_loop", "seconds")
 
     def __init__(self, seconds: float) -> None:
+        # Here, when an async def function is given a timeout: importing the decorator
+        # module alone must not import asyncio (see tests/test_import_cost.py).
+        import asyncio
+
         self.seconds = seconds
         self._queues: dict[asyncio.AbstractEventLoop, _Queue] = {}
+        self._running_loop = asyncio.get_running_loop
+        self._current_task = asyncio.current_task
+        self._cancelled = asyncio.CancelledError
 
     def start(self) -> list[Any]:
         """Starts the clock of the call running in the current task; pass what it returns
-        to ``ended`` (or ``failed``) when the call ends."""
-        loop = asyncio.get_running_loop()
+        to ``ended`` (or ``failed``) when the call ends. Every call's path: inlined."""
+        loop = self._running_loop()
         queue = self._queues.get(loop)
-        if queue is None or queue.closed():
-            queue = self._queues[loop] = _Queue(loop, self.seconds)
-            self._forget_closed_loops()
-        return queue.start()
+        if queue is None:
+            queue = self._queue_for(loop)
+        # [deadline, task, state, the queue's entries]. current_task(loop): without the
+        # loop it would look it up again, and each lookup checks the pid (a syscall).
+        deadline = queue.now() + self.seconds
+        entry: list[Any] = [deadline, self._current_task(loop), _RUNNING, queue.entries]
+        queue.entries.append(entry)
+        if queue.timer is None:
+            queue.arm(deadline)
+        return entry
 
     @staticmethod
     def ended(entry: list[Any]) -> None:
-        """The call of ``entry`` returned in time."""
+        """The call of ``entry`` ended; the done entries leave the front of the queue."""
         if entry[2] == _RUNNING:
             entry[2] = _DONE
-        entry[3].drop_done()
+        entries = entry[3]
+        while entries and entries[0][2] != _RUNNING:
+            entries.popleft()
 
     def failed(self, entry: list[Any], error: BaseException) -> BaseException:
         """The call of ``entry`` raised ``error``: what its caller gets, ``TimedOut`` if the
@@ -68,59 +85,49 @@ class Deadlines:
         uncancel = getattr(entry[1], "uncancel", None)  # 3.11+: the request is ours
         if uncancel is not None:
             uncancel()
-        if isinstance(error, asyncio.CancelledError):
+        if isinstance(error, self._cancelled):
             return TimedOut(self.seconds)
         return error
 
-    def _forget_closed_loops(self) -> None:
+    def _queue_for(self, loop: asyncio.AbstractEventLoop) -> _Queue:
+        """A queue for a loop not seen yet; the queues of closed loops are dropped (a
+        loop is held here until then, so a new one never reuses a closed one's id)."""
         # list(): a copy taken at once, as another thread may add its loop meanwhile.
-        for loop, queue in list(self._queues.items()):
-            if queue.closed():
-                self._queues.pop(loop, None)
+        for seen in list(self._queues):
+            if seen.is_closed():
+                self._queues.pop(seen, None)
+        queue = self._queues[loop] = _Queue(loop)
+        return queue
 
 
 class _Queue:
     """The running calls of one function on one loop, oldest deadline first."""
 
-    __slots__ = ("_entries", "_loop", "_now", "_seconds", "_timer")
+    __slots__ = ("_loop", "entries", "now", "timer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, seconds: float) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        import asyncio
+
         self._loop = loop
         # The loop's clock, read without a method call where it is time.monotonic.
-        self._now: Callable[[], float] = (
+        self.now: Callable[[], float] = (
             time.monotonic if type(loop).time is asyncio.BaseEventLoop.time else loop.time
         )
-        self._seconds = seconds
-        self._entries: deque[list[Any]] = deque()
-        self._timer: asyncio.TimerHandle | None = None
+        self.entries: deque[list[Any]] = deque()
+        self.timer: asyncio.TimerHandle | None = None
 
-    def closed(self) -> bool:
-        return self._loop.is_closed()
-
-    def start(self) -> list[Any]:
-        # [deadline, task, state, queue]. The loop given: current_task() would look it up
-        # again, and each lookup checks the pid, a syscall.
-        loop = self._loop
-        entry: list[Any] = [self._now() + self._seconds, asyncio.current_task(loop), _RUNNING, self]
-        self._entries.append(entry)
-        if self._timer is None:
-            self._timer = self._loop.call_at(entry[0], self._expire)
-        return entry
-
-    def drop_done(self) -> None:
-        entries = self._entries
-        while entries and entries[0][2] != _RUNNING:
-            entries.popleft()
+    def arm(self, deadline: float) -> None:
+        self.timer = self._loop.call_at(deadline, self._expire)
 
     def _expire(self) -> None:
         """Cancels the calls past their deadline; set again for the next one."""
-        self._timer = None
-        now, entries = self._now(), self._entries
+        self.timer = None
+        now, entries = self.now(), self.entries
         while entries:
             entry = entries[0]
             if entry[2] == _RUNNING:
                 if entry[0] > now:
-                    self._timer = self._loop.call_at(entry[0], self._expire)
+                    self.arm(entry[0])
                     return
                 entry[2] = _EXPIRED
                 if entry[1] is not None:

@@ -289,7 +289,7 @@ def _async_wrapper(
     use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
-    breaker = native.breaker
+    breaker, returned_now = native.breaker, native._returned
     waits = async_policies.waits_on_loop(native, max_wait, remote)
     readmit = async_policies.readmitter(native, admit, waits)
 
@@ -322,7 +322,7 @@ def _async_wrapper(
         if remote:
             await awaited.outcome(breaker, exit_now, admission, started, None, result)
         else:
-            exit_now(admission, started, None, result)
+            returned_now(admission, started, result)
         return result
 
     wrapper.guard = native  # type: ignore[attr-defined]

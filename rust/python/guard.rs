@@ -505,6 +505,21 @@ impl Guard {
         }
     }
 
+    /// For async wrappers: `_exit` of a call that returned `result`, with no optional
+    /// argument to parse (the common ending, on every call's path).
+    fn _returned(
+        &self,
+        py: Python<'_>,
+        admission: u64,
+        started: u64,
+        result: Bound<'_, PyAny>,
+    ) -> PyResult<()> {
+        let ticket = ticket_from(admission)?;
+        self.leave();
+        self.record(py, ticket, Timing::from_code(started), Ok(&result));
+        Ok(())
+    }
+
     /// The function this guard runs.
     #[getter]
     fn func(&self, py: Python<'_>) -> Py<PyAny> {

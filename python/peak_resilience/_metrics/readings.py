@@ -11,6 +11,7 @@ name's counters (``_instances.retired``), so that no counter ever goes down.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -358,15 +359,24 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
         breaker_would_reject=fold(r.breaker_would_reject, keeps, same, lambda k: OTHER, _add),
         breaker_slow_calls=fold(r.breaker_slow_calls, keeps, same, lambda k: OTHER, _add),
     )
+    # Buckets by their limiter's name: the endpoints and keys within a limiter have their
+    # own bound, applied as they are made (_bucket_series), so a kept limiter shows every
+    # series it has and one past the bound goes to ("other", "other") whole.
     pair = (OTHER, OTHER)
-    keeps = names.buckets.choose([*r.requests, *r.tokens], bound, pair)
-    kept_limiters = {key[0] for key in r.requests if keeps(key)}
+    keeps_limiter = names.buckets.choose([key[0] for key in (*r.requests, *r.tokens)], bound)
+
+    def keeps_bucket(key: Hashable) -> bool:
+        return keeps_limiter(key[0])  # type: ignore[index]  # a (limiter, endpoint) pair
+
+    kept_limiters = {key[0] for key in r.requests if keeps_bucket(key)}
     buckets = dataclasses.replace(
         breakers,
-        requests=fold(r.requests, keeps, same, lambda k: pair, _add),
-        rejections=fold(r.rejections, keeps, same, lambda k: pair, _add),
-        tokens=fold(r.tokens, keeps, same, lambda k: pair, min),
-        window_tokens=fold(r.window_tokens, keeps, lambda k: k[:2], lambda k: (*pair, k[2]), min),
+        requests=fold(r.requests, keeps_bucket, same, lambda k: pair, _add),
+        rejections=fold(r.rejections, keeps_bucket, same, lambda k: pair, _add),
+        tokens=fold(r.tokens, keeps_bucket, same, lambda k: pair, min),
+        window_tokens=fold(
+            r.window_tokens, keeps_bucket, lambda k: k[:2], lambda k: (*pair, k[2]), min
+        ),
         # By limiter: one with a bucket of its own keeps its own series.
         paused=fold(r.paused, kept_limiters.__contains__, same, lambda k: OTHER, max),
     )
