@@ -1,4 +1,8 @@
-"""The Redis steps of async calls, run off the event loop.
+"""The Redis steps of async calls on Sentinel and Cluster, run off the event loop.
+
+Async calls on one Redis run on redis.asyncio (``on_loop``); this pool is kept for the
+topologies whose following (a sentinel asked for the master, a MOVED reply followed) the
+sync link does and the async one does not yet.
 
 The native breaker and bucket ask their Redis store synchronously (Rust cannot await), so
 an ``async def`` guarded call or ``acquire_async`` on Redis hands each step (admission,
