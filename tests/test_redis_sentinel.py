@@ -3,10 +3,12 @@ forced failover; budgets stay exact and breakers shared across it."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -186,3 +188,33 @@ def test_sentinels_without_a_master_name_are_refused(
                 'redis_sentinels = ["127.0.0.1:26379"]\n'
             )
         )
+
+
+def test_async_calls_follow_a_failover_on_redis_asyncio(
+    watched: tuple[RedisServer, RedisServer, Sentinel],
+) -> None:
+    master, replica, sentinel = watched
+    on_sentinel: dict[str, Any] = {
+        "backend": "redis",
+        "redis_url": sentinel_url(sentinel),
+        "on_backend_error": "fail_closed",  # a call Redis did not decide is refused
+    }
+    limiter = RateLimiter(6, 3600, name="venue", **on_sentinel)
+
+    async def run() -> list[bool]:
+        # One loop throughout: its connection stays open to the old master.
+        taken = [await limiter.acquire_async(timeout=0) for _ in range(3)]
+        assert client(master.port).execute_command("WAIT", 1, 5000) == 1  # type: ignore[no-untyped-call]
+        await asyncio.to_thread(sentinel.ask, "FAILOVER", MASTER)
+        await asyncio.to_thread(
+            wait_until,
+            "the old master demoted and the new one promoted",
+            lambda: role(master.port) == "slave" and role(replica.port) == "master",
+        )
+        return taken + [await limiter.acquire_async(timeout=0) for _ in range(4)]
+
+    threads_before = {t.name for t in threading.enumerate()}
+    assert asyncio.run(run()) == [True] * 6 + [False]
+    started = {t.name for t in threading.enumerate()} - threads_before
+    assert not [name for name in started if name.startswith("peak-resilience-redis")]
+    assert RateLimiter(6, 3600, name="venue", **on_sentinel).get_stats()["allowed"] == 6

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _async_policies as async_policies
-from peak_resilience._backends.redis import awaited, off_loop
+from peak_resilience._backends.redis import awaited
 from peak_resilience._native import (
     Bulkhead,
     CircuitBreaker,
@@ -93,12 +93,8 @@ def guard(
     if not is_async:
         functools.update_wrapper(native, func)
         return native
-    # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio (in
-    # threads for Cluster and Sentinel, see on_loop: started now for Sentinel).
-    stores = [guard.store for guard in (breaker, limiter) if guard is not None]
-    remote = any(store is not None for store in stores)
-    if any(store is not None and awaited.uses_threads(store) for store in stores):
-        off_loop.start_threads()
+    # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio.
+    remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
     import asyncio  # here: a caller that never awaits need not import it
 
     async_sleep = async_sleep or asyncio.sleep

@@ -10,17 +10,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from peak_resilience._backends.redis import sentinel
-
-__all__ = ["admission", "outcome", "step", "uses_threads"]
+__all__ = ["admission", "outcome", "step"]
 
 T = TypeVar("T")
-
-
-def uses_threads(store: Any) -> bool:
-    """Whether the steps of ``store`` (a Redis store) run in threads: Sentinel (Cluster is
-    found at its first MOVED reply)."""
-    return sentinel.is_sentinel_url(store.link._seed_url)
 
 
 async def admission(native: Callable[[], T], give_back: Callable[[T], object], breaker: Any) -> T:

@@ -22,9 +22,12 @@ circuit too is awaited, on the loop: an outcome left unread when its loop ends, 
 ``asyncio.run`` ends, would be lost with the connection). An outcome whose Redis failed is lost
 bookkeeping, counted and logged (the sync path's stand-in would count it locally).
 
-Redis Cluster and Sentinel steps still run in the thread pool of ``off_loop`` (the sync
-link follows MOVED replies and asks sentinels for the master): a link on a Sentinel URL,
-or one that has seen a MOVED or CROSSSLOT reply, hands its steps there.
+Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
+master; a call in flight on a master demoted by a failover gets its READONLY reply and
+is sent once more, to the new master, when it was alone on the connection; else the
+policy applies to it). Redis Cluster steps still run in the thread pool of ``off_loop``
+(the sync link follows MOVED replies): a link that has seen a MOVED or CROSSSLOT reply
+hands its steps there.
 """
 
 from __future__ import annotations
@@ -111,12 +114,8 @@ class Step:
 
 
 def uses_threads(link: RedisLink) -> bool:
-    """Whether ``link``'s steps run in threads (Cluster, Sentinel)."""
-    return (
-        link.clustered
-        or link.pool is not link._seed_pool
-        or sentinel.is_sentinel_url(link._seed_url)
-    )
+    """Whether ``link``'s steps run in threads: a Cluster (as its replies have shown)."""
+    return link.clustered or link.pool is not link._seed_pool
 
 
 #: The one connection of each loop to each Redis (URL and timeout).
@@ -140,15 +139,20 @@ def _multiplexed(link: RedisLink) -> Multiplexed:
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
 
-    client = redis.asyncio.Redis.from_url(
-        link._seed_url,
-        socket_timeout=link.timeout,
-        socket_connect_timeout=link.timeout,
+    options: dict[str, Any] = {
+        "socket_timeout": link.timeout,
+        "socket_connect_timeout": link.timeout,
         # A peer gone without a word is found by the kernel, as on the sync path.
-        socket_keepalive=True,
-        retry=Retry(NoBackoff(), 0),
-        health_check_interval=0,
-    )
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if sentinel.is_sentinel_url(link._seed_url):
+        # Its connections ask a sentinel for the master as they connect; one open to a
+        # master demoted by a failover is closed at its first READONLY reply.
+        client = sentinel.master_client(link._seed_url, on_asyncio=True, **options)
+    else:
+        client = redis.asyncio.Redis.from_url(link._seed_url, **options)
     settings = client.connection_pool
     made = own[key] = Multiplexed(
         lambda: settings.connection_class(**settings.connection_kwargs),
