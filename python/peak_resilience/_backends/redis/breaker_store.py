@@ -190,7 +190,7 @@ class RedisBreakerStore(RedisStore):
                 return _NOTHING_CHANGED
             posted = self.link.post_packed(BREAKER, self._success(code))
             return None if posted is UNAVAILABLE else _NOTHING_CHANGED
-        reply = self._run(b"exit", code, outcome.encode())
+        reply = self.link.record(BREAKER, *self._arguments(b"exit", code, outcome.encode()))
         if reply is UNAVAILABLE:
             return None
         if reply is DEFERRED:

@@ -231,6 +231,15 @@ class RedisLink:
         For a record whose reply nobody needs (a success in a closed circuit)."""
         return self._call(script, command, answered=False)
 
+    def record(self, script: Script, key: str, *args: Any) -> Any:
+        """``run`` for a call's outcome: in an async step, the command is sent and its
+        reply applied after the step (``DEFERRED``, see ``on_loop``)."""
+        command = self.pack(script, key, *args)
+        step = steps.current
+        if step is not None:
+            return step.answer(self, script, command, True, deferrable=True)
+        return self.call_now(script, command, answered=True)
+
     def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
         step = steps.current
         if step is not None:

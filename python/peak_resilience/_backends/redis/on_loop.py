@@ -15,12 +15,13 @@ An ``async def`` guarded call or ``acquire_async`` splits each step in two:
 A step that asks a second time (the limiter's take after the breaker's enter found its
 Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step (the
 sync path would wait for it once more), else asked synchronously on the loop (a case no
-guarded call on one Redis reaches). An outcome is recorded in one native step whose
-command is sent after it (``DEFERRED``): its transition, if any, is told to the
-breaker's listeners when the reply comes, before the call returns (a success in a closed
-circuit too is awaited, on the loop: an outcome left unread when its loop ends, as
-``asyncio.run`` ends, would be lost with the connection). An outcome whose Redis failed is lost
-bookkeeping, counted and logged (the sync path's stand-in would count it locally).
+guarded call on one Redis reaches). An outcome (``RedisLink.record``: a call's exit, or
+an admission given back) is recorded in the native step with no reply (``DEFERRED``),
+then sent: its transition, if any, is told to the breaker's listeners when the reply
+comes, before the call returns. A success in a closed circuit too is awaited, on the
+loop: an outcome left unread when its loop ends, as ``asyncio.run`` ends, would be lost
+with the connection. An outcome whose Redis failed is lost bookkeeping, counted and
+logged (where the sync path's local stand-in would count it).
 
 Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
 master; a call in flight on a master demoted by a failover gets its READONLY reply and
@@ -74,11 +75,10 @@ class UseThreads(Exception):
 class Step:
     """Answers the Redis calls of one native step run on the loop (see the module)."""
 
-    __slots__ = ("asking", "deferred", "deferring", "failed", "posts", "replies")
+    __slots__ = ("asking", "deferred", "failed", "posts", "replies")
 
-    def __init__(self, *, asking: bool = False, deferring: bool = False) -> None:
+    def __init__(self, *, asking: bool = False) -> None:
         self.asking = asking
-        self.deferring = deferring
         #: (link, command, reply) read for this step.
         self.replies: list[tuple[RedisLink, Any, Any]] = []
         #: The pools that failed within this step, and how.
@@ -86,7 +86,15 @@ class Step:
         self.posts: list[tuple[RedisLink, Script, Any]] = []
         self.deferred: list[tuple[RedisLink, Script, Any]] = []
 
-    def answer(self, link: RedisLink, script: Script, command: Any, answered: bool) -> Any:
+    def answer(
+        self,
+        link: RedisLink,
+        script: Script,
+        command: Any,
+        answered: bool,
+        *,
+        deferrable: bool = False,
+    ) -> Any:
         if not answered:
             self.posts.append((link, script, command))
             return None
@@ -94,11 +102,11 @@ class Step:
             if asked is link and (sent is command or sent == command):
                 del self.replies[i]
                 return reply
-        if self.deferring:
-            self.deferred.append((link, script, command))
-            return DEFERRED
         if self.asking:
             raise Ask(link, script, command)
+        if deferrable:
+            self.deferred.append((link, script, command))
+            return DEFERRED
         failure = self.failed.get(link.pool)
         if failure is not None:
             link._failed(failure)
@@ -229,17 +237,20 @@ async def admission(
             lambda done: _apply_cancelled(done, asked, asking.failed, native, give_back, breaker)
         )
         raise
-    return _apply(asked, reply, asking.failed, native)
+    return _apply(asked, reply, asking.failed, native, breaker)
 
 
-def _apply(ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T]) -> T:
+def _apply(
+    ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T], breaker: Any
+) -> T:
     applying = Step()
     applying.replies.append((ask.link, ask.command, reply))
     applying.failed = failed
     try:
         return applying.run(native)
     finally:
-        _send_later(applying, None)
+        # An admission given back in the step (a full bulkhead's) is recorded after it.
+        _send_later(applying, breaker)
 
 
 def _apply_cancelled(
@@ -255,10 +266,10 @@ def _apply_cancelled(
     if done.cancelled() or done.exception() is not None or give_back is None:
         return
     try:
-        granted = _apply(ask, done.result(), failed, native)
+        granted = _apply(ask, done.result(), failed, native, breaker)
     except Exception:  # refused: nothing to give back
         return
-    giving = Step(deferring=True)
+    giving = Step()
     giving.run(give_back, granted)
     _send_later(giving, breaker)
 
@@ -278,7 +289,7 @@ async def outcome(breaker: Any, native: Callable[..., T], *args: Any) -> T:
     """``native(*args)``, a native step recording an outcome: its command sent after it,
     its transition told when the reply comes. A task cancelled meanwhile does not stop
     it: an outcome being recorded is recorded."""
-    recording = Step(deferring=True)
+    recording = Step()
     result = recording.run(native, *args)
     if recording.posts or recording.deferred:
         await asyncio.shield(_send(recording, breaker))
