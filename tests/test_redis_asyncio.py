@@ -67,20 +67,27 @@ def one_round_trip(url: str) -> float:
     return time.monotonic() - started
 
 
+def guarded_orders(
+    url: str,
+) -> tuple[CircuitBreaker, RateLimiter, Callable[[int], Awaitable[int]]]:
+    """A breaker and a limiter on Redis at ``url``, and an async order they guard."""
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": url, "redis_timeout": 5.0}
+    breaker = CircuitBreaker(5, 60, "venue", **on_redis)
+    limiter = RateLimiter(1000, 3600, name="venue", **on_redis)
+
+    async def place_order(n: int) -> int:
+        await asyncio.sleep(0)
+        return n
+
+    return breaker, limiter, guard(place_order, breaker=breaker, limiter=limiter)
+
+
 def test_fifty_async_guarded_calls_through_a_slow_link_leave_the_loop_running(
     own_redis: RedisServer,
 ) -> None:
     with slow_link(own_redis.port, DELAY) as port:
         url = f"redis://127.0.0.1:{port}/0"
-        on_redis: dict[str, Any] = {"backend": "redis", "redis_url": url, "redis_timeout": 5.0}
-        breaker = CircuitBreaker(5, 60, "venue", **on_redis)
-        limiter = RateLimiter(1000, 3600, name="venue", **on_redis)
-
-        async def place_order(n: int) -> int:
-            await asyncio.sleep(0)
-            return n
-
-        order = guard(place_order, breaker=breaker, limiter=limiter)
+        breaker, _, order = guarded_orders(url)
         trip = one_round_trip(url)
         warm = asyncio.run(batch(order, range(-WARM, 0)))
         assert warm == list(range(-WARM, 0))
@@ -179,15 +186,7 @@ def test_a_task_cancelled_while_admitted_gives_its_trial_back(own_redis: RedisSe
 
 
 def test_concurrent_async_calls_share_one_connection_and_no_thread(own_redis: RedisServer) -> None:
-    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": own_redis.url}
-    breaker = CircuitBreaker(5, 60, "venue", **on_redis)
-    limiter = RateLimiter(1000, 3600, name="venue", **on_redis)
-
-    async def place_order(n: int) -> int:
-        await asyncio.sleep(0)
-        return n
-
-    order = guard(place_order, breaker=breaker, limiter=limiter)
+    breaker, limiter, order = guarded_orders(own_redis.url)
     admin = redis.Redis.from_url(own_redis.url)
     before = len(admin.client_list())
     threads_before = {t.name for t in threading.enumerate()}

@@ -156,26 +156,6 @@ def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "peak_resilience.redis"]
 
 
-@pytest.mark.parametrize(("policy", "admitted"), POLICIES)
-@pytest.mark.parametrize(("refusal", "shown"), REAL + FAKED)
-def test_a_refusing_redis_gives_what_on_backend_error_says(
-    own_redis: RedisServer,
-    refusal: Refusal,
-    shown: str,
-    policy: OnBackendError,
-    admitted: list[bool],
-    caplog: pytest.LogCaptureFixture,
-) -> None:
-    admin = redis.Redis.from_url(own_redis.url, socket_timeout=5)
-    before = backend_error_counts()["redis"]
-    with refusal(own_redis, admin) as url, caplog.at_level(logging.WARNING):
-        assert three_acquires(url, policy) == admitted
-    assert backend_error_counts()["redis"] - before == 3
-    (warning,) = outage_warnings(caplog)  # once per outage, not once per call
-    assert "refused the call" in warning and shown in warning
-    assert f"on_backend_error={policy!r}" in warning
-
-
 def three_async_calls(url: str, policy: OnBackendError) -> list[bool]:
     limiter = RateLimiter(
         2, 3600, name=NAME, backend="redis", redis_url=url, on_backend_error=policy
@@ -193,23 +173,25 @@ def three_async_calls(url: str, policy: OnBackendError) -> list[bool]:
     return asyncio.run(calls())
 
 
+@pytest.mark.parametrize("calls", [three_acquires, three_async_calls], ids=["sync", "async"])
 @pytest.mark.parametrize(("policy", "admitted"), POLICIES)
 @pytest.mark.parametrize(("refusal", "shown"), REAL + FAKED)
-def test_a_refusing_redis_gives_an_async_call_what_on_backend_error_says(
+def test_a_refusing_redis_gives_what_on_backend_error_says(
     own_redis: RedisServer,
     refusal: Refusal,
     shown: str,
     policy: OnBackendError,
     admitted: list[bool],
+    calls: Callable[[str, OnBackendError], list[bool]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    # On redis.asyncio, as the sync path above: same policy, same count, one warning.
+    # Async calls on redis.asyncio as sync ones: same policy, same count, one warning.
     admin = redis.Redis.from_url(own_redis.url, socket_timeout=5)
     before = backend_error_counts()["redis"]
     with refusal(own_redis, admin) as url, caplog.at_level(logging.WARNING):
-        assert three_async_calls(url, policy) == admitted
+        assert calls(url, policy) == admitted
     assert backend_error_counts()["redis"] - before == 3
-    (warning,) = outage_warnings(caplog)
+    (warning,) = outage_warnings(caplog)  # once per outage, not once per call
     assert "refused the call" in warning and shown in warning
     assert f"on_backend_error={policy!r}" in warning
 

@@ -113,15 +113,19 @@ def sentinel_url(sentinel: Sentinel) -> str:
     return f"redis+sentinel://127.0.0.1:{sentinel.port}/{MASTER}/0"
 
 
-def test_budgets_and_breakers_follow_a_failover(
-    watched: tuple[RedisServer, RedisServer, Sentinel],
-) -> None:
-    master, replica, sentinel = watched
-    on_sentinel: dict[str, Any] = {
+def on(sentinel: Sentinel) -> dict[str, Any]:
+    return {
         "backend": "redis",
         "redis_url": sentinel_url(sentinel),
         "on_backend_error": "fail_closed",  # a call Redis did not decide is refused
     }
+
+
+def test_budgets_and_breakers_follow_a_failover(
+    watched: tuple[RedisServer, RedisServer, Sentinel],
+) -> None:
+    master, replica, sentinel = watched
+    on_sentinel = on(sentinel)
     limiter = RateLimiter(6, 3600, name="venue", **on_sentinel)
     breaker = CircuitBreaker(2, 3600, "venue", **on_sentinel)
     assert [limiter.acquire() for _ in range(3)] == [True, True, True]
@@ -194,11 +198,7 @@ def test_async_calls_follow_a_failover_on_redis_asyncio(
     watched: tuple[RedisServer, RedisServer, Sentinel],
 ) -> None:
     master, replica, sentinel = watched
-    on_sentinel: dict[str, Any] = {
-        "backend": "redis",
-        "redis_url": sentinel_url(sentinel),
-        "on_backend_error": "fail_closed",  # a call Redis did not decide is refused
-    }
+    on_sentinel = on(sentinel)
     limiter = RateLimiter(6, 3600, name="venue", **on_sentinel)
 
     async def run() -> list[bool]:
