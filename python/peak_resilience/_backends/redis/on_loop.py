@@ -13,15 +13,17 @@ An ``async def`` guarded call or ``acquire_async`` splits each step in two:
   breaker and the bucket do with it exactly what they do on the sync path.
 
 A step that asks a second time (the limiter's take after the breaker's enter found its
-Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step (the
-sync path would wait for it once more), else asked synchronously on the loop (a case no
-guarded call on one Redis reaches). An outcome (``RedisLink.record``: a call's exit, or
-an admission given back) is recorded in the native step with no reply (``DEFERRED``),
-then sent: its transition, if any, is told to the breaker's listeners when the reply
-comes, before the call returns. A success in a closed circuit too is awaited, on the
-loop: an outcome left unread when its loop ends, as ``asyncio.run`` ends, would be lost
-with the connection. An outcome whose Redis failed is lost bookkeeping, counted and
-logged (where the sync path's local stand-in would count it).
+Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step, or is
+left alone after an earlier failure (the sync path would wait for it once more), else
+asked synchronously on the loop (a case no guarded call on one Redis reaches).
+
+An outcome (``RedisLink.record``: a call's exit, or an admission given back) is recorded
+in the native step with no reply (``DEFERRED``), then sent: its transition, if any, is
+told to the breaker's listeners when the reply comes, before the call returns. A success
+in a closed circuit too is awaited, on the loop: an outcome left unread when its loop
+ends, as ``asyncio.run`` ends, would be lost with the connection. An outcome whose Redis
+failed is lost bookkeeping, counted and logged (where the sync path's local stand-in
+would count it).
 
 Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
 master; a call in flight on a master demoted by a failover gets its READONLY reply and
@@ -81,8 +83,9 @@ class Step:
         self.asking = asking
         #: (link, command, reply) read for this step.
         self.replies: list[tuple[RedisLink, Any, Any]] = []
-        #: The pools that failed within this step, and how.
-        self.failed: dict[Any, BaseException] = {}
+        #: The pools that failed within this step, and how (None: left alone for
+        #: ``retry_interval`` after an earlier failure).
+        self.failed: dict[Any, BaseException | None] = {}
         self.posts: list[tuple[RedisLink, Script, Any]] = []
         self.deferred: list[tuple[RedisLink, Script, Any]] = []
 
@@ -107,9 +110,10 @@ class Step:
         if deferrable:
             self.deferred.append((link, script, command))
             return DEFERRED
-        failure = self.failed.get(link.pool)
-        if failure is not None:
-            link._failed(failure)
+        if link.pool in self.failed:
+            failure = self.failed[link.pool]
+            if failure is not None:
+                link._failed(failure)
             return UNAVAILABLE
         return link.call_now(script, command, answered=True)
 
@@ -188,6 +192,10 @@ async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, A
     """``command``'s reply from redis.asyncio, or UNAVAILABLE (the failure noted in
     ``failed``, counted and logged by the link); UseThreads for Cluster and Sentinel."""
     if link._down_until and time.monotonic() < link._down_until:
+        # A second command of the step to the same Redis is not sent either: it would
+        # wait on the loop (during an outage, up to redis_timeout) for what the policy
+        # gives without it.
+        failed.setdefault(link.pool, None)
         return UNAVAILABLE
     try:
         reply = await _request(link, script, command)
