@@ -89,11 +89,15 @@ def test_fifty_async_guarded_calls_through_a_slow_link_leave_the_loop_running(
         url = f"redis://127.0.0.1:{port}/0"
         breaker, _, order = guarded_orders(url)
         trip = one_round_trip(url)
-        warm = asyncio.run(batch(order, range(-WARM, 0)))
-        assert warm == list(range(-WARM, 0))
-        started = time.monotonic()
-        results, gap = asyncio.run(with_heartbeat(lambda: batch(order, range(CALLS))))
-        elapsed = time.monotonic() - started
+
+        async def warm_then_measure() -> tuple[list[int], float, float]:
+            # As in a running process: the scripts loaded, the loop's connection open.
+            assert await batch(order, range(-WARM, 0)) == list(range(-WARM, 0))
+            started = time.monotonic()
+            results, gap = await with_heartbeat(lambda: batch(order, range(CALLS)))
+            return results, gap, time.monotonic() - started
+
+        results, gap, elapsed = asyncio.run(warm_then_measure())
         assert breaker.get_stats()["successes"] == WARM + CALLS
     # What this machine's own load does to a loop that only sleeps as long: a loaded CI
     # machine stalls every loop now and then; the calls must add no more than 50 ms to it.
@@ -103,9 +107,9 @@ def test_fifty_async_guarded_calls_through_a_slow_link_leave_the_loop_running(
     print(f"longest heartbeat gap {gap * 1000:.1f} ms (idle loop: {idle_gap * 1000:.1f} ms)")
     assert gap < 0.05 + idle_gap
     # On redis.asyncio every call's admission goes out on one connection at once, then
-    # every outcome: two round trips, plus the new loop's connection handshake (5
-    # measured), not 50 x 2 of them one after the other (nor 11, as with 16 threads).
-    assert elapsed < 8 * trip
+    # every outcome: two round trips (2.2-2.3 measured), not 50 x 2 of them one after the
+    # other (nor 8-11, as with 16 threads).
+    assert elapsed < 5 * trip
 
 
 def test_a_frozen_redis_never_freezes_the_loop(own_redis: RedisServer) -> None:
