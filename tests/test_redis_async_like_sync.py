@@ -15,6 +15,7 @@ from redis_server import RedisServer
 
 from peak_resilience import CircuitBreaker, RateLimiter
 from peak_resilience._guard import guard
+from peak_resilience.events import BreakerTransition, Event
 from peak_resilience.testing import ManualClock
 
 STEPS = 60
@@ -28,10 +29,15 @@ class Venue:
         on_redis: dict[str, Any] = {"backend": "redis", "redis_url": url, "clock": self.clock}
         self.breaker = CircuitBreaker(2, 0.05, name, half_open_max_calls=1, **on_redis)
         self.limiter = RateLimiter(5, 1.0, name=name, **on_redis)
-        self.heard: list[tuple[int, int]] = []
-        self.breaker.add_listener(
-            lambda event: self.heard.append((int(event.from_state), int(event.to_state)))
-        )
+        #: The breaker's events: each transition (from, to), each refusal's kind.
+        self.heard: list[tuple[int, int] | str] = []
+        self.breaker.add_listener(self.hear)
+
+    def hear(self, event: Event) -> None:
+        if isinstance(event, BreakerTransition):
+            self.heard.append((int(event.from_state), int(event.to_state)))
+        else:
+            self.heard.append(type(event).__name__)
 
     def counts(self) -> tuple[Any, ...]:
         breaker, limiter = self.breaker.get_stats(), self.limiter.get_stats()
@@ -88,6 +94,7 @@ def test_async_calls_on_redis_answer_and_count_as_sync_calls_do(
         loop.close()
     assert async_answers == sync_answers
     assert on_loop.heard == sync.heard
+    assert "CallRefused" in sync.heard
     assert on_loop.counts() == sync.counts()
     # The runs went through every state and both kinds of refusal.
     assert {"filled", "ConnectionError", "CircuitBreakerError", "RateLimitExceeded"} <= set(
