@@ -72,12 +72,18 @@ class Multiplexed:
             replies: list[asyncio.Future[Any]] = []
             for command in commands:
                 reply = loop.create_future()
-                # Retrieved even when an earlier reply's error is raised instead.
-                reply.add_done_callback(_retrieved)
                 self._write(wire, command, reply)
                 replies.append(reply)
+            last = replies[-1]
+            # A timer on the reply, not asyncio.wait_for: no task made per command.
+            timer = loop.call_later(self._timeout, _expire, last)
             try:
-                return (await asyncio.wait_for(asyncio.gather(*replies), self._timeout))[-1]
+                answer = await last
+                for earlier in replies[:-1]:
+                    # Read before the last one: done. Its error (a script not loaded)
+                    # explains the last one's, if any.
+                    earlier.result()
+                return answer
             except self._refused:
                 raise
             except self._closed:
@@ -88,6 +94,10 @@ class Multiplexed:
                 # A connection that stopped answering is left: a new one next time.
                 self._drop(wire, ConnectionError("a command on this connection timed out"))
                 raise
+            finally:
+                timer.cancel()
+                for earlier in replies[:-1]:
+                    _retrieved(earlier)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _write(self, wire: _Wire, command: Any, waiter: asyncio.Future[Any]) -> None:
@@ -158,8 +168,13 @@ def _deliver(waiter: asyncio.Future[Any], reply: Any) -> None:
 
 
 def _retrieved(reply: asyncio.Future[Any]) -> None:
-    if not reply.cancelled():
+    if reply.done() and not reply.cancelled():
         reply.exception()
+
+
+def _expire(reply: asyncio.Future[Any]) -> None:
+    if not reply.done():
+        reply.set_exception(TimeoutError("no reply from Redis within redis_timeout"))
 
 
 def _closed(conn: Any) -> bool:
