@@ -32,12 +32,14 @@ class _Wire:
     """One open connection, the commands written on it whose replies are still due, and
     the task reading them."""
 
-    __slots__ = ("conn", "due", "reader")
+    __slots__ = ("conn", "due", "outgoing", "reader")
 
     def __init__(self, conn: Any) -> None:
         self.conn = conn
         self.due: deque[asyncio.Future[Any]] = deque()
         self.reader: asyncio.Task[None] | None = None
+        #: Commands written since the loop last ran its callbacks, sent together.
+        self.outgoing: list[bytes] = []
 
 
 class Multiplexed:
@@ -102,8 +104,14 @@ class Multiplexed:
 
     def _write(self, wire: _Wire, command: Any, waiter: asyncio.Future[Any]) -> None:
         # Written and queued in one step, with no await between: replies come back in the
-        # order the commands went out.
-        wire.conn._writer.writelines([command] if isinstance(command, bytes) else command)
+        # order the commands went out. The commands of every task that runs before the
+        # loop's next turn go out in one send (one system call for fifty, not fifty).
+        if not wire.outgoing:
+            asyncio.get_running_loop().call_soon(_send, wire)
+        if isinstance(command, bytes):
+            wire.outgoing.append(command)
+        else:
+            wire.outgoing.extend(command)
         wire.due.append(waiter)
         if wire.reader is None or wire.reader.done():
             wire.reader = asyncio.ensure_future(self._read(wire))
@@ -165,6 +173,13 @@ def _deliver(waiter: asyncio.Future[Any], reply: Any) -> None:
         waiter.set_exception(reply)
     else:
         waiter.set_result(reply)
+
+
+def _send(wire: _Wire) -> None:
+    outgoing, wire.outgoing = wire.outgoing, []
+    writer = wire.conn._writer
+    if writer is not None and not writer.is_closing():
+        writer.write(b"".join(outgoing))
 
 
 def _retrieved(reply: asyncio.Future[Any]) -> None:
