@@ -71,7 +71,7 @@ class Ask(BaseException):
 
 
 class UseThreads(Exception):
-    """This link's Redis is a Cluster or behind Sentinel: its steps run in threads."""
+    """This link's Redis is a Cluster: its steps run in threads."""
 
 
 class Step:
@@ -118,11 +118,11 @@ class Step:
         return link.call_now(script, command, answered=True)
 
     def run(self, native: Callable[..., T], *args: Any) -> T:
-        steps.current = self
+        outer, steps.current = steps.current, self
         try:
             return native(*args)
         finally:
-            steps.current = None
+            steps.current = outer
 
 
 def uses_threads(link: RedisLink) -> bool:
