@@ -21,8 +21,9 @@ import redis
 from redis_server import RedisServer
 from slow_link import slow_link
 
-from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
+from peak_resilience import Bulkhead, CircuitBreaker, CircuitState, RateLimiter
 from peak_resilience._guard import guard
+from peak_resilience.errors import BulkheadFull
 
 DELAY = 0.02  # per packet, each way
 CALLS = 50
@@ -246,3 +247,32 @@ def test_an_async_call_on_an_unreachable_redis_applies_fail_closed(own_redis: Re
     assert not asyncio.run(limiter.acquire_async(timeout=0))
     assert time.monotonic() - started < 1.0  # bounded by redis_timeout, not hung
     assert not limiter.redis_available
+
+
+def test_a_trial_refused_a_bulkhead_slot_gives_its_permit_back(own_redis: RedisServer) -> None:
+    breaker = CircuitBreaker(1, 3600, "venue", backend="redis", redis_url=own_redis.url)
+    breaker.open_for(0.001)  # half-open at once; a lost trial would hold it an hour
+    slots = Bulkhead(1)
+    release = asyncio.Event()
+
+    async def hold_the_slot() -> None:
+        await release.wait()
+
+    async def place_order() -> str:
+        return "sent"
+
+    holder = guard(hold_the_slot, bulkhead=slots)
+    order = guard(place_order, breaker=breaker, bulkhead=slots)
+
+    async def run() -> list[str]:
+        time.sleep(0.002)  # past the open period
+        holding = asyncio.ensure_future(holder())
+        await asyncio.sleep(0)  # the slot taken
+        with pytest.raises(BulkheadFull):
+            await order()  # admitted as the trial, then refused the slot
+        release.set()
+        await holding
+        return [await order(), await order()]
+
+    assert asyncio.run(run()) == ["sent", "sent"]
+    assert breaker.state is CircuitState.CLOSED
