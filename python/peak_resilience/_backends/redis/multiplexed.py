@@ -22,7 +22,7 @@ import contextlib
 import math
 import os
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 __all__ = ["Multiplexed"]
@@ -62,6 +62,8 @@ class Multiplexed:
         self._wire: _Wire | None = None
         self._connecting: asyncio.Lock | None = None
         self.pid = os.getpid()
+        #: Closes the connection when the loop shuts down (see ``_until_the_loop_ends``).
+        self._watch: AsyncGenerator[None, None] | None = None
 
     async def request(self, *commands: Any) -> Any:
         """Writes ``commands`` (packed) back to back and awaits their replies, at most
@@ -122,6 +124,8 @@ class Multiplexed:
             return wire
         if self._connecting is None:
             self._connecting = asyncio.Lock()
+            self._watch = _until_the_loop_ends(self)
+            await self._watch.__anext__()
         async with self._connecting:
             wire = self._wire
             if wire is not None and not _closed(wire.conn):
@@ -151,6 +155,15 @@ class Multiplexed:
             if isinstance(exc, asyncio.CancelledError):
                 raise
 
+    def close(self) -> None:
+        """Closes the connection now, failing what still waits on it."""
+        wire = self._wire
+        if wire is not None:
+            self._drop(wire, ConnectionError("the event loop ended"))
+            writer = wire.conn._writer
+            if writer is not None:
+                writer.close()
+
     def _drop(self, wire: _Wire, error: BaseException) -> None:
         """Closes ``wire`` and fails every command still waiting on it."""
         if self._wire is wire:
@@ -173,6 +186,16 @@ def _deliver(waiter: asyncio.Future[Any], reply: Any) -> None:
         waiter.set_exception(reply)
     else:
         waiter.set_result(reply)
+
+
+async def _until_the_loop_ends(mux: Multiplexed) -> AsyncGenerator[None, None]:
+    """Started on the loop, never resumed: the loop's ``shutdown_asyncgens`` (which
+    ``asyncio.run`` awaits before it closes the loop) closes it, and with it the
+    connection, which would otherwise stay open until garbage collected."""
+    try:
+        yield
+    finally:
+        mux.close()
 
 
 def _send(wire: _Wire) -> None:
