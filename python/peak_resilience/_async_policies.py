@@ -64,12 +64,15 @@ def async_wrapper(
     started_now, exit_now, admit_now = native._started, native._exit, native._admit
     called = None if retry is None else retry._called
     breaker = native.breaker
+    links = awaited.links_of(breaker, native.limiter)
     waits = waits_on_loop(native, max_wait, remote)
     readmit = readmitter(native, admit, waits)
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
-            return bool(await awaited.outcome(breaker, exit_now, admission, started, error, result))
+            return bool(
+                await awaited.outcome(breaker, links, exit_now, admission, started, error, result)
+            )
         return exit_now(admission, started, error, result)
 
     async def retried(error: BaseException, retries: int) -> bool:

@@ -169,6 +169,7 @@ def _admitter(
     its own ``max_wait``), on the loop, never blocking it."""
     admit_now, exit_now, started_now = native._admit, native._exit, native._started
     bulkhead, breaker = native.bulkhead, native.breaker
+    links = awaited.links_of(breaker, native.limiter)
 
     def give_back(admission: int) -> None:
         import asyncio  # here: a caller that never awaits need not import it
@@ -178,7 +179,7 @@ def _admitter(
     async def admit_once() -> int:
         if not remote:
             return admit_now()
-        return await awaited.admission(admit_now, give_back, breaker)
+        return await awaited.admission(admit_now, give_back, breaker, links)
 
     async def admit() -> int:
         # Read per admission: a configuration reload may change it.
@@ -223,12 +224,14 @@ def _token_taker(
     within ``max_wait``, waits for them in the budget's line (see ``_waiting_line``)."""
     now = getattr(limiter, "_now", time.monotonic)
     real_time = getattr(limiter, "_clock", None) is None
+    links = awaited.links_of(limiter)
 
     async def due_in() -> float:
         assert limiter is not None
         if remote:
             return await awaited.step(
-                functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority)
+                functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority),
+                links,
             )
         return limiter.get_wait_time(endpoint, cost, priority=priority)
 
@@ -286,6 +289,7 @@ def _async_wrapper(
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
     breaker, returned_now = native.breaker, native._returned
+    links = awaited.links_of(breaker, native.limiter)
     waits = async_policies.waits_on_loop(native, max_wait, remote)
     readmit = async_policies.readmitter(native, admit, waits)
 
@@ -308,7 +312,7 @@ def _async_wrapper(
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
             falls_back = (
-                await awaited.outcome(breaker, exit_now, admission, started, exc)
+                await awaited.outcome(breaker, links, exit_now, admission, started, exc)
                 if remote
                 else exit_now(admission, started, exc)
             )
@@ -316,7 +320,7 @@ def _async_wrapper(
                 return await use_fallback(args, kwargs)
             raise
         if remote:
-            await awaited.outcome(breaker, exit_now, admission, started, None, result)
+            await awaited.outcome(breaker, links, exit_now, admission, started, None, result)
         else:
             returned_now(admission, started, result)
         return result

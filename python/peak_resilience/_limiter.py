@@ -533,7 +533,7 @@ class RateLimiter(_NativeLimiter):
         command awaited on redis.asyncio when it waits for Redis (see ``on_loop``)."""
         if self.store is None:
             return step(*args, **kwargs)
-        return await awaited.step(functools.partial(step, *args, **kwargs))
+        return await awaited.step(functools.partial(step, *args, **kwargs), (self.store.link,))
 
     def __repr__(self) -> str:
         bucket = self.default_bucket

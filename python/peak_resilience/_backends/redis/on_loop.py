@@ -63,9 +63,13 @@ class Ask(BaseException):
     """The first command of a native step being asked: nothing has changed yet.
     A BaseException: no ``except Exception`` on the way may take it for a failure."""
 
-    def __init__(self, link: RedisLink, script: Script, command: Any) -> None:
+    def __init__(
+        self, link: RedisLink, script: Script, command: Any, links: tuple[RedisLink, ...]
+    ) -> None:
         super().__init__()
         self.link = link
+        #: The step's links, for the step that applies the reply.
+        self.link_set = links
         self.script = script
         self.command = command
 
@@ -77,9 +81,12 @@ class UseThreads(Exception):
 class Step:
     """Answers the Redis calls of one native step run on the loop (see the module)."""
 
-    __slots__ = ("asking", "deferred", "failed", "posts", "replies")
+    __slots__ = ("asking", "deferred", "failed", "links", "posts", "replies")
 
-    def __init__(self, *, asking: bool = False) -> None:
+    def __init__(self, links: tuple[RedisLink, ...], *, asking: bool = False) -> None:
+        #: The links of the step's breaker and limiter: a call on another (a finalizer's,
+        #: a listener's, on this thread meanwhile) is not the step's, and runs as it would.
+        self.links = links
         self.asking = asking
         #: (link, command, reply) read for this step.
         self.replies: list[tuple[RedisLink, Any, Any]] = []
@@ -98,6 +105,8 @@ class Step:
         *,
         deferrable: bool = False,
     ) -> Any:
+        if link not in self.links:
+            return link.call_now(script, command, answered=answered)
         if not answered:
             self.posts.append((link, script, command))
             return None
@@ -106,7 +115,7 @@ class Step:
                 del self.replies[i]
                 return reply
         if self.asking:
-            raise Ask(link, script, command)
+            raise Ask(link, script, command, self.links)
         if deferrable:
             self.deferred.append((link, script, command))
             return DEFERRED
@@ -213,20 +222,22 @@ async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, A
     return reply
 
 
-async def step(native: Callable[[], T]) -> T:
-    """``native()``, a native step that sends one Redis command, asked and applied."""
-    return await admission(native, None, None)
+async def step(native: Callable[[], T], links: tuple[RedisLink, ...]) -> T:
+    """``native()``, a native step that sends one Redis command on one of ``links``,
+    asked and applied."""
+    return await admission(native, None, None, links)
 
 
 async def admission(
     native: Callable[[], T],
     give_back: Callable[[T], object] | None,
     breaker: Any,
+    links: tuple[RedisLink, ...],
 ) -> T:
     """``native()`` asked on redis.asyncio and applied; an admission granted after its task
     was cancelled is given back with ``give_back(admission)``, so that no trial permit
     is lost with the task."""
-    asking = Step(asking=True)
+    asking = Step(links, asking=True)
     try:
         return asking.run(native)
     except Ask as first:
@@ -251,7 +262,7 @@ async def admission(
 def _apply(
     ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T], breaker: Any
 ) -> T:
-    applying = Step()
+    applying = Step(ask.link_set)
     applying.replies.append((ask.link, ask.command, reply))
     applying.failed = failed
     try:
@@ -277,7 +288,7 @@ def _apply_cancelled(
         granted = _apply(ask, done.result(), failed, native, breaker)
     except Exception:  # refused: nothing to give back
         return
-    giving = Step()
+    giving = Step(ask.link_set)
     giving.run(give_back, granted)
     _send_later(giving, breaker)
 
@@ -293,11 +304,13 @@ def _send_later(done: Step, breaker: Any) -> None:
         task.add_done_callback(_sending.discard)
 
 
-async def outcome(breaker: Any, native: Callable[..., T], *args: Any) -> T:
+async def outcome(
+    breaker: Any, links: tuple[RedisLink, ...], native: Callable[..., T], *args: Any
+) -> T:
     """``native(*args)``, a native step recording an outcome: its command sent after it,
     its transition told when the reply comes. A task cancelled meanwhile does not stop
     it: an outcome being recorded is recorded."""
-    recording = Step()
+    recording = Step(links)
     result = recording.run(native, *args)
     if recording.posts or recording.deferred:
         await asyncio.shield(_send(recording, breaker))
