@@ -36,6 +36,8 @@ def _noop() -> None:
 
 def _paths() -> dict[str, Callable[[], Any]]:
     """Each hot path as a zero-argument callable, built once."""
+    from bench_with_resilience import driven  # the async rows, run to completion by hand
+
     from peak_resilience.errors import CircuitBreakerError
     from peak_resilience.rate_limiter import RateLimiter
     from peak_resilience.resilience import CircuitBreaker
@@ -103,8 +105,8 @@ def _paths() -> dict[str, Callable[[], Any]]:
 
         return wrapper
 
-    paths["floor: a trivial async wrapper (driven)"] = _driven(async_decorator(async_noop))
-    paths["with_resilience async (breaker, limiter, metrics; driven)"] = _driven(
+    paths["floor: a trivial async wrapper (driven)"] = driven(async_decorator(async_noop))
+    paths["with_resilience async (breaker, limiter, metrics; driven)"] = driven(
         with_resilience("hot", "async_op", use_rate_limiter=True)(async_noop)
     )
     try:  # issue 16's policies, absent from older builds (--against one of them)
@@ -120,21 +122,6 @@ def _paths() -> dict[str, Callable[[], Any]]:
         max_concurrent=1000,
     )(_noop)
     return paths
-
-
-def _driven(async_func: Callable[[], Any]) -> Callable[[], Any]:
-    """One call of ``async_func`` run to completion by hand, without an event loop (as
-    benches/bench_with_resilience.py drives its async group)."""
-
-    def run() -> Any:
-        coroutine = async_func()
-        try:
-            coroutine.send(None)
-        except StopIteration as done:
-            return done.value
-        raise AssertionError("the coroutine suspended")
-
-    return run
 
 
 def _time(func: Callable[[], Any], calls: int) -> float:

@@ -7,7 +7,9 @@
 //! `burst` tokens refilled continuously at one token per `interval`, and its whole state is
 //! one `AtomicU64`, so an acquire is a load, a little arithmetic and a compare-and-swap.
 
-use crate::sync::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+
+use crate::sync::{yield_now, AtomicU64, Ordering};
 
 use crate::clock::Clock;
 use crate::place::Place;
@@ -236,14 +238,20 @@ impl Window {
 
     /// Sets the rate of a window nobody reads yet (a new bucket, an added window): slot 0,
     /// full. A sliding window's log starts at `offset` of the bucket's log (cleared).
-    fn init(&self, quota: Quota, reserve: u64, log: &SlidingLog, offset: u64) {
+    fn init<'a>(
+        &self,
+        quota: Quota,
+        reserve: u64,
+        log: impl FnOnce() -> &'a SlidingLog,
+        offset: u64,
+    ) {
         match quota.kind {
             Kind::Bucket => self.slots[0].store(quota, reserve),
             Kind::Fixed => self.slots[0].store_counted(quota, reserve),
             Kind::Sliding => {
                 self.slots[0].store_counted(quota, reserve);
                 self.slots[1].interval.store(offset, Ordering::Relaxed);
-                for entry in log.range(offset, quota.burst) {
+                for entry in log().range(offset, quota.burst) {
                     entry.store(0, Ordering::Relaxed);
                 }
             }
@@ -400,9 +408,93 @@ pub struct BucketState {
     more: [Window; MAX_WINDOWS - 1],
     /// Tokens of every window kept for high-priority acquires.
     reserve: AtomicU64,
-    _spare: [AtomicU64; 3],
-    /// When the sliding windows' last requests were admitted (each window its range).
-    log: SlidingLog,
+    /// Who is changing the windows (0: nobody; see `Changing`).
+    changing: AtomicU64,
+    _spare: [AtomicU64; 2],
+}
+
+/// A bucket as a shared file holds it: its atomics, then its sliding windows' log (when
+/// their last requests were admitted, each window its range). A bucket of this process
+/// makes its log only once a sliding window needs it (`BucketPlace`): 1 KiB saved in
+/// every other bucket (issue 19).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct SharedBucketState {
+    pub bucket: BucketState,
+    pub log: SlidingLog,
+}
+
+impl SharedBucketState {
+    /// A full bucket of several windows (checked by `check_windows`) and a reserve.
+    pub fn with_windows(quotas: &[Quota], reserve: u64) -> Self {
+        let state = SharedBucketState::default();
+        state.bucket.init(quotas, reserve, || &state.log);
+        state
+    }
+
+    /// `BucketState::refusing`, its log empty (see `Layout::lost`): no allocation.
+    pub fn refusing() -> Self {
+        SharedBucketState {
+            bucket: BucketState::refusing(),
+            log: SlidingLog::default(),
+        }
+    }
+}
+
+/// Where a bucket's log is: made on first use for a bucket of this process, set from the
+/// start for a shared one (a place in its file).
+type LogCell = OnceLock<Place<SlidingLog>>;
+
+/// A bucket of this process: its atomics and the cell of its log, one allocation.
+#[derive(Default)]
+struct LocalBucket {
+    state: BucketState,
+    log: LogCell,
+}
+
+/// Where a bucket's state is, its log included: what `TokenBucket::over` runs on. Derefs
+/// to the bucket's atomics.
+#[derive(Clone)]
+pub struct BucketPlace {
+    state: Place<BucketState>,
+    log: Place<LogCell>,
+}
+
+impl BucketPlace {
+    /// The state of a shared bucket, inside its mapping.
+    pub fn shared(block: Place<SharedBucketState>) -> Self {
+        BucketPlace {
+            state: block.project(|b| &b.bucket),
+            log: Place::local(OnceLock::from(block.project(|b| &b.log))),
+        }
+    }
+
+    /// A bucket of this process: its log is made now if a window is sliding, so that
+    /// `log()` on the hot path only ever reads the cell.
+    fn local(quotas: &[Quota], reserve: u64) -> Self {
+        let local = Place::local(LocalBucket::default());
+        let place = BucketPlace {
+            state: local.project(|l| &l.state),
+            log: local.project(|l| &l.log),
+        };
+        place.state.init(quotas, reserve, || place.log());
+        place
+    }
+
+    /// The log, made (empty) on first use.
+    #[inline(always)]
+    fn log(&self) -> &SlidingLog {
+        self.log.get_or_init(|| Place::local(SlidingLog::default()))
+    }
+}
+
+impl std::ops::Deref for BucketPlace {
+    type Target = BucketState;
+
+    #[inline(always)]
+    fn deref(&self) -> &BucketState {
+        &self.state
+    }
 }
 
 /// The admission log of a bucket's sliding windows: `MAX_SLIDING` instants, each
@@ -488,23 +580,15 @@ fn log_offsets(quotas: &[Quota]) -> [u64; MAX_WINDOWS] {
 }
 
 impl BucketState {
-    /// A full bucket with this quota.
-    pub fn new(quota: Quota) -> Self {
-        BucketState::with_windows(&[quota], 0)
-    }
-
-    /// A full bucket with several windows (checked by `check_windows`) and a reserve.
-    pub fn with_windows(quotas: &[Quota], reserve: u64) -> Self {
-        let state = BucketState::default();
-        state.reserve.store(reserve, Ordering::Relaxed);
+    /// Fills a bucket nobody reads yet with several windows (checked by `check_windows`)
+    /// and a reserve; `log` is only called if a window is sliding.
+    fn init<'a>(&self, quotas: &[Quota], reserve: u64, log: impl Fn() -> &'a SlidingLog) {
+        self.reserve.store(reserve, Ordering::Relaxed);
         let offsets = log_offsets(quotas);
         for (i, quota) in quotas.iter().enumerate() {
-            state
-                .window(i)
-                .init(*quota, reserve, &state.log, offsets[i]);
+            self.window(i).init(*quota, reserve, &log, offsets[i]);
         }
-        state.windows.store(windows_word(quotas), Ordering::Release);
-        state
+        self.windows.store(windows_word(quotas), Ordering::Release);
     }
 
     /// A bucket that can never admit anything: one window of interval 1 ns holding no
@@ -573,32 +657,94 @@ fn decide(tat: u64, now: u64, cost: u64, interval: u64, tolerance: u64) -> Resul
     }
 }
 
+/// Turns (each a yield) that a rate change waits seeing the same change in progress
+/// before taking it over: seconds, against the microseconds a change holds it.
+#[cfg(not(any(test, loom)))]
+const CHANGE_STEAL_AFTER: u32 = 1 << 24;
+#[cfg(all(test, not(loom)))]
+const CHANGE_STEAL_AFTER: u32 = 1 << 12;
+#[cfg(loom)]
+const CHANGE_STEAL_AFTER: u32 = u32::MAX;
+
+/// Rate changes of one bucket, one at a time, between processes as between threads. A
+/// change fills each window's spare parameter slot before switching to it in one CAS;
+/// two changes to different rates filling it together could leave one rate's interval
+/// with the other's burst in force, or rescale the debt from an interval the other one
+/// wrote (loom shows both). Held for the few stores of one change, in the bucket's own
+/// word (a shared file's too); a holder killed inside it (its process gone) is taken over
+/// after `CHANGE_STEAL_AFTER` turns of seeing that same holder.
+struct Changing<'a> {
+    word: &'a AtomicU64,
+    token: u64,
+}
+
+impl<'a> Changing<'a> {
+    fn hold(word: &'a AtomicU64) -> Self {
+        let token = change_token();
+        let (mut seen, mut turns) = (0, 0u32);
+        loop {
+            match word.compare_exchange(0, token, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return Changing { word, token },
+                Err(holder) => {
+                    if holder == seen {
+                        turns = turns.saturating_add(1);
+                    } else {
+                        (seen, turns) = (holder, 0);
+                    }
+                    if turns >= CHANGE_STEAL_AFTER
+                        && word
+                            .compare_exchange(holder, token, Ordering::AcqRel, Ordering::Acquire)
+                            .is_ok()
+                    {
+                        return Changing { word, token };
+                    }
+                    yield_now();
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Changing<'_> {
+    fn drop(&mut self) {
+        // Not ours any more if it was taken over (we were presumed gone): leave it.
+        let _ = self
+            .word
+            .compare_exchange(self.token, 0, Ordering::Release, Ordering::Relaxed);
+    }
+}
+
+/// A token no other change holds at once: the process id and a count of this process's
+/// changes (never 0).
+fn change_token() -> u64 {
+    static CHANGES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = CHANGES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    (u64::from(std::process::id()) << 32) | (n & 0xffff_ffff).max(1)
+}
+
 /// A token bucket: its state (local or shared) and the clock it reads.
 #[derive(Clone)]
 pub struct TokenBucket {
-    state: Place<BucketState>,
+    state: BucketPlace,
     clock: Clock,
 }
 
 impl TokenBucket {
     /// A full bucket owned by this process.
     pub fn new(quota: Quota, clock: Clock) -> Self {
-        TokenBucket {
-            state: Place::local(BucketState::new(quota)),
-            clock,
-        }
+        TokenBucket::with_windows(&[quota], 0, clock)
     }
 
     /// A full bucket with several windows, all or nothing (see `check_windows`).
     pub fn with_windows(quotas: &[Quota], reserve: u64, clock: Clock) -> Self {
         TokenBucket {
-            state: Place::local(BucketState::with_windows(quotas, reserve)),
+            state: BucketPlace::local(quotas, reserve),
             clock,
         }
     }
 
     /// A bucket over existing state (for example in a shared mapping).
-    pub fn over(state: Place<BucketState>, clock: Clock) -> Self {
+    pub fn over(state: BucketPlace, clock: Clock) -> Self {
         TokenBucket { state, clock }
     }
 
@@ -607,8 +753,14 @@ impl TokenBucket {
     }
 
     /// The state this bucket reads, for another view of it (another clock, in tests).
-    pub fn state_place(&self) -> Place<BucketState> {
+    pub fn state_place(&self) -> BucketPlace {
         self.state.clone()
+    }
+
+    /// Whether this bucket's sliding-window log was made (a test of issue 19's saving).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn log_made(&self) -> bool {
+        self.state.log.get().is_some()
     }
 
     /// Takes `cost` tokens if the bucket holds them now; never waits.
@@ -705,7 +857,7 @@ impl TokenBucket {
         match kind {
             Kind::Bucket => window.take(cost, now, high),
             Kind::Fixed => fixed_window::take(window, cost, self.clock.wall(now), high),
-            Kind::Sliding => sliding_window::take(window, &state.log, cost, now, high),
+            Kind::Sliding => sliding_window::take(window, self.state.log(), cost, now, high),
         }
     }
 
@@ -716,7 +868,7 @@ impl TokenBucket {
         match state.kind(i) {
             Kind::Bucket => window.peek(cost, now, high),
             Kind::Fixed => fixed_window::peek(window, cost, self.clock.wall(now), high),
-            Kind::Sliding => sliding_window::peek(window, &state.log, cost, now, high),
+            Kind::Sliding => sliding_window::peek(window, self.state.log(), cost, now, high),
         }
     }
 
@@ -728,7 +880,7 @@ impl TokenBucket {
         match kind {
             Kind::Bucket => window.give_back(cost, own, &self.clock),
             Kind::Fixed => fixed_window::give_back(window, cost, own),
-            Kind::Sliding => sliding_window::give_back(window, &state.log, cost, own),
+            Kind::Sliding => sliding_window::give_back(window, self.state.log(), cost, own),
         }
     }
 
@@ -804,7 +956,7 @@ impl TokenBucket {
                 match state.kind(i) {
                     Kind::Bucket => window.tokens_at(now),
                     Kind::Fixed => fixed_window::tokens_at(window, self.clock.wall(now)),
-                    Kind::Sliding => sliding_window::tokens_at(window, &state.log, now),
+                    Kind::Sliding => sliding_window::tokens_at(window, self.state.log(), now),
                 }
             })
             .collect()
@@ -817,7 +969,7 @@ impl TokenBucket {
         for i in 0..MAX_WINDOWS {
             let window = state.window(i);
             match state.kind(i) {
-                Kind::Sliding if i < count => sliding_window::refill(window, &state.log),
+                Kind::Sliding if i < count => sliding_window::refill(window, self.state.log()),
                 _ => window.update(|_, _| Some(0)),
             }
         }
@@ -830,6 +982,7 @@ impl TokenBucket {
         let state = &*self.state;
         let reserve = state.reserve.load(Ordering::Relaxed);
         if quota.kind == Kind::Bucket && state.kind(0) == Kind::Bucket {
+            let _change = Changing::hold(&state.changing);
             state.first.switch(quota, reserve, self.clock.now());
         } else {
             let mut quotas = self.quotas();
@@ -846,6 +999,7 @@ impl TokenBucket {
     /// afresh (full).
     pub fn set_windows(&self, quotas: &[Quota], reserve: u64) {
         let state = &*self.state;
+        let _change = Changing::hold(&state.changing);
         let now = self.clock.now();
         let old = self.quotas();
         let offsets = log_offsets(quotas);
@@ -866,7 +1020,7 @@ impl TokenBucket {
                 {
                     window.slots[0].store_counted(*quota, reserve)
                 }
-                _ => window.init(*quota, reserve, &state.log, offsets[i]),
+                _ => window.init(*quota, reserve, || self.state.log(), offsets[i]),
             }
         }
         state.windows.store(windows_word(quotas), Ordering::Release);
@@ -914,8 +1068,12 @@ impl TokenBucket {
                 (Kind::Bucket, false) => window.refund(cost),
                 (Kind::Fixed, true) => fixed_window::charge(window, cost, self.clock.wall(now)),
                 (Kind::Fixed, false) => fixed_window::refund(window, cost, self.clock.wall(now)),
-                (Kind::Sliding, true) => sliding_window::charge(window, &state.log, cost, now),
-                (Kind::Sliding, false) => sliding_window::refund(window, &state.log, cost),
+                (Kind::Sliding, true) => {
+                    sliding_window::charge(window, self.state.log(), cost, now)
+                }
+                (Kind::Sliding, false) => {
+                    sliding_window::refund(window, self.state.log(), cost, now)
+                }
             }
         }
     }
@@ -940,7 +1098,7 @@ impl TokenBucket {
         match state.kind(index) {
             Kind::Bucket => window.sync(used, now),
             Kind::Fixed => fixed_window::sync(window, used, self.clock.wall(now)),
-            Kind::Sliding => sliding_window::sync(window, &state.log, used, now),
+            Kind::Sliding => sliding_window::sync(window, self.state.log(), used, now),
         }
     }
 
@@ -1088,7 +1246,7 @@ pub(crate) mod tests {
         // views of one state): 5 tokens owed at 6 s each, 30 s, not 30 minutes.
         let (bucket, clock) = bucket(10, SECOND, 10);
         assert_eq!(bucket.try_acquire(5), Decision::Admitted);
-        let other = TokenBucket::over(bucket.state.clone(), Clock::Manual(clock.clone()));
+        let other = TokenBucket::over(bucket.state_place(), Clock::Manual(clock.clone()));
         let slower = Quota::per_window(10, 60 * SECOND, 10).unwrap();
         bucket.set_quota(slower);
         other.set_quota(slower);
@@ -1121,6 +1279,18 @@ pub(crate) mod tests {
             });
         });
         assert_eq!(impossible.into_inner(), 0);
+    }
+
+    #[test]
+    fn a_rate_change_left_half_done_by_a_killed_process_is_taken_over() {
+        let (bucket, _clock) = bucket(2, SECOND, 2);
+        // A process killed inside its change: its token stays in the bucket's word.
+        let gone = (u64::from(u32::MAX) << 32) | 7;
+        bucket.state.changing.store(gone, Ordering::Relaxed);
+        let slower = Quota::per_window(2, 4 * SECOND, 2).unwrap();
+        bucket.set_quota(slower);
+        assert_eq!(bucket.quota(), slower);
+        assert_eq!(bucket.state.changing.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -1159,6 +1329,21 @@ pub(crate) mod tests {
         let bucket = TokenBucket::new(quota, Clock::Manual(ManualClock::new(0)));
         assert_eq!(admitted_by_eight_threads(&bucket, 10_000), 1_000);
         assert_eq!(bucket.allowed() + bucket.rejected(), 80_000);
+    }
+
+    /// Clock advances (ns, up to 1.5 s) and costs (1 to 3): what the counted windows'
+    /// properties are driven by.
+    pub(crate) fn advances_and_costs() -> impl Strategy<Value = Vec<(u64, u64)>> {
+        proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200)
+    }
+
+    /// An acquire's outcome as a model states it: admitted, refused, or never (None).
+    pub(crate) fn outcome(decision: Decision) -> Option<bool> {
+        match decision {
+            Decision::Admitted => Some(true),
+            Decision::Rejected { .. } => Some(false),
+            Decision::Impossible => None,
+        }
     }
 
     /// What 8 threads admit between them, each trying `attempts` acquires of 1 at once.
@@ -1359,9 +1544,14 @@ pub(crate) mod tests {
         assert_eq!(std::mem::offset_of!(BucketState, windows), 56);
         assert_eq!(std::mem::offset_of!(BucketState, paused_until), 64);
         assert_eq!(std::mem::offset_of!(BucketState, rejected), 80);
-        assert_eq!(std::mem::offset_of!(BucketState, log), 288);
+        assert_eq!(std::mem::size_of::<BucketState>(), 288);
+    }
+
+    #[test]
+    fn a_shared_bucket_keeps_its_log_right_after_its_atomics_as_layout_7_did() {
+        assert_eq!(std::mem::offset_of!(SharedBucketState, log), 288);
         assert_eq!(
-            std::mem::size_of::<BucketState>(),
+            std::mem::size_of::<SharedBucketState>(),
             288 + 8 * MAX_SLIDING as usize
         );
     }
@@ -1678,11 +1868,45 @@ pub(crate) mod loom_tests {
     }
 
     #[test]
+    fn loom_two_different_rate_changes_at_once_leave_one_rate_whole_and_the_debt_in_it() {
+        // Two processes applying two different reloads at the same instant: 2/s with one
+        // token spent, changed to 2 per 4 s by one and to 2 per 8 s by the other. Whichever
+        // lands last is in force whole, with the one token still owed in its units (2 s
+        // or 4 s), never a mix of the two rates nor the debt scaled by the other's.
+        crate::sync::model_bounded(
+            "loom_two_different_rate_changes_at_once_leave_one_rate_whole_and_the_debt_in_it",
+            2,
+            || {
+                let clock = ManualClock::new(0);
+                let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();
+                let bucket = TokenBucket::new(quota, Clock::Manual(clock));
+                assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+                let four = Quota::per_window(2, 4_000_000_000, 2).unwrap();
+                let eight = Quota::per_window(2, 8_000_000_000, 2).unwrap();
+                let handles: Vec<_> = [four, eight]
+                    .into_iter()
+                    .map(|quota| {
+                        let bucket = bucket.clone();
+                        loom::thread::spawn(move || bucket.set_quota(quota))
+                    })
+                    .collect();
+                for h in handles {
+                    h.join().unwrap();
+                }
+                let now = bucket.quota();
+                assert!(now == four || now == eight, "a mix of two rates: {now:?}");
+                assert_eq!(bucket.wait_time(2), Some(now.interval));
+            },
+        );
+    }
+
+    #[test]
     fn loom_the_same_rate_change_from_two_threads_rescales_once() {
         // Two processes loading one reload: 2/s -> 2 per 4 s with one token spent. Owed:
         // one token of the new rate (2 s), never two rescales (8 s).
-        crate::sync::model(
+        crate::sync::model_bounded(
             "loom_the_same_rate_change_from_two_threads_rescales_once",
+            2,
             || {
                 let clock = ManualClock::new(0);
                 let quota = Quota::per_window(2, 1_000_000_000, 2).unwrap();

@@ -160,9 +160,10 @@ pub fn tokens_at(window: &Window, wall: u64) -> f64 {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::bucket::tests::admitted_by_eight_threads;
+    use crate::bucket::tests::{admitted_by_eight_threads, advances_and_costs, outcome};
     use crate::bucket::{Decision, Kind, Quota, TokenBucket};
     use crate::clock::{Clock, ManualClock, NANOS_PER_SECOND};
+    use proptest::prelude::*;
 
     const SECOND: u64 = NANOS_PER_SECOND;
     const MINUTE: u64 = 60 * SECOND;
@@ -274,6 +275,44 @@ mod tests {
             Decision::Rejected { .. }
         ));
         assert_eq!(bucket.acquire_at(3, 0, true), Decision::Admitted);
+    }
+
+    #[test]
+    fn a_short_window_at_an_epoch_time_starts_empty_and_counts_in_its_own_millisecond() {
+        // 1 ms windows at today's epoch time: interval numbers beyond the word's 31 bits.
+        let (bucket, clock) = fixed(1, SECOND / 1_000, 1_699_956_000 * SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(bucket.window_tokens(), vec![0.0]);
+        clock.advance(SECOND / 1_000);
+        assert_eq!(bucket.window_tokens(), vec![1.0]);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        // Idle for 2^31 ms and 5 more (25 days): the stale count is not taken for now.
+        clock.advance((1 << 31) * SECOND / 1_000 + 5 * SECOND / 1_000);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+    }
+
+    proptest! {
+        #[test]
+        fn a_fixed_window_agrees_with_a_plain_count_per_calendar_interval(
+            max in 1u64..20,
+            length_ms in 1u64..2_000,
+            ops in advances_and_costs(),
+        ) {
+            let length = length_ms * 1_000_000;
+            let (bucket, clock) = fixed(max, length, 1_699_956_000 * SECOND + 123);
+            let mut counts = std::collections::HashMap::new();
+            for (advance, cost) in ops {
+                clock.advance(advance);
+                let interval = clock.now() / length;
+                let used = counts.get(&interval).copied().unwrap_or(0);
+                let expected = if cost > max { None } else { Some(used + cost <= max) };
+                let actual = outcome(bucket.try_acquire(cost));
+                prop_assert_eq!(actual, expected);
+                if actual == Some(true) {
+                    *counts.entry(interval).or_insert(0) += cost;
+                }
+            }
+        }
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Shared memory: a bucket's or a breaker's atomics in a memory-mapped file, so that every
 //! process on the host that opens the same file draws on one budget and sees one circuit.
 //!
-//! The file is a 64-byte header followed by the state block (`BucketState` or
+//! The file is a 64-byte header followed by the state block (`SharedBucketState` or
 //! `BreakerState`, both `#[repr(C)]` atomics). The state machines are the in-process ones,
 //! run `over` a `Place` inside the mapping, so the hot path is the same compare-and-swap.
 //! Nothing here takes a lock: a process killed at any instant leaves at most one finished
@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState, Window};
-use crate::bucket::{BucketState, Quota, TokenBucket};
+use crate::bucket::{BucketPlace, Quota, SharedBucketState, TokenBucket};
 use crate::clock::Clock;
 use crate::place::Place;
 use crate::sigbus;
@@ -109,7 +109,7 @@ fn poison<T: Layout>(start: *mut u8, len: usize) {
     }
 }
 
-impl Layout for BucketState {
+impl Layout for SharedBucketState {
     const KIND: u64 = 1;
     const WHAT: &'static str = "rate-limit bucket";
     const PARAM_NAMES: [&'static str; PARAMS] = [
@@ -119,7 +119,7 @@ impl Layout for BucketState {
     ];
 
     fn lost() -> Self {
-        BucketState::refusing()
+        SharedBucketState::refusing()
     }
 }
 
@@ -805,7 +805,7 @@ pub fn shared_bucket(
     path: &Path,
     quota: Quota,
     clock: Clock,
-) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
+) -> Result<(TokenBucket, Region<SharedBucketState>), SharedError> {
     shared_windows(path, &[quota], 0, clock)
 }
 
@@ -816,16 +816,23 @@ pub fn shared_windows(
     quotas: &[Quota],
     reserve: u64,
     clock: Clock,
-) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
+) -> Result<(TokenBucket, Region<SharedBucketState>), SharedError> {
     let region = Region::open_or_create(path, bucket_params(quotas, reserve), || {
-        BucketState::with_windows(quotas, reserve)
+        SharedBucketState::with_windows(quotas, reserve)
     })?;
-    Ok((TokenBucket::over(region.state(), clock), region))
+    Ok((
+        TokenBucket::over(BucketPlace::shared(region.state()), clock),
+        region,
+    ))
 }
 
 /// Changes a shared bucket's rate for every process, and records it in the header. False
 /// when the file was truncated under this process (see `Region::update`).
-pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quota: Quota) -> bool {
+pub fn set_shared_quota(
+    bucket: &TokenBucket,
+    region: &Region<SharedBucketState>,
+    quota: Quota,
+) -> bool {
     region
         .update(|| {
             bucket.set_quota(quota);
@@ -838,7 +845,7 @@ pub fn set_shared_quota(bucket: &TokenBucket, region: &Region<BucketState>, quot
 /// False when the file was truncated under this process (see `Region::update`).
 pub fn set_shared_windows(
     bucket: &TokenBucket,
-    region: &Region<BucketState>,
+    region: &Region<SharedBucketState>,
     quotas: &[Quota],
     reserve: u64,
 ) -> bool {
@@ -1085,7 +1092,7 @@ mod tests {
             .mode(0o600)
             .open(&path)
             .unwrap();
-        file.write_all(&vec![7u8; file_size::<BucketState>()])
+        file.write_all(&vec![7u8; file_size::<SharedBucketState>()])
             .unwrap();
         let err = shared_bucket(&path, quota(3), Clock::Monotonic)
             .err()

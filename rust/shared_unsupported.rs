@@ -14,12 +14,12 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use crate::breaker::{Breaker, BreakerSettings, BreakerState};
-use crate::bucket::{BucketState, Quota, TokenBucket};
+use crate::bucket::{Quota, SharedBucketState, TokenBucket};
 use crate::clock::Clock;
 
 /// A state block that could live in a shared file (none can in this build).
 pub trait Layout: Send + Sync + 'static {}
-impl Layout for BucketState {}
+impl Layout for SharedBucketState {}
 impl Layout for BreakerState {}
 
 /// Why a shared file cannot be used; here, always `Unsupported` (the other variants are the
@@ -107,7 +107,7 @@ pub fn shared_windows(
     _quotas: &[Quota],
     _reserve: u64,
     _clock: Clock,
-) -> Result<(TokenBucket, Region<BucketState>), SharedError> {
+) -> Result<(TokenBucket, Region<SharedBucketState>), SharedError> {
     Err(SharedError::Unsupported {
         path: path.to_owned(),
     })
@@ -115,7 +115,7 @@ pub fn shared_windows(
 
 pub fn set_shared_windows(
     _bucket: &TokenBucket,
-    region: &Region<BucketState>,
+    region: &Region<SharedBucketState>,
     _quotas: &[Quota],
     _reserve: u64,
 ) -> bool {

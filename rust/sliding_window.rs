@@ -107,20 +107,23 @@ struct Log<'a> {
 }
 
 impl<'a> Log<'a> {
-    fn of(window: &Window, log: &'a SlidingLog, high: bool) -> Log<'a> {
+    /// The window's log; None when it has no entries (only a corrupt shared file's
+    /// offset can say so), which then admits nothing and changes nothing.
+    fn of(window: &Window, log: &'a SlidingLog, high: bool) -> Option<Log<'a>> {
         let params = &window.slots[0];
         let size = params.tolerance(true);
-        Log {
+        let entries = log.range(window.slots[1].interval.load(Ordering::Relaxed), size);
+        (!entries.is_empty()).then(|| Log {
             length: params.interval.load(Ordering::Relaxed),
             limit: params.tolerance(high),
-            entries: log.range(window.slots[1].interval.load(Ordering::Relaxed), size),
-        }
+            entries,
+        })
     }
 
     /// The entry of the `unit`-th request ever admitted (the ring wraps at N).
     #[inline(always)]
     fn entry(&self, unit: u64) -> &AtomicU64 {
-        &self.entries[(unit % self.entries.len().max(1) as u64) as usize]
+        &self.entries[(unit % self.entries.len() as u64) as usize]
     }
 
     fn size(&self) -> u64 {
@@ -133,6 +136,9 @@ impl<'a> Log<'a> {
     fn decide(&self, head: u64, cost: u64, now: u64) -> Result<(), Decision> {
         if cost > self.limit || cost > self.size() {
             return Err(Decision::Impossible);
+        }
+        if cost == 0 {
+            return Ok(());
         }
         if let Some(unit) = (head + cost).checked_sub(self.limit + 1) {
             let expiry = self.entry(unit).load(Ordering::Relaxed);
@@ -190,7 +196,9 @@ pub fn take(
     now: u64,
     high: bool,
 ) -> Result<u64, Decision> {
-    let entries = Log::of(window, log, high);
+    let Some(entries) = Log::of(window, log, high) else {
+        return Err(Decision::Impossible);
+    };
     if cost == 0 {
         return Ok(0);
     }
@@ -222,6 +230,7 @@ pub fn peek(
 ) -> Result<u64, Decision> {
     let head = window.word.load(Ordering::Acquire) & HEAD;
     Log::of(window, log, high)
+        .ok_or(Decision::Impossible)?
         .decide(head, cost, now)
         .map(|()| taken_as(head, cost))
 }
@@ -233,7 +242,9 @@ pub fn give_back(window: &Window, log: &SlidingLog, cost: u64, taken: u64) {
     if took == 0 || cost == 0 {
         return;
     }
-    let entries = Log::of(window, log, true);
+    let Some(entries) = Log::of(window, log, true) else {
+        return;
+    };
     let held = hold(window);
     let end = first + took;
     entries.remove(held.head, end - cost.min(took), end);
@@ -241,18 +252,29 @@ pub fn give_back(window: &Window, log: &SlidingLog, cost: u64, taken: u64) {
     held.release(head);
 }
 
-/// Removes the `cost` newest entries (an operator's refund, no take to bound it).
-pub fn refund(window: &Window, log: &SlidingLog, cost: u64) {
-    let entries = Log::of(window, log, true);
+/// Removes `cost` of the oldest entries still in the window (an operator's refund, or a
+/// remote budget's stand-in refunding as its store does: no take to bound it).
+pub fn refund(window: &Window, log: &SlidingLog, cost: u64, now: u64) {
+    let Some(entries) = Log::of(window, log, true) else {
+        return;
+    };
     let held = hold(window);
     let head = held.head;
-    entries.remove(head, head.saturating_sub(cost), head);
+    // The oldest live entries: whoever's they are, they leave the window first (removing
+    // the newest would let a later interval hold more than the limit).
+    let oldest = head.saturating_sub(entries.size());
+    let live = (oldest..head)
+        .find(|unit| entries.entry(*unit).load(Ordering::Relaxed) > now)
+        .unwrap_or(head);
+    entries.remove(head, live, live.saturating_add(cost).min(head));
     held.release(head);
 }
 
 /// Appends `cost` entries whatever the limit: the call already happened.
 pub fn charge(window: &Window, log: &SlidingLog, cost: u64, now: u64) {
-    let entries = Log::of(window, log, true);
+    let Some(entries) = Log::of(window, log, true) else {
+        return;
+    };
     let held = hold(window);
     let end = entries.append(held.head, cost, now);
     held.release(end);
@@ -261,7 +283,9 @@ pub fn charge(window: &Window, log: &SlidingLog, cost: u64, now: u64) {
 /// Makes exactly `used` requests count as admitted now (what the exchange reports): the
 /// log is rewritten, `used` entries expiring one length from now, the rest expired.
 pub fn sync(window: &Window, log: &SlidingLog, used: u64, now: u64) {
-    let entries = Log::of(window, log, true);
+    let Some(entries) = Log::of(window, log, true) else {
+        return;
+    };
     let held = hold(window);
     let size = entries.size();
     let head = held.head;
@@ -274,7 +298,9 @@ pub fn sync(window: &Window, log: &SlidingLog, used: u64, now: u64) {
 
 /// Empties the log (an operator's reset).
 pub fn refill(window: &Window, log: &SlidingLog) {
-    let entries = Log::of(window, log, true);
+    let Some(entries) = Log::of(window, log, true) else {
+        return;
+    };
     let held = hold(window);
     for entry in entries.entries {
         entry.store(0, Ordering::Relaxed);
@@ -286,7 +312,9 @@ pub fn refill(window: &Window, log: &SlidingLog) {
 /// Requests the window admits now (the reserve included): its limit less the entries
 /// that have not expired.
 pub fn tokens_at(window: &Window, log: &SlidingLog, now: u64) -> f64 {
-    let entries = Log::of(window, log, true);
+    let Some(entries) = Log::of(window, log, true) else {
+        return 0.0;
+    };
     let live = entries
         .entries
         .iter()
@@ -297,7 +325,7 @@ pub fn tokens_at(window: &Window, log: &SlidingLog, now: u64) -> f64 {
 
 #[cfg(all(test, not(loom)))]
 mod tests {
-    use crate::bucket::tests::admitted_by_eight_threads;
+    use crate::bucket::tests::{admitted_by_eight_threads, advances_and_costs, outcome};
     use crate::bucket::{check_windows, Decision, Kind, Quota, TokenBucket, WindowsError};
     use crate::clock::{Clock, ManualClock, NANOS_PER_SECOND};
     use proptest::prelude::*;
@@ -338,6 +366,35 @@ mod tests {
             bucket.try_acquire(1),
             Decision::Rejected { wait: SECOND - 2 }
         );
+    }
+
+    #[test]
+    fn only_a_bucket_with_a_sliding_window_makes_a_log() {
+        let clock = Clock::Manual(ManualClock::new(SECOND));
+        let gcra = TokenBucket::new(Quota::per_window(5, SECOND, 5).unwrap(), clock.clone());
+        let fixed = Quota::counted(Kind::Fixed, 5, SECOND).unwrap();
+        let fixed = TokenBucket::new(fixed, clock);
+        assert_eq!(gcra.try_acquire(1), Decision::Admitted);
+        assert_eq!(fixed.try_acquire(1), Decision::Admitted);
+        assert!(!gcra.log_made() && !fixed.log_made());
+        assert!(sliding(5, SECOND).0.log_made());
+    }
+
+    #[test]
+    fn a_bucket_switched_to_a_sliding_window_makes_its_log_and_every_view_counts_in_it() {
+        let clock = ManualClock::new(1_000 * SECOND);
+        let quota = Quota::per_window(5, SECOND, 5).unwrap();
+        let bucket = TokenBucket::new(quota, Clock::Manual(clock.clone()));
+        let view = TokenBucket::over(bucket.state_place(), Clock::Manual(clock.clone()));
+        let slide = Quota::counted(Kind::Sliding, 2, SECOND).unwrap();
+        bucket.set_windows(&[quota, slide], 0);
+        assert!(view.log_made());
+        assert_eq!(view.try_acquire(1), Decision::Admitted);
+        clock.advance(SECOND / 2);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(view.try_acquire(1), Decision::Rejected { wait: SECOND / 2 });
+        clock.advance(SECOND / 2);
+        assert_eq!(view.try_acquire(1), Decision::Admitted);
     }
 
     #[test]
@@ -392,6 +449,54 @@ mod tests {
     }
 
     #[test]
+    fn a_sliding_window_whose_log_offset_is_corrupt_refuses_and_never_panics() {
+        let (bucket, _clock) = sliding(5, SECOND);
+        let state = bucket.state_place();
+        let window = state.window_for_tests(0);
+        window.slots[1]
+            .interval
+            .store(u64::MAX, std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(bucket.try_acquire(1), Decision::Impossible);
+        bucket.adjust(2, true);
+        bucket.adjust(2, false);
+        bucket.sync(0, 3);
+        bucket.refill();
+        assert_eq!(bucket.window_tokens(), vec![0.0]);
+        assert_eq!(bucket.wait_time(1), None);
+    }
+
+    #[test]
+    fn a_refund_without_a_take_removes_the_oldest_live_entries_never_letting_more_in() {
+        // 2 per second: one at t, one at t + 0.9 s, then a refund of 1. At t + 1 s the
+        // entry of t + 0.9 s still counts: one more fits, not two (3 in 0.9 s to 1.9 s).
+        let (bucket, clock) = sliding(2, SECOND);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        clock.advance(SECOND * 9 / 10);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        bucket.adjust(1, false);
+        assert_eq!(bucket.window_tokens(), vec![1.0]);
+        clock.advance(SECOND / 10);
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        assert_eq!(
+            bucket.try_acquire(1),
+            Decision::Rejected {
+                wait: SECOND * 9 / 10
+            }
+        );
+    }
+
+    #[test]
+    fn a_cost_of_zero_always_fits_and_changes_nothing() {
+        let (bucket, _clock) = sliding(2, SECOND);
+        assert_eq!(bucket.try_acquire(2), Decision::Admitted);
+        for _ in 0..5 {
+            assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND });
+            assert_eq!(bucket.wait_time(0), Some(0));
+            assert_eq!(bucket.try_acquire(0), Decision::Admitted);
+        }
+    }
+
+    #[test]
     fn a_window_whose_holder_died_inside_is_taken_over_and_counts_on() {
         let (bucket, _clock) = sliding(2, SECOND);
         let state = bucket.state_place();
@@ -409,7 +514,7 @@ mod tests {
         fn a_sliding_window_agrees_with_a_plain_log_of_admission_times(
             max in 1u64..20,
             length_ms in 1u64..2_000,
-            ops in proptest::collection::vec((0u64..1_500_000_000, 1u64..4), 1..200),
+            ops in advances_and_costs(),
         ) {
             let length = length_ms * 1_000_000;
             let (bucket, clock) = sliding(max, length);
@@ -419,11 +524,7 @@ mod tests {
                 let now = clock.now();
                 let live = admitted.iter().filter(|t| **t + length > now).count() as u64;
                 let expected = if cost > max { None } else { Some(live + cost <= max) };
-                let actual = match bucket.try_acquire(cost) {
-                    Decision::Admitted => Some(true),
-                    Decision::Rejected { .. } => Some(false),
-                    Decision::Impossible => None,
-                };
+                let actual = outcome(bucket.try_acquire(cost));
                 prop_assert_eq!(actual, expected);
                 if actual == Some(true) {
                     admitted.extend(std::iter::repeat_n(now, cost as usize));

@@ -42,7 +42,7 @@ def acquire_many(budget: int, shared_dir: str, start: Any, per_thread: int, resu
 def call_many(shared_dir: str, start: Any, per_thread: int, results: Any) -> None:
     """Two threads calling a function guarded by the shared breaker "stress", one call in
     three failing (the threshold is out of reach: every call runs and is counted)."""
-    breaker = CircuitBreaker(10**9, 3600.0, "stress", backend="shared", shared_dir=shared_dir)
+    breaker = CircuitBreaker(16_777_215, 3600.0, "stress", backend="shared", shared_dir=shared_dir)
 
     @breaker.call
     def sometimes(i: int) -> int:

@@ -51,6 +51,20 @@ def test_each_request_takes_ccxts_cost_as_weight_and_the_reply_sets_the_budget(
     assert limiter.get_stats()["allowed"] == 1
 
 
+def test_an_exchange_installed_on_an_endpoint_feeds_that_endpoints_budget(
+    server: FakeExchange,
+) -> None:
+    limiter = RateLimiter(limits=["6000/1m"], name="ccxt-endpoint")
+    limiter.add_endpoint("binance-spot", windows=["6000/1m"])
+    exchange = install(
+        binance(server), limiter, weight_per_cost=BINANCE_SPOT, endpoint="binance-spot"
+    )
+    exchange.fetch_time()  # type: ignore[attr-defined]
+    spot = round(limiter.get_stats("binance-spot")["tokens_available"])
+    assert 6000 - 5001 <= spot < 6000 - 5001 + 100  # the reply's count, on that budget
+    assert tokens(limiter) == 6000  # the limiter's own budget untouched
+
+
 def test_a_429_pauses_the_budget_and_later_requests_are_not_sent(server: FakeExchange) -> None:
     limiter = RateLimiter(limits=["6000/1m"], name="ccxt-429")
     exchange = install(binance(server), limiter, weight_per_cost=BINANCE_SPOT, timeout=0.2)

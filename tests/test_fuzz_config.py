@@ -346,7 +346,6 @@ valid_values: dict[str, st.SearchStrategy[Any]] = {
     "metrics_enabled": st.booleans(),
     "fail_safe_defaults": st.booleans(),
     "circuit_breaker_backend": st.sampled_from(["memory", "shared"]),
-    "bulkhead_backend": st.sampled_from(["memory", "shared"]),
     "rate_limit_backend": st.sampled_from(["memory", "shared"]),
     "redis_url": st.text(min_size=1, max_size=30),
     "redis_sentinels": st.lists(

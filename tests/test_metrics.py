@@ -263,11 +263,11 @@ def test_reported_label_values_past_the_bound_fold_into_other() -> None:
     for name in reported:
         own.record_rate_limit_hit(name, "x")
     summary = own.get_summary()
-    buckets = {(n, e) for n, endpoints in summary["rate_limiters"].items() for e in endpoints}
-    # The bound covers the live limiters of other tests too: two buckets, and "other".
-    assert len(buckets) == 3 and ("other", "other") in buckets
-    assert not {(name, "x") for name in reported[2:]} & buckets
-    assert summary["rate_limiters"]["other"]["other"]["requests"] >= 2
+    limiters = summary["rate_limiters"]
+    # The bound covers the live limiters of other tests too: two names, and "other".
+    assert len(limiters) == 3 and "other" in limiters
+    assert not set(reported[2:]) & set(limiters)
+    assert sum(bucket["requests"] for bucket in limiters["other"].values()) >= 2
     assert summary["folded_label_values"]["rate_limit_hits"] >= 2
 
 

@@ -202,40 +202,61 @@ def test_a_sliding_window_never_admits_more_than_n_in_any_interval_of_its_length
 # --- exact under threads and processes ------------------------------------------------------
 
 
-@pytest.mark.parametrize("spec", ["1000/1h fixed", "100/1h sliding"])
-def test_eight_threads_admit_exactly_the_count(spec: str) -> None:
-    limiter = RateLimiter(limits=[spec], clock=ManualClock(MINUTE_START))
+def admitted_by_eight_threads(limiter: RateLimiter, attempts: int) -> int:
+    """What 8 threads, started at once, admit between them in ``attempts`` tries each."""
     admitted = [0] * 8
     start = threading.Barrier(8)
 
     def take(i: int) -> None:
         start.wait()
-        admitted[i] = burst(limiter, 2_000)
+        admitted[i] = burst(limiter, attempts)
 
     threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sum(admitted) == int(spec.split("/")[0])
+    return sum(admitted)
 
 
-@pytest.mark.shared_backend
+@pytest.mark.parametrize(("spec", "count"), [("1000/1h fixed", 1000), ("100/1h sliding", 100)])
+def test_eight_threads_admit_exactly_the_count(spec: str, count: int) -> None:
+    limiter = RateLimiter(limits=[spec], clock=ManualClock(MINUTE_START))
+    assert admitted_by_eight_threads(limiter, 2_000) == count
+
+
+@pytest.mark.parametrize("spec", ["40/1h fixed", "40/1h sliding"])
+def test_eight_threads_admit_exactly_the_count_on_every_backend(
+    spec: str, make_limiter: Callable[..., RateLimiter]
+) -> None:
+    assert admitted_by_eight_threads(make_limiter(limits=[spec]), 10) == 40
+
+
 @pytest.mark.parametrize("spec", ["25/1d fixed", "25/1h sliding"])
-def test_four_processes_admit_exactly_the_count(spec: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "where", [pytest.param("shared", marks=pytest.mark.shared_backend), "redis"]
+)
+def test_four_processes_admit_exactly_the_count(
+    spec: str, where: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
     import backend_workers as workers
     from multiprocessing_helpers import CONTEXT, run_all
 
-    shared = {"backend": "shared", "shared_dir": str(tmp_path / "shm")}
+    backend = {"backend": where}
+    if where == "shared":
+        backend["shared_dir"] = str(tmp_path / "shm")
+    else:
+        backend["redis_url"] = request.getfixturevalue("redis_url")
     start = CONTEXT.Barrier(5)
     reports = run_all(
         workers.take_all_windows,
-        [("binance", [spec], shared, start, 40) for _ in range(4)],
+        [("binance", [spec], backend, start, 40) for _ in range(4)],
         start,
     )
     assert sum(reports) == 25
 
 
+@pytest.mark.shared_backend
 def test_processes_counting_a_window_another_way_are_refused_a_shared_budget(
     tmp_path: Path,
 ) -> None:
@@ -261,6 +282,21 @@ def test_settling_for_less_refunds_and_cancelling_refunds_all(
     assert second is not None
     second.cancel()
     assert tokens(limiter) == [18]
+
+
+def test_a_sliding_refund_never_lets_a_later_interval_hold_more_than_the_limit(
+    make_limiter: Callable[..., RateLimiter],
+) -> None:
+    clock = ManualClock(MINUTE_START)
+    limiter = make_limiter(limits=["2/1s sliding"], clock=clock)
+    reservation = limiter.reserve(1)
+    assert reservation is not None
+    clock.advance(0.9)
+    assert limiter.acquire()
+    reservation.settle(0)
+    clock.advance(0.1)
+    # The call at 0.9 s still counts until 1.9 s: one more fits, not two.
+    assert [limiter.acquire(), limiter.acquire()] == [True, False]
 
 
 @pytest.mark.parametrize("kind", ["fixed", "sliding"])
@@ -321,3 +357,20 @@ def test_a_config_budget_may_mix_kinds(fresh: ManualClock, write_config: Any) ->
     limiter = create_module_rate_limiter("binance", "orders")
     assert limiter.default_bucket.window_kinds == ["fixed", "sliding"]
     assert burst(limiter, 20) == 10
+
+
+def test_a_guarded_call_on_redis_is_admitted_by_every_kind_in_one_script(redis_url: str) -> None:
+    from peak_resilience import CircuitBreaker
+    from peak_resilience._guard import guard
+    from peak_resilience.errors import RateLimitExceeded
+
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(3, 60, "venue", **on_redis)
+    limiter = RateLimiter(limits=["5/1d fixed", "1/1h sliding"], name="venue", **on_redis)
+    order = guard(lambda: "filled", breaker=breaker, limiter=limiter)
+    assert order() == "filled"
+    with pytest.raises(RateLimitExceeded) as refused:
+        order()
+    # Redis' own clock: the sliding window's request leaves it an hour after it came.
+    assert refused.value.retry_after == pytest.approx(3600, abs=5)
+    assert tokens(limiter) == [4, 0]

@@ -113,14 +113,19 @@ def test_a_reservation_on_an_endpoint_draws_on_its_bucket(clock: ManualClock) ->
     assert limiter.acquire()
 
 
-@pytest.mark.parametrize("backend", ["memory", "shared"])
+@pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
 def test_a_late_settlement_gives_back_nothing_once_others_took_the_refilled_budget(
-    backend: str, clock: ManualClock, tmp_path: Path
+    backend: str, clock: ManualClock, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # 10/s, burst 10: reserve 10; 2 s later (refilled) others take all 10; settling for 2
     # must not let 8 more calls through (18 at one instant with a burst of 10).
-    shared = {"shared_dir": str(tmp_path)} if backend == "shared" else {}
-    limiter = RateLimiter(10, 1, clock=clock, backend=backend, name="late", **shared)
+    where: dict[str, str] = {}
+    if backend == "shared":
+        where["shared_dir"] = str(tmp_path)
+    elif backend == "redis":
+        where["redis_url"] = request.getfixturevalue("redis_url")
+    name = f"late-{tmp_path.name}"
+    limiter = RateLimiter(10, 1, clock=clock, backend=backend, name=name, **where)
     reservation = limiter.reserve(10)
     assert reservation is not None
     clock.advance(2)
@@ -132,3 +137,30 @@ def test_a_late_settlement_gives_back_nothing_once_others_took_the_refilled_budg
     assert reservation_b is not None
     reservation_b.cancel()  # at once: the whole estimate is still owed, all of it back
     assert sum(limiter.acquire() for _ in range(10)) == 5
+
+
+@pytest.mark.parametrize("backend", ["memory", "shared", "redis"])
+def test_a_fixed_window_reservation_gives_back_within_its_minute_and_nothing_after(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    clock = ManualClock(1_699_956_000)  # a minute's start, in epoch seconds
+    where: dict[str, str] = {}
+    if backend == "shared":
+        where["shared_dir"] = str(tmp_path)
+    elif backend == "redis":
+        where["redis_url"] = request.getfixturevalue("redis_url")
+    limiter = RateLimiter(
+        limits=["5/1m fixed"], clock=clock, backend=backend, name=f"fixed-{tmp_path.name}", **where
+    )
+    early = limiter.reserve(5)
+    assert early is not None
+    early.settle(2)  # within its minute: 3 back
+    assert sum(limiter.acquire() for _ in range(5)) == 3
+    clock.advance(60)  # the next minute: 5 again
+    assert limiter.acquire(cost=4)
+    early_next = limiter.reserve(1)
+    assert early_next is not None
+    clock.advance(60)  # that minute is over: a settlement now owes nothing back
+    assert limiter.acquire(cost=5)
+    early_next.cancel()
+    assert not limiter.acquire()

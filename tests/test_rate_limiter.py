@@ -48,6 +48,20 @@ def test_an_endpoint_never_added_draws_on_the_default_bucket(clock: ManualClock)
     assert sum(limiter.acquire() for _ in range(5)) == 2
 
 
+def test_a_limiter_without_endpoints_lists_none_removes_none_then_adds_one(
+    clock: ManualClock,
+) -> None:
+    limiter = RateLimiter(max_requests=5, window_seconds=1, clock=clock)
+    assert limiter.endpoint_buckets() == {}
+    assert limiter.remove_endpoint("orders") is None
+    assert limiter.bucket_for("orders") is limiter.default_bucket
+    limiter.add_endpoint("orders", 1, 1)
+    assert list(limiter.endpoint_buckets()) == ["orders"]
+    assert limiter.acquire("orders") and not limiter.acquire("orders")
+    assert limiter.remove_endpoint("orders") is not None
+    assert limiter.endpoint_buckets() == {}
+
+
 def test_a_request_weight_takes_that_many_tokens(clock: ManualClock) -> None:
     limiter = RateLimiter(max_requests=10, window_seconds=1, clock=clock)
     assert limiter.acquire(cost=4) is True

@@ -14,7 +14,7 @@ import pytest
 from stress import scaled
 
 from peak_resilience import _instances
-from peak_resilience.config import MAX_FAILURE_THRESHOLD, configure
+from peak_resilience.config import configure
 from peak_resilience.errors import CircuitBreakerError, RateLimitExceeded
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
@@ -67,7 +67,7 @@ def test_one_limiter_admits_exactly_its_budget_to_eight_threads_of_100k() -> Non
 @pytest.mark.slow
 def test_one_breaker_counts_every_outcome_of_eight_threads_of_100k() -> None:
     per_thread = scaled(FULL)
-    breaker = CircuitBreaker(failure_threshold=MAX_FAILURE_THRESHOLD, clock=ManualClock())
+    breaker = CircuitBreaker(failure_threshold=16_777_215, clock=ManualClock())
 
     @breaker.call
     def sometimes(i: int) -> int:
@@ -158,7 +158,7 @@ def run_decorated(per_thread: int, threshold: int) -> None:
 def test_a_decorated_function_accounts_for_every_call_of_eight_threads(
     decorated_under_load: None,
 ) -> None:
-    run_decorated(5_000, threshold=MAX_FAILURE_THRESHOLD)
+    run_decorated(5_000, threshold=16_777_215)
 
 
 def test_a_decorated_function_whose_breaker_trips_under_load_still_accounts_for_all(
@@ -173,4 +173,4 @@ def test_a_decorated_function_whose_breaker_trips_under_load_still_accounts_for_
 def test_a_decorated_function_accounts_for_every_call_of_eight_threads_of_100k(
     decorated_under_load: None,
 ) -> None:
-    run_decorated(scaled(FULL), threshold=MAX_FAILURE_THRESHOLD)
+    run_decorated(scaled(FULL), threshold=16_777_215)

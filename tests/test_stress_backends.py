@@ -95,7 +95,7 @@ def test_four_processes_of_two_threads_lose_no_count_on_one_shared_breaker(
     )
     outcomes = sum((Counter(r) for r in reports), Counter())
 
-    breaker = CircuitBreaker(10**9, 3600.0, "stress", backend="shared", shared_dir=shared_dir)
+    breaker = CircuitBreaker(16_777_215, 3600.0, "stress", backend="shared", shared_dir=shared_dir)
     assert outcomes["succeeded"] + outcomes["failed"] == (
         PROCESSES * workers.THREADS_PER_PROCESS * per_thread
     )

@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
-from peak_resilience.config import MAX_FAILURE_THRESHOLD
 from peak_resilience.rate_limiter import RateLimiter
 from peak_resilience.resilience import CircuitBreaker, CircuitState
 from peak_resilience.testing import ManualClock
@@ -61,7 +60,7 @@ def test_a_budget_of_k_admits_exactly_k_across_eight_threads(switch_interval: No
 
 
 def test_breaker_counters_lose_no_update_across_eight_threads(switch_interval: None) -> None:
-    breaker = CircuitBreaker(failure_threshold=MAX_FAILURE_THRESHOLD, clock=ManualClock())
+    breaker = CircuitBreaker(failure_threshold=16_777_215, clock=ManualClock())
     per_thread = 5_000
 
     @breaker.call

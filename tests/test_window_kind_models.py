@@ -38,8 +38,14 @@ class ReferenceWindow:
         self.admitted += [now] * cost
         return True
 
-    def give_back(self, cost: int) -> None:
-        del self.admitted[len(self.admitted) - cost :]
+    def give_back(self, cost: int, now: int, oldest: bool) -> None:
+        """Removes the take's own ``cost`` entries (the newest, as the take was just made),
+        or the ``cost`` oldest live ones (Redis' sliding window: no record of whose)."""
+        if not oldest:
+            del self.admitted[len(self.admitted) - cost :]
+            return
+        live = [i for i, t in enumerate(self.admitted) if t + self.length > now][:cost]
+        self.admitted = [t for i, t in enumerate(self.admitted) if i not in live]
 
     def sync(self, now: int, used: int) -> None:
         if self.kind == "fixed":
@@ -84,7 +90,8 @@ class KindMachine(RuleBasedStateMachine):
         assert (reservation is not None) is self.model.take(self.now, cost)
         if reservation is not None:
             reservation.settle(actual)
-            self.model.give_back(cost - actual)
+            oldest = self.engine.backend == "redis" and self.model.kind == "sliding"
+            self.model.give_back(cost - actual, self.now, oldest)
 
     @rule(data=st.data())
     def sync(self, data: st.DataObject) -> None:

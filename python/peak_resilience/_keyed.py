@@ -41,13 +41,15 @@ class RateLimiter(Protocol):
 
 #: Keys a limiter keeps at most unless told otherwise.
 DEFAULT_MAX_KEYS = 10_000
+#: ``checked_bounds`` of the defaults: what most limiters share rather than a tuple each.
+DEFAULT_BOUNDS: tuple[int, float | None] = (DEFAULT_MAX_KEYS, None)
 #: Before a key in its endpoint's name: keys never meet the endpoints added by name.
 KEY_PREFIX = "key:"
 #: How often forgetting a busy key is logged.
 _WARN_INTERVAL = 60.0
 
 
-def _checked_bounds(max_keys: object, idle_after: object) -> tuple[int, float | None]:
+def checked_bounds(max_keys: object, idle_after: object) -> tuple[int, float | None]:
     if isinstance(max_keys, bool) or not isinstance(max_keys, int) or max_keys < 1:
         raise ValueError(f"max_keys must be a positive int, got {max_keys!r}")
     if idle_after is None:
@@ -71,7 +73,7 @@ class Keys:
         idle_after: object = None,
         now: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.max_keys, self._idle_after = _checked_bounds(max_keys, idle_after)
+        self.max_keys, self._idle_after = checked_bounds(max_keys, idle_after)
         #: The limiter's clock (its ManualClock in tests).
         self._now = now
         #: key -> when it was last used

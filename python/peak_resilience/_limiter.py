@@ -30,6 +30,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar, cast
@@ -40,8 +41,14 @@ from peak_resilience._backends.place import place
 from peak_resilience._backends.redis import awaited
 from peak_resilience._bucket_series import DEFAULT_ENDPOINT
 from peak_resilience._bucket_series import series as bucket_series
-from peak_resilience._events import Listener, Listeners, watch_outages
-from peak_resilience._keyed import DEFAULT_MAX_KEYS, KeyBudget, Keys
+from peak_resilience._events import NO_LISTENERS, Listener, Listeners, watch_outages
+from peak_resilience._keyed import (
+    DEFAULT_BOUNDS,
+    DEFAULT_MAX_KEYS,
+    KeyBudget,
+    Keys,
+    checked_bounds,
+)
 from peak_resilience._labels import label_value
 from peak_resilience._logging import limiter_log as logger
 from peak_resilience._native import ManualClock, TokenBucket
@@ -58,6 +65,8 @@ from peak_resilience._windows import (
 )
 
 T = TypeVar("T")
+#: Held while a limiter makes its key table (once per limiter that has keys).
+_making_keys = threading.Lock()
 
 __all__ = ["RateLimiter"]
 
@@ -160,7 +169,20 @@ class RateLimiter(_NativeLimiter):
     ``observe(status, headers)`` applies an exchange's reply to the budget.
     """
 
-    backend: choice.Backend = "memory"
+    # No instance dict, and no key table or listeners until one is used: a process may
+    # hold 100,000 limiters (one per symbol), each a few hundred bytes (issue 19).
+    __slots__ = (
+        "_clock",
+        "_keeps_counts",
+        "_key_bounds",
+        "_keys",
+        "_listeners",
+        "_observer",
+        "backend",
+    )
+
+    backend: choice.Backend
+    _keys: Keys | None
 
     def __new__(
         cls,
@@ -227,14 +249,16 @@ class RateLimiter(_NativeLimiter):
         # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
         self.backend = backend
-        self._listeners = Listeners()
+        self._listeners = NO_LISTENERS
         watch_outages(self, "limiter")
         _instances.limiters.add(self)
         # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
         # re-creates: its series may simply go with it.
         self._keeps_counts = name is not None
         self._observer: Observer | None = None
-        self._keys = Keys(max_keys, key_idle_after, time.monotonic if clock is None else clock.now)
+        bounds = checked_bounds(max_keys, key_idle_after)
+        self._key_bounds = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
+        self._keys = None  # made by the first for_key (most limiters have no keys)
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -248,6 +272,8 @@ class RateLimiter(_NativeLimiter):
         ``CallRefused`` of a call it guards (``with_resilience(...,
         use_rate_limiter=True)``) and its Redis' ``BackendOutage``. A listener that
         raises is logged and skipped, never reaching the call."""
+        if self._listeners is NO_LISTENERS:
+            self._listeners = Listeners()
         self._listeners.add(listener)
 
     def remove_listener(self, listener: Listener) -> None:
@@ -411,8 +437,19 @@ class RateLimiter(_NativeLimiter):
         limiter's windows, made on first use, on this limiter's backend. At most
         ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
         keys = self._keys
+        if keys is None:
+            keys = self._key_table()
         known = isinstance(key, str) and key in keys  # a known key was checked already
         return KeyBudget(self, keys, key if known else label_value(key, "key"))
+
+    def _key_table(self) -> Keys:
+        """The key budgets, made by the first ``for_key``; under a lock, so that the first
+        calls of two threads share one table."""
+        with _making_keys:
+            if self._keys is None:
+                now = time.monotonic if self._clock is None else self._clock.now
+                self._keys = Keys(*self._key_bounds, now)
+            return self._keys
 
     def remove_endpoint(self, name: str) -> TokenBucket | None:
         """Drops the bucket of endpoint ``name`` and returns it (None if there was none):

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 
 use crate::bucket::Decision;
@@ -35,8 +36,9 @@ static LIMITER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 pub struct PyRateLimiter {
     pub name: Py<PyString>,
     default: Py<PyTokenBucket>,
-    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash.
-    endpoints: Py<PyDict>,
+    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash;
+    /// made by the first `add_endpoint` (most limiters have none: issue 19).
+    endpoints: PyOnceLock<Py<PyDict>>,
     pub clock: Clock,
     /// The directory the buckets' shared files are in, or None.
     shared_dir: Option<PathBuf>,
@@ -51,8 +53,8 @@ impl PyRateLimiter {
         py: Python<'py>,
         endpoint: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTokenBucket>> {
-        if let Some(endpoint) = endpoint {
-            if let Some(found) = self.endpoints.bind(py).get_item(endpoint)? {
+        if let (Some(endpoint), Some(endpoints)) = (endpoint, self.endpoints.get(py)) {
+            if let Some(found) = endpoints.bind(py).get_item(endpoint)? {
                 return Ok(found.cast_into::<PyTokenBucket>()?);
             }
         }
@@ -140,7 +142,7 @@ impl PyRateLimiter {
         Ok(PyRateLimiter {
             name,
             default: Py::new(py, default)?,
-            endpoints: PyDict::new(py).unbind(),
+            endpoints: PyOnceLock::new(),
             clock,
             shared_dir,
             store,
@@ -228,7 +230,10 @@ impl PyRateLimiter {
                  choose another name",
             ));
         }
-        let endpoints = self.endpoints.bind(py);
+        let endpoints = self
+            .endpoints
+            .get_or_init(py, || PyDict::new(py).unbind())
+            .bind(py);
         if let Some(existing) = endpoints.get_item(name)? {
             return existing.cast::<PyTokenBucket>()?.get().set_windows(
                 py,
@@ -271,10 +276,10 @@ impl PyRateLimiter {
         name: &Bound<'py, PyAny>,
     ) -> PyResult<Option<Bound<'py, PyTokenBucket>>> {
         // pop: atomic under the GIL, so two threads removing the same endpoint get one bucket.
-        let removed = self
-            .endpoints
-            .bind(py)
-            .call_method1("pop", (name, py.None()))?;
+        let Some(endpoints) = self.endpoints.get(py) else {
+            return Ok(None);
+        };
+        let removed = endpoints.bind(py).call_method1("pop", (name, py.None()))?;
         if removed.is_none() {
             return Ok(None);
         }
@@ -299,7 +304,10 @@ impl PyRateLimiter {
 
     /// The added endpoints and their buckets, as a new dict.
     fn endpoint_buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        self.endpoints.bind(py).copy()
+        match self.endpoints.get(py) {
+            Some(endpoints) => endpoints.bind(py).copy(),
+            None => Ok(PyDict::new(py)),
+        }
     }
 
     #[getter]

@@ -21,7 +21,9 @@
 //! A bucket's store: `configure([(interval, burst), ...], reserve)`, `take(cost, high) ->
 //! (admitted, wait)`, `peek(cost, high) -> (wait, allowed, rejected, paused, [available
 //! per window])` (available: ns of tokens, as `interval * tokens`), `adjust(amount,
-//! charge)`, `sync(window, used)`, `pause(nanos)` (0 lifts it). A limiter's store makes
+//! charge)`, `reserve(cost, high) -> (admitted, wait, [record per window])` (a take that
+//! says what it left), `give_back(amount, records)` (a refund of that take, no more than
+//! it still owes), `sync(window, used)`, `pause(nanos)` (0 lifts it). A limiter's store makes
 //! one per bucket: `bucket(endpoint)` (None: the default bucket).
 //!
 //! Both have `retry_interval` (seconds until an unreachable store is tried again) and
@@ -32,7 +34,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyList, PyTuple};
 
 use crate::breaker::{BreakerSettings, Transition};
-use crate::bucket::{Decision, Quota};
+use crate::bucket::{Decision, Quota, Taken, MAX_WINDOWS};
 use crate::clock::seconds_to_nanos;
 use crate::remote::OnBackendError;
 
@@ -296,6 +298,37 @@ impl Store {
             paused,
             tokens,
         }))
+    }
+
+    /// A take of `cost` that also returns the store's record of what it left in each
+    /// window (never all zero), for `give_back`.
+    pub fn reserve(
+        &self,
+        py: Python<'_>,
+        cost: u64,
+        high: bool,
+    ) -> PyResult<Option<(Decision, Taken)>> {
+        let Some(reply) = self.call(py, intern!(py, "reserve"), (cost, high))? else {
+            return Ok(None);
+        };
+        let (admitted, wait, records): (bool, u64, Vec<u64>) = reply.extract()?;
+        let mut taken: Taken = [0; MAX_WINDOWS];
+        for (slot, record) in taken.iter_mut().zip(records) {
+            *slot = record;
+        }
+        Ok(Some((decision(admitted, wait), taken)))
+    }
+
+    /// Refunds `amount` tokens of the reservation whose take left `taken`; None when
+    /// unreachable. Never raises, like `adjust`.
+    pub fn give_back(&self, py: Python<'_>, amount: u64, taken: &Taken) -> Option<()> {
+        match self.call(py, intern!(py, "give_back"), (amount, taken.to_vec())) {
+            Ok(reply) => reply.map(|_| ()),
+            Err(err) => {
+                report_unraisable(py, err, self.object.bind(py));
+                None
+            }
+        }
     }
 
     /// Charges (forced) or refunds `amount` tokens; None when unreachable. Never raises,

@@ -8,7 +8,7 @@ use std::sync::Mutex;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::bucket::{BucketState, Decision, Kind, Taken, TokenBucket, MAX_WINDOWS};
+use crate::bucket::{Decision, Kind, SharedBucketState, Taken, TokenBucket, MAX_WINDOWS};
 use crate::clock::{duration_label, nanos_to_seconds, Clock};
 use crate::remote::OnBackendError;
 use crate::shared::{self, Region};
@@ -36,7 +36,7 @@ pub struct PyTokenBucket {
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
     /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
-    shared: Option<Box<Region<BucketState>>>,
+    shared: Option<Box<Region<SharedBucketState>>>,
     /// Every window as given (max_requests, window ns), the first first. Never read per call.
     limits: Mutex<Vec<(u64, u64)>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
@@ -116,15 +116,30 @@ impl PyTokenBucket {
     }
 
     /// `decide_lane` for a reservation: also what the take left in each window, which
-    /// bounds its refund (`give_back`). A disabled or remote budget keeps none.
+    /// bounds its refund (`give_back`): the core's, or the remote store's record. A
+    /// disabled budget keeps none, nor a take decided while the store was unreachable.
     pub fn reserve_lane(
         &self,
         py: Python<'_>,
         cost: u64,
         high: bool,
     ) -> PyResult<(Decision, Taken)> {
-        if !self.enabled.load(Ordering::Relaxed) || self.remote.is_some() {
-            return Ok((self.decide_lane(py, cost, high)?, [0; MAX_WINDOWS]));
+        if !self.enabled.load(Ordering::Relaxed) {
+            return Ok((Decision::Admitted, [0; MAX_WINDOWS]));
+        }
+        if let Some(store) = &self.remote {
+            if self.core.wait_time_lane(cost, high).is_none() {
+                return Ok((Decision::Impossible, [0; MAX_WINDOWS]));
+            }
+            // The store unreachable: the policy decides, as for an acquire, and no record.
+            let decision = match store.reserve(py, cost, high)? {
+                Some((decision, taken)) => return Ok((self.tally(decision), taken)),
+                None => match store.policy.decision(store.retry(py)) {
+                    Some(decision) => self.tally(decision),
+                    None => self.core.acquire_at(cost, self.core.clock().now(), high),
+                },
+            };
+            return Ok((decision, [0; MAX_WINDOWS]));
         }
         let now = self.core.clock().now();
         Ok(match self.core.reserve_at(cost, now, high) {
@@ -134,10 +149,19 @@ impl PyTokenBucket {
     }
 
     /// Refunds `cost` tokens of a reservation whose take left `taken`: no more than it
-    /// still owes in each window. A remote budget's store refunds it as `adjust` does.
+    /// still owes in each window, in the core or in the remote store (which bounds it by
+    /// its own record; a take without one is refunded as `adjust` does).
     pub fn give_back(&self, py: Python<'_>, cost: u64, taken: &Taken) {
-        if self.remote.is_some() {
-            self.adjust(py, cost, false);
+        if let Some(store) = &self.remote {
+            // A take recorded by the store: its refund bounded there. Without a record (the
+            // store was unreachable when it was taken) a plain refund, as `adjust` makes.
+            if taken.iter().all(|&record| record == 0) {
+                self.adjust(py, cost, false);
+            } else if store.give_back(py, cost, taken).is_none()
+                && store.policy == OnBackendError::Local
+            {
+                self.core.adjust(cost, false);
+            }
         } else {
             self.core.give_back(cost, taken);
         }

@@ -1,5 +1,6 @@
-"""The cardinality bound over the names of constructed objects (breakers, limiters'
-buckets, bulkheads), applied when a scrape reads them.
+"""The cardinality bound over the names of constructed objects (breakers, limiters,
+bulkheads), applied when a scrape reads them (a limiter's endpoints and keys are bounded
+where they are made, see ``_bucket_series``).
 
 A process that makes a breaker per symbol may hold 100,000 of them: exported one series
 each, a scrape grows with the objects rather than with what it tells. Each group of
@@ -88,8 +89,8 @@ def same(value: Any) -> Any:
 
 
 class ObjectNames:
-    """The bounds of a ``Metrics``: breaker names, limiters' (limiter, endpoint) buckets
-    and bulkhead names, each its own group."""
+    """The bounds of a ``Metrics``: breaker, limiter and bulkhead names, each its own
+    group."""
 
     def __init__(self) -> None:
         self.breakers = NameBound()

@@ -11,7 +11,6 @@ name's counters (``_instances.retired``), so that no counter ever goes down.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,7 +188,7 @@ def read(
     bound: int = 0,
 ) -> Readings:
     """Reads every live breaker, limiter and operation, merged with what was reported;
-    with ``names``, at most ``bound`` breaker names, buckets and bulkhead names keep
+    with ``names``, at most ``bound`` breaker, limiter and bulkhead names keep
     their own series (the others are exported as "other", see ``bound``)."""
     states: dict[str, int] = {}
     failures: dict[str, int] = {}
@@ -359,26 +358,19 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
         breaker_would_reject=fold(r.breaker_would_reject, keeps, same, lambda k: OTHER, _add),
         breaker_slow_calls=fold(r.breaker_slow_calls, keeps, same, lambda k: OTHER, _add),
     )
-    # Buckets by their limiter's name: the endpoints and keys within a limiter have their
-    # own bound, applied as they are made (_bucket_series), so a kept limiter shows every
-    # series it has and one past the bound goes to ("other", "other") whole.
-    pair = (OTHER, OTHER)
-    keeps_limiter = names.buckets.choose([key[0] for key in (*r.requests, *r.tokens)], bound)
-
-    def keeps_bucket(key: Hashable) -> bool:
-        return keeps_limiter(key[0])  # type: ignore[index]  # a (limiter, endpoint) pair
-
-    kept_limiters = {key[0] for key in r.requests if keeps_bucket(key)}
+    # Limiters by name: a limiter past the bound is exported as limiter "other", its
+    # endpoints' labels kept (they are bounded on their own, see _bucket_series).
+    # Live limiters (those with tokens) first, then names kept for what dropped ones counted.
+    keeps = names.buckets.choose([*(k[0] for k in r.tokens), *(k[0] for k in r.requests)], bound)
     buckets = dataclasses.replace(
         breakers,
-        requests=fold(r.requests, keeps_bucket, same, lambda k: pair, _add),
-        rejections=fold(r.rejections, keeps_bucket, same, lambda k: pair, _add),
-        tokens=fold(r.tokens, keeps_bucket, same, lambda k: pair, min),
+        requests=fold(r.requests, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), _add),
+        rejections=fold(r.rejections, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), _add),
+        tokens=fold(r.tokens, keeps, lambda k: k[0], lambda k: (OTHER, k[1]), min),
         window_tokens=fold(
-            r.window_tokens, keeps_bucket, lambda k: k[:2], lambda k: (*pair, k[2]), min
+            r.window_tokens, keeps, lambda k: k[0], lambda k: (OTHER, k[1], k[2]), min
         ),
-        # By limiter: one with a bucket of its own keeps its own series.
-        paused=fold(r.paused, kept_limiters.__contains__, same, lambda k: OTHER, max),
+        paused=fold(r.paused, keeps, same, lambda k: OTHER, max),
     )
     keeps = names.bulkheads.choose([*r.bulkhead_in_flight, *r.bulkhead_rejections], bound)
     bulkheads = dataclasses.replace(
@@ -390,6 +382,8 @@ def _bounded(readings: Readings, names: ObjectNames, bound: int) -> Readings:
     for family, group in (
         ("circuit_breaker_state", names.breakers),
         ("rate_limit_hits", names.buckets),
+        ("rate_limit_rejections", names.buckets),
+        ("rate_limit_tokens_available", names.buckets),
         ("bulkhead_in_flight", names.bulkheads),
     ):
         if group.folded:

@@ -189,8 +189,9 @@ class Metrics:
         self._reported_hits: dict[tuple[str, str], int] = {}
         self._reported_rejections: dict[tuple[str, str], int] = {}
         self._folded: dict[str, int] = {}
-        #: The names of constructed objects each scrape exports, bounded like the above.
-        self._object_names = ObjectNames()
+        #: The names of constructed objects each scrape exports, bounded like the above
+        #: (None: not bounded).
+        self._object_names: ObjectNames | None = ObjectNames()
         self._collector = Collector(self)
         self._registries: list[CollectorRegistry] = []
         #: The exception type of the last failed read (scrape or summary), None after a
@@ -516,7 +517,8 @@ class Metrics:
             self._reported_rejections.clear()
             self._folded.clear()
             self._events.clear()
-        self._object_names.clear()
+        if self._object_names is not None:
+            self._object_names.clear()
 
 
 #: The process-wide metrics object of the guide.

@@ -117,7 +117,7 @@ def install(
             request_headers: Any,
             request_body: Any,
         ) -> Any:
-            limiter.observe(code, response_headers)
+            limiter.observe(code, response_headers, endpoint)  # the budget the requests draw on
             return replied(
                 code,
                 reason,

@@ -17,6 +17,12 @@
 -- 'charge' (forced: may go into debt) and 'refund' (never beyond full) amount tokens in
 -- every window; 'sync' window index to amount tokens used now; 'pause' for amount us
 -- (0 lifts the pause; a shorter pause never shortens a longer one).
+-- 'reserve' is a take that also returns what it left in each window ({1, 0, record, ...}:
+-- a GCRA window's TAT, a fixed window's interval number, 1 for a sliding one), and
+-- 'give_back' refunds amount tokens of such a take (its records comma-separated in the
+-- index argument): no more than the take still owes in each window (GCRA: its TAT less
+-- now; fixed: all of it while its interval lasts, nothing after), so a settlement that
+-- arrives after the budget refilled and others took it gives nothing back.
 local mode = ARGV[1]
 local amount = tonumber(ARGV[2])
 local index = tonumber(ARGV[3])
@@ -113,33 +119,46 @@ local function add(i)
   end
   store(i)
 end
--- Uncounts `amount` in window i (never beyond empty).
+-- Uncounts `amount` in window i (never beyond empty). A sliding window has no record of
+-- whose entries are whose here: it drops its oldest live ones, which leave the window
+-- first anyway (dropping the newest could admit more than its limit in a later interval).
 local function remove(i)
   if kinds[i] == 'f' then
     counts[i] = math.max(counts[i] - amount, 0)
   elseif kinds[i] == 's' then
     local log = logs[i]
-    for _ = 1, math.min(amount, #log) do table.remove(log) end
+    for _ = 1, math.min(amount, #log) do table.remove(log, 1) end
   else
     tats[i] = math.max(tats[i] - amount * intervals[i], 0)
   end
   store(i)
 end
-if mode == 'take' or mode == 'peek' then
+if mode == 'take' or mode == 'peek' or mode == 'reserve' then
   local wait = 0
   if paused > now then wait = paused - now end
   for i = 0, n - 1 do
     local w = wait_of(i)
     if w > wait then wait = w end
   end
-  if mode == 'take' then
+  if mode ~= 'peek' then
     if wait > 0 then
       redis.call('HINCRBY', KEYS[1], 'rejected', 1)
       return {0, wait}
     end
     for i = 0, n - 1 do add(i) end
     redis.call('HINCRBY', KEYS[1], 'allowed', 1)
-    return {1, 0}
+    if mode == 'take' then return {1, 0} end
+    local reply = {1, 0}
+    for i = 0, n - 1 do
+      if kinds[i] == 'f' then
+        reply[#reply + 1] = periods[i]
+      elseif kinds[i] == 's' then
+        reply[#reply + 1] = 1
+      else
+        reply[#reply + 1] = tats[i]
+      end
+    end
+    return reply
   end
   local allowed = redis.call('HMGET', KEYS[1], 'allowed', 'rejected')
   local reply = {wait, tonumber(allowed[1]) or 0, tonumber(allowed[2]) or 0,
@@ -160,6 +179,24 @@ elseif mode == 'charge' then
   for i = 0, n - 1 do add(i) end
 elseif mode == 'refund' then
   for i = 0, n - 1 do remove(i) end
+elseif mode == 'give_back' then
+  local records = {}
+  for record in string.gmatch(ARGV[3], '%d+') do records[#records + 1] = tonumber(record) end
+  local cost = amount
+  for i = 0, n - 1 do
+    local own = records[i + 1] or 0
+    if kinds[i] == 'f' then
+      amount = (periods[i] == own) and cost or 0
+    elseif kinds[i] == 's' then
+      amount = cost
+    else
+      amount = math.min(math.max(own - now, 0), cost * intervals[i])
+      tats[i] = math.max(tats[i] - amount, 0)
+      amount = 0
+      store(i)
+    end
+    if amount > 0 then remove(i) end
+  end
 elseif mode == 'sync' then
   if kinds[index] == 'f' then
     counts[index] = amount

@@ -127,6 +127,31 @@ class RedisBucketStore(RedisStore):
         ]
         return wait * _NS_PER_US, allowed, rejected, paused * _NS_PER_US, tokens
 
+    def reserve(self, cost: int, high: bool) -> tuple[bool, int, list[int]] | None:
+        """A take that also says what it left in each window (``bucket.lua``'s records),
+        which bound the refund of its settlement (``give_back``)."""
+        reply = self._run(b"reserve", cost, high=high)
+        if reply is UNAVAILABLE:
+            return None
+        admitted, wait = taken(reply)
+        return admitted, wait, [int(record) for record in reply[2:]]
+
+    def give_back(self, amount: int, records: list[int]) -> bool | None:
+        """Refunds ``amount`` of the reservation whose take left ``records``: in each
+        window no more than it still owes."""
+        records_text = ",".join(str(record) for record in records)
+        reply = self.link.run(
+            BUCKET,
+            self.key,
+            b"give_back",
+            amount,
+            records_text,
+            0,
+            self.now(),
+            *self._windows,
+        )
+        return None if reply is UNAVAILABLE else True
+
     def adjust(self, amount: int, charge: bool) -> bool | None:
         reply = self._run(b"charge" if charge else b"refund", amount)
         return None if reply is UNAVAILABLE else True
