@@ -11,14 +11,19 @@ Groups (ours vs the floor / peers it is compared to):
   admitted (the admission and the token in one script, the success sent without waiting
   for its reply) and refused for want of a token (one script, its wait in the reply), against
   the same PING (targets 1.3x and 1.2x of one PING).
+- ``guarded-redis-async`` (issue 12): an ``async def`` call guarded by the same breaker
+  and limiter on redis.asyncio, alone and fifty at once on one loop, against a
+  redis.asyncio PING alone and fifty at once (redis.asyncio's own pool: a connection
+  each) on the same loop and server.
 
 Every limiter has a budget it never exhausts, so each call does the full admit path.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +143,75 @@ def test_redis_guarded_call_refused(benchmark: Any, redis_url: str) -> None:
     assert call() == "sent"
     assert call() == "refused"
     benchmark(call)
+
+
+@pytest.fixture
+def loop() -> Iterator[asyncio.AbstractEventLoop]:
+    """One loop for a benchmark, as in a running process (its connections stay open)."""
+    running = asyncio.new_event_loop()
+    try:
+        yield running
+    finally:
+        running.close()
+
+
+def _async_guarded(redis_url: str, name: str) -> Callable[[], Awaitable[None]]:
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(5, 60, name, **on_redis)
+    limiter = RateLimiter(REDIS_BIG, 1.0, name=name, **on_redis)
+
+    async def send() -> None:
+        return None
+
+    return guard(send, breaker=breaker, limiter=limiter)  # type: ignore[no-any-return]
+
+
+FIFTY = 50
+
+
+@pytest.mark.benchmark(group="guarded-redis-async")
+def test_redis_asyncio_ping_floor(
+    benchmark: Any, redis_url: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_url)
+    loop.run_until_complete(client.ping())
+    benchmark(lambda: loop.run_until_complete(client.ping()))
+
+
+@pytest.mark.benchmark(group="guarded-redis-async")
+def test_redis_async_guarded_call_admitted(
+    benchmark: Any, redis_url: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    call = _async_guarded(redis_url, "bench-async")
+    loop.run_until_complete(call())
+    benchmark(lambda: loop.run_until_complete(call()))
+
+
+@pytest.mark.benchmark(group="guarded-redis-async")
+def test_redis_asyncio_fifty_pings_floor(
+    benchmark: Any, redis_url: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    import redis.asyncio
+
+    client = redis.asyncio.Redis.from_url(redis_url, max_connections=FIFTY)
+
+    async def fifty() -> None:
+        await asyncio.gather(*(client.ping() for _ in range(FIFTY)))
+
+    loop.run_until_complete(fifty())  # every connection open
+    benchmark(lambda: loop.run_until_complete(fifty()))
+
+
+@pytest.mark.benchmark(group="guarded-redis-async")
+def test_redis_async_fifty_guarded_calls(
+    benchmark: Any, redis_url: str, loop: asyncio.AbstractEventLoop
+) -> None:
+    call = _async_guarded(redis_url, "bench-async-fifty")
+
+    async def fifty() -> None:
+        await asyncio.gather(*(call() for _ in range(FIFTY)))
+
+    loop.run_until_complete(fifty())
+    benchmark(lambda: loop.run_until_complete(fifty()))

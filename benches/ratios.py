@@ -253,6 +253,22 @@ RATIOS = [
         1.2,
     ),
     Ratio(
+        12,
+        "async redis-guarded call (two round trips) vs one redis.asyncio PING",
+        "test_redis_async_guarded_call_admitted",
+        "test_redis_asyncio_ping_floor",
+        "info",
+        0.0,
+    ),
+    Ratio(
+        12,
+        "fifty async redis-guarded calls at once vs fifty redis.asyncio PINGs at once",
+        "test_redis_async_fifty_guarded_calls",
+        "test_redis_asyncio_fifty_pings_floor",
+        "info",
+        0.0,
+    ),
+    Ratio(
         13,
         "fixed-window acquire vs a GCRA acquire",
         "test_ours_acquire_fixed_window",

@@ -146,7 +146,7 @@ def test_nothing_private_imports_a_guide_module() -> None:
 #: Modules that import a backend's machinery inside the function that uses it, for
 #: start-up time (issue 19): a memory object pays for neither Redis nor shared files. The
 #: circle test above still counts these imports.
-DEFERRED_FOR_START_UP = frozenset({f"{ROOT}._backends.place"})
+DEFERRED_FOR_START_UP = frozenset({f"{ROOT}._backends.place", f"{ROOT}._backends.redis.awaited"})
 
 
 def test_no_module_of_the_package_is_imported_inside_a_function() -> None:

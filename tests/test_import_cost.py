@@ -61,7 +61,7 @@ def test_using_the_decorator_imports_neither_redis_nor_asyncio_nor_the_cli_nor_h
     ours = {m for m in loaded if m.startswith("peak_resilience.")}
     assert not {m for m in ours if m.startswith(("peak_resilience._cli", "peak_resilience._http"))}
     assert not {m for m in ours if m.startswith("peak_resilience._backends.redis.")} - {
-        "peak_resilience._backends.redis.off_loop",  # the async steps' threads, none started
+        "peak_resilience._backends.redis.awaited",  # the async steps, their machinery not
         "peak_resilience._backends.redis.sentinel",  # the schema's check of a sentinel URL
     }
     assert not {"peak_resilience.http", "peak_resilience.config"} & loaded

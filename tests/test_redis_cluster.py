@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import shutil
 import subprocess
 import time
@@ -128,3 +130,43 @@ def test_a_guarded_call_on_a_cluster_asks_the_breaker_and_the_budget_apart(
         # each is asked on its own; fail_closed would have refused a call Redis failed.
         assert [order(), order(), order()] == ["filled", "filled", "queued"], name
     assert backend_error_counts()["redis"] == before
+
+
+def test_async_calls_on_a_cluster_keep_budgets_exact_and_breakers_shared(
+    cluster: list[RedisServer],
+) -> None:
+    # On a Cluster the async steps run in threads (redis.asyncio is for one Redis and
+    # Sentinel): the same answers as the sync calls above.
+    first, second, _ = cluster
+    for name in NAMES:
+        limiter = RateLimiter(3, 3600, name=f"async-budget-{name}", **on(first))
+        breaker = CircuitBreaker(1, 3600, f"async-breaker-{name}", **on(second))
+
+        async def send() -> str:
+            return "sent"
+
+        async def fail() -> str:
+            raise ConnectionError("venue down")
+
+        order = guard(send, limiter=limiter, fallback="refused")
+        failing = guard(fail, breaker=breaker, fallback="refused", fallback_on_failure=True)
+
+        async def run(order: Any, failing: Any) -> list[str]:
+            sent = [await order() for _ in range(4)]
+            return [*sent, await failing(), await failing()]
+
+        assert asyncio.run(run(order, failing)) == [
+            "sent",
+            "sent",
+            "sent",
+            "refused",
+            "refused",
+            "refused",
+        ]
+        assert breaker.state is CircuitState.OPEN, name
+        assert (
+            RateLimiter(3, 3600, name=f"async-budget-{name}", **on(second)).get_stats()["allowed"]
+            == 3
+        )
+    del order, failing, limiter, breaker
+    gc.collect()  # dropped while the cluster runs: they read their counts from it

@@ -3,6 +3,7 @@ result through a failover."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -155,6 +156,24 @@ def outage_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.name == "peak_resilience.redis"]
 
 
+def three_async_calls(url: str, policy: OnBackendError) -> list[bool]:
+    limiter = RateLimiter(
+        2, 3600, name=NAME, backend="redis", redis_url=url, on_backend_error=policy
+    )
+    limiter.store.link.retry_interval = 0.0  # ask Redis on every call
+
+    async def send() -> bool:
+        return True
+
+    guarded = guard(send, limiter=limiter, fallback=False)
+
+    async def calls() -> list[bool]:
+        return [await guarded() for _ in range(3)]
+
+    return asyncio.run(calls())
+
+
+@pytest.mark.parametrize("calls", [three_acquires, three_async_calls], ids=["sync", "async"])
 @pytest.mark.parametrize(("policy", "admitted"), POLICIES)
 @pytest.mark.parametrize(("refusal", "shown"), REAL + FAKED)
 def test_a_refusing_redis_gives_what_on_backend_error_says(
@@ -163,12 +182,14 @@ def test_a_refusing_redis_gives_what_on_backend_error_says(
     shown: str,
     policy: OnBackendError,
     admitted: list[bool],
+    calls: Callable[[str, OnBackendError], list[bool]],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    # Async calls on redis.asyncio as sync ones: same policy, same count, one warning.
     admin = redis.Redis.from_url(own_redis.url, socket_timeout=5)
     before = backend_error_counts()["redis"]
     with refusal(own_redis, admin) as url, caplog.at_level(logging.WARNING):
-        assert three_acquires(url, policy) == admitted
+        assert calls(url, policy) == admitted
     assert backend_error_counts()["redis"] - before == 3
     (warning,) = outage_warnings(caplog)  # once per outage, not once per call
     assert "refused the call" in warning and shown in warning

@@ -12,7 +12,7 @@ import functools
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from peak_resilience._backends.redis import off_loop
+from peak_resilience._backends.redis import awaited
 from peak_resilience._deadlines import Deadlines, TimedOut
 from peak_resilience._native import Guard, Retry
 from peak_resilience.errors import BulkheadFull
@@ -63,12 +63,16 @@ def async_wrapper(
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     started_now, exit_now, admit_now = native._started, native._exit, native._admit
     called = None if retry is None else retry._called
+    breaker = native.breaker
+    links = awaited.links_of(breaker, native.limiter)
     waits = waits_on_loop(native, max_wait, remote)
     readmit = readmitter(native, admit, waits)
 
     async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
         if remote:
-            return bool(await off_loop.off_loop(exit_now, admission, started, error, result))
+            return bool(
+                await awaited.outcome(breaker, links, exit_now, admission, started, error, result)
+            )
         return exit_now(admission, started, error, result)
 
     async def retried(error: BaseException, retries: int) -> bool:

@@ -20,7 +20,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, ParamSpec, TypeVar, cast
 
 from peak_resilience import _async_policies as async_policies
-from peak_resilience._backends.redis import off_loop
+from peak_resilience._backends.redis import awaited
 from peak_resilience._native import (
     Bulkhead,
     CircuitBreaker,
@@ -93,10 +93,8 @@ def guard(
     if not is_async:
         functools.update_wrapper(native, func)
         return native
-    # A breaker or limiter kept in Redis: its steps wait for the network, off the loop.
+    # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio.
     remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
-    if remote:
-        off_loop.start_threads()
     import asyncio  # here: a caller that never awaits need not import it
 
     async_sleep = async_sleep or asyncio.sleep
@@ -170,7 +168,8 @@ def _admitter(
     to ``max_wait`` for them, in the budget's line) and a bulkhead slot (waiting up to
     its own ``max_wait``), on the loop, never blocking it."""
     admit_now, exit_now, started_now = native._admit, native._exit, native._started
-    bulkhead = native.bulkhead
+    bulkhead, breaker = native.bulkhead, native.breaker
+    links = awaited.links_of(breaker, native.limiter)
 
     def give_back(admission: int) -> None:
         import asyncio  # here: a caller that never awaits need not import it
@@ -178,7 +177,9 @@ def _admitter(
         exit_now(admission, started_now(), asyncio.CancelledError())
 
     async def admit_once() -> int:
-        return await off_loop.admission(admit_now, give_back) if remote else admit_now()
+        if not remote:
+            return admit_now()
+        return await awaited.admission(admit_now, give_back, breaker, links)
 
     async def admit() -> int:
         # Read per admission: a configuration reload may change it.
@@ -223,12 +224,14 @@ def _token_taker(
     within ``max_wait``, waits for them in the budget's line (see ``_waiting_line``)."""
     now = getattr(limiter, "_now", time.monotonic)
     real_time = getattr(limiter, "_clock", None) is None
+    links = awaited.links_of(limiter)
 
     async def due_in() -> float:
         assert limiter is not None
         if remote:
-            return await off_loop.off_loop(
-                functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority)
+            return await awaited.step(
+                functools.partial(limiter.get_wait_time, endpoint, cost, priority=priority),
+                links,
             )
         return limiter.get_wait_time(endpoint, cost, priority=priority)
 
@@ -285,7 +288,8 @@ def _async_wrapper(
     use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
     admit_now, started_now, exit_now = native._admit, native._started, native._exit
-    returned_now = native._returned
+    breaker, returned_now = native.breaker, native._returned
+    links = awaited.links_of(breaker, native.limiter)
     waits = async_policies.waits_on_loop(native, max_wait, remote)
     readmit = async_policies.readmitter(native, admit, waits)
 
@@ -308,7 +312,7 @@ def _async_wrapper(
         except BaseException as exc:
             # CancelledError and other non-Exception exits give a trial permit back.
             falls_back = (
-                await off_loop.off_loop(exit_now, admission, started, exc)
+                await awaited.outcome(breaker, links, exit_now, admission, started, exc)
                 if remote
                 else exit_now(admission, started, exc)
             )
@@ -316,7 +320,7 @@ def _async_wrapper(
                 return await use_fallback(args, kwargs)
             raise
         if remote:
-            await off_loop.off_loop(exit_now, admission, started, None, result)
+            await awaited.outcome(breaker, links, exit_now, admission, started, None, result)
         else:
             returned_now(admission, started, result)
         return result

@@ -38,7 +38,7 @@ from typing import Any, TypeVar, cast
 from peak_resilience import _instances
 from peak_resilience._backends import choice
 from peak_resilience._backends.place import place
-from peak_resilience._backends.redis import off_loop
+from peak_resilience._backends.redis import awaited
 from peak_resilience._bucket_series import DEFAULT_ENDPOINT
 from peak_resilience._bucket_series import series as bucket_series
 from peak_resilience._events import NO_LISTENERS, Listener, Listeners, watch_outages
@@ -526,7 +526,7 @@ class RateLimiter(_NativeLimiter):
         priority: str | None = None,
     ) -> bool:
         """``acquire_blocking`` for asyncio: awaits instead of blocking the loop (on Redis,
-        each round trip is awaited in a thread of its own, off the loop). Waiters of a
+        each round trip is awaited on redis.asyncio, never blocking the loop). Waiters of a
         budget queue: high priority first, then first come, first served, each trying
         only when its tokens are due."""
         take = functools.partial(self.acquire, endpoint, cost, priority=priority)
@@ -566,11 +566,11 @@ class RateLimiter(_NativeLimiter):
             await asyncio.sleep(seconds)
 
     async def _on_loop_or_off(self, step: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """``step(*args, **kwargs)``: at once in memory or in a shared file, awaited off the
-        loop when it waits for Redis."""
+        """``step(*args, **kwargs)``: at once in memory or in a shared file, its Redis
+        command awaited on redis.asyncio when it waits for Redis (see ``on_loop``)."""
         if self.store is None:
             return step(*args, **kwargs)
-        return await off_loop.off_loop(functools.partial(step, *args, **kwargs))
+        return await awaited.step(functools.partial(step, *args, **kwargs), (self.store.link,))
 
     def __repr__(self) -> str:
         bucket = self.default_bucket

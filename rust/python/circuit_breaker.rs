@@ -1022,6 +1022,13 @@ impl PyCircuitBreaker {
         }
     }
 
+    /// Tells the listeners of a transition that a remote store reported after the step
+    /// that caused it had returned: an async call's outcome is sent to Redis without
+    /// blocking its loop, and its `(from, to)` reply is applied here when it comes.
+    fn _transitioned(&self, py: Python<'_>, was: i64, now: i64) {
+        self.notify(py, super::store::transition(was, now));
+    }
+
     /// Reports how a call admitted by `_enter` ended: True success, False failure,
     /// None neither (cancelled or interrupted: a trial gives its permit back). `slow`: a
     /// success that took `slow_call_duration` or longer (counted as a failure).

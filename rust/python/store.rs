@@ -85,7 +85,8 @@ fn decision(admitted: bool, wait: u64) -> Decision {
     }
 }
 
-fn transition(from: i64, to: i64) -> Option<Transition> {
+/// The transition of a store's `(from, to)` reply (-1: nothing changed).
+pub fn transition(from: i64, to: i64) -> Option<Transition> {
     (from >= 0 && to >= 0 && from != to).then_some(Transition {
         from: from as u8,
         to: to as u8,

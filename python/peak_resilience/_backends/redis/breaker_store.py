@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore, taken
 from peak_resilience._backends.redis.connection import (
+    DEFERRED,
     ONE_SLOT_EACH,
     UNAVAILABLE,
     RedisLink,
@@ -25,7 +26,7 @@ from peak_resilience._backends.redis.connection import (
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
 
-__all__ = ["RedisBreakerStore"]
+__all__ = ["BREAKER", "RedisBreakerStore", "transition"]
 
 BREAKER = Script.load("breaker.lua")
 #: One guarded call's admission: breaker.lua's enter and bucket.lua's take in one script.
@@ -50,6 +51,11 @@ _NOTHING_CHANGED = (-1, -1)
 
 def _entered(reply: Any) -> tuple[int, int, int, int]:
     return int(reply[0]), int(reply[1]) * _NS_PER_US, int(reply[2]), int(reply[3])
+
+
+def transition(reply: Any) -> tuple[int, int]:
+    """An exit's or a command's reply as the native breaker reads it: (from, to)."""
+    return int(reply[2]), int(reply[3])
 
 
 def _key(name: str) -> str:
@@ -184,10 +190,13 @@ class RedisBreakerStore(RedisStore):
                 return _NOTHING_CHANGED
             posted = self.link.post_packed(BREAKER, self._success(code))
             return None if posted is UNAVAILABLE else _NOTHING_CHANGED
-        reply = self._run(b"exit", code, outcome.encode())
+        reply = self.link.record(BREAKER, *self._arguments(b"exit", code, outcome.encode()))
         if reply is UNAVAILABLE:
             return None
-        return int(reply[2]), int(reply[3])
+        if reply is DEFERRED:
+            # An async call's: its transition is told when the reply comes (on_loop).
+            return _NOTHING_CHANGED
+        return transition(reply)
 
     def read(self) -> tuple[int, int, int, int, int, int] | None:
         reply = self._run(b"state")

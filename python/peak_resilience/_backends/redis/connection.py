@@ -41,7 +41,15 @@ from peak_resilience._config.secrets import redact_url
 if TYPE_CHECKING:
     from peak_resilience._native import ManualClock
 
-__all__ = ["ONE_SLOT_EACH", "UNAVAILABLE", "RedisLink", "RedisStore", "Script", "named_link"]
+__all__ = [
+    "DEFERRED",
+    "ONE_SLOT_EACH",
+    "UNAVAILABLE",
+    "RedisLink",
+    "RedisStore",
+    "Script",
+    "named_link",
+]
 
 logger = logging.getLogger("peak_resilience.redis")
 
@@ -50,6 +58,20 @@ UNAVAILABLE: Any = object()
 
 #: What it returns when a command's keys are in two Redis Cluster slots (CROSSSLOT).
 ONE_SLOT_EACH: Any = object()
+
+#: What it returns to an async call's outcome being recorded: the command is sent (and
+#: its reply applied) by ``on_loop`` once the native step has returned.
+DEFERRED: Any = object()
+
+
+class _Steps(threading.local):
+    #: The async step running on this thread (``on_loop.Step``): it answers this
+    #: thread's Redis calls with replies read by redis.asyncio.
+    current: Any = None
+
+
+#: The step of each thread (None outside ``on_loop``'s native steps).
+steps = _Steps()
 
 #: Seconds Redis is left alone after a failed call before the next call tries it again.
 DEFAULT_RETRY_INTERVAL = 1.0
@@ -209,7 +231,23 @@ class RedisLink:
         For a record whose reply nobody needs (a success in a closed circuit)."""
         return self._call(script, command, answered=False)
 
+    def record(self, script: Script, key: str, *args: Any) -> Any:
+        """``run`` for a call's outcome: in an async step, the command is sent and its
+        reply applied after the step (``DEFERRED``, see ``on_loop``)."""
+        command = self.pack(script, key, *args)
+        step = steps.current
+        if step is not None:
+            return step.answer(self, script, command, True, deferrable=True)
+        return self.call_now(script, command, answered=True)
+
     def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
+        step = steps.current
+        if step is not None:
+            return step.answer(self, script, command, answered)
+        return self.call_now(script, command, answered=answered)
+
+    def call_now(self, script: Script, command: Any, *, answered: bool) -> Any:
+        """Sends ``command`` on a connection of the pool, on this thread."""
         if self._down_until and time.monotonic() < self._down_until:
             return UNAVAILABLE
 

@@ -1,4 +1,8 @@
-"""The Redis steps of async calls, run off the event loop.
+"""The Redis steps of async calls on Sentinel and Cluster, run off the event loop.
+
+Async calls on one Redis run on redis.asyncio (``on_loop``); this pool is kept for the
+topologies whose following (a sentinel asked for the master, a MOVED reply followed) the
+sync link does and the async one does not yet.
 
 The native breaker and bucket ask their Redis store synchronously (Rust cannot await), so
 an ``async def`` guarded call or ``acquire_async`` on Redis hands each step (admission,
@@ -18,7 +22,7 @@ from typing import Any, TypeVar
 
 from peak_resilience._fork import after_fork_in_child
 
-__all__ = ["THREADS", "admission", "off_loop", "start_threads"]
+__all__ = ["THREADS", "admission", "off_loop"]
 
 T = TypeVar("T")
 
@@ -32,9 +36,6 @@ _lock = threading.Lock()
 #: 16 take 11 round trips and hold it under 25 ms).
 THREADS = 16
 
-#: Seconds ``start_threads`` waits for every thread to be up.
-_START_WITHIN = 10.0
-
 
 def _threads() -> ThreadPoolExecutor:
     global _executor
@@ -45,20 +46,6 @@ def _threads() -> ThreadPoolExecutor:
                     max_workers=THREADS, thread_name_prefix="peak-resilience-redis"
                 )
     return _executor
-
-
-def start_threads() -> None:
-    """Starts every thread now, when an async call on Redis is being set up: started on
-    demand, by the first concurrent calls, they would hold up the loop while they start
-    (300 ms for 32 threads on a busy machine)."""
-    threads = _threads()
-    if len(threads._threads) >= THREADS:
-        return
-    # Each thread waits for all the others, so each task gets a thread of its own.
-    everyone = threading.Barrier(THREADS)
-    started = [threads.submit(everyone.wait, _START_WITHIN) for _ in range(THREADS)]
-    for future in started:
-        future.exception(timeout=_START_WITHIN)
 
 
 async def off_loop(call: Callable[..., T], *args: Any) -> T:

@@ -40,10 +40,13 @@ def sentinel_url(sentinels: Sequence[str], master: str | None, url: str | None) 
     return f"{scheme}+sentinel://{user}{at}{','.join(sentinels)}{path}"
 
 
-def master_client(url: str, **options: Any) -> Any:
+def master_client(url: str, *, on_asyncio: bool = False, **options: Any) -> Any:
     """A redis-py client of the master that ``url`` (``redis+sentinel://``) names, its
-    connections made with ``options``."""
-    from redis import sentinel
+    connections made with ``options``; a redis.asyncio one if ``on_asyncio``."""
+    if on_asyncio:
+        from redis.asyncio import sentinel
+    else:
+        from redis import sentinel  # type: ignore[no-redef]
 
     # Untyped in redis-py.
     make_sentinels: Any = sentinel.Sentinel

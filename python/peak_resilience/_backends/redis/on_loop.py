@@ -1,0 +1,348 @@
+"""The Redis steps of async calls, on redis.asyncio: asked on the loop, applied natively.
+
+The native breaker and bucket ask their Redis store synchronously (Rust cannot await).
+An ``async def`` guarded call or ``acquire_async`` splits each step in two:
+
+- **ask**: the native step runs until its store sends its first command; that command
+  (the very script and arguments a sync call sends) is caught before anything has
+  changed (``Ask``), and sent with redis.asyncio on the loop's one connection to that
+  Redis (``multiplexed``), awaited, bounded by ``redis_timeout``. A failure goes
+  through the link's own bookkeeping (counted, logged once, ``retry_interval``).
+- **apply**: the native step runs again, and the store's command is answered with that
+  reply (or UNAVAILABLE: the native ``on_backend_error`` policy applies), so that the
+  breaker and the bucket do with it exactly what they do on the sync path.
+
+A step that asks a second time (the limiter's take after the breaker's enter found its
+Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step, or is
+left alone after an earlier failure (the sync path would wait for it once more), else
+asked synchronously on the loop (a case no guarded call on one Redis reaches).
+
+An outcome (``RedisLink.record``: a call's exit, or an admission given back) is recorded
+in the native step with no reply (``DEFERRED``), then sent: its transition, if any, is
+told to the breaker's listeners when the reply comes, before the call returns. A success
+in a closed circuit too is awaited, on the loop: an outcome left unread when its loop
+ends, as ``asyncio.run`` ends, would be lost with the connection. An outcome whose Redis
+failed is lost bookkeeping, counted and logged (where the sync path's local stand-in
+would count it).
+
+Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
+master; a call in flight on a master demoted by a failover gets its READONLY reply and
+is sent once more, to the new master, when it was alone on the connection; else the
+policy applies to it). Redis Cluster steps still run in the thread pool of ``off_loop``
+(the sync link follows MOVED replies): a link that has seen a MOVED or CROSSSLOT reply
+hands its steps there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any, TypeVar, cast
+
+from peak_resilience._backends.redis import off_loop, sentinel
+from peak_resilience._backends.redis.breaker_store import BREAKER, transition
+from peak_resilience._backends.redis.connection import (
+    DEFERRED,
+    UNAVAILABLE,
+    RedisLink,
+    Script,
+    _redis,
+    steps,
+)
+from peak_resilience._backends.redis.multiplexed import Multiplexed
+
+__all__ = ["admission", "outcome", "step", "uses_threads"]
+
+T = TypeVar("T")
+
+
+class Ask(BaseException):
+    """The first command of a native step being asked: nothing has changed yet.
+    A BaseException: no ``except Exception`` on the way may take it for a failure."""
+
+    def __init__(
+        self, link: RedisLink, script: Script, command: Any, links: tuple[RedisLink, ...]
+    ) -> None:
+        super().__init__()
+        self.link = link
+        #: The step's links, for the step that applies the reply.
+        self.link_set = links
+        self.script = script
+        self.command = command
+
+
+class UseThreads(Exception):
+    """This link's Redis is a Cluster: its steps run in threads."""
+
+
+class Step:
+    """Answers the Redis calls of one native step run on the loop (see the module)."""
+
+    __slots__ = ("asking", "deferred", "failed", "links", "posts", "replies")
+
+    def __init__(self, links: tuple[RedisLink, ...], *, asking: bool = False) -> None:
+        #: The links of the step's breaker and limiter: a call on another (a finalizer's,
+        #: a listener's, on this thread meanwhile) is not the step's, and runs as it would.
+        self.links = links
+        self.asking = asking
+        #: (link, command, reply) read for this step.
+        self.replies: list[tuple[RedisLink, Any, Any]] = []
+        #: The pools that failed within this step, and how (None: left alone for
+        #: ``retry_interval`` after an earlier failure).
+        self.failed: dict[Any, BaseException | None] = {}
+        self.posts: list[tuple[RedisLink, Script, Any]] = []
+        self.deferred: list[tuple[RedisLink, Script, Any]] = []
+
+    def answer(
+        self,
+        link: RedisLink,
+        script: Script,
+        command: Any,
+        answered: bool,
+        *,
+        deferrable: bool = False,
+    ) -> Any:
+        if link not in self.links:
+            return link.call_now(script, command, answered=answered)
+        if not answered:
+            self.posts.append((link, script, command))
+            return None
+        for i, (asked, sent, reply) in enumerate(self.replies):
+            if asked is link and (sent is command or sent == command):
+                del self.replies[i]
+                return reply
+        if self.asking:
+            raise Ask(link, script, command, self.links)
+        if deferrable:
+            self.deferred.append((link, script, command))
+            return DEFERRED
+        if link.pool in self.failed:
+            failure = self.failed[link.pool]
+            if failure is not None:
+                link._failed(failure)
+            return UNAVAILABLE
+        return link.call_now(script, command, answered=True)
+
+    def run(self, native: Callable[..., T], *args: Any) -> T:
+        outer, steps.current = steps.current, self
+        try:
+            return native(*args)
+        finally:
+            steps.current = outer
+
+
+def uses_threads(link: RedisLink) -> bool:
+    """Whether ``link``'s steps run in threads: a Cluster (as its replies have shown)."""
+    return link.clustered or link.pool is not link._seed_pool
+
+
+#: The one connection of each loop to each Redis (URL and timeout).
+_by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Multiplexed]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _multiplexed(link: RedisLink) -> Multiplexed:
+    if uses_threads(link):
+        raise UseThreads
+    loop = asyncio.get_running_loop()
+    own = _by_loop.get(loop)
+    if own is None:
+        own = _by_loop[loop] = {}
+    key = (link._seed_url, link.timeout)
+    found = own.get(key)
+    if found is not None and found.pid == os.getpid():
+        return found
+    redis = _redis()
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+
+    options: dict[str, Any] = {
+        "socket_timeout": link.timeout,
+        "socket_connect_timeout": link.timeout,
+        # A peer gone without a word is found by the kernel, as on the sync path.
+        "socket_keepalive": True,
+        "retry": Retry(NoBackoff(), 0),
+        "health_check_interval": 0,
+    }
+    if sentinel.is_sentinel_url(link._seed_url):
+        # Its connections ask a sentinel for the master as they connect; one open to a
+        # master demoted by a failover is closed at its first READONLY reply.
+        client = sentinel.master_client(link._seed_url, on_asyncio=True, **options)
+    else:
+        client = redis.asyncio.Redis.from_url(link._seed_url, **options)
+    settings = client.connection_pool
+    made = own[key] = Multiplexed(
+        lambda: settings.connection_class(**settings.connection_kwargs),
+        refused=redis.ResponseError,
+        closed=(redis.ConnectionError,),
+        timeout=link.timeout,
+    )
+    return made
+
+
+async def _request(link: RedisLink, script: Script, command: Any) -> Any:
+    """``command``'s reply; a script Redis does not have yet is loaded and run again."""
+    mux = _multiplexed(link)
+    try:
+        return await mux.request(command)
+    except link._no_script:
+        return await mux.request(_load(link, script), command)
+
+
+def _load(link: RedisLink, script: Script) -> Any:
+    return link._packer.pack_command("SCRIPT", "LOAD", script.source)
+
+
+async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, Any]) -> Any:
+    """``command``'s reply from redis.asyncio, or UNAVAILABLE (the failure noted in
+    ``failed``, counted and logged by the link); UseThreads for Cluster and Sentinel."""
+    if link._down_until and time.monotonic() < link._down_until:
+        # A second command of the step to the same Redis is not sent either: it would
+        # wait on the loop (during an outage, up to redis_timeout) for what the policy
+        # gives without it.
+        failed.setdefault(link.pool, None)
+        return UNAVAILABLE
+    try:
+        reply = await _request(link, script, command)
+    except (link._moved, link._cross_slot) as exc:
+        # A Cluster: the sync link follows MOVED and splits two slots, in threads.
+        if isinstance(exc, link._cross_slot):
+            link.pool.clustered = True
+        raise UseThreads from None
+    except link._failures as exc:
+        failed[link.pool] = exc
+        link._failed(exc)
+        return UNAVAILABLE
+    if link._outage:
+        link._recovered()
+    return reply
+
+
+async def step(native: Callable[[], T], links: tuple[RedisLink, ...]) -> T:
+    """``native()``, a native step that sends one Redis command on one of ``links``,
+    asked and applied."""
+    return await admission(native, None, None, links)
+
+
+async def admission(
+    native: Callable[[], T],
+    give_back: Callable[[T], object] | None,
+    breaker: Any,
+    links: tuple[RedisLink, ...],
+) -> T:
+    """``native()`` asked on redis.asyncio and applied; an admission granted after its task
+    was cancelled is given back with ``give_back(admission)``, so that no trial permit
+    is lost with the task."""
+    asking = Step(links, asking=True)
+    try:
+        return asking.run(native)
+    except Ask as first:
+        # Without its traceback: its frames (this one too) would keep it, the native
+        # step and the breaker alive in a cycle until the garbage collector ran.
+        asked = first.with_traceback(None)
+    reading = asyncio.ensure_future(ask(asked.link, asked.script, asked.command, asking.failed))
+    try:
+        reply = await asyncio.shield(reading)
+    except UseThreads:
+        if give_back is None:
+            return await off_loop.off_loop(native)
+        return cast("T", await off_loop.admission(native, give_back))  # type: ignore[arg-type]
+    except asyncio.CancelledError:
+        reading.add_done_callback(
+            lambda done: _apply_cancelled(done, asked, asking.failed, native, give_back, breaker)
+        )
+        raise
+    return _apply(asked, reply, asking.failed, native, breaker)
+
+
+def _apply(
+    ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T], breaker: Any
+) -> T:
+    applying = Step(ask.link_set)
+    applying.replies.append((ask.link, ask.command, reply))
+    applying.failed = failed
+    try:
+        return applying.run(native)
+    finally:
+        # An admission given back in the step (a full bulkhead's) is recorded after it.
+        _send_later(applying, breaker)
+
+
+def _apply_cancelled(
+    done: asyncio.Future[Any],
+    ask: Ask,
+    failed: dict[Any, Any],
+    native: Callable[[], T],
+    give_back: Callable[[T], object] | None,
+    breaker: Any,
+) -> None:
+    """Applies the reply an admission's cancelled task did not wait for, and gives back
+    what it granted."""
+    if done.cancelled() or done.exception() is not None or give_back is None:
+        return
+    try:
+        granted = _apply(ask, done.result(), failed, native, breaker)
+    except Exception:  # refused: nothing to give back
+        return
+    giving = Step(ask.link_set)
+    giving.run(give_back, granted)
+    _send_later(giving, breaker)
+
+
+#: The tasks sending what steps left to send (kept: a task nobody holds may be lost).
+_sending: set[asyncio.Task[Any]] = set()
+
+
+def _send_later(done: Step, breaker: Any) -> None:
+    if done.posts or done.deferred:
+        task = asyncio.ensure_future(_send(done, breaker))
+        _sending.add(task)
+        task.add_done_callback(_sending.discard)
+
+
+async def outcome(
+    breaker: Any, links: tuple[RedisLink, ...], native: Callable[..., T], *args: Any
+) -> T:
+    """``native(*args)``, a native step recording an outcome: its command sent after it,
+    its transition told when the reply comes. A task cancelled meanwhile does not stop
+    it: an outcome being recorded is recorded."""
+    recording = Step(links)
+    result = recording.run(native, *args)
+    if recording.posts or recording.deferred:
+        await asyncio.shield(_send(recording, breaker))
+    return result
+
+
+async def _send(done: Step, breaker: Any) -> None:
+    """Writes ``done``'s posted commands, then asks its deferred ones and tells their
+    transitions to ``breaker``'s listeners."""
+    for link, script, command in done.posts:
+        await _post(link, script, command)
+    for link, script, command in done.deferred:
+        try:
+            reply = await ask(link, script, command, {})
+        except UseThreads:
+            reply = await off_loop.off_loop(link.run_packed, script, command)
+        if reply is UNAVAILABLE or script is not BREAKER or breaker is None:
+            continue
+        was, now = transition(reply)
+        breaker._transitioned(was, now)
+
+
+async def _post(link: RedisLink, script: Script, command: Any) -> None:
+    """Sends ``command``, whose reply changes nothing, and awaits that reply: a refusal in
+    it, or a Redis gone meanwhile, is lost bookkeeping (counted and logged by the link).
+    Awaited, not left to be read later: an outcome left unread when its loop ends (as
+    ``asyncio.run`` ends) would be lost with the connection."""
+    if link._down_until and time.monotonic() < link._down_until:
+        return
+    try:
+        await _request(link, script, command)
+    except UseThreads:
+        await off_loop.off_loop(link.post_packed, script, command)
+    except link._failures as exc:
+        link._lost(exc)
