@@ -439,6 +439,9 @@ def test_the_demo_answers_health_until_ctrl_c_then_prints_its_summary() -> None:
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
+        # Ctrl-C as a terminal delivers it, even where this run inherited SIGINT ignored
+        # (a background job of a non-interactive shell).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         assert demo.stdout is not None

@@ -140,7 +140,16 @@ def test_a_ctrl_c_that_lands_in_a_listener_still_interrupts_the_program(
     # listener's other errors (the demo once kept running after Ctrl-C this way).
     import signal
 
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    # Python's own Ctrl-C handler, whatever this run inherited (a background job of a
+    # non-interactive shell starts with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _a_ctrl_c_in_a_listener(clock)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _a_ctrl_c_in_a_listener(clock: ManualClock) -> None:
     breaker = CircuitBreaker(1, 5.0, name="ctrl-c-listener", clock=clock)
 
     def interrupted(event: Event) -> None:
