@@ -203,3 +203,92 @@ def test_sentinels_without_a_master_name_are_refused(
                 'redis_sentinels = ["127.0.0.1:26379"]\n'
             )
         )
+
+
+def _certificates(where: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 signed by it: (ca, certificate, key)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed")
+    ca, ca_key = where / "ca.crt", where / "ca.key"
+    cert, key, request = where / "server.crt", where / "server.key", where / "server.csr"
+    san = where / "san.cnf"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", ca_key, "-out", ca,
+         "-subj", "/CN=peak-resilience test CA", "-days", "1"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", request,
+         "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", request, "-CA", ca, "-CAkey", ca_key, "-CAcreateserial",
+         "-out", cert, "-days", "1", "-extfile", san],
+    ):  # fmt: skip
+        subprocess.run([openssl, *map(str, command)], check=True, capture_output=True)
+    return ca, cert, key
+
+
+def test_a_rediss_sentinel_url_speaks_tls_to_the_sentinels_and_the_master(
+    tmp_path: Path,
+) -> None:
+    ca, cert, key = _certificates(tmp_path)
+    tls = [
+        "--tls-cert-file", str(cert), "--tls-key-file", str(key),
+        "--tls-ca-cert-file", str(ca), "--tls-auth-clients", "no",
+    ]  # fmt: skip
+    master_tls = free_port()
+    master = RedisServer(tmp_path / "master", "--tls-port", str(master_tls), *tls)
+    master.workdir.mkdir()
+    master.start()
+    sentinel_port = free_port()
+    conf = tmp_path / "sentinel.conf"
+    conf.write_text(
+        f"port 0\ntls-port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
+        f"tls-cert-file {cert}\ntls-key-file {key}\ntls-ca-cert-file {ca}\n"
+        "tls-auth-clients no\ntls-replication yes\n"
+        f"sentinel monitor {MASTER} 127.0.0.1 {master_tls} 1\n"
+    )
+    binary = shutil.which("redis-server")
+    assert binary is not None
+    sentinel = subprocess.Popen(
+        [binary, str(conf), "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        tls_client = redis.Redis(
+            host="127.0.0.1", port=sentinel_port, ssl=True, ssl_ca_certs=str(ca), socket_timeout=5
+        )
+
+        def answers() -> bool:
+            try:
+                return bool(tls_client.ping())
+            except redis.ConnectionError:
+                return False
+
+        wait_until("the sentinel up, over TLS", answers)
+        url = f"rediss+sentinel://127.0.0.1:{sentinel_port}/{MASTER}/0?ssl_ca_certs={ca}"
+        limiter = RateLimiter(3, 3600, name="tls", backend="redis", redis_url=url)
+        assert [limiter.acquire() for _ in range(2)] == [True, True]
+        assert asyncio.run(limiter.acquire_async(timeout=0))
+        assert not limiter.acquire()
+        # Over TLS indeed: the master's count, read on its TLS port.
+        on_master = redis.Redis(
+            host="127.0.0.1", port=master_tls, ssl=True, ssl_ca_certs=str(ca), socket_timeout=5
+        )
+        assert int(on_master.hget("peak-resilience:{limiter:tls}:default", "allowed") or 0) == 3
+        # The sentinel's only port is a TLS one: a plain URL cannot reach it.
+        plain = f"redis+sentinel://127.0.0.1:{sentinel_port}/{MASTER}/0"
+        refused = RateLimiter(
+            3, 3600, name="tls", backend="redis", redis_url=plain, on_backend_error="fail_closed"
+        )
+        assert not refused.acquire()
+    finally:
+        sentinel.terminate()
+        sentinel.wait(timeout=10)
+        master.stop()
+
+
+def test_a_sentinel_url_names_an_option_it_does_not_take() -> None:
+    url = f"rediss+sentinel://127.0.0.1:{free_port()}/{MASTER}?ssl_ca_cert=/etc/ca.pem"
+    with pytest.raises(ValueError, match="'ssl_ca_cert'"):
+        RateLimiter(3, 3600, name="typo", backend="redis", redis_url=url).acquire()
+    plain = f"redis+sentinel://127.0.0.1:{free_port()}/{MASTER}?ssl_ca_certs=/etc/ca.pem"
+    with pytest.raises(ValueError, match="must be rediss"):
+        RateLimiter(3, 3600, name="typo", backend="redis", redis_url=plain).acquire()
