@@ -31,6 +31,20 @@ def test_two_bulkheads_of_one_name_share_the_slots(tmp_path: Path) -> None:
     assert first.try_acquire()
 
 
+def test_two_objects_of_one_shared_bulkhead_export_the_hosts_calls_in_flight_once(
+    tmp_path: Path,
+) -> None:
+    from metric_samples import ours
+
+    first = Bulkhead(3, name="exported-once", backend="shared", shared_dir=tmp_path)
+    second = Bulkhead(3, name="exported-once", backend="shared", shared_dir=tmp_path)
+    assert first.try_acquire() and second.try_acquire()
+    exported = ours()
+    assert exported[("peak_trade_bulkhead_in_flight", frozenset({("name", "exported-once")}))] == 2
+    first.release()
+    second.release()
+
+
 def test_the_cap_holds_across_processes(tmp_path: Path) -> None:
     start, done, results = CONTEXT.Barrier(5), CONTEXT.Event(), CONTEXT.Queue()
     children = [

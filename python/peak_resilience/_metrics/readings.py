@@ -288,9 +288,17 @@ def read(
         rejections[bucket_key] = rejections.get(bucket_key, 0) + rejected
 
     in_flight: dict[str, int] = {}
+    shared_bulkheads: set[Any] = set()
     for bulkhead in live_bulkheads:
-        in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
+        # Refusals are each object's own; a shared bulkhead's calls in flight are the
+        # host's, read from its file: once per file, however many objects map it.
         slots_refused[bulkhead.name] = slots_refused.get(bulkhead.name, 0) + bulkhead.rejections
+        shared_file = bulkhead.shared_path
+        if shared_file is not None:
+            if shared_file in shared_bulkheads:
+                continue
+            shared_bulkheads.add(shared_file)
+        in_flight[bulkhead.name] = in_flight.get(bulkhead.name, 0) + bulkhead.in_flight
     retries = {name: retry.retries for name, retry in dict(_instances.retries).items()}
 
     operations = {name: stats.snapshot() for name, stats in dict(_instances.operations).items()}
