@@ -287,3 +287,35 @@ def test_a_one_shot_sigbus_handler_installed_before_shared_files_runs_once_then_
     )
     assert child.stdout.splitlines() == ["calls 1"], child.stderr[-500:]
     assert child.returncode == -signal.SIGBUS
+
+
+TRUNCATED_BULKHEAD = textwrap.dedent(
+    """
+    import os, sys
+    from peak_resilience.resilience import Bulkhead
+    bulkhead = Bulkhead(2, name="orders", backend="shared", shared_dir=sys.argv[1])
+    os.truncate(bulkhead.shared_path, 0)
+    for attempt in range(2):
+        try:
+            with bulkhead:
+                print("ran")
+        except Exception as err:
+            print(f"{type(err).__name__}: {err}")
+    """
+)
+
+
+def test_a_shared_bulkhead_truncated_under_a_running_process_names_its_file(
+    shared_dir: str,
+) -> None:
+    child = subprocess.run(
+        [sys.executable, "-c", TRUNCATED_BULKHEAD, shared_dir],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
+    lines = child.stdout.splitlines()
+    assert len(lines) == 2 and lines[0] == lines[1], lines
+    assert lines[0].startswith("OSError: shared file ") and "truncated" in lines[0]
+    assert "bulkhead" in lines[0] and shared_dir in lines[0]

@@ -81,9 +81,14 @@ impl PyBulkhead {
         false
     }
 
-    /// The `BulkheadFull(name, max_concurrent)` for a refused call.
+    /// The `BulkheadFull(name, max_concurrent)` for a refused call; for a shared bulkhead
+    /// whose file was truncated under the process (it refuses every call), the error that
+    /// names the file, as a breaker's and a limiter's do.
     #[cold]
     pub fn full(&self, py: Python<'_>) -> PyErr {
+        if let Some(lost) = lost_file(&self.core) {
+            return super::errors::lost_error(&lost, "bulkhead");
+        }
         let details = (self.name.clone_ref(py), self.core.max_concurrent());
         match BULKHEAD_FULL.import(py, "peak_resilience.errors", "BulkheadFull") {
             Ok(ty) => PyErr::from_type(ty.clone(), details),
@@ -121,6 +126,19 @@ fn shared_path(core: &Bulkhead) -> Option<PathBuf> {
 
 #[cfg(not(all(unix, not(peak_portable))))]
 fn shared_path(_core: &Bulkhead) -> Option<PathBuf> {
+    None
+}
+
+/// The file of a shared bulkhead truncated under this process, if it is one.
+#[cfg(all(unix, not(peak_portable)))]
+fn lost_file(core: &Bulkhead) -> Option<PathBuf> {
+    core.shared()
+        .filter(|slots| slots.lost())
+        .map(|slots| slots.path().to_owned())
+}
+
+#[cfg(not(all(unix, not(peak_portable))))]
+fn lost_file(_core: &Bulkhead) -> Option<PathBuf> {
     None
 }
 
