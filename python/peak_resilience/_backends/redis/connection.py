@@ -108,6 +108,45 @@ _shared: dict[tuple[str, float], tuple[Any, Pool]] = {}
 _shared_lock = threading.Lock()
 
 
+def client_for(url: str, timeout: float, *, on_asyncio: bool = False) -> Any:
+    """A redis-py client of ``url`` (a Sentinel URL too; redis.asyncio's if
+    ``on_asyncio``), whose connection settings our pools make connections from: each
+    bounded by ``timeout``, with TCP keepalive, and no retry or health check of
+    redis-py's own (the link decides what a failure is)."""
+    redis = _redis()
+    from redis.backoff import NoBackoff
+
+    if on_asyncio:
+        from redis.asyncio.retry import Retry as AsyncRetry
+
+        retry: Any = AsyncRetry(NoBackoff(), 0)
+    else:
+        from redis.retry import Retry
+
+        retry = Retry(NoBackoff(), 0)
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        # A peer gone without a word (a host down, a NAT entry dropped) is found by the
+        # kernel, not by a call waiting for a reply that never comes.
+        "socket_keepalive": True,
+        "retry": retry,
+        "health_check_interval": 0,
+    }
+    if not on_asyncio:
+        options["retry_on_timeout"] = False
+    try:
+        if sentinel.is_sentinel_url(url):
+            # Its connections ask a sentinel for the master as they connect; one open to
+            # a master demoted by a failover is closed at its first READONLY reply.
+            return sentinel.master_client(url, on_asyncio=on_asyncio, **options)
+        if on_asyncio:
+            return redis.asyncio.Redis.from_url(url, **options)
+        return redis.Redis.from_url(url, **options)
+    except ValueError as exc:
+        raise ValueError(f"redis_url {redact_url(url)!r} is not a Redis URL: {exc}") from exc
+
+
 def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
     """The one client and pool of this process for ``url`` with ``timeout``."""
     with _shared_lock:
@@ -115,26 +154,7 @@ def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
         if found is not None:
             return found
         redis = _redis()
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        options: dict[str, Any] = {
-            "socket_timeout": timeout,
-            "socket_connect_timeout": timeout,
-            # A peer gone without a word (a host down, a NAT entry dropped) is found by
-            # the kernel, not by a call waiting for a reply that never comes.
-            "socket_keepalive": True,
-            "retry": Retry(NoBackoff(), 0),
-            "retry_on_timeout": False,
-            "health_check_interval": 0,
-        }
-        try:
-            if sentinel.is_sentinel_url(url):
-                client = sentinel.master_client(url, **options)
-            else:
-                client = redis.Redis.from_url(url, **options)
-        except ValueError as exc:
-            raise ValueError(f"redis_url {redact_url(url)!r} is not a Redis URL: {exc}") from exc
+        client = client_for(url, timeout)
         settings = client.connection_pool
         pool = Pool(
             # Made here, not by redis-py's pool: it counts each one it makes against its

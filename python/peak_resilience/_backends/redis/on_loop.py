@@ -42,7 +42,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from peak_resilience._backends.redis import off_loop, sentinel
+from peak_resilience._backends.redis import off_loop
 from peak_resilience._backends.redis.breaker_store import BREAKER, transition
 from peak_resilience._backends.redis.connection import (
     DEFERRED,
@@ -50,6 +50,7 @@ from peak_resilience._backends.redis.connection import (
     RedisLink,
     Script,
     _redis,
+    client_for,
     steps,
 )
 from peak_resilience._backends.redis.multiplexed import Multiplexed
@@ -157,24 +158,7 @@ def _multiplexed(link: RedisLink) -> Multiplexed:
     if found is not None and found.pid == os.getpid():
         return found
     redis = _redis()
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-
-    options: dict[str, Any] = {
-        "socket_timeout": link.timeout,
-        "socket_connect_timeout": link.timeout,
-        # A peer gone without a word is found by the kernel, as on the sync path.
-        "socket_keepalive": True,
-        "retry": Retry(NoBackoff(), 0),
-        "health_check_interval": 0,
-    }
-    if sentinel.is_sentinel_url(link._seed_url):
-        # Its connections ask a sentinel for the master as they connect; one open to a
-        # master demoted by a failover is closed at its first READONLY reply.
-        client = sentinel.master_client(link._seed_url, on_asyncio=True, **options)
-    else:
-        client = redis.asyncio.Redis.from_url(link._seed_url, **options)
-    settings = client.connection_pool
+    settings = client_for(link._seed_url, link.timeout, on_asyncio=True).connection_pool
     made = own[key] = Multiplexed(
         lambda: settings.connection_class(**settings.connection_kwargs),
         refused=redis.ResponseError,
