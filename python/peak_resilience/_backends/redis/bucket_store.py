@@ -94,7 +94,7 @@ class RedisBucketStore(RedisStore):
             )
 
     def _arguments(
-        self, mode: bytes, amount: int, *, index: int = 0, high: bool = True
+        self, mode: bytes, amount: int, *, index: int | str = 0, high: bool = True
     ) -> tuple[Any, ...]:
         """The script's ARGV for ``mode`` (after its key)."""
         reserve = 0 if high else self._reserve
@@ -104,7 +104,7 @@ class RedisBucketStore(RedisStore):
         """The ARGV of a take of ``cost`` (for ``admission.lua``)."""
         return self._arguments(_TAKE, cost, high=high)
 
-    def _run(self, mode: bytes, amount: int, *, index: int = 0, high: bool = True) -> Any:
+    def _run(self, mode: bytes, amount: int, *, index: int | str = 0, high: bool = True) -> Any:
         return self.link.run(
             BUCKET, self.key, *self._arguments(mode, amount, index=index, high=high)
         )
@@ -139,17 +139,9 @@ class RedisBucketStore(RedisStore):
     def give_back(self, amount: int, records: list[int]) -> bool | None:
         """Refunds ``amount`` of the reservation whose take left ``records``: in each
         window no more than it still owes."""
+        # The records ride in the index argument, which a refund has no other use for.
         records_text = ",".join(str(record) for record in records)
-        reply = self.link.run(
-            BUCKET,
-            self.key,
-            b"give_back",
-            amount,
-            records_text,
-            0,
-            self.now(),
-            *self._windows,
-        )
+        reply = self._run(b"give_back", amount, index=records_text)
         return None if reply is UNAVAILABLE else True
 
     def adjust(self, amount: int, charge: bool) -> bool | None:
