@@ -22,6 +22,14 @@ def shared_dir(tmp_path: Path) -> str:
     return str(tmp_path / "shm")
 
 
+def run_child(script: str, *args: str) -> subprocess.CompletedProcess[str]:
+    """``script`` in a child Python with ``args``: a crash, if any, must not take pytest
+    with it."""
+    return subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=60
+    )
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_draws_on_the_same_shared_budget_and_breaker(shared_dir: str) -> None:
     limiter = RateLimiter(10, 3600, name="binance", backend="shared", shared_dir=shared_dir)
@@ -134,12 +142,7 @@ def test_a_shared_file_truncated_under_a_running_process_is_a_clear_error_not_a_
     shared_dir: str, which: str
 ) -> None:
     # In a child process: the crash, if any, must not take pytest with it.
-    child = subprocess.run(
-        [sys.executable, "-c", TRUNCATE, shared_dir, which],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    child = run_child(TRUNCATE, shared_dir, which)
 
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
     error, after_reset, health = child.stdout.splitlines()
@@ -170,12 +173,7 @@ STALE = textwrap.dedent(
 def test_a_temporary_file_left_by_a_killed_process_of_the_same_pid_does_not_block_creation(
     shared_dir: str,
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", STALE, shared_dir],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    child = run_child(STALE, shared_dir)
     assert child.returncode == 0, child.stderr[-800:]
     assert child.stdout.split() == ["2"]
 
@@ -216,12 +214,7 @@ FIRST_TOUCH = textwrap.dedent(
 def test_an_update_that_first_touches_a_truncated_file_does_not_revive_it(
     shared_dir: str, which: str
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", FIRST_TOUCH, shared_dir, which],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    child = run_child(FIRST_TOUCH, shared_dir, which)
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
     update, outcomes = child.stdout.splitlines()
     assert update.startswith("error:") and "truncated" in update
@@ -246,9 +239,7 @@ def test_a_sigbus_sent_by_kill_stays_ignored_once_shared_files_are_mapped(
 ) -> None:
     # The SIGBUS handler of the shared backend passes on what is not a fault on its
     # mappings; a process that ignores SIGBUS must not die of one sent by `kill`.
-    child = subprocess.run(
-        [sys.executable, "-c", IGNORED, shared_dir], capture_output=True, text=True, timeout=60
-    )
+    child = run_child(IGNORED, shared_dir)
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
     assert child.stdout.split() == ["alive", "True"]
 
@@ -282,9 +273,7 @@ RESET_HAND = textwrap.dedent(
 def test_a_one_shot_sigbus_handler_installed_before_shared_files_runs_once_then_the_default(
     shared_dir: str,
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", RESET_HAND, shared_dir], capture_output=True, text=True, timeout=60
-    )
+    child = run_child(RESET_HAND, shared_dir)
     assert child.stdout.splitlines() == ["calls 1"], child.stderr[-500:]
     assert child.returncode == -signal.SIGBUS
 
@@ -308,12 +297,7 @@ TRUNCATED_BULKHEAD = textwrap.dedent(
 def test_a_shared_bulkhead_truncated_under_a_running_process_names_its_file(
     shared_dir: str,
 ) -> None:
-    child = subprocess.run(
-        [sys.executable, "-c", TRUNCATED_BULKHEAD, shared_dir],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    child = run_child(TRUNCATED_BULKHEAD, shared_dir)
     assert child.returncode == 0, f"died with {child.returncode}: {child.stderr[-500:]}"
     lines = child.stdout.splitlines()
     assert len(lines) == 2 and lines[0] == lines[1], lines
