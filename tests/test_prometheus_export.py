@@ -237,8 +237,13 @@ def test_our_writer_and_the_prometheus_client_collector_export_the_same_samples(
     assert {k for k in ours if not k[0].endswith(moving)} == {
         k for k in theirs if not k[0].endswith(moving)
     }
-    stable = [k for k in ours if not k[0].endswith(moving)]
-    assert all(ours[k] == theirs[k] for k in stable)
+    # Objects of earlier tests still alive in this process may run on the real clock and
+    # move between the two reads too: values are compared on this test's own objects and
+    # reported values, which nothing moves.
+    own = {*populated.values(), "reported", "api"}
+    stable = [k for k in ours if not k[0].endswith(moving) and own & {value for _, value in k[1]}]
+    assert len(stable) > 10  # every family of this test's objects
+    assert [k for k in stable if ours[k] != theirs[k]] == []
 
 
 def test_openmetrics_is_served_when_the_accept_header_asks_for_it(
