@@ -276,3 +276,65 @@ def test_a_trial_refused_a_bulkhead_slot_gives_its_permit_back(own_redis: RedisS
 
     assert asyncio.run(run()) == ["sent", "sent"]
     assert breaker.state is CircuitState.CLOSED
+
+
+def test_async_calls_with_breaker_and_budget_on_two_redis_servers_never_ask_on_the_loop(
+    own_redis: RedisServer, redis_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from peak_resilience._backends.redis.connection import RedisLink
+
+    breaker = CircuitBreaker(2, 3600, "venue", backend="redis", redis_url=own_redis.url)
+    limiter = RateLimiter(2, 3600, name="venue", backend="redis", redis_url=redis_url)
+
+    async def send() -> str:
+        return "filled"
+
+    order = guard(send, breaker=breaker, limiter=limiter, fallback="queued")
+    asked_on_the_loop: list[str] = []
+    call_now = RedisLink.call_now
+
+    def spy(link: RedisLink, *args: Any, **kwargs: Any) -> Any:
+        try:
+            asyncio.get_running_loop()
+            asked_on_the_loop.append(link.what)
+        except RuntimeError:
+            pass
+        return call_now(link, *args, **kwargs)
+
+    monkeypatch.setattr(RedisLink, "call_now", spy)
+
+    async def run() -> list[str]:
+        return [await order() for _ in range(3)]
+
+    assert asyncio.run(run()) == ["filled", "filled", "queued"]
+    assert asked_on_the_loop == []  # each asked in turn on redis.asyncio, none blocking
+    assert breaker.get_stats()["successes"] == 2
+    assert limiter.get_stats()["allowed"] == 2
+
+
+def test_a_take_asked_for_a_call_the_local_stand_in_refused_is_refunded(
+    own_redis: RedisServer, redis_url: str
+) -> None:
+    breaker = CircuitBreaker(
+        2, 3600, "venue", backend="redis", redis_url=own_redis.url, redis_timeout=0.2
+    )
+    breaker.store.link.retry_interval = 0.0
+    limiter = RateLimiter(5, 3600, name="venue", backend="redis", redis_url=redis_url)
+    own_redis.stop()
+    breaker.record_failure()
+    breaker.record_failure()  # counted by the in-process stand-in: open
+
+    async def send() -> str:
+        return "filled"
+
+    order = guard(send, breaker=breaker, limiter=limiter, fallback="refused")
+
+    async def run() -> list[str]:
+        answers = [await order() for _ in range(3)]
+        await asyncio.sleep(0.05)  # the refunds are sent after the calls return
+        return answers
+
+    assert asyncio.run(run()) == ["refused"] * 3
+    # The breaker's Redis was down, so each take was asked before the stand-in refused
+    # the call: each was given back, and the whole budget is left.
+    assert [limiter.acquire() for _ in range(6)] == [True] * 5 + [False]

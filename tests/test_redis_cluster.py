@@ -6,6 +6,7 @@ import asyncio
 import gc
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -135,8 +136,7 @@ def test_a_guarded_call_on_a_cluster_asks_the_breaker_and_the_budget_apart(
 def test_async_calls_on_a_cluster_keep_budgets_exact_and_breakers_shared(
     cluster: list[RedisServer],
 ) -> None:
-    # On a Cluster the async steps run in threads (redis.asyncio is for one Redis and
-    # Sentinel): the same answers as the sync calls above.
+    # The same answers as the sync calls above, on redis.asyncio.
     first, second, _ = cluster
     for name in NAMES:
         limiter = RateLimiter(3, 3600, name=f"async-budget-{name}", **on(first))
@@ -170,3 +170,38 @@ def test_async_calls_on_a_cluster_keep_budgets_exact_and_breakers_shared(
         )
     del order, failing, limiter, breaker
     gc.collect()  # dropped while the cluster runs: they read their counts from it
+
+
+def test_async_guarded_calls_on_a_cluster_ask_breaker_and_budget_in_turn_on_the_loop(
+    cluster: list[RedisServer],
+) -> None:
+    first, second, third = cluster
+    before = backend_error_counts()["redis"]
+    for name in NAMES:
+        breaker = CircuitBreaker(2, 60, f"async-guarded-{name}", **on(first))
+        limiter = RateLimiter(2, 3600, name=f"async-guarded-{name}", **on(second))
+
+        async def send() -> str:
+            return "filled"
+
+        order = guard(send, breaker=breaker, limiter=limiter, fallback="queued")
+
+        async def run(order: Any) -> tuple[list[str], set[threading.Thread]]:
+            threads = set(threading.enumerate())
+            # Their keys are in two slots: the one-script admission is refused
+            # (CROSSSLOT) and started over, the breaker and the budget asked in turn.
+            answers = [await order() for _ in range(3)]
+            return answers, set(threading.enumerate()) - threads
+
+        answers, new_threads = asyncio.run(run(order))
+        assert answers == ["filled", "filled", "queued"], name
+        assert new_threads == set(), "an async call on a Cluster started a thread"
+        assert (
+            RateLimiter(2, 3600, name=f"async-guarded-{name}", **on(third)).get_stats()["allowed"]
+            == 2
+        )
+        watcher = CircuitBreaker(2, 60, f"async-guarded-{name}", **on(third))
+        assert watcher.get_stats()["successes"] == 2, name
+    assert backend_error_counts()["redis"] == before
+    del order, breaker, limiter, watcher
+    gc.collect()

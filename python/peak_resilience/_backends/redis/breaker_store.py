@@ -11,6 +11,7 @@ microseconds.
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore, taken
@@ -18,9 +19,11 @@ from peak_resilience._backends.redis.connection import (
     DEFERRED,
     ONE_SLOT_EACH,
     UNAVAILABLE,
+    InTurn,
     RedisLink,
     RedisStore,
     Script,
+    steps,
 )
 
 if TYPE_CHECKING:
@@ -141,13 +144,15 @@ class RedisBreakerStore(RedisStore):
     def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
         return self.link.run(BREAKER, *self._arguments(op, admission, outcome, argument))
 
-    def enter(self) -> tuple[int, int, int, int] | None:
+    def _enter_command(self) -> Any:
         if self._clock is not None:
-            reply = self._run(b"enter")
-        else:
-            if self._enter is None:
-                self._enter = self.link.pack(BREAKER, *self._arguments(b"enter"))
-            reply = self.link.run_packed(BREAKER, self._enter)
+            return self.link.pack(BREAKER, *self._arguments(b"enter"))
+        if self._enter is None:
+            self._enter = self.link.pack(BREAKER, *self._arguments(b"enter"))
+        return self._enter
+
+    def enter(self) -> tuple[int, int, int, int] | None:
+        reply = self.link.run_packed(BREAKER, self._enter_command())
         return None if reply is UNAVAILABLE else _entered(reply)
 
     def enter_and_take(self, bucket: RedisBucketStore, cost: int, high: bool) -> Any:
@@ -157,6 +162,20 @@ class RedisBreakerStore(RedisStore):
         Redis node (Cluster: two slots), and each must be asked on its own."""
         link = self.link
         if bucket.link.pool is not link.pool or link.clustered:
+            step = steps.current
+            if step is not None:
+                # An async call's: the two commands are asked on the loop, one after
+                # the other, before the native step asks each on its own (on_loop).
+                step.ask_in_turn(
+                    link,
+                    BREAKER,
+                    self._enter_command(),
+                    InTurn(
+                        bucket.link,
+                        bucket.take_command(cost, high),
+                        functools.partial(bucket.refund_command, cost),
+                    ),
+                )
             return False
         packed = self._admissions.get((bucket.key, cost, high))
         if packed is None:

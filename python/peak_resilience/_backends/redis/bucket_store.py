@@ -109,11 +109,18 @@ class RedisBucketStore(RedisStore):
             BUCKET, self.key, *self._arguments(mode, amount, index=index, high=high)
         )
 
-    def take(self, cost: int, high: bool) -> tuple[bool, int] | None:
+    def take_command(self, cost: int, high: bool) -> Any:
+        """The packed take of ``cost`` (in the lane ``high`` says)."""
         if cost == 1 and self._take_one is not None:
-            reply = self.link.run_packed(BUCKET, self._take_one[high])
-        else:
-            reply = self._run(_TAKE, cost, high=high)
+            return self._take_one[high]
+        return self.link.pack(BUCKET, self.key, *self._arguments(_TAKE, cost, high=high))
+
+    def refund_command(self, cost: int) -> Any:
+        """The packed refund of ``cost`` tokens taken and not used."""
+        return self.link.pack(BUCKET, self.key, *self._arguments(b"refund", cost))
+
+    def take(self, cost: int, high: bool) -> tuple[bool, int] | None:
+        reply = self.link.run_packed(BUCKET, self.take_command(cost, high))
         return None if reply is UNAVAILABLE else taken(reply)
 
     def peek(self, cost: int, high: bool) -> tuple[int, int, int, int, list[float]] | None:

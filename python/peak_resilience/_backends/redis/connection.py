@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 from urllib.parse import urlsplit, urlunsplit
 
 from peak_resilience._backends import choice
@@ -45,6 +45,7 @@ __all__ = [
     "DEFERRED",
     "ONE_SLOT_EACH",
     "UNAVAILABLE",
+    "InTurn",
     "RedisLink",
     "RedisStore",
     "Script",
@@ -62,6 +63,16 @@ ONE_SLOT_EACH: Any = object()
 #: What it returns to an async call's outcome being recorded: the command is sent (and
 #: its reply applied) by ``on_loop`` once the native step has returned.
 DEFERRED: Any = object()
+
+
+class InTurn(NamedTuple):
+    """A take asked after a breaker's admission, when the two are on different Redis
+    nodes: on ``link``, ``command``; ``refund()`` packs its refund, for a take the
+    native step did not use."""
+
+    link: RedisLink
+    command: Any
+    refund: Callable[[], Any]
 
 
 class _Steps(threading.local):
@@ -201,6 +212,9 @@ class RedisLink:
         self.client, self._pool = _pool_for(url, timeout)
         self._seed_url = url
         self._seed_pool = self._pool
+        #: The URL of the node this link asks: ``url``, or on a Cluster the node that a
+        #: MOVED reply named (the async path connects to it by this URL).
+        self.node_url = url
         self._moved = redis.exceptions.MovedError
         self._cross_slot = redis.exceptions.ClusterCrossSlotError
         #: For log lines and errors: the password masked.
@@ -296,15 +310,10 @@ class RedisLink:
                 self._pool.clustered = True
                 return ONE_SLOT_EACH
             except self._moved as moved:
-                # Redis Cluster: another node serves this key's slot. Ask it, now and
-                # from now on (every key of this link has one hash tag: one slot).
-                self._pool = self._node_pool(moved.host, moved.port)
+                self.follow(moved)
                 reply = self._pool.call(send)
         except self._failures as exc:
-            if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
-                # The node is gone (a failover?): the next call asks the node of
-                # redis_url again which node serves the slot now.
-                self._pool = self._seed_pool
+            self.leave_node(exc)
             self._failed(exc)
             return UNAVAILABLE
         if self._outage:
@@ -335,14 +344,25 @@ class RedisLink:
                 self._lost(exc)
         return reply
 
-    def _node_pool(self, host: str, port: int) -> Pool:
-        """The pool of the cluster node at ``host:port``, reached as ``redis_url`` says
-        (its user, password and TLS)."""
+    def follow(self, moved: Any) -> None:
+        """Redis Cluster: the node named by the ``MOVED`` reply ``moved`` serves this
+        link's slot. It is asked now and from now on (every key of this link has one hash
+        tag: one slot), reached as ``redis_url`` says (its user, password and TLS)."""
         parts = urlsplit(self._seed_url)
         user = parts.netloc.rpartition("@")[0]
+        host, port = moved.host, moved.port
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         netloc = f"{user}@{where}" if user else where
-        return _pool_for(urlunsplit(parts._replace(netloc=netloc)), self.timeout)[1]
+        self.node_url = urlunsplit(parts._replace(netloc=netloc))
+        self._pool = _pool_for(self.node_url, self.timeout)[1]
+
+    def leave_node(self, exc: BaseException) -> None:
+        """After ``exc`` failed a call on a Cluster node that a MOVED reply named: unless
+        the node answered (it is up), it may be gone (a failover): the next call asks the
+        node of ``redis_url`` again which node serves the slot now."""
+        if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
+            self._pool = self._seed_pool
+            self.node_url = self._seed_url
 
     def _lost(self, exc: BaseException) -> None:
         """An outcome sent without waiting that Redis refused: counted, and logged (at

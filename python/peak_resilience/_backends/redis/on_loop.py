@@ -12,10 +12,16 @@ An ``async def`` guarded call or ``acquire_async`` splits each step in two:
   reply (or UNAVAILABLE: the native ``on_backend_error`` policy applies), so that the
   breaker and the bucket do with it exactly what they do on the sync path.
 
-A step that asks a second time (the limiter's take after the breaker's enter found its
-Redis unreachable) is answered UNAVAILABLE when that Redis failed within the step, or is
-left alone after an earlier failure (the sync path would wait for it once more), else
-asked synchronously on the loop (a case no guarded call on one Redis reaches).
+A breaker and a budget on two Redis nodes (a Cluster puts them in two slots; or two
+``redis_url``) cannot be asked in one script: the store asks for the two in turn
+(``InTurn``), and both are asked here before the step is applied: the take only when the
+breaker's reply admits the call, as the native step would take it. Under ``local``, a
+breaker whose node failed leaves the decision to the in-process stand-in; a take it did
+not use is refunded.
+
+Another command of a step to a Redis that failed within the step is answered
+UNAVAILABLE, or left alone after an earlier failure (the sync path would wait for it
+once more), else asked synchronously on the loop (a case no guarded call reaches).
 
 An outcome (``RedisLink.record``: a call's exit, or an admission given back) is recorded
 in the native step with no reply (``DEFERRED``), then sent: its transition, if any, is
@@ -28,25 +34,28 @@ would count it).
 Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
 master; a call in flight on a master demoted by a failover gets its READONLY reply and
 is sent once more, to the new master, when it was alone on the connection; else the
-policy applies to it). Redis Cluster steps still run in the thread pool of ``off_loop``
-(the sync link follows MOVED replies): a link that has seen a MOVED or CROSSSLOT reply
-hands its steps there.
+policy applies to it). On a Redis Cluster, a ``MOVED`` reply sends the link to the node
+it names, as on the sync path (the loop keeps one connection per node), and a
+``CROSSSLOT`` reply to a one-script admission starts it over, the two asked in turn.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from peak_resilience._backends.redis import off_loop
 from peak_resilience._backends.redis.breaker_store import BREAKER, transition
+from peak_resilience._backends.redis.bucket_store import BUCKET, taken
 from peak_resilience._backends.redis.connection import (
     DEFERRED,
+    ONE_SLOT_EACH,
     UNAVAILABLE,
+    InTurn,
     RedisLink,
     Script,
     _redis,
@@ -55,9 +64,12 @@ from peak_resilience._backends.redis.connection import (
 )
 from peak_resilience._backends.redis.multiplexed import Multiplexed
 
-__all__ = ["admission", "outcome", "step", "uses_threads"]
+__all__ = ["admission", "outcome", "step"]
 
 T = TypeVar("T")
+
+#: A reply read for a step: (the link, the command, the reply).
+Reply = tuple[RedisLink, Any, Any]
 
 
 class Ask(BaseException):
@@ -65,7 +77,12 @@ class Ask(BaseException):
     A BaseException: no ``except Exception`` on the way may take it for a failure."""
 
     def __init__(
-        self, link: RedisLink, script: Script, command: Any, links: tuple[RedisLink, ...]
+        self,
+        link: RedisLink,
+        script: Script,
+        command: Any,
+        links: tuple[RedisLink, ...],
+        then: InTurn | None = None,
     ) -> None:
         super().__init__()
         self.link = link
@@ -73,10 +90,8 @@ class Ask(BaseException):
         self.link_set = links
         self.script = script
         self.command = command
-
-
-class UseThreads(Exception):
-    """This link's Redis is a Cluster: its steps run in threads."""
+        #: The take to ask after this breaker admission, if it admits (``InTurn``).
+        self.then = then
 
 
 class Step:
@@ -90,7 +105,7 @@ class Step:
         self.links = links
         self.asking = asking
         #: (link, command, reply) read for this step.
-        self.replies: list[tuple[RedisLink, Any, Any]] = []
+        self.replies: list[Reply] = []
         #: The pools that failed within this step, and how (None: left alone for
         #: ``retry_interval`` after an earlier failure).
         self.failed: dict[Any, BaseException | None] = {}
@@ -127,6 +142,12 @@ class Step:
             return UNAVAILABLE
         return link.call_now(script, command, answered=True)
 
+    def ask_in_turn(self, link: RedisLink, script: Script, command: Any, then: InTurn) -> None:
+        """A breaker's admission (``command`` on ``link``) and then a take (``then``)
+        that cannot go in one script: when asking, both are asked (see the module)."""
+        if self.asking and link in self.links and then.link in self.links:
+            raise Ask(link, script, command, self.links, then)
+
     def run(self, native: Callable[..., T], *args: Any) -> T:
         outer, steps.current = steps.current, self
         try:
@@ -135,30 +156,24 @@ class Step:
             steps.current = outer
 
 
-def uses_threads(link: RedisLink) -> bool:
-    """Whether ``link``'s steps run in threads: a Cluster (as its replies have shown)."""
-    return link.clustered or link.pool is not link._seed_pool
-
-
-#: The one connection of each loop to each Redis (URL and timeout).
+#: The one connection of each loop to each Redis node (URL and timeout).
 _by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[Any, Multiplexed]] = (
     weakref.WeakKeyDictionary()
 )
 
 
 def _multiplexed(link: RedisLink) -> Multiplexed:
-    if uses_threads(link):
-        raise UseThreads
     loop = asyncio.get_running_loop()
     own = _by_loop.get(loop)
     if own is None:
         own = _by_loop[loop] = {}
-    key = (link._seed_url, link.timeout)
+    url = link.node_url
+    key = (url, link.timeout)
     found = own.get(key)
     if found is not None and found.pid == os.getpid():
         return found
     redis = _redis()
-    settings = client_for(link._seed_url, link.timeout, on_asyncio=True).connection_pool
+    settings = client_for(url, link.timeout, on_asyncio=True).connection_pool
     made = own[key] = Multiplexed(
         lambda: settings.connection_class(**settings.connection_kwargs),
         refused=redis.ResponseError,
@@ -177,13 +192,23 @@ async def _request(link: RedisLink, script: Script, command: Any) -> Any:
         return await mux.request(_load(link, script), command)
 
 
+async def _asked(link: RedisLink, script: Script, command: Any) -> Any:
+    """``_request``, sent once more to the Cluster node a ``MOVED`` reply names (which
+    ``link`` asks from now on, as the sync link does)."""
+    try:
+        return await _request(link, script, command)
+    except link._moved as moved:
+        link.follow(moved)
+        return await _request(link, script, command)
+
+
 def _load(link: RedisLink, script: Script) -> Any:
     return link._packer.pack_command("SCRIPT", "LOAD", script.source)
 
 
 async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, Any]) -> Any:
-    """``command``'s reply from redis.asyncio, or UNAVAILABLE (the failure noted in
-    ``failed``, counted and logged by the link); UseThreads for Cluster and Sentinel."""
+    """``command``'s reply from redis.asyncio; UNAVAILABLE (the failure noted in
+    ``failed``, counted and logged by the link); ONE_SLOT_EACH for keys in two slots."""
     if link._down_until and time.monotonic() < link._down_until:
         # A second command of the step to the same Redis is not sent either: it would
         # wait on the loop (during an outage, up to redis_timeout) for what the policy
@@ -191,19 +216,36 @@ async def ask(link: RedisLink, script: Script, command: Any, failed: dict[Any, A
         failed.setdefault(link.pool, None)
         return UNAVAILABLE
     try:
-        reply = await _request(link, script, command)
-    except (link._moved, link._cross_slot) as exc:
-        # A Cluster: the sync link follows MOVED and splits two slots, in threads.
-        if isinstance(exc, link._cross_slot):
-            link.pool.clustered = True
-        raise UseThreads from None
+        reply = await _asked(link, script, command)
+    except link._cross_slot:
+        link.pool.clustered = True
+        return ONE_SLOT_EACH
     except link._failures as exc:
         failed[link.pool] = exc
+        link.leave_node(exc)
         link._failed(exc)
         return UNAVAILABLE
     if link._outage:
         link._recovered()
     return reply
+
+
+async def _ask_all(asked: Ask, failed: dict[Any, Any]) -> list[Reply]:
+    """The replies the step ``asked`` needs: its first command's and, for an admission
+    asked in turn, the take's when the breaker's reply admits the call."""
+    reply = await ask(asked.link, asked.script, asked.command, failed)
+    replies: list[Reply] = [(asked.link, asked.command, reply)]
+    then = asked.then
+    if then is None or reply is ONE_SLOT_EACH:
+        return replies
+    # Redis failed: the policy decides. fail_closed refuses, fail_open admits, local asks
+    # the stand-in (which may refuse: the take is then refunded, see _apply).
+    admitted = asked.link.policy != "fail_closed" if reply is UNAVAILABLE else int(reply[0]) != 0
+    if admitted:
+        replies.append(
+            (then.link, then.command, await ask(then.link, BUCKET, then.command, failed))
+        )
+    return replies
 
 
 async def step(native: Callable[[], T], links: tuple[RedisLink, ...]) -> T:
@@ -221,55 +263,71 @@ async def admission(
     """``native()`` asked on redis.asyncio and applied; an admission granted after its task
     was cancelled is given back with ``give_back(admission)``, so that no trial permit
     is lost with the task."""
-    asking = Step(links, asking=True)
-    try:
-        return asking.run(native)
-    except Ask as first:
-        # Without its traceback: its frames (this one too) would keep it, the native
-        # step and the breaker alive in a cycle until the garbage collector ran.
-        asked = first.with_traceback(None)
-    reading = asyncio.ensure_future(ask(asked.link, asked.script, asked.command, asking.failed))
-    try:
-        reply = await asyncio.shield(reading)
-    except UseThreads:
-        if give_back is None:
-            return await off_loop.off_loop(native)
-        return cast("T", await off_loop.admission(native, give_back))  # type: ignore[arg-type]
-    except asyncio.CancelledError:
-        reading.add_done_callback(
-            lambda done: _apply_cancelled(done, asked, asking.failed, native, give_back, breaker)
-        )
-        raise
-    return _apply(asked, reply, asking.failed, native, breaker)
+    while True:
+        asking = Step(links, asking=True)
+        try:
+            return asking.run(native)
+        except Ask as first:
+            # Without its traceback: its frames (this one too) would keep it, the native
+            # step and the breaker alive in a cycle until the garbage collector ran.
+            asked = first.with_traceback(None)
+        reading = asyncio.ensure_future(_ask_all(asked, asking.failed))
+        try:
+            replies = await asyncio.shield(reading)
+        except asyncio.CancelledError:
+            reading.add_done_callback(
+                functools.partial(
+                    _apply_cancelled, asked, asking.failed, native, give_back, breaker
+                )
+            )
+            raise
+        if replies[0][2] is not ONE_SLOT_EACH:
+            return _apply(asked, replies, asking.failed, native, breaker)
+        # The breaker's and the budget's keys are in two Cluster slots (now known): asked
+        # again, in turn.
 
 
 def _apply(
-    ask: Ask, reply: Any, failed: dict[Any, Any], native: Callable[[], T], breaker: Any
+    ask: Ask, replies: list[Reply], failed: dict[Any, Any], native: Callable[[], T], breaker: Any
 ) -> T:
     applying = Step(ask.link_set)
-    applying.replies.append((ask.link, ask.command, reply))
+    applying.replies.extend(replies)
     applying.failed = failed
     try:
         return applying.run(native)
     finally:
+        then = ask.then
+        for link, command, reply in applying.replies:
+            if (
+                then is not None
+                and link is then.link
+                and command is then.command
+                and reply is not UNAVAILABLE
+                and taken(reply)[0]
+            ):
+                # Tokens taken for a call the step did not admit: given back.
+                applying.posts.append((link, BUCKET, then.refund()))
         # An admission given back in the step (a full bulkhead's) is recorded after it.
         _send_later(applying, breaker)
 
 
 def _apply_cancelled(
-    done: asyncio.Future[Any],
     ask: Ask,
     failed: dict[Any, Any],
     native: Callable[[], T],
     give_back: Callable[[T], object] | None,
     breaker: Any,
+    done: asyncio.Future[list[Reply]],
 ) -> None:
-    """Applies the reply an admission's cancelled task did not wait for, and gives back
-    what it granted."""
+    """Applies the replies an admission's cancelled task did not wait for, and gives back
+    what it granted (a reply that starts it over grants nothing: left)."""
     if done.cancelled() or done.exception() is not None or give_back is None:
         return
+    replies = done.result()
+    if replies[0][2] is ONE_SLOT_EACH:
+        return
     try:
-        granted = _apply(ask, done.result(), failed, native, breaker)
+        granted = _apply(ask, replies, failed, native, breaker)
     except Exception:  # refused: nothing to give back
         return
     giving = Step(ask.link_set)
@@ -307,10 +365,7 @@ async def _send(done: Step, breaker: Any) -> None:
     for link, script, command in done.posts:
         await _post(link, script, command)
     for link, script, command in done.deferred:
-        try:
-            reply = await ask(link, script, command, {})
-        except UseThreads:
-            reply = await off_loop.off_loop(link.run_packed, script, command)
+        reply = await ask(link, script, command, {})
         if reply is UNAVAILABLE or script is not BREAKER or breaker is None:
             continue
         was, now = transition(reply)
@@ -325,8 +380,7 @@ async def _post(link: RedisLink, script: Script, command: Any) -> None:
     if link._down_until and time.monotonic() < link._down_until:
         return
     try:
-        await _request(link, script, command)
-    except UseThreads:
-        await off_loop.off_loop(link.post_packed, script, command)
+        await _asked(link, script, command)
     except link._failures as exc:
+        link.leave_node(exc)
         link._lost(exc)
