@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import shutil
 import subprocess
@@ -22,22 +23,23 @@ from peak_resilience._guard import guard
 NAMES = [f"venue-{n}" for n in range(12)]  # their hash tags fall on every master
 
 
-@pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
-    """Three masters, slots split by ``redis-cli --cluster create``."""
+@contextlib.contextmanager
+def running_cluster(workdirs: pytest.TempPathFactory, replicas: int) -> Iterator[list[RedisServer]]:
+    """Three masters with ``replicas`` replicas each, slots split by
+    ``redis-cli --cluster create``."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError("redis-cli is not installed: run `bash scripts/packages`")
     nodes = [
         RedisServer(
-            tmp_path_factory.mktemp(f"cluster-{n}"),
+            workdirs.mktemp(f"cluster-{n}"),
             "--cluster-enabled",
             "yes",
             "--cluster-config-file",
             "nodes.conf",
             port=free_cluster_port(),
         )
-        for n in range(3)
+        for n in range(3 * (1 + replicas))
     ]
     try:
         for node in nodes:
@@ -49,7 +51,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
                 "create",
                 *(f"127.0.0.1:{n.port}" for n in nodes),
                 "--cluster-replicas",
-                "0",
+                str(replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -62,6 +64,13 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
     finally:
         for node in nodes:
             node.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServer]]:
+    """Three masters."""
+    with running_cluster(tmp_path_factory, replicas=0) as nodes:
+        yield nodes
 
 
 def _wait_for_cluster_ok(node: RedisServer) -> None:
@@ -205,3 +214,66 @@ def test_async_guarded_calls_on_a_cluster_ask_breaker_and_budget_in_turn_on_the_
     assert backend_error_counts()["redis"] == before
     del order, breaker, limiter, watcher
     gc.collect()
+
+
+def _role(node: RedisServer) -> bytes:
+    return bytes(redis.Redis.from_url(url(node), socket_timeout=5).execute_command("ROLE")[0])
+
+
+def _fail_over_every_master(nodes: list[RedisServer]) -> None:
+    """Each replica takes over from its master (``CLUSTER FAILOVER``: the master's writes
+    all reach it first), one after the other, as an operator's maintenance does."""
+    replicas = [node for node in nodes if _role(node) == b"slave"]
+    assert len(replicas) == 3
+    deadline = time.monotonic() + 60
+    for replica in replicas:
+        client = redis.Redis.from_url(url(replica), socket_timeout=5)
+        while client.info("replication").get("master_link_status") != "up":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on port {replica.port} did not sync")
+            time.sleep(0.05)
+        client.execute_command("CLUSTER", "FAILOVER")
+        while _role(replica) != b"master":
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the replica on port {replica.port} did not take over")
+            time.sleep(0.05)
+    for node in nodes:
+        _wait_for_cluster_ok(node)
+
+
+def test_budgets_and_breakers_hold_through_a_cluster_failover_sync_and_async(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    with running_cluster(tmp_path_factory, replicas=1) as nodes:
+        masters = [node for node in nodes if _role(node) == b"master"]
+        before = backend_error_counts()["redis"]
+        limiter = RateLimiter(6, 3600, name="failover", **on(masters[0]))
+        breaker = CircuitBreaker(3, 3600, "failover", **on(masters[1]))
+
+        async def send() -> str:
+            return "filled"
+
+        order = guard(send, limiter=limiter, fallback="refused")
+
+        async def calls(count: int, order: Any) -> list[str]:
+            return [await order() for _ in range(count)]
+
+        assert [limiter.acquire(), limiter.acquire()] == [True, True]
+        assert asyncio.run(calls(2, order)) == ["filled", "filled"]
+        breaker.record_failure()
+        breaker.record_failure()
+
+        _fail_over_every_master(nodes)
+
+        # The same objects, their nodes now replicas that redirect every key (MOVED).
+        assert limiter.acquire()
+        assert asyncio.run(calls(2, order)) == ["filled", "refused"]
+        assert not limiter.acquire()
+        assert breaker.state is CircuitState.CLOSED
+        breaker.record_failure()  # the third: the two before the failover were kept
+        assert breaker.state is CircuitState.OPEN
+        assert CircuitBreaker(3, 3600, "failover", **on(masters[2])).state is CircuitState.OPEN
+        # fail_closed: a call Redis had failed would have been refused, and counted.
+        assert backend_error_counts()["redis"] == before
+        del order, limiter, breaker
+        gc.collect()
