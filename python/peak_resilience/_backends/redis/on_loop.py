@@ -366,10 +366,11 @@ async def _send(done: Step, breaker: Any) -> None:
         await _post(link, script, command)
     for link, script, command in done.deferred:
         reply = await ask(link, script, command, {})
-        if reply is UNAVAILABLE or script is not BREAKER or breaker is None:
-            continue
-        was, now = transition(reply)
-        breaker._transitioned(was, now)
+        if reply is UNAVAILABLE or reply is ONE_SLOT_EACH:
+            continue  # (ONE_SLOT_EACH: never for the one key of an outcome)
+        if script is BREAKER and breaker is not None:
+            was, now = transition(reply)
+            breaker._transitioned(was, now)
 
 
 async def _post(link: RedisLink, script: Script, command: Any) -> None:
