@@ -106,4 +106,4 @@ def test_async_calls_on_redis_answer_and_count_as_sync_calls_do(
     assert (1, 0) in sync.heard  # a trial closed the circuit (HALF_OPEN to CLOSED)
     # (seeds chosen so that each run does: 3 and 5 never close it)
     del sync_order, async_order, sync, on_loop
-    gc.collect()  # dropped while their Redis runs: they keep their counts (see _instances)
+    gc.collect()  # dropped here, not in a later test (which would find them in its exports)

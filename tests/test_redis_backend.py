@@ -491,3 +491,33 @@ def test_metrics_count_this_process_requests_to_a_redis_budget(on_redis: dict[st
     assert (exported["requests"], exported["rejections"]) == (2, 1)
     assert exported["tokens_available"] == pytest.approx(0.0, abs=1e-3)
     assert here.get_stats()["total_requests"] == 3  # the budget's own: every host's
+
+
+def test_redis_breakers_of_one_name_export_its_counts_once_and_drop_without_a_redis_call(
+    own_redis: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    from peak_resilience.metrics import metrics
+
+    def exported_failures() -> int:
+        return int(metrics.get_summary()["circuit_breakers"]["exchange-drop"]["failures"])
+
+    first = CircuitBreaker(5, 60, "exchange-drop", backend="redis", redis_url=own_redis.url)
+    second = CircuitBreaker(5, 60, "exchange-drop", backend="redis", redis_url=own_redis.url)
+    first.record_failure()
+    second.record_failure()
+    # Both read the two failures from Redis: the name's counter is 2, not 4.
+    assert exported_failures() == 2
+    assert own_redis.process is not None
+    os.kill(own_redis.process.pid, signal.SIGSTOP)  # unreachable: a call would time out
+    try:
+        errors = backend_error_counts()["redis"]
+        with caplog.at_level(logging.WARNING, logger="peak_resilience.redis"):
+            del second
+            gc.collect()
+        # A finalizer may run on an event loop: it asked Redis nothing.
+        assert backend_error_counts()["redis"] == errors
+        assert caplog.records == []
+    finally:
+        os.kill(own_redis.process.pid, signal.SIGCONT)
+    first.record_failure()
+    assert exported_failures() == 3

@@ -178,7 +178,7 @@ def test_async_calls_on_a_cluster_keep_budgets_exact_and_breakers_shared(
             == 3
         )
     del order, failing, limiter, breaker
-    gc.collect()  # dropped while the cluster runs: they read their counts from it
+    gc.collect()  # dropped here, not in a later test (which would find them in its exports)
 
 
 def test_async_guarded_calls_on_a_cluster_ask_breaker_and_budget_in_turn_on_the_loop(

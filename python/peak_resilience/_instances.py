@@ -4,7 +4,9 @@ Held weakly: an object the user constructs is exported while the user holds it a
 forgotten once dropped. The module registries hold theirs strongly. What a dropped
 object counted is kept for its name (``retired``): counters of a name are summed over
 its objects, and must never go down when one of them goes (Prometheus would read the
-drop as a reset and count everything after it again).
+drop as a reset and count everything after it again). A breaker on a shared file or on
+Redis keeps its counts there, for every object of its name: they are read once per file
+or Redis key, and nothing is kept when one is dropped.
 
 Breakers are typed as the native breaker, limiters as what export and health checks read
 of them (``Limiter``): both are below the Python classes that add themselves here.
@@ -100,7 +102,10 @@ def retire_breaker(breaker: CircuitBreaker) -> None:
     """Keeps what ``breaker`` counted for its name (called as it is dropped)."""
     with lock:
         breakers.discard(breaker)
-        if breaker.shared_path is not None:
+        if breaker.shared_path is not None or breaker.store is not None:
+            # Its counts stay where they are kept, for every object of its name: in the
+            # shared file, or in Redis (not read here: a finalizer may run on an event
+            # loop, and Redis may be unreachable).
             return
         counts: dict[Any, int] = {
             "failures": breaker.failure_total,

@@ -177,6 +177,17 @@ class Readings:
         }
 
 
+def _kept_in(breaker: Any) -> Any:
+    """Where ``breaker``'s counts are kept for every object of its name (its shared file,
+    or its Redis and key); None for counts of its own."""
+    if breaker.shared_path is not None:
+        return breaker.shared_path
+    store = breaker.store
+    if store is None:
+        return None
+    return (store.link.url, store.key)
+
+
 def read(
     reported_transitions: dict[tuple[str, str, str], int],
     reported_states: dict[str, int],
@@ -225,11 +236,11 @@ def read(
         if metrics_only:
             shadow = breaker.shadow_state_code
             shadow_states[name] = max(shadow, shadow_states.get(name, shadow))
-        shared_file = breaker.shared_path
-        if shared_file is not None:
-            if shared_file in shared_breakers:
-                continue  # the host's counts, already read through another object
-            shared_breakers.add(shared_file)
+        kept_in = _kept_in(breaker)
+        if kept_in is not None:
+            if kept_in in shared_breakers:
+                continue  # the host's or Redis' counts, already read through another object
+            shared_breakers.add(kept_in)
         failures[name] = failures.get(name, 0) + breaker.failure_total
         refused[name] = refused.get(name, 0) + breaker.rejection_total
         counts = breaker.transition_counts()
