@@ -24,9 +24,11 @@ NAMES = [f"venue-{n}" for n in range(12)]  # their hash tags fall on every maste
 
 
 @contextlib.contextmanager
-def running_cluster(workdirs: pytest.TempPathFactory, replicas: int) -> Iterator[list[RedisServer]]:
+def running_cluster(
+    workdirs: pytest.TempPathFactory, replicas: int, *options: str
+) -> Iterator[list[RedisServer]]:
     """Three masters with ``replicas`` replicas each, slots split by
-    ``redis-cli --cluster create``."""
+    ``redis-cli --cluster create``; ``options`` for every node."""
     cli = shutil.which("redis-cli")
     if cli is None:
         raise RuntimeError("redis-cli is not installed: run `bash scripts/packages`")
@@ -37,6 +39,7 @@ def running_cluster(workdirs: pytest.TempPathFactory, replicas: int) -> Iterator
             "yes",
             "--cluster-config-file",
             "nodes.conf",
+            *options,
             port=free_cluster_port(),
         )
         for n in range(3 * (1 + replicas))
@@ -220,6 +223,12 @@ def _role(node: RedisServer) -> bytes:
     return bytes(redis.Redis.from_url(url(node), socket_timeout=5).execute_command("ROLE")[0])
 
 
+def _master_port(node: RedisServer) -> int | None:
+    """The port of ``node``'s master, if it is a replica."""
+    role = redis.Redis.from_url(url(node), socket_timeout=5).execute_command("ROLE")
+    return int(role[2]) if bytes(role[0]) == b"slave" else None
+
+
 def _fail_over_every_master(nodes: list[RedisServer]) -> None:
     """Each replica takes over from its master (``CLUSTER FAILOVER``: the master's writes
     all reach it first), one after the other, as an operator's maintenance does."""
@@ -276,4 +285,38 @@ def test_budgets_and_breakers_hold_through_a_cluster_failover_sync_and_async(
         # fail_closed: a call Redis had failed would have been refused, and counted.
         assert backend_error_counts()["redis"] == before
         del order, limiter, breaker
+        gc.collect()
+
+
+def test_objects_whose_url_names_a_node_that_died_follow_the_cluster_to_its_replica(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # A node is failed within a second of going silent (default: 15 s).
+    with running_cluster(tmp_path_factory, 1, "--cluster-node-timeout", "1000") as nodes:
+        seed, *others = [node for node in nodes if _role(node) == b"master"]
+        limiters = [RateLimiter(100, 3600, name=f"seed-{name}", **on(seed)) for name in NAMES]
+        for limiter in limiters:
+            limiter.store.link.retry_interval = 0.0  # tried again at the next call
+            assert limiter.acquire()  # the limiters of other masters' slots are redirected
+        seed_client = redis.Redis.from_url(url(seed), socket_timeout=5)
+        assert seed_client.execute_command("WAIT", 1, 5000) == 1  # its writes replicated
+        (replica,) = [node for node in nodes if _master_port(node) == seed.port]
+        seed.stop()  # the node every redis_url names is gone; its replica takes over
+        deadline = time.monotonic() + 30
+        while _role(replica) != b"master":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not take over within 30 s")
+            time.sleep(0.05)
+        for node in others:
+            _wait_for_cluster_ok(node)
+        for name, limiter in zip(NAMES, limiters, strict=True):
+            # At most one call meets the dead node (fail_closed refuses it); the next asks
+            # another node this process knows, which names the slot's new master.
+            answers = [limiter.acquire() for _ in range(2)]
+            assert answers[-1], name
+            assert asyncio.run(limiter.acquire_async(timeout=0)), name
+            allowed = 1 + answers.count(True) + 1
+            reader = RateLimiter(100, 3600, name=f"seed-{name}", **on(others[0]))
+            assert reader.get_stats()["allowed"] == allowed, name
+        del limiters, limiter, reader
         gc.collect()

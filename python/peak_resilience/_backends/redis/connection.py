@@ -181,6 +181,11 @@ def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
         return client, pool
 
 
+#: The Redis Cluster nodes each ``redis_url`` has led this process to (MOVED replies),
+#: itself first: where a link whose node failed looks for the slot's node next.
+_cluster_nodes: dict[str, list[str]] = {}
+
+
 class RedisLink:
     """One limiter's or breaker's way to Redis: the process' pool for its URL, and the
     outage policy."""
@@ -353,16 +358,30 @@ class RedisLink:
         host, port = moved.host, moved.port
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         netloc = f"{user}@{where}" if user else where
-        self.node_url = urlunsplit(parts._replace(netloc=netloc))
-        self._pool = _pool_for(self.node_url, self.timeout)[1]
+        url = urlunsplit(parts._replace(netloc=netloc))
+        with _shared_lock:
+            known = _cluster_nodes.setdefault(self._seed_url, [self._seed_url])
+            if url not in known:
+                known.append(url)
+        self._ask_node(url)
 
     def leave_node(self, exc: BaseException) -> None:
-        """After ``exc`` failed a call on a Cluster node that a MOVED reply named: unless
-        the node answered (it is up), it may be gone (a failover): the next call asks the
-        node of ``redis_url`` again which node serves the slot now."""
-        if self._pool is not self._seed_pool and not isinstance(exc, self._refusing):
-            self._pool = self._seed_pool
-            self.node_url = self._seed_url
+        """After ``exc`` failed a call on a Redis Cluster: unless the node answered (it is
+        up), it may be gone (a failover, the node of ``redis_url`` too): the next call
+        asks the next node this process has learned of, which names the node serving the
+        slot now. Any node of a Cluster can; all of them gone is an outage."""
+        if isinstance(exc, self._refusing):
+            return
+        with _shared_lock:
+            known = list(_cluster_nodes.get(self._seed_url, ()))
+        if len(known) < 2:
+            return  # one Redis (or a Cluster that never redirected us): nothing to try
+        at = known.index(self.node_url) if self.node_url in known else -1
+        self._ask_node(known[(at + 1) % len(known)])
+
+    def _ask_node(self, url: str) -> None:
+        self.node_url = url
+        self._pool = self._seed_pool if url == self._seed_url else _pool_for(url, self.timeout)[1]
 
     def _lost(self, exc: BaseException) -> None:
         """An outcome sent without waiting that Redis refused: counted, and logged (at
