@@ -71,10 +71,13 @@ _making_keys = threading.Lock()
 __all__ = ["RateLimiter"]
 
 
-def _bucket_stats(bucket: TokenBucket) -> dict[str, Any]:
+def _bucket_stats(bucket: TokenBucket, unused_paused_for: float = 0.0) -> dict[str, Any]:
     """One bucket's budget read at once: every host's counts for a Redis budget (and
-    whether Redis answered), every process's for a shared one."""
+    whether Redis answered), every process's for a shared one. For the blank of an
+    endpoint not used yet, ``unused_paused_for`` is its pause."""
     allowed, rejected, tokens, paused, available = bucket.read()
+    if bucket.blank:
+        paused = unused_paused_for
     total = allowed + rejected
     stats = {
         "total_requests": total,
@@ -293,9 +296,14 @@ class RateLimiter(_NativeLimiter):
         Without an endpoint: the totals over every bucket of this limiter, the default
         bucket's tokens, and a breakdown under ``"endpoints"``.
         """
+        # Read as they are: an endpoint not used yet is not made by being looked at.
+        unused_paused_for = self._unused_paused_for
         if endpoint is not None:
-            return _bucket_stats(self.bucket_for(endpoint))
-        endpoints = {name: _bucket_stats(b) for name, b in self.endpoint_buckets().items()}
+            return _bucket_stats(self._bucket_to_read(endpoint), unused_paused_for)
+        endpoints = {
+            name: _bucket_stats(b, unused_paused_for)
+            for name, b in self._endpoint_buckets_to_read().items()
+        }
         stats = _bucket_stats(self.default_bucket)
         allowed = stats["allowed"] + sum(e["allowed"] for e in endpoints.values())
         rejected = stats["rejected"] + sum(e["rejected"] for e in endpoints.values())
@@ -316,14 +324,18 @@ class RateLimiter(_NativeLimiter):
         counts each shared file once however many objects map it."""
         rows = []
         name = self.name
+        unused_paused_for = self._unused_paused_for
         for endpoint, bucket in (
             (DEFAULT_ENDPOINT, self.default_bucket),
-            *self.endpoint_buckets().items(),
+            # An endpoint not used yet reads as its blank: a scrape makes no bucket.
+            *self._endpoint_buckets_to_read().items(),
         ):
             # One read of the budget (one trip to Redis); the counts are this process's
             # (for Redis: its verdicts and its stand-in's), summed over processes by
             # Prometheus.
             _, _, tokens, paused, _ = bucket.read()
+            if bucket.blank:
+                paused = unused_paused_for
             rows.append(
                 (
                     bucket_series.label(name, endpoint, bucket),
@@ -462,27 +474,42 @@ class RateLimiter(_NativeLimiter):
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 
-    def _buckets(self) -> list[TokenBucket]:
-        return [self.default_bucket, *self.endpoint_buckets().values()]
+    def _bucket_to_read(self, endpoint: str | None) -> TokenBucket:
+        """The bucket ``endpoint`` draws on, or the blank of an endpoint not used yet
+        (nothing is made: for reading only)."""
+        if endpoint is None:
+            return self.default_bucket
+        bucket = self._endpoint_buckets_to_read().get(endpoint)
+        return self.bucket_for(endpoint) if bucket is None else bucket
+
+    def _made_buckets(self) -> list[TokenBucket]:
+        """The default bucket and those of the endpoints used so far (the others are
+        paused and resumed as one: ``_pause_unused``)."""
+        endpoints = self._endpoint_buckets_to_read().values()
+        return [self.default_bucket, *(bucket for bucket in endpoints if not bucket.blank)]
 
     def pause(self, seconds: float) -> None:
         """Refuses every acquire, ``priority="high"`` included, for ``seconds`` (e.g. a
         429's Retry-After), in every process sharing the budget; endpoints added meanwhile
         are paused too. A shorter pause never shortens a longer one."""
-        for bucket in self._buckets():
+        for bucket in self._made_buckets():
             bucket.pause(seconds)
+        self._pause_unused(seconds)
         if seconds:
             logger.warning("rate limiter %r paused for %ss", self.name, seconds)
 
     def resume(self) -> None:
         """Lifts a pause at once."""
-        for bucket in self._buckets():
+        for bucket in self._made_buckets():
             bucket.resume()
+        self._resume_unused()
 
     @property
     def paused_for(self) -> float:
         """Seconds the pause still lasts (0.0: not paused)."""
-        return max(bucket.paused_for for bucket in self._buckets())
+        made = max(bucket.paused_for for bucket in self._made_buckets())
+        unused = any(b.blank for b in self._endpoint_buckets_to_read().values())
+        return max(made, self._unused_paused_for) if unused else made
 
     def sync(
         self, used: int, window: str | int | None = None, *, endpoint: str | None = None

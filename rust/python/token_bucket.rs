@@ -33,6 +33,10 @@ pub struct PyTokenBucket {
     max_requests: AtomicU64,
     window: AtomicU64,
     enabled: AtomicBool,
+    /// A blank: the state of every endpoint of these windows not used yet, shared by
+    /// them (see `PyTokenBucket::blank`); never acted on, only read. Beside `enabled`, in
+    /// what was padding.
+    blank: bool,
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
     /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
@@ -89,12 +93,63 @@ impl PyTokenBucket {
             max_requests: AtomicU64::new(max_requests),
             window: AtomicU64::new(window),
             enabled: AtomicBool::new(true),
+            blank: false,
             shared,
             limits: Mutex::new(windows.limits.clone()),
             remote,
             remote_allowed: AtomicU64::new(0),
             remote_rejected: AtomicU64::new(0),
         })
+    }
+
+    /// The blank of `windows` in `blanks` (made and kept there if none is): what an
+    /// endpoint of them reads before its first use (full, nothing counted, never paused by
+    /// itself), shared by the endpoints of one limiter, so that an endpoint added and not
+    /// used yet costs its name and its place in the limiter's dict (issue 19). A limiter's
+    /// endpoints have few distinct windows (a key's budget has its limiter's): a few recent
+    /// ones are kept. One limiter's only: the metrics fold an endpoint past their bound by
+    /// the identity of its bucket, which must not reach another limiter's.
+    pub fn blank(
+        py: Python<'_>,
+        windows: &Windows,
+        blanks: &Mutex<Vec<Py<PyTokenBucket>>>,
+    ) -> PyResult<Py<PyTokenBucket>> {
+        /// Blanks kept, the most recent last.
+        const KEPT: usize = 4;
+        let mut blanks = blanks.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(found) = blanks.iter().find(|b| b.get().has_windows(windows)) {
+            return Ok(found.clone_ref(py));
+        }
+        let mut blank = PyTokenBucket::build(py, windows, Clock::Monotonic, None, None)?;
+        blank.blank = true;
+        let blank = Py::new(py, blank)?;
+        if blanks.len() == KEPT {
+            blanks.remove(0);
+        }
+        blanks.push(blank.clone_ref(py));
+        Ok(blank)
+    }
+
+    /// Whether this is a blank (see `blank`).
+    #[inline(always)]
+    pub fn is_blank(&self) -> bool {
+        self.blank
+    }
+
+    /// Whether this bucket's windows and reserve are `windows`.
+    fn has_windows(&self, windows: &Windows) -> bool {
+        self.core.reserve() == windows.reserve
+            && self.core.quotas() == windows.quotas
+            && self.limits() == windows.limits
+    }
+
+    /// This bucket's windows and reserve, as arguments for another bucket of them.
+    pub fn windows_now(&self) -> Windows {
+        Windows {
+            quotas: self.core.quotas(),
+            limits: self.limits(),
+            reserve: self.core.reserve(),
+        }
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -460,6 +515,12 @@ impl PyTokenBucket {
             nanos_to_seconds(r.paused),
             r.available,
         ))
+    }
+
+    /// True for the blank that endpoints not used yet read as (see `blank`).
+    #[getter(blank)]
+    fn blank_getter(&self) -> bool {
+        self.blank
     }
 
     #[getter]
