@@ -60,6 +60,20 @@ def test_a_hundred_thousand_dropped_limiters_and_breakers_are_freed() -> None:
     assert len(_instances.breakers) < 100
 
 
+def test_a_hundred_thousand_unused_endpoints_cost_little_more_than_their_names() -> None:
+    limiter = RateLimiter(10, 1.0)
+    for i in range(1_000):  # warm up allocator pools and the dict's first sizes
+        limiter.add_endpoint(f"warm{i}", 5, 1.0)
+    gc.collect()
+    rss_before = rss_bytes()
+    for i in range(100_000):
+        limiter.add_endpoint(f"e{i}", 5, 1.0)
+    gc.collect()
+    # Each made at once would be ~670 B (its bucket's native state and Python object).
+    assert rss_bytes() - rss_before < 100_000 * 250
+    assert limiter.get_stats("e99999")["tokens_available"] == 5
+
+
 def label_storm(metrics: Metrics, start: int, count: int) -> None:
     """``count`` new distinct values in every label a caller can choose."""
     for i in range(start, start + count):

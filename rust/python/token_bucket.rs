@@ -30,8 +30,6 @@ use super::store::Store;
 )]
 pub struct PyTokenBucket {
     pub core: TokenBucket,
-    max_requests: AtomicU64,
-    window: AtomicU64,
     enabled: AtomicBool,
     /// A blank: the state of every endpoint of these windows not used yet, shared by
     /// them (see `PyTokenBucket::blank`); never acted on, only read. Beside `enabled`, in
@@ -42,14 +40,19 @@ pub struct PyTokenBucket {
     /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
     shared: Option<Box<Region<SharedBucketState>>>,
     /// Every window as given (max_requests, window ns), the first first. Never read per call.
-    limits: Mutex<Vec<(u64, u64)>>,
+    limits: Mutex<Box<[(u64, u64)]>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
     /// holds the same windows and stands in during an outage (`on_backend_error="local"`).
-    remote: Option<Store>,
-    /// This process's verdicts from the remote store: the budget's own counts, every
-    /// host's, are in the store.
-    remote_allowed: AtomicU64,
-    remote_rejected: AtomicU64,
+    /// Boxed: 8 bytes in every bucket rather than the store's and its tallies' 32 (issue 19).
+    remote: Option<Box<Remote>>,
+}
+
+/// A remote budget's store, and this process's verdicts from it (the budget's own counts,
+/// every host's, are in the store).
+struct Remote {
+    store: Store,
+    allowed: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// How a bucket reads now: counts, tokens per window, pause.
@@ -87,18 +90,19 @@ impl PyTokenBucket {
         if let Some(store) = &remote {
             store.configure_bucket(py, &windows.quotas, windows.reserve)?;
         }
-        let (max_requests, window) = windows.limits[0];
         Ok(PyTokenBucket {
             core,
-            max_requests: AtomicU64::new(max_requests),
-            window: AtomicU64::new(window),
             enabled: AtomicBool::new(true),
             blank: false,
             shared,
-            limits: Mutex::new(windows.limits.clone()),
-            remote,
-            remote_allowed: AtomicU64::new(0),
-            remote_rejected: AtomicU64::new(0),
+            limits: Mutex::new(windows.limits.clone().into_boxed_slice()),
+            remote: remote.map(|store| {
+                Box::new(Remote {
+                    store,
+                    allowed: AtomicU64::new(0),
+                    rejected: AtomicU64::new(0),
+                })
+            }),
         })
     }
 
@@ -152,6 +156,12 @@ impl PyTokenBucket {
         }
     }
 
+    /// The remote store the budget lives in, or None.
+    #[inline(always)]
+    fn remote_store(&self) -> Option<&Store> {
+        self.remote.as_deref().map(|remote| &remote.store)
+    }
+
     pub fn is_enabled(&self) -> bool {
         self.enabled.load(Ordering::Relaxed)
     }
@@ -163,7 +173,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok(Decision::Admitted);
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             return self.decide_remote(py, store, cost, high);
         }
         let now = self.core.clock().now();
@@ -182,7 +192,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok((Decision::Admitted, [0; MAX_WINDOWS]));
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if self.core.wait_time_lane(cost, high).is_none() {
                 return Ok((Decision::Impossible, [0; MAX_WINDOWS]));
             }
@@ -207,7 +217,7 @@ impl PyTokenBucket {
     /// still owes in each window, in the core or in the remote store (which bounds it by
     /// its own record; a take without one is refunded as `adjust` does).
     pub fn give_back(&self, py: Python<'_>, cost: u64, taken: &Taken) {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             // A take recorded by the store: its refund bounded there. Without a record (the
             // store was unreachable when it was taken) a plain refund, as `adjust` makes.
             if taken.iter().all(|&record| record == 0) {
@@ -251,7 +261,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
-        let store = self.remote.as_ref()?;
+        let store = self.remote_store()?;
         self.core
             .wait_time_lane(cost, high)
             .is_some()
@@ -260,11 +270,13 @@ impl PyTokenBucket {
 
     /// Counts a remote store's decision in this process' tallies.
     pub fn tally(&self, decision: Decision) -> Decision {
-        let tally = match decision {
-            Decision::Admitted => &self.remote_allowed,
-            _ => &self.remote_rejected,
-        };
-        tally.fetch_add(1, Ordering::Relaxed);
+        if let Some(remote) = &self.remote {
+            let tally = match decision {
+                Decision::Admitted => &remote.allowed,
+                _ => &remote.rejected,
+            };
+            tally.fetch_add(1, Ordering::Relaxed);
+        }
         decision
     }
 
@@ -297,7 +309,7 @@ impl PyTokenBucket {
             return Ok(Some(0));
         }
         let local = self.core.wait_time_lane(cost, high);
-        let (Some(store), Some(_)) = (&self.remote, local) else {
+        let (Some(store), Some(_)) = (self.remote_store(), local) else {
             return Ok(local);
         };
         if let Some(peek) = store.peek(py, cost, high)? {
@@ -314,7 +326,7 @@ impl PyTokenBucket {
     /// that cannot be reached is adjusted in the local stand-in (policy "local") or not at
     /// all, as every other budget change is while the store is away.
     pub fn adjust(&self, py: Python<'_>, cost: u64, more: bool) {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if store.adjust(py, cost, more).is_some() || store.policy != OnBackendError::Local {
                 return;
             }
@@ -324,7 +336,7 @@ impl PyTokenBucket {
 
     /// Nanoseconds the pause still lasts, in the store for a remote budget.
     pub fn paused_nanos(&self, py: Python<'_>) -> PyResult<u64> {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if let Some(peek) = store.peek(py, 0, true)? {
                 return Ok(peek.paused);
             }
@@ -336,7 +348,7 @@ impl PyTokenBucket {
     /// budget in the store too (the stand-in stays paused alike).
     pub fn pause_nanos(&self, py: Python<'_>, nanos: u64) -> PyResult<()> {
         self.core.pause(nanos);
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.pause(py, nanos)?;
         }
         Ok(())
@@ -344,7 +356,7 @@ impl PyTokenBucket {
 
     /// Counts, tokens and pause in one read: one trip to a remote store.
     pub fn reading(&self, py: Python<'_>) -> PyResult<Reading> {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if let Some(peek) = store.peek(py, 0, true)? {
                 return Ok(Reading {
                     allowed: peek.allowed,
@@ -378,22 +390,24 @@ impl PyTokenBucket {
                     }
                 }
             }
-            let (max, window) = w.limits[0];
-            self.max_requests.store(max, Ordering::Relaxed);
-            self.window.store(window, Ordering::Relaxed);
-            *limits = w.limits;
+            *limits = w.limits.into_boxed_slice();
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.configure_bucket(py, &w.quotas, w.reserve)?;
         }
         Ok(())
+    }
+
+    /// The first window as given (max_requests, window ns).
+    fn first_limit(&self) -> (u64, u64) {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner())[0]
     }
 
     fn limits(&self) -> Vec<(u64, u64)> {
         self.limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .to_vec()
     }
 }
 
@@ -434,7 +448,7 @@ impl PyTokenBucket {
     /// The remote store this budget lives in, or None.
     #[getter]
     fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.remote.as_ref().map(|s| s.object().clone_ref(py))
+        self.remote_store().map(|s| s.object().clone_ref(py))
     }
 
     /// Takes `cost` tokens if the bucket holds them now (in every window); never waits.
@@ -483,24 +497,24 @@ impl PyTokenBucket {
 
     #[getter]
     fn max_requests(&self) -> u64 {
-        self.max_requests.load(Ordering::Relaxed)
+        self.first_limit().0
     }
 
     #[getter]
     fn window_seconds(&self) -> f64 {
-        nanos_to_seconds(self.window.load(Ordering::Relaxed))
+        nanos_to_seconds(self.first_limit().1)
     }
 
     /// Acquires this process admitted so far (a shared file's: every process's).
     #[getter]
     fn allowed(&self) -> u64 {
-        self.core.allowed() + self.remote_allowed.load(Ordering::Relaxed)
+        self.core.allowed() + self.remote.as_ref().map_or(0, |r| r.allowed.load(Ordering::Relaxed))
     }
 
     /// Acquires this process rejected so far (a shared file's: every process's).
     #[getter]
     fn rejected(&self) -> u64 {
-        self.core.rejected() + self.remote_rejected.load(Ordering::Relaxed)
+        self.core.rejected() + self.remote.as_ref().map_or(0, |r| r.rejected.load(Ordering::Relaxed))
     }
 
     /// `(allowed, rejected, [tokens per window], seconds paused, store answered)` read at
@@ -561,7 +575,7 @@ impl PyTokenBucket {
     /// Fills the bucket at once.
     fn refill(&self, py: Python<'_>) {
         self.core.refill();
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             let most = self
                 .core
                 .quotas()
@@ -651,7 +665,7 @@ impl PyTokenBucket {
             )));
         }
         self.core.sync(window, used);
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.sync(py, window, used)?;
         }
         Ok(())
