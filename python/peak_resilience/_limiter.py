@@ -181,10 +181,8 @@ class RateLimiter(_NativeLimiter):
         "_keys",
         "_listeners",
         "_observer",
-        "backend",
     )
 
-    backend: choice.Backend
     _keys: Keys | None
 
     def __new__(
@@ -251,7 +249,6 @@ class RateLimiter(_NativeLimiter):
         # The native constructor has validated and stored the rate, and put the budget
         # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
-        self.backend = backend
         self._listeners = NO_LISTENERS
         watch_outages(self, "limiter")
         _instances.limiters.add(self)
@@ -282,6 +279,13 @@ class RateLimiter(_NativeLimiter):
     def remove_listener(self, listener: Listener) -> None:
         """Stops telling ``listener``; ValueError if it was not listening."""
         self._listeners.remove(listener)
+
+    @property
+    def backend(self) -> choice.Backend:
+        """Where the budget lives: ``"memory"``, ``"shared"`` or ``"redis"``."""
+        if self.store is not None:
+            return "redis"
+        return "memory" if self.default_bucket.shared_path is None else "shared"
 
     @property
     def redis_available(self) -> bool:

@@ -41,6 +41,13 @@ pub struct PyRateLimiter {
     /// issue 19).
     endpoints: PyOnceLock<Box<Endpoints>>,
     pub clock: Clock,
+    /// Where the budgets live when not in this process alone (None: in memory). Boxed: 8
+    /// bytes in every limiter rather than 40 (issue 19).
+    placement: Option<Box<Placement>>,
+}
+
+/// Where a limiter's budgets live besides this process.
+struct Placement {
     /// The directory the buckets' shared files are in, or None.
     shared_dir: Option<PathBuf>,
     /// The remote store that makes each bucket's store, or None.
@@ -128,6 +135,14 @@ impl PyRateLimiter {
         }
     }
 
+    fn shared_dir(&self) -> Option<&Path> {
+        self.placement.as_ref()?.shared_dir.as_deref()
+    }
+
+    fn store_of(&self) -> Option<&Store> {
+        self.placement.as_ref()?.store.as_ref()
+    }
+
     /// Where the bucket of `endpoint` (None: the default one) lives: its shared file
     /// and its remote store.
     fn place_of(
@@ -138,8 +153,8 @@ impl PyRateLimiter {
         place(
             py,
             self.name.bind(py).to_str()?,
-            self.shared_dir.as_deref(),
-            self.store.as_ref(),
+            self.shared_dir(),
+            self.store_of(),
             endpoint,
         )
     }
@@ -215,13 +230,14 @@ impl PyRateLimiter {
             None,
         )?;
         let default = PyTokenBucket::build(py, &windows, clock.clone(), file.as_deref(), remote)?;
+        let placement = (shared_dir.is_some() || store.is_some())
+            .then(|| Box::new(Placement { shared_dir, store }));
         Ok(PyRateLimiter {
             name,
             default: Py::new(py, default)?,
             endpoints: PyOnceLock::new(),
             clock,
-            shared_dir,
-            store,
+            placement,
         })
     }
 
@@ -340,8 +356,7 @@ impl PyRateLimiter {
         )?;
         // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
         let paused = self.default.get().paused_nanos(py)?;
-        if self.shared_dir.is_none()
-            && self.store.is_none()
+        if self.placement.is_none()
             && paused == 0
             && endpoints.paused_for(&self.clock) == 0
         {
@@ -482,12 +497,12 @@ impl PyRateLimiter {
     /// The remote store this limiter's budgets live in, or None.
     #[getter]
     fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.store.as_ref().map(|s| s.object().clone_ref(py))
+        self.store_of().map(|s| s.object().clone_ref(py))
     }
 
     /// What a call gets while the remote store cannot be reached.
     #[getter]
     fn on_backend_error(&self) -> &'static str {
-        self.store.as_ref().map_or("local", |s| s.policy.name())
+        self.store_of().map_or("local", |s| s.policy.name())
     }
 }
