@@ -13,8 +13,8 @@ use crate::clock::{nanos_to_seconds, Clock};
 use crate::files;
 
 use super::args::{
-    clock_from, cost_of, given, is_high, label, name_or, on_backend_error, path_or_none,
-    seconds, windows_from,
+    clock_from, cost_of, given, is_high, label, name_or, on_backend_error, path_or_none, seconds,
+    windows_from,
 };
 use super::reservation::{reserve_on, Reservation};
 
@@ -356,10 +356,7 @@ impl PyRateLimiter {
         )?;
         // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
         let paused = self.default.get().paused_nanos(py)?;
-        if self.placement.is_none()
-            && paused == 0
-            && endpoints.paused_for(&self.clock) == 0
-        {
+        if self.placement.is_none() && paused == 0 && endpoints.paused_for(&self.clock) == 0 {
             // In this process and not paused: nothing to keep until it is used (issue 19).
             // A blank replaces a blank (its windows changed before any use).
             let blank = PyTokenBucket::blank(py, &windows, &endpoints.blanks)?;

@@ -508,13 +508,21 @@ impl PyTokenBucket {
     /// Acquires this process admitted so far (a shared file's: every process's).
     #[getter]
     fn allowed(&self) -> u64 {
-        self.core.allowed() + self.remote.as_ref().map_or(0, |r| r.allowed.load(Ordering::Relaxed))
+        self.core.allowed()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |r| r.allowed.load(Ordering::Relaxed))
     }
 
     /// Acquires this process rejected so far (a shared file's: every process's).
     #[getter]
     fn rejected(&self) -> u64 {
-        self.core.rejected() + self.remote.as_ref().map_or(0, |r| r.rejected.load(Ordering::Relaxed))
+        self.core.rejected()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |r| r.rejected.load(Ordering::Relaxed))
     }
 
     /// `(allowed, rejected, [tokens per window], seconds paused, store answered)` read at
