@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from peak_resilience import RateLimiter
+from peak_resilience._health import check_resilience
 from peak_resilience.testing import ManualClock
 
 
@@ -163,3 +164,11 @@ def test_a_disabled_endpoint_admits_everything_after_its_first_use(
     for bucket in limiter.endpoint_buckets().values():
         bucket.set_enabled(False)
     assert all(limiter.acquire("orders") for _ in range(5))
+
+
+def test_a_health_check_makes_no_bucket_for_an_unused_endpoint(clock: ManualClock) -> None:
+    limiter = RateLimiter(10, 1, clock=clock)
+    limiter.add_endpoint("orders", 5, 1.0)
+    healthy, _ = check_resilience()
+    assert healthy
+    assert limiter._endpoint_buckets_to_read()["orders"].blank
