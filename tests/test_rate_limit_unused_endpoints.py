@@ -71,25 +71,30 @@ def test_every_way_of_reaching_an_endpoints_bucket_gets_a_bucket_of_its_own(
     assert limiter.get_wait_time("c") == 0.0
 
 
+def first_uses_at_once(limiter: RateLimiter, endpoint: str, threads: int) -> list[bool]:
+    """What ``threads`` threads get from their first acquire of ``endpoint``, all at once."""
+    start = threading.Barrier(threads)
+    taken: list[bool] = []
+
+    def take() -> None:
+        start.wait()
+        taken.append(limiter.acquire(endpoint))
+
+    running = [threading.Thread(target=take) for _ in range(threads)]
+    for thread in running:
+        thread.start()
+    for thread in running:
+        thread.join()
+    return taken
+
+
 def test_two_threads_using_an_endpoint_first_at_once_share_one_bucket(
     clock: ManualClock,
 ) -> None:
     for _ in range(50):
         limiter = RateLimiter(10, 1, clock=clock)
         limiter.add_endpoint("orders", 8, 3600.0)
-        start = threading.Barrier(8)
-        taken: list[bool] = []
-
-        def take(limiter: RateLimiter = limiter, start: threading.Barrier = start) -> None:
-            start.wait()
-            taken.append(limiter.acquire("orders"))
-
-        threads = [threading.Thread(target=take) for _ in range(8)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-        assert sum(taken) == 8
+        assert sum(first_uses_at_once(limiter, "orders", 8)) == 8
         assert limiter.get_stats("orders")["allowed"] == 8
         assert not limiter.acquire("orders")
 
