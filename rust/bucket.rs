@@ -404,6 +404,7 @@ pub struct BucketState {
     head: BucketHead,
     more: MoreWindows,
     tail: BucketTail,
+    _spare: [AtomicU64; 2],
 }
 
 /// What every acquire reads: the first window, the window count, the pause, the counts.
@@ -430,7 +431,6 @@ struct BucketTail {
     reserve: AtomicU64,
     /// Who is changing the windows (0: nobody; see `Changing`).
     changing: AtomicU64,
-    _spare: [AtomicU64; 2],
 }
 
 /// A bucket as a shared file holds it: its atomics, then its sliding windows' log (when
@@ -475,8 +475,33 @@ impl SharedBucketState {
 /// this process, set from the start for a shared one (places in its file).
 #[derive(Default)]
 struct Cells {
-    more: OnceLock<Place<MoreWindows>>,
-    log: OnceLock<Place<SlidingLog>>,
+    more: OnceLock<Part<MoreWindows>>,
+    log: OnceLock<Part<SlidingLog>>,
+}
+
+/// A part of a bucket's state kept apart from its head: made by this process, or in a
+/// shared file (kept mapped by the bucket's owner, see `SharedCells`).
+enum Part<T> {
+    Own(Box<T>),
+    InFile(NonNull<T>),
+}
+
+// SAFETY: `T` is a block of atomics (Sync); a part in a file stays mapped as long as the
+// bucket that reads it (see `SharedCells`), and is only ever read through shared references.
+unsafe impl<T: Sync> Send for Part<T> {}
+unsafe impl<T: Sync> Sync for Part<T> {}
+
+impl<T> std::ops::Deref for Part<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        match self {
+            Part::Own(own) => own,
+            // SAFETY: see the `Send`/`Sync` note above.
+            Part::InFile(place) => unsafe { place.as_ref() },
+        }
+    }
 }
 
 /// A bucket of this process: its head, tail and cells, one allocation. Its other windows
@@ -513,8 +538,8 @@ impl BucketPlace {
     /// The state of a shared bucket, inside its mapping.
     pub fn shared(block: Place<SharedBucketState>) -> Self {
         let cells = Cells {
-            more: OnceLock::from(block.project(|b| &b.bucket.more)),
-            log: OnceLock::from(block.project(|b| &b.log)),
+            more: OnceLock::from(Part::InFile(NonNull::from(&block.bucket.more))),
+            log: OnceLock::from(Part::InFile(NonNull::from(&block.log))),
         };
         let home = Place::local(SharedCells {
             _block: block.clone(),
@@ -562,9 +587,7 @@ impl BucketPlace {
     /// The log, made (empty) on first use.
     #[inline(always)]
     fn log(&self) -> &SlidingLog {
-        self.cells()
-            .log
-            .get_or_init(|| Place::local(SlidingLog::default()))
+        self.cells().log.get_or_init(|| Part::Own(Box::default()))
     }
 
     /// Window `i`; the windows after the first are made (empty) on first use.
@@ -579,9 +602,7 @@ impl BucketPlace {
 
     #[inline(always)]
     fn more(&self) -> &MoreWindows {
-        self.cells()
-            .more
-            .get_or_init(|| Place::local(MoreWindows::default()))
+        self.cells().more.get_or_init(|| Part::Own(Box::default()))
     }
 
     /// The windows after the first if they were made (a bucket of this process that only
@@ -1678,7 +1699,14 @@ pub(crate) mod tests {
         assert_eq!(std::mem::offset_of!(BucketState, more), 88);
         assert_eq!(std::mem::offset_of!(BucketState, tail.reserve), 256);
         assert_eq!(std::mem::offset_of!(BucketState, tail.changing), 264);
+        assert_eq!(std::mem::offset_of!(BucketState, _spare), 272);
         assert_eq!(std::mem::size_of::<BucketState>(), 288);
+    }
+
+    #[test]
+    fn a_bucket_of_this_process_holds_one_window_in_152_bytes_not_the_shared_288() {
+        // Head 88, tail 16, the cells of its other windows and log 48 (issue 19).
+        assert_eq!(std::mem::size_of::<LocalBucket>(), 152);
     }
 
     #[test]

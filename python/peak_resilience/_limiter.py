@@ -177,13 +177,14 @@ class RateLimiter(_NativeLimiter):
     __slots__ = (
         "_clock",
         "_keeps_counts",
-        "_key_bounds",
         "_keys",
         "_listeners",
         "_observer",
     )
 
-    _keys: Keys | None
+    #: The key table, or its bounds until the first ``for_key`` makes it (most limiters
+    #: have no keys; one slot rather than two: 16 bytes a limiter, issue 19).
+    _keys: Keys | tuple[int, float | None]
 
     def __new__(
         cls,
@@ -257,8 +258,7 @@ class RateLimiter(_NativeLimiter):
         self._keeps_counts = name is not None
         self._observer: Observer | None = None
         bounds = checked_bounds(max_keys, key_idle_after)
-        self._key_bounds = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
-        self._keys = None  # made by the first for_key (most limiters have no keys)
+        self._keys = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -453,8 +453,9 @@ class RateLimiter(_NativeLimiter):
         limiter's windows, made on first use, on this limiter's backend. At most
         ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
         keys = self._keys
-        if keys is None:
+        if type(keys) is tuple:
             keys = self._key_table()
+        keys = cast("Keys", keys)  # (mypy does not narrow on ``type(...) is``)
         known = isinstance(key, str) and key in keys  # a known key was checked already
         return KeyBudget(self, keys, key if known else label_value(key, "key"))
 
@@ -462,10 +463,11 @@ class RateLimiter(_NativeLimiter):
         """The key budgets, made by the first ``for_key``; under a lock, so that the first
         calls of two threads share one table."""
         with _making_keys:
-            if self._keys is None:
+            keys = self._keys
+            if isinstance(keys, tuple):
                 now = time.monotonic if self._clock is None else self._clock.now
-                self._keys = Keys(*self._key_bounds, now)
-            return self._keys
+                keys = self._keys = Keys(*keys, now)
+            return keys
 
     def remove_endpoint(self, name: str) -> TokenBucket | None:
         """Drops the bucket of endpoint ``name`` and returns it (None if there was none):
