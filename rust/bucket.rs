@@ -472,35 +472,36 @@ impl SharedBucketState {
 }
 
 /// Where a bucket's other windows and its log are: made on first use for a bucket of
-/// this process, set from the start for a shared one (places in its file).
+/// this process (owned by its `LocalBucket`, which frees them), set from the start for a
+/// shared one (places in its file, kept mapped by its `SharedCells`).
 #[derive(Default)]
 struct Cells {
     more: OnceLock<Part<MoreWindows>>,
     log: OnceLock<Part<SlidingLog>>,
 }
 
-/// A part of a bucket's state kept apart from its head: made by this process, or in a
-/// shared file (kept mapped by the bucket's owner, see `SharedCells`).
-enum Part<T> {
-    Own(Box<T>),
-    InFile(NonNull<T>),
-}
+/// Where a part of a bucket's state kept apart from its head is.
+struct Part<T>(NonNull<T>);
 
-// SAFETY: `T` is a block of atomics (Sync); a part in a file stays mapped as long as the
-// bucket that reads it (see `SharedCells`), and is only ever read through shared references.
+// SAFETY: `T` is a block of atomics (Sync), only ever read through shared references, and
+// kept alive as long as the bucket that reads it (see `Cells`).
 unsafe impl<T: Sync> Send for Part<T> {}
 unsafe impl<T: Sync> Sync for Part<T> {}
+
+impl<T: Default> Part<T> {
+    /// A part of this process, made empty; its `LocalBucket` frees it.
+    fn made() -> Self {
+        Part(NonNull::from(Box::leak(Box::default())))
+    }
+}
 
 impl<T> std::ops::Deref for Part<T> {
     type Target = T;
 
     #[inline(always)]
     fn deref(&self) -> &T {
-        match self {
-            Part::Own(own) => own,
-            // SAFETY: see the `Send`/`Sync` note above.
-            Part::InFile(place) => unsafe { place.as_ref() },
-        }
+        // SAFETY: see the `Send`/`Sync` note above.
+        unsafe { self.0.as_ref() }
     }
 }
 
@@ -511,6 +512,21 @@ struct LocalBucket {
     head: BucketHead,
     tail: BucketTail,
     cells: Cells,
+}
+
+impl Drop for LocalBucket {
+    fn drop(&mut self) {
+        // SAFETY: a local bucket's parts were made by `Part::made` (leaked boxes) and
+        // nothing reads them any more: the last place of this bucket is gone.
+        unsafe {
+            if let Some(more) = self.cells.more.take() {
+                drop(Box::from_raw(more.0.as_ptr()));
+            }
+            if let Some(log) = self.cells.log.take() {
+                drop(Box::from_raw(log.0.as_ptr()));
+            }
+        }
+    }
 }
 
 /// The cells of a shared bucket, and the mapping they point into, kept alive together.
@@ -538,8 +554,8 @@ impl BucketPlace {
     /// The state of a shared bucket, inside its mapping.
     pub fn shared(block: Place<SharedBucketState>) -> Self {
         let cells = Cells {
-            more: OnceLock::from(Part::InFile(NonNull::from(&block.bucket.more))),
-            log: OnceLock::from(Part::InFile(NonNull::from(&block.log))),
+            more: OnceLock::from(Part(NonNull::from(&block.bucket.more))),
+            log: OnceLock::from(Part(NonNull::from(&block.log))),
         };
         let home = Place::local(SharedCells {
             _block: block.clone(),
@@ -587,7 +603,7 @@ impl BucketPlace {
     /// The log, made (empty) on first use.
     #[inline(always)]
     fn log(&self) -> &SlidingLog {
-        self.cells().log.get_or_init(|| Part::Own(Box::default()))
+        self.cells().log.get_or_init(Part::made)
     }
 
     /// Window `i`; the windows after the first are made (empty) on first use.
@@ -602,7 +618,7 @@ impl BucketPlace {
 
     #[inline(always)]
     fn more(&self) -> &MoreWindows {
-        self.cells().more.get_or_init(|| Part::Own(Box::default()))
+        self.cells().more.get_or_init(Part::made)
     }
 
     /// The windows after the first if they were made (a bucket of this process that only
@@ -1704,9 +1720,9 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_bucket_of_this_process_holds_one_window_in_152_bytes_not_the_shared_288() {
-        // Head 88, tail 16, the cells of its other windows and log 48 (issue 19).
-        assert_eq!(std::mem::size_of::<LocalBucket>(), 152);
+    fn a_bucket_of_this_process_holds_one_window_in_136_bytes_not_the_shared_288() {
+        // Head 88, tail 16, the cells of its other windows and log 32 (issue 19).
+        assert_eq!(std::mem::size_of::<LocalBucket>(), 136);
     }
 
     #[test]
