@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use pyo3::sync::critical_section::with_critical_section;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 
@@ -65,9 +66,6 @@ struct Endpoints {
     /// them all: an endpoint is only left unused when added while this has passed, so
     /// what it would have had since is exactly what the limiter's pauses set this to.
     unused_paused_until: AtomicU64,
-    /// Held while an unused endpoint's entry is replaced by its bucket (no Python runs
-    /// under it), so that two threads using it first at once keep one bucket.
-    making: Mutex<()>,
     /// The blanks of the windows added last.
     blanks: Mutex<Vec<Py<PyTokenBucket>>>,
 }
@@ -102,36 +100,43 @@ impl PyRateLimiter {
         endpoint: &Bound<'py, PyAny>,
         blank: &Bound<'py, PyTokenBucket>,
     ) -> PyResult<Bound<'py, PyTokenBucket>> {
-        let bucket = PyTokenBucket::build(
-            py,
-            &blank.get().windows_now(),
-            self.clock.clone(),
-            None,
-            None,
-        )?;
-        let paused = endpoints.paused_for(&self.clock);
-        if paused > 0 {
-            bucket.pause_nanos(py, paused)?;
-        }
-        let bucket = Bound::new(py, bucket)?;
         let buckets = endpoints.buckets.bind(py);
-        let _making = endpoints.making.lock().unwrap_or_else(|e| e.into_inner());
-        // Another thread may have made it meanwhile (keep its bucket), or removed or
-        // changed the endpoint (then this call draws on what is there now).
-        match buckets.get_item(endpoint)? {
-            Some(now) if now.is(blank) => {
-                buckets.set_item(endpoint, &bucket)?;
-                Ok(bucket)
+        let mut blank = blank.clone();
+        loop {
+            let bucket = PyTokenBucket::build(
+                py,
+                &blank.get().windows_now(),
+                self.clock.clone(),
+                None,
+                None,
+            )?;
+            let paused = endpoints.paused_for(&self.clock);
+            if paused > 0 {
+                bucket.pause_nanos(py, paused)?;
             }
-            Some(now) => {
-                let now = now.cast_into::<PyTokenBucket>()?;
-                if now.get().is_blank() {
-                    Ok(bucket) // re-added with other windows: used once as it was
-                } else {
-                    Ok(now)
+            let bucket = Bound::new(py, bucket)?;
+            // Put in place only if the blank is still there: another thread may have made
+            // it meanwhile (its bucket is kept), removed the endpoint (the call draws on
+            // the default bucket) or added it anew with other windows (made from those).
+            let now = with_critical_section(buckets, || -> PyResult<_> {
+                let now = buckets.get_item(endpoint)?;
+                if now.as_ref().is_some_and(|now| now.is(&blank)) {
+                    buckets.set_item(endpoint, &bucket)?;
+                    return Ok(None);
+                }
+                Ok(Some(now))
+            })?;
+            match now {
+                None => return Ok(bucket),
+                Some(None) => return Ok(self.default.bind(py).clone()),
+                Some(Some(now)) => {
+                    let now = now.cast_into::<PyTokenBucket>()?;
+                    if !now.get().is_blank() {
+                        return Ok(now);
+                    }
+                    blank = now;
                 }
             }
-            None => Ok(self.default.bind(py).clone()),
         }
     }
 
@@ -326,7 +331,6 @@ impl PyRateLimiter {
             Box::new(Endpoints {
                 buckets: PyDict::new(py).unbind(),
                 unused_paused_until: AtomicU64::new(0),
-                making: Mutex::new(()),
                 blanks: Mutex::new(Vec::new()),
             })
         });

@@ -120,17 +120,26 @@ impl PyTokenBucket {
     ) -> PyResult<Py<PyTokenBucket>> {
         /// Blanks kept, the most recent last.
         const KEPT: usize = 4;
-        let mut blanks = blanks.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(found) = blanks.iter().find(|b| b.get().has_windows(windows)) {
-            return Ok(found.clone_ref(py));
+        // Nothing that may run Python (an allocation's collection, a weakref's callback
+        // as a blank goes) under the lock: another thread holding the GIL may wait for it.
+        let lock = || blanks.lock().unwrap_or_else(|e| e.into_inner());
+        let found = lock()
+            .iter()
+            .find(|b| b.get().has_windows(windows))
+            .map(|b| b.clone_ref(py));
+        if let Some(found) = found {
+            return Ok(found);
         }
         let mut blank = PyTokenBucket::build(py, windows, Clock::Monotonic, None, None)?;
         blank.blank = true;
         let blank = Py::new(py, blank)?;
-        if blanks.len() == KEPT {
-            blanks.remove(0);
-        }
-        blanks.push(blank.clone_ref(py));
+        let evicted = {
+            let mut blanks = lock();
+            let evicted = (blanks.len() >= KEPT).then(|| blanks.remove(0));
+            blanks.push(blank.clone_ref(py));
+            evicted
+        };
+        drop(evicted);
         Ok(blank)
     }
 
