@@ -480,14 +480,6 @@ class RateLimiter(_NativeLimiter):
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 
-    def _bucket_to_read(self, endpoint: str | None) -> TokenBucket:
-        """The bucket ``endpoint`` draws on, or the blank of an endpoint not used yet
-        (nothing is made: for reading only)."""
-        if endpoint is None:
-            return self.default_bucket
-        bucket = self._endpoint_buckets_to_read().get(endpoint)
-        return self.bucket_for(endpoint) if bucket is None else bucket
-
     def _made_buckets(self) -> list[TokenBucket]:
         """The default bucket and those of the endpoints used so far (the others are
         paused and resumed as one: ``_pause_unused``)."""

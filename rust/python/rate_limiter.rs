@@ -462,6 +462,22 @@ impl PyRateLimiter {
         }
     }
 
+    /// The bucket that `endpoint` draws on, or the blank of an endpoint not used yet
+    /// (see `_endpoint_buckets_to_read`): for reading only, nothing is made.
+    #[pyo3(signature = (endpoint=None))]
+    fn _bucket_to_read<'py>(
+        &self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        if let (Some(endpoint), Some(endpoints)) = (endpoint, self.endpoints.get(py)) {
+            if let Some(found) = endpoints.buckets.bind(py).get_item(endpoint)? {
+                return Ok(found.cast_into::<PyTokenBucket>()?);
+            }
+        }
+        Ok(self.default.bind(py).clone())
+    }
+
     /// Pauses the endpoints not used yet for `seconds` (the limiter's `pause`): a shorter
     /// pause never shortens a longer one; 0 changes nothing.
     fn _pause_unused(&self, py: Python<'_>, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
