@@ -7,6 +7,7 @@
 //! `burst` tokens refilled continuously at one token per `interval`, and its whole state is
 //! one `AtomicU64`, so an acquire is a load, a little arithmetic and a compare-and-swap.
 
+use std::ptr::NonNull;
 use std::sync::OnceLock;
 
 use crate::sync::{yield_now, AtomicU64, Ordering};
@@ -390,7 +391,9 @@ impl Window {
     }
 }
 
-/// The atomics of one bucket, laid out for shared memory as well as for this process.
+/// The atomics of one bucket, laid out for shared memory as well as for this process:
+/// its head, its other windows, its tail (see `BucketPlace` for a bucket of this process,
+/// which keeps its other windows apart and makes them only when it has several).
 ///
 /// The first 64 bytes are the first window (its word and both parameter slots) and the
 /// window count; the pause and the counters follow on the next line, so that a
@@ -398,6 +401,16 @@ impl Window {
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct BucketState {
+    head: BucketHead,
+    more: MoreWindows,
+    tail: BucketTail,
+    _spare: [AtomicU64; 2],
+}
+
+/// What every acquire reads: the first window, the window count, the pause, the counts.
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct BucketHead {
     first: Window,
     /// Windows in use (1..=MAX_WINDOWS).
     windows: AtomicU64,
@@ -405,12 +418,19 @@ pub struct BucketState {
     paused_until: AtomicU64,
     allowed: AtomicU64,
     rejected: AtomicU64,
-    more: [Window; MAX_WINDOWS - 1],
+}
+
+/// The windows after the first.
+type MoreWindows = [Window; MAX_WINDOWS - 1];
+
+/// What only a change of the windows reads.
+#[repr(C)]
+#[derive(Debug, Default)]
+struct BucketTail {
     /// Tokens of every window kept for high-priority acquires.
     reserve: AtomicU64,
     /// Who is changing the windows (0: nobody; see `Changing`).
     changing: AtomicU64,
-    _spare: [AtomicU64; 2],
 }
 
 /// A bucket as a shared file holds it: its atomics, then its sliding windows' log (when
@@ -428,7 +448,17 @@ impl SharedBucketState {
     /// A full bucket of several windows (checked by `check_windows`) and a reserve.
     pub fn with_windows(quotas: &[Quota], reserve: u64) -> Self {
         let state = SharedBucketState::default();
-        state.bucket.init(quotas, reserve, || &state.log);
+        let bucket = &state.bucket;
+        let window = |i: usize| {
+            if i == 0 {
+                &bucket.head.first
+            } else {
+                &bucket.more[i - 1]
+            }
+        };
+        init(&bucket.head, &bucket.tail, window, quotas, reserve, || {
+            &state.log
+        });
         state
     }
 
@@ -441,59 +471,186 @@ impl SharedBucketState {
     }
 }
 
-/// Where a bucket's log is: made on first use for a bucket of this process, set from the
-/// start for a shared one (a place in its file).
-type LogCell = OnceLock<Place<SlidingLog>>;
+/// Where a bucket's other windows and its log are: made on first use for a bucket of
+/// this process (owned by its `LocalBucket`, which frees them), set from the start for a
+/// shared one (places in its file, kept mapped by its `SharedCells`).
+#[derive(Default)]
+struct Cells {
+    more: OnceLock<Part<MoreWindows>>,
+    log: OnceLock<Part<SlidingLog>>,
+}
 
-/// A bucket of this process: its atomics and the cell of its log, one allocation.
+/// Where a part of a bucket's state kept apart from its head is.
+struct Part<T>(NonNull<T>);
+
+// SAFETY: `T` is a block of atomics (Sync), only ever read through shared references, and
+// kept alive as long as the bucket that reads it (see `Cells`).
+unsafe impl<T: Sync> Send for Part<T> {}
+unsafe impl<T: Sync> Sync for Part<T> {}
+
+impl<T: Default> Part<T> {
+    /// A part of this process, made empty; its `LocalBucket` frees it.
+    fn made() -> Self {
+        Part(NonNull::from(Box::leak(Box::default())))
+    }
+}
+
+impl<T> std::ops::Deref for Part<T> {
+    type Target = T;
+
+    #[inline(always)]
+    fn deref(&self) -> &T {
+        // SAFETY: see the `Send`/`Sync` note above.
+        unsafe { self.0.as_ref() }
+    }
+}
+
+/// A bucket of this process: its head, tail and cells, one allocation. Its other windows
+/// (168 bytes) are made only once it has several: most buckets have one (issue 19).
 #[derive(Default)]
 struct LocalBucket {
-    state: BucketState,
-    log: LogCell,
+    head: BucketHead,
+    tail: BucketTail,
+    cells: Cells,
 }
 
-/// Where a bucket's state is, its log included: what `TokenBucket::over` runs on. Derefs
-/// to the bucket's atomics.
+impl Drop for LocalBucket {
+    fn drop(&mut self) {
+        // SAFETY: a local bucket's parts were made by `Part::made` (leaked boxes) and
+        // nothing reads them any more: the last place of this bucket is gone.
+        unsafe {
+            if let Some(more) = self.cells.more.take() {
+                drop(Box::from_raw(more.0.as_ptr()));
+            }
+            if let Some(log) = self.cells.log.take() {
+                drop(Box::from_raw(log.0.as_ptr()));
+            }
+        }
+    }
+}
+
+/// The cells of a shared bucket, and the mapping they point into, kept alive together.
+struct SharedCells {
+    _block: Place<SharedBucketState>,
+    cells: Cells,
+}
+
+/// Where a bucket's state is: what `TokenBucket::over` runs on. Derefs to the bucket's
+/// head (what every acquire reads); the tail and the cells are kept alive by the head's
+/// owner.
 #[derive(Clone)]
 pub struct BucketPlace {
-    state: Place<BucketState>,
-    log: Place<LogCell>,
+    head: Place<BucketHead>,
+    tail: NonNull<BucketTail>,
+    cells: NonNull<Cells>,
 }
+
+// SAFETY: the tail and the cells are atomics and once-cells (Sync) that the head's owner
+// keeps alive; a BucketPlace only hands out shared references.
+unsafe impl Send for BucketPlace {}
+unsafe impl Sync for BucketPlace {}
 
 impl BucketPlace {
     /// The state of a shared bucket, inside its mapping.
     pub fn shared(block: Place<SharedBucketState>) -> Self {
+        let cells = Cells {
+            more: OnceLock::from(Part(NonNull::from(&block.bucket.more))),
+            log: OnceLock::from(Part(NonNull::from(&block.log))),
+        };
+        let home = Place::local(SharedCells {
+            _block: block.clone(),
+            cells,
+        });
         BucketPlace {
-            state: block.project(|b| &b.bucket),
-            log: Place::local(OnceLock::from(block.project(|b| &b.log))),
+            head: home.project(|home| &home._block.bucket.head),
+            tail: NonNull::from(&block.bucket.tail),
+            cells: NonNull::from(&home.cells),
         }
     }
 
-    /// A bucket of this process: its log is made now if a window is sliding, so that
-    /// `log()` on the hot path only ever reads the cell.
+    /// A bucket of this process: its other windows and its log are made now if it needs
+    /// them, so that on the hot path they are only ever read.
     fn local(quotas: &[Quota], reserve: u64) -> Self {
         let local = Place::local(LocalBucket::default());
         let place = BucketPlace {
-            state: local.project(|l| &l.state),
-            log: local.project(|l| &l.log),
+            head: local.project(|l| &l.head),
+            tail: NonNull::from(&local.tail),
+            cells: NonNull::from(&local.cells),
         };
-        place.state.init(quotas, reserve, || place.log());
+        init(
+            &place.head,
+            place.tail(),
+            |i| place.window(i),
+            quotas,
+            reserve,
+            || place.log(),
+        );
         place
+    }
+
+    #[inline(always)]
+    fn tail(&self) -> &BucketTail {
+        // SAFETY: kept alive by the head's owner (see the constructors).
+        unsafe { self.tail.as_ref() }
+    }
+
+    #[inline(always)]
+    fn cells(&self) -> &Cells {
+        // SAFETY: kept alive by the head's owner (see the constructors).
+        unsafe { self.cells.as_ref() }
     }
 
     /// The log, made (empty) on first use.
     #[inline(always)]
     fn log(&self) -> &SlidingLog {
-        self.log.get_or_init(|| Place::local(SlidingLog::default()))
+        self.cells().log.get_or_init(Part::made)
+    }
+
+    /// Window `i`; the windows after the first are made (empty) on first use.
+    #[inline(always)]
+    fn window(&self, i: usize) -> &Window {
+        if i == 0 {
+            &self.head.first
+        } else {
+            &self.more()[i - 1]
+        }
+    }
+
+    #[inline(always)]
+    fn more(&self) -> &MoreWindows {
+        self.cells().more.get_or_init(Part::made)
+    }
+
+    /// The windows after the first if they were made (a bucket of this process that only
+    /// ever had one has none).
+    fn more_if_made(&self) -> Option<&MoreWindows> {
+        self.cells().more.get().map(|more| &**more)
+    }
+
+    #[inline(always)]
+    fn count(&self) -> usize {
+        count_of(self.head.windows.load(Ordering::Acquire))
+    }
+
+    /// Window `i`, for the tests of the kinds' own files.
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn window_for_tests(&self, i: usize) -> &Window {
+        self.window(i)
+    }
+
+    /// The kind of window `i`.
+    #[inline(always)]
+    fn kind(&self, i: usize) -> Kind {
+        kind_of(self.head.windows.load(Ordering::Acquire), i)
     }
 }
 
 impl std::ops::Deref for BucketPlace {
-    type Target = BucketState;
+    type Target = BucketHead;
 
     #[inline(always)]
-    fn deref(&self) -> &BucketState {
-        &self.state
+    fn deref(&self) -> &BucketHead {
+        &self.head
     }
 }
 
@@ -579,53 +736,36 @@ fn log_offsets(quotas: &[Quota]) -> [u64; MAX_WINDOWS] {
     offsets
 }
 
-impl BucketState {
-    /// Fills a bucket nobody reads yet with several windows (checked by `check_windows`)
-    /// and a reserve; `log` is only called if a window is sliding.
-    fn init<'a>(&self, quotas: &[Quota], reserve: u64, log: impl Fn() -> &'a SlidingLog) {
-        self.reserve.store(reserve, Ordering::Relaxed);
-        let offsets = log_offsets(quotas);
-        for (i, quota) in quotas.iter().enumerate() {
-            self.window(i).init(*quota, reserve, &log, offsets[i]);
-        }
-        self.windows.store(windows_word(quotas), Ordering::Release);
+/// Fills a bucket nobody reads yet with several windows (checked by `check_windows`) and a
+/// reserve; `log` is only called if a window is sliding, `window` for each window given.
+fn init<'a, 'w>(
+    head: &BucketHead,
+    tail: &BucketTail,
+    window: impl Fn(usize) -> &'w Window,
+    quotas: &[Quota],
+    reserve: u64,
+    log: impl Fn() -> &'a SlidingLog,
+) {
+    tail.reserve.store(reserve, Ordering::Relaxed);
+    let offsets = log_offsets(quotas);
+    for (i, quota) in quotas.iter().enumerate() {
+        window(i).init(*quota, reserve, &log, offsets[i]);
     }
+    head.windows.store(windows_word(quotas), Ordering::Release);
+}
 
+impl BucketState {
     /// A bucket that can never admit anything: one window of interval 1 ns holding no
     /// token, so every cost is `Impossible` (never a wait that would mislead a caller
     /// into retrying). What a shared bucket's memory becomes when its file is truncated
     /// under the process (see `sigbus`): plain stores, no allocation.
     pub fn refusing() -> Self {
         let state = BucketState::default();
-        state.first.slots[0].interval.store(1, Ordering::Relaxed);
-        state.windows.store(1, Ordering::Relaxed);
+        state.head.first.slots[0]
+            .interval
+            .store(1, Ordering::Relaxed);
+        state.head.windows.store(1, Ordering::Relaxed);
         state
-    }
-
-    #[inline(always)]
-    fn window(&self, i: usize) -> &Window {
-        if i == 0 {
-            &self.first
-        } else {
-            &self.more[i - 1]
-        }
-    }
-
-    #[inline(always)]
-    fn count(&self) -> usize {
-        count_of(self.windows.load(Ordering::Acquire))
-    }
-
-    /// Window `i`, for the tests of the kinds' own files.
-    #[cfg(all(test, not(loom)))]
-    pub(crate) fn window_for_tests(&self, i: usize) -> &Window {
-        self.window(i)
-    }
-
-    /// The kind of window `i`.
-    #[inline(always)]
-    fn kind(&self, i: usize) -> Kind {
-        kind_of(self.windows.load(Ordering::Acquire), i)
     }
 }
 
@@ -760,7 +900,14 @@ impl TokenBucket {
     /// Whether this bucket's sliding-window log was made (a test of issue 19's saving).
     #[cfg(all(test, not(loom)))]
     pub(crate) fn log_made(&self) -> bool {
-        self.state.log.get().is_some()
+        self.state.cells().log.get().is_some()
+    }
+
+    /// Whether this bucket's windows after the first were made (a test of issue 19's
+    /// saving).
+    #[cfg(all(test, not(loom)))]
+    pub(crate) fn more_windows_made(&self) -> bool {
+        self.state.more_if_made().is_some()
     }
 
     /// Takes `cost` tokens if the bucket holds them now; never waits.
@@ -789,7 +936,7 @@ impl TokenBucket {
     /// needs it to refund no more than it still owes (`give_back`).
     #[inline(always)]
     pub fn reserve_at(&self, cost: u64, now: u64, high: bool) -> Result<Taken, Decision> {
-        let state = &*self.state;
+        let state = &self.state;
         let paused_until = state.paused_until.load(Ordering::Relaxed);
         let outcome = if paused_until > now {
             Err(Decision::Rejected {
@@ -852,7 +999,7 @@ impl TokenBucket {
         now: u64,
         high: bool,
     ) -> Result<u64, Decision> {
-        let state = &*self.state;
+        let state = &self.state;
         let window = state.window(i);
         match kind {
             Kind::Bucket => window.take(cost, now, high),
@@ -863,7 +1010,7 @@ impl TokenBucket {
 
     /// What `take_one` would decide now, without taking anything.
     fn peek_one(&self, i: usize, cost: u64, now: u64, high: bool) -> Result<u64, Decision> {
-        let state = &*self.state;
+        let state = &self.state;
         let window = state.window(i);
         match state.kind(i) {
             Kind::Bucket => window.peek(cost, now, high),
@@ -875,7 +1022,7 @@ impl TokenBucket {
     /// Gives back at most `cost` of what one take of window `i` (which returned `own`)
     /// still owes.
     fn give_back_one(&self, i: usize, kind: Kind, cost: u64, own: u64) {
-        let state = &*self.state;
+        let state = &self.state;
         let window = state.window(i);
         match kind {
             Kind::Bucket => window.give_back(cost, own, &self.clock),
@@ -917,7 +1064,7 @@ impl TokenBucket {
 
     /// `wait_time` for a normal (`high == false`) or a high-priority acquire.
     pub fn wait_time_lane(&self, cost: u64, high: bool) -> Option<u64> {
-        let state = &*self.state;
+        let state = &self.state;
         let now = self.clock.now();
         let paused = state
             .paused_until
@@ -949,7 +1096,7 @@ impl TokenBucket {
     }
 
     fn window_tokens_at(&self, now: u64) -> Vec<f64> {
-        let state = &*self.state;
+        let state = &self.state;
         (0..state.count())
             .map(|i| {
                 let window = state.window(i);
@@ -964,9 +1111,15 @@ impl TokenBucket {
 
     /// Refills the bucket to full at once (an operator's reset).
     pub fn refill(&self) {
-        let state = &*self.state;
+        let state = &self.state;
         let count = state.count();
-        for i in 0..MAX_WINDOWS {
+        // Every window made, in use or not (a window added back later starts afresh).
+        let made = if state.more_if_made().is_some() {
+            MAX_WINDOWS
+        } else {
+            1
+        };
+        for i in 0..made {
             let window = state.window(i);
             match state.kind(i) {
                 Kind::Sliding if i < count => sliding_window::refill(window, self.state.log()),
@@ -979,10 +1132,10 @@ impl TokenBucket {
     /// spent: the debt that the TAT holds is rescaled from the old interval to the new
     /// one, in the same CAS that switches the rate (`Window::switch`).
     pub fn set_quota(&self, quota: Quota) {
-        let state = &*self.state;
-        let reserve = state.reserve.load(Ordering::Relaxed);
+        let state = &self.state;
+        let reserve = state.tail().reserve.load(Ordering::Relaxed);
         if quota.kind == Kind::Bucket && state.kind(0) == Kind::Bucket {
-            let _change = Changing::hold(&state.changing);
+            let _change = Changing::hold(&state.tail().changing);
             state.first.switch(quota, reserve, self.clock.now());
         } else {
             let mut quotas = self.quotas();
@@ -998,12 +1151,12 @@ impl TokenBucket {
     /// fixed window that changes length and a sliding window that changes at all start
     /// afresh (full).
     pub fn set_windows(&self, quotas: &[Quota], reserve: u64) {
-        let state = &*self.state;
-        let _change = Changing::hold(&state.changing);
+        let state = &self.state;
+        let _change = Changing::hold(&state.tail().changing);
         let now = self.clock.now();
         let old = self.quotas();
         let offsets = log_offsets(quotas);
-        state.reserve.store(reserve, Ordering::Relaxed);
+        state.tail().reserve.store(reserve, Ordering::Relaxed);
         for (i, quota) in quotas.iter().enumerate() {
             let window = state.window(i);
             let before = old.get(i);
@@ -1033,7 +1186,7 @@ impl TokenBucket {
 
     /// Every window's quota, the first first.
     pub fn quotas(&self) -> Vec<Quota> {
-        let state = &*self.state;
+        let state = &self.state;
         let word = state.windows.load(Ordering::Acquire);
         (0..count_of(word))
             .map(|i| {
@@ -1052,14 +1205,14 @@ impl TokenBucket {
 
     /// Tokens of every window kept for high-priority acquires.
     pub fn reserve(&self) -> u64 {
-        self.state.reserve.load(Ordering::Relaxed)
+        self.state.tail().reserve.load(Ordering::Relaxed)
     }
 
     /// Charges (`more == true`) or refunds `cost` tokens in every window: a reservation
     /// settled for more or less than it took. A charge is forced (the call happened), a
     /// refund never fills a window beyond full.
     pub fn adjust(&self, cost: u64, more: bool) {
-        let state = &*self.state;
+        let state = &self.state;
         let now = self.clock.now();
         for i in 0..state.count() {
             let window = state.window(i);
@@ -1082,7 +1235,7 @@ impl TokenBucket {
     /// less, or cancelled): in each window, no more than that take still owes, so a refund
     /// arriving after the window refilled and other calls took it gives nothing back.
     pub fn give_back(&self, cost: u64, taken: &Taken) {
-        let state = &*self.state;
+        let state = &self.state;
         for (i, own) in taken.iter().enumerate().take(state.count()) {
             self.give_back_one(i, state.kind(i), cost, *own);
         }
@@ -1091,7 +1244,7 @@ impl TokenBucket {
     /// Sets window `index` so that exactly `used` tokens count as spent now (the usage
     /// an exchange reports): `burst - used` remain, or a debt when `used` exceeds the burst.
     pub fn sync(&self, index: usize, used: u64) {
-        let state = &*self.state;
+        let state = &self.state;
         let index = index.min(MAX_WINDOWS - 1);
         let window = state.window(index);
         let now = self.clock.now();
@@ -1105,7 +1258,7 @@ impl TokenBucket {
     /// Refuses every acquire for `nanos` from now (never shortens a longer pause);
     /// `nanos == 0` lifts the pause.
     pub fn pause(&self, nanos: u64) {
-        let state = &*self.state;
+        let state = &self.state;
         if nanos == 0 {
             state.paused_until.store(0, Ordering::Release);
         } else {
@@ -1282,15 +1435,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_bucket_of_one_window_makes_no_other_windows_until_it_is_given_several() {
+        let (bucket, clock) = bucket(2, SECOND, 2);
+        let view = TokenBucket::over(bucket.state_place(), Clock::Manual(clock));
+        assert_eq!(bucket.try_acquire(1), Decision::Admitted);
+        bucket.refill();
+        bucket.set_quota(Quota::per_window(3, SECOND, 3).unwrap());
+        assert!(!bucket.more_windows_made());
+        let slower = Quota::per_window(1, SECOND, 1).unwrap();
+        bucket.set_windows(&[bucket.quota(), slower], 0);
+        assert!(view.more_windows_made());
+        assert_eq!(view.try_acquire(1), Decision::Admitted);
+        assert_eq!(bucket.try_acquire(1), Decision::Rejected { wait: SECOND });
+    }
+
+    #[test]
     fn a_rate_change_left_half_done_by_a_killed_process_is_taken_over() {
         let (bucket, _clock) = bucket(2, SECOND, 2);
         // A process killed inside its change: its token stays in the bucket's word.
         let gone = (u64::from(u32::MAX) << 32) | 7;
-        bucket.state.changing.store(gone, Ordering::Relaxed);
+        bucket.state.tail().changing.store(gone, Ordering::Relaxed);
         let slower = Quota::per_window(2, 4 * SECOND, 2).unwrap();
         bucket.set_quota(slower);
         assert_eq!(bucket.quota(), slower);
-        assert_eq!(bucket.state.changing.load(Ordering::Relaxed), 0);
+        assert_eq!(bucket.state.tail().changing.load(Ordering::Relaxed), 0);
     }
 
     #[test]
@@ -1541,10 +1709,20 @@ pub(crate) mod tests {
     #[test]
     fn a_bucket_state_keeps_the_first_window_on_one_cache_line_and_the_counters_on_the_next() {
         assert_eq!(std::mem::size_of::<Window>(), 56);
-        assert_eq!(std::mem::offset_of!(BucketState, windows), 56);
-        assert_eq!(std::mem::offset_of!(BucketState, paused_until), 64);
-        assert_eq!(std::mem::offset_of!(BucketState, rejected), 80);
+        assert_eq!(std::mem::offset_of!(BucketState, head.windows), 56);
+        assert_eq!(std::mem::offset_of!(BucketState, head.paused_until), 64);
+        assert_eq!(std::mem::offset_of!(BucketState, head.rejected), 80);
+        assert_eq!(std::mem::offset_of!(BucketState, more), 88);
+        assert_eq!(std::mem::offset_of!(BucketState, tail.reserve), 256);
+        assert_eq!(std::mem::offset_of!(BucketState, tail.changing), 264);
+        assert_eq!(std::mem::offset_of!(BucketState, _spare), 272);
         assert_eq!(std::mem::size_of::<BucketState>(), 288);
+    }
+
+    #[test]
+    fn a_bucket_of_this_process_holds_one_window_in_136_bytes_not_the_shared_288() {
+        // Head 88, tail 16, the cells of its other windows and log 32 (issue 19).
+        assert_eq!(std::mem::size_of::<LocalBucket>(), 136);
     }
 
     #[test]

@@ -60,6 +60,39 @@ def test_a_hundred_thousand_dropped_limiters_and_breakers_are_freed() -> None:
     assert len(_instances.breakers) < 100
 
 
+def churn_several_windows(count: int) -> None:
+    for _ in range(count):
+        limiter = RateLimiter(limits=["10/1s sliding", "100/1m", "1000/1h fixed"])
+        limiter.acquire()
+        limiter.add_endpoint("orders", 5, 1.0, windows=["3/1s sliding"])
+        limiter.acquire("orders")
+
+
+def test_dropped_limiters_of_several_windows_free_their_other_windows_and_logs() -> None:
+    churn_several_windows(10_000)
+    gc.collect()
+    rss_before = rss_bytes()
+    churn_several_windows(50_000)
+    gc.collect()
+    # Each bucket's other windows (168 B) and sliding log (1 KiB) are allocations of
+    # their own: kept, they would be over 100 MB here.
+    assert rss_bytes() - rss_before < 4 * 1024 * 1024
+
+
+def test_a_hundred_thousand_unused_endpoints_cost_little_more_than_their_names() -> None:
+    limiter = RateLimiter(10, 1.0)
+    for i in range(1_000):  # warm up allocator pools and the dict's first sizes
+        limiter.add_endpoint(f"warm{i}", 5, 1.0)
+    gc.collect()
+    rss_before = rss_bytes()
+    for i in range(100_000):
+        limiter.add_endpoint(f"e{i}", 5, 1.0)
+    gc.collect()
+    # Each made at once would be ~670 B (its bucket's native state and Python object).
+    assert rss_bytes() - rss_before < 100_000 * 250
+    assert limiter.get_stats("e99999")["tokens_available"] == 5
+
+
 def label_storm(metrics: Metrics, start: int, count: int) -> None:
     """``count`` new distinct values in every label a caller can choose."""
     for i in range(start, start + count):

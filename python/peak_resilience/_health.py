@@ -331,7 +331,8 @@ def _shared_file_problems() -> list[str]:
     objects: list[TokenBucket | _NativeBreaker] = list(_instances.alive(_instances.breakers))
     for limiter in _instances.alive(_instances.limiters):
         objects.append(limiter.default_bucket)
-        objects.extend(limiter.endpoint_buckets().values())
+        # As they read: a health check makes no bucket for an endpoint not used yet.
+        objects.extend(limiter._endpoint_buckets_to_read().values())
     problems = {p for o in objects if (p := o.shared_file_problem()) is not None}
     return sorted(problems)
 

@@ -54,6 +54,7 @@ class Limiter(Protocol):
     @property
     def default_bucket(self) -> TokenBucket: ...
     def endpoint_buckets(self) -> dict[str, TokenBucket]: ...
+    def _endpoint_buckets_to_read(self) -> dict[str, TokenBucket]: ...
     def _export(self) -> list[tuple[str, int, int, float, Any, Any]]: ...
 
 
@@ -136,7 +137,8 @@ def retire_limiter(limiter: Limiter) -> None:
     with lock:
         limiters.discard(limiter)
         own = (DEFAULT_ENDPOINT, limiter.default_bucket)
-        for endpoint, bucket in (own, *limiter.endpoint_buckets().items()):
+        # An endpoint not used yet counted nothing: its blank has nothing to keep.
+        for endpoint, bucket in (own, *limiter._endpoint_buckets_to_read().items()):
             retire_bucket(limiter.name, endpoint, bucket)
 
 

@@ -71,10 +71,13 @@ _making_keys = threading.Lock()
 __all__ = ["RateLimiter"]
 
 
-def _bucket_stats(bucket: TokenBucket) -> dict[str, Any]:
+def _bucket_stats(bucket: TokenBucket, unused_paused_for: float = 0.0) -> dict[str, Any]:
     """One bucket's budget read at once: every host's counts for a Redis budget (and
-    whether Redis answered), every process's for a shared one."""
+    whether Redis answered), every process's for a shared one. For the blank of an
+    endpoint not used yet, ``unused_paused_for`` is its pause."""
     allowed, rejected, tokens, paused, available = bucket.read()
+    if bucket.blank:
+        paused = unused_paused_for
     total = allowed + rejected
     stats = {
         "total_requests": total,
@@ -174,15 +177,14 @@ class RateLimiter(_NativeLimiter):
     __slots__ = (
         "_clock",
         "_keeps_counts",
-        "_key_bounds",
         "_keys",
         "_listeners",
         "_observer",
-        "backend",
     )
 
-    backend: choice.Backend
-    _keys: Keys | None
+    #: The key table, or its bounds until the first ``for_key`` makes it (most limiters
+    #: have no keys; one slot rather than two: 16 bytes a limiter, issue 19).
+    _keys: Keys | tuple[int, float | None]
 
     def __new__(
         cls,
@@ -248,7 +250,6 @@ class RateLimiter(_NativeLimiter):
         # The native constructor has validated and stored the rate, and put the budget
         # where the backend says (shared files mapped, a Redis store attached).
         self._clock = clock
-        self.backend = backend
         self._listeners = NO_LISTENERS
         watch_outages(self, "limiter")
         _instances.limiters.add(self)
@@ -257,8 +258,7 @@ class RateLimiter(_NativeLimiter):
         self._keeps_counts = name is not None
         self._observer: Observer | None = None
         bounds = checked_bounds(max_keys, key_idle_after)
-        self._key_bounds = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
-        self._keys = None  # made by the first for_key (most limiters have no keys)
+        self._keys = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
 
     def __del__(self) -> None:
         # What it counted stays counted under its name (see _instances). At interpreter
@@ -281,6 +281,13 @@ class RateLimiter(_NativeLimiter):
         self._listeners.remove(listener)
 
     @property
+    def backend(self) -> choice.Backend:
+        """Where the budget lives: ``"memory"``, ``"shared"`` or ``"redis"``."""
+        if self.store is not None:
+            return "redis"
+        return "memory" if self.default_bucket.shared_path is None else "shared"
+
+    @property
     def redis_available(self) -> bool:
         """False while the Redis store cannot be reached (``on_backend_error`` applies
         meanwhile); True for a limiter on any other backend."""
@@ -293,9 +300,14 @@ class RateLimiter(_NativeLimiter):
         Without an endpoint: the totals over every bucket of this limiter, the default
         bucket's tokens, and a breakdown under ``"endpoints"``.
         """
+        # Read as they are: an endpoint not used yet is not made by being looked at.
+        unused_paused_for = self._unused_paused_for
         if endpoint is not None:
-            return _bucket_stats(self.bucket_for(endpoint))
-        endpoints = {name: _bucket_stats(b) for name, b in self.endpoint_buckets().items()}
+            return _bucket_stats(self._bucket_to_read(endpoint), unused_paused_for)
+        endpoints = {
+            name: _bucket_stats(b, unused_paused_for)
+            for name, b in self._endpoint_buckets_to_read().items()
+        }
         stats = _bucket_stats(self.default_bucket)
         allowed = stats["allowed"] + sum(e["allowed"] for e in endpoints.values())
         rejected = stats["rejected"] + sum(e["rejected"] for e in endpoints.values())
@@ -316,14 +328,18 @@ class RateLimiter(_NativeLimiter):
         counts each shared file once however many objects map it."""
         rows = []
         name = self.name
+        unused_paused_for = self._unused_paused_for
         for endpoint, bucket in (
             (DEFAULT_ENDPOINT, self.default_bucket),
-            *self.endpoint_buckets().items(),
+            # An endpoint not used yet reads as its blank: a scrape makes no bucket.
+            *self._endpoint_buckets_to_read().items(),
         ):
             # One read of the budget (one trip to Redis); the counts are this process's
             # (for Redis: its verdicts and its stand-in's), summed over processes by
             # Prometheus.
             _, _, tokens, paused, _ = bucket.read()
+            if bucket.blank:
+                paused = unused_paused_for
             rows.append(
                 (
                     bucket_series.label(name, endpoint, bucket),
@@ -437,8 +453,9 @@ class RateLimiter(_NativeLimiter):
         limiter's windows, made on first use, on this limiter's backend. At most
         ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
         keys = self._keys
-        if keys is None:
+        if type(keys) is tuple:
             keys = self._key_table()
+        keys = cast("Keys", keys)  # (mypy does not narrow on ``type(...) is``)
         known = isinstance(key, str) and key in keys  # a known key was checked already
         return KeyBudget(self, keys, key if known else label_value(key, "key"))
 
@@ -446,10 +463,11 @@ class RateLimiter(_NativeLimiter):
         """The key budgets, made by the first ``for_key``; under a lock, so that the first
         calls of two threads share one table."""
         with _making_keys:
-            if self._keys is None:
+            keys = self._keys
+            if isinstance(keys, tuple):
                 now = time.monotonic if self._clock is None else self._clock.now
-                self._keys = Keys(*self._key_bounds, now)
-            return self._keys
+                keys = self._keys = Keys(*keys, now)
+            return keys
 
     def remove_endpoint(self, name: str) -> TokenBucket | None:
         """Drops the bucket of endpoint ``name`` and returns it (None if there was none):
@@ -462,27 +480,34 @@ class RateLimiter(_NativeLimiter):
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------
 
-    def _buckets(self) -> list[TokenBucket]:
-        return [self.default_bucket, *self.endpoint_buckets().values()]
+    def _made_buckets(self) -> list[TokenBucket]:
+        """The default bucket and those of the endpoints used so far (the others are
+        paused and resumed as one: ``_pause_unused``)."""
+        endpoints = self._endpoint_buckets_to_read().values()
+        return [self.default_bucket, *(bucket for bucket in endpoints if not bucket.blank)]
 
     def pause(self, seconds: float) -> None:
         """Refuses every acquire, ``priority="high"`` included, for ``seconds`` (e.g. a
         429's Retry-After), in every process sharing the budget; endpoints added meanwhile
         are paused too. A shorter pause never shortens a longer one."""
-        for bucket in self._buckets():
+        for bucket in self._made_buckets():
             bucket.pause(seconds)
+        self._pause_unused(seconds)
         if seconds:
             logger.warning("rate limiter %r paused for %ss", self.name, seconds)
 
     def resume(self) -> None:
         """Lifts a pause at once."""
-        for bucket in self._buckets():
+        for bucket in self._made_buckets():
             bucket.resume()
+        self._resume_unused()
 
     @property
     def paused_for(self) -> float:
         """Seconds the pause still lasts (0.0: not paused)."""
-        return max(bucket.paused_for for bucket in self._buckets())
+        made = max(bucket.paused_for for bucket in self._made_buckets())
+        unused = any(b.blank for b in self._endpoint_buckets_to_read().values())
+        return max(made, self._unused_paused_for) if unused else made
 
     def sync(
         self, used: int, window: str | int | None = None, *, endpoint: str | None = None

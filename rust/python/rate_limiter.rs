@@ -1,18 +1,20 @@
 //! `RateLimiter`'s native half: a default bucket and one bucket per added endpoint.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
 
 use pyo3::prelude::*;
+use pyo3::sync::critical_section::with_critical_section;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyDict, PyString};
 
 use crate::bucket::Decision;
-use crate::clock::Clock;
+use crate::clock::{nanos_to_seconds, Clock};
 use crate::files;
 
 use super::args::{
-    clock_from, cost_of, given, is_high, label, name_or, on_backend_error, path_or_none,
+    clock_from, cost_of, given, is_high, label, name_or, on_backend_error, path_or_none, seconds,
     windows_from,
 };
 use super::reservation::{reserve_on, Reservation};
@@ -36,14 +38,36 @@ static LIMITER_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 pub struct PyRateLimiter {
     pub name: Py<PyString>,
     default: Py<PyTokenBucket>,
-    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash;
-    /// made by the first `add_endpoint` (most limiters have none: issue 19).
-    endpoints: PyOnceLock<Py<PyDict>>,
+    /// The added endpoints, made by the first `add_endpoint` (most limiters have none:
+    /// issue 19).
+    endpoints: PyOnceLock<Box<Endpoints>>,
     pub clock: Clock,
+    /// Where the budgets live when not in this process alone (None: in memory). Boxed: 8
+    /// bytes in every limiter rather than 40 (issue 19).
+    placement: Option<Box<Placement>>,
+}
+
+/// Where a limiter's budgets live besides this process.
+struct Placement {
     /// The directory the buckets' shared files are in, or None.
     shared_dir: Option<PathBuf>,
     /// The remote store that makes each bucket's store, or None.
     store: Option<Store>,
+}
+
+/// A limiter's added endpoints.
+struct Endpoints {
+    /// Endpoint name -> TokenBucket. A dict, so the lookup uses the str's cached hash.
+    /// An endpoint of this process not used yet holds the blank of its windows (shared,
+    /// see `PyTokenBucket::blank`), replaced by a bucket of its own on first use.
+    buckets: Py<PyDict>,
+    /// Until when the endpoints not used yet are paused (ns on the limiter's clock; 0:
+    /// not): the limiter's `pause` that their buckets would have had. One instant for
+    /// them all: an endpoint is only left unused when added while this has passed, so
+    /// what it would have had since is exactly what the limiter's pauses set this to.
+    unused_paused_until: AtomicU64,
+    /// The blanks of the windows added last.
+    blanks: Mutex<Vec<Py<PyTokenBucket>>>,
 }
 
 impl PyRateLimiter {
@@ -54,11 +78,74 @@ impl PyRateLimiter {
         endpoint: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyTokenBucket>> {
         if let (Some(endpoint), Some(endpoints)) = (endpoint, self.endpoints.get(py)) {
-            if let Some(found) = endpoints.bind(py).get_item(endpoint)? {
-                return Ok(found.cast_into::<PyTokenBucket>()?);
+            if let Some(found) = endpoints.buckets.bind(py).get_item(endpoint)? {
+                let found = found.cast_into::<PyTokenBucket>()?;
+                if found.get().is_blank() {
+                    return self.first_use(py, endpoints, endpoint, &found);
+                }
+                return Ok(found);
             }
         }
         Ok(self.default.bind(py).clone())
+    }
+
+    /// The bucket of an endpoint used for the first time, made now in place of `blank`:
+    /// full, paused as the limiter paused its unused endpoints.
+    #[cold]
+    #[inline(never)]
+    fn first_use<'py>(
+        &self,
+        py: Python<'py>,
+        endpoints: &Endpoints,
+        endpoint: &Bound<'py, PyAny>,
+        blank: &Bound<'py, PyTokenBucket>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        let buckets = endpoints.buckets.bind(py);
+        let mut blank = blank.clone();
+        loop {
+            let bucket = PyTokenBucket::build(
+                py,
+                &blank.get().windows_now(),
+                self.clock.clone(),
+                None,
+                None,
+            )?;
+            let paused = endpoints.paused_for(&self.clock);
+            if paused > 0 {
+                bucket.pause_nanos(py, paused)?;
+            }
+            let bucket = Bound::new(py, bucket)?;
+            // Put in place only if the blank is still there: another thread may have made
+            // it meanwhile (its bucket is kept), removed the endpoint (the call draws on
+            // the default bucket) or added it anew with other windows (made from those).
+            let now = with_critical_section(buckets, || -> PyResult<_> {
+                let now = buckets.get_item(endpoint)?;
+                if now.as_ref().is_some_and(|now| now.is(&blank)) {
+                    buckets.set_item(endpoint, &bucket)?;
+                    return Ok(None);
+                }
+                Ok(Some(now))
+            })?;
+            match now {
+                None => return Ok(bucket),
+                Some(None) => return Ok(self.default.bind(py).clone()),
+                Some(Some(now)) => {
+                    let now = now.cast_into::<PyTokenBucket>()?;
+                    if !now.get().is_blank() {
+                        return Ok(now);
+                    }
+                    blank = now;
+                }
+            }
+        }
+    }
+
+    fn shared_dir(&self) -> Option<&Path> {
+        self.placement.as_ref()?.shared_dir.as_deref()
+    }
+
+    fn store_of(&self) -> Option<&Store> {
+        self.placement.as_ref()?.store.as_ref()
     }
 
     /// Where the bucket of `endpoint` (None: the default one) lives: its shared file
@@ -71,10 +158,19 @@ impl PyRateLimiter {
         place(
             py,
             self.name.bind(py).to_str()?,
-            self.shared_dir.as_deref(),
-            self.store.as_ref(),
+            self.shared_dir(),
+            self.store_of(),
             endpoint,
         )
+    }
+}
+
+impl Endpoints {
+    /// Nanoseconds the unused endpoints' pause still lasts.
+    fn paused_for(&self, clock: &Clock) -> u64 {
+        self.unused_paused_until
+            .load(Ordering::Relaxed)
+            .saturating_sub(clock.now())
     }
 }
 
@@ -139,13 +235,14 @@ impl PyRateLimiter {
             None,
         )?;
         let default = PyTokenBucket::build(py, &windows, clock.clone(), file.as_deref(), remote)?;
+        let placement = (shared_dir.is_some() || store.is_some())
+            .then(|| Box::new(Placement { shared_dir, store }));
         Ok(PyRateLimiter {
             name,
             default: Py::new(py, default)?,
             endpoints: PyOnceLock::new(),
             clock,
-            shared_dir,
-            store,
+            placement,
         })
     }
 
@@ -230,20 +327,28 @@ impl PyRateLimiter {
                  choose another name",
             ));
         }
-        let endpoints = self
-            .endpoints
-            .get_or_init(py, || PyDict::new(py).unbind())
-            .bind(py);
-        if let Some(existing) = endpoints.get_item(name)? {
-            return existing.cast::<PyTokenBucket>()?.get().set_windows(
-                py,
-                max_requests,
-                window_seconds,
-                burst,
-                windows,
-                kinds,
-                priority_reserve,
-            );
+        let endpoints = self.endpoints.get_or_init(py, || {
+            Box::new(Endpoints {
+                buckets: PyDict::new(py).unbind(),
+                unused_paused_until: AtomicU64::new(0),
+                blanks: Mutex::new(Vec::new()),
+            })
+        });
+        let buckets = endpoints.buckets.bind(py);
+        let existing = buckets.get_item(name)?;
+        if let Some(existing) = &existing {
+            let existing = existing.cast::<PyTokenBucket>()?;
+            if !existing.get().is_blank() {
+                return existing.get().set_windows(
+                    py,
+                    max_requests,
+                    window_seconds,
+                    burst,
+                    windows,
+                    kinds,
+                    priority_reserve,
+                );
+            }
         }
         let windows = windows_from(
             max_requests,
@@ -253,16 +358,34 @@ impl PyRateLimiter {
             kinds,
             priority_reserve,
         )?;
+        // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
+        let paused = self.default.get().paused_nanos(py)?;
+        if self.placement.is_none() && paused == 0 && endpoints.paused_for(&self.clock) == 0 {
+            // In this process and not paused: nothing to keep until it is used (issue 19).
+            // A blank replaces a blank (its windows changed before any use).
+            let blank = PyTokenBucket::blank(py, &windows, &endpoints.blanks)?;
+            match existing {
+                Some(_) => buckets.set_item(name, blank)?,
+                None => {
+                    buckets.call_method1("setdefault", (name, blank))?;
+                }
+            }
+            return Ok(());
+        }
         let (file, remote) = self.place_of(py, Some(name.to_str()?))?;
         let bucket =
             PyTokenBucket::build(py, &windows, self.clock.clone(), file.as_deref(), remote)?;
-        // A limiter paused (say by a 429's Retry-After) keeps every new endpoint paused too.
-        let paused = self.default.get().paused_nanos(py)?;
         if paused > 0 {
             bucket.pause_nanos(py, paused)?;
         }
-        // setdefault: two threads adding the same endpoint at once keep one bucket.
-        endpoints.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
+        match existing {
+            // Paused meanwhile: the endpoint's own bucket now, as any added while paused.
+            Some(_) => buckets.set_item(name, Py::new(py, bucket)?)?,
+            // setdefault: two threads adding the same endpoint at once keep one bucket.
+            None => {
+                buckets.call_method1("setdefault", (name, Py::new(py, bucket)?))?;
+            }
+        }
         Ok(())
     }
 
@@ -279,11 +402,22 @@ impl PyRateLimiter {
         let Some(endpoints) = self.endpoints.get(py) else {
             return Ok(None);
         };
-        let removed = endpoints.bind(py).call_method1("pop", (name, py.None()))?;
+        let removed = endpoints
+            .buckets
+            .bind(py)
+            .call_method1("pop", (name, py.None()))?;
         if removed.is_none() {
             return Ok(None);
         }
-        Ok(Some(removed.cast_into::<PyTokenBucket>()?))
+        let removed = removed.cast_into::<PyTokenBucket>()?;
+        if !removed.get().is_blank() {
+            return Ok(Some(removed));
+        }
+        // Never used: its bucket as it would read (full, nothing counted); the blank
+        // itself never leaves the limiter.
+        let windows = removed.get().windows_now();
+        let bucket = PyTokenBucket::build(py, &windows, self.clock.clone(), None, None)?;
+        Ok(Some(Bound::new(py, bucket)?))
     }
 
     /// The bucket that `endpoint` draws on.
@@ -302,12 +436,74 @@ impl PyRateLimiter {
         self.default.clone_ref(py)
     }
 
-    /// The added endpoints and their buckets, as a new dict.
+    /// The added endpoints and their buckets, as a new dict; the buckets of endpoints
+    /// not used yet are made now (reading them needs no bucket: see
+    /// `_endpoint_buckets_to_read`).
     fn endpoint_buckets<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let Some(endpoints) = self.endpoints.get(py) else {
+            return Ok(PyDict::new(py));
+        };
+        let all = endpoints.buckets.bind(py).copy()?;
+        for (name, bucket) in all.iter() {
+            if bucket.cast::<PyTokenBucket>()?.get().is_blank() {
+                all.set_item(&name, self.bucket(py, Some(&name))?)?;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The added endpoints and their buckets, as a new dict, an endpoint not used yet
+    /// showing the blank of its windows (`TokenBucket.blank`: full, nothing counted; its
+    /// pause is `_unused_paused_for`). For reading only: nothing is made.
+    fn _endpoint_buckets_to_read<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         match self.endpoints.get(py) {
-            Some(endpoints) => endpoints.bind(py).copy(),
+            Some(endpoints) => endpoints.buckets.bind(py).copy(),
             None => Ok(PyDict::new(py)),
         }
+    }
+
+    /// The bucket that `endpoint` draws on, or the blank of an endpoint not used yet
+    /// (see `_endpoint_buckets_to_read`): for reading only, nothing is made.
+    #[pyo3(signature = (endpoint=None))]
+    fn _bucket_to_read<'py>(
+        &self,
+        py: Python<'py>,
+        endpoint: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyTokenBucket>> {
+        if let (Some(endpoint), Some(endpoints)) = (endpoint, self.endpoints.get(py)) {
+            if let Some(found) = endpoints.buckets.bind(py).get_item(endpoint)? {
+                return Ok(found.cast_into::<PyTokenBucket>()?);
+            }
+        }
+        Ok(self.default.bind(py).clone())
+    }
+
+    /// Pauses the endpoints not used yet for `seconds` (the limiter's `pause`): a shorter
+    /// pause never shortens a longer one; 0 changes nothing.
+    fn _pause_unused(&self, py: Python<'_>, seconds_: &Bound<'_, PyAny>) -> PyResult<()> {
+        let nanos = seconds(seconds_, "seconds", true)?;
+        if let (Some(endpoints), true) = (self.endpoints.get(py), nanos > 0) {
+            let until = self.clock.now().saturating_add(nanos);
+            endpoints
+                .unused_paused_until
+                .fetch_max(until, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Lifts the pause of the endpoints not used yet (the limiter's `resume`).
+    fn _resume_unused(&self, py: Python<'_>) {
+        if let Some(endpoints) = self.endpoints.get(py) {
+            endpoints.unused_paused_until.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Seconds the pause of the endpoints not used yet still lasts (0.0: not paused).
+    #[getter]
+    fn _unused_paused_for(&self, py: Python<'_>) -> f64 {
+        self.endpoints
+            .get(py)
+            .map_or(0.0, |e| nanos_to_seconds(e.paused_for(&self.clock)))
     }
 
     #[getter]
@@ -318,12 +514,12 @@ impl PyRateLimiter {
     /// The remote store this limiter's budgets live in, or None.
     #[getter]
     fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.store.as_ref().map(|s| s.object().clone_ref(py))
+        self.store_of().map(|s| s.object().clone_ref(py))
     }
 
     /// What a call gets while the remote store cannot be reached.
     #[getter]
     fn on_backend_error(&self) -> &'static str {
-        self.store.as_ref().map_or("local", |s| s.policy.name())
+        self.store_of().map_or("local", |s| s.policy.name())
     }
 }

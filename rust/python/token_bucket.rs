@@ -30,22 +30,29 @@ use super::store::Store;
 )]
 pub struct PyTokenBucket {
     pub core: TokenBucket,
-    max_requests: AtomicU64,
-    window: AtomicU64,
     enabled: AtomicBool,
+    /// A blank: the state of every endpoint of these windows not used yet, shared by
+    /// them (see `PyTokenBucket::blank`); never acted on, only read. Beside `enabled`, in
+    /// what was padding.
+    blank: bool,
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
     /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
     shared: Option<Box<Region<SharedBucketState>>>,
     /// Every window as given (max_requests, window ns), the first first. Never read per call.
-    limits: Mutex<Vec<(u64, u64)>>,
+    limits: Mutex<Box<[(u64, u64)]>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
     /// holds the same windows and stands in during an outage (`on_backend_error="local"`).
-    remote: Option<Store>,
-    /// This process's verdicts from the remote store: the budget's own counts, every
-    /// host's, are in the store.
-    remote_allowed: AtomicU64,
-    remote_rejected: AtomicU64,
+    /// Boxed: 8 bytes in every bucket rather than the store's and its tallies' 32 (issue 19).
+    remote: Option<Box<Remote>>,
+}
+
+/// A remote budget's store, and this process's verdicts from it (the budget's own counts,
+/// every host's, are in the store).
+struct Remote {
+    store: Store,
+    allowed: AtomicU64,
+    rejected: AtomicU64,
 }
 
 /// How a bucket reads now: counts, tokens per window, pause.
@@ -83,18 +90,85 @@ impl PyTokenBucket {
         if let Some(store) = &remote {
             store.configure_bucket(py, &windows.quotas, windows.reserve)?;
         }
-        let (max_requests, window) = windows.limits[0];
         Ok(PyTokenBucket {
             core,
-            max_requests: AtomicU64::new(max_requests),
-            window: AtomicU64::new(window),
             enabled: AtomicBool::new(true),
+            blank: false,
             shared,
-            limits: Mutex::new(windows.limits.clone()),
-            remote,
-            remote_allowed: AtomicU64::new(0),
-            remote_rejected: AtomicU64::new(0),
+            limits: Mutex::new(windows.limits.clone().into_boxed_slice()),
+            remote: remote.map(|store| {
+                Box::new(Remote {
+                    store,
+                    allowed: AtomicU64::new(0),
+                    rejected: AtomicU64::new(0),
+                })
+            }),
         })
+    }
+
+    /// The blank of `windows` in `blanks` (made and kept there if none is): what an
+    /// endpoint of them reads before its first use (full, nothing counted, never paused by
+    /// itself), shared by the endpoints of one limiter, so that an endpoint added and not
+    /// used yet costs its name and its place in the limiter's dict (issue 19). A limiter's
+    /// endpoints have few distinct windows (a key's budget has its limiter's): a few recent
+    /// ones are kept. One limiter's only: the metrics fold an endpoint past their bound by
+    /// the identity of its bucket, which must not reach another limiter's.
+    pub fn blank(
+        py: Python<'_>,
+        windows: &Windows,
+        blanks: &Mutex<Vec<Py<PyTokenBucket>>>,
+    ) -> PyResult<Py<PyTokenBucket>> {
+        /// Blanks kept, the most recent last.
+        const KEPT: usize = 4;
+        // Nothing that may run Python (an allocation's collection, a weakref's callback
+        // as a blank goes) under the lock: another thread holding the GIL may wait for it.
+        let lock = || blanks.lock().unwrap_or_else(|e| e.into_inner());
+        let found = lock()
+            .iter()
+            .find(|b| b.get().has_windows(windows))
+            .map(|b| b.clone_ref(py));
+        if let Some(found) = found {
+            return Ok(found);
+        }
+        let mut blank = PyTokenBucket::build(py, windows, Clock::Monotonic, None, None)?;
+        blank.blank = true;
+        let blank = Py::new(py, blank)?;
+        let evicted = {
+            let mut blanks = lock();
+            let evicted = (blanks.len() >= KEPT).then(|| blanks.remove(0));
+            blanks.push(blank.clone_ref(py));
+            evicted
+        };
+        drop(evicted);
+        Ok(blank)
+    }
+
+    /// Whether this is a blank (see `blank`).
+    #[inline(always)]
+    pub fn is_blank(&self) -> bool {
+        self.blank
+    }
+
+    /// Whether this bucket's windows and reserve are `windows`.
+    fn has_windows(&self, windows: &Windows) -> bool {
+        self.core.reserve() == windows.reserve
+            && self.core.quotas() == windows.quotas
+            && self.limits() == windows.limits
+    }
+
+    /// This bucket's windows and reserve, as arguments for another bucket of them.
+    pub fn windows_now(&self) -> Windows {
+        Windows {
+            quotas: self.core.quotas(),
+            limits: self.limits(),
+            reserve: self.core.reserve(),
+        }
+    }
+
+    /// The remote store the budget lives in, or None.
+    #[inline(always)]
+    fn remote_store(&self) -> Option<&Store> {
+        self.remote.as_deref().map(|remote| &remote.store)
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -108,7 +182,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok(Decision::Admitted);
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             return self.decide_remote(py, store, cost, high);
         }
         let now = self.core.clock().now();
@@ -127,7 +201,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return Ok((Decision::Admitted, [0; MAX_WINDOWS]));
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if self.core.wait_time_lane(cost, high).is_none() {
                 return Ok((Decision::Impossible, [0; MAX_WINDOWS]));
             }
@@ -152,7 +226,7 @@ impl PyTokenBucket {
     /// still owes in each window, in the core or in the remote store (which bounds it by
     /// its own record; a take without one is refunded as `adjust` does).
     pub fn give_back(&self, py: Python<'_>, cost: u64, taken: &Taken) {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             // A take recorded by the store: its refund bounded there. Without a record (the
             // store was unreachable when it was taken) a plain refund, as `adjust` makes.
             if taken.iter().all(|&record| record == 0) {
@@ -196,7 +270,7 @@ impl PyTokenBucket {
         if !self.enabled.load(Ordering::Relaxed) {
             return None;
         }
-        let store = self.remote.as_ref()?;
+        let store = self.remote_store()?;
         self.core
             .wait_time_lane(cost, high)
             .is_some()
@@ -205,11 +279,13 @@ impl PyTokenBucket {
 
     /// Counts a remote store's decision in this process' tallies.
     pub fn tally(&self, decision: Decision) -> Decision {
-        let tally = match decision {
-            Decision::Admitted => &self.remote_allowed,
-            _ => &self.remote_rejected,
-        };
-        tally.fetch_add(1, Ordering::Relaxed);
+        if let Some(remote) = &self.remote {
+            let tally = match decision {
+                Decision::Admitted => &remote.allowed,
+                _ => &remote.rejected,
+            };
+            tally.fetch_add(1, Ordering::Relaxed);
+        }
         decision
     }
 
@@ -242,7 +318,7 @@ impl PyTokenBucket {
             return Ok(Some(0));
         }
         let local = self.core.wait_time_lane(cost, high);
-        let (Some(store), Some(_)) = (&self.remote, local) else {
+        let (Some(store), Some(_)) = (self.remote_store(), local) else {
             return Ok(local);
         };
         if let Some(peek) = store.peek(py, cost, high)? {
@@ -259,7 +335,7 @@ impl PyTokenBucket {
     /// that cannot be reached is adjusted in the local stand-in (policy "local") or not at
     /// all, as every other budget change is while the store is away.
     pub fn adjust(&self, py: Python<'_>, cost: u64, more: bool) {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if store.adjust(py, cost, more).is_some() || store.policy != OnBackendError::Local {
                 return;
             }
@@ -269,7 +345,7 @@ impl PyTokenBucket {
 
     /// Nanoseconds the pause still lasts, in the store for a remote budget.
     pub fn paused_nanos(&self, py: Python<'_>) -> PyResult<u64> {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if let Some(peek) = store.peek(py, 0, true)? {
                 return Ok(peek.paused);
             }
@@ -281,7 +357,7 @@ impl PyTokenBucket {
     /// budget in the store too (the stand-in stays paused alike).
     pub fn pause_nanos(&self, py: Python<'_>, nanos: u64) -> PyResult<()> {
         self.core.pause(nanos);
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.pause(py, nanos)?;
         }
         Ok(())
@@ -289,7 +365,7 @@ impl PyTokenBucket {
 
     /// Counts, tokens and pause in one read: one trip to a remote store.
     pub fn reading(&self, py: Python<'_>) -> PyResult<Reading> {
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             if let Some(peek) = store.peek(py, 0, true)? {
                 return Ok(Reading {
                     allowed: peek.allowed,
@@ -323,22 +399,24 @@ impl PyTokenBucket {
                     }
                 }
             }
-            let (max, window) = w.limits[0];
-            self.max_requests.store(max, Ordering::Relaxed);
-            self.window.store(window, Ordering::Relaxed);
-            *limits = w.limits;
+            *limits = w.limits.into_boxed_slice();
         }
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.configure_bucket(py, &w.quotas, w.reserve)?;
         }
         Ok(())
+    }
+
+    /// The first window as given (max_requests, window ns).
+    fn first_limit(&self) -> (u64, u64) {
+        self.limits.lock().unwrap_or_else(|e| e.into_inner())[0]
     }
 
     fn limits(&self) -> Vec<(u64, u64)> {
         self.limits
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .clone()
+            .to_vec()
     }
 }
 
@@ -379,7 +457,7 @@ impl PyTokenBucket {
     /// The remote store this budget lives in, or None.
     #[getter]
     fn store(&self, py: Python<'_>) -> Option<Py<PyAny>> {
-        self.remote.as_ref().map(|s| s.object().clone_ref(py))
+        self.remote_store().map(|s| s.object().clone_ref(py))
     }
 
     /// Takes `cost` tokens if the bucket holds them now (in every window); never waits.
@@ -428,24 +506,32 @@ impl PyTokenBucket {
 
     #[getter]
     fn max_requests(&self) -> u64 {
-        self.max_requests.load(Ordering::Relaxed)
+        self.first_limit().0
     }
 
     #[getter]
     fn window_seconds(&self) -> f64 {
-        nanos_to_seconds(self.window.load(Ordering::Relaxed))
+        nanos_to_seconds(self.first_limit().1)
     }
 
     /// Acquires this process admitted so far (a shared file's: every process's).
     #[getter]
     fn allowed(&self) -> u64 {
-        self.core.allowed() + self.remote_allowed.load(Ordering::Relaxed)
+        self.core.allowed()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |r| r.allowed.load(Ordering::Relaxed))
     }
 
     /// Acquires this process rejected so far (a shared file's: every process's).
     #[getter]
     fn rejected(&self) -> u64 {
-        self.core.rejected() + self.remote_rejected.load(Ordering::Relaxed)
+        self.core.rejected()
+            + self
+                .remote
+                .as_ref()
+                .map_or(0, |r| r.rejected.load(Ordering::Relaxed))
     }
 
     /// `(allowed, rejected, [tokens per window], seconds paused, store answered)` read at
@@ -460,6 +546,12 @@ impl PyTokenBucket {
             nanos_to_seconds(r.paused),
             r.available,
         ))
+    }
+
+    /// True for the blank that endpoints not used yet read as (see `blank`).
+    #[getter(blank)]
+    fn blank_getter(&self) -> bool {
+        self.blank
     }
 
     #[getter]
@@ -500,7 +592,7 @@ impl PyTokenBucket {
     /// Fills the bucket at once.
     fn refill(&self, py: Python<'_>) {
         self.core.refill();
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             let most = self
                 .core
                 .quotas()
@@ -590,7 +682,7 @@ impl PyTokenBucket {
             )));
         }
         self.core.sync(window, used);
-        if let Some(store) = &self.remote {
+        if let Some(store) = self.remote_store() {
             store.sync(py, window, used)?;
         }
         Ok(())
