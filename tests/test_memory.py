@@ -138,3 +138,19 @@ def test_ten_thousand_distinct_label_values_stay_within_the_cardinality_guard() 
     assert error_types <= 64  # the native per-operation cap on exception types
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown < 256 * 1024, f"grew {grown} bytes on label values past the bound"
+
+
+def test_a_guarded_function_keeps_no_copy_of_its_name_and_docstring() -> None:
+    def place_order(order_id: int, *, quantity: float = 1.0) -> str:
+        """Sends one order to the venue."""
+        return f"{order_id}:{quantity}"
+
+    breakers = [CircuitBreaker(name=f"guarded{i}") for i in range(10_000)]
+    gc.collect()
+    rss_before = rss_bytes()
+    guards = [breaker.call(place_order) for breaker in breakers]
+    gc.collect()
+    # A dict of copies (functools.update_wrapper's) would be ~270 B more each.
+    assert rss_bytes() - rss_before < 10_000 * 450
+    assert guards[-1](7, quantity=2.0) == "7:2.0"
+    assert guards[-1].__doc__ == "Sends one order to the venue."

@@ -7,6 +7,7 @@ import contextlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -391,3 +392,30 @@ def test_a_module_or_operation_that_is_not_a_name_is_refused(fresh: ManualClock)
         with_resilience("", "op")
     with pytest.raises(ValueError, match="operation must be a non-empty str, got None"):
         with_resilience("live", None)  # type: ignore[call-overload]
+
+
+def test_the_guard_reads_the_function_through_and_keeps_what_is_set_on_it(
+    fresh: ManualClock,
+) -> None:
+    def submit_order(symbol: str, size: float) -> str:
+        """Submits one order."""
+        return symbol
+
+    submit_order.route = "/orders"  # type: ignore[attr-defined]  # a framework's mark
+    guarded: Any = with_resilience("trading", "submit")(submit_order)
+    assert guarded.__wrapped__ is submit_order
+    assert (guarded.__name__, guarded.__qualname__) == ("submit_order", submit_order.__qualname__)
+    assert (guarded.__doc__, guarded.__module__) == ("Submits one order.", __name__)
+    assert guarded.__annotations__ == submit_order.__annotations__
+    assert guarded.route == "/orders"
+    guarded.__doc__ = "Renamed."
+    guarded.__name__ = "submit"
+    guarded.__module__ = "venue"
+    assert (guarded.__doc__, guarded.__name__, guarded.__module__) == (
+        "Renamed.",
+        "submit",
+        "venue",
+    )
+    assert (submit_order.__doc__, submit_order.__name__) == ("Submits one order.", "submit_order")
+    with pytest.raises(AttributeError, match="'Guard' object has no attribute 'missing'"):
+        guarded.missing  # noqa: B018

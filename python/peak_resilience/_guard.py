@@ -91,7 +91,12 @@ def guard(
         retry=retry,
     )
     if not is_async:
-        functools.update_wrapper(native, func)
+        # The guard reads the function's name, docstring, module and signature through it
+        # (``__wrapped__``) rather than keeping copies (functools.update_wrapper): only
+        # what the function itself carries (a framework's marks) is copied.
+        carried = getattr(func, "__dict__", None)
+        if carried:
+            native.__dict__.update(carried)
         return native
     # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio.
     remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
