@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import threading
 import tracemalloc
 
 from peak_resilience import _instances
@@ -154,3 +155,54 @@ def test_a_guarded_function_keeps_no_copy_of_its_name_and_docstring() -> None:
     assert rss_bytes() - rss_before < 10_000 * 450
     assert guards[-1](7, quantity=2.0) == "7:2.0"
     assert guards[-1].__doc__ == "Sends one order to the venue."
+
+
+def test_the_live_objects_registry_hands_out_only_objects_alive_and_forgets_dropped_ones() -> None:
+    limiters = [RateLimiter(10, 1.0, name=f"registered{i}") for i in range(100)]
+    breakers = [CircuitBreaker(name=f"registered{i}") for i in range(100)]
+    assert set(map(id, limiters)) <= set(map(id, _instances.limiters))
+    assert set(map(id, breakers)) <= set(map(id, _instances.breakers))
+
+    def make_a_cycle() -> None:
+        limiter = RateLimiter(10, 1.0, name="in-a-cycle")
+        limiter.add_listener(lambda event: limiter)  # its listener holds it
+
+    gc.disable()
+    try:
+        make_a_cycle()
+        assert "in-a-cycle" in {limiter.name for limiter in _instances.limiters}
+    finally:
+        gc.enable()
+    gc.collect()  # freed by the garbage collector, not by reference counts
+    assert "in-a-cycle" not in {limiter.name for limiter in _instances.limiters}
+    limiters_before, breakers_before = len(_instances.limiters), len(_instances.breakers)
+    del limiters[:50], breakers[:50]
+    assert len(_instances.limiters) == limiters_before - 50
+    assert len(_instances.breakers) == breakers_before - 50
+
+
+def test_reading_the_live_objects_while_threads_make_and_drop_them_sees_only_whole_ones() -> None:
+    stop = threading.Event()
+    seen: list[int] = []
+
+    def churn() -> None:
+        while not stop.is_set():
+            kept = [RateLimiter(10, 1.0, name=f"churned{i}") for i in range(50)]
+            kept += [CircuitBreaker(name=f"churned{i}") for i in range(50)]  # type: ignore[misc]
+            del kept
+
+    def read() -> None:
+        for _ in range(300):  # bounded: each read walks every live object
+            seen.append(sum(len(limiter.name) for limiter in _instances.limiters))
+            seen.append(sum(breaker.failure_total for breaker in _instances.breakers))
+
+    makers = [threading.Thread(target=churn) for _ in range(3)]
+    for maker in makers:
+        maker.start()
+    try:
+        read()
+    finally:
+        stop.set()
+        for maker in makers:
+            maker.join()
+    assert len(seen) == 600

@@ -212,11 +212,14 @@ class CircuitBreaker(_NativeBreaker):
         self._keeps_counts = name is not None
 
     def __del__(self) -> None:
-        # What it counted stays counted under its name (see _instances). At interpreter
-        # exit the module may be gone: nothing is left to export then.
-        if getattr(self, "_keeps_counts", False):
-            with contextlib.suppress(Exception):
+        # It leaves the live objects here, before a reference cycle it may be in is
+        # cleared, and what it counted stays counted under its name (see _instances). At
+        # interpreter exit the module may be gone: nothing is left to export then.
+        with contextlib.suppress(Exception):
+            if getattr(self, "_keeps_counts", False):
                 _instances.retire_breaker(self)
+            else:
+                _instances.breakers.discard(self)
 
     @property
     def backend(self) -> choice.Backend:

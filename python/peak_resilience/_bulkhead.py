@@ -88,11 +88,14 @@ class Bulkhead(_NativeBulkhead):
         self._keeps_counts = name is not None
 
     def __del__(self) -> None:
-        # Its refusals stay counted under its name (see _instances). At interpreter exit
-        # the module may be gone: nothing is left to export then.
-        if getattr(self, "_keeps_counts", False):
-            with contextlib.suppress(Exception):
+        # It leaves the live objects here, before a reference cycle it may be in is
+        # cleared, and what it counted stays counted under its name (see _instances). At
+        # interpreter exit the module may be gone: nothing is left to export then.
+        with contextlib.suppress(Exception):
+            if getattr(self, "_keeps_counts", False):
                 _instances.retire_bulkhead(self)
+            else:
+                _instances.bulkheads.discard(self)
 
     def call(self, func: Callable[P, R]) -> Callable[P, R]:
         """Decorates a sync or async function (or method) with this bulkhead."""

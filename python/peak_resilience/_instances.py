@@ -14,17 +14,26 @@ of them (``Limiter``): both are below the Python classes that add themselves her
 
 from __future__ import annotations
 
+import sys
 import threading
 import weakref
-from collections.abc import Iterable
-from typing import Any, Protocol, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol, TypeVar, cast
 
 from peak_resilience._bucket_series import DEFAULT_ENDPOINT, series
 from peak_resilience._fork import after_fork_in_child
-from peak_resilience._native import Bulkhead, CircuitBreaker, OperationStats, Retry, TokenBucket
+from peak_resilience._native import (
+    Bulkhead,
+    CircuitBreaker,
+    OperationStats,
+    Registry,
+    Retry,
+    TokenBucket,
+)
 
 __all__ = [
     "Limiter",
+    "Members",
     "Retired",
     "alive",
     "breakers",
@@ -58,9 +67,27 @@ class Limiter(Protocol):
     def _export(self) -> list[tuple[str, int, int, float, Any, Any]]: ...
 
 
-breakers: weakref.WeakSet[CircuitBreaker] = weakref.WeakSet()
-limiters: weakref.WeakSet[Limiter] = weakref.WeakSet()
-bulkheads: weakref.WeakSet[Bulkhead] = weakref.WeakSet()
+class Members(Protocol[T]):
+    """The live objects of one kind: a set that does not keep them alive."""
+
+    def add(self, member: T, /) -> None: ...
+    def discard(self, member: T, /) -> None: ...
+    def __iter__(self) -> Iterator[T]: ...
+    def __len__(self) -> int: ...
+
+
+def _members(kind: str) -> Members[Any]:
+    """The native registry (a few bytes an object, see ``rust/python/registry.rs``),
+    or a ``WeakSet`` (185 bytes a limiter) where the GIL is disabled: the registry's
+    reads are ordered against the objects' teardown by the GIL."""
+    if getattr(sys, "_is_gil_enabled", lambda: True)():
+        return cast("Members[Any]", Registry(kind))
+    return weakref.WeakSet()
+
+
+breakers: Members[CircuitBreaker] = _members("breakers")
+limiters: Members[Limiter] = _members("limiters")
+bulkheads: Members[Bulkhead] = _members("bulkheads")
 
 #: The retry policy (and so the retry budget) of each operation that retries, by name.
 retries: dict[str, Retry] = {}

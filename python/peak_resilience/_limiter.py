@@ -261,11 +261,14 @@ class RateLimiter(_NativeLimiter):
         self._keys = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
 
     def __del__(self) -> None:
-        # What it counted stays counted under its name (see _instances). At interpreter
-        # exit the module may be gone: nothing is left to export then.
-        if getattr(self, "_keeps_counts", False):
-            with contextlib.suppress(Exception):
+        # It leaves the live objects here, before a reference cycle it may be in is
+        # cleared, and what it counted stays counted under its name (see _instances). At
+        # interpreter exit the module may be gone: nothing is left to export then.
+        with contextlib.suppress(Exception):
+            if getattr(self, "_keeps_counts", False):
                 _instances.retire_limiter(self)
+            else:
+                _instances.limiters.discard(self)
 
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this limiter's events: every

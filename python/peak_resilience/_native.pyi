@@ -1,7 +1,7 @@
 # Stubs for the native core (rust/python/, one file per class), checked against the
 # runtime by mypy.stubtest.
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, final
 
@@ -18,6 +18,7 @@ __all__ = [
     "ManualClock",
     "OperationStats",
     "RateLimiter",
+    "Registry",
     "Reservation",
     "Retry",
     "TokenBucket",
@@ -394,6 +395,17 @@ class Bulkhead:
     def rejections(self) -> int: ...
     @property
     def max_wait(self) -> float: ...
+
+@final
+class Registry:
+    """The live objects of one kind ("breakers", "limiters" or "bulkheads"), held
+    without a reference: a set of add, discard, len and iteration."""
+
+    def __new__(cls, kind: str) -> Registry: ...
+    def add(self, object: Any, /) -> None: ...
+    def discard(self, object: Any, /) -> None: ...
+    def __len__(self) -> int: ...
+    def __iter__(self) -> Iterator[Any]: ...
 
 @final
 class Retry:

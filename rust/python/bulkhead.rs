@@ -37,6 +37,13 @@ pub struct PyBulkhead {
     clock: Clock,
 }
 
+impl Drop for PyBulkhead {
+    fn drop(&mut self) {
+        // Before its memory is freed, the object leaves the registry (see `registry`).
+        super::registry::BULKHEADS.leave(self as *const Self as usize);
+    }
+}
+
 impl PyBulkhead {
     /// Takes a slot, waiting up to `max_wait` for one (a manual clock is advanced instead
     /// of waiting). False: no slot came, and the refusal is counted.

@@ -52,6 +52,13 @@ pub struct PyCircuitBreaker {
     outcomes: OutcomeRules,
 }
 
+impl Drop for PyCircuitBreaker {
+    fn drop(&mut self) {
+        // Before its memory is freed, the object leaves the registry (see `registry`).
+        super::registry::BREAKERS.leave(self as *const Self as usize);
+    }
+}
+
 /// What counts as a failure, beyond "the call raised an Exception".
 #[derive(Default)]
 struct OutcomeRules {

@@ -13,6 +13,7 @@ mod manual_clock;
 mod operation_stats;
 mod rate_limiter;
 mod recording;
+mod registry;
 mod reservation;
 mod retry;
 mod shared_files;
@@ -36,6 +37,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<operation_stats::PyOperationStats>()?;
     m.add_class::<bulkhead::PyBulkhead>()?;
     m.add_class::<retry::PyRetry>()?;
+    m.add_class::<registry::PyRegistry>()?;
     guard::add_to(m)?;
     recording::add_functions(m)?;
     shared_files::add_functions(m)?;

@@ -47,6 +47,13 @@ pub struct PyRateLimiter {
     placement: Option<Box<Placement>>,
 }
 
+impl Drop for PyRateLimiter {
+    fn drop(&mut self) {
+        // Before its memory is freed, the object leaves the registry (see `registry`).
+        super::registry::LIMITERS.leave(self as *const Self as usize);
+    }
+}
+
 /// Where a limiter's budgets live besides this process.
 struct Placement {
     /// The directory the buckets' shared files are in, or None.
