@@ -102,6 +102,23 @@ def guard(
         limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
     )
     admit = _admitter(native, take_tokens, async_sleep, remote=remote)
+    if not async_policies.waits_on_loop(native, max_wait, remote):
+        # Nothing to await before the call: one native awaitable per call.
+        decorated = async_policies.native_async(
+            native,
+            func,
+            _fallback_caller(fallback, has_fallback),
+            has_fallback,
+            admit,
+            on_reject,
+            retry=retry,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            async_sleep=async_sleep,
+        )
+        functools.update_wrapper(decorated, func)
+        _mark_coroutine_function(decorated, func)
+        return decorated
     if retry is None and timeout is None:
         return _async_wrapper(
             native,
@@ -127,6 +144,20 @@ def guard(
         async_sleep=async_sleep,
         remote=remote,
     )
+
+
+def _mark_coroutine_function(decorated: Any, func: Callable[..., Any]) -> None:
+    """Makes ``inspect.iscoroutinefunction(decorated)`` true, as for ``func``."""
+    mark = getattr(inspect, "markcoroutinefunction", None)  # 3.12+
+    if mark is not None:
+        mark(decorated)
+        return
+    # 3.10-3.11 read the flag of a function-like object's code: the function's own.
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    if code is not None:
+        decorated.__code__ = code
+        decorated.__defaults__ = getattr(func, "__defaults__", None)
+        decorated.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
 
 
 def _check_timeout(func: Callable[..., Any], timeout: float, is_async: bool) -> None:
