@@ -1,9 +1,13 @@
-"""The coroutine wrapper of an ``async def`` function with a retry policy or a timeout.
+"""The attempts of an ``async def`` function's calls in Python: retries, timeouts,
+refusals and fallbacks.
 
-Kept apart from the plain async wrapper so that a guard without these policies pays
-nothing for them. The order is the guard's: the fallback outermost, then the retries,
-each attempt taking the breaker's admission, its tokens and a bulkhead slot, then the
-timeout around the call alone.
+Two users: the native awaitable (``native_async``: an admission that never waits), which
+runs a call's first attempt itself and hands the rest to ``Attempts.run`` only after a
+refusal or a failure; and the coroutine wrapper with a retry policy or a timeout
+(``async_wrapper``: an admission that is awaited), which runs every attempt here. The order
+is the guard's: the fallback outermost, then the retries, each attempt taking the
+breaker's admission, its tokens and a bulkhead slot, then the timeout around the call
+alone.
 """
 
 from __future__ import annotations
@@ -195,7 +199,9 @@ class Attempts:
             self._on_timeout()
         return given
 
-    async def _exit_call(self, admission: int, started: int, error: Any, result: Any = None) -> bool:
+    async def _exit_call(
+        self, admission: int, started: int, error: Any, result: Any = None
+    ) -> bool:
         exit_now = self._native._exit
         if self._remote:
             breaker = self._native.breaker
@@ -254,9 +260,9 @@ class Attempts:
                         entry = deadlines.start()
                         try:
                             result = await self._func(*args, **kwargs)
-                        except BaseException as error:
-                            given = self.deadline_failed(entry, error)
-                            if given is error:
+                        except BaseException as raised:
+                            given = self.deadline_failed(entry, raised)
+                            if given is raised:
                                 raise
                             raise given from None
                         deadlines.ended(entry)
@@ -269,10 +275,10 @@ class Attempts:
                 else:
                     await self._exit_call(admission, started, None, result)
                     return result
-            error, failure = failure, None
-            if isinstance(error, Exception) and await self._retried(error, retries):
+            failed, failure = failure, None
+            if isinstance(failed, Exception) and await self._retried(failed, retries):
                 retries += 1
                 continue
             if falls_back:
                 return await self._use_fallback(args, kwargs)
-            raise error
+            raise failed

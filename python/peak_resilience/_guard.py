@@ -6,9 +6,13 @@ and a bulkhead slot.
 
 A sync function becomes a native ``Guard``: one call into Rust per invocation runs the
 breaker check, takes the token, times the call and records its outcome, whatever backend
-the breaker and the limiter keep their state in. An async function gets a thin coroutine
-wrapper around the same native steps (``_admit`` / ``_exit``), since Rust cannot await.
-Which wrapper is chosen at decoration time, as stamina does.
+the breaker and the limiter keep their state in. An async function whose admission never
+waits becomes a native ``AsyncGuard``: each call is one native awaitable that takes the
+admission, drives the function's coroutine and records its outcome (Rust cannot await, but
+it can step a coroutine); a refusal, a retry or a fallback continues in Python
+(``_async_policies``). One whose admission is awaited (tokens or a slot worth waiting for,
+a Redis round trip) gets a coroutine wrapper around the same native steps (``_admit`` /
+``_exit``). Which wrapper is chosen at decoration time, as stamina does.
 """
 
 from __future__ import annotations

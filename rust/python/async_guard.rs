@@ -6,7 +6,6 @@
 //! coroutines given at construction, which the call then drives in place of its own.
 
 use std::ptr;
-use std::time::Instant;
 
 use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
 use pyo3::ffi;
@@ -15,6 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::PyTraverseError;
 
+use crate::clock::{nanos_to_seconds, stopwatch};
 use crate::guard::Timing;
 use crate::remote::Ticket;
 
@@ -130,8 +130,9 @@ struct Running {
     coroutine: Py<PyAny>,
     ticket: Ticket,
     timing: Timing,
-    /// With a timeout: when the call started, for the deadline of its first suspension.
-    started: Option<Instant>,
+    /// With a timeout: when the call started (a `stopwatch` reading, real time whatever
+    /// the guard's clock, as the loop's is), for the deadline of its first suspension.
+    started: Option<u64>,
     /// The call's entry in its function's deadlines, once it has suspended.
     deadline: Option<Py<PyAny>>,
 }
@@ -161,10 +162,12 @@ fn send_into(coroutine: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult
     // reference in `out` unless it returns PYGEN_ERROR.
     let sent = unsafe { ffi::PyIter_Send(coroutine.as_ptr(), value.as_ptr(), &mut out) };
     match sent {
-        ffi::PySendResult::PYGEN_NEXT => Ok(Step::Yielded(unsafe { Bound::from_owned_ptr(py, out) }.unbind())),
-        ffi::PySendResult::PYGEN_RETURN => {
-            Ok(Step::Returned(unsafe { Bound::from_owned_ptr(py, out) }.unbind()))
-        }
+        ffi::PySendResult::PYGEN_NEXT => Ok(Step::Yielded(
+            unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
+        )),
+        ffi::PySendResult::PYGEN_RETURN => Ok(Step::Returned(
+            unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
+        )),
         ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
     }
 }
@@ -253,12 +256,16 @@ impl GuardedCall {
         let (ticket, timing) = match guard.enter_now(py) {
             Ok(admitted) => admitted,
             Err(refusal) => {
-                let args = (refusal.into_value(py), self.args.clone_ref(py), self.kwargs(py));
+                let args = (
+                    refusal.into_value(py),
+                    self.args.clone_ref(py),
+                    self.kwargs(py),
+                );
                 let handed = owner.after_refusal.bind(py).call1(args)?;
                 return self.hand_to(handed, value);
             }
         };
-        let started = owner.deadlines.as_ref().map(|_| Instant::now());
+        let started = owner.deadlines.as_ref().map(|_| stopwatch().raw());
         let called = guard
             .function()
             .bind(py)
@@ -284,7 +291,12 @@ impl GuardedCall {
     /// What a step of the function's coroutine gave: a suspension (the deadline is
     /// entered at the first), its return, or its exception.
     #[inline]
-    fn after(&mut self, py: Python<'_>, mut running: Running, stepped: PyResult<Step>) -> PyResult<Step> {
+    fn after(
+        &mut self,
+        py: Python<'_>,
+        mut running: Running,
+        stepped: PyResult<Step>,
+    ) -> PyResult<Step> {
         let owner = self.owner.get();
         match stepped {
             Ok(Step::Yielded(yielded)) => {
@@ -292,7 +304,8 @@ impl GuardedCall {
                     if let (Some(deadlines), Some(started)) = (&owner.deadlines, running.started) {
                         // A call that never suspends cannot be cancelled by a timer: only
                         // one that does is entered, with the time it has run already.
-                        let elapsed = started.elapsed().as_secs_f64();
+                        let clock = stopwatch();
+                        let elapsed = nanos_to_seconds(clock.delta_as_nanos(started, clock.raw()));
                         match deadlines.start.call1(py, (elapsed,)) {
                             Ok(entry) => running.deadline = Some(entry),
                             Err(err) => {
@@ -318,7 +331,10 @@ impl GuardedCall {
             }
             Err(mut err) => {
                 if let Some(deadlines) = &owner.deadlines {
-                    let entry = running.deadline.as_ref().map_or_else(|| py.None(), |e| e.clone_ref(py));
+                    let entry = running
+                        .deadline
+                        .as_ref()
+                        .map_or_else(|| py.None(), |e| e.clone_ref(py));
                     // (A failing hook leaves the error as it was: the outcome is recorded.)
                     if let Ok(given) = deadlines.failed.bind(py).call1((entry, err.value(py))) {
                         if !given.is(err.value(py)) {
@@ -330,7 +346,12 @@ impl GuardedCall {
                 let falls_back = guard.raised(py, running.ticket, running.timing, &err);
                 let is_exception = err.is_instance_of::<PyException>(py);
                 if falls_back || (is_exception && guard.retries()) {
-                    let args = (err.into_value(py), self.args.clone_ref(py), self.kwargs(py), falls_back);
+                    let args = (
+                        err.into_value(py),
+                        self.args.clone_ref(py),
+                        self.kwargs(py),
+                        falls_back,
+                    );
                     let handed = owner.after_failure.bind(py).call1(args)?;
                     return self.hand_to(handed, &py.None().into_bound(py));
                 }

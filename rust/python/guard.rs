@@ -353,13 +353,25 @@ impl Guard {
 
     /// The call admitted by `enter_now` returned `value`.
     #[inline]
-    pub(super) fn returned(&self, py: Python<'_>, ticket: Ticket, timing: Timing, value: &Bound<'_, PyAny>) {
+    pub(super) fn returned(
+        &self,
+        py: Python<'_>,
+        ticket: Ticket,
+        timing: Timing,
+        value: &Bound<'_, PyAny>,
+    ) {
         self.leave();
         self.record(py, ticket, timing, Ok(value));
     }
 
     /// The call admitted by `enter_now` raised `err`: whether the fallback replaces it.
-    pub(super) fn raised(&self, py: Python<'_>, ticket: Ticket, timing: Timing, err: &PyErr) -> bool {
+    pub(super) fn raised(
+        &self,
+        py: Python<'_>,
+        ticket: Ticket,
+        timing: Timing,
+        err: &PyErr,
+    ) -> bool {
         self.leave();
         match ending_of(py, err) {
             Ending::Interrupted => {
