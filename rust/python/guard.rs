@@ -342,7 +342,9 @@ impl Guard {
 
     /// A call's first step: counts it in the retry budget, takes the breaker's admission,
     /// the tokens and a bulkhead slot without waiting, and starts its clock.
-    #[inline]
+    /// (Never inlined, nor `returned` and `raised`: the steps they share with `__call__`
+    /// stay inlined there as they were, the sync path's code unchanged.)
+    #[inline(never)]
     pub(super) fn enter_now(&self, py: Python<'_>) -> PyResult<(Ticket, Timing)> {
         if let Some(retry) = &self.retry {
             retry.get().budget.deposit();
@@ -352,7 +354,7 @@ impl Guard {
     }
 
     /// The call admitted by `enter_now` returned `value`.
-    #[inline]
+    #[inline(never)]
     pub(super) fn returned(
         &self,
         py: Python<'_>,
@@ -365,6 +367,7 @@ impl Guard {
     }
 
     /// The call admitted by `enter_now` raised `err`: whether the fallback replaces it.
+    #[inline(never)]
     pub(super) fn raised(
         &self,
         py: Python<'_>,
