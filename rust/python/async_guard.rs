@@ -24,11 +24,18 @@ use super::guard::{as_method_descriptor, bound_method, Guard};
 /// Adds `AsyncGuard` (callable, and a method descriptor as `Guard` is) and `GuardedCall`.
 pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let class = m.py().get_type::<AsyncGuard>();
+    // `guard.__call__` too, as functions have it: the method `_call`, stored under that
+    // name in the type's dict directly (setting the attribute would replace the slot).
+    let method = class.getattr("_call")?;
     // SAFETY: the type object is alive (we hold it) and no instance exists yet; the slot
-    // is a function with tp_call's signature; PyType_Modified clears what cached the type.
+    // is a function with tp_call's signature; a heap type's tp_dict is its own dict;
+    // PyType_Modified clears what cached the type.
     unsafe {
         let raw = class.as_type_ptr();
         (*raw).tp_call = Some(call_async_guard);
+        if ffi::PyDict_SetItemString((*raw).tp_dict, c"__call__".as_ptr(), method.as_ptr()) != 0 {
+            return Err(PyErr::fetch(m.py()));
+        }
         ffi::PyType_Modified(raw);
     }
     as_method_descriptor(&class);
@@ -137,6 +144,16 @@ impl AsyncGuard {
     #[getter]
     fn guard(&self, py: Python<'_>) -> Py<Guard> {
         self.guard.clone_ref(py)
+    }
+
+    /// `guard(*args, **kwargs)` as a method: `__call__` (calls take the slot).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn _call(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<GuardedCall>> {
+        AsyncGuard::call(slf, args, kwargs)
     }
 }
 
