@@ -451,6 +451,19 @@ impl GuardedCall {
     }
 }
 
+/// The StopIteration ending a `send` or `throw` whose call returned `value`, made as a
+/// coroutine's own is (an instance, rather than a lazy error: no allocation beyond it).
+#[inline]
+fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    // SAFETY: StopIteration is a live type object and `value` a live object; a new
+    // reference is returned, or NULL with an exception set.
+    let made = unsafe { ffi::PyObject_CallOneArg(ffi::PyExc_StopIteration, value.as_ptr()) };
+    if made.is_null() {
+        return PyErr::fetch(py);
+    }
+    PyErr::from_value(unsafe { Bound::from_owned_ptr(py, made) })
+}
+
 /// What a step of the call is given.
 enum Input<'a, 'py> {
     Send(&'a Bound<'py, PyAny>),
@@ -472,14 +485,14 @@ impl GuardedCall {
         match self.step(py, Input::Send(&py.None().into_bound(py)))? {
             Step::Yielded(yielded) => Ok(Some(yielded)),
             Step::Returned(value) if value.is_none(py) => Ok(None),
-            Step::Returned(value) => Err(PyStopIteration::new_err((value,))),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
         }
     }
 
     fn send(&mut self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
         match self.step(py, Input::Send(&value))? {
             Step::Yielded(yielded) => Ok(yielded),
-            Step::Returned(value) => Err(PyStopIteration::new_err((value,))),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
         }
     }
 
@@ -487,7 +500,7 @@ impl GuardedCall {
     fn throw(&mut self, py: Python<'_>, args: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         match self.step(py, Input::Throw(&args))? {
             Step::Yielded(yielded) => Ok(yielded),
-            Step::Returned(value) => Err(PyStopIteration::new_err((value,))),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
         }
     }
 
