@@ -5,6 +5,7 @@ and whatever ends the call gives back what it took."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import time
@@ -191,3 +192,15 @@ def test_a_timeout_counts_the_time_the_call_ran_before_it_first_suspended(
 
     asyncio.run(scenario())
     assert _instances.timeouts["exchange.fetch"] == 1
+
+
+def test_a_guarded_partial_of_an_async_function_is_a_coroutine_function(
+    fresh: ManualClock,
+) -> None:
+    async def fetch(symbol: str) -> str:
+        return symbol
+
+    guarded = with_resilience("exchange", "fetch")(functools.partial(fetch, "BTC"))
+
+    assert inspect.iscoroutinefunction(guarded)
+    assert asyncio.run(guarded()) == "BTC"

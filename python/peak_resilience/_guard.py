@@ -156,12 +156,18 @@ def _mark_coroutine_function(decorated: Any, func: Callable[..., Any]) -> None:
     if mark is not None:
         mark(decorated)
         return
-    # 3.10-3.11 read the flag of a function-like object's code: the function's own.
+    # 3.10-3.11 read the flag of a function-like object's code: the function's own, or
+    # (a partial, a callable object) an async def's.
     code = getattr(inspect.unwrap(func), "__code__", None)
-    if code is not None:
-        decorated.__code__ = code
-        decorated.__defaults__ = getattr(func, "__defaults__", None)
-        decorated.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    decorated.__code__ = code if code is not None else _coroutine_code.__code__
+    decorated.__defaults__ = getattr(func, "__defaults__", None)
+    decorated.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    if "__name__" not in decorated.__dict__:  # a partial has none to copy
+        decorated.__name__ = type(func).__name__
+
+
+async def _coroutine_code() -> None:
+    """Lends its code object's coroutine flag (see ``_mark_coroutine_function``)."""
 
 
 def _check_timeout(func: Callable[..., Any], timeout: float, is_async: bool) -> None:
