@@ -1,9 +1,13 @@
-"""The coroutine wrapper of an ``async def`` function with a retry policy or a timeout.
+"""The attempts of an ``async def`` function's calls in Python: retries, timeouts,
+refusals and fallbacks.
 
-Kept apart from the plain async wrapper so that a guard without these policies pays
-nothing for them. The order is the guard's: the fallback outermost, then the retries,
-each attempt taking the breaker's admission, its tokens and a bulkhead slot, then the
-timeout around the call alone.
+Two users: the native awaitable (``native_async``: an admission that never waits), which
+runs a call's first attempt itself and hands the rest to ``Attempts.run`` only after a
+refusal or a failure; and the coroutine wrapper with a retry policy or a timeout
+(``async_wrapper``: an admission that is awaited), which runs every attempt here. The order
+is the guard's: the fallback outermost, then the retries, each attempt taking the
+breaker's admission, its tokens and a bulkhead slot, then the timeout around the call
+alone.
 """
 
 from __future__ import annotations
@@ -14,10 +18,10 @@ from typing import Any
 
 from peak_resilience._backends.redis import awaited
 from peak_resilience._deadlines import Deadlines, TimedOut
-from peak_resilience._native import Guard, Retry
+from peak_resilience._native import AsyncGuard, Guard, Retry
 from peak_resilience.errors import BulkheadFull
 
-__all__ = ["async_wrapper", "readmitter", "waits_on_loop"]
+__all__ = ["Attempts", "async_wrapper", "native_async", "readmitter", "waits_on_loop"]
 
 
 def waits_on_loop(native: Guard, max_wait: float, remote: bool) -> bool:
@@ -60,79 +64,221 @@ def async_wrapper(
     async_sleep: Callable[[float], Awaitable[Any]],
     remote: bool,
 ) -> Callable[..., Awaitable[Any]]:
-    # Bound once: each attribute lookup on the per-call path costs as much as a call.
-    started_now, exit_now, admit_now = native._started, native._exit, native._admit
+    """The coroutine wrapper, for a guard whose admission is awaited (see
+    ``waits_on_loop``); the others get the native awaitable (``native_async``)."""
     called = None if retry is None else retry._called
-    breaker = native.breaker
-    links = awaited.links_of(breaker, native.limiter)
-    waits = waits_on_loop(native, max_wait, remote)
-    readmit = readmitter(native, admit, waits)
-
-    async def exit_call(admission: int, started: int, error: Any, result: Any = None) -> bool:
-        if remote:
-            return bool(
-                await awaited.outcome(breaker, links, exit_now, admission, started, error, result)
-            )
-        return exit_now(admission, started, error, result)
-
-    async def retried(error: BaseException, retries: int) -> bool:
-        delay = None if retry is None else retry._delay(error, retries)
-        if delay is None:
-            return False
-        await async_sleep(delay)
-        return True
-
-    deadlines = None if timeout is None else Deadlines(timeout)
-
-    async def timed_out(error: BaseException) -> None:
-        if on_timeout is not None and isinstance(error, TimedOut):
-            on_timeout()
+    attempts = Attempts(
+        native,
+        func,
+        use_fallback,
+        has_fallback,
+        admit,
+        on_reject,
+        max_wait=max_wait,
+        retry=retry,
+        deadlines=None if timeout is None else Deadlines(timeout),
+        on_timeout=on_timeout,
+        async_sleep=async_sleep,
+        remote=remote,
+    )
+    run = attempts.run
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         if called is not None:
             called()
-        retries = 0
-        while True:
-            try:
-                try:
-                    admission = await admit() if waits else admit_now()
-                except Exception as first:
-                    admission = await readmit(first)
-            except Exception as refusal:
-                if await retried(refusal, retries):
-                    retries += 1
-                    continue
-                if on_reject is not None:
-                    on_reject(refusal)
-                if has_fallback:
-                    return await use_fallback(args, kwargs)
-                raise
-            started = started_now()
-            try:
-                if deadlines is None:
-                    result = await func(*args, **kwargs)
-                else:
-                    entry = deadlines.start()
-                    try:
-                        result = await func(*args, **kwargs)
-                    except BaseException as error:
-                        given = deadlines.failed(entry, error)
-                        if given is error:
-                            raise
-                        raise given from None
-                    deadlines.ended(entry)
-            except BaseException as exc:
-                await timed_out(exc)
-                falls_back = await exit_call(admission, started, exc)
-                if isinstance(exc, Exception) and await retried(exc, retries):
-                    retries += 1
-                    continue
-                if falls_back:
-                    return await use_fallback(args, kwargs)
-                raise
-            await exit_call(admission, started, None, result)
-            return result
+        return await run(args, kwargs)
 
     wrapper.guard = native  # type: ignore[attr-defined]
     return wrapper
+
+
+def native_async(
+    native: Guard,
+    func: Callable[..., Awaitable[Any]],
+    use_fallback: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+    has_fallback: bool,
+    admit: Callable[[], Awaitable[int]],
+    on_reject: Callable[[BaseException], Any] | None,
+    *,
+    retry: Retry | None,
+    timeout: float | None,
+    on_timeout: Callable[[], Any] | None,
+    async_sleep: Callable[[float], Awaitable[Any]],
+) -> AsyncGuard:
+    """The native awaitable's guard, for a guard whose admission never waits: each call
+    is one native object driving the function's coroutine; a refusal, a retry or a
+    fallback continues in ``Attempts.run``."""
+    deadlines = None if timeout is None else Deadlines(timeout)
+    attempts = Attempts(
+        native,
+        func,
+        use_fallback,
+        has_fallback,
+        admit,
+        on_reject,
+        max_wait=0.0,
+        retry=retry,
+        deadlines=deadlines,
+        on_timeout=on_timeout,
+        async_sleep=async_sleep,
+        remote=False,
+    )
+    if deadlines is None:
+        return AsyncGuard(native, attempts.after_refusal, attempts.after_failure)
+    return AsyncGuard(
+        native,
+        attempts.after_refusal,
+        attempts.after_failure,
+        deadline_start=deadlines.start,
+        deadline_ended=Deadlines.ended,
+        deadline_failed=attempts.deadline_failed,
+    )
+
+
+class Attempts:
+    """The attempts of one guarded function's calls, in Python: the whole call for the
+    coroutine wrapper, and for the native awaitable what follows a refusal or a failure."""
+
+    def __init__(
+        self,
+        native: Guard,
+        func: Callable[..., Awaitable[Any]],
+        use_fallback: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
+        has_fallback: bool,
+        admit: Callable[[], Awaitable[int]],
+        on_reject: Callable[[BaseException], Any] | None,
+        *,
+        max_wait: float,
+        retry: Retry | None,
+        deadlines: Deadlines | None,
+        on_timeout: Callable[[], Any] | None,
+        async_sleep: Callable[[float], Awaitable[Any]],
+        remote: bool,
+    ) -> None:
+        self._native = native
+        self._func = func
+        self._use_fallback = use_fallback
+        self._has_fallback = has_fallback
+        self._admit = admit
+        self._on_reject = on_reject
+        self._retry = retry
+        self._deadlines = deadlines
+        self._on_timeout = on_timeout
+        self._async_sleep = async_sleep
+        self._remote = remote
+        self._links = awaited.links_of(native.breaker, native.limiter)
+        self._waits = waits_on_loop(native, max_wait, remote)
+        self._readmit = readmitter(native, admit, self._waits)
+
+    def after_refusal(
+        self, refusal: BaseException, args: tuple[Any, ...], kwargs: dict[str, Any] | None
+    ) -> Awaitable[Any]:
+        """The rest of a call whose first admission was refused with ``refusal``."""
+        return self.run(args, kwargs or {}, refusal=refusal)
+
+    def after_failure(
+        self,
+        error: BaseException,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any] | None,
+        falls_back: bool,
+    ) -> Awaitable[Any]:
+        """The rest of a call whose first attempt raised ``error`` (recorded already)."""
+        return self.run(args, kwargs or {}, failure=error, falls_back=falls_back)
+
+    def deadline_failed(self, entry: list[Any] | None, error: BaseException) -> BaseException:
+        """What the caller of a call that raised ``error`` gets (``TimedOut`` if its own
+        deadline cancelled it); ``on_timeout`` is told of a timeout."""
+        given = error
+        if entry is not None and self._deadlines is not None:
+            given = self._deadlines.failed(entry, error)
+            if given is not error:
+                given.__suppress_context__ = True  # as `raise given from None`
+        if self._on_timeout is not None and isinstance(given, TimedOut):
+            self._on_timeout()
+        return given
+
+    async def _exit_call(
+        self, admission: int, started: int, error: Any, result: Any = None
+    ) -> bool:
+        exit_now = self._native._exit
+        if self._remote:
+            breaker = self._native.breaker
+            return bool(
+                await awaited.outcome(
+                    breaker, self._links, exit_now, admission, started, error, result
+                )
+            )
+        return exit_now(admission, started, error, result)
+
+    async def _retried(self, error: BaseException, retries: int) -> bool:
+        delay = None if self._retry is None else self._retry._delay(error, retries)
+        if delay is None:
+            return False
+        await self._async_sleep(delay)
+        return True
+
+    async def run(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        refusal: BaseException | None = None,
+        failure: BaseException | None = None,
+        falls_back: bool = False,
+    ) -> Any:
+        """A call's attempts until one returns, or none is left: from the start, or after
+        a first admission refused with ``refusal``, or a first attempt that raised
+        ``failure`` (recorded already; ``falls_back`` its verdict)."""
+        native, deadlines, on_reject = self._native, self._deadlines, self._on_reject
+        retries = 0
+        while True:
+            if failure is None:
+                try:
+                    try:
+                        if refusal is not None:
+                            first, refusal = refusal, None
+                            raise first
+                        admission = await self._admit() if self._waits else native._admit()
+                    except Exception as first:
+                        admission = await self._readmit(first)
+                except Exception as refused:
+                    if await self._retried(refused, retries):
+                        retries += 1
+                        continue
+                    if on_reject is not None:
+                        on_reject(refused)
+                    if self._has_fallback:
+                        return await self._use_fallback(args, kwargs)
+                    raise
+                started = native._started()
+                try:
+                    if deadlines is None:
+                        result = await self._func(*args, **kwargs)
+                    else:
+                        entry = deadlines.start()
+                        try:
+                            result = await self._func(*args, **kwargs)
+                        except BaseException as raised:
+                            given = self.deadline_failed(entry, raised)
+                            if given is raised:
+                                raise
+                            raise given from None
+                        deadlines.ended(entry)
+                except BaseException as exc:
+                    if deadlines is None:
+                        # (With a deadline, deadline_failed told on_timeout already.)
+                        self.deadline_failed(None, exc)
+                    falls_back = await self._exit_call(admission, started, exc)
+                    failure = exc
+                else:
+                    await self._exit_call(admission, started, None, result)
+                    return result
+            failed, failure = failure, None
+            if isinstance(failed, Exception) and await self._retried(failed, retries):
+                retries += 1
+                continue
+            if falls_back:
+                return await self._use_fallback(args, kwargs)
+            raise failed

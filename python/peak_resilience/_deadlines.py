@@ -51,16 +51,17 @@ class Deadlines:
         self._current_task = asyncio.current_task
         self._cancelled = asyncio.CancelledError
 
-    def start(self) -> list[Any]:
-        """Starts the clock of the call running in the current task; pass what it returns
-        to ``ended`` (or ``failed``) when the call ends. Every call's path: inlined."""
+    def start(self, elapsed: float = 0.0) -> list[Any]:
+        """Starts the clock of the call running in the current task, which has run for
+        ``elapsed`` seconds already; pass what it returns to ``ended`` (or ``failed``)
+        when the call ends. Every call's path: inlined."""
         loop = self._running_loop()
         queue = self._queues.get(loop)
         if queue is None:
             queue = self._queue_for(loop)
         # [deadline, task, state, the queue's entries]. current_task(loop): without the
         # loop it would look it up again, and each lookup checks the pid (a syscall).
-        deadline = queue.now() + self.seconds
+        deadline = queue.now() - elapsed + self.seconds
         entry: list[Any] = [deadline, self._current_task(loop), _RUNNING, queue.entries]
         queue.entries.append(entry)
         if queue.timer is None:

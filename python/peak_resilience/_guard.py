@@ -6,9 +6,13 @@ and a bulkhead slot.
 
 A sync function becomes a native ``Guard``: one call into Rust per invocation runs the
 breaker check, takes the token, times the call and records its outcome, whatever backend
-the breaker and the limiter keep their state in. An async function gets a thin coroutine
-wrapper around the same native steps (``_admit`` / ``_exit``), since Rust cannot await.
-Which wrapper is chosen at decoration time, as stamina does.
+the breaker and the limiter keep their state in. An async function whose admission never
+waits becomes a native ``AsyncGuard``: each call is one native awaitable that takes the
+admission, drives the function's coroutine and records its outcome (Rust cannot await, but
+it can step a coroutine); a refusal, a retry or a fallback continues in Python
+(``_async_policies``). One whose admission is awaited (tokens or a slot worth waiting for,
+a Redis round trip) gets a coroutine wrapper around the same native steps (``_admit`` /
+``_exit``). Which wrapper is chosen at decoration time, as stamina does.
 """
 
 from __future__ import annotations
@@ -107,6 +111,23 @@ def guard(
         limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
     )
     admit = _admitter(native, take_tokens, async_sleep, remote=remote)
+    if not async_policies.waits_on_loop(native, max_wait, remote):
+        # Nothing to await before the call: one native awaitable per call.
+        decorated = async_policies.native_async(
+            native,
+            func,
+            _fallback_caller(fallback, has_fallback),
+            has_fallback,
+            admit,
+            on_reject,
+            retry=retry,
+            timeout=timeout,
+            on_timeout=on_timeout,
+            async_sleep=async_sleep,
+        )
+        functools.update_wrapper(decorated, func)
+        _mark_coroutine_function(decorated, func)
+        return decorated
     if retry is None and timeout is None:
         return _async_wrapper(
             native,
@@ -132,6 +153,26 @@ def guard(
         async_sleep=async_sleep,
         remote=remote,
     )
+
+
+def _mark_coroutine_function(decorated: Any, func: Callable[..., Any]) -> None:
+    """Makes ``inspect.iscoroutinefunction(decorated)`` true, as for ``func``."""
+    mark = getattr(inspect, "markcoroutinefunction", None)  # 3.12+
+    if mark is not None:
+        mark(decorated)
+        return
+    # 3.10-3.11 read the flag of a function-like object's code: the function's own, or
+    # (a partial, a callable object) an async def's.
+    code = getattr(inspect.unwrap(func), "__code__", None)
+    decorated.__code__ = code if code is not None else _coroutine_code.__code__
+    decorated.__defaults__ = getattr(func, "__defaults__", None)
+    decorated.__kwdefaults__ = getattr(func, "__kwdefaults__", None)
+    if "__name__" not in decorated.__dict__:  # a partial has none to copy
+        decorated.__name__ = type(func).__name__
+
+
+async def _coroutine_code() -> None:
+    """Lends its code object's coroutine flag (see ``_mark_coroutine_function``)."""
 
 
 def _check_timeout(func: Callable[..., Any], timeout: float, is_async: bool) -> None:

@@ -12,9 +12,11 @@ __all__ = [
     "MAX_FAILURE_THRESHOLD",
     "MAX_HALF_OPEN_CALLS",
     "SHARED_SUPPORTED",
+    "AsyncGuard",
     "Bulkhead",
     "CircuitBreaker",
     "Guard",
+    "GuardedCall",
     "ManualClock",
     "OperationStats",
     "RateLimiter",
@@ -365,6 +367,33 @@ class Guard:
     @property
     def retry(self) -> Retry | None: ...
     def set_fallback_on_failure(self, enabled: bool) -> None: ...
+
+@final
+class AsyncGuard:
+    def __new__(
+        cls,
+        guard: Guard,
+        after_refusal: Callable[[BaseException, tuple[Any, ...], dict[str, Any] | None], Any],
+        after_failure: Callable[[BaseException, tuple[Any, ...], dict[str, Any] | None, bool], Any],
+        *,
+        deadline_start: Callable[[float], Any] | None = None,
+        deadline_ended: Callable[[Any], object] | None = None,
+        deadline_failed: Callable[[Any, BaseException], BaseException] | None = None,
+    ) -> AsyncGuard: ...
+    def __call__(self, *args: Any, **kwargs: Any) -> GuardedCall: ...
+    def __get__(self, instance: object | None, owner: type | None = None, /) -> Any: ...
+    @property
+    def guard(self) -> Guard: ...
+    def _call(self, *args: Any, **kwargs: Any) -> GuardedCall: ...
+
+@final
+class GuardedCall:
+    def __await__(self) -> GuardedCall: ...
+    def __iter__(self) -> GuardedCall: ...
+    def __next__(self) -> Any: ...
+    def send(self, value: object) -> Any: ...
+    def throw(self, *args: Any) -> Any: ...
+    def close(self) -> None: ...
 
 @disjoint_base
 class Bulkhead:

@@ -37,17 +37,39 @@ static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// method built per call (CPython's LOAD_ATTR method path; PEP 590). Only pyo3-ffi's
 /// declarations are used: no hand-declared CPython symbol, so it links wherever pyo3 does.
 pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let guard_type = m.py().get_type::<Guard>();
+    as_method_descriptor(&m.py().get_type::<Guard>());
+    m.add_class::<Guard>()
+}
+
+/// Marks a callable pyclass as a method descriptor (see `add_to`): to be called before
+/// its first instance is made.
+pub(super) fn as_method_descriptor(class: &Bound<'_, pyo3::types::PyType>) {
     // SAFETY: the type object is alive (we hold it) and no instance has been created or
     // looked up through a class yet, so no cache has seen the old flags; PyType_Modified
     // clears any that did.
     unsafe {
-        let raw = guard_type.as_type_ptr();
+        let raw = class.as_type_ptr();
         (*raw).tp_flags |= pyo3::ffi::Py_TPFLAGS_METHOD_DESCRIPTOR;
         doc_read_through(m.py(), raw)?;
         pyo3::ffi::PyType_Modified(raw);
     }
-    m.add_class::<Guard>()
+}
+
+/// `callable` bound to `instance` as a method (`types.MethodType`), for `__get__`.
+pub(super) fn bound_method<'py>(
+    callable: &Bound<'py, PyAny>,
+    instance: Option<&Bound<'py, PyAny>>,
+) -> PyResult<Bound<'py, PyAny>> {
+    match instance {
+        Some(instance) if !instance.is_none() => {
+            let py = callable.py();
+            let method_type = METHOD_TYPE.get_or_try_init(py, || {
+                Ok::<_, PyErr>(py.import("types")?.getattr("MethodType")?.unbind())
+            })?;
+            method_type.bind(py).call1((callable, instance))
+        }
+        _ => Ok(callable.clone()),
+    }
 }
 
 /// Puts the `__doc__` getter (the wrapped function's docstring) back in the type's dict,
@@ -334,6 +356,75 @@ impl Guard {
     }
 }
 
+/// The steps of an `async def` call for the native awaitable (`super::async_guard`),
+/// which cannot await: nothing here waits on a thread.
+impl Guard {
+    /// The function guarded.
+    pub(super) fn function(&self) -> &Py<PyAny> {
+        &self.func
+    }
+
+    /// Whether failures may be tried again (a retry policy is set).
+    pub(super) fn retries(&self) -> bool {
+        self.retry.is_some()
+    }
+
+    /// A call's first step: counts it in the retry budget, takes the breaker's admission,
+    /// the tokens and a bulkhead slot without waiting, and starts its clock.
+    /// (Never inlined, nor `returned` and `raised`: the steps they share with `__call__`
+    /// stay inlined there as they were, the sync path's code unchanged.)
+    #[inline(never)]
+    pub(super) fn enter_now(&self, py: Python<'_>) -> PyResult<(Ticket, Timing)> {
+        if let Some(retry) = &self.retry {
+            retry.get().budget.deposit();
+        }
+        let ticket = self.admit(py, false)?;
+        Ok((ticket, self.timing()))
+    }
+
+    /// The call admitted by `enter_now` returned `value`.
+    #[inline(never)]
+    pub(super) fn returned(
+        &self,
+        py: Python<'_>,
+        ticket: Ticket,
+        timing: Timing,
+        value: &Bound<'_, PyAny>,
+    ) {
+        self.leave();
+        self.record(py, ticket, timing, Ok(value));
+    }
+
+    /// The call admitted by `enter_now` raised `err`: whether the fallback replaces it.
+    #[inline(never)]
+    pub(super) fn raised(
+        &self,
+        py: Python<'_>,
+        ticket: Ticket,
+        timing: Timing,
+        err: &PyErr,
+    ) -> bool {
+        self.leave();
+        match ending_of(py, err) {
+            Ending::Interrupted => {
+                self.release(py, ticket);
+                false
+            }
+            ending => {
+                self.record(py, ticket, timing, Err(err));
+                ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed))
+            }
+        }
+    }
+
+    /// The call admitted by `enter_now` was abandoned unfinished (closed, or dropped):
+    /// no outcome; its slot and a trial's permit are given back.
+    pub(super) fn abandoned(&self, py: Python<'_>, ticket: Ticket) {
+        self.leave();
+        self.release(py, ticket);
+    }
+}
+
 fn ending_of(py: Python<'_>, err: &PyErr) -> Ending {
     if err.is_instance_of::<PyException>(py) {
         Ending::Raised
@@ -471,16 +562,7 @@ impl Guard {
         instance: Option<&Bound<'py, PyAny>>,
         _owner: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        match instance {
-            Some(instance) if !instance.is_none() => {
-                let py = slf.py();
-                let method_type = METHOD_TYPE.get_or_try_init(py, || {
-                    Ok::<_, PyErr>(py.import("types")?.getattr("MethodType")?.unbind())
-                })?;
-                method_type.bind(py).call1((slf, instance))
-            }
-            _ => Ok(slf.clone().into_any()),
-        }
+        bound_method(slf.as_any(), instance)
     }
 
     /// For async wrappers: takes the breaker admission and a token, never waiting (the
@@ -511,26 +593,13 @@ impl Guard {
     ) -> PyResult<bool> {
         let ticket = ticket_from(admission)?;
         let timing = Timing::from_code(started);
-        self.leave();
         match error {
             None => {
                 let value = result.unwrap_or_else(|| py.None().into_bound(py));
-                self.record(py, ticket, timing, Ok(&value));
+                self.returned(py, ticket, timing, &value);
                 Ok(false)
             }
-            Some(exc) => {
-                let err = PyErr::from_value(exc);
-                match ending_of(py, &err) {
-                    Ending::Interrupted => {
-                        self.release(py, ticket);
-                        Ok(false)
-                    }
-                    ending => {
-                        self.record(py, ticket, timing, Err(&err));
-                        Ok(ending.falls_back(self.fallback_on_failure.load(Ordering::Relaxed)))
-                    }
-                }
-            }
+            Some(exc) => Ok(self.raised(py, ticket, timing, &PyErr::from_value(exc))),
         }
     }
 
@@ -544,8 +613,7 @@ impl Guard {
         result: Bound<'_, PyAny>,
     ) -> PyResult<()> {
         let ticket = ticket_from(admission)?;
-        self.leave();
-        self.record(py, ticket, Timing::from_code(started), Ok(&result));
+        self.returned(py, ticket, Timing::from_code(started), &result);
         Ok(())
     }
 

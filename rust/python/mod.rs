@@ -5,6 +5,7 @@
 //! return plain values and never release the GIL: the work is nanoseconds.
 
 mod args;
+mod async_guard;
 mod bulkhead;
 mod circuit_breaker;
 mod errors;
@@ -39,6 +40,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<retry::PyRetry>()?;
     m.add_class::<registry::PyRegistry>()?;
     guard::add_to(m)?;
+    async_guard::add_to(m)?;
     recording::add_functions(m)?;
     shared_files::add_functions(m)?;
     let bounds: Vec<f64> = LATENCY_BOUNDS

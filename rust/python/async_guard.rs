@@ -1,0 +1,549 @@
+//! `AsyncGuard`: an `async def` function guarded without a coroutine of its own. Calling
+//! it returns a `GuardedCall`, a native awaitable that takes the admission when first
+//! stepped, drives the function's coroutine and records how it ended: the steps of a
+//! Python wrapper coroutine (a frame, three calls into Rust) become one object and plain
+//! Rust. What is rare and may wait (a refusal, a retry, a fallback) is handed to Python
+//! coroutines given at construction, which the call then drives in place of its own.
+
+use std::ptr;
+
+use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
+use pyo3::ffi;
+use pyo3::gc::PyVisit;
+use pyo3::panic::PanicException;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::PyTraverseError;
+
+use crate::clock::{nanos_to_seconds, stopwatch};
+use crate::guard::Timing;
+use crate::remote::Ticket;
+
+use super::guard::{as_method_descriptor, bound_method, Guard};
+
+/// Adds `AsyncGuard` (callable, and a method descriptor as `Guard` is) and `GuardedCall`.
+pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let class = m.py().get_type::<AsyncGuard>();
+    // `guard.__call__` too, as functions have it: the method `_call`, stored under that
+    // name in the type's dict directly (setting the attribute would replace the slot).
+    let method = class.getattr("_call")?;
+    // SAFETY: the type object is alive (we hold it) and no instance exists yet; the slot
+    // is a function with tp_call's signature; a heap type's tp_dict is its own dict;
+    // PyType_Modified clears what cached the type.
+    unsafe {
+        let raw = class.as_type_ptr();
+        (*raw).tp_call = Some(call_async_guard);
+        if ffi::PyDict_SetItemString((*raw).tp_dict, c"__call__".as_ptr(), method.as_ptr()) != 0 {
+            return Err(PyErr::fetch(m.py()));
+        }
+        ffi::PyType_Modified(raw);
+    }
+    as_method_descriptor(&class);
+    m.add_class::<AsyncGuard>()?;
+    m.add_class::<GuardedCall>()
+}
+
+/// `AsyncGuard`'s tp_call, set by `add_to` rather than declared as `__call__`: PyO3 runs
+/// every `__call__` through one shared trampoline taking the method as a pointer, which
+/// the optimiser resolves and inlines only while `Guard.__call__` is its one user (a
+/// second one measured 57 more instructions on every sync guarded call).
+unsafe extern "C" fn call_async_guard(
+    slf: *mut ffi::PyObject,
+    args: *mut ffi::PyObject,
+    kwargs: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls tp_call attached to the interpreter.
+    let py = unsafe { Python::assume_attached() };
+    let made = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        // SAFETY: tp_call's arguments are live: `slf` an instance of the type (checked
+        // anyway), `args` a tuple, `kwargs` a dict or NULL.
+        let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+        let args = unsafe { Bound::from_borrowed_ptr(py, args).cast_into_unchecked::<PyTuple>() };
+        let kwargs = (!kwargs.is_null()).then(|| unsafe {
+            Bound::from_borrowed_ptr(py, kwargs).cast_into_unchecked::<PyDict>()
+        });
+        let guard = slf.cast::<AsyncGuard>()?;
+        AsyncGuard::call(guard, &args, kwargs.as_ref())
+    }));
+    let made = match made {
+        Ok(made) => made,
+        Err(_) => Err(PanicException::new_err("a guarded async call panicked")),
+    };
+    match made {
+        Ok(call) => call.into_ptr(),
+        Err(err) => {
+            err.restore(py);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// An `async def` function guarded by a native `Guard`; calling it returns the call's
+/// awaitable (`GuardedCall`).
+#[pyclass(frozen, dict, module = "peak_resilience._native", name = "AsyncGuard")]
+pub struct AsyncGuard {
+    guard: Py<Guard>,
+    /// after_refusal(refusal, args, kwargs): the coroutine run when the first admission
+    /// is refused (it may wait for a slot, retry, fall back or raise the refusal).
+    after_refusal: Py<PyAny>,
+    /// after_failure(error, args, kwargs, falls_back): the coroutine run when the call
+    /// raised an Exception (recorded already) and is retried or falls back.
+    after_failure: Py<PyAny>,
+    /// With a timeout: the function's deadlines, entered when a call first suspends.
+    deadlines: Option<Deadlines>,
+}
+
+/// The Python side of a timeout (see `_deadlines.py`).
+struct Deadlines {
+    /// start(elapsed) -> entry: the call, running for `elapsed` seconds, suspends.
+    start: Py<PyAny>,
+    /// ended(entry): the call returned.
+    ended: Py<PyAny>,
+    /// failed(entry or None, error) -> the error the caller gets.
+    failed: Py<PyAny>,
+}
+
+#[pymethods]
+impl AsyncGuard {
+    #[new]
+    #[pyo3(signature = (guard, after_refusal, after_failure, *, deadline_start=None, deadline_ended=None, deadline_failed=None))]
+    fn new(
+        guard: Py<Guard>,
+        after_refusal: Py<PyAny>,
+        after_failure: Py<PyAny>,
+        deadline_start: Option<Py<PyAny>>,
+        deadline_ended: Option<Py<PyAny>>,
+        deadline_failed: Option<Py<PyAny>>,
+    ) -> Self {
+        let deadlines = match (deadline_start, deadline_ended, deadline_failed) {
+            (Some(start), Some(ended), Some(failed)) => Some(Deadlines {
+                start,
+                ended,
+                failed,
+            }),
+            _ => None,
+        };
+        AsyncGuard {
+            guard,
+            after_refusal,
+            after_failure,
+            deadlines,
+        }
+    }
+
+    /// Binds the guard to an instance, so that it decorates methods too.
+    fn __get__<'py>(
+        slf: &Bound<'py, Self>,
+        instance: Option<&Bound<'py, PyAny>>,
+        _owner: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        bound_method(slf.as_any(), instance)
+    }
+
+    /// The native guard: breaker, limiter, bulkhead, retry and stats.
+    #[getter]
+    fn guard(&self, py: Python<'_>) -> Py<Guard> {
+        self.guard.clone_ref(py)
+    }
+
+    /// `guard(*args, **kwargs)` as a method: `__call__` (calls take the slot).
+    #[pyo3(signature = (*args, **kwargs))]
+    fn _call(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<GuardedCall>> {
+        AsyncGuard::call(slf, args, kwargs)
+    }
+}
+
+impl AsyncGuard {
+    /// A call's awaitable (see `call_async_guard`): nothing runs until it is awaited.
+    #[inline]
+    fn call(
+        slf: &Bound<'_, Self>,
+        args: &Bound<'_, PyTuple>,
+        kwargs: Option<&Bound<'_, PyDict>>,
+    ) -> PyResult<Py<GuardedCall>> {
+        Py::new(
+            slf.py(),
+            GuardedCall {
+                owner: slf.clone().unbind(),
+                args: args.clone().unbind(),
+                kwargs: kwargs.map(|k| k.clone().unbind()),
+                state: State::New,
+            },
+        )
+    }
+}
+
+/// Where a guarded call is.
+enum State {
+    /// Not stepped yet: nothing taken.
+    New,
+    /// Admitted; the function's coroutine runs.
+    Running(Running),
+    /// A Python coroutine runs in the call's place (after a refusal or a failure).
+    Handed(Py<PyAny>),
+    /// Returned or raised.
+    Done,
+}
+
+struct Running {
+    coroutine: Py<PyAny>,
+    ticket: Ticket,
+    timing: Timing,
+    /// With a timeout: when the call started (a `stopwatch` reading, real time whatever
+    /// the guard's clock, as the loop's is), for the deadline of its first suspension.
+    started: Option<u64>,
+    /// The call's entry in its function's deadlines, once it has suspended.
+    deadline: Option<Py<PyAny>>,
+}
+
+/// What one step of a coroutine gave.
+enum Step {
+    Yielded(Py<PyAny>),
+    Returned(Py<PyAny>),
+}
+
+/// One call of an `AsyncGuard`: a coroutine-like awaitable (send, throw, close).
+#[pyclass(module = "peak_resilience._native", name = "GuardedCall")]
+pub struct GuardedCall {
+    owner: Py<AsyncGuard>,
+    args: Py<PyTuple>,
+    kwargs: Option<Py<PyDict>>,
+    state: State,
+}
+
+/// Sends `value` into `coroutine` (`PyIter_Send`: a coroutine's return needs no
+/// StopIteration).
+#[inline]
+fn send_into(coroutine: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+    let py = coroutine.py();
+    let mut out: *mut ffi::PyObject = ptr::null_mut();
+    // SAFETY: both pointers are live objects held by the caller; PyIter_Send gives a new
+    // reference in `out` unless it returns PYGEN_ERROR.
+    let sent = unsafe { ffi::PyIter_Send(coroutine.as_ptr(), value.as_ptr(), &mut out) };
+    match sent {
+        ffi::PySendResult::PYGEN_NEXT => Ok(Step::Yielded(
+            unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
+        )),
+        ffi::PySendResult::PYGEN_RETURN => Ok(Step::Returned(
+            unsafe { Bound::from_owned_ptr(py, out) }.unbind(),
+        )),
+        ffi::PySendResult::PYGEN_ERROR => Err(PyErr::fetch(py)),
+    }
+}
+
+/// Throws into `coroutine` what `throw(*args)` was given (its own method: rare).
+fn throw_into(coroutine: &Bound<'_, PyAny>, args: &Bound<'_, PyTuple>) -> PyResult<Step> {
+    match coroutine.call_method1("throw", args) {
+        Ok(yielded) => Ok(Step::Yielded(yielded.unbind())),
+        Err(err) => returned_by(coroutine.py(), err),
+    }
+}
+
+/// A StopIteration raised by a coroutine's method is its return.
+fn returned_by(py: Python<'_>, err: PyErr) -> PyResult<Step> {
+    if err.is_instance_of::<PyStopIteration>(py) {
+        Ok(Step::Returned(err.value(py).getattr("value")?.unbind()))
+    } else {
+        Err(err)
+    }
+}
+
+/// The awaitable iterator of what an `async def` function returned.
+#[inline]
+fn awaited(called: Bound<'_, PyAny>) -> PyResult<Bound<'_, PyAny>> {
+    // SAFETY: a live object.
+    if unsafe { ffi::PyCoro_CheckExact(called.as_ptr()) } != 0 {
+        return Ok(called);
+    }
+    called.call_method0("__await__")
+}
+
+/// The exception `throw(*args)` asks for, for a call that is not running.
+fn thrown(args: &Bound<'_, PyTuple>) -> PyErr {
+    match args.get_item(1) {
+        Ok(value) if !value.is_none() => PyErr::from_value(value),
+        _ => match args.get_item(0) {
+            Ok(first) => PyErr::from_value(first),
+            Err(err) => err,
+        },
+    }
+}
+
+impl GuardedCall {
+    /// Steps the call with `input`: `value` sent, or `throw(*args)`.
+    fn step(&mut self, py: Python<'_>, input: Input<'_, '_>) -> PyResult<Step> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::New => match input {
+                Input::Send(value) => self.start(py, value),
+                // Like a coroutine never started: it ends with the exception.
+                Input::Throw(args) => Err(thrown(args)),
+            },
+            State::Running(running) => {
+                let stepped = {
+                    let coroutine = running.coroutine.bind(py);
+                    match input {
+                        Input::Send(value) => send_into(coroutine, value),
+                        Input::Throw(args) => throw_into(coroutine, args),
+                    }
+                };
+                self.after(py, running, stepped)
+            }
+            State::Handed(coroutine) => {
+                let stepped = match input {
+                    Input::Send(value) => send_into(coroutine.bind(py), value),
+                    Input::Throw(args) => throw_into(coroutine.bind(py), args),
+                };
+                if let Ok(Step::Yielded(_)) = stepped {
+                    self.state = State::Handed(coroutine);
+                }
+                stepped
+            }
+            State::Done => match input {
+                Input::Send(_) => Err(PyRuntimeError::new_err(
+                    "cannot reuse already awaited coroutine",
+                )),
+                Input::Throw(args) => Err(thrown(args)),
+            },
+        }
+    }
+
+    /// The first step: the admission, then the function's first step.
+    #[inline]
+    fn start(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+        let owner = self.owner.get();
+        let guard = owner.guard.get();
+        let (ticket, timing) = match guard.enter_now(py) {
+            Ok(admitted) => admitted,
+            Err(refusal) => {
+                let args = (
+                    refusal.into_value(py),
+                    self.args.clone_ref(py),
+                    self.kwargs(py),
+                );
+                let handed = owner.after_refusal.bind(py).call1(args)?;
+                return self.hand_to(handed, value);
+            }
+        };
+        let started = owner.deadlines.as_ref().map(|_| stopwatch().raw());
+        let called = guard
+            .function()
+            .bind(py)
+            .call(self.args.bind(py), self.kwargs.as_ref().map(|k| k.bind(py)))
+            .and_then(awaited);
+        let (coroutine, stepped) = match called {
+            Ok(coroutine) => {
+                let stepped = send_into(&coroutine, value);
+                (coroutine.unbind(), stepped)
+            }
+            Err(err) => (py.None(), Err(err)),
+        };
+        let running = Running {
+            coroutine,
+            ticket,
+            timing,
+            started,
+            deadline: None,
+        };
+        self.after(py, running, stepped)
+    }
+
+    /// What a step of the function's coroutine gave: a suspension (the deadline is
+    /// entered at the first), its return, or its exception.
+    #[inline]
+    fn after(
+        &mut self,
+        py: Python<'_>,
+        mut running: Running,
+        stepped: PyResult<Step>,
+    ) -> PyResult<Step> {
+        let owner = self.owner.get();
+        match stepped {
+            Ok(Step::Yielded(yielded)) => {
+                if running.deadline.is_none() {
+                    if let (Some(deadlines), Some(started)) = (&owner.deadlines, running.started) {
+                        // A call that never suspends cannot be cancelled by a timer: only
+                        // one that does is entered, with the time it has run already.
+                        let clock = stopwatch();
+                        let elapsed = nanos_to_seconds(clock.delta_as_nanos(started, clock.raw()));
+                        match deadlines.start.call1(py, (elapsed,)) {
+                            Ok(entry) => running.deadline = Some(entry),
+                            Err(err) => {
+                                self.state = State::Running(running);
+                                self.abandon(py);
+                                return Err(err);
+                            }
+                        }
+                    }
+                }
+                self.state = State::Running(running);
+                Ok(Step::Yielded(yielded))
+            }
+            Ok(Step::Returned(value)) => {
+                owner
+                    .guard
+                    .get()
+                    .returned(py, running.ticket, running.timing, value.bind(py));
+                if let (Some(deadlines), Some(entry)) = (&owner.deadlines, &running.deadline) {
+                    deadlines.ended.call1(py, (entry,))?;
+                }
+                Ok(Step::Returned(value))
+            }
+            Err(mut err) => {
+                if let Some(deadlines) = &owner.deadlines {
+                    let entry = running
+                        .deadline
+                        .as_ref()
+                        .map_or_else(|| py.None(), |e| e.clone_ref(py));
+                    // (A failing hook leaves the error as it was: the outcome is recorded.)
+                    if let Ok(given) = deadlines.failed.bind(py).call1((entry, err.value(py))) {
+                        if !given.is(err.value(py)) {
+                            err = PyErr::from_value(given);
+                        }
+                    }
+                }
+                let guard = owner.guard.get();
+                let falls_back = guard.raised(py, running.ticket, running.timing, &err);
+                let is_exception = err.is_instance_of::<PyException>(py);
+                if falls_back || (is_exception && guard.retries()) {
+                    let args = (
+                        err.into_value(py),
+                        self.args.clone_ref(py),
+                        self.kwargs(py),
+                        falls_back,
+                    );
+                    let handed = owner.after_failure.bind(py).call1(args)?;
+                    return self.hand_to(handed, &py.None().into_bound(py));
+                }
+                Err(err)
+            }
+        }
+    }
+
+    /// Runs `handed` (a Python coroutine) in the call's place from now on.
+    fn hand_to(&mut self, handed: Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
+        let handed = awaited(handed)?;
+        let stepped = send_into(&handed, value);
+        if let Ok(Step::Yielded(_)) = stepped {
+            self.state = State::Handed(handed.unbind());
+        }
+        stepped
+    }
+
+    fn kwargs(&self, py: Python<'_>) -> Option<Py<PyDict>> {
+        self.kwargs.as_ref().map(|k| k.clone_ref(py))
+    }
+
+    /// An admitted call left unfinished (closed, cleared or dropped): its deadline is
+    /// done, its slot and a trial's permit given back.
+    fn abandon(&mut self, py: Python<'_>) {
+        if let State::Running(running) = std::mem::replace(&mut self.state, State::Done) {
+            if let Some(entry) = &running.deadline {
+                // Marked done in place (the deadlines' _DONE), so that its timer never
+                // cancels a task that has moved on: no Python code runs here.
+                let _ = entry.bind(py).set_item(2, 1);
+            }
+            self.owner.get().guard.get().abandoned(py, running.ticket);
+        }
+    }
+}
+
+/// The StopIteration ending a `send` or `throw` whose call returned `value`, made as a
+/// coroutine's own is (an instance, rather than a lazy error: no allocation beyond it).
+#[inline]
+fn stop_iteration(py: Python<'_>, value: Py<PyAny>) -> PyErr {
+    // SAFETY: StopIteration is a live type object and `value` a live object; a new
+    // reference is returned, or NULL with an exception set.
+    let made = unsafe { ffi::PyObject_CallOneArg(ffi::PyExc_StopIteration, value.as_ptr()) };
+    if made.is_null() {
+        return PyErr::fetch(py);
+    }
+    PyErr::from_value(unsafe { Bound::from_owned_ptr(py, made) })
+}
+
+/// What a step of the call is given.
+enum Input<'a, 'py> {
+    Send(&'a Bound<'py, PyAny>),
+    Throw(&'a Bound<'py, PyTuple>),
+}
+
+#[pymethods]
+impl GuardedCall {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    /// A step with None (how a task steps it): a return needs no StopIteration object.
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.step(py, Input::Send(&py.None().into_bound(py)))? {
+            Step::Yielded(yielded) => Ok(Some(yielded)),
+            Step::Returned(value) if value.is_none(py) => Ok(None),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
+        }
+    }
+
+    fn send(&mut self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        match self.step(py, Input::Send(&value))? {
+            Step::Yielded(yielded) => Ok(yielded),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
+        }
+    }
+
+    #[pyo3(signature = (*args))]
+    fn throw(&mut self, py: Python<'_>, args: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
+        match self.step(py, Input::Throw(&args))? {
+            Step::Yielded(yielded) => Ok(yielded),
+            Step::Returned(value) => Err(stop_iteration(py, value)),
+        }
+    }
+
+    /// Closes the function's coroutine (or the one run in its place); an admitted call
+    /// ends with no outcome, as one interrupted by GeneratorExit.
+    fn close(&mut self, py: Python<'_>) -> PyResult<()> {
+        match std::mem::replace(&mut self.state, State::Done) {
+            State::Running(running) => {
+                let closed = running.coroutine.bind(py).call_method0("close");
+                self.state = State::Running(running);
+                self.abandon(py);
+                closed.map(|_| ())
+            }
+            State::Handed(coroutine) => coroutine.bind(py).call_method0("close").map(|_| ()),
+            State::New | State::Done => Ok(()),
+        }
+    }
+
+    fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
+        visit.call(&self.owner)?;
+        visit.call(&self.args)?;
+        visit.call(&self.kwargs)?;
+        match &self.state {
+            State::Running(running) => {
+                visit.call(&running.coroutine)?;
+                visit.call(&running.deadline)?;
+            }
+            State::Handed(coroutine) => visit.call(coroutine)?,
+            State::New | State::Done => {}
+        }
+        Ok(())
+    }
+
+    fn __clear__(&mut self) {
+        Python::attach(|py| self.abandon(py));
+        self.state = State::Done;
+    }
+}
+
+impl Drop for GuardedCall {
+    fn drop(&mut self) {
+        if matches!(self.state, State::Running(_)) {
+            Python::attach(|py| self.abandon(py));
+        }
+    }
+}
