@@ -273,6 +273,11 @@ def test_a_typo_in_the_file_names_the_file_table_and_key_and_suggests_the_right_
         ("rate_limit_requests = 0", "must be at least 1, got 0"),
         ("rate_limit_burst = 0", "must be at least 1, got 0"),
         ("half_open_max_calls = 0", "must be between 1 and 4095, got 0"),
+        ("max_concurrent = 0", "must be between 1 and 18446744073709551615, got 0"),
+        (
+            "max_concurrent = 18446744073709551616",
+            "must be between 1 and 18446744073709551615, got 18446744073709551616",
+        ),
         ('rate_limit_backend = "disk"', "must be one of 'memory', 'shared', 'redis', got 'disk'"),
         ('on_backend_error = "ignore"', "must be one of 'fail_closed', 'fail_open', 'local'"),
     ],

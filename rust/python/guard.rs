@@ -37,7 +37,14 @@ static METHOD_TYPE: PyOnceLock<Py<PyAny>> = PyOnceLock::new();
 /// method built per call (CPython's LOAD_ATTR method path; PEP 590). Only pyo3-ffi's
 /// declarations are used: no hand-declared CPython symbol, so it links wherever pyo3 does.
 pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    as_method_descriptor(&m.py().get_type::<Guard>());
+    let class = m.py().get_type::<Guard>();
+    as_method_descriptor(&class);
+    // SAFETY: as in `as_method_descriptor`: no instance made yet, the cache cleared after.
+    unsafe {
+        let raw = class.as_type_ptr();
+        doc_read_through(m.py(), raw)?;
+        pyo3::ffi::PyType_Modified(raw);
+    }
     m.add_class::<Guard>()
 }
 
@@ -50,7 +57,6 @@ pub(super) fn as_method_descriptor(class: &Bound<'_, pyo3::types::PyType>) {
     unsafe {
         let raw = class.as_type_ptr();
         (*raw).tp_flags |= pyo3::ffi::Py_TPFLAGS_METHOD_DESCRIPTOR;
-        doc_read_through(m.py(), raw)?;
         pyo3::ffi::PyType_Modified(raw);
     }
 }

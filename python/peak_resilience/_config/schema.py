@@ -63,6 +63,10 @@ def positive(value: float) -> str | None:
     return None if value > 0 else f"must be greater than 0, got {value!r}"
 
 
+#: The largest cap a bulkhead counts to (its in-flight count is a 64-bit word).
+MAX_CONCURRENT = 2**64 - 1
+
+
 def at_most(high: int) -> Check:
     def check(value: int) -> str | None:
         if value < 1 or value > high:
@@ -168,7 +172,7 @@ class Settings:
     circuit_breaker_metrics_only: bool = key(False)
     # Issue 16, the bulkhead (off unless set).
     #: Calls of one operation that may run at once; None: no cap.
-    max_concurrent: int | None = key(None, optional(at_least(1)))
+    max_concurrent: int | None = key(None, optional(at_most(MAX_CONCURRENT)))
     #: Seconds a call over the cap waits for a slot before it is refused.
     bulkhead_max_wait: float = key(0.0, at_least(0))
     #: "shared": one cap across the processes of the host (slots in ``shared_dir``).
