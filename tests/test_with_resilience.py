@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -408,6 +409,14 @@ def test_the_guard_reads_the_function_through_and_keeps_what_is_set_on_it(
     assert (guarded.__doc__, guarded.__module__) == ("Submits one order.", __name__)
     assert guarded.__annotations__ == submit_order.__annotations__
     assert guarded.route == "/orders"
+
+    @functools.wraps(submit_order)
+    def logged(*args: Any, **kwargs: Any) -> str:
+        return submit_order(*args, **kwargs)
+
+    rewrapped: Any = with_resilience("trading", "submit")(logged)
+    assert rewrapped.__wrapped__ is logged  # each layer wraps the next
+    assert inspect.signature(rewrapped) == inspect.signature(submit_order)
     guarded.__doc__ = "Renamed."
     guarded.__name__ = "submit"
     guarded.__module__ = "venue"

@@ -101,6 +101,8 @@ def guard(
         carried = getattr(func, "__dict__", None)
         if carried:
             native.__dict__.update(carried)
+            # A decorated function's own __wrapped__ is not the guard's: the guard wraps it.
+            native.__dict__.pop("__wrapped__", None)
         return native
     # A breaker or limiter kept in Redis: its steps are awaited on redis.asyncio.
     remote = any(guard is not None and guard.store is not None for guard in (breaker, limiter))
