@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import redis
 from redis_server import RedisServer, free_cluster_port
+from refusing_redis import refusing_redis
 
 from peak_resilience import CircuitBreaker, CircuitState, RateLimiter
 from peak_resilience._backends.choice import backend_error_counts
@@ -333,3 +334,41 @@ def test_objects_whose_url_names_a_node_that_died_follow_the_cluster_to_its_repl
             assert reader.get_stats()["allowed"] == allowed, name
         del limiters, limiter, reader
         gc.collect()
+
+
+@contextlib.contextmanager
+def redirects(count: int, to: str) -> Iterator[str]:
+    """The URL of the first of ``count`` servers that each answer every command with a
+    MOVED to the next, the last to the Redis at ``to`` (as nodes still learning of a
+    failover can)."""
+    with contextlib.ExitStack() as stack:
+        target = to
+        for _ in range(count):
+            port = target.split(":")[-1].split("/")[0]
+            target = stack.enter_context(refusing_redis(f"MOVED 1 127.0.0.1:{port}"))
+        yield target
+
+
+@pytest.mark.parametrize("hops", [1, 3])
+def test_a_call_follows_moved_replies_from_node_to_node(redis_url: str, hops: int) -> None:
+    with redirects(hops, redis_url) as first:
+        limiter = RateLimiter(2, 3600, name=f"hops-{hops}", **on_url(first))
+        assert limiter.acquire()
+        assert asyncio.run(limiter.acquire_async(timeout=0))
+        assert not limiter.acquire()  # the budget of the Redis at the end of the chain
+    del limiter
+    gc.collect()
+
+
+def test_a_fourth_moved_reply_in_a_row_is_a_failure(redis_url: str) -> None:
+    with redirects(4, redis_url) as first:
+        limiter = RateLimiter(2, 3600, name="hops-4", **on_url(first))
+        before = backend_error_counts()["redis"]
+        assert not limiter.acquire()  # fail_closed
+        assert backend_error_counts()["redis"] == before + 1
+    del limiter
+    gc.collect()
+
+
+def on_url(url: str) -> dict[str, Any]:
+    return {"backend": "redis", "redis_url": url, "on_backend_error": "fail_closed"}

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFERRED",
+    "MOVES_FOLLOWED",
     "ONE_SLOT_EACH",
     "UNAVAILABLE",
     "InTurn",
@@ -181,6 +182,10 @@ def _pool_for(url: str, timeout: float) -> tuple[Any, Pool]:
         return client, pool
 
 
+#: MOVED replies one call follows at most, as redis-py's RedisCluster (a failover being
+#: learned: a node may name one that names another); one more is a failure.
+MOVES_FOLLOWED = 3
+
 #: The Redis Cluster nodes each ``redis_url`` has led this process to (MOVED replies),
 #: itself first: where a link whose node failed looks for the slot's node next.
 _cluster_nodes: dict[str, list[str]] = {}
@@ -315,8 +320,7 @@ class RedisLink:
                 self._pool.clustered = True
                 return ONE_SLOT_EACH
             except self._moved as moved:
-                self.follow(moved)
-                reply = self._pool.call(send)
+                reply = self._follow_moves(moved, send)
         except self._failures as exc:
             self.leave_node(exc)
             self._failed(exc)
@@ -348,6 +352,20 @@ class RedisLink:
             except self._refused as exc:
                 self._lost(exc)
         return reply
+
+    def _follow_moves(self, moved: Any, send: Callable[[Any], Any]) -> Any:
+        """``send``'s reply from the node ``moved`` names, following up to
+        ``MOVES_FOLLOWED`` redirects: while a Cluster's nodes learn of a failover, one may
+        name a node that names another."""
+        for hop in range(1, MOVES_FOLLOWED + 1):
+            self.follow(moved)
+            try:
+                return self._pool.call(send)
+            except self._moved as again:
+                if hop == MOVES_FOLLOWED:
+                    raise
+                moved = again
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def follow(self, moved: Any) -> None:
         """Redis Cluster: the node named by the ``MOVED`` reply ``moved`` serves this

@@ -53,6 +53,7 @@ from peak_resilience._backends.redis.breaker_store import BREAKER, transition
 from peak_resilience._backends.redis.bucket_store import BUCKET, taken
 from peak_resilience._backends.redis.connection import (
     DEFERRED,
+    MOVES_FOLLOWED,
     ONE_SLOT_EACH,
     UNAVAILABLE,
     InTurn,
@@ -193,13 +194,16 @@ async def _request(link: RedisLink, script: Script, command: Any) -> Any:
 
 
 async def _asked(link: RedisLink, script: Script, command: Any) -> Any:
-    """``_request``, sent once more to the Cluster node a ``MOVED`` reply names (which
-    ``link`` asks from now on, as the sync link does)."""
-    try:
-        return await _request(link, script, command)
-    except link._moved as moved:
-        link.follow(moved)
-        return await _request(link, script, command)
+    """``_request``, sent again to the Cluster node a ``MOVED`` reply names (which
+    ``link`` asks from now on, as the sync link does), up to ``MOVES_FOLLOWED`` times."""
+    for hop in range(MOVES_FOLLOWED + 1):
+        try:
+            return await _request(link, script, command)
+        except link._moved as moved:
+            if hop == MOVES_FOLLOWED:
+                raise
+            link.follow(moved)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def _load(link: RedisLink, script: Script) -> Any:
