@@ -50,37 +50,11 @@ def readmitter(
 
 
 def async_wrapper(
-    native: Guard,
-    func: Callable[..., Awaitable[Any]],
-    use_fallback: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
-    has_fallback: bool,
-    admit: Callable[[], Awaitable[int]],
-    on_reject: Callable[[BaseException], Any] | None,
-    *,
-    max_wait: float,
-    retry: Retry | None,
-    timeout: float | None,
-    on_timeout: Callable[[], Any] | None,
-    async_sleep: Callable[[float], Awaitable[Any]],
-    remote: bool,
+    native: Guard, func: Callable[..., Awaitable[Any]], attempts: Attempts, retry: Retry | None
 ) -> Callable[..., Awaitable[Any]]:
     """The coroutine wrapper, for a guard whose admission is awaited (see
     ``waits_on_loop``); the others get the native awaitable (``native_async``)."""
     called = None if retry is None else retry._called
-    attempts = Attempts(
-        native,
-        func,
-        use_fallback,
-        has_fallback,
-        admit,
-        on_reject,
-        max_wait=max_wait,
-        retry=retry,
-        deadlines=None if timeout is None else Deadlines(timeout),
-        on_timeout=on_timeout,
-        async_sleep=async_sleep,
-        remote=remote,
-    )
     run = attempts.run
 
     @functools.wraps(func)
@@ -93,37 +67,11 @@ def async_wrapper(
     return wrapper
 
 
-def native_async(
-    native: Guard,
-    func: Callable[..., Awaitable[Any]],
-    use_fallback: Callable[[tuple[Any, ...], dict[str, Any]], Awaitable[Any]],
-    has_fallback: bool,
-    admit: Callable[[], Awaitable[int]],
-    on_reject: Callable[[BaseException], Any] | None,
-    *,
-    retry: Retry | None,
-    timeout: float | None,
-    on_timeout: Callable[[], Any] | None,
-    async_sleep: Callable[[float], Awaitable[Any]],
-) -> AsyncGuard:
+def native_async(native: Guard, attempts: Attempts) -> AsyncGuard:
     """The native awaitable's guard, for a guard whose admission never waits: each call
     is one native object driving the function's coroutine; a refusal, a retry or a
     fallback continues in ``Attempts.run``."""
-    deadlines = None if timeout is None else Deadlines(timeout)
-    attempts = Attempts(
-        native,
-        func,
-        use_fallback,
-        has_fallback,
-        admit,
-        on_reject,
-        max_wait=0.0,
-        retry=retry,
-        deadlines=deadlines,
-        on_timeout=on_timeout,
-        async_sleep=async_sleep,
-        remote=False,
-    )
+    deadlines = attempts.deadlines
     if deadlines is None:
         return AsyncGuard(native, attempts.after_refusal, attempts.after_failure)
     return AsyncGuard(
@@ -151,7 +99,7 @@ class Attempts:
         *,
         max_wait: float,
         retry: Retry | None,
-        deadlines: Deadlines | None,
+        timeout: float | None,
         on_timeout: Callable[[], Any] | None,
         async_sleep: Callable[[float], Awaitable[Any]],
         remote: bool,
@@ -163,7 +111,8 @@ class Attempts:
         self._admit = admit
         self._on_reject = on_reject
         self._retry = retry
-        self._deadlines = deadlines
+        #: The calls' deadlines (``timeout``), if any.
+        self.deadlines = None if timeout is None else Deadlines(timeout)
         self._on_timeout = on_timeout
         self._async_sleep = async_sleep
         self._remote = remote
@@ -191,8 +140,8 @@ class Attempts:
         """What the caller of a call that raised ``error`` gets (``TimedOut`` if its own
         deadline cancelled it); ``on_timeout`` is told of a timeout."""
         given = error
-        if entry is not None and self._deadlines is not None:
-            given = self._deadlines.failed(entry, error)
+        if entry is not None and self.deadlines is not None:
+            given = self.deadlines.failed(entry, error)
             if given is not error:
                 given.__suppress_context__ = True  # as `raise given from None`
         if self._on_timeout is not None and isinstance(given, TimedOut):
@@ -231,7 +180,7 @@ class Attempts:
         """A call's attempts until one returns, or none is left: from the start, or after
         a first admission refused with ``refusal``, or a first attempt that raised
         ``failure`` (recorded already; ``falls_back`` its verdict)."""
-        native, deadlines, on_reject = self._native, self._deadlines, self._on_reject
+        native, deadlines, on_reject = self._native, self.deadlines, self._on_reject
         retries = 0
         while True:
             if failure is None:

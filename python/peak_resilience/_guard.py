@@ -113,35 +113,10 @@ def guard(
         limiter, endpoint, cost, priority, max_wait, async_sleep, remote=remote
     )
     admit = _admitter(native, take_tokens, async_sleep, remote=remote)
-    if not async_policies.waits_on_loop(native, max_wait, remote):
-        # Nothing to await before the call: one native awaitable per call.
-        decorated = async_policies.native_async(
-            native,
-            func,
-            _fallback_caller(fallback, has_fallback),
-            has_fallback,
-            admit,
-            on_reject,
-            retry=retry,
-            timeout=timeout,
-            on_timeout=on_timeout,
-            async_sleep=async_sleep,
-        )
-        functools.update_wrapper(decorated, func)
-        _mark_coroutine_function(decorated, func)
-        return decorated
-    if retry is None and timeout is None:
-        return _async_wrapper(
-            native,
-            func,
-            fallback,
-            has_fallback,
-            max_wait,
-            admit,
-            on_reject,
-            remote=remote,
-        )
-    return async_policies.async_wrapper(
+    waits = async_policies.waits_on_loop(native, max_wait, remote)
+    if waits and retry is None and timeout is None:
+        return _async_wrapper(native, func, fallback, has_fallback, admit, on_reject, remote=remote)
+    attempts = async_policies.Attempts(
         native,
         func,
         _fallback_caller(fallback, has_fallback),
@@ -155,6 +130,13 @@ def guard(
         async_sleep=async_sleep,
         remote=remote,
     )
+    if waits:
+        return async_policies.async_wrapper(native, func, attempts, retry)
+    # Nothing to await before the call: one native awaitable per call.
+    decorated = async_policies.native_async(native, attempts)
+    functools.update_wrapper(decorated, func)
+    _mark_coroutine_function(decorated, func)
+    return decorated
 
 
 def _mark_coroutine_function(decorated: Any, func: Callable[..., Any]) -> None:
@@ -327,33 +309,30 @@ def _async_wrapper(
     func: Callable[..., Awaitable[Any]],
     fallback: Any,
     has_fallback: bool,
-    max_wait: float,
     admit: Callable[[], Awaitable[int]],
     on_reject: Callable[[BaseException], Any] | None,
     *,
     remote: bool,
 ) -> Callable[..., Awaitable[Any]]:
+    """The coroutine wrapper of a guard whose admission is awaited (tokens or a slot
+    worth waiting for, a Redis round trip) and that has no retry or timeout; one that
+    never waits is the native awaitable (``async_policies.native_async``)."""
     use_fallback = _fallback_caller(fallback, has_fallback)
     # Bound once: each attribute lookup on the per-call path costs as much as a call.
-    admit_now, started_now, exit_now = native._admit, native._started, native._exit
+    started_now, exit_now = native._started, native._exit
     breaker, returned_now = native.breaker, native._returned
     links = awaited.links_of(breaker, native.limiter)
-    waits = async_policies.waits_on_loop(native, max_wait, remote)
-    readmit = async_policies.readmitter(native, admit, waits)
 
     @functools.wraps(func)
     async def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            admission = await admit() if waits else admit_now()
-        except Exception as first:
-            try:
-                admission = await readmit(first)
-            except Exception as refusal:
-                if on_reject is not None:
-                    on_reject(refusal)
-                if has_fallback:
-                    return await use_fallback(args, kwargs)
-                raise
+            admission = await admit()
+        except Exception as refusal:
+            if on_reject is not None:
+                on_reject(refusal)
+            if has_fallback:
+                return await use_fallback(args, kwargs)
+            raise
         started = started_now()
         try:
             result = await func(*args, **kwargs)
