@@ -77,13 +77,20 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[RedisServ
         yield nodes
 
 
+def _until(done: Callable[[], bool], seconds: float) -> bool:
+    """Whether ``done()`` came true within ``seconds`` (looked at every 50 ms)."""
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
 def _wait_for_cluster_ok(node: RedisServer) -> None:
     client = redis.Redis.from_url(node.url, socket_timeout=5)
-    deadline = time.monotonic() + 30
-    while b"cluster_state:ok" not in client.execute_command("CLUSTER", "INFO"):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"the cluster is not ok on port {node.port} within 30 s")
-        time.sleep(0.05)
+    if not _until(lambda: b"cluster_state:ok" in client.execute_command("CLUSTER", "INFO"), 30):
+        raise RuntimeError(f"the cluster is not ok on port {node.port} within 30 s")
 
 
 def url(node: RedisServer) -> str:
@@ -228,16 +235,6 @@ def _master_port(node: RedisServer) -> int | None:
     """The port of ``node``'s master, if it is a replica."""
     role = redis.Redis.from_url(url(node), socket_timeout=5).execute_command("ROLE")
     return int(role[2]) if bytes(role[0]) == b"slave" else None
-
-
-def _until(done: Callable[[], bool], seconds: float) -> bool:
-    """Whether ``done()`` came true within ``seconds`` (looked at every 50 ms)."""
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _synced(replica: RedisServer) -> bool:
