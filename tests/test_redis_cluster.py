@@ -215,13 +215,18 @@ def test_async_guarded_calls_on_a_cluster_ask_breaker_and_budget_in_turn_on_the_
 
         answers, new_threads = asyncio.run(run(order))
         assert answers == ["filled", "filled", "queued"], name
-        assert new_threads == set(), "an async call on a Cluster started a thread"
+        # (The one flusher of the process, sending successes left alone, aside.)
+        assert {t for t in new_threads if t.name != "peak-resilience-flusher"} == set(), (
+            "an async call on a Cluster started a thread"
+        )
         assert (
             RateLimiter(2, 3600, name=f"async-guarded-{name}", **on(third)).get_stats()["allowed"]
             == 2
         )
         watcher = CircuitBreaker(2, 60, f"async-guarded-{name}", **on(third))
-        assert watcher.get_stats()["successes"] == 2, name
+        # Another object (of another URL: another host) reads the last success once the
+        # flusher has sent it.
+        assert _until(lambda w=watcher: w.get_stats()["successes"] == 2, 5), name
     assert backend_error_counts()["redis"] == before
     del order, breaker, limiter, watcher
     gc.collect()

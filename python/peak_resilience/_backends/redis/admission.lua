@@ -15,10 +15,19 @@ local function bucket(KEYS, ARGV)
 end
 local n = tonumber(ARGV[1])
 local breaker_arguments = {unpack(ARGV, 2, n + 1)}
+local bucket_arguments = {unpack(ARGV, n + 2)}
+if breaker_arguments[14] == '' then
+  -- Redis' TIME read once for the two (each reads it when not given a time).
+  local clock = redis.call('TIME')
+  local now = string.format('%d', tonumber(clock[1]) * 1000000 + tonumber(clock[2]))
+  breaker_arguments[14], bucket_arguments[5] = now, now
+end
 local entered = breaker({KEYS[1]}, breaker_arguments)
 if entered[1] == 0 then return {entered} end
-local taken = bucket({KEYS[2]}, {unpack(ARGV, n + 2)})
+local taken = bucket({KEYS[2]}, bucket_arguments)
 if taken[1] == 0 and entered[1] % 4 == 2 then
+  -- (The successes the admission carried are counted already.)
+  for at = #breaker_arguments, 15, -1 do breaker_arguments[at] = nil end
   breaker_arguments[1] = 'exit'
   breaker_arguments[5] = entered[1]
   breaker_arguments[6] = 'release'

@@ -15,7 +15,10 @@
 -- outcome ('ok', 'fail', 'slow', 'release'), failure rate (ppm, 0 none), minimum_calls,
 -- window is time (0/1), window size (calls or us), back-off multiplier, max open (us),
 -- argument (us for 'open_for', 0/1 for 'shadow'), now (us; empty: Redis' TIME, the only
--- clock every host agrees on; set only by tests driving a manual clock).
+-- clock every host agrees on; set only by tests driving a manual clock); then, for any op,
+-- pairs (admission, count): successes of calls this process admitted in a closed circuit
+-- (or outside the machine) and has not sent yet, carried by this call and counted before
+-- its op, as their own 'exit ok' would have counted them (carried.py).
 -- Returns {result, remaining us, from, to, state, failure_count, shadow state}: result is
 -- the admission for 'enter' (0 refused); from = -1: no transition; state is the one the
 -- gauge shows (5 while shadow), shadow state the machine's own.
@@ -147,6 +150,24 @@ local function count_in_window(failed)
   return calls >= minimum_calls and failures * 1000000 >= rate * calls
 end
 
+-- Successes of calls admitted in a closed circuit: counted, and in the period that
+-- admitted them, a failure streak ended and the failure-rate window's calls counted.
+local function count_successes(normal, count)
+  redis.call('HINCRBY', k, 'successes', count)
+  if not normal then return end
+  if rate > 0 then for _ = 1, count do count_in_window(false) end end
+  if streak > 0 then
+    streak = 0
+    redis.call('HSET', k, 'streak', 0)
+  end
+end
+
+for at = 15, #ARGV - 1, 2 do
+  local admission, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+  local kind = admission % 4
+  count_successes(kind == 1 and state == 0 and (admission - kind) / 4 == period, count)
+end
+
 if op == 'enter' then
   if state == 0 then
     result = 1 + 4 * period
@@ -189,12 +210,8 @@ elseif op == 'exit' then
   local trial = kind == 2 and state == 1 and admitted_in == period
   local outcome = ARGV[6]
   if outcome == 'ok' then
-    redis.call('HINCRBY', k, 'successes', 1)
-    if normal and rate > 0 then count_in_window(false) end
-    if normal and streak > 0 then
-      streak = 0
-      redis.call('HSET', k, 'streak', 0)
-    elseif trial and trials > passed then
+    count_successes(normal, 1)
+    if trial and trials > passed then
       -- Only a trial holding a permit closes: a success recorded by hand while half-open
       -- with no permit out (none taken, or given back) proves nothing.
       passed = passed + 1
@@ -225,6 +242,8 @@ elseif op == 'exit' then
     trials = trials - 1
     redis.call('HSET', k, 'trials', trials)
   end
+elseif op == 'carry' then
+  -- Nothing more than the carried successes (counted above): carried.py's flush.
 elseif op == 'state' then
   refresh()
 elseif op == 'reset' then

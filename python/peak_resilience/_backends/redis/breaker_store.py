@@ -15,6 +15,7 @@ import functools
 from typing import TYPE_CHECKING, Any
 
 from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore, taken
+from peak_resilience._backends.redis.carried import carried_for
 from peak_resilience._backends.redis.connection import (
     DEFERRED,
     ONE_SLOT_EACH,
@@ -46,8 +47,8 @@ _NS_PER_US = 1000
 #: can move the circuit.
 _TRIAL = 2
 _NO_TRANSITION = ("ok", "release")
-#: Packed successes kept, at most (one per admission code: a few closed periods).
-_PACKED_SUCCESSES = 16
+#: Packed commands kept per kind, at most (one per set of successes carried: a few).
+_PACKED_KEPT = 16
 #: An exit's reply when no transition happened: (from, to).
 _NOTHING_CHANGED = (-1, -1)
 
@@ -78,12 +79,13 @@ class RedisBreakerStore(RedisStore):
         self._settings: tuple[bytes, ...] = ()
         self._policy: tuple[bytes, ...] = ()
         #: The packed commands almost every call sends (packing fourteen arguments costs
-        #: more than the script runs on the server): "enter", and the success of a call
-        #: admitted with a given code (one code per closed period: a few at most).
-        self._enter: Any = None
-        self._successes: dict[int, Any] = {}
-        #: The packed admissions (enter and take), by bucket key, cost and lane.
-        self._admissions: dict[tuple[str, int, bool], Any] = {}
+        #: more than the script runs on the server), by the successes they carry (one
+        #: success of one code, in a steady stream of calls): "enter", and the admissions
+        #: (enter and take) by bucket key, cost and lane too.
+        self._enters: dict[tuple[int, ...], Any] = {}
+        self._admissions: dict[tuple[str, int, bool, tuple[int, ...]], Any] = {}
+        #: This breaker's successes not sent yet (see carried.py).
+        self._carried = carried_for((link.client, self.key), self)
 
     def configure(
         self,
@@ -103,8 +105,7 @@ class RedisBreakerStore(RedisStore):
             str(_us(recovery_timeout)).encode(),
             str(half_open_max_calls).encode(),
         )
-        self._enter = None
-        self._successes = {}
+        self._enters = {}
         self._admissions = {}
         self._policy = (
             str(failure_rate_ppm).encode(),
@@ -116,7 +117,12 @@ class RedisBreakerStore(RedisStore):
         )
 
     def _arguments(
-        self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0
+        self,
+        op: bytes,
+        admission: int = 0,
+        outcome: bytes = b"",
+        argument: int = 0,
+        carried: tuple[int, ...] = (),
     ) -> tuple[Any, ...]:
         return (
             self.key,
@@ -127,33 +133,48 @@ class RedisBreakerStore(RedisStore):
             *self._policy,
             argument,
             self.now(),
+            *carried,
         )
 
-    def _success(self, code: int) -> Any:
-        """The packed "exit ok" of a call admitted with ``code``."""
-        if self._clock is not None:
-            return self.link.pack(BREAKER, *self._arguments(b"exit", code, b"ok"))
-        packed = self._successes.get(code)
-        if packed is None:
-            if len(self._successes) > _PACKED_SUCCESSES:
-                self._successes.clear()
-            packed = self.link.pack(BREAKER, *self._arguments(b"exit", code, b"ok"))
-            self._successes[code] = packed
-        return packed
+    def _carrying(self) -> tuple[int, ...]:
+        """The successes the next script carries (taken), or none in an async step: its
+        command is asked on the loop, then the native step runs again to apply the reply,
+        and must send the same command both times (they are sent by the next sync call,
+        or by the flusher)."""
+        if steps.current is not None:
+            return ()
+        return self._carried.take()
 
     def _run(self, op: bytes, admission: int = 0, outcome: bytes = b"", argument: int = 0) -> Any:
-        return self.link.run(BREAKER, *self._arguments(op, admission, outcome, argument))
+        carried = self._carrying()
+        reply = self.link.run(BREAKER, *self._arguments(op, admission, outcome, argument, carried))
+        if reply is UNAVAILABLE:
+            self._carried.give_back(carried)
+        return reply
 
-    def _enter_command(self) -> Any:
+    def send_carried(self, carried: tuple[int, ...]) -> bool:
+        """The flusher's: ``carried`` sent on their own (see carried.py)."""
+        reply = self.link.run(BREAKER, *self._arguments(b"carry", carried=carried))
+        return reply is not UNAVAILABLE
+
+    def _enter_command(self, carried: tuple[int, ...] = ()) -> Any:
         if self._clock is not None:
-            return self.link.pack(BREAKER, *self._arguments(b"enter"))
-        if self._enter is None:
-            self._enter = self.link.pack(BREAKER, *self._arguments(b"enter"))
-        return self._enter
+            return self.link.pack(BREAKER, *self._arguments(b"enter", carried=carried))
+        packed = self._enters.get(carried)
+        if packed is None:
+            if len(self._enters) > _PACKED_KEPT:
+                self._enters.clear()
+            packed = self.link.pack(BREAKER, *self._arguments(b"enter", carried=carried))
+            self._enters[carried] = packed
+        return packed
 
     def enter(self) -> tuple[int, int, int, int] | None:
-        reply = self.link.run_packed(BREAKER, self._enter_command())
-        return None if reply is UNAVAILABLE else _entered(reply)
+        carried = self._carrying()
+        reply = self.link.run_packed(BREAKER, self._enter_command(carried))
+        if reply is UNAVAILABLE:
+            self._carried.give_back(carried)
+            return None
+        return _entered(reply)
 
     def enter_and_take(self, bucket: RedisBucketStore, cost: int, high: bool) -> Any:
         """``enter``, then (if admitted) ``bucket``'s ``take(cost, high)``, in one script
@@ -177,9 +198,10 @@ class RedisBreakerStore(RedisStore):
                     ),
                 )
             return False
-        packed = self._admissions.get((bucket.key, cost, high))
+        carried = self._carrying()
+        packed = self._admissions.get((bucket.key, cost, high, carried))
         if packed is None:
-            own = self._arguments(b"enter")[1:]
+            own = self._arguments(b"enter", carried=carried)[1:]
             packed = link.pack_keys(
                 ADMISSION,
                 (self.key, bucket.key),
@@ -188,29 +210,31 @@ class RedisBreakerStore(RedisStore):
                 *bucket.take_arguments(cost, high),
             )
             if self._clock is None and bucket._clock is None:
-                if len(self._admissions) > _PACKED_SUCCESSES:
+                if len(self._admissions) > _PACKED_KEPT:
                     self._admissions.clear()
-                self._admissions[(bucket.key, cost, high)] = packed
+                self._admissions[(bucket.key, cost, high, carried)] = packed
         reply = link.run_packed(ADMISSION, packed)
-        if reply is UNAVAILABLE:
-            return None
-        if reply is ONE_SLOT_EACH:
-            return False
+        if reply is UNAVAILABLE or reply is ONE_SLOT_EACH:
+            self._carried.give_back(carried)
+            return None if reply is UNAVAILABLE else False
         return _entered(reply[0]), taken(reply[1]) if len(reply) > 1 else None
 
     def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
         code = -1 if admission == _INFERRED else admission
         if code >= 0 and code % 4 != _TRIAL and outcome in _NO_TRANSITION:
             # A call admitted in a closed circuit (or outside the machine) that succeeded
-            # or never ran changes no state that anyone waits on: a success is counted
-            # without waiting for the reply, and a release has nothing to give back
-            # (only a trial holds a permit).
-            if outcome == "release":
-                return _NOTHING_CHANGED
-            posted = self.link.post_packed(BREAKER, self._success(code))
-            return None if posted is UNAVAILABLE else _NOTHING_CHANGED
-        reply = self.link.record(BREAKER, *self._arguments(b"exit", code, outcome.encode()))
+            # or never ran changes no state that anyone waits on: a success is carried by
+            # the breaker's next script (carried.py), and a release has nothing to give
+            # back (only a trial holds a permit).
+            if outcome == "ok":
+                self._carried.add(code)
+            return _NOTHING_CHANGED
+        carried = self._carrying()
+        reply = self.link.record(
+            BREAKER, *self._arguments(b"exit", code, outcome.encode(), carried=carried)
+        )
         if reply is UNAVAILABLE:
+            self._carried.give_back(carried)
             return None
         if reply is DEFERRED:
             # An async call's: its transition is told when the reply comes (on_loop).

@@ -13,10 +13,8 @@ outage is logged once with the policy being applied, and Redis is left alone for
 meanwhile); the next call after that tries again, and the first one that succeeds logs
 the recovery.
 
-A command whose reply nobody waits for (``post_packed``: a success in a closed circuit)
-is written and left; the next command on that connection reads its reply first, while
-its own is on the way (a refusal there is lost bookkeeping: counted and logged, never
-the next command's failure). On a Redis Cluster a ``MOVED`` reply sends the link to the
+A success in a closed circuit sends no command of its own: the breaker's next script
+carries it (``carried``). On a Redis Cluster a ``MOVED`` reply sends the link to the
 node of its slot, and a ``CROSSSLOT`` one (two keys, two slots) tells the caller to ask
 each key on its own (``ONE_SLOT_EACH``).
 """
@@ -267,13 +265,10 @@ class RedisLink:
 
     def run_packed(self, script: Script, command: Any) -> Any:
         """Sends a command made by ``pack``: the script's reply, or ``UNAVAILABLE``."""
-        return self._call(script, command, answered=True)
-
-    def post_packed(self, script: Script, command: Any) -> Any:
-        """Sends a command made by ``pack`` without waiting for its reply (read by the next
-        call on the same connection): None, or ``UNAVAILABLE`` if it could not be sent.
-        For a record whose reply nobody needs (a success in a closed circuit)."""
-        return self._call(script, command, answered=False)
+        step = steps.current
+        if step is not None:
+            return step.answer(self, script, command)
+        return self.call_now(script, command)
 
     def record(self, script: Script, key: str, *args: Any) -> Any:
         """``run`` for a call's outcome: in an async step, the command is sent and its
@@ -281,37 +276,21 @@ class RedisLink:
         command = self.pack(script, key, *args)
         step = steps.current
         if step is not None:
-            return step.answer(self, script, command, True, deferrable=True)
-        return self.call_now(script, command, answered=True)
+            return step.answer(self, script, command, deferrable=True)
+        return self.call_now(script, command)
 
-    def _call(self, script: Script, command: Any, *, answered: bool) -> Any:
-        step = steps.current
-        if step is not None:
-            return step.answer(self, script, command, answered)
-        return self.call_now(script, command, answered=answered)
-
-    def call_now(self, script: Script, command: Any, *, answered: bool) -> Any:
+    def call_now(self, script: Script, command: Any) -> Any:
         """Sends ``command`` on a connection of the pool, on this thread."""
         if self._down_until and time.monotonic() < self._down_until:
             return UNAVAILABLE
 
         def send(conn: Any) -> Any:
-            posted = _posted(conn)
             if conn._sock is None:
-                # Closed since: their replies went with the socket. connect() (not the
-                # implicit connect of a send): a Sentinel connection asks for the master.
-                posted.clear()
+                # connect() (not the implicit connect of a send): a Sentinel connection
+                # asks for the master.
                 conn.connect()
             conn.send_packed_command(command, check_health=False)
-            if not answered and len(posted) < _POSTED_AT_MOST:
-                posted.append((script, command))
-                return None
-            # The replies of the posted commands come first (read while this command is
-            # on its way: no wait of their own), then this command's.
-            earlier, posted[:] = list(posted), []
-            if not answered:
-                earlier.append((script, command))
-            return self._read_replies(conn, earlier, script if answered else None, command)
+            return self._read_reply(conn, script, command)
 
         try:
             try:
@@ -327,30 +306,6 @@ class RedisLink:
             return UNAVAILABLE
         if self._outage:
             self._recovered()
-        return reply
-
-    def _read_replies(
-        self, conn: Any, earlier: list[tuple[Script, Any]], script: Script | None, command: Any
-    ) -> Any:
-        """Reads the replies of the ``earlier`` commands posted on ``conn`` (by any link of
-        the pool), then (``script`` not None) the reply of ``command``, sent after them.
-        A posted command the server refused is lost bookkeeping, counted and logged: this
-        command's own reply stands. One sent before its script was loaded is sent again."""
-        unloaded: list[tuple[Script, Any]] = []
-        for posted_script, posted in earlier:
-            try:
-                conn.read_response()
-            except self._no_script:
-                unloaded.append((posted_script, posted))
-            except self._refused as exc:
-                self._lost(exc)
-        reply = None if script is None else self._read_reply(conn, script, command)
-        for posted_script, posted in unloaded:
-            conn.send_packed_command(posted, check_health=False)
-            try:
-                self._read_reply(conn, posted_script, posted)
-            except self._refused as exc:
-                self._lost(exc)
         return reply
 
     def _follow_moves(self, moved: Any, send: Callable[[Any], Any]) -> Any:
@@ -402,15 +357,16 @@ class RedisLink:
         self._pool = self._seed_pool if url == self._seed_url else _pool_for(url, self.timeout)[1]
 
     def _lost(self, exc: BaseException) -> None:
-        """An outcome sent without waiting that Redis refused: counted, and logged (at
-        most once a minute: during an outage every call's would be)."""
+        """A record whose reply nobody waits for (an async step's refund) that Redis
+        refused: counted, and logged (at most once a minute: during an outage every
+        call's would be)."""
         choice.count_backend_error("redis")
         now = time.monotonic()
         if now - self._lost_logged_at >= _LOST_LOGGED_EVERY:
             self._lost_logged_at = now
             logger.warning(
-                "Redis at %s refused a record of a call's outcome sent without waiting, "
-                "now lost (%s: %s); each one is counted in peak_trade_backend_errors_total",
+                "Redis at %s refused a record sent without waiting, now lost (%s: %s); "
+                "each one is counted in peak_trade_backend_errors_total",
                 self.url,
                 type(exc).__name__,
                 str(exc),
@@ -461,19 +417,6 @@ class RedisLink:
     def available(self) -> bool:
         """False during an outage (until a call succeeds again)."""
         return not self._outage
-
-
-#: Commands posted on one connection whose replies are left unread, at most: the next
-#: one reads them all.
-_POSTED_AT_MOST = 16
-
-
-def _posted(conn: Any) -> list[tuple[Script, Any]]:
-    """The commands sent on ``conn`` whose replies are still to be read."""
-    posted: list[tuple[Script, Any]] | None = getattr(conn, "_peak_posted", None)
-    if posted is None:
-        posted = conn._peak_posted = []
-    return posted
 
 
 #: Seconds between two log lines of one link about lost bookkeeping (each loss is counted).

@@ -26,10 +26,10 @@ once more), else asked synchronously on the loop (a case no guarded call reaches
 An outcome (``RedisLink.record``: a call's exit, or an admission given back) is recorded
 in the native step with no reply (``DEFERRED``), then sent: its transition, if any, is
 told to the breaker's listeners when the reply comes, before the call returns. A success
-in a closed circuit too is awaited, on the loop: an outcome left unread when its loop
-ends, as ``asyncio.run`` ends, would be lost with the connection. An outcome whose Redis
-failed is lost bookkeeping, counted and logged (where the sync path's local stand-in
-would count it).
+in a closed circuit sends nothing: it is carried by the breaker's next sync script, or
+sent by the flusher thread (``carried``), so the call returns without another round
+trip. An outcome whose Redis failed is lost bookkeeping, counted and logged (where the
+sync path's local stand-in would count it).
 
 Sentinel URLs are asked on redis.asyncio too (its connections ask a sentinel for the
 master; a call in flight on a master demoted by a failover gets its READONLY reply and
@@ -118,15 +118,11 @@ class Step:
         link: RedisLink,
         script: Script,
         command: Any,
-        answered: bool,
         *,
         deferrable: bool = False,
     ) -> Any:
         if link not in self.links:
-            return link.call_now(script, command, answered=answered)
-        if not answered:
-            self.posts.append((link, script, command))
-            return None
+            return link.call_now(script, command)
         for i, (asked, sent, reply) in enumerate(self.replies):
             if asked is link and (sent is command or sent == command):
                 del self.replies[i]
@@ -141,7 +137,7 @@ class Step:
             if failure is not None:
                 link._failed(failure)
             return UNAVAILABLE
-        return link.call_now(script, command, answered=True)
+        return link.call_now(script, command)
 
     def ask_in_turn(self, link: RedisLink, script: Script, command: Any, then: InTurn) -> None:
         """A breaker's admission (``command`` on ``link``) and then a take (``then``)
@@ -378,10 +374,10 @@ async def _send(done: Step, breaker: Any) -> None:
 
 
 async def _post(link: RedisLink, script: Script, command: Any) -> None:
-    """Sends ``command``, whose reply changes nothing, and awaits that reply: a refusal in
-    it, or a Redis gone meanwhile, is lost bookkeeping (counted and logged by the link).
-    Awaited, not left to be read later: an outcome left unread when its loop ends (as
-    ``asyncio.run`` ends) would be lost with the connection."""
+    """Sends ``command``, whose reply changes nothing (a refund), and awaits that reply: a
+    refusal in it, or a Redis gone meanwhile, is lost bookkeeping (counted and logged by
+    the link). Awaited, not left to be read later: a command left unread when its loop
+    ends (as ``asyncio.run`` ends) would be lost with the connection."""
     if link._down_until and time.monotonic() < link._down_until:
         return
     try:
