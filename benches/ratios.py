@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -449,9 +450,20 @@ def main() -> int:
             return status or 1
         print()
         print(table(medians(json_path)))
+    sys.path.insert(0, str(HERE))
+    # The hot paths and the Redis-guarded calls again in plain loops, rounds interleaved:
+    # pytest-benchmark's per-call overhead compresses ratios near 1x, and its medians of
+    # short runs swing on a shared machine.
+    import hot_loop
+    import redis_loop
+
+    print()
+    hot_loop.main(["--rounds", "5", "--calls", "50000"] if args.quick else [])
+    if shutil.which("redis-server"):
+        print()
+        redis_loop.main(["--rounds", "7", "--calls", "500"] if args.quick else [])
     # Correctness beside speed: admission of a shared budget under 8 threads.
     print()
-    sys.path.insert(0, str(HERE))
     import admission
 
     admission.main()

@@ -91,11 +91,16 @@ def redis_url(redis_server: RedisServer) -> Iterator[str]:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server of this test's own, which the test may stop and start again."""
+    from peak_resilience._backends.redis import carried
+
     server = RedisServer(tmp_path)
     server.start()
     try:
         yield server
     finally:
+        # The successes its breakers left to be carried, sent while it runs: else the
+        # flusher would find it gone during a later test (an outage counted there).
+        carried.send_all()
         server.stop()
 
 
