@@ -24,10 +24,49 @@
 -- gauge shows (5 while shadow), shadow state the machine's own.
 local k = KEYS[1]
 local op = ARGV[1]
+local rate = tonumber(ARGV[7]) or 0
+-- What a closed circuit's admission needs; the rest is read after the fast path below.
+local v = redis.call('HMGET', k, 'state', 'period', 'streak', 'shadow')
+local state = tonumber(v[1]) or 0
+local period = tonumber(v[2]) or 0
+local streak = tonumber(v[3]) or 0
+local shadow = tonumber(v[4]) or 0
+
+local count_in_window -- (below: only a failure-rate window needs it)
+
+-- Successes of calls admitted in a closed circuit: counted, and in the period that
+-- admitted them, a failure streak ended and the failure-rate window's calls counted.
+local function count_successes(normal, count)
+  redis.call('HINCRBY', k, 'successes', count)
+  if not normal then return end
+  if rate > 0 then for _ = 1, count do count_in_window(false) end end
+  if streak > 0 then
+    streak = 0
+    redis.call('HSET', k, 'streak', 0)
+  end
+end
+
+local function count_carried()
+  for at = 15, #ARGV - 1, 2 do
+    local admission, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
+    local kind = admission % 4
+    count_successes(kind == 1 and state == 0 and (admission - kind) / 4 == period, count)
+  end
+end
+
+-- The admission almost every guarded call asks for, into a closed circuit with no
+-- failure-rate window: answered before the rest is read or the other functions are made
+-- (each function made costs the server ~0.4 us a call, the whole script ~20 us).
+if op == 'enter' and state == 0 and rate == 0 then
+  count_carried()
+  local shown = 0
+  if shadow == 1 then shown = 5 end
+  return {1 + 4 * period, 0, -1, -1, shown, streak, 0}
+end
+
 local threshold = tonumber(ARGV[2])
 local timeout = tonumber(ARGV[3])
 local max_trials = tonumber(ARGV[4])
-local rate = tonumber(ARGV[7]) or 0
 local minimum_calls = tonumber(ARGV[8]) or 1
 local window_is_time = tonumber(ARGV[9]) or 0
 local window_size = tonumber(ARGV[10]) or 100
@@ -39,18 +78,13 @@ if not now then
   local clock = redis.call('TIME')
   now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
 end
-local v = redis.call('HMGET', k, 'state', 'period', 'streak', 'due', 'since', 'trials',
-  'passed', 'opened_streak', 'failed_trials', 'shadow')
-local state = tonumber(v[1]) or 0
-local period = tonumber(v[2]) or 0
-local streak = tonumber(v[3]) or 0
-local due = tonumber(v[4]) or 0
-local since = tonumber(v[5]) or 0
-local trials = tonumber(v[6]) or 0
-local passed = tonumber(v[7]) or 0
-local opened_streak = tonumber(v[8]) or 0
-local failed_trials = tonumber(v[9]) or 0
-local shadow = tonumber(v[10]) or 0
+v = redis.call('HMGET', k, 'due', 'since', 'trials', 'passed', 'opened_streak', 'failed_trials')
+local due = tonumber(v[1]) or 0
+local since = tonumber(v[2]) or 0
+local trials = tonumber(v[3]) or 0
+local passed = tonumber(v[4]) or 0
+local opened_streak = tonumber(v[5]) or 0
+local failed_trials = tonumber(v[6]) or 0
 local from, to = -1, -1
 local result = 0
 
@@ -137,7 +171,7 @@ end
 
 -- Counts a call admitted while closed; true when its failure brings the rate to the
 -- threshold with at least minimum_calls in the window.
-local function count_in_window(failed)
+count_in_window = function(failed)
   local slice, span = slice_now(true)
   local i = slice % 10
   if tonumber(redis.call('HGET', k, 'ws' .. i)) ~= slice then
@@ -150,23 +184,7 @@ local function count_in_window(failed)
   return calls >= minimum_calls and failures * 1000000 >= rate * calls
 end
 
--- Successes of calls admitted in a closed circuit: counted, and in the period that
--- admitted them, a failure streak ended and the failure-rate window's calls counted.
-local function count_successes(normal, count)
-  redis.call('HINCRBY', k, 'successes', count)
-  if not normal then return end
-  if rate > 0 then for _ = 1, count do count_in_window(false) end end
-  if streak > 0 then
-    streak = 0
-    redis.call('HSET', k, 'streak', 0)
-  end
-end
-
-for at = 15, #ARGV - 1, 2 do
-  local admission, count = tonumber(ARGV[at]), tonumber(ARGV[at + 1])
-  local kind = admission % 4
-  count_successes(kind == 1 and state == 0 and (admission - kind) / 4 == period, count)
-end
+count_carried()
 
 if op == 'enter' then
   if state == 0 then

@@ -14,7 +14,7 @@ from __future__ import annotations
 import functools
 from typing import TYPE_CHECKING, Any
 
-from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore, taken
+from peak_resilience._backends.redis.bucket_store import BUCKET, RedisBucketStore
 from peak_resilience._backends.redis.carried import carried_for
 from peak_resilience._backends.redis.connection import (
     DEFERRED,
@@ -217,7 +217,9 @@ class RedisBreakerStore(RedisStore):
         if reply is UNAVAILABLE or reply is ONE_SLOT_EACH:
             self._carried.give_back(carried)
             return None if reply is UNAVAILABLE else False
-        return _entered(reply[0]), taken(reply[1]) if len(reply) > 1 else None
+        fields = reply.split()  # enter's 7 integers, then take's 2 (admission.lua)
+        took = (fields[7] == b"1", int(fields[8]) * _NS_PER_US) if len(fields) > 7 else None
+        return _entered(fields), took
 
     def exit(self, admission: int, outcome: str) -> tuple[int, int] | None:
         code = -1 if admission == _INFERRED else admission
