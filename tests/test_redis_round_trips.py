@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import textwrap
@@ -180,3 +181,34 @@ def test_a_success_carried_past_a_reset_counts_but_ends_no_streak_of_the_new_per
     assert breaker.get_stats()["successes"] == 1
     other_host.record_failure()  # the new period's second failure in a row
     assert breaker.state is CircuitState.OPEN
+
+
+def test_an_async_guarded_call_runs_one_script_its_success_sent_by_the_flusher(
+    redis_url: str,
+) -> None:
+    admin = redis.Redis.from_url(redis_url, socket_timeout=5)
+    on_redis: dict[str, Any] = {"backend": "redis", "redis_url": redis_url}
+    breaker = CircuitBreaker(3, 60, "venue", **on_redis)
+    limiter = RateLimiter(1000, 3600, name="venue", **on_redis)
+
+    async def send() -> str:
+        return "filled"
+
+    order = guard(send, breaker=breaker, limiter=limiter)
+    calls = 50
+
+    async def run() -> tuple[list[str], int, float]:
+        await order()  # the loop's connection made, the scripts loaded
+        before, started = scripts_run(admin), time.monotonic()
+        answers = [await order() for _ in range(calls)]
+        return answers, scripts_run(admin) - before, time.monotonic() - started
+
+    answers, ran, elapsed = asyncio.run(run())
+    assert answers == ["filled"] * calls
+    # One script a call (its admission); the successes, carried by no async call, go in
+    # the flusher's few scripts (one per CARRIED_AT_MOST seconds at most, for all of them).
+    assert ran <= calls + elapsed / carried.CARRIED_AT_MOST + 2
+    deadline = time.monotonic() + 5
+    while admin.hget("peak-resilience:{breaker:venue}", "successes") != str(calls + 1).encode():
+        assert time.monotonic() < deadline, "the async calls' successes never reached Redis"
+        time.sleep(0.01)
