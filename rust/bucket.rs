@@ -1759,9 +1759,25 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_bucket_of_this_process_holds_one_window_in_136_bytes_not_the_shared_288() {
-        // Head 88, tail 16, the cells of its other windows and log 32 (issue 19).
-        assert_eq!(std::mem::size_of::<LocalBucket>(), 136);
+    fn a_bucket_of_this_process_holds_one_window_in_120_bytes_not_the_shared_288() {
+        // Head 88, tail 16, the pointers to its other windows and log 16 (issue 19).
+        assert_eq!(std::mem::size_of::<LocalBucket>(), 120);
+    }
+
+    #[test]
+    fn threads_making_a_part_at_once_all_get_the_one_that_was_set() {
+        let part = Part::<SlidingLog>::default();
+        let seen: Vec<usize> = std::thread::scope(|scope| {
+            let makers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| part.get_or_make() as *const SlidingLog as usize))
+                .collect();
+            makers.into_iter().map(|m| m.join().unwrap()).collect()
+        });
+        let set = part.get().map(|log| log as *const SlidingLog as usize);
+        assert!(seen.iter().all(|&address| Some(address) == set));
+        let mut part = part;
+        assert!(part.take().is_some());
+        assert!(part.get().is_none());
     }
 
     #[test]
