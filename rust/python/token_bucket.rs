@@ -112,8 +112,8 @@ impl Limits {
         self.first[1].store(first.1, Ordering::Relaxed);
         let old = self.more.swap(boxed_or_null(more), Ordering::Relaxed);
         if !old.is_null() {
-            // SAFETY: made by `Box::into_raw` above; swapped out under the lock that every
-            // reader holds, so no reader holds a reference to it.
+            // SAFETY: made by `boxed_or_null` (`Box::into_raw`); swapped out under the lock
+            // that every reader holds, so no reader holds a reference to it.
             drop(unsafe { Box::from_raw(old) });
         }
     }
@@ -132,7 +132,8 @@ impl Drop for Limits {
     fn drop(&mut self) {
         let more = *self.more.get_mut();
         if !more.is_null() {
-            // SAFETY: made by `Box::into_raw` in `set`; nothing else can read it any more.
+            // SAFETY: made by `boxed_or_null` (`Box::into_raw`); `&mut self`: nothing else
+            // can read it any more.
             drop(unsafe { Box::from_raw(more) });
         }
     }
