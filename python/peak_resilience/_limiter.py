@@ -77,7 +77,7 @@ class _Rare:
     they need their own (``RateLimiter._own``), and keep one slot rather than five, 32
     bytes a limiter (issue 19)."""
 
-    __slots__ = ("clock", "keeps_counts", "keys", "listeners", "observer", "shared")
+    __slots__ = ("clock", "is_default", "keeps_counts", "keys", "listeners", "observer")
 
     def __init__(
         self,
@@ -85,7 +85,7 @@ class _Rare:
         *,
         clock: ManualClock | None = None,
         keys: Keys | tuple[int, float | None] = DEFAULT_BOUNDS,
-        shared: bool = False,
+        is_default: bool = False,
     ) -> None:
         self.keeps_counts = keeps_counts
         self.clock = clock
@@ -93,7 +93,7 @@ class _Rare:
         self.listeners: Listeners = NO_LISTENERS
         self.observer: Observer | None = None
         #: One of the defaults, shared by many limiters: never changed.
-        self.shared = shared
+        self.is_default = is_default
 
     def own_copy(self) -> _Rare:
         rare = _Rare(self.keeps_counts, clock=self.clock, keys=self.keys)
@@ -102,8 +102,8 @@ class _Rare:
 
 
 #: What a named limiter (its counts kept once it goes) and an unnamed one have, shared.
-_NAMED = _Rare(True, shared=True)
-_UNNAMED = _Rare(False, shared=True)
+_NAMED = _Rare(True, is_default=True)
+_UNNAMED = _Rare(False, is_default=True)
 
 __all__ = ["RateLimiter"]
 
@@ -303,10 +303,10 @@ class RateLimiter(_NativeLimiter):
         """This limiter's own ``_Rare``, made now from the shared default if it has none
         yet (under a lock: two threads' first changes land in one)."""
         rare = self._rare
-        if rare.shared:
+        if rare.is_default:
             with _making_own:
                 rare = self._rare
-                if rare.shared:
+                if rare.is_default:
                     rare = self._rare = rare.own_copy()
         return rare
 
