@@ -2,7 +2,7 @@
 //! health checks read: held without a reference, and without a weak reference object
 //! each (a `weakref.WeakSet` entry cost 185 bytes a limiter, issue 19), by address alone
 //! (~20 bytes an object in a `BTreeSet`; a map from each native part's address to its
-//! object's cost ~35).
+//! object's cost ~30).
 //!
 //! An object is entered by its Python constructor and leaves in its Python `__del__`
 //! (before a cycle it is part of is cleared) and, in any case, as its native part is
