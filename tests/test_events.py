@@ -103,6 +103,31 @@ def test_a_rate_limited_call_is_told_to_the_limiters_listeners(
     assert heard == [CallRefused("rate_limited", "market_data", 0.6, None, heard[0].timestamp)]
 
 
+def test_a_limiters_listener_is_not_told_of_another_limiters_refusals(
+    fresh: ManualClock, write_config: object
+) -> None:
+    from peak_resilience.resilience_helpers import create_module_rate_limiter
+
+    @with_resilience("account", "fetch_balance", use_rate_limiter=True)
+    def fetch_balance() -> float:
+        return 1_000.0
+
+    market_data, account = (create_module_rate_limiter(m) for m in ("market_data", "account"))
+    heard_by_market_data: list[Event] = []
+    market_data.add_listener(heard_by_market_data.append)
+    for _ in range(100):  # the default budget: 100 per 60 s
+        fetch_balance()
+    with pytest.raises(RateLimitExceeded):
+        fetch_balance()
+    heard_by_account: list[Event] = []
+    account.add_listener(heard_by_account.append)
+    with pytest.raises(RateLimitExceeded):
+        fetch_balance()
+
+    assert heard_by_market_data == []
+    assert [(e.reason, e.name) for e in heard_by_account] == [("rate_limited", "account")]
+
+
 def test_a_raising_listener_never_breaks_the_call_and_the_next_listener_still_hears(
     clock: ManualClock, caplog: pytest.LogCaptureFixture
 ) -> None:

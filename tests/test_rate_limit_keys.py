@@ -30,6 +30,16 @@ def test_each_key_has_a_budget_of_the_limiters_windows_of_its_own(clock: ManualC
     assert btc.get_stats()["windows"][1]["tokens_available"] < 1
 
 
+def test_limiters_made_alike_each_keep_keys_of_their_own() -> None:
+    # Most limiters share what they seldom have (issue 19): a key table is never among it.
+    first, second = RateLimiter(2, 60.0), RateLimiter(2, 60.0, name="second")
+    assert first.for_key("BTCUSDT").acquire(cost=2)
+    assert not first.for_key("BTCUSDT").acquire()
+    assert second.for_key("BTCUSDT").acquire(cost=2)
+    assert set(first.endpoint_buckets()) == set(second.endpoint_buckets()) == {"key:BTCUSDT"}
+    assert RateLimiter(2, 60.0).endpoint_buckets() == {}
+
+
 def test_a_keys_windows_are_counted_as_the_limiters_are(clock: ManualClock) -> None:
     limiter = RateLimiter(limits=["3/1m fixed"], clock=clock)
     budget = limiter.for_key("BTCUSDT")

@@ -65,8 +65,45 @@ from peak_resilience._windows import (
 )
 
 T = TypeVar("T")
-#: Held while a limiter makes its key table (once per limiter that has keys).
-_making_keys = threading.Lock()
+#: Held while a limiter makes its own ``_Rare`` or its key table (once per limiter that
+#: has listeners, keys or an observer).
+_making_own = threading.Lock()
+
+
+class _Rare:
+    """What a limiter seldom has of its own: a test clock, listeners, a reply observer, a
+    key table (or its bounds until the first ``for_key``), and whether its counts outlive
+    it. Most limiters have none of these: they share one of the two defaults below until
+    they need their own (``RateLimiter._own``), and keep one slot rather than five, 32
+    bytes a limiter (issue 19)."""
+
+    __slots__ = ("clock", "is_default", "keeps_counts", "keys", "listeners", "observer")
+
+    def __init__(
+        self,
+        keeps_counts: bool,
+        *,
+        clock: ManualClock | None = None,
+        keys: Keys | tuple[int, float | None] = DEFAULT_BOUNDS,
+        is_default: bool = False,
+    ) -> None:
+        self.keeps_counts = keeps_counts
+        self.clock = clock
+        self.keys = keys
+        self.listeners: Listeners = NO_LISTENERS
+        self.observer: Observer | None = None
+        #: One of the defaults, shared by many limiters: never changed.
+        self.is_default = is_default
+
+    def own_copy(self) -> _Rare:
+        rare = _Rare(self.keeps_counts, clock=self.clock, keys=self.keys)
+        rare.listeners, rare.observer = self.listeners, self.observer
+        return rare
+
+
+#: What a named limiter (its counts kept once it goes) and an unnamed one have, shared.
+_NAMED = _Rare(True, is_default=True)
+_UNNAMED = _Rare(False, is_default=True)
 
 __all__ = ["RateLimiter"]
 
@@ -174,17 +211,9 @@ class RateLimiter(_NativeLimiter):
 
     # No instance dict, and no key table or listeners until one is used: a process may
     # hold 100,000 limiters (one per symbol), each a few hundred bytes (issue 19).
-    __slots__ = (
-        "_clock",
-        "_keeps_counts",
-        "_keys",
-        "_listeners",
-        "_observer",
-    )
+    __slots__ = ("_rare",)
 
-    #: The key table, or its bounds until the first ``for_key`` makes it (most limiters
-    #: have no keys; one slot rather than two: 16 bytes a limiter, issue 19).
-    _keys: Keys | tuple[int, float | None]
+    _rare: _Rare
 
     def __new__(
         cls,
@@ -249,39 +278,66 @@ class RateLimiter(_NativeLimiter):
     ) -> None:
         # The native constructor has validated and stored the rate, and put the budget
         # where the backend says (shared files mapped, a Redis store attached).
-        self._clock = clock
-        self._listeners = NO_LISTENERS
-        watch_outages(self, "limiter")
-        _instances.limiters.add(self)
         # An unnamed one has a name of its own ("...-<n>") that nothing else shares or
         # re-creates: its series may simply go with it.
-        self._keeps_counts = name is not None
-        self._observer: Observer | None = None
+        keeps_counts = name is not None
         bounds = checked_bounds(max_keys, key_idle_after)
-        self._keys = DEFAULT_BOUNDS if bounds == DEFAULT_BOUNDS else bounds
+        if clock is None and bounds == DEFAULT_BOUNDS:
+            self._rare = _NAMED if keeps_counts else _UNNAMED
+        else:
+            self._rare = _Rare(keeps_counts, clock=clock, keys=bounds)
+        watch_outages(self, "limiter")
+        _instances.limiters.add(self)
 
     def __del__(self) -> None:
         # It leaves the live objects here, before a reference cycle it may be in is
         # cleared, and what it counted stays counted under its name (see _instances). At
         # interpreter exit the module may be gone: nothing is left to export then.
         with contextlib.suppress(Exception):
-            if getattr(self, "_keeps_counts", False):
+            if getattr(getattr(self, "_rare", None), "keeps_counts", False):
                 _instances.retire_limiter(self)
             else:
                 _instances.limiters.discard(self)
+
+    def _own(self) -> _Rare:
+        """This limiter's own ``_Rare``, made now from the shared default if it has none
+        yet (under a lock: two threads' first changes land in one)."""
+        rare = self._rare
+        if rare.is_default:
+            with _making_own:
+                rare = self._rare
+                if rare.is_default:
+                    rare = self._rare = rare.own_copy()
+        return rare
+
+    @property
+    def _clock(self) -> ManualClock | None:
+        """The test clock given, or None (the host's monotonic clock)."""
+        return self._rare.clock
+
+    @property
+    def _listeners(self) -> Listeners:
+        return self._rare.listeners
+
+    @_listeners.setter
+    def _listeners(self, listeners: Listeners) -> None:
+        self._own().listeners = listeners
 
     def add_listener(self, listener: Listener) -> None:
         """Calls ``listener(event)`` on each of this limiter's events: every
         ``CallRefused`` of a call it guards (``with_resilience(...,
         use_rate_limiter=True)``) and its Redis' ``BackendOutage``. A listener that
         raises is logged and skipped, never reaching the call."""
-        if self._listeners is NO_LISTENERS:
-            self._listeners = Listeners()
-        self._listeners.add(listener)
+        rare = self._own()
+        if rare.listeners is NO_LISTENERS:
+            with _making_own:
+                if rare.listeners is NO_LISTENERS:
+                    rare.listeners = Listeners()
+        rare.listeners.add(listener)
 
     def remove_listener(self, listener: Listener) -> None:
         """Stops telling ``listener``; ValueError if it was not listening."""
-        self._listeners.remove(listener)
+        self._rare.listeners.remove(listener)
 
     @property
     def backend(self) -> choice.Backend:
@@ -394,8 +450,8 @@ class RateLimiter(_NativeLimiter):
                 kinds=kinds,
                 priority_reserve=priority_reserve,
             )
-        if self._observer is not None:
-            self._observer.forget()  # the headers to look for follow the windows
+        if self._rare.observer is not None:
+            self._rare.observer.forget()  # the headers to look for follow the windows
 
     def _add_like_default(self, name: str) -> None:
         """Gives endpoint ``name`` a bucket of the default bucket's windows, counted
@@ -426,7 +482,7 @@ class RateLimiter(_NativeLimiter):
         ``"auto"``: both, the default; ``"none"``), more headers by name (``used=
         {"x-my-weight": "1m"}``, or ``(endpoint, window)``), the endpoint whose budget
         Binance's order counts go to, and how long a 429 without ``Retry-After`` pauses."""
-        self._observer = Observer(
+        self._own().observer = Observer(
             reply_headers(
                 preset, used=used, orders_endpoint=orders_endpoint, retry_after=retry_after
             )
@@ -444,9 +500,12 @@ class RateLimiter(_NativeLimiter):
     def _observe_reply(
         self, status: int, headers: Any, endpoint: str | None, endpoint_only: bool
     ) -> None:
-        observer = self._observer
+        observer = self._rare.observer
         if observer is None:
-            observer = self._observer = Observer(ReplyHeaders())
+            rare = self._own()
+            observer = rare.observer
+            if observer is None:
+                observer = rare.observer = Observer(ReplyHeaders())
         observer.observe(self, status, headers, endpoint, endpoint_only)
 
     # --- issue 13: per-key budgets -------------------------------------------------------
@@ -455,7 +514,7 @@ class RateLimiter(_NativeLimiter):
         """The budget of ``key`` (a symbol, an account, an IP): a bucket with this
         limiter's windows, made on first use, on this limiter's backend. At most
         ``max_keys`` are kept; one unused for ``key_idle_after`` seconds is forgotten."""
-        keys = self._keys
+        keys = self._rare.keys
         if type(keys) is tuple:
             keys = self._key_table()
         keys = cast("Keys", keys)  # (mypy does not narrow on ``type(...) is``)
@@ -465,11 +524,12 @@ class RateLimiter(_NativeLimiter):
     def _key_table(self) -> Keys:
         """The key budgets, made by the first ``for_key``; under a lock, so that the first
         calls of two threads share one table."""
-        with _making_keys:
-            keys = self._keys
+        rare = self._own()
+        with _making_own:
+            keys = rare.keys
             if isinstance(keys, tuple):
-                now = time.monotonic if self._clock is None else self._clock.now
-                keys = self._keys = Keys(*keys, now)
+                now = time.monotonic if rare.clock is None else rare.clock.now
+                keys = rare.keys = Keys(*keys, now)
             return keys
 
     def remove_endpoint(self, name: str) -> TokenBucket | None:
@@ -477,8 +537,8 @@ class RateLimiter(_NativeLimiter):
         calls naming it draw on the default bucket again. A shared file or Redis key
         stays: the budget is found again when the endpoint is added anew."""
         bucket = super().remove_endpoint(name)
-        if self._observer is not None:
-            self._observer.forget()
+        if self._rare.observer is not None:
+            self._rare.observer.forget()
         return bucket
 
     # --- issue 8: pause and sync (per budget, not per call) --------------------------------

@@ -2,8 +2,9 @@
 //! in a remote store.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::ptr;
+use std::sync::atomic::{AtomicBool, AtomicPtr, AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
@@ -35,16 +36,107 @@ pub struct PyTokenBucket {
     /// them (see `PyTokenBucket::blank`); never acted on, only read. Beside `enabled`, in
     /// what was padding.
     blank: bool,
+    /// Every window as given (max_requests, window ns). Never read per call.
+    limits: Limits,
+    /// Where the budget lives besides this process's memory (None: only there). Boxed: 8
+    /// bytes in every bucket rather than a shared file's 48 and a store's 32 (issue 19).
+    elsewhere: Option<Box<Elsewhere>>,
+}
+
+/// A bucket's shared file and remote store (a bucket has one, the other or, in
+/// principle, both).
+struct Elsewhere {
     /// The shared file the state lives in (None: in this process). Never read per call:
     /// `core` already points into the mapping.
-    /// Boxed: 8 bytes in every bucket rather than the region's 48 (issue 19).
-    shared: Option<Box<Region<SharedBucketState>>>,
-    /// Every window as given (max_requests, window ns), the first first. Never read per call.
-    limits: Mutex<Box<[(u64, u64)]>>,
+    shared: Option<Region<SharedBucketState>>,
     /// The remote store the budget lives in (None: `core` is the budget). `core` then
     /// holds the same windows and stands in during an outage (`on_backend_error="local"`).
-    /// Boxed: 8 bytes in every bucket rather than the store's and its tallies' 32 (issue 19).
-    remote: Option<Box<Remote>>,
+    remote: Option<Remote>,
+}
+
+/// Held while any bucket's windows change, and while their `Limits` are read. Changes are
+/// rare (a reload, an endpoint added again) and take microseconds: one lock for the
+/// process rather than one in every bucket (issue 19). Nothing that may run Python, nor
+/// wait for anything, is done under it.
+static WINDOW_CHANGES: Mutex<()> = Mutex::new(());
+
+fn window_changes() -> MutexGuard<'static, ()> {
+    WINDOW_CHANGES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Every window of a bucket as given (max_requests, window ns), the first first: the
+/// first inline, the others in an allocation of their own, so that a bucket of one window
+/// (most are) allocates nothing for them (issue 19). Read and written only under
+/// `WINDOW_CHANGES` (each method takes its guard), so a reader never sees half a change.
+struct Limits {
+    first: [AtomicU64; 2],
+    /// The windows after the first; null when there are none.
+    more: AtomicPtr<Vec<(u64, u64)>>,
+}
+
+impl Limits {
+    fn new(limits: &[(u64, u64)]) -> Self {
+        let ((requests, window), more) = limits.split_first().expect("a bucket has a window");
+        Limits {
+            first: [AtomicU64::new(*requests), AtomicU64::new(*window)],
+            more: AtomicPtr::new(boxed_or_null(more)),
+        }
+    }
+
+    /// Every window's, the first first.
+    fn get(&self, held: &MutexGuard<'static, ()>) -> Vec<(u64, u64)> {
+        let mut all = vec![self.first_one(held)];
+        let more = self.more.load(Ordering::Relaxed);
+        if !more.is_null() {
+            // SAFETY: `more` is replaced (and the old one freed) only under the lock this
+            // caller holds, and freed otherwise only by `drop`: it is alive here.
+            all.extend_from_slice(unsafe { &*more });
+        }
+        all
+    }
+
+    /// The first window's.
+    fn first_one(&self, _held: &MutexGuard<'static, ()>) -> (u64, u64) {
+        (
+            self.first[0].load(Ordering::Relaxed),
+            self.first[1].load(Ordering::Relaxed),
+        )
+    }
+
+    /// Replaces them all with `limits` (at least one).
+    fn set(&self, _held: &MutexGuard<'static, ()>, limits: &[(u64, u64)]) {
+        let (first, more) = limits.split_first().expect("a bucket has a window");
+        self.first[0].store(first.0, Ordering::Relaxed);
+        self.first[1].store(first.1, Ordering::Relaxed);
+        let old = self.more.swap(boxed_or_null(more), Ordering::Relaxed);
+        if !old.is_null() {
+            // SAFETY: made by `boxed_or_null` (`Box::into_raw`); swapped out under the lock
+            // that every reader holds, so no reader holds a reference to it.
+            drop(unsafe { Box::from_raw(old) });
+        }
+    }
+}
+
+/// `more` in an allocation of its own (freed by `Limits`), or null when empty.
+fn boxed_or_null(more: &[(u64, u64)]) -> *mut Vec<(u64, u64)> {
+    if more.is_empty() {
+        ptr::null_mut()
+    } else {
+        Box::into_raw(Box::new(more.to_vec()))
+    }
+}
+
+impl Drop for Limits {
+    fn drop(&mut self) {
+        let more = *self.more.get_mut();
+        if !more.is_null() {
+            // SAFETY: made by `boxed_or_null` (`Box::into_raw`); `&mut self`: nothing else
+            // can read it any more.
+            drop(unsafe { Box::from_raw(more) });
+        }
+    }
 }
 
 /// A remote budget's store, and this process's verdicts from it (the budget's own counts,
@@ -84,25 +176,24 @@ impl PyTokenBucket {
                 let (core, region) =
                     shared::shared_windows(path, &windows.quotas, windows.reserve, clock)
                         .map_err(shared_error)?;
-                (core, Some(Box::new(region)))
+                (core, Some(region))
             }
         };
         if let Some(store) = &remote {
             store.configure_bucket(py, &windows.quotas, windows.reserve)?;
         }
+        let remote = remote.map(|store| Remote {
+            store,
+            allowed: AtomicU64::new(0),
+            rejected: AtomicU64::new(0),
+        });
         Ok(PyTokenBucket {
             core,
             enabled: AtomicBool::new(true),
             blank: false,
-            shared,
-            limits: Mutex::new(windows.limits.clone().into_boxed_slice()),
-            remote: remote.map(|store| {
-                Box::new(Remote {
-                    store,
-                    allowed: AtomicU64::new(0),
-                    rejected: AtomicU64::new(0),
-                })
-            }),
+            limits: Limits::new(&windows.limits),
+            elsewhere: (shared.is_some() || remote.is_some())
+                .then(|| Box::new(Elsewhere { shared, remote })),
         })
     }
 
@@ -168,7 +259,17 @@ impl PyTokenBucket {
     /// The remote store the budget lives in, or None.
     #[inline(always)]
     fn remote_store(&self) -> Option<&Store> {
-        self.remote.as_deref().map(|remote| &remote.store)
+        self.remote().map(|remote| &remote.store)
+    }
+
+    #[inline(always)]
+    fn remote(&self) -> Option<&Remote> {
+        self.elsewhere.as_deref()?.remote.as_ref()
+    }
+
+    /// The shared file the state lives in, or None.
+    fn shared(&self) -> Option<&Region<SharedBucketState>> {
+        self.elsewhere.as_deref()?.shared.as_ref()
     }
 
     pub fn is_enabled(&self) -> bool {
@@ -279,7 +380,7 @@ impl PyTokenBucket {
 
     /// Counts a remote store's decision in this process' tallies.
     pub fn tally(&self, decision: Decision) -> Decision {
-        if let Some(remote) = &self.remote {
+        if let Some(remote) = self.remote() {
             let tally = match decision {
                 Decision::Admitted => &remote.allowed,
                 _ => &remote.rejected,
@@ -291,7 +392,7 @@ impl PyTokenBucket {
 
     pub fn impossible(&self, cost: u64) -> PyErr {
         // A truncated file's bucket refuses every cost as impossible: say why instead.
-        if let Some(region) = self.shared.as_ref().filter(|r| r.lost()) {
+        if let Some(region) = self.shared().filter(|r| r.lost()) {
             return lost_error(region.path(), "rate limiter");
         }
         let bursts: Vec<u64> = self.core.quotas().iter().map(|q| q.burst).collect();
@@ -381,7 +482,7 @@ impl PyTokenBucket {
             rejected: self.core.rejected(),
             window_tokens: self.core.window_tokens(),
             paused: self.core.paused_for(),
-            available: self.remote.as_ref().map(|_| false),
+            available: self.remote().map(|_| false),
         })
     }
 
@@ -390,8 +491,8 @@ impl PyTokenBucket {
             // One change at a time: a window's switch fills its spare slot, which a second
             // concurrent change of another rate must not overwrite before the first
             // switches. No Python runs under the lock (it could wait for the GIL).
-            let mut limits = self.limits.lock().unwrap_or_else(|e| e.into_inner());
-            match &self.shared {
+            let held = window_changes();
+            match self.shared() {
                 None => self.core.set_windows(&w.quotas, w.reserve),
                 Some(region) => {
                     if !shared::set_shared_windows(&self.core, region, &w.quotas, w.reserve) {
@@ -399,7 +500,7 @@ impl PyTokenBucket {
                     }
                 }
             }
-            *limits = w.limits.into_boxed_slice();
+            self.limits.set(&held, &w.limits);
         }
         if let Some(store) = self.remote_store() {
             store.configure_bucket(py, &w.quotas, w.reserve)?;
@@ -409,14 +510,11 @@ impl PyTokenBucket {
 
     /// The first window as given (max_requests, window ns).
     fn first_limit(&self) -> (u64, u64) {
-        self.limits.lock().unwrap_or_else(|e| e.into_inner())[0]
+        self.limits.first_one(&window_changes())
     }
 
     fn limits(&self) -> Vec<(u64, u64)> {
-        self.limits
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .to_vec()
+        self.limits.get(&window_changes())
     }
 }
 
@@ -444,14 +542,14 @@ impl PyTokenBucket {
     /// The shared file this bucket lives in, or None for a bucket of this process.
     #[getter]
     fn shared_path(&self) -> Option<PathBuf> {
-        self.shared.as_ref().map(|r| r.path().to_owned())
+        self.shared().map(|r| r.path().to_owned())
     }
 
     /// None while the shared file is the one this process mapped (or the bucket is not
     /// shared); else what happened to it (truncated, deleted or replaced). Stats the
     /// file: for health checks.
     fn shared_file_problem(&self) -> Option<String> {
-        shared_file_problem(self.shared.as_deref(), "rate limiter")
+        shared_file_problem(self.shared(), "rate limiter")
     }
 
     /// The remote store this budget lives in, or None.
@@ -519,8 +617,7 @@ impl PyTokenBucket {
     fn allowed(&self) -> u64 {
         self.core.allowed()
             + self
-                .remote
-                .as_ref()
+                .remote()
                 .map_or(0, |r| r.allowed.load(Ordering::Relaxed))
     }
 
@@ -529,8 +626,7 @@ impl PyTokenBucket {
     fn rejected(&self) -> u64 {
         self.core.rejected()
             + self
-                .remote
-                .as_ref()
+                .remote()
                 .map_or(0, |r| r.rejected.load(Ordering::Relaxed))
     }
 
