@@ -40,7 +40,153 @@ pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     as_method_descriptor(&class);
     m.add_class::<AsyncGuard>()?;
+    let call_class = m.py().get_type::<GuardedCall>();
+    // `send`, a METH_O method of its own, and am_send (what tasks and `await` step a call
+    // with: its return comes back without a StopIteration), as `Guard`'s tp_call is: no
+    // PyO3 trampoline, argument parsing nor error object in a step (see `send_guarded_call`).
+    let send: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"send".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: send_guarded_call,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"send(value): steps the call with value sent in, as a coroutine's send.".as_ptr(),
+    }));
+    let (major, minor) = (m.py().version_info().major, m.py().version_info().minor);
+    // SAFETY: the type object is alive (we hold it) and no instance exists yet; the method
+    // definition lives as long as the process (leaked, once per module); a pyclass with
+    // `__await__` has its heap type's own tp_as_async (checked); PyType_Modified clears
+    // what cached the type.
+    unsafe {
+        let raw = call_class.as_type_ptr();
+        let descriptor = ffi::PyDescr_NewMethod(raw, send);
+        if descriptor.is_null() {
+            return Err(PyErr::fetch(m.py()));
+        }
+        let set = ffi::PyDict_SetItemString((*raw).tp_dict, c"send".as_ptr(), descriptor);
+        ffi::Py_DECREF(descriptor);
+        if set != 0 {
+            return Err(PyErr::fetch(m.py()));
+        }
+        let slots = (*raw).tp_as_async;
+        if slots.is_null() {
+            return Err(PyRuntimeError::new_err("GuardedCall has no async slots"));
+        }
+        (*slots).am_send = Some(am_send_guarded_call);
+        if (major, minor) == (3, 10) {
+            // Py_TPFLAGS_HAVE_AM_SEND: 3.10's PyIter_Send reads am_send only with it (3.11
+            // reads the slot itself and gave the bit up).
+            (*raw).tp_flags |= 1 << 21;
+        }
+        ffi::PyType_Modified(raw);
+    }
     m.add_class::<GuardedCall>()
+}
+
+/// `GuardedCall.send(value)`, installed by `add_to` as a METH_O method (CPython calls it
+/// with the value, no argument tuple nor parsing). A return ends it with StopIteration
+/// set as a coroutine's own `send` sets it: lazily, made only if someone catches it.
+unsafe extern "C" fn send_guarded_call(
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> *mut ffi::PyObject {
+    // SAFETY: CPython calls a method attached, with `slf` an instance of the type (the
+    // descriptor checks it) and `value` a live object, both borrowed.
+    match unsafe { step_raw(slf, value) } {
+        RawStep::Yielded(yielded) => yielded,
+        RawStep::Returned(value) => {
+            // SAFETY: attached (as above); `value` is a live object we own a reference to.
+            unsafe {
+                set_stop_iteration(value);
+                ffi::Py_DECREF(value);
+            }
+            ptr::null_mut()
+        }
+        RawStep::Raised => ptr::null_mut(),
+    }
+}
+
+/// `GuardedCall`'s am_send, installed by `add_to`: what `PyIter_Send` calls (an asyncio
+/// task's step, `await` in a coroutine), a return handed back as the result.
+unsafe extern "C" fn am_send_guarded_call(
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    // SAFETY: CPython calls am_send attached, with live objects and a writable `result`.
+    unsafe {
+        match step_raw(slf, value) {
+            RawStep::Yielded(yielded) => {
+                *result = yielded;
+                ffi::PySendResult::PYGEN_NEXT
+            }
+            RawStep::Returned(value) => {
+                *result = value;
+                ffi::PySendResult::PYGEN_RETURN
+            }
+            RawStep::Raised => {
+                *result = ptr::null_mut();
+                ffi::PySendResult::PYGEN_ERROR
+            }
+        }
+    }
+}
+
+/// What `step_raw` gave: new references, or an error set.
+enum RawStep {
+    Yielded(*mut ffi::PyObject),
+    Returned(*mut ffi::PyObject),
+    Raised,
+}
+
+/// Steps the call at `slf` with `value` sent in, for the slots of `add_to`: attached as
+/// a PyO3 method is (PyO3 releases a `Py` dropped unattached only later), panics caught.
+///
+/// # Safety
+/// Attached, `slf` and `value` live (borrowed); `slf` need not be a `GuardedCall`.
+#[inline(always)]
+unsafe fn step_raw(slf: *mut ffi::PyObject, value: *mut ffi::PyObject) -> RawStep {
+    Python::attach(|py| {
+        let stepped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            // SAFETY: per this function's contract.
+            let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+            let value = unsafe { Bound::from_borrowed_ptr(py, value) };
+            let mut call = slf.cast::<GuardedCall>()?.try_borrow_mut()?;
+            call.step(py, Input::Send(&value))
+        }));
+        let stepped = stepped
+            .unwrap_or_else(|_| Err(PanicException::new_err("a guarded async call panicked")));
+        match stepped {
+            Ok(Step::Yielded(yielded)) => RawStep::Yielded(yielded.into_ptr()),
+            Ok(Step::Returned(value)) => RawStep::Returned(value.into_ptr()),
+            Err(err) => {
+                err.restore(py);
+                RawStep::Raised
+            }
+        }
+    })
+}
+
+/// Sets StopIteration(value) as CPython's coroutines do (`_PyGen_SetStopIterationValue`):
+/// the value alone, the exception made when caught; made now only for a tuple (which
+/// would be taken for its arguments) or an exception (for the exception itself).
+///
+/// # Safety
+/// Attached, `value` live.
+unsafe fn set_stop_iteration(value: *mut ffi::PyObject) {
+    unsafe {
+        if value == ffi::Py_None() {
+            ffi::PyErr_SetNone(ffi::PyExc_StopIteration);
+        } else if ffi::PyTuple_Check(value) == 0 && ffi::PyExceptionInstance_Check(value) == 0 {
+            ffi::PyErr_SetObject(ffi::PyExc_StopIteration, value);
+        } else {
+            let made = ffi::PyObject_CallOneArg(ffi::PyExc_StopIteration, value);
+            if !made.is_null() {
+                ffi::PyErr_SetObject(ffi::PyExc_StopIteration, made);
+                ffi::Py_DECREF(made);
+            }
+        }
+    }
 }
 
 /// `AsyncGuard`'s tp_call, set by `add_to` rather than declared as `__call__`: PyO3 runs
@@ -485,13 +631,6 @@ impl GuardedCall {
         match self.step(py, Input::Send(&py.None().into_bound(py)))? {
             Step::Yielded(yielded) => Ok(Some(yielded)),
             Step::Returned(value) if value.is_none(py) => Ok(None),
-            Step::Returned(value) => Err(stop_iteration(py, value)),
-        }
-    }
-
-    fn send(&mut self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.step(py, Input::Send(&value))? {
-            Step::Yielded(yielded) => Ok(yielded),
             Step::Returned(value) => Err(stop_iteration(py, value)),
         }
     }
