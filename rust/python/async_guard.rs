@@ -6,6 +6,7 @@
 //! coroutines given at construction, which the call then drives in place of its own.
 
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
 use pyo3::ffi;
@@ -151,8 +152,23 @@ unsafe fn step_raw(slf: *mut ffi::PyObject, value: *mut ffi::PyObject) -> RawSte
             // SAFETY: per this function's contract.
             let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
             let value = unsafe { Bound::from_borrowed_ptr(py, value) };
-            let mut call = slf.cast::<GuardedCall>()?.try_borrow_mut()?;
-            call.step(py, Input::Send(&value))
+            let slf = slf.cast::<GuardedCall>()?;
+            let mut call = slf.try_borrow_mut()?;
+            // The guard, to give the call to as its spare if it returns now.
+            let owner = match &call.state {
+                State::New(owner) => Some(owner.clone_ref(py)),
+                State::Running(running) => Some(running.owner.clone_ref(py)),
+                State::Handed(_) | State::Done => None,
+            };
+            let stepped = call.step(py, Input::Send(&value));
+            if let (Ok(Step::Returned(_)), Some(owner)) = (&stepped, owner) {
+                // Done: it lets go of its arguments as a coroutine of its own would.
+                call.args = PyTuple::empty(py).unbind();
+                call.kwargs = None;
+                drop(call);
+                owner.get().keep_spare(slf.clone());
+            }
+            stepped
         }));
         let stepped = stepped
             .unwrap_or_else(|_| Err(PanicException::new_err("a guarded async call panicked")));
@@ -237,6 +253,19 @@ pub struct AsyncGuard {
     after_failure: Py<PyAny>,
     /// With a timeout: the function's deadlines, entered when a call first suspends.
     deadlines: Option<Deadlines>,
+    /// A finished call (a `GuardedCall` holding nothing), given to the next call once
+    /// nobody else holds it: most calls then allocate and free no object (see `spare`).
+    spare: AtomicPtr<ffi::PyObject>,
+}
+
+impl Drop for AsyncGuard {
+    fn drop(&mut self) {
+        let spare = *self.spare.get_mut();
+        if !spare.is_null() {
+            // SAFETY: the spare is a reference we own.
+            Python::attach(|py| drop(unsafe { Bound::from_owned_ptr(py, spare) }));
+        }
+    }
 }
 
 /// The Python side of a timeout (see `_deadlines.py`).
@@ -274,6 +303,7 @@ impl AsyncGuard {
             after_refusal,
             after_failure,
             deadlines,
+            spare: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -311,22 +341,64 @@ impl AsyncGuard {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<GuardedCall>> {
+        let py = slf.py();
+        if let Some(spare) = slf.get().spare(py) {
+            if let Ok(mut call) = spare.try_borrow_mut() {
+                debug_assert!(matches!(call.state, State::Done));
+                // (What is replaced is dropped as a `Bound`: this may run unattached for
+                // PyO3, which would only queue a `Py` dropped here.)
+                drop(std::mem::replace(&mut call.args, args.clone().unbind()).into_bound(py));
+                let kwargs = kwargs.map(|k| k.clone().unbind());
+                if let Some(old) = std::mem::replace(&mut call.kwargs, kwargs) {
+                    drop(old.into_bound(py));
+                }
+                call.state = State::New(slf.clone().unbind());
+                drop(call);
+                return Ok(spare.unbind());
+            }
+        }
         Py::new(
-            slf.py(),
+            py,
             GuardedCall {
-                owner: slf.clone().unbind(),
                 args: args.clone().unbind(),
                 kwargs: kwargs.map(|k| k.clone().unbind()),
-                state: State::New,
+                state: State::New(slf.clone().unbind()),
             },
         )
+    }
+
+    /// The spare call, if nobody but the guard holds it (a caller may keep a finished
+    /// call: then it is theirs, and let go of here).
+    #[inline]
+    fn spare<'py>(&self, py: Python<'py>) -> Option<Bound<'py, GuardedCall>> {
+        let spare = self.spare.swap(ptr::null_mut(), Ordering::AcqRel);
+        if spare.is_null() {
+            return None;
+        }
+        // SAFETY: the spare is a reference we own, to a GuardedCall (see `keep_spare`).
+        let spare = unsafe { Bound::from_owned_ptr(py, spare).cast_into_unchecked::<GuardedCall>() };
+        // Only ours (the swap gave us the one reference the guard held): nobody can step,
+        // close or borrow it any more.
+        // SAFETY: a live object.
+        (unsafe { ffi::Py_REFCNT(spare.as_ptr()) } == 1).then_some(spare)
+    }
+
+    /// Keeps `call`, finished and holding nothing, as the next call's spare.
+    #[inline]
+    fn keep_spare(&self, call: Bound<'_, GuardedCall>) {
+        let py = call.py();
+        let previous = self.spare.swap(call.into_ptr(), Ordering::AcqRel);
+        if !previous.is_null() {
+            // SAFETY: the previous spare was a reference we owned.
+            drop(unsafe { Bound::from_owned_ptr(py, previous) });
+        }
     }
 }
 
 /// Where a guarded call is.
 enum State {
     /// Not stepped yet: nothing taken.
-    New,
+    New(Py<AsyncGuard>),
     /// Admitted; the function's coroutine runs.
     Running(Running),
     /// A Python coroutine runs in the call's place (after a refusal or a failure).
@@ -336,6 +408,7 @@ enum State {
 }
 
 struct Running {
+    owner: Py<AsyncGuard>,
     coroutine: Py<PyAny>,
     ticket: Ticket,
     timing: Timing,
@@ -355,7 +428,8 @@ enum Step {
 /// One call of an `AsyncGuard`: a coroutine-like awaitable (send, throw, close).
 #[pyclass(module = "peak_resilience._native", name = "GuardedCall")]
 pub struct GuardedCall {
-    owner: Py<AsyncGuard>,
+    /// The call's arguments (none once it is done: a spare holds nothing). Its guard is
+    /// in its state while it runs.
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
     state: State,
@@ -423,8 +497,8 @@ impl GuardedCall {
     /// Steps the call with `input`: `value` sent, or `throw(*args)`.
     fn step(&mut self, py: Python<'_>, input: Input<'_, '_>) -> PyResult<Step> {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::New => match input {
-                Input::Send(value) => self.start(py, value),
+            State::New(owner) => match input {
+                Input::Send(value) => self.start(py, owner, value),
                 // Like a coroutine never started: it ends with the exception.
                 Input::Throw(args) => Err(thrown(args)),
             },
@@ -459,8 +533,13 @@ impl GuardedCall {
 
     /// The first step: the admission, then the function's first step.
     #[inline]
-    fn start(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
-        let owner = self.owner.get();
+    fn start(
+        &mut self,
+        py: Python<'_>,
+        owner_ref: Py<AsyncGuard>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<Step> {
+        let owner = owner_ref.get();
         let guard = owner.guard.get();
         let (ticket, timing) = match guard.enter_now(py) {
             Ok(admitted) => admitted,
@@ -474,7 +553,11 @@ impl GuardedCall {
                 return self.hand_to(handed, value);
             }
         };
-        let started = owner.deadlines.as_ref().map(|_| stopwatch().raw());
+        let started = owner.deadlines.as_ref().map(|_| {
+            timing
+                .stopwatch_reading(guard.clock())
+                .unwrap_or_else(|| stopwatch().raw())
+        });
         let called = guard
             .function()
             .bind(py)
@@ -488,6 +571,7 @@ impl GuardedCall {
             Err(err) => (py.None(), Err(err)),
         };
         let running = Running {
+            owner: owner_ref,
             coroutine,
             ticket,
             timing,
@@ -506,11 +590,12 @@ impl GuardedCall {
         mut running: Running,
         stepped: PyResult<Step>,
     ) -> PyResult<Step> {
-        let owner = self.owner.get();
         match stepped {
             Ok(Step::Yielded(yielded)) => {
                 if running.deadline.is_none() {
-                    if let (Some(deadlines), Some(started)) = (&owner.deadlines, running.started) {
+                    if let (Some(deadlines), Some(started)) =
+                        (&running.owner.get().deadlines, running.started)
+                    {
                         // A call that never suspends cannot be cancelled by a timer: only
                         // one that does is entered, with the time it has run already.
                         let clock = stopwatch();
@@ -529,6 +614,7 @@ impl GuardedCall {
                 Ok(Step::Yielded(yielded))
             }
             Ok(Step::Returned(value)) => {
+                let owner = running.owner.get();
                 owner
                     .guard
                     .get()
@@ -539,6 +625,7 @@ impl GuardedCall {
                 Ok(Step::Returned(value))
             }
             Err(mut err) => {
+                let owner = running.owner.get();
                 if let Some(deadlines) = &owner.deadlines {
                     let entry = running
                         .deadline
@@ -592,7 +679,7 @@ impl GuardedCall {
                 // cancels a task that has moved on: no Python code runs here.
                 let _ = entry.bind(py).set_item(2, 1);
             }
-            self.owner.get().guard.get().abandoned(py, running.ticket);
+            running.owner.get().guard.get().abandoned(py, running.ticket);
         }
     }
 }
@@ -654,21 +741,22 @@ impl GuardedCall {
                 closed.map(|_| ())
             }
             State::Handed(coroutine) => coroutine.bind(py).call_method0("close").map(|_| ()),
-            State::New | State::Done => Ok(()),
+            State::New(_) | State::Done => Ok(()),
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.owner)?;
         visit.call(&self.args)?;
         visit.call(&self.kwargs)?;
         match &self.state {
+            State::New(owner) => visit.call(owner)?,
             State::Running(running) => {
+                visit.call(&running.owner)?;
                 visit.call(&running.coroutine)?;
                 visit.call(&running.deadline)?;
             }
             State::Handed(coroutine) => visit.call(coroutine)?,
-            State::New | State::Done => {}
+            State::Done => {}
         }
         Ok(())
     }
