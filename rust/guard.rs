@@ -233,8 +233,14 @@ mod tests {
         let after = crate::clock::stopwatch().raw();
         let reading = breaker_only.stopwatch_reading(&monotonic).unwrap();
         assert!(before <= reading && reading <= after);
-        assert_eq!(Timing::start(&monotonic, false, false).stopwatch_reading(&monotonic), None);
+        assert_eq!(
+            Timing::start(&monotonic, false, false).stopwatch_reading(&monotonic),
+            None
+        );
         let manual = Clock::Manual(ManualClock::new(1_000));
-        assert_eq!(Timing::start(&manual, true, true).stopwatch_reading(&manual), None);
+        assert_eq!(
+            Timing::start(&manual, true, true).stopwatch_reading(&manual),
+            None
+        );
     }
 }

@@ -52,7 +52,8 @@ pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
             PyCFunction: SEND_GUARDED_CALL,
         },
         ml_flags: ffi::METH_O,
-        ml_doc: c"send(value): steps the call with value sent in, as a coroutine's send.".as_ptr(),
+        ml_doc: c"send($self, value, /)\n--\n\nSteps the call with value sent in, as a coroutine's send."
+            .as_ptr(),
     }));
     let (major, minor) = (m.py().version_info().major, m.py().version_info().minor);
     // SAFETY: the type object is alive (we hold it) and no instance exists yet; the method
@@ -397,7 +398,8 @@ impl AsyncGuard {
             return None;
         }
         // SAFETY: the spare is a reference we own, to a GuardedCall (see `keep_spare`).
-        let spare = unsafe { Bound::from_owned_ptr(py, spare).cast_into_unchecked::<GuardedCall>() };
+        let spare =
+            unsafe { Bound::from_owned_ptr(py, spare).cast_into_unchecked::<GuardedCall>() };
         // Only ours (the swap gave us the one reference the guard held): nobody can step,
         // close or borrow it any more.
         // SAFETY: a live object.
@@ -700,7 +702,12 @@ impl GuardedCall {
                 // cancels a task that has moved on: no Python code runs here.
                 let _ = entry.bind(py).set_item(2, 1);
             }
-            running.owner.get().guard.get().abandoned(py, running.ticket);
+            running
+                .owner
+                .get()
+                .guard
+                .get()
+                .abandoned(py, running.ticket);
         }
     }
 }
