@@ -3,7 +3,9 @@
 //! stepped, drives the function's coroutine and records how it ended: the steps of a
 //! Python wrapper coroutine (a frame, three calls into Rust) become one object and plain
 //! Rust. What is rare and may wait (a refusal, a retry, a fallback) is handed to Python
-//! coroutines given at construction, which the call then drives in place of its own.
+//! coroutines given at construction, which the call then drives in place of its own. A
+//! call that returned lets go of what it held and, once nobody else holds it, is its
+//! guard's next call (`AsyncGuard::spare`): most calls allocate no object.
 
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
