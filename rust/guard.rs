@@ -111,6 +111,13 @@ impl Timing {
         self.0 != NOT_TIMED && self.0 & BREAKER_ONLY == 0
     }
 
+    /// The stopwatch reading the call started at, when it is one (timed, on the monotonic
+    /// clock): a timeout's first deadline counts from it instead of reading the TSC again.
+    #[inline(always)]
+    pub fn stopwatch_reading(self, clock: &Clock) -> Option<u64> {
+        (self.0 != NOT_TIMED && matches!(clock, Clock::Monotonic)).then_some(self.0 & !BREAKER_ONLY)
+    }
+
     pub fn code(self) -> u64 {
         self.0
     }
@@ -216,5 +223,24 @@ mod tests {
         assert_eq!(neither.elapsed(&clock), None);
         assert!(!neither.for_stats());
         assert_eq!(Timing::from_code(both.code()), both);
+    }
+
+    #[test]
+    fn only_a_timed_call_on_the_monotonic_clock_started_at_a_stopwatch_reading() {
+        let monotonic = Clock::Monotonic;
+        let before = crate::clock::stopwatch().raw();
+        let breaker_only = Timing::start(&monotonic, false, true);
+        let after = crate::clock::stopwatch().raw();
+        let reading = breaker_only.stopwatch_reading(&monotonic).unwrap();
+        assert!(before <= reading && reading <= after);
+        assert_eq!(
+            Timing::start(&monotonic, false, false).stopwatch_reading(&monotonic),
+            None
+        );
+        let manual = Clock::Manual(ManualClock::new(1_000));
+        assert_eq!(
+            Timing::start(&manual, true, true).stopwatch_reading(&manual),
+            None
+        );
     }
 }

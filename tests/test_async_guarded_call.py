@@ -9,6 +9,7 @@ import functools
 import gc
 import inspect
 import time
+import weakref
 from typing import Any
 
 import pytest
@@ -142,6 +143,57 @@ def test_a_call_awaited_twice_is_refused_like_a_coroutine(fresh: ManualClock) ->
             await call
 
     asyncio.run(scenario())
+
+
+def test_calls_one_after_another_each_see_their_own_arguments(fresh: ManualClock) -> None:
+    @with_resilience("exchange", "fetch")
+    async def fetch(n: int, *, scale: int = 1) -> int:
+        return n * scale
+
+    async def scenario() -> list[int]:
+        return [await fetch(1, scale=10), await fetch(2), await fetch(3, scale=100), await fetch(4)]
+
+    assert asyncio.run(scenario()) == [10, 2, 300, 4]
+
+
+def test_a_finished_call_kept_by_its_caller_stays_finished_while_new_calls_run(
+    fresh: ManualClock,
+) -> None:
+    @with_resilience("exchange", "fetch")
+    async def fetch(n: int) -> int:
+        return n
+
+    first = fetch(1)
+    with pytest.raises(StopIteration) as done:
+        first.send(None)
+    second = fetch(2)
+    with pytest.raises(StopIteration) as second_done:
+        second.send(None)
+
+    assert (done.value.value, second_done.value.value) == (1, 2)
+    assert second is not first
+    with pytest.raises(RuntimeError, match="already awaited"):
+        first.send(None)
+
+
+def test_a_finished_call_lets_go_of_its_arguments_as_a_coroutine_does(
+    fresh: ManualClock,
+) -> None:
+    class Order:
+        pass
+
+    @with_resilience("exchange", "submit")
+    async def submit(order: Order) -> None:
+        return None
+
+    order = Order()
+    released = weakref.ref(order)
+    call = submit(order)
+    del order
+    with pytest.raises(StopIteration):
+        call.send(None)
+
+    assert released() is None
 
 
 def test_the_function_s_own_exception_reaches_the_caller_unchanged(fresh: ManualClock) -> None:

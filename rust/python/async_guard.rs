@@ -3,13 +3,17 @@
 //! stepped, drives the function's coroutine and records how it ended: the steps of a
 //! Python wrapper coroutine (a frame, three calls into Rust) become one object and plain
 //! Rust. What is rare and may wait (a refusal, a retry, a fallback) is handed to Python
-//! coroutines given at construction, which the call then drives in place of its own.
+//! coroutines given at construction, which the call then drives in place of its own. A
+//! call that returned lets go of what it held and, once nobody else holds it, is its
+//! guard's next call (`AsyncGuard::spare`): most calls allocate no object.
 
 use std::ptr;
+use std::sync::atomic::{AtomicPtr, Ordering};
 
 use pyo3::exceptions::{PyException, PyRuntimeError, PyStopIteration};
 use pyo3::ffi;
 use pyo3::gc::PyVisit;
+use pyo3::impl_::trampoline;
 use pyo3::panic::PanicException;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
@@ -40,7 +44,195 @@ pub fn add_to(m: &Bound<'_, PyModule>) -> PyResult<()> {
     }
     as_method_descriptor(&class);
     m.add_class::<AsyncGuard>()?;
+    let call_class = m.py().get_type::<GuardedCall>();
+    // `send`, a METH_O method of its own, and am_send (what tasks and `await` step a call
+    // with: its return comes back without a StopIteration), set as `Guard`'s tp_call is:
+    // no argument parsing nor error object in a step (see `SEND_GUARDED_CALL`).
+    let send: &'static mut ffi::PyMethodDef = Box::leak(Box::new(ffi::PyMethodDef {
+        ml_name: c"send".as_ptr(),
+        ml_meth: ffi::PyMethodDefPointer {
+            PyCFunction: SEND_GUARDED_CALL,
+        },
+        ml_flags: ffi::METH_O,
+        ml_doc: c"send($self, value, /)\n--\n\nSteps the call with value sent in, as a coroutine's send."
+            .as_ptr(),
+    }));
+    let (major, minor) = (m.py().version_info().major, m.py().version_info().minor);
+    // SAFETY: the type object is alive (we hold it) and no instance exists yet; the method
+    // definition lives as long as the process (leaked, once per module); a pyclass with
+    // `__await__` has its heap type's own tp_as_async (checked); PyType_Modified clears
+    // what cached the type.
+    unsafe {
+        let raw = call_class.as_type_ptr();
+        let descriptor = ffi::PyDescr_NewMethod(raw, send);
+        if descriptor.is_null() {
+            return Err(PyErr::fetch(m.py()));
+        }
+        let set = ffi::PyDict_SetItemString((*raw).tp_dict, c"send".as_ptr(), descriptor);
+        ffi::Py_DECREF(descriptor);
+        if set != 0 {
+            return Err(PyErr::fetch(m.py()));
+        }
+        let slots = (*raw).tp_as_async;
+        if slots.is_null() {
+            return Err(PyRuntimeError::new_err("GuardedCall has no async slots"));
+        }
+        (*slots).am_send = Some(am_send_guarded_call);
+        if (major, minor) == (3, 10) {
+            // Py_TPFLAGS_HAVE_AM_SEND: 3.10's PyIter_Send reads am_send only with it (3.11
+            // reads the slot itself and gave the bit up).
+            (*raw).tp_flags |= 1 << 21;
+        }
+        ffi::PyType_Modified(raw);
+    }
     m.add_class::<GuardedCall>()
+}
+
+/// `GuardedCall.send(value)`, installed by `add_to` as a METH_O method (CPython calls it
+/// with the value: no argument tuple nor parsing). Run in PyO3's own trampoline for a
+/// two-argument slot, as a PyO3 method is (attached for PyO3 without asking CPython's
+/// thread state, which `Python::attach` would here: ~20 ns; panics caught).
+const SEND_GUARDED_CALL: ffi::PyCFunction = trampoline::binaryfunc::<SendStep>;
+
+struct SendStep;
+
+impl trampoline::MethodDef<trampoline::binaryfunc::Func> for SendStep {
+    const METH: trampoline::binaryfunc::Func = send_step;
+}
+
+/// A return ends `send` with StopIteration set as a coroutine's own `send` sets it:
+/// lazily, made only if someone catches it.
+///
+/// # Safety
+/// Attached (the trampoline), `slf` and `value` live and borrowed.
+unsafe fn send_step(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: per this function's contract.
+    match unsafe { step_at(py, slf, value) }? {
+        Step::Yielded(yielded) => Ok(yielded.into_ptr()),
+        Step::Returned(value) => {
+            // SAFETY: attached; a live object.
+            unsafe { set_stop_iteration(value.as_ptr()) };
+            Ok(ptr::null_mut())
+        }
+    }
+}
+
+/// `GuardedCall`'s am_send, installed by `add_to`: what `PyIter_Send` calls (an asyncio
+/// task's step, `await` in a coroutine), a return handed back as the result. Run in the
+/// trampoline `send` runs in, its second argument carrying the value and where the step
+/// says how it ended (the trampoline passes it through untouched). Not PyO3's
+/// three-argument one: it is `Guard.__call__`'s, which a second user made 36
+/// instructions longer on every sync guarded call (callgrind).
+unsafe extern "C" fn am_send_guarded_call(
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+    result: *mut *mut ffi::PyObject,
+) -> ffi::PySendResult {
+    let mut sent = Sent {
+        value,
+        ended: ffi::PySendResult::PYGEN_ERROR,
+    };
+    // SAFETY: CPython calls am_send attached, with live objects and a writable `result`;
+    // `sent` outlives the call.
+    unsafe {
+        let out = trampoline::binaryfunc::<AmSendStep>(slf, (&raw mut sent).cast());
+        *result = out;
+        if out.is_null() {
+            ffi::PySendResult::PYGEN_ERROR
+        } else {
+            sent.ended
+        }
+    }
+}
+
+/// What am_send hands its step: the value sent in, and where it says how the step ended.
+struct Sent {
+    value: *mut ffi::PyObject,
+    ended: ffi::PySendResult,
+}
+
+struct AmSendStep;
+
+impl trampoline::MethodDef<trampoline::binaryfunc::Func> for AmSendStep {
+    const METH: trampoline::binaryfunc::Func = am_send_step;
+}
+
+/// # Safety
+/// Attached (the trampoline), `slf` live and borrowed, `sent` the `Sent` of
+/// `am_send_guarded_call`, its value live and borrowed.
+unsafe fn am_send_step(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    sent: *mut ffi::PyObject,
+) -> PyResult<*mut ffi::PyObject> {
+    // SAFETY: per this function's contract.
+    let sent = unsafe { &mut *sent.cast::<Sent>() };
+    // SAFETY: per this function's contract.
+    let (ended, out) = match unsafe { step_at(py, slf, sent.value) }? {
+        Step::Yielded(yielded) => (ffi::PySendResult::PYGEN_NEXT, yielded),
+        Step::Returned(value) => (ffi::PySendResult::PYGEN_RETURN, value),
+    };
+    sent.ended = ended;
+    Ok(out.into_ptr())
+}
+
+/// Steps the call at `slf` with `value` sent in (`send` and am_send); a call that
+/// returns becomes its guard's spare.
+///
+/// # Safety
+/// Attached, `slf` and `value` live (borrowed); `slf` need not be a `GuardedCall`.
+#[inline(always)]
+unsafe fn step_at(
+    py: Python<'_>,
+    slf: *mut ffi::PyObject,
+    value: *mut ffi::PyObject,
+) -> PyResult<Step> {
+    // SAFETY: per this function's contract.
+    let slf = unsafe { Bound::from_borrowed_ptr(py, slf) };
+    let value = unsafe { Bound::from_borrowed_ptr(py, value) };
+    let slf = slf.cast::<GuardedCall>()?;
+    let mut call = slf.try_borrow_mut()?;
+    // The guard, to give the call to as its spare if it returns now.
+    let owner = match &call.state {
+        State::New(owner) => Some(owner.clone_ref(py)),
+        State::Running(running) => Some(running.owner.clone_ref(py)),
+        State::Handed(_) | State::Done => None,
+    };
+    let stepped = call.step(py, Input::Send(&value));
+    if let (Ok(Step::Returned(_)), Some(owner)) = (&stepped, owner) {
+        // Done: it lets go of its arguments as a coroutine of its own would.
+        call.args = PyTuple::empty(py).unbind();
+        call.kwargs = None;
+        drop(call);
+        owner.get().keep_spare(slf.clone());
+    }
+    stepped
+}
+
+/// Sets StopIteration(value) as CPython's coroutines do (`_PyGen_SetStopIterationValue`):
+/// the value alone, the exception made when caught; made now only for a tuple (which
+/// would be taken for its arguments) or an exception (for the exception itself).
+///
+/// # Safety
+/// Attached, `value` live.
+unsafe fn set_stop_iteration(value: *mut ffi::PyObject) {
+    unsafe {
+        if value == ffi::Py_None() {
+            ffi::PyErr_SetNone(ffi::PyExc_StopIteration);
+        } else if ffi::PyTuple_Check(value) == 0 && ffi::PyExceptionInstance_Check(value) == 0 {
+            ffi::PyErr_SetObject(ffi::PyExc_StopIteration, value);
+        } else {
+            let made = ffi::PyObject_CallOneArg(ffi::PyExc_StopIteration, value);
+            if !made.is_null() {
+                ffi::PyErr_SetObject(ffi::PyExc_StopIteration, made);
+                ffi::Py_DECREF(made);
+            }
+        }
+    }
 }
 
 /// `AsyncGuard`'s tp_call, set by `add_to` rather than declared as `__call__`: PyO3 runs
@@ -91,6 +283,19 @@ pub struct AsyncGuard {
     after_failure: Py<PyAny>,
     /// With a timeout: the function's deadlines, entered when a call first suspends.
     deadlines: Option<Deadlines>,
+    /// A finished call (a `GuardedCall` holding nothing), given to the next call once
+    /// nobody else holds it: most calls then allocate and free no object (see `spare`).
+    spare: AtomicPtr<ffi::PyObject>,
+}
+
+impl Drop for AsyncGuard {
+    fn drop(&mut self) {
+        let spare = *self.spare.get_mut();
+        if !spare.is_null() {
+            // SAFETY: the spare is a reference we own.
+            Python::attach(|py| drop(unsafe { Bound::from_owned_ptr(py, spare) }));
+        }
+    }
 }
 
 /// The Python side of a timeout (see `_deadlines.py`).
@@ -128,6 +333,7 @@ impl AsyncGuard {
             after_refusal,
             after_failure,
             deadlines,
+            spare: AtomicPtr::new(ptr::null_mut()),
         }
     }
 
@@ -165,22 +371,65 @@ impl AsyncGuard {
         args: &Bound<'_, PyTuple>,
         kwargs: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Py<GuardedCall>> {
+        let py = slf.py();
+        if let Some(spare) = slf.get().spare(py) {
+            if let Ok(mut call) = spare.try_borrow_mut() {
+                debug_assert!(matches!(call.state, State::Done));
+                // (What is replaced is dropped as a `Bound`: this may run unattached for
+                // PyO3, which would only queue a `Py` dropped here.)
+                drop(std::mem::replace(&mut call.args, args.clone().unbind()).into_bound(py));
+                let kwargs = kwargs.map(|k| k.clone().unbind());
+                if let Some(old) = std::mem::replace(&mut call.kwargs, kwargs) {
+                    drop(old.into_bound(py));
+                }
+                call.state = State::New(slf.clone().unbind());
+                drop(call);
+                return Ok(spare.unbind());
+            }
+        }
         Py::new(
-            slf.py(),
+            py,
             GuardedCall {
-                owner: slf.clone().unbind(),
                 args: args.clone().unbind(),
                 kwargs: kwargs.map(|k| k.clone().unbind()),
-                state: State::New,
+                state: State::New(slf.clone().unbind()),
             },
         )
+    }
+
+    /// The spare call, if nobody but the guard holds it (a caller may keep a finished
+    /// call: then it is theirs, and let go of here).
+    #[inline]
+    fn spare<'py>(&self, py: Python<'py>) -> Option<Bound<'py, GuardedCall>> {
+        let spare = self.spare.swap(ptr::null_mut(), Ordering::AcqRel);
+        if spare.is_null() {
+            return None;
+        }
+        // SAFETY: the spare is a reference we own, to a GuardedCall (see `keep_spare`).
+        let spare =
+            unsafe { Bound::from_owned_ptr(py, spare).cast_into_unchecked::<GuardedCall>() };
+        // Only ours (the swap gave us the one reference the guard held): nobody can step,
+        // close or borrow it any more.
+        // SAFETY: a live object.
+        (unsafe { ffi::Py_REFCNT(spare.as_ptr()) } == 1).then_some(spare)
+    }
+
+    /// Keeps `call`, finished and holding nothing, as the next call's spare.
+    #[inline]
+    fn keep_spare(&self, call: Bound<'_, GuardedCall>) {
+        let py = call.py();
+        let previous = self.spare.swap(call.into_ptr(), Ordering::AcqRel);
+        if !previous.is_null() {
+            // SAFETY: the previous spare was a reference we owned.
+            drop(unsafe { Bound::from_owned_ptr(py, previous) });
+        }
     }
 }
 
 /// Where a guarded call is.
 enum State {
     /// Not stepped yet: nothing taken.
-    New,
+    New(Py<AsyncGuard>),
     /// Admitted; the function's coroutine runs.
     Running(Running),
     /// A Python coroutine runs in the call's place (after a refusal or a failure).
@@ -190,6 +439,7 @@ enum State {
 }
 
 struct Running {
+    owner: Py<AsyncGuard>,
     coroutine: Py<PyAny>,
     ticket: Ticket,
     timing: Timing,
@@ -209,7 +459,8 @@ enum Step {
 /// One call of an `AsyncGuard`: a coroutine-like awaitable (send, throw, close).
 #[pyclass(module = "peak_resilience._native", name = "GuardedCall")]
 pub struct GuardedCall {
-    owner: Py<AsyncGuard>,
+    /// The call's arguments (none once it is done: a spare holds nothing). Its guard is
+    /// in its state while it runs.
     args: Py<PyTuple>,
     kwargs: Option<Py<PyDict>>,
     state: State,
@@ -277,8 +528,8 @@ impl GuardedCall {
     /// Steps the call with `input`: `value` sent, or `throw(*args)`.
     fn step(&mut self, py: Python<'_>, input: Input<'_, '_>) -> PyResult<Step> {
         match std::mem::replace(&mut self.state, State::Done) {
-            State::New => match input {
-                Input::Send(value) => self.start(py, value),
+            State::New(owner) => match input {
+                Input::Send(value) => self.start(py, owner, value),
                 // Like a coroutine never started: it ends with the exception.
                 Input::Throw(args) => Err(thrown(args)),
             },
@@ -313,8 +564,13 @@ impl GuardedCall {
 
     /// The first step: the admission, then the function's first step.
     #[inline]
-    fn start(&mut self, py: Python<'_>, value: &Bound<'_, PyAny>) -> PyResult<Step> {
-        let owner = self.owner.get();
+    fn start(
+        &mut self,
+        py: Python<'_>,
+        owner_ref: Py<AsyncGuard>,
+        value: &Bound<'_, PyAny>,
+    ) -> PyResult<Step> {
+        let owner = owner_ref.get();
         let guard = owner.guard.get();
         let (ticket, timing) = match guard.enter_now(py) {
             Ok(admitted) => admitted,
@@ -328,7 +584,11 @@ impl GuardedCall {
                 return self.hand_to(handed, value);
             }
         };
-        let started = owner.deadlines.as_ref().map(|_| stopwatch().raw());
+        let started = owner.deadlines.as_ref().map(|_| {
+            timing
+                .stopwatch_reading(guard.clock())
+                .unwrap_or_else(|| stopwatch().raw())
+        });
         let called = guard
             .function()
             .bind(py)
@@ -342,6 +602,7 @@ impl GuardedCall {
             Err(err) => (py.None(), Err(err)),
         };
         let running = Running {
+            owner: owner_ref,
             coroutine,
             ticket,
             timing,
@@ -360,11 +621,12 @@ impl GuardedCall {
         mut running: Running,
         stepped: PyResult<Step>,
     ) -> PyResult<Step> {
-        let owner = self.owner.get();
         match stepped {
             Ok(Step::Yielded(yielded)) => {
                 if running.deadline.is_none() {
-                    if let (Some(deadlines), Some(started)) = (&owner.deadlines, running.started) {
+                    if let (Some(deadlines), Some(started)) =
+                        (&running.owner.get().deadlines, running.started)
+                    {
                         // A call that never suspends cannot be cancelled by a timer: only
                         // one that does is entered, with the time it has run already.
                         let clock = stopwatch();
@@ -383,6 +645,7 @@ impl GuardedCall {
                 Ok(Step::Yielded(yielded))
             }
             Ok(Step::Returned(value)) => {
+                let owner = running.owner.get();
                 owner
                     .guard
                     .get()
@@ -393,6 +656,7 @@ impl GuardedCall {
                 Ok(Step::Returned(value))
             }
             Err(mut err) => {
+                let owner = running.owner.get();
                 if let Some(deadlines) = &owner.deadlines {
                     let entry = running
                         .deadline
@@ -446,7 +710,12 @@ impl GuardedCall {
                 // cancels a task that has moved on: no Python code runs here.
                 let _ = entry.bind(py).set_item(2, 1);
             }
-            self.owner.get().guard.get().abandoned(py, running.ticket);
+            running
+                .owner
+                .get()
+                .guard
+                .get()
+                .abandoned(py, running.ticket);
         }
     }
 }
@@ -489,13 +758,6 @@ impl GuardedCall {
         }
     }
 
-    fn send(&mut self, py: Python<'_>, value: Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        match self.step(py, Input::Send(&value))? {
-            Step::Yielded(yielded) => Ok(yielded),
-            Step::Returned(value) => Err(stop_iteration(py, value)),
-        }
-    }
-
     #[pyo3(signature = (*args))]
     fn throw(&mut self, py: Python<'_>, args: Bound<'_, PyTuple>) -> PyResult<Py<PyAny>> {
         match self.step(py, Input::Throw(&args))? {
@@ -515,21 +777,22 @@ impl GuardedCall {
                 closed.map(|_| ())
             }
             State::Handed(coroutine) => coroutine.bind(py).call_method0("close").map(|_| ()),
-            State::New | State::Done => Ok(()),
+            State::New(_) | State::Done => Ok(()),
         }
     }
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
-        visit.call(&self.owner)?;
         visit.call(&self.args)?;
         visit.call(&self.kwargs)?;
         match &self.state {
+            State::New(owner) => visit.call(owner)?,
             State::Running(running) => {
+                visit.call(&running.owner)?;
                 visit.call(&running.coroutine)?;
                 visit.call(&running.deadline)?;
             }
             State::Handed(coroutine) => visit.call(coroutine)?,
-            State::New | State::Done => {}
+            State::Done => {}
         }
         Ok(())
     }

@@ -370,6 +370,11 @@ impl Guard {
         &self.func
     }
 
+    /// The clock the guard's breaker or limiter reads (and times calls on).
+    pub(super) fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Whether failures may be tried again (a retry policy is set).
     pub(super) fn retries(&self) -> bool {
         self.retry.is_some()
