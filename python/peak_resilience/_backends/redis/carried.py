@@ -13,8 +13,7 @@ have. A breaker that sees no next call soon has them sent by one flusher thread
 What other hosts read of them lags by at most that long (a read in this process carries
 them). A call that fails to reach Redis gives back what it carried, for the next one: a
 call that timed out after Redis ran it may then count its successes twice, the rarer and
-milder error (losing them would lose every success of an outage, as counts are kept
-through it).
+milder error than losing them (as every call that found Redis down would).
 """
 
 from __future__ import annotations
