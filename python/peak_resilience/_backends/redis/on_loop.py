@@ -110,6 +110,8 @@ class Step:
         #: The pools that failed within this step, and how (None: left alone for
         #: ``retry_interval`` after an earlier failure).
         self.failed: dict[Any, BaseException | None] = {}
+        #: Commands whose reply changes nothing, written after the step (the refund of a
+        #: take it did not use), and outcomes, asked after it (``RedisLink.record``).
         self.posts: list[tuple[RedisLink, Script, Any]] = []
         self.deferred: list[tuple[RedisLink, Script, Any]] = []
 
@@ -354,7 +356,7 @@ async def outcome(
     it: an outcome being recorded is recorded."""
     recording = Step(links)
     result = recording.run(native, *args)
-    if recording.posts or recording.deferred:
+    if recording.deferred:
         await asyncio.shield(_send(recording, breaker))
     return result
 
