@@ -24,6 +24,19 @@ def scripts_run(admin: redis.Redis) -> int:
     return calls
 
 
+def successes_in_redis(admin: redis.Redis) -> int:
+    """The venue breaker's successes as another host reads them: the hash itself."""
+    return int(admin.hget("peak-resilience:{breaker:venue}", "successes") or 0)
+
+
+def wait_for_successes_in_redis(admin: redis.Redis, expected: int) -> None:
+    """Waits (5 s at most) until Redis holds ``expected`` successes of the venue breaker."""
+    deadline = time.monotonic() + 5
+    while successes_in_redis(admin) != expected:
+        assert time.monotonic() < deadline, f"{successes_in_redis(admin)} successes, not {expected}"
+        time.sleep(0.01)
+
+
 def test_an_admitted_call_runs_one_script_its_success_carried_by_the_next_call(
     redis_url: str,
 ) -> None:
@@ -50,11 +63,8 @@ def test_successes_reach_other_hosts_without_another_call(redis_url: str) -> Non
     breaker = CircuitBreaker(3, 60, "venue", backend="redis", redis_url=redis_url)
     order = guard(lambda: "filled", breaker=breaker)
     assert [order() for _ in range(3)] == ["filled"] * 3
-    # What another host reads (the hash itself): the flusher sends the last success.
-    deadline = time.monotonic() + 5
-    while admin.hget("peak-resilience:{breaker:venue}", "successes") != b"3":
-        assert time.monotonic() < deadline, "the last success never reached Redis"
-        time.sleep(0.01)
+    # What another host reads: the flusher sends the last success.
+    wait_for_successes_in_redis(admin, 3)
 
 
 def test_successes_not_sent_yet_are_sent_at_exit_and_never_by_a_forked_child(
@@ -82,7 +92,7 @@ def test_successes_not_sent_yet_are_sent_at_exit_and_never_by_a_forked_child(
     )
     subprocess.run([sys.executable, "-c", child], check=True, timeout=60)
     admin = redis.Redis.from_url(redis_url, socket_timeout=5)
-    assert admin.hget("peak-resilience:{breaker:venue}", "successes") == b"3"
+    assert successes_in_redis(admin) == 3
 
 
 def test_a_guarded_call_is_admitted_in_one_script_and_refused_in_one(redis_url: str) -> None:
@@ -208,7 +218,4 @@ def test_an_async_guarded_call_runs_one_script_its_success_sent_by_the_flusher(
     # One script a call (its admission); the successes, carried by no async call, go in
     # the flusher's few scripts (one per CARRIED_AT_MOST seconds at most, for all of them).
     assert ran <= calls + elapsed / carried.CARRIED_AT_MOST + 2
-    deadline = time.monotonic() + 5
-    while admin.hget("peak-resilience:{breaker:venue}", "successes") != str(calls + 1).encode():
-        assert time.monotonic() < deadline, "the async calls' successes never reached Redis"
-        time.sleep(0.01)
+    wait_for_successes_in_redis(admin, calls + 1)
